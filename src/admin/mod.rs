@@ -1,0 +1,157 @@
+//! The admin listener (loopback by default): health, readiness, Prometheus metrics,
+//! the running config, upstream state and reload. Kept off the public listeners so
+//! that operations endpoints are never reachable through a route.
+
+use crate::body::Body;
+use crate::runtime::Gateway;
+use crate::server::tls::TlsState;
+use http::{header, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub async fn serve(
+    gw: Arc<Gateway>,
+    listener: TcpListener,
+    tls: Vec<Arc<TlsState>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let Ok((stream, _peer)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let gw = gw.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let gw = gw.clone();
+                let tls = tls.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(&gw, &tls, req).await) }
+            });
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10));
+            let _ = b.serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+fn json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(Body::full(serde_json::to_vec_pretty(&v).unwrap_or_default()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    r
+}
+
+async fn handle(gw: &Gateway, tls: &[Arc<TlsState>], req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path();
+    match (req.method(), path) {
+        (&Method::GET, "/health/live") => json(StatusCode::OK, serde_json::json!({"status": "live"})),
+        (&Method::GET, "/health/ready") => {
+            if gw.ready() {
+                json(StatusCode::OK, serde_json::json!({"status": "ready"}))
+            } else {
+                json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({"status": "not_ready"}),
+                )
+            }
+        }
+        (&Method::GET, "/metrics") => {
+            let rt = gw.runtime();
+            // Gauges that are cheaper to read on scrape than to keep on the hot path.
+            for (name, p) in &rt.pools {
+                metrics::gauge!("lienthong_upstream_circuit_open", "upstream" => name.clone())
+                    .set(if p.breaker_open() { 1.0 } else { 0.0 });
+                for e in &p.endpoints {
+                    let labels = [("upstream", name.clone()), ("endpoint", e.addr.to_string())];
+                    metrics::gauge!("lienthong_upstream_endpoint_healthy", &labels)
+                        .set(if e.is_healthy() { 1.0 } else { 0.0 });
+                    metrics::gauge!("lienthong_upstream_outstanding", &labels).set(e.outstanding() as f64);
+                }
+            }
+            let mut r = Response::new(Body::full(gw.metrics.render()));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
+        (&Method::GET, "/admin/config") => {
+            let rt = gw.runtime();
+            json(
+                StatusCode::OK,
+                serde_json::json!({"generation": rt.generation, "config": rt.config.redacted_json()}),
+            )
+        }
+        (&Method::GET, "/admin/upstreams") => {
+            let rt = gw.runtime();
+            let v: serde_json::Map<String, serde_json::Value> = rt
+                .pools
+                .iter()
+                .map(|(name, p)| {
+                    let eps: Vec<_> = p
+                        .endpoints
+                        .iter()
+                        .map(|e| {
+                            serde_json::json!({
+                                "endpoint": e.addr.to_string(),
+                                "healthy": e.is_healthy(),
+                                "outstanding": e.outstanding(),
+                            })
+                        })
+                        .collect();
+                    (
+                        name.clone(),
+                        serde_json::json!({
+                            "circuit_open": p.breaker_open(),
+                            "health_known": p.health_known(),
+                            "endpoints": eps,
+                        }),
+                    )
+                })
+                .collect();
+            json(StatusCode::OK, serde_json::Value::Object(v))
+        }
+        (&Method::POST, "/admin/reload") => {
+            for t in tls {
+                t.refresh(true);
+            }
+            match gw.reload().await {
+                Ok(g) => json(StatusCode::OK, serde_json::json!({"status": "reloaded", "generation": g})),
+                Err(p) => {
+                    metrics::counter!("lienthong_config_reloads_total", "result" => "invalid").increment(1);
+                    let problems: Vec<String> = p.0.iter().map(|x| x.to_string()).collect();
+                    json(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        serde_json::json!({
+                            "code": "invalid_config",
+                            "message": "the new config is invalid; the running config is unchanged",
+                            "problems": problems,
+                        }),
+                    )
+                }
+            }
+        }
+        _ => json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"code": "not_found", "message": "no such admin endpoint"}),
+        ),
+    }
+}

@@ -1,0 +1,167 @@
+//! The one body type that travels through the gateway, in both directions.
+//!
+//! An enum rather than a boxed trait object: the common cases (a streamed body from the
+//! other side, a small buffered one, none) cost no allocation. A streamed request body
+//! carries its byte cap, so an over-long chunked body fails with [`BodyTooLarge`]
+//! wherever it is being read; a streamed response body can carry a guard that is
+//! dropped when the body ends (used to count outstanding requests per endpoint).
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Raised when a streamed body exceeds its cap.
+#[derive(Debug, thiserror::Error)]
+#[error("body exceeds the limit of {limit} bytes")]
+pub struct BodyTooLarge {
+    pub limit: u64,
+}
+
+/// A guard kept alive for as long as a response body is being streamed.
+pub trait BodyGuard: Send + Sync {}
+
+pub enum Body {
+    Empty,
+    Full(Option<Bytes>),
+    Stream {
+        inner: Incoming,
+        /// Bytes still allowed; `u64::MAX` for no cap.
+        remaining: u64,
+        limit: u64,
+        guard: Option<Box<dyn BodyGuard>>,
+    },
+}
+
+impl Body {
+    pub fn empty() -> Self {
+        Body::Empty
+    }
+
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        let b = b.into();
+        if b.is_empty() {
+            Body::Empty
+        } else {
+            Body::Full(Some(b))
+        }
+    }
+
+    pub fn stream(inner: Incoming, limit: Option<u64>) -> Self {
+        let limit = limit.unwrap_or(u64::MAX);
+        Body::Stream {
+            inner,
+            remaining: limit,
+            limit,
+            guard: None,
+        }
+    }
+
+    pub fn with_guard(mut self, g: Box<dyn BodyGuard>) -> Self {
+        if let Body::Stream { guard, .. } = &mut self {
+            *guard = Some(g);
+        }
+        self
+    }
+
+    /// Whether the body can be sent again (for retries) without buffering.
+    pub fn replayable(&self) -> Option<Bytes> {
+        match self {
+            Body::Empty => Some(Bytes::new()),
+            Body::Full(b) => Some(b.clone().unwrap_or_default()),
+            Body::Stream { .. } => None,
+        }
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Body::Empty => Poll::Ready(None),
+            Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Body::Stream {
+                inner,
+                remaining,
+                limit,
+                guard,
+            } => match Pin::new(inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(d) = frame.data_ref() {
+                        let n = d.len() as u64;
+                        if n > *remaining {
+                            return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit: *limit }))));
+                        }
+                        *remaining -= n;
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+                Poll::Ready(None) => {
+                    guard.take();
+                    Poll::Ready(None)
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Empty => true,
+            Body::Full(b) => b.is_none(),
+            Body::Stream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Empty => SizeHint::with_exact(0),
+            Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Body::Stream { inner, .. } => inner.size_hint(),
+        }
+    }
+}
+
+/// Whether an error chain contains [`BodyTooLarge`].
+pub fn is_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<BodyTooLarge>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Collects a body into memory, refusing more than `cap` bytes. The one place the
+/// gateway buffers a whole body; stages that need the whole body call this.
+pub async fn collect_capped(body: Body, cap: u64) -> Result<Bytes, BoxError> {
+    use http_body_util::BodyExt;
+    if let Some(b) = body.replayable() {
+        if b.len() as u64 > cap {
+            return Err(Box::new(BodyTooLarge { limit: cap }));
+        }
+        return Ok(b);
+    }
+    let limited = http_body_util::Limited::new(body, cap as usize);
+    match limited.collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) => {
+            if e.is::<http_body_util::LengthLimitError>() {
+                Err(Box::new(BodyTooLarge { limit: cap }))
+            } else {
+                Err(e)
+            }
+        }
+    }
+}

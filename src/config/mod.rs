@@ -1,0 +1,1059 @@
+//! Configuration in two layers: [`raw`] is the TOML file as written (unknown keys
+//! rejected); this module turns it into the validated types the rest of the program
+//! relies on. Every problem is collected with its key path so that `lienthong check`
+//! prints all of them at once, e.g. `routes[4].upstream: unknown upstream "tax" (known: demo)`.
+//!
+//! Relative file paths in the config are resolved against the config file's folder.
+
+pub mod raw;
+
+use raw::*;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// One thing wrong with a config, with the key path it was found at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Every problem found in one load; never empty when returned as an error.
+#[derive(Debug, Clone, Default)]
+pub struct Problems(pub Vec<Problem>);
+
+impl Problems {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Problems {}
+
+/// The validated configuration. Cheap to share behind an `Arc`; a reload builds a new one.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    pub admin: AdminConfig,
+    pub listeners: Vec<ListenerConfig>,
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+    /// Where the file was read from (for reloads).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerConfig {
+    pub worker_threads: Option<usize>,
+    #[serde(with = "dur")]
+    pub drain_timeout: Duration,
+    pub via_name: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+    pub access_log: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AdminConfig {
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub h2c: bool,
+    pub http2: bool,
+    pub max_connections: usize,
+    #[serde(with = "dur")]
+    pub header_read_timeout: Duration,
+    #[serde(with = "dur")]
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_uri_bytes: usize,
+    pub max_body_bytes: u64,
+    pub h2_max_concurrent_streams: u32,
+    pub h2_max_header_list_bytes: u32,
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    None,
+    Optional,
+    Required,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+    pub client_auth: ClientAuth,
+    #[serde(with = "dur")]
+    pub reload_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    RoundRobin,
+    LeastOutstanding,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub endpoints: Vec<EndpointAddr>,
+    pub balance: Balance,
+    #[serde(with = "dur")]
+    pub connect_timeout: Duration,
+    #[serde(with = "dur")]
+    pub request_timeout: Duration,
+    #[serde(with = "dur")]
+    pub idle_timeout: Duration,
+    pub max_idle_per_endpoint: usize,
+    pub http2: bool,
+    pub health: Option<HealthConfig>,
+    pub passive: PassiveConfig,
+    pub retry: RetryConfig,
+    pub circuit_breaker: BreakerConfig,
+    pub tls: Option<UpstreamTlsConfig>,
+}
+
+/// One endpoint as `scheme://host:port`, from config only (never from a request).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EndpointAddr {
+    pub https: bool,
+    /// `host:port`, port always explicit.
+    pub authority: String,
+    pub host: String,
+}
+
+impl fmt::Display for EndpointAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.https { "https" } else { "http" };
+        write!(f, "{scheme}://{}", self.authority)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealthConfig {
+    pub path: String,
+    #[serde(with = "dur")]
+    pub interval: Duration,
+    #[serde(with = "dur")]
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PassiveConfig {
+    /// 0 disables passive ejection.
+    pub consecutive_failures: u32,
+    #[serde(with = "dur")]
+    pub ejection_time: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RetryConfig {
+    pub attempts: u32,
+    pub budget_percent: u32,
+    pub min_per_second: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BreakerConfig {
+    /// 0 disables the breaker.
+    pub consecutive_failures: u32,
+    #[serde(with = "dur")]
+    pub open_for: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UpstreamTlsConfig {
+    pub ca: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub server_name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostHeader {
+    Preserve,
+    Upstream,
+    Literal(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostMatch {
+    Exact(String),
+    /// `*.suffix`: stored as `.suffix`, matches any host ending with it (not the bare suffix).
+    Suffix(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RouteConfig {
+    pub name: String,
+    pub listeners: Option<Vec<String>>,
+    pub host: Option<HostMatch>,
+    pub path_prefix: String,
+    pub methods: Option<Vec<String>>,
+    pub upstream: String,
+    pub strip_prefix: bool,
+    pub rewrite_prefix: Option<String>,
+    pub host_header: HostHeader,
+    #[serde(with = "opt_dur")]
+    pub timeout: Option<Duration>,
+    pub max_body_bytes: Option<u64>,
+    pub retry_non_idempotent: bool,
+    pub allow_upgrade: bool,
+    pub allow_absolute_form: bool,
+}
+
+mod dur {
+    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_duration(*d))
+    }
+}
+
+mod opt_dur {
+    pub fn serialize<S: serde::Serializer>(
+        d: &Option<std::time::Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&super::format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+/// Formats a duration the way the config spells it (`1500ms`, `30s`).
+pub fn format_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// Parses `250ms`, `30s`, `5m`, `1h`. A unit is required so that `30` is never
+/// silently read as seconds by one reader and milliseconds by another.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("duration {s:?} needs a unit (ms, s, m or h)"))?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("duration {s:?} must start with a whole number"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(format!("duration {s:?} has unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    Ok(d)
+}
+
+const METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE",
+];
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, Problems> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            let mut p = Problems::default();
+            p.push(path.display().to_string(), format!("cannot read config: {e}"));
+            p
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let mut cfg = Config::parse(&text, &base)?;
+        cfg.source = Some(path.to_path_buf());
+        Ok(cfg)
+    }
+
+    /// Validates config text; relative paths are resolved against `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, Problems> {
+        let mut v = Validator {
+            problems: Problems::default(),
+            base: base.to_path_buf(),
+        };
+        let file: RawFile = match toml::from_str(text) {
+            Ok(f) => f,
+            Err(e) => {
+                v.problems.push("(file)", toml_message(&e, text));
+                return Err(v.problems);
+            }
+        };
+        let cfg = v.file(file);
+        if v.problems.0.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(v.problems)
+        }
+    }
+
+    /// The running config as JSON for the admin API. This config holds no secret
+    /// values (only file paths and environment variable names), so nothing is redacted
+    /// here; secret-bearing sections added later must use redacting types.
+    pub fn redacted_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+fn toml_message(e: &toml::de::Error, text: &str) -> String {
+    let msg = e.message().to_string();
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {msg}")
+        }
+        None => msg,
+    }
+}
+
+struct Validator {
+    problems: Problems,
+    base: PathBuf,
+}
+
+impl Validator {
+    /// Decodes one section; on a type or unknown-key error records it and returns
+    /// the default so that validation of the other sections goes on.
+    fn section<T: DeserializeOwned + Default>(&mut self, path: &str, v: Option<toml::Value>) -> T {
+        self.element(path, v).unwrap_or_default()
+    }
+
+    /// Like `section`, but None when the element did not decode, so that its
+    /// missing fields are not reported a second time as "required".
+    fn element<T: DeserializeOwned>(&mut self, path: &str, v: Option<toml::Value>) -> Option<T> {
+        match T::deserialize(v?) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.problems.push(path, e.message().to_string());
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, path: &str, v: Option<&String>, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) => match parse_duration(s) {
+                Ok(d) if d.is_zero() => {
+                    self.problems.push(path, "must be greater than zero");
+                    default
+                }
+                Ok(d) => d,
+                Err(e) => {
+                    self.problems.push(path, e);
+                    default
+                }
+            },
+        }
+    }
+
+    fn file_path(&mut self, path: &str, v: &str) -> PathBuf {
+        let p = Path::new(v);
+        let full = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        };
+        if !full.is_file() {
+            self.problems
+                .push(path, format!("file {} does not exist or is not a file", full.display()));
+        }
+        full
+    }
+
+    fn addr(&mut self, path: &str, v: Option<&String>, default: &str) -> SocketAddr {
+        let s = v.map(String::as_str).unwrap_or(default);
+        match s.parse() {
+            Ok(a) => a,
+            Err(_) => {
+                self.problems.push(
+                    path,
+                    format!("{s:?} is not an IP address with a port (e.g. 127.0.0.1:8080)"),
+                );
+                default.parse().expect("default address parses")
+            }
+        }
+    }
+
+    fn file(&mut self, f: RawFile) -> Config {
+        let server: RawServer = self.section("server", f.server);
+        let log: RawLog = self.section("log", f.log);
+        let admin: RawAdmin = self.section("admin", f.admin);
+
+        let server = ServerConfig {
+            worker_threads: server.worker_threads.filter(|n| *n > 0),
+            drain_timeout: self.duration(
+                "server.drain_timeout",
+                server.drain_timeout.as_ref(),
+                Duration::from_secs(30),
+            ),
+            via_name: match server.via_name {
+                Some(n) if !n.is_empty() && n.bytes().all(is_token_byte) => n,
+                Some(n) => {
+                    self.problems
+                        .push("server.via_name", format!("{n:?} is not an HTTP token"));
+                    "lienthong".into()
+                }
+                None => "lienthong".into(),
+            },
+        };
+        let format = match log.format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(o) => {
+                self.problems
+                    .push("log.format", format!("unknown format {o:?} (use text or json)"));
+                LogFormat::Text
+            }
+        };
+        let log = LogConfig {
+            format,
+            level: log.level.unwrap_or_else(|| "info".into()),
+            access_log: log.access_log.unwrap_or(true),
+        };
+        let admin = AdminConfig {
+            listen: if admin.enabled == Some(false) {
+                None
+            } else {
+                Some(self.addr("admin.listen", admin.listen.as_ref(), "127.0.0.1:9090"))
+            },
+        };
+
+        let mut listeners = Vec::new();
+        for (i, l) in f.listeners.into_iter().enumerate() {
+            let path = format!("listeners[{i}]");
+            if let Some(raw) = self.element::<RawListener>(&path, Some(l)) {
+                listeners.push(self.listener(&path, raw));
+            }
+        }
+        if listeners.is_empty() {
+            self.problems
+                .push("listeners", "at least one [[listeners]] entry is needed");
+        }
+        let mut seen = BTreeMap::new();
+        for (i, l) in listeners.iter().enumerate() {
+            if let Some(j) = seen.insert(l.name.clone(), i) {
+                self.problems.push(
+                    format!("listeners[{i}].name"),
+                    format!("duplicate listener name {:?} (also listeners[{j}])", l.name),
+                );
+            }
+        }
+
+        let mut upstreams = BTreeMap::new();
+        for (name, u) in f.upstreams {
+            let path = format!("upstreams.{name}");
+            if !is_name(&name) {
+                self.problems
+                    .push(&path, "names use letters, digits, '-' and '_' only");
+            }
+            if let Some(raw) = self.element::<RawUpstream>(&path, Some(u)) {
+                let u = self.upstream(&path, &name, raw);
+                upstreams.insert(name, u);
+            }
+        }
+
+        let mut routes = Vec::new();
+        for (i, r) in f.routes.into_iter().enumerate() {
+            let path = format!("routes[{i}]");
+            if let Some(raw) = self.element::<RawRoute>(&path, Some(r)) {
+                routes.push(self.route(&path, i, raw, &upstreams, &listeners));
+            }
+        }
+        let mut seen = BTreeMap::new();
+        for (i, r) in routes.iter().enumerate() {
+            if let Some(j) = seen.insert(r.name.clone(), i) {
+                self.problems.push(
+                    format!("routes[{i}].name"),
+                    format!("duplicate route name {:?} (also routes[{j}])", r.name),
+                );
+            }
+        }
+
+        Config {
+            server,
+            log,
+            admin,
+            listeners,
+            upstreams,
+            routes,
+            source: None,
+        }
+    }
+
+    fn listener(&mut self, path: &str, l: RawListener) -> ListenerConfig {
+        let name = l.name.clone().unwrap_or_else(|| "default".into());
+        if !is_name(&name) {
+            self.problems.push(
+                format!("{path}.name"),
+                "names use letters, digits, '-' and '_' only",
+            );
+        }
+        if l.listen.is_none() {
+            self.problems
+                .push(format!("{path}.listen"), "required (e.g. \"127.0.0.1:8080\")");
+        }
+        let listen = self.addr(&format!("{path}.listen"), l.listen.as_ref(), "127.0.0.1:8080");
+        let tls = l.tls.map(|t| self.tls(&format!("{path}.tls"), t));
+        let max_header_bytes = l.max_header_bytes.unwrap_or(16 * 1024);
+        if max_header_bytes < 1024 {
+            self.problems.push(
+                format!("{path}.max_header_bytes"),
+                "must be at least 1024",
+            );
+        }
+        let max_uri_bytes = l.max_uri_bytes.unwrap_or(8 * 1024);
+        if max_uri_bytes < 64 {
+            self.problems
+                .push(format!("{path}.max_uri_bytes"), "must be at least 64");
+        }
+        let max_headers = l.max_headers.unwrap_or(100);
+        if max_headers == 0 {
+            self.problems
+                .push(format!("{path}.max_headers"), "must be at least 1");
+        }
+        ListenerConfig {
+            name,
+            listen,
+            h2c: l.h2c.unwrap_or(true),
+            http2: l.http2.unwrap_or(true),
+            max_connections: l.max_connections.unwrap_or(10_000).max(1),
+            header_read_timeout: self.duration(
+                &format!("{path}.header_read_timeout"),
+                l.header_read_timeout.as_ref(),
+                Duration::from_secs(10),
+            ),
+            idle_timeout: self.duration(
+                &format!("{path}.idle_timeout"),
+                l.idle_timeout.as_ref(),
+                Duration::from_secs(60),
+            ),
+            max_header_bytes,
+            max_headers,
+            max_uri_bytes,
+            max_body_bytes: l.max_body_bytes.unwrap_or(10 * 1024 * 1024),
+            h2_max_concurrent_streams: l.h2_max_concurrent_streams.unwrap_or(256).max(1),
+            h2_max_header_list_bytes: l
+                .h2_max_header_list_bytes
+                .unwrap_or(max_header_bytes as u32),
+            tls,
+        }
+    }
+
+    fn tls(&mut self, path: &str, t: RawTls) -> TlsConfig {
+        let cert = match &t.cert {
+            Some(c) => self.file_path(&format!("{path}.cert"), c),
+            None => {
+                self.problems.push(format!("{path}.cert"), "required");
+                PathBuf::new()
+            }
+        };
+        let key = match &t.key {
+            Some(c) => self.file_path(&format!("{path}.key"), c),
+            None => {
+                self.problems.push(format!("{path}.key"), "required");
+                PathBuf::new()
+            }
+        };
+        let client_ca = t
+            .client_ca
+            .as_ref()
+            .map(|c| self.file_path(&format!("{path}.client_ca"), c));
+        let client_auth = match (t.client_auth.as_deref(), &client_ca) {
+            (None, Some(_)) | (Some("required"), Some(_)) => ClientAuth::Required,
+            (Some("optional"), Some(_)) => ClientAuth::Optional,
+            (None, None) => ClientAuth::None,
+            (Some("required" | "optional"), None) => {
+                self.problems.push(
+                    format!("{path}.client_auth"),
+                    "needs client_ca (the CA bundle that signs client certificates)",
+                );
+                ClientAuth::None
+            }
+            (Some(o), _) => {
+                self.problems.push(
+                    format!("{path}.client_auth"),
+                    format!("unknown value {o:?} (use required or optional)"),
+                );
+                ClientAuth::None
+            }
+        };
+        TlsConfig {
+            cert,
+            key,
+            client_ca,
+            client_auth,
+            reload_interval: self.duration(
+                &format!("{path}.reload_interval"),
+                t.reload_interval.as_ref(),
+                Duration::from_secs(30),
+            ),
+        }
+    }
+
+    fn upstream(&mut self, path: &str, name: &str, u: RawUpstream) -> UpstreamConfig {
+        let mut endpoints = Vec::new();
+        match &u.endpoints {
+            None => self
+                .problems
+                .push(format!("{path}.endpoints"), "required: at least one endpoint URL"),
+            Some(list) if list.is_empty() => self
+                .problems
+                .push(format!("{path}.endpoints"), "at least one endpoint URL is needed"),
+            Some(list) => {
+                for (i, e) in list.iter().enumerate() {
+                    match parse_endpoint(e) {
+                        Ok(ep) => endpoints.push(ep),
+                        Err(m) => self.problems.push(format!("{path}.endpoints[{i}]"), m),
+                    }
+                }
+            }
+        }
+        let balance = match u.balance.as_deref() {
+            None | Some("round_robin") => Balance::RoundRobin,
+            Some("least_outstanding") => Balance::LeastOutstanding,
+            Some(o) => {
+                self.problems.push(
+                    format!("{path}.balance"),
+                    format!("unknown policy {o:?} (use round_robin or least_outstanding)"),
+                );
+                Balance::RoundRobin
+            }
+        };
+        let health = u.health.map(|h| {
+            let hp = format!("{path}.health");
+            let p = h.path.unwrap_or_else(|| "/health".into());
+            if !p.starts_with('/') {
+                self.problems
+                    .push(format!("{hp}.path"), "must start with '/'");
+            }
+            HealthConfig {
+                path: p,
+                interval: self.duration(
+                    &format!("{hp}.interval"),
+                    h.interval.as_ref(),
+                    Duration::from_secs(5),
+                ),
+                timeout: self.duration(
+                    &format!("{hp}.timeout"),
+                    h.timeout.as_ref(),
+                    Duration::from_secs(2),
+                ),
+                healthy_threshold: h.healthy_threshold.unwrap_or(1).max(1),
+                unhealthy_threshold: h.unhealthy_threshold.unwrap_or(2).max(1),
+            }
+        });
+        let passive = match u.passive {
+            Some(p) => PassiveConfig {
+                consecutive_failures: p.consecutive_failures.unwrap_or(5),
+                ejection_time: self.duration(
+                    &format!("{path}.passive.ejection_time"),
+                    p.ejection_time.as_ref(),
+                    Duration::from_secs(30),
+                ),
+            },
+            None => PassiveConfig {
+                consecutive_failures: 5,
+                ejection_time: Duration::from_secs(30),
+            },
+        };
+        let retry = match u.retry {
+            Some(r) => {
+                let attempts = r.attempts.unwrap_or(2);
+                if attempts == 0 || attempts > 10 {
+                    self.problems.push(
+                        format!("{path}.retry.attempts"),
+                        "must be between 1 (no retry) and 10",
+                    );
+                }
+                RetryConfig {
+                    attempts: attempts.clamp(1, 10),
+                    budget_percent: r.budget_percent.unwrap_or(20),
+                    min_per_second: r.min_per_second.unwrap_or(10),
+                }
+            }
+            None => RetryConfig {
+                attempts: 2,
+                budget_percent: 20,
+                min_per_second: 10,
+            },
+        };
+        let circuit_breaker = match u.circuit_breaker {
+            Some(b) => BreakerConfig {
+                consecutive_failures: b.consecutive_failures.unwrap_or(20),
+                open_for: self.duration(
+                    &format!("{path}.circuit_breaker.open_for"),
+                    b.open_for.as_ref(),
+                    Duration::from_secs(10),
+                ),
+            },
+            None => BreakerConfig {
+                consecutive_failures: 20,
+                open_for: Duration::from_secs(10),
+            },
+        };
+        let tls = u.tls.map(|t| {
+            let tp = format!("{path}.tls");
+            if t.client_cert.is_some() != t.client_key.is_some() {
+                self.problems.push(
+                    tp.clone(),
+                    "client_cert and client_key must be given together",
+                );
+            }
+            UpstreamTlsConfig {
+                ca: t.ca.as_ref().map(|c| self.file_path(&format!("{tp}.ca"), c)),
+                client_cert: t
+                    .client_cert
+                    .as_ref()
+                    .map(|c| self.file_path(&format!("{tp}.client_cert"), c)),
+                client_key: t
+                    .client_key
+                    .as_ref()
+                    .map(|c| self.file_path(&format!("{tp}.client_key"), c)),
+                server_name: t.server_name,
+            }
+        });
+        UpstreamConfig {
+            name: name.to_string(),
+            endpoints,
+            balance,
+            connect_timeout: self.duration(
+                &format!("{path}.connect_timeout"),
+                u.connect_timeout.as_ref(),
+                Duration::from_secs(2),
+            ),
+            request_timeout: self.duration(
+                &format!("{path}.request_timeout"),
+                u.request_timeout.as_ref(),
+                Duration::from_secs(30),
+            ),
+            idle_timeout: self.duration(
+                &format!("{path}.idle_timeout"),
+                u.idle_timeout.as_ref(),
+                Duration::from_secs(60),
+            ),
+            max_idle_per_endpoint: u.max_idle_per_endpoint.unwrap_or(256),
+            http2: u.http2.unwrap_or(false),
+            health,
+            passive,
+            retry,
+            circuit_breaker,
+            tls,
+        }
+    }
+
+    fn route(
+        &mut self,
+        path: &str,
+        index: usize,
+        r: RawRoute,
+        upstreams: &BTreeMap<String, UpstreamConfig>,
+        listeners: &[ListenerConfig],
+    ) -> RouteConfig {
+        let name = r.name.clone().unwrap_or_else(|| format!("route{index}"));
+        if !is_name(&name) {
+            self.problems.push(
+                format!("{path}.name"),
+                "names use letters, digits, '-' and '_' only",
+            );
+        }
+        let upstream = match r.upstream {
+            None => {
+                self.problems.push(format!("{path}.upstream"), "required");
+                String::new()
+            }
+            Some(u) => {
+                if !upstreams.contains_key(&u) {
+                    let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+                    self.problems.push(
+                        format!("{path}.upstream"),
+                        format!("unknown upstream {u:?} (known: {})", known.join(", ")),
+                    );
+                }
+                u
+            }
+        };
+        if let Some(ls) = &r.listeners {
+            for (i, l) in ls.iter().enumerate() {
+                if !listeners.iter().any(|x| &x.name == l) {
+                    let known: Vec<&str> = listeners.iter().map(|x| x.name.as_str()).collect();
+                    self.problems.push(
+                        format!("{path}.listeners[{i}]"),
+                        format!("unknown listener {l:?} (known: {})", known.join(", ")),
+                    );
+                }
+            }
+        }
+        let prefix = r.path_prefix.clone().unwrap_or_else(|| "/".into());
+        let path_prefix = match crate::pipeline::normalize::normalize_path(&prefix) {
+            Ok(p) if p == prefix => {
+                // A trailing slash would make the prefix match only below it; store
+                // without it so `/api/` and `/api` mean the same segment-aware prefix.
+                if p.len() > 1 {
+                    p.trim_end_matches('/').to_string()
+                } else {
+                    p
+                }
+            }
+            Ok(p) => {
+                self.problems.push(
+                    format!("{path}.path_prefix"),
+                    format!("{prefix:?} is not in normal form (write {p:?})"),
+                );
+                p
+            }
+            Err(e) => {
+                self.problems
+                    .push(format!("{path}.path_prefix"), format!("{prefix:?}: {e}"));
+                "/".into()
+            }
+        };
+        let methods = r.methods.map(|ms| {
+            ms.into_iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    let up = m.to_ascii_uppercase();
+                    if !METHODS.contains(&up.as_str()) {
+                        self.problems.push(
+                            format!("{path}.methods[{i}]"),
+                            format!("unknown or unsupported method {m:?}"),
+                        );
+                    }
+                    up
+                })
+                .collect::<Vec<_>>()
+        });
+        let host = r.host.as_deref().map(|h| {
+            let h = h.to_ascii_lowercase();
+            if let Some(s) = h.strip_prefix("*.") {
+                if s.is_empty() || !is_hostname(s) {
+                    self.problems
+                        .push(format!("{path}.host"), format!("{h:?} is not a host pattern"));
+                }
+                HostMatch::Suffix(format!(".{s}"))
+            } else {
+                if !is_hostname(&h) {
+                    self.problems
+                        .push(format!("{path}.host"), format!("{h:?} is not a host name"));
+                }
+                HostMatch::Exact(h)
+            }
+        });
+        let strip_prefix = r.strip_prefix.unwrap_or(false);
+        if strip_prefix && r.rewrite_prefix.is_some() {
+            self.problems.push(
+                format!("{path}.rewrite_prefix"),
+                "use either strip_prefix or rewrite_prefix, not both",
+            );
+        }
+        if let Some(rp) = &r.rewrite_prefix {
+            if !rp.starts_with('/') {
+                self.problems
+                    .push(format!("{path}.rewrite_prefix"), "must start with '/'");
+            }
+        }
+        let host_header = match r.host_header.as_deref() {
+            None | Some("preserve") => HostHeader::Preserve,
+            Some("upstream") => HostHeader::Upstream,
+            Some(h) if is_hostname(h.split(':').next().unwrap_or("")) => {
+                HostHeader::Literal(h.to_string())
+            }
+            Some(h) => {
+                self.problems.push(
+                    format!("{path}.host_header"),
+                    format!("{h:?} is neither preserve, upstream nor a host name"),
+                );
+                HostHeader::Preserve
+            }
+        };
+        let timeout = r.timeout.as_ref().map(|t| {
+            self.duration(&format!("{path}.timeout"), Some(t), Duration::from_secs(30))
+        });
+        RouteConfig {
+            name,
+            listeners: r.listeners,
+            host,
+            path_prefix,
+            methods,
+            upstream,
+            strip_prefix,
+            rewrite_prefix: r.rewrite_prefix,
+            host_header,
+            timeout,
+            max_body_bytes: r.max_body_bytes,
+            retry_non_idempotent: r.retry_non_idempotent.unwrap_or(false),
+            allow_upgrade: r.allow_upgrade.unwrap_or(false),
+            allow_absolute_form: r.allow_absolute_form.unwrap_or(false),
+        }
+    }
+}
+
+fn parse_endpoint(s: &str) -> Result<EndpointAddr, String> {
+    let (https, rest) = if let Some(r) = s.strip_prefix("http://") {
+        (false, r)
+    } else if let Some(r) = s.strip_prefix("https://") {
+        (true, r)
+    } else {
+        return Err(format!("{s:?} must start with http:// or https://"));
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@']) {
+        return Err(format!(
+            "{s:?} must be scheme://host[:port] with no path, query or credentials"
+        ));
+    }
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || rest.starts_with('[') => match p.parse::<u16>() {
+            Ok(p) => (h.to_string(), p),
+            Err(_) => return Err(format!("{s:?} has an invalid port")),
+        },
+        _ => (rest.to_string(), if https { 443 } else { 80 }),
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<std::net::IpAddr>().is_err() && !is_hostname(bare) {
+        return Err(format!("{s:?} has an invalid host"));
+    }
+    Ok(EndpointAddr {
+        https,
+        authority: format!("{host}:{port}"),
+        host: bare.to_string(),
+    })
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn is_hostname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+/// RFC 9110 `tchar`.
+pub(crate) fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_need_units() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("30").is_err());
+        assert!(parse_duration("3x").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn endpoints_are_strict() {
+        let e = parse_endpoint("http://127.0.0.1:8080").unwrap();
+        assert_eq!(e.authority, "127.0.0.1:8080");
+        assert_eq!(parse_endpoint("https://x.gov.vn").unwrap().authority, "x.gov.vn:443");
+        assert!(parse_endpoint("ftp://x").is_err());
+        assert!(parse_endpoint("http://x/path").is_err());
+        assert!(parse_endpoint("http://user@x").is_err());
+        assert!(parse_endpoint("http://x:99999").is_err());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let text = r#"
+[server]
+drain_timeout = "30"
+[[listeners]]
+name = "public"
+listen = "not-an-address"
+[upstreams.demo]
+endpoints = ["ftp://x"]
+balance = "random"
+[[routes]]
+path_prefix = "/a/../b"
+upstream = "nope"
+methods = ["GETT"]
+[[routes]]
+pth = "/typo"
+"#;
+        let err = Config::parse(text, Path::new(".")).unwrap_err();
+        let paths: Vec<&str> = err.0.iter().map(|p| p.path.as_str()).collect();
+        for want in [
+            "server.drain_timeout",
+            "listeners[0].listen",
+            "upstreams.demo.endpoints[0]",
+            "upstreams.demo.balance",
+            "routes[0].path_prefix",
+            "routes[0].upstream",
+            "routes[0].methods[0]",
+            "routes[1]",
+        ] {
+            assert!(paths.contains(&want), "missing {want} in {err}");
+        }
+    }
+}

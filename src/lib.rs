@@ -1,0 +1,37 @@
+//! # lienthong — interoperability gateway for Vietnamese e-government
+//!
+//! ## Codemap (one line per module)
+//! - [`cli`]       — the `lienthong` command: `serve`, `check`.
+//! - [`config`]    — the TOML file as written ([`config::raw`]) → validated [`config::Config`]; every problem with its key path.
+//! - [`runtime`]   — a config compiled for serving ([`runtime::Runtime`]) and the [`runtime::Gateway`] that swaps it on reload.
+//! - [`server`]    — listeners, TLS (rotation, mTLS), HTTP/1.1 + HTTP/2, limits, idle/slow-client timeouts, graceful drain.
+//! - [`pipeline`]  — the request path as stages in one function ([`pipeline::handle`]); normalisation, routing, headers, `respond`.
+//! - [`upstream`]  — pools: balancing, health (active + passive), breaker, retry budget, keep-alive, upstream TLS.
+//! - [`body`]      — the one body type (streamed with a cap, buffered, empty) and the one capped-collect helper.
+//! - [`error`]     — the one error type; kinds say whose fault it is.
+//! - [`admin`]     — the admin listener: health, readiness, metrics, config, upstreams, reload.
+//! - [`observe`]   — metrics recorder and logging; one access-log line per request.
+//!
+//! ## Invariants that hold across modules
+//! - Only `pipeline::respond` maps errors to status codes and builds error bodies; every
+//!   error body is JSON `{"code","message","request_id"}` and never carries internals.
+//! - Routing sees only the normalised path, and the upstream receives exactly that path
+//!   (after the route's strip/rewrite): no other spelling of a path reaches a route.
+//! - Upstream addresses come only from config; redirects are never followed.
+//! - A request runs on the config snapshot it started with; reloads swap atomically and
+//!   an invalid new config leaves the running one in place.
+//! - Hop-by-hop fields never cross the gateway; forwarding fields are the gateway's own.
+//! - `Content-Length` on the wire is derived from the body actually sent.
+//! - `observe::record` runs for every request, refused ones included.
+//! - Whole-body buffering happens only in `body::collect_capped`, always under a cap.
+
+pub mod admin;
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod observe;
+pub mod pipeline;
+pub mod runtime;
+pub mod server;
+pub mod upstream;

@@ -1,0 +1,150 @@
+//! Proxy header semantics (RFC 9110 §7.6, RFC 9112, RFC 7239).
+//!
+//! Hop-by-hop fields are removed in both directions, including every field named in
+//! `Connection`. Forwarding fields are set by the gateway from what it saw on the
+//! socket; client-sent copies are never trusted or passed on.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use std::net::IpAddr;
+
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+];
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Removes hop-by-hop fields and those named in `Connection`. `Upgrade` is removed
+/// too unless `keep_upgrade` (a tunnel the route allows), in which case
+/// `Connection: upgrade` is put back.
+pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    // Collect names first: `Connection` may list any field, possibly in several lines.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for v in h.get_all(header::CONNECTION) {
+        if let Ok(s) = v.to_str() {
+            for tok in s.split(',') {
+                let tok = tok.trim();
+                if tok.is_empty() || (keep_upgrade && tok.eq_ignore_ascii_case("upgrade")) {
+                    continue;
+                }
+                if let Ok(n) = HeaderName::from_bytes(tok.as_bytes()) {
+                    named.push(n);
+                }
+            }
+        }
+    }
+    for n in named {
+        h.remove(n);
+    }
+    for n in &HOP_BY_HOP {
+        h.remove(n);
+    }
+    if keep_upgrade && h.contains_key(header::UPGRADE) {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        h.remove(header::UPGRADE);
+    }
+}
+
+/// Drops client-sent forwarding fields and sets the gateway's own.
+pub fn set_forwarded(h: &mut HeaderMap, peer: IpAddr, https: bool, host: Option<&str>) {
+    h.remove(&X_FORWARDED_FOR);
+    h.remove(&X_FORWARDED_PROTO);
+    h.remove(&X_FORWARDED_HOST);
+    h.remove(&X_REAL_IP);
+    h.remove(header::FORWARDED);
+    let proto = if https { "https" } else { "http" };
+    let ip = peer.to_string();
+    if let Ok(v) = HeaderValue::from_str(&ip) {
+        h.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    let mut fwd = match peer {
+        IpAddr::V4(_) => format!("for={ip};proto={proto}"),
+        IpAddr::V6(_) => format!("for=\"[{ip}]\";proto={proto}"),
+    };
+    if let Some(host) = host {
+        if let Ok(v) = HeaderValue::from_str(host) {
+            h.insert(X_FORWARDED_HOST.clone(), v);
+        }
+        // A host is a token unless it carries characters that need quoting.
+        if host.bytes().all(crate::config::is_token_byte) {
+            fwd.push_str(";host=");
+            fwd.push_str(host);
+        } else {
+            fwd.push_str(";host=\"");
+            fwd.push_str(host);
+            fwd.push('"');
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&fwd) {
+        h.insert(header::FORWARDED, v);
+    }
+}
+
+/// Appends this gateway to `Via` (RFC 9110 §7.6.3).
+pub fn append_via(h: &mut HeaderMap, version: http::Version, name: &str) {
+    let proto = match version {
+        http::Version::HTTP_09 => "0.9",
+        http::Version::HTTP_10 => "1.0",
+        http::Version::HTTP_2 => "2",
+        http::Version::HTTP_3 => "3",
+        _ => "1.1",
+    };
+    let mine = format!("{proto} {name}");
+    let value = match h.get(header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.is_empty() => format!("{prev}, {mine}"),
+        _ => mine,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        h.insert(header::VIA, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_named_fields_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("X-Foo, close"));
+        h.append(header::CONNECTION, HeaderValue::from_static("x-bar"));
+        h.insert("x-foo", HeaderValue::from_static("1"));
+        h.insert("x-bar", HeaderValue::from_static("1"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get("x-foo").is_none());
+        assert!(h.get("x-bar").is_none());
+        assert!(h.get("keep-alive").is_none());
+        assert!(h.get(header::UPGRADE).is_none());
+        assert!(h.get(header::CONNECTION).is_none());
+        assert_eq!(h.get("x-keep").unwrap(), "1");
+    }
+
+    #[test]
+    fn forwarded_is_replaced() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.insert(header::FORWARDED, HeaderValue::from_static("for=6.6.6.6"));
+        set_forwarded(&mut h, "::1".parse().unwrap(), true, Some("a.gov.vn"));
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "::1");
+        assert_eq!(
+            h.get(header::FORWARDED).unwrap(),
+            "for=\"[::1]\";proto=https;host=a.gov.vn"
+        );
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
+    }
+}

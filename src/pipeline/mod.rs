@@ -1,0 +1,374 @@
+//! The request path, top to bottom in [`handle`]:
+//!
+//! ```text
+//! ctx    = RequestCtx::new(conn, &req)            request id, start time, peer, TLS identity
+//! target = intake::check(listener, &parts)?      method form, URI length, Host, path normalisation
+//! route  = route::select(routes, target)?        host, segment-aware prefix, method → 404 / 405
+//!          (authn / authz: issue #3 plugs in here, between select and forward)
+//! body   = intake::body(limits, &parts, body)?   declared length over the cap → 413; streamed cap
+//! out    = forward::prepare(route, parts, body)  hop-by-hop, forwarding fields, Host, Via, request id
+//! answer = pool.send(out).await?                 balancing, retries, breaker, timeouts → 502 / 503 / 504
+//! rsp    = respond::upstream(answer)             hop-by-hop, Via, request id, Content-Length
+//! rsp    = respond::finish(ctx, result)          the ONE place that maps errors to status codes
+//!          observe::record(ctx, &rsp)            metrics and the access log, for every request
+//! ```
+//!
+//! Each stage is a plain function that can be tested alone. The whole request runs
+//! on the config snapshot it started with, so a reload never changes a request midway.
+
+pub mod headers;
+pub mod normalize;
+pub mod respond;
+pub mod route;
+
+use crate::body::{Body, BodyTooLarge};
+use crate::config::{HostHeader, ListenerConfig, RouteConfig};
+use crate::error::{ErrorKind, GatewayError};
+use crate::runtime::Runtime;
+use crate::server::ConnInfo;
+use crate::upstream::OutboundRequest;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+/// Per-request facts every stage may read.
+pub struct RequestCtx {
+    pub request_id: HeaderValue,
+    pub start: Instant,
+    pub conn: Arc<ConnInfo>,
+    pub method: Method,
+    pub version: http::Version,
+    /// Normalised path once intake has run (for logs and metrics), else the raw one.
+    pub path: String,
+    pub route: Option<Arc<str>>,
+    pub upstream: Option<Arc<str>>,
+    pub endpoint: Option<String>,
+    pub attempts: u32,
+    pub error: Option<(&'static str, Option<String>)>,
+}
+
+/// A request id: the client's when it is sane, else `<process prefix>-<counter>`,
+/// unique within the process and, with a random prefix, across restarts.
+fn request_id(h: &http::HeaderMap) -> HeaderValue {
+    if let Some(v) = h.get(&headers::X_REQUEST_ID) {
+        let b = v.as_bytes();
+        if !b.is_empty()
+            && b.len() <= 128
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
+        {
+            return v.clone();
+        }
+    }
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        h.write_u32(std::process::id());
+        format!("{:016x}", h.finish())
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    HeaderValue::from_str(&format!("{prefix}-{n:x}")).expect("hex is a valid header value")
+}
+
+impl RequestCtx {
+    pub fn new(conn: Arc<ConnInfo>, req: &Request<Incoming>) -> Self {
+        RequestCtx {
+            request_id: request_id(req.headers()),
+            start: Instant::now(),
+            conn,
+            method: req.method().clone(),
+            version: req.version(),
+            path: req.uri().path().to_string(),
+            route: None,
+            upstream: None,
+            endpoint: None,
+            attempts: 0,
+            error: None,
+        }
+    }
+
+    pub fn request_id_str(&self) -> &str {
+        self.request_id.to_str().unwrap_or("")
+    }
+}
+
+/// The request path. Always returns a response; errors become JSON bodies in
+/// `respond::finish`, and every request is recorded by `observe::record`.
+pub async fn handle(rt: Arc<Runtime>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Body> {
+    let mut ctx = RequestCtx::new(conn, &req);
+    let result = proxy(&rt, &mut ctx, req).await;
+    let rsp = respond::finish(&rt, &mut ctx, result);
+    crate::observe::record(&rt, &ctx, &rsp);
+    rsp
+}
+
+async fn proxy(
+    rt: &Runtime,
+    ctx: &mut RequestCtx,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, GatewayError> {
+    let listener = rt
+        .listener(&ctx.conn.listener)
+        .ok_or_else(|| GatewayError::internal("listener missing from the running config"))?;
+    let (mut parts, body) = req.into_parts();
+    let target = intake::check(listener, &parts)?;
+    ctx.path.clone_from(&target.path);
+    let (idx, route) = route::select(
+        &rt.config.routes,
+        &rt.route_order,
+        &ctx.conn.listener,
+        &target.host,
+        &target.path,
+        parts.method.as_str(),
+    )?;
+    ctx.route = Some(rt.route_names[idx].clone());
+    if target.absolute_form && !route.allow_absolute_form {
+        return Err(GatewayError::bad_request(
+            "absolute_form_not_allowed",
+            "absolute-form request targets are not accepted on this route",
+        ));
+    }
+    let upgrade = intake::upgrade_requested(&parts);
+    if upgrade && !route.allow_upgrade {
+        return Err(GatewayError::bad_request(
+            "upgrade_not_allowed",
+            "protocol upgrades are not accepted on this route",
+        ));
+    }
+    // authn::verify + authz::check (issue #3) go here.
+    let pool = rt.route_pools[idx].clone();
+    ctx.upstream = Some(rt.pool_names[idx].clone());
+    let body = intake::body(listener, route, &parts, body)?;
+    let client_upgrade = if upgrade {
+        parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+    } else {
+        None
+    };
+    let out = forward::prepare(rt, ctx, route, &target, &mut parts, body, upgrade)?;
+    let answer = pool.send(out).await;
+    let answer = answer?;
+    ctx.endpoint = Some(answer.endpoint.addr.to_string());
+    ctx.attempts = answer.attempts;
+    let mut rsp = answer.response;
+    if rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client) = client_upgrade {
+            forward::tunnel(client, &mut rsp);
+        }
+    }
+    Ok(respond::upstream(rt, ctx, rsp, upgrade))
+}
+
+/// What intake learned about the request target.
+pub struct Target {
+    pub host: String,
+    /// Host as the client wrote it (with port), for `X-Forwarded-Host`.
+    pub raw_host: Option<String>,
+    pub path: String,
+    pub query: Option<String>,
+    pub absolute_form: bool,
+}
+
+pub mod intake {
+    //! Checks on the request head before routing, and the body cap.
+    use super::*;
+
+    pub fn check(l: &ListenerConfig, parts: &http::request::Parts) -> Result<Target, GatewayError> {
+        if parts.method == Method::CONNECT {
+            let mut e = GatewayError::new(
+                ErrorKind::MethodNotAllowed,
+                "connect_not_allowed",
+                "CONNECT tunnels are not offered by this gateway",
+            );
+            e.allow = Some("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS".into());
+            return Err(e);
+        }
+        let uri = &parts.uri;
+        let uri_len = uri.path_and_query().map_or(0, |p| p.as_str().len());
+        if uri_len > l.max_uri_bytes {
+            return Err(GatewayError::new(
+                ErrorKind::UriTooLong,
+                "uri_too_long",
+                format!("the request target is longer than {} bytes", l.max_uri_bytes),
+            ));
+        }
+        let is_h1 = parts.version < http::Version::HTTP_2;
+        // In HTTP/1 a scheme in the URI means absolute-form; HTTP/2 always carries one.
+        let absolute_form = is_h1 && uri.scheme().is_some();
+        if uri.path() == "*" || (is_h1 && uri.scheme().is_none() && !uri.path().starts_with('/')) {
+            return Err(GatewayError::bad_request(
+                "bad_target",
+                "the request target must be a path",
+            ));
+        }
+        let mut hosts = parts.headers.get_all(header::HOST).iter();
+        let host_header = hosts.next();
+        if hosts.next().is_some() {
+            return Err(GatewayError::bad_request("bad_host", "more than one Host header"));
+        }
+        let raw_host: Option<String> = if absolute_form || !is_h1 {
+            uri.authority()
+                .map(|a| a.as_str().to_string())
+                .or_else(|| host_header.and_then(|h| h.to_str().ok()).map(str::to_string))
+        } else {
+            match host_header {
+                None if parts.version == http::Version::HTTP_11 => {
+                    return Err(GatewayError::bad_request("bad_host", "the Host header is required"))
+                }
+                None => None,
+                Some(h) => Some(
+                    h.to_str()
+                        .map_err(|_| GatewayError::bad_request("bad_host", "the Host header is not valid"))?
+                        .to_string(),
+                ),
+            }
+        };
+        let host = match &raw_host {
+            Some(h) => {
+                let a: http::uri::Authority = h
+                    .parse()
+                    .map_err(|_| GatewayError::bad_request("bad_host", "the Host header is not valid"))?;
+                if a.as_str().contains('@') {
+                    return Err(GatewayError::bad_request("bad_host", "the Host header is not valid"));
+                }
+                a.host().trim_end_matches('.').to_ascii_lowercase()
+            }
+            None => String::new(),
+        };
+        let path = normalize::normalize_path(uri.path())
+            .map_err(|e| GatewayError::bad_request("bad_path", e.to_string()))?;
+        Ok(Target {
+            host,
+            raw_host,
+            path,
+            query: uri.query().map(str::to_string),
+            absolute_form,
+        })
+    }
+
+    pub fn upgrade_requested(parts: &http::request::Parts) -> bool {
+        parts.version == http::Version::HTTP_11 && parts.headers.contains_key(header::UPGRADE)
+    }
+
+    /// Applies the body cap: a declared length over it is refused before anything is
+    /// read; a streamed body is cut when it passes the cap.
+    pub fn body(
+        l: &ListenerConfig,
+        route: &RouteConfig,
+        parts: &http::request::Parts,
+        body: Incoming,
+    ) -> Result<Body, GatewayError> {
+        let cap = route.max_body_bytes.unwrap_or(l.max_body_bytes);
+        let too_large = || {
+            GatewayError::new(
+                ErrorKind::PayloadTooLarge,
+                "body_too_large",
+                format!("the request body is larger than {cap} bytes"),
+            )
+            .with_detail(BodyTooLarge { limit: cap })
+        };
+        if let Some(len) = parts.headers.get(header::CONTENT_LENGTH) {
+            let n: u64 = len
+                .to_str()
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| GatewayError::bad_request("bad_length", "Content-Length is not valid"))?;
+            if n > cap {
+                return Err(too_large());
+            }
+            if n == 0 {
+                return Ok(Body::empty());
+            }
+        } else if http_body::Body::is_end_stream(&body) {
+            return Ok(Body::empty());
+        }
+        Ok(Body::stream(body, Some(cap)))
+    }
+}
+
+pub mod forward {
+    //! Building the upstream request, and upgrade tunnels.
+    use super::*;
+
+    pub fn prepare(
+        rt: &Runtime,
+        ctx: &RequestCtx,
+        route: &RouteConfig,
+        target: &Target,
+        parts: &mut http::request::Parts,
+        body: Body,
+        upgrade: bool,
+    ) -> Result<OutboundRequest, GatewayError> {
+        let mut h = std::mem::take(&mut parts.headers);
+        headers::strip_hop_by_hop(&mut h, upgrade);
+        // The length is derived from the body actually sent (hyper sets it from the
+        // body's exact size, or uses chunked framing), never copied from the client.
+        h.remove(header::CONTENT_LENGTH);
+        headers::set_forwarded(
+            &mut h,
+            ctx.conn.peer.ip(),
+            ctx.conn.tls.is_some(),
+            target.raw_host.as_deref(),
+        );
+        h.insert(headers::X_REQUEST_ID.clone(), ctx.request_id.clone());
+        headers::append_via(&mut h, parts.version, &rt.config.server.via_name);
+        match &route.host_header {
+            HostHeader::Preserve => {
+                if let Some(raw) = &target.raw_host {
+                    if let Ok(v) = HeaderValue::from_str(raw) {
+                        h.insert(header::HOST, v);
+                    }
+                }
+            }
+            HostHeader::Literal(l) => {
+                if let Ok(v) = HeaderValue::from_str(l) {
+                    h.insert(header::HOST, v);
+                }
+            }
+            HostHeader::Upstream => {}
+        }
+        let mut pq = route::upstream_path(route, &target.path);
+        if let Some(q) = &target.query {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        let path_and_query: http::uri::PathAndQuery = pq
+            .parse()
+            .map_err(|_| GatewayError::bad_request("bad_target", "the request target is not valid"))?;
+        let method = parts.method.clone();
+        let idempotent = route.retry_non_idempotent || method.is_idempotent();
+        Ok(OutboundRequest {
+            method,
+            path_and_query,
+            headers: h,
+            body,
+            idempotent,
+            timeout: route.timeout.unwrap_or(rt.pools[&route.upstream].cfg.request_timeout),
+            host_from_endpoint: route.host_header == HostHeader::Upstream,
+        })
+    }
+
+    /// Joins the client's and the upstream's upgraded connections and copies bytes
+    /// both ways until either side closes.
+    pub fn tunnel(client: hyper::upgrade::OnUpgrade, upstream_rsp: &mut Response<Body>) {
+        let upstream = hyper::upgrade::on(&mut *upstream_rsp);
+        tokio::spawn(async move {
+            let (Ok(c), Ok(u)) = (client.await, upstream.await) else {
+                return;
+            };
+            let mut c = hyper_util::rt::TokioIo::new(c);
+            let mut u = hyper_util::rt::TokioIo::new(u);
+            let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+        });
+    }
+}

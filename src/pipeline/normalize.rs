@@ -1,0 +1,246 @@
+//! Request-target normalisation. Routing decisions are made on the normalised path
+//! and the upstream receives exactly that path, so no other spelling of a path can
+//! reach a route whose rules it would not pass.
+//!
+//! Rules, in order:
+//! 1. Bytes outside RFC 3986 `pchar`/`/` are refused (hyper already refuses most).
+//! 2. Percent-escapes must be well formed. Escapes of unreserved characters
+//!    (`A-Z a-z 0-9 - . _ ~`) are decoded; every other escape keeps its meaning and is
+//!    upper-cased (`%2f` → refused, see 3; `%c3%a1` → `%C3%A1`).
+//! 3. Ambiguous forms are refused: an encoded `/` (`%2F`) or `\` (`%5C`), a literal
+//!    `\`, an encoded NUL or control character, and double encoding (`%25` followed by
+//!    two hex digits), because upstreams disagree on what those mean.
+//! 4. Duplicate slashes are collapsed.
+//! 5. `.` and `..` segments are resolved (after decoding, so `%2e%2e` is `..`);
+//!    climbing above the root is refused. Dot segments carrying a path parameter
+//!    (`..;x`, `.;x`) are refused, since some servlet containers treat them as dots.
+
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathError {
+    NotOriginForm,
+    BadEscape,
+    EncodedSlash,
+    Backslash,
+    ControlChar,
+    DoubleEncoding,
+    AboveRoot,
+    DotWithParameter,
+    InvalidChar,
+}
+
+impl fmt::Display for PathError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PathError::NotOriginForm => "the path must start with '/'",
+            PathError::BadEscape => "malformed percent-encoding in the path",
+            PathError::EncodedSlash => "an encoded '/' in the path is ambiguous and not accepted",
+            PathError::Backslash => "a '\\' in the path is ambiguous and not accepted",
+            PathError::ControlChar => "control characters are not accepted in the path",
+            PathError::DoubleEncoding => "double percent-encoding in the path is not accepted",
+            PathError::AboveRoot => "the path climbs above the root",
+            PathError::DotWithParameter => "a dot segment with a parameter is not accepted",
+            PathError::InvalidChar => "the path contains a character that must be percent-encoded",
+        })
+    }
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// RFC 3986 `pchar` minus `%` (handled separately), plus `/`.
+fn is_path_byte(b: u8) -> bool {
+    is_unreserved(b) || b"!$&'()*+,;=:@/".contains(&b)
+}
+
+/// Returns the normalised form of an origin-form path (without query).
+pub fn normalize_path(path: &str) -> Result<String, PathError> {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Err(PathError::NotOriginForm);
+    }
+    // Fast path: the common already-normal path (no escapes, dots or double slashes)
+    // is returned as is without building segments.
+    if is_plain(bytes) {
+        return Ok(path.to_string());
+    }
+    // Pass 1: decode escapes of unreserved characters, refuse ambiguous ones.
+    let mut decoded = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let (h, l) = match (bytes.get(i + 1).and_then(|&c| hex(c)), bytes.get(i + 2).and_then(|&c| hex(c))) {
+                (Some(h), Some(l)) => (h, l),
+                _ => return Err(PathError::BadEscape),
+            };
+            let v = (h << 4) | l;
+            match v {
+                b'/' => return Err(PathError::EncodedSlash),
+                b'\\' => return Err(PathError::Backslash),
+                0..=0x1f | 0x7f => return Err(PathError::ControlChar),
+                b'%' => {
+                    if bytes.get(i + 3).and_then(|&c| hex(c)).is_some()
+                        && bytes.get(i + 4).and_then(|&c| hex(c)).is_some()
+                    {
+                        return Err(PathError::DoubleEncoding);
+                    }
+                    decoded.push_str("%25");
+                }
+                v if is_unreserved(v) => decoded.push(v as char),
+                v => {
+                    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                    decoded.push('%');
+                    decoded.push(HEX[(v >> 4) as usize] as char);
+                    decoded.push(HEX[(v & 15) as usize] as char);
+                }
+            }
+            i += 3;
+            continue;
+        }
+        if b == b'\\' {
+            return Err(PathError::Backslash);
+        }
+        if b < 0x20 || b == 0x7f {
+            return Err(PathError::ControlChar);
+        }
+        if !is_path_byte(b) {
+            return Err(PathError::InvalidChar);
+        }
+        decoded.push(b as char);
+        i += 1;
+    }
+    // Pass 2: collapse slashes and resolve dot segments.
+    let trailing_slash = decoded.len() > 1 && decoded.ends_with('/');
+    let mut out: Vec<&str> = Vec::new();
+    let segs: Vec<&str> = decoded.split('/').collect();
+    let last = segs.len() - 1;
+    let mut ends_dir = trailing_slash;
+    for (idx, seg) in segs.iter().enumerate() {
+        match *seg {
+            "" => continue,
+            "." => {
+                if idx == last {
+                    ends_dir = true;
+                }
+            }
+            ".." => {
+                if out.pop().is_none() {
+                    return Err(PathError::AboveRoot);
+                }
+                if idx == last {
+                    ends_dir = true;
+                }
+            }
+            s if s.starts_with(".;") || s.starts_with("..;") => {
+                return Err(PathError::DotWithParameter)
+            }
+            s => out.push(s),
+        }
+    }
+    let mut result = String::with_capacity(decoded.len());
+    for s in &out {
+        result.push('/');
+        result.push_str(s);
+    }
+    if out.is_empty() || ends_dir {
+        result.push('/');
+    }
+    Ok(result)
+}
+
+/// True when the path has nothing to normalise: only plain path bytes, no `%`,
+/// no `//`, and no segment starting with a dot.
+fn is_plain(bytes: &[u8]) -> bool {
+    let mut prev = 0u8;
+    for &b in bytes {
+        if !is_path_byte(b) || (b == b'/' && prev == b'/') || (b == b'.' && prev == b'/') {
+            return false;
+        }
+        prev = b;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(p: &str) -> Result<String, PathError> {
+        normalize_path(p)
+    }
+
+    #[test]
+    fn plain_paths_pass_unchanged() {
+        for p in ["/", "/api", "/api/", "/a/b.c/d", "/a-b_c~d", "/x;y=1", "/a:b@c"] {
+            assert_eq!(n(p).unwrap(), p);
+        }
+    }
+
+    #[test]
+    fn dot_segments_resolve() {
+        assert_eq!(n("/a/./b").unwrap(), "/a/b");
+        assert_eq!(n("/a/../b").unwrap(), "/b");
+        assert_eq!(n("/a/b/..").unwrap(), "/a/");
+        assert_eq!(n("/a/b/.").unwrap(), "/a/b/");
+        assert_eq!(n("/a/%2e%2e/b").unwrap(), "/b");
+        assert_eq!(n("/a/%2E/b").unwrap(), "/a/b");
+        assert_eq!(n("/a/.%2e/b").unwrap(), "/b");
+        assert_eq!(n("/.hidden").unwrap(), "/.hidden");
+        assert_eq!(n("/a/...").unwrap(), "/a/...");
+        assert_eq!(n("/..").unwrap_err(), PathError::AboveRoot);
+        assert_eq!(n("/a/../../b").unwrap_err(), PathError::AboveRoot);
+        assert_eq!(n("/%2e%2e/x").unwrap_err(), PathError::AboveRoot);
+    }
+
+    #[test]
+    fn slashes_collapse() {
+        assert_eq!(n("//a///b//").unwrap(), "/a/b/");
+        assert_eq!(n("//").unwrap(), "/");
+    }
+
+    #[test]
+    fn unreserved_escapes_decode_others_uppercase() {
+        assert_eq!(n("/%61%70%69").unwrap(), "/api");
+        assert_eq!(n("/%7e").unwrap(), "/~");
+        assert_eq!(n("/h%c3%a1").unwrap(), "/h%C3%A1");
+        assert_eq!(n("/a%20b").unwrap(), "/a%20b");
+        assert_eq!(n("/50%25").unwrap(), "/50%25");
+    }
+
+    #[test]
+    fn ambiguous_forms_are_refused() {
+        assert_eq!(n("/a%2fb").unwrap_err(), PathError::EncodedSlash);
+        assert_eq!(n("/a%2Fb").unwrap_err(), PathError::EncodedSlash);
+        assert_eq!(n("/a%5cb").unwrap_err(), PathError::Backslash);
+        assert_eq!(n("/a\\b").unwrap_err(), PathError::Backslash);
+        assert_eq!(n("/a%00").unwrap_err(), PathError::ControlChar);
+        assert_eq!(n("/a%0a").unwrap_err(), PathError::ControlChar);
+        assert_eq!(n("/%252e%252e/").unwrap_err(), PathError::DoubleEncoding);
+        assert_eq!(n("/%2").unwrap_err(), PathError::BadEscape);
+        assert_eq!(n("/%zz").unwrap_err(), PathError::BadEscape);
+        assert_eq!(n("/a/..;/b").unwrap_err(), PathError::DotWithParameter);
+        assert_eq!(n("/a/.;x/b").unwrap_err(), PathError::DotWithParameter);
+        assert_eq!(n("a/b").unwrap_err(), PathError::NotOriginForm);
+        assert_eq!(n("/a b").unwrap_err(), PathError::InvalidChar);
+    }
+
+    #[test]
+    fn normal_form_is_a_fixed_point() {
+        for p in ["/a/./b/../c//d/", "/%61/%2e/x", "/h%c3%a1/.", "/a/b/.."] {
+            let once = n(p).unwrap();
+            assert_eq!(n(&once).unwrap(), once, "{p}");
+        }
+    }
+}

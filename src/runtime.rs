@@ -1,0 +1,177 @@
+//! The running state: the validated config compiled into what the request path uses
+//! (route order, pools), swapped atomically on reload.
+
+use crate::config::{Config, ListenerConfig, Problems};
+use crate::upstream::Pool;
+use arc_swap::ArcSwap;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// One config generation, ready to serve. Requests hold an `Arc<Runtime>` for their
+/// whole life, so a reload never changes a request midway.
+pub struct Runtime {
+    pub config: Arc<Config>,
+    pub route_order: Vec<usize>,
+    /// Indexed like `config.routes`.
+    pub route_pools: Vec<Arc<Pool>>,
+    pub route_names: Vec<Arc<str>>,
+    pub pool_names: Vec<Arc<str>>,
+    pub pools: BTreeMap<String, Arc<Pool>>,
+    pub generation: u64,
+}
+
+impl Runtime {
+    /// Compiles a config, reusing the pools of `previous` whose config is unchanged
+    /// (so health state and warm connections survive a reload).
+    pub fn build(config: Config, previous: Option<&Runtime>, generation: u64) -> Result<Runtime, Problems> {
+        let mut problems = Problems::default();
+        let mut pools = BTreeMap::new();
+        for (name, ucfg) in &config.upstreams {
+            let reuse = previous
+                .and_then(|p| p.pools.get(name))
+                .filter(|p| p.cfg == *ucfg)
+                .cloned();
+            match reuse {
+                Some(p) => {
+                    pools.insert(name.clone(), p);
+                }
+                None => match Pool::new(ucfg.clone()) {
+                    Ok(p) => {
+                        pools.insert(name.clone(), p);
+                    }
+                    Err(e) => problems.0.push(crate::config::Problem {
+                        path: format!("upstreams.{name}"),
+                        message: e,
+                    }),
+                },
+            }
+        }
+        if !problems.0.is_empty() {
+            return Err(problems);
+        }
+        let route_pools = config
+            .routes
+            .iter()
+            .map(|r| pools[&r.upstream].clone())
+            .collect();
+        Ok(Runtime {
+            route_order: crate::pipeline::route::match_order(&config.routes),
+            route_names: config.routes.iter().map(|r| Arc::from(r.name.as_str())).collect(),
+            pool_names: config.routes.iter().map(|r| Arc::from(r.upstream.as_str())).collect(),
+            route_pools,
+            pools,
+            config: Arc::new(config),
+            generation,
+        })
+    }
+
+    pub fn listener(&self, name: &str) -> Option<&ListenerConfig> {
+        self.config.listeners.iter().find(|l| l.name == name)
+    }
+
+    /// Starts health checks of pools that are new in this generation.
+    pub fn start_new_pools(&self, previous: Option<&Runtime>) {
+        for (name, p) in &self.pools {
+            let reused = previous
+                .and_then(|prev| prev.pools.get(name))
+                .is_some_and(|old| Arc::ptr_eq(old, p));
+            if !reused {
+                p.start_health_checks();
+            }
+        }
+    }
+}
+
+/// The gateway: the current runtime plus process-wide state.
+pub struct Gateway {
+    runtime: ArcSwap<Runtime>,
+    generation: AtomicU64,
+    reload_lock: tokio::sync::Mutex<()>,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    pub shutting_down: AtomicBool,
+}
+
+impl Gateway {
+    /// Builds the first runtime. Call inside a Tokio runtime (pools start tasks).
+    pub fn new(config: Config) -> Result<Arc<Gateway>, Problems> {
+        let metrics = crate::observe::metrics_handle();
+        let rt = Runtime::build(config, None, 1)?;
+        rt.start_new_pools(None);
+        Ok(Arc::new(Gateway {
+            runtime: ArcSwap::from_pointee(rt),
+            generation: AtomicU64::new(1),
+            reload_lock: tokio::sync::Mutex::new(()),
+            metrics,
+            shutting_down: AtomicBool::new(false),
+        }))
+    }
+
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Reloads from the file the config came from: validate first, swap atomically,
+    /// keep the old config when the new one is invalid.
+    pub async fn reload(&self) -> Result<u64, Problems> {
+        let _guard = self.reload_lock.lock().await;
+        let current = self.runtime();
+        let Some(path) = current.config.source.clone() else {
+            let mut p = Problems::default();
+            p.0.push(crate::config::Problem {
+                path: "(config)".into(),
+                message: "this gateway was not started from a file; nothing to reload".into(),
+            });
+            return Err(p);
+        };
+        let path2 = path.clone();
+        let cfg = tokio::task::spawn_blocking(move || Config::load(&path2))
+            .await
+            .map_err(|e| {
+                let mut p = Problems::default();
+                p.0.push(crate::config::Problem {
+                    path: "(config)".into(),
+                    message: e.to_string(),
+                });
+                p
+            })??;
+        self.apply(cfg, &current)
+    }
+
+    /// Swaps in a validated config (used by reload and by tests).
+    pub fn apply(&self, cfg: Config, current: &Runtime) -> Result<u64, Problems> {
+        let mut problems = Problems::default();
+        // Sockets are bound once; changing them needs a restart, and saying so beats
+        // silently serving on the old address.
+        let old: Vec<_> = current.config.listeners.iter().map(|l| (&l.name, l.listen, l.tls.is_some())).collect();
+        let new: Vec<_> = cfg.listeners.iter().map(|l| (&l.name, l.listen, l.tls.is_some())).collect();
+        if old != new {
+            problems.0.push(crate::config::Problem {
+                path: "listeners".into(),
+                message: "listener names, addresses and TLS on/off cannot change on reload; restart instead".into(),
+            });
+        }
+        if current.config.admin.listen != cfg.admin.listen {
+            problems.0.push(crate::config::Problem {
+                path: "admin.listen".into(),
+                message: "the admin address cannot change on reload; restart instead".into(),
+            });
+        }
+        if !problems.0.is_empty() {
+            return Err(problems);
+        }
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let rt = Runtime::build(cfg, Some(current), generation)?;
+        rt.start_new_pools(Some(current));
+        self.runtime.store(Arc::new(rt));
+        metrics::counter!("lienthong_config_reloads_total", "result" => "ok").increment(1);
+        tracing::info!(generation, "config reloaded");
+        Ok(generation)
+    }
+
+    /// Ready once the config is loaded and every pool's health is known.
+    pub fn ready(&self) -> bool {
+        !self.shutting_down.load(Ordering::Relaxed)
+            && self.runtime().pools.values().all(|p| p.health_known())
+    }
+}

@@ -1,0 +1,511 @@
+//! Listeners: accepting connections, TLS, HTTP/1.1 and HTTP/2 (ALPN over TLS, h2c
+//! with prior knowledge), connection limits, slow-client and idle timeouts, and
+//! graceful drain on shutdown.
+//!
+//! Limits and timeouts are read from the config snapshot current when a connection
+//! is accepted. Slow clients: the TLS handshake and protocol detection are bounded by
+//! `header_read_timeout`, and hyper's own header-read timer bounds each HTTP/1 request
+//! head (it also runs while a keep-alive connection waits for its next request, so an
+//! idle HTTP/1 connection lasts at most min(`idle_timeout`, `header_read_timeout`)).
+//! A per-connection watchdog closes connections with no traffic and no request in
+//! flight for `idle_timeout` (this is what bounds idle HTTP/2 connections).
+
+pub mod tls;
+
+use crate::config::ListenerConfig;
+use crate::runtime::Gateway;
+use bytes::Bytes;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+
+/// What later stages may know about the connection a request came on.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub listener: Arc<str>,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub tls: Option<TlsInfo>,
+}
+
+/// The verified TLS facts of a connection.
+#[derive(Debug, Clone)]
+pub struct TlsInfo {
+    pub alpn: Option<Vec<u8>>,
+    pub sni: Option<String>,
+    /// base64url (no padding) SHA-256 of the verified client certificate's DER, the
+    /// form RFC 8705 uses for `cnf.x5t#S256`. None without a client certificate.
+    pub client_cert_sha256: Option<String>,
+    /// The verified client certificate (DER), for later identity mapping.
+    pub client_cert: Option<Arc<Vec<u8>>>,
+}
+
+struct BoundListener {
+    name: Arc<str>,
+    socket: TcpListener,
+    tls: Option<Arc<tls::TlsState>>,
+    limit: Arc<Semaphore>,
+}
+
+/// Sockets bound and ready; `run` serves them until shutdown.
+pub struct Server {
+    gw: Arc<Gateway>,
+    listeners: Vec<BoundListener>,
+    admin: Option<TcpListener>,
+    pub addrs: Vec<(String, SocketAddr)>,
+    pub admin_addr: Option<SocketAddr>,
+    tls_states: Vec<Arc<tls::TlsState>>,
+}
+
+fn bind_socket(addr: SocketAddr) -> io::Result<TcpListener> {
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.set_nodelay(true)?;
+    sock.bind(addr)?;
+    sock.listen(4096)
+}
+
+impl Server {
+    pub async fn bind(gw: Arc<Gateway>) -> Result<Server, String> {
+        let rt = gw.runtime();
+        let mut listeners = Vec::new();
+        let mut addrs = Vec::new();
+        let mut tls_states = Vec::new();
+        for l in &rt.config.listeners {
+            let socket =
+                bind_socket(l.listen).map_err(|e| format!("listeners {:?}: cannot bind {}: {e}", l.name, l.listen))?;
+            let local = socket.local_addr().map_err(|e| e.to_string())?;
+            let tls = match &l.tls {
+                Some(t) => {
+                    let st = tls::TlsState::new(t, l.http2).map_err(|e| format!("listeners {:?}: {e}", l.name))?;
+                    st.watch();
+                    tls_states.push(st.clone());
+                    Some(st)
+                }
+                None => None,
+            };
+            addrs.push((l.name.clone(), local));
+            listeners.push(BoundListener {
+                name: Arc::from(l.name.as_str()),
+                socket,
+                tls,
+                limit: Arc::new(Semaphore::new(l.max_connections)),
+            });
+        }
+        let (admin, admin_addr) = match rt.config.admin.listen {
+            Some(a) => {
+                let s = bind_socket(a).map_err(|e| format!("admin: cannot bind {a}: {e}"))?;
+                let local = s.local_addr().map_err(|e| e.to_string())?;
+                (Some(s), Some(local))
+            }
+            None => (None, None),
+        };
+        Ok(Server {
+            gw,
+            listeners,
+            admin,
+            addrs,
+            admin_addr,
+            tls_states,
+        })
+    }
+
+    pub fn addr(&self, name: &str) -> Option<SocketAddr> {
+        self.addrs.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+    }
+
+    /// Checks every listener's TLS files now (SIGHUP does this too).
+    pub fn tls_handles(&self) -> Vec<Arc<tls::TlsState>> {
+        self.tls_states.clone()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting and lets in-flight
+    /// requests finish for up to the drain timeout.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        // Every connection holds a sender; when all are gone the drain is complete.
+        let (drain_tx, mut drain_rx) = mpsc::channel::<()>(1);
+        let mut accept_tasks = Vec::new();
+        for l in self.listeners {
+            accept_tasks.push(tokio::spawn(accept_loop(
+                self.gw.clone(),
+                l,
+                stop_rx.clone(),
+                drain_tx.clone(),
+            )));
+        }
+        let admin_task = self
+            .admin
+            .map(|a| tokio::spawn(crate::admin::serve(self.gw.clone(), a, self.tls_states.clone(), stop_rx.clone())));
+        shutdown.await;
+        tracing::info!("shutting down: no new connections, draining in-flight requests");
+        self.gw.shutting_down.store(true, Ordering::Relaxed);
+        let _ = stop_tx.send(true);
+        for t in accept_tasks {
+            let _ = t.await;
+        }
+        drop(drain_tx);
+        let drain = self.gw.runtime().config.server.drain_timeout;
+        if tokio::time::timeout(drain, drain_rx.recv()).await.is_err() {
+            tracing::warn!("drain timeout reached; closing remaining connections");
+        }
+        if let Some(t) = admin_task {
+            t.abort();
+        }
+    }
+}
+
+async fn accept_loop(
+    gw: Arc<Gateway>,
+    l: BoundListener,
+    mut stop: watch::Receiver<bool>,
+    drain: mpsc::Sender<()>,
+) {
+    loop {
+        let permit = tokio::select! {
+            p = l.limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let accepted = tokio::select! {
+            r = l.socket.accept() => r,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, listener = &*l.name, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let gw = gw.clone();
+        let name = l.name.clone();
+        let tls = l.tls.clone();
+        let stop = stop.clone();
+        let drain = drain.clone();
+        tokio::spawn(async move {
+            serve_conn(gw, name, tls, stream, peer, stop).await;
+            drop(permit);
+            drop(drain);
+        });
+    }
+}
+
+/// Counts an open connection in the `lienthong_connections` gauge while alive.
+struct ConnGauge(metrics::Gauge);
+impl ConnGauge {
+    fn new(listener: &Arc<str>) -> ConnGauge {
+        let g = metrics::gauge!("lienthong_connections", "listener" => listener.to_string());
+        g.increment(1.0);
+        ConnGauge(g)
+    }
+}
+impl Drop for ConnGauge {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+async fn serve_conn(
+    gw: Arc<Gateway>,
+    listener: Arc<str>,
+    tls: Option<Arc<tls::TlsState>>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    stop: watch::Receiver<bool>,
+) {
+    let rt = gw.runtime();
+    let Some(lcfg) = rt.listener(&listener).cloned() else {
+        return;
+    };
+    drop(rt);
+    let local = stream.local_addr().unwrap_or(peer);
+    let _ = stream.set_nodelay(true);
+    let _gauge = ConnGauge::new(&listener);
+    let activity = Arc::new(AtomicU64::new(crate::upstream::now_ms()));
+    match tls {
+        Some(t) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(t.current());
+            let hs = tokio::time::timeout(lcfg.header_read_timeout, acceptor.accept(stream)).await;
+            let tls_stream = match hs {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    metrics::counter!("lienthong_tls_handshake_failures_total").increment(1);
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let (_, session) = tls_stream.get_ref();
+            let cert = session
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.as_ref().to_vec());
+            let info = TlsInfo {
+                alpn: session.alpn_protocol().map(<[u8]>::to_vec),
+                sni: session.server_name().map(str::to_string),
+                client_cert_sha256: cert.as_ref().map(|d| cert_thumbprint(d)),
+                client_cert: cert.map(Arc::new),
+            };
+            let h2 = info.alpn.as_deref() == Some(b"h2");
+            let conn = Arc::new(ConnInfo {
+                listener,
+                peer,
+                local,
+                tls: Some(info),
+            });
+            let io = ConnIo::new(tls_stream, None, activity.clone());
+            serve_http(gw, conn, &lcfg, io, h2, activity, stop).await;
+        }
+        None => {
+            let mut stream = stream;
+            let (h2, prefix) = if lcfg.h2c {
+                match tokio::time::timeout(lcfg.header_read_timeout, sniff_h2(&mut stream)).await {
+                    Ok(Ok(x)) => x,
+                    _ => return,
+                }
+            } else {
+                (false, Bytes::new())
+            };
+            let conn = Arc::new(ConnInfo {
+                listener,
+                peer,
+                local,
+                tls: None,
+            });
+            let io = ConnIo::new(stream, Some(prefix), activity.clone());
+            serve_http(gw, conn, &lcfg, io, h2, activity, stop).await;
+        }
+    }
+}
+
+/// base64url(SHA-256(DER)), no padding.
+pub fn cert_thumbprint(der: &[u8]) -> String {
+    use base64::Engine;
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(d.as_ref())
+}
+
+/// Reads the first bytes to tell an HTTP/2 prior-knowledge preface from HTTP/1.
+/// Returns the bytes read so they can be replayed to the chosen protocol.
+async fn sniff_h2(stream: &mut TcpStream) -> io::Result<(bool, Bytes)> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::with_capacity(H2_PREFACE.len());
+    let mut chunk = [0u8; 24];
+    loop {
+        let want = H2_PREFACE.len() - buf.len();
+        let n = stream.read(&mut chunk[..want]).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf[..] != H2_PREFACE[..buf.len()] {
+            return Ok((false, Bytes::from(buf)));
+        }
+        if buf.len() == H2_PREFACE.len() {
+            return Ok((true, Bytes::from(buf)));
+        }
+    }
+}
+
+async fn serve_http<I>(
+    gw: Arc<Gateway>,
+    conn: Arc<ConnInfo>,
+    l: &ListenerConfig,
+    io: ConnIo<I>,
+    h2: bool,
+    activity: Arc<AtomicU64>,
+    mut stop: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let svc = {
+        let in_flight = in_flight.clone();
+        service_fn(move |req| {
+            let gw = gw.clone();
+            let conn = conn.clone();
+            let guard = InFlight::new(in_flight.clone());
+            async move {
+                let rt = gw.runtime();
+                let rsp = crate::pipeline::handle(rt, conn, req).await;
+                drop(guard);
+                Ok::<_, std::convert::Infallible>(rsp)
+            }
+        })
+    };
+    let idle = l.idle_timeout;
+    let io = TokioIo::new(io);
+    if h2 {
+        let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        b.timer(TokioTimer::new())
+            .max_concurrent_streams(l.h2_max_concurrent_streams)
+            .max_header_list_size(l.h2_max_header_list_bytes)
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20));
+        let c = b.serve_connection(io, svc);
+        drive(c, idle, activity, in_flight, &mut stop, |c| c.graceful_shutdown()).await;
+    } else {
+        let mut b = hyper::server::conn::http1::Builder::new();
+        b.timer(TokioTimer::new())
+            .header_read_timeout(l.header_read_timeout)
+            .max_headers(l.max_headers)
+            .max_header_size(l.max_header_bytes)
+            .keep_alive(true);
+        let c = b.serve_connection(io, svc).with_upgrades();
+        drive(c, idle, activity, in_flight, &mut stop, |c| c.graceful_shutdown()).await;
+    }
+}
+
+/// Runs a connection until it ends, asking it to shut down gracefully on gateway
+/// shutdown or when it has been idle (no bytes, no request) for `idle`.
+async fn drive<C, E>(
+    conn: C,
+    idle: Duration,
+    activity: Arc<AtomicU64>,
+    in_flight: Arc<AtomicUsize>,
+    stop: &mut watch::Receiver<bool>,
+    shutdown: impl Fn(Pin<&mut C>),
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    tokio::pin!(conn);
+    let idle_ms = idle.as_millis() as u64;
+    let mut draining = false;
+    loop {
+        let last = activity.load(Ordering::Relaxed);
+        let wake = tokio::time::Instant::now()
+            + Duration::from_millis((last + idle_ms).saturating_sub(crate::upstream::now_ms()));
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = stop.wait_for(|s| *s), if !draining => {
+                draining = true;
+                shutdown(conn.as_mut());
+            }
+            _ = tokio::time::sleep_until(wake), if !draining => {
+                let now = crate::upstream::now_ms();
+                if now.saturating_sub(activity.load(Ordering::Relaxed)) >= idle_ms
+                    && in_flight.load(Ordering::Relaxed) == 0
+                {
+                    draining = true;
+                    shutdown(conn.as_mut());
+                } else if in_flight.load(Ordering::Relaxed) > 0 {
+                    // A long request is not idleness; look again a full period later.
+                    activity.store(now, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+struct InFlight(Arc<AtomicUsize>);
+impl InFlight {
+    fn new(c: Arc<AtomicUsize>) -> InFlight {
+        c.fetch_add(1, Ordering::Relaxed);
+        InFlight(c)
+    }
+}
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The connection's IO: replays sniffed bytes first and stamps activity on every
+    /// successful read or write (for the idle watchdog).
+    pub struct ConnIo<T> {
+        #[pin]
+        inner: T,
+        prefix: Option<Bytes>,
+        activity: Arc<AtomicU64>,
+    }
+}
+
+impl<T> ConnIo<T> {
+    fn new(inner: T, prefix: Option<Bytes>, activity: Arc<AtomicU64>) -> Self {
+        ConnIo {
+            inner,
+            prefix: prefix.filter(|p| !p.is_empty()),
+            activity,
+        }
+    }
+}
+
+impl<T: AsyncRead> AsyncRead for ConnIo<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.project();
+        if let Some(p) = this.prefix.as_mut() {
+            let n = p.len().min(buf.remaining());
+            buf.put_slice(&p.split_to(n));
+            if p.is_empty() {
+                *this.prefix = None;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let r = this.inner.poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.activity.store(crate::upstream::now_ms(), Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for ConnIo<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let r = this.inner.poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.store(crate::upstream::now_ms(), Ordering::Relaxed);
+        }
+        r
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let r = this.inner.poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.store(crate::upstream::now_ms(), Ordering::Relaxed);
+        }
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}

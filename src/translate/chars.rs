@@ -1,0 +1,270 @@
+//! Character-level rules of XML 1.0 (5th edition) and Namespaces 1.0 that quick-xml does not
+//! enforce, plus the JSON/XML escapers used on the hot path.
+
+/// Bit flags for ASCII bytes; non-ASCII characters are classified by `is_name_start_char`.
+const NAME_START: u8 = 1;
+const NAME_CHAR: u8 = 2;
+
+const fn ascii_name_table() -> [u8; 128] {
+    let mut t = [0u8; 128];
+    let mut i = 0;
+    while i < 128 {
+        let c = i as u8;
+        let start = c.is_ascii_alphabetic() || c == b'_' || c == b':';
+        let name = start || c.is_ascii_digit() || c == b'-' || c == b'.';
+        t[i] = (if start { NAME_START } else { 0 }) | (if name { NAME_CHAR } else { 0 });
+        i += 1;
+    }
+    t
+}
+
+static ASCII_NAME: [u8; 128] = ascii_name_table();
+
+fn is_name_start_char(c: char) -> bool {
+    if (c as u32) < 0x80 {
+        return ASCII_NAME[c as usize] & NAME_START != 0;
+    }
+    matches!(c as u32,
+        0xC0..=0xD6 | 0xD8..=0xF6 | 0xF8..=0x2FF | 0x370..=0x37D | 0x37F..=0x1FFF
+        | 0x200C..=0x200D | 0x2070..=0x218F | 0x2C00..=0x2FEF | 0x3001..=0xD7FF
+        | 0xF900..=0xFDCF | 0xFDF0..=0xFFFD | 0x10000..=0xEFFFF)
+}
+
+fn is_name_char(c: char) -> bool {
+    if (c as u32) < 0x80 {
+        return ASCII_NAME[c as usize] & NAME_CHAR != 0;
+    }
+    is_name_start_char(c)
+        || c == '\u{B7}'
+        || matches!(c as u32, 0x300..=0x36F | 0x203F..=0x2040)
+}
+
+/// XML 1.0 `Name` production (colons allowed).
+pub fn is_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.is_empty() {
+        return false;
+    }
+    // ASCII fast path: almost every name in real documents is ASCII.
+    if b.is_ascii() {
+        return ASCII_NAME[b[0] as usize] & NAME_START != 0
+            && b[1..].iter().all(|&c| ASCII_NAME[c as usize] & NAME_CHAR != 0);
+    }
+    let mut it = s.chars();
+    match it.next() {
+        Some(c) if is_name_start_char(c) => it.all(is_name_char),
+        _ => false,
+    }
+}
+
+/// Namespaces 1.0 `NCName`: a Name without colons.
+pub fn is_ncname(s: &str) -> bool {
+    !s.as_bytes().contains(&b':') && is_name(s)
+}
+
+/// Splits a Namespaces 1.0 `QName` into (prefix, local). Returns None if it is not a QName.
+pub fn split_qname(s: &str) -> Option<(&str, &str)> {
+    if !is_name(s) {
+        return None;
+    }
+    match s.find(':') {
+        None => Some(("", s)),
+        Some(i) => {
+            let (p, l) = (&s[..i], &s[i + 1..]);
+            if p.is_empty() || l.is_empty() || l.contains(':') {
+                None
+            } else if !is_name(l) {
+                // the local part must itself start with a NameStartChar (e.g. not `a:1b`)
+                None
+            } else {
+                Some((p, l))
+            }
+        }
+    }
+}
+
+/// XML 1.0 `Char` production for a decoded scalar value.
+pub fn is_xml_char(c: u32) -> bool {
+    matches!(c, 0x9 | 0xA | 0xD | 0x20..=0xD7FF | 0xE000..=0xFFFD | 0x10000..=0x10FFFF)
+}
+
+/// Whole-document check that every character is an XML 1.0 `Char`. Runs once before parsing
+/// so that the per-event code never has to look at characters again. Returns the byte offset
+/// of the first offending character. The input is already valid UTF-8, so surrogates cannot
+/// occur; what remains are C0 controls and U+FFFE / U+FFFF (UTF-8 `EF BF BE` / `EF BF BF`).
+pub fn find_forbidden_char(s: &str) -> Option<usize> {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c < 0x20 {
+            if c != b'\t' && c != b'\n' && c != b'\r' {
+                return Some(i);
+            }
+        } else if c == 0xEF && i + 2 < b.len() && b[i + 1] == 0xBF && (b[i + 2] & 0xFE) == 0xBE
+        {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Is `b` XML whitespace (S production)?
+#[inline]
+pub fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+pub fn all_ws(s: &[u8]) -> bool {
+    s.iter().all(|&b| is_ws(b))
+}
+
+/// Resolves the body of a reference (`amp`, `#38`, `#x26`) to its character. Only the five
+/// predefined entities exist because DTDs are refused.
+pub fn resolve_reference(name: &str) -> Result<char, &'static str> {
+    if let Some(num) = name.strip_prefix('#') {
+        let (digits, radix) = match num.strip_prefix('x') {
+            Some(h) => (h, 16),
+            None => (num, 10),
+        };
+        if digits.is_empty()
+            || digits.len() > 8
+            || !digits.bytes().all(|b| (b as char).is_digit(radix))
+        {
+            return Err("malformed character reference");
+        }
+        let v = u32::from_str_radix(digits, radix).map_err(|_| "malformed character reference")?;
+        if !is_xml_char(v) {
+            return Err("character reference to a character not allowed in XML");
+        }
+        return char::from_u32(v).ok_or("character reference to a character not allowed in XML");
+    }
+    match name {
+        "lt" => Ok('<'),
+        "gt" => Ok('>'),
+        "amp" => Ok('&'),
+        "apos" => Ok('\''),
+        "quot" => Ok('"'),
+        _ => Err("reference to an undeclared entity (DTDs are not supported)"),
+    }
+}
+
+/// JSON escape table: 0 = copy, b'u' = \u00XX, other = two-char escape `\X`.
+/// `b'r'` for CR is special-cased by the XML-text escaper (line-end normalisation).
+const fn json_escape_table() -> [u8; 256] {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = b'u';
+        i += 1;
+    }
+    t[b'\n' as usize] = b'n';
+    t[b'\r' as usize] = b'r';
+    t[b'\t' as usize] = b't';
+    t[0x08] = b'b';
+    t[0x0C] = b'f';
+    t[b'"' as usize] = b'"';
+    t[b'\\' as usize] = b'\\';
+    t
+}
+
+static JSON_ESC: [u8; 256] = json_escape_table();
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Appends `s` JSON-escaped (without quotes). Runs of plain bytes are copied in one go.
+#[inline]
+pub fn escape_json(out: &mut Vec<u8>, s: &[u8]) {
+    let mut start = 0;
+    for (i, &b) in s.iter().enumerate() {
+        let e = JSON_ESC[b as usize];
+        if e == 0 {
+            continue;
+        }
+        out.extend_from_slice(&s[start..i]);
+        push_escape(out, b, e);
+        start = i + 1;
+    }
+    out.extend_from_slice(&s[start..]);
+}
+
+#[inline]
+fn push_escape(out: &mut Vec<u8>, b: u8, e: u8) {
+    if e == b'u' {
+        out.extend_from_slice(&[
+            b'\\',
+            b'u',
+            b'0',
+            b'0',
+            HEX[(b >> 4) as usize],
+            HEX[(b & 15) as usize],
+        ]);
+    } else {
+        out.extend_from_slice(&[b'\\', e]);
+    }
+}
+
+/// Appends XML character data JSON-escaped, applying XML line-end normalisation (CRLF and lone
+/// CR become LF) on the way. Returns Err(index) if the literal sequence `]]>` is found, which
+/// XML forbids in character data.
+#[inline]
+pub fn escape_xml_text_to_json(out: &mut Vec<u8>, s: &[u8], check_cdata_end: bool) -> Result<(), usize> {
+    let mut start = 0;
+    let mut i = 0;
+    while i < s.len() {
+        let b = s[i];
+        let e = JSON_ESC[b as usize];
+        if e == 0 {
+            if b == b'>' && check_cdata_end && i >= 2 && s[i - 1] == b']' && s[i - 2] == b']' {
+                return Err(i - 2);
+            }
+            i += 1;
+            continue;
+        }
+        out.extend_from_slice(&s[start..i]);
+        if b == b'\r' {
+            out.extend_from_slice(b"\\n");
+            if i + 1 < s.len() && s[i + 1] == b'\n' {
+                i += 1;
+            }
+        } else {
+            push_escape(out, b, e);
+        }
+        i += 1;
+        start = i;
+    }
+    out.extend_from_slice(&s[start..]);
+    Ok(())
+}
+
+/// Appends `s` escaped for XML character data. Fails on characters XML 1.0 cannot carry.
+pub fn escape_xml_text(out: &mut Vec<u8>, s: &str, attr: bool) -> Result<(), char> {
+    let b = s.as_bytes();
+    let mut start = 0;
+    for (i, &c) in b.iter().enumerate() {
+        let rep: &[u8] = match c {
+            b'&' => b"&amp;",
+            b'<' => b"&lt;",
+            // `>` only matters after `]]` in text, escaping it always is simpler and valid.
+            b'>' => b"&gt;",
+            b'"' if attr => b"&quot;",
+            // Attribute-value normalisation would turn raw TAB/LF/CR into spaces, and the
+            // parser would turn a raw CR into LF: character references survive both.
+            b'\t' if attr => b"&#9;",
+            b'\n' if attr => b"&#10;",
+            b'\r' => b"&#13;",
+            b'\t' | b'\n' => continue,
+            0..=0x1F => return Err(c as char),
+            0xEF if i + 2 < b.len() && b[i + 1] == 0xBF && (b[i + 2] & 0xFE) == 0xBE => {
+                return Err(if b[i + 2] == 0xBE { '\u{FFFE}' } else { '\u{FFFF}' })
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&b[start..i]);
+        out.extend_from_slice(rep);
+        start = i + 1;
+    }
+    out.extend_from_slice(&b[start..]);
+    Ok(())
+}

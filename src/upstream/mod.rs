@@ -1,0 +1,556 @@
+//! Upstream pools: endpoints from config only, balancing, active and passive health,
+//! a circuit breaker, a retry budget, keep-alive connection reuse and upstream TLS.
+//!
+//! A pool survives config reloads when its config is unchanged, so health state and
+//! pooled connections are kept; a changed pool is rebuilt and its old health task ends
+//! when the last reference to the old pool goes away (it only holds a `Weak`).
+
+pub mod tls_util;
+
+use crate::body::{is_too_large, Body, BodyGuard};
+use crate::config::{Balance, EndpointAddr, UpstreamConfig};
+use crate::error::{ErrorKind, GatewayError};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// Milliseconds since the process started: a cheap monotonic clock for atomics.
+pub fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+pub struct Endpoint {
+    pub addr: EndpointAddr,
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    outstanding: AtomicUsize,
+    consecutive_failures: AtomicU32,
+    ejected_until_ms: AtomicU64,
+    /// Result of active health checks (true until a check says otherwise).
+    healthy: AtomicBool,
+    health_streak: AtomicU32,
+}
+
+impl Endpoint {
+    fn available(&self, now: u64) -> bool {
+        self.healthy.load(Ordering::Relaxed) && self.ejected_until_ms.load(Ordering::Relaxed) <= now
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.available(now_ms())
+    }
+
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts one outstanding request on an endpoint until dropped (at the end of the
+/// response body, or earlier on failure).
+pub struct Outstanding(Arc<Endpoint>);
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl BodyGuard for Outstanding {}
+
+/// Closed → open after N consecutive failures → half-open (one probe) after `open_for`.
+struct Breaker {
+    threshold: u32,
+    open_for_ms: u64,
+    failures: AtomicU32,
+    open_until_ms: AtomicU64,
+    probing: AtomicBool,
+}
+
+impl Breaker {
+    /// Ok(()) when a request may go; Err(seconds until retry) when open.
+    fn admit(&self, now: u64) -> Result<bool, u64> {
+        if self.threshold == 0 {
+            return Ok(false);
+        }
+        let until = self.open_until_ms.load(Ordering::Relaxed);
+        if until == 0 {
+            return Ok(false);
+        }
+        if now < until {
+            return Err((until - now).div_ceil(1000).max(1));
+        }
+        // Half-open: exactly one probe at a time.
+        if self
+            .probing
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            Ok(true)
+        } else {
+            Err(1)
+        }
+    }
+
+    fn record(&self, ok: bool, probe: bool, now: u64) {
+        if self.threshold == 0 {
+            return;
+        }
+        if ok {
+            if self.failures.load(Ordering::Relaxed) != 0 {
+                self.failures.store(0, Ordering::Relaxed);
+            }
+            if probe || self.open_until_ms.load(Ordering::Relaxed) != 0 {
+                self.open_until_ms.store(0, Ordering::Relaxed);
+            }
+        } else {
+            let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+            if probe || n >= self.threshold {
+                self.open_until_ms
+                    .store(now + self.open_for_ms, Ordering::Relaxed);
+            }
+        }
+        if probe {
+            self.probing.store(false, Ordering::Release);
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        let until = self.open_until_ms.load(Ordering::Relaxed);
+        until != 0 && now_ms() < until
+    }
+}
+
+/// Retries may add at most `percent` of the requests seen in the current 10 s window,
+/// plus `min_per_second`, so that a failing upstream is not hit by a retry storm.
+struct RetryBudget {
+    percent: u64,
+    floor: u64,
+    window_start_ms: AtomicU64,
+    requests: AtomicU64,
+    retries: AtomicU64,
+}
+
+const BUDGET_WINDOW_MS: u64 = 10_000;
+
+impl RetryBudget {
+    fn roll(&self, now: u64) {
+        let start = self.window_start_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(start) >= BUDGET_WINDOW_MS
+            && self
+                .window_start_ms
+                .compare_exchange(start, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.requests.store(0, Ordering::Relaxed);
+            self.retries.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn on_request(&self, now: u64) {
+        self.roll(now);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn try_retry(&self) -> bool {
+        let allowed = self.requests.load(Ordering::Relaxed) * self.percent / 100
+            + self.floor * BUDGET_WINDOW_MS / 1000;
+        let used = self.retries.fetch_add(1, Ordering::Relaxed);
+        if used < allowed {
+            true
+        } else {
+            self.retries.fetch_sub(1, Ordering::Relaxed);
+            false
+        }
+    }
+}
+
+pub struct Pool {
+    pub cfg: UpstreamConfig,
+    pub endpoints: Vec<Arc<Endpoint>>,
+    rr: AtomicUsize,
+    client: Client<Connector, Body>,
+    breaker: Breaker,
+    budget: RetryBudget,
+    health_known: AtomicBool,
+}
+
+/// What the pipeline hands to [`Pool::send`]: everything but the endpoint.
+pub struct OutboundRequest {
+    pub method: http::Method,
+    /// Path and query, already normalised and rewritten.
+    pub path_and_query: http::uri::PathAndQuery,
+    pub headers: http::HeaderMap,
+    pub body: Body,
+    /// Whether the method (or the route) allows re-sending after a sent attempt failed.
+    pub idempotent: bool,
+    pub timeout: Duration,
+    /// Set `Host` to the endpoint's authority (route `host_header = "upstream"`).
+    pub host_from_endpoint: bool,
+}
+
+/// The upstream's answer plus which endpoint gave it.
+pub struct Answer {
+    pub response: http::Response<Body>,
+    pub endpoint: Arc<Endpoint>,
+    pub attempts: u32,
+}
+
+impl Pool {
+    pub fn new(cfg: UpstreamConfig) -> Result<Arc<Pool>, String> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        http.set_nodelay(true);
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let connector = tls_util::connector(&cfg, http)?;
+        let mut b = Client::builder(TokioExecutor::new());
+        b.pool_idle_timeout(cfg.idle_timeout)
+            .pool_max_idle_per_host(cfg.max_idle_per_endpoint)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .set_host(false)
+            .http2_only(cfg.http2);
+        let client = b.build(connector);
+        let endpoints = cfg
+            .endpoints
+            .iter()
+            .map(|e| {
+                Ok(Arc::new(Endpoint {
+                    addr: e.clone(),
+                    scheme: if e.https {
+                        http::uri::Scheme::HTTPS
+                    } else {
+                        http::uri::Scheme::HTTP
+                    },
+                    authority: e
+                        .authority
+                        .parse()
+                        .map_err(|_| format!("invalid endpoint authority {}", e.authority))?,
+                    outstanding: AtomicUsize::new(0),
+                    consecutive_failures: AtomicU32::new(0),
+                    ejected_until_ms: AtomicU64::new(0),
+                    healthy: AtomicBool::new(true),
+                    health_streak: AtomicU32::new(0),
+                }))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let pool = Arc::new(Pool {
+            breaker: Breaker {
+                threshold: cfg.circuit_breaker.consecutive_failures,
+                open_for_ms: cfg.circuit_breaker.open_for.as_millis() as u64,
+                failures: AtomicU32::new(0),
+                open_until_ms: AtomicU64::new(0),
+                probing: AtomicBool::new(false),
+            },
+            budget: RetryBudget {
+                percent: cfg.retry.budget_percent as u64,
+                floor: cfg.retry.min_per_second as u64,
+                window_start_ms: AtomicU64::new(now_ms()),
+                requests: AtomicU64::new(0),
+                retries: AtomicU64::new(0),
+            },
+            health_known: AtomicBool::new(cfg.health.is_none()),
+            rr: AtomicUsize::new(0),
+            endpoints,
+            client,
+            cfg,
+        });
+        Ok(pool)
+    }
+
+    /// Starts the active health checker (needs a Tokio runtime). It stops by itself
+    /// once the pool is dropped.
+    pub fn start_health_checks(self: &Arc<Self>) {
+        if self.cfg.health.is_some() {
+            let weak = Arc::downgrade(self);
+            tokio::spawn(health_loop(weak));
+        }
+    }
+
+    /// Ready = every endpoint has had at least one health verdict (or no checks are configured).
+    pub fn health_known(&self) -> bool {
+        self.health_known.load(Ordering::Acquire)
+    }
+
+    pub fn breaker_open(&self) -> bool {
+        self.breaker.is_open()
+    }
+
+    fn pick(&self, exclude: Option<&Arc<Endpoint>>) -> Option<Arc<Endpoint>> {
+        let now = now_ms();
+        let n = self.endpoints.len();
+        let start = self.rr.fetch_add(1, Ordering::Relaxed);
+        let ok = |e: &Arc<Endpoint>| {
+            e.available(now) && exclude.is_none_or(|x| !Arc::ptr_eq(x, e))
+        };
+        match self.cfg.balance {
+            Balance::RoundRobin => (0..n)
+                .map(|i| &self.endpoints[(start + i) % n])
+                .find(|e| ok(e))
+                .cloned(),
+            Balance::LeastOutstanding => (0..n)
+                .map(|i| &self.endpoints[(start + i) % n])
+                .filter(|e| ok(e))
+                .min_by_key(|e| e.outstanding())
+                .cloned(),
+        }
+        .or_else(|| {
+            // With one endpoint left, a retry may go back to the one that just failed
+            // only if it is still available; otherwise there is nothing to try.
+            exclude.filter(|e| e.available(now)).cloned()
+        })
+    }
+
+    fn record(&self, ep: &Endpoint, ok: bool) {
+        if ok {
+            if ep.consecutive_failures.load(Ordering::Relaxed) != 0 {
+                ep.consecutive_failures.store(0, Ordering::Relaxed);
+            }
+            return;
+        }
+        let n = ep.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let threshold = self.cfg.passive.consecutive_failures;
+        if threshold > 0 && n >= threshold {
+            let until = now_ms() + self.cfg.passive.ejection_time.as_millis() as u64;
+            ep.ejected_until_ms.store(until, Ordering::Relaxed);
+            ep.consecutive_failures.store(0, Ordering::Relaxed);
+            metrics::counter!("lienthong_upstream_ejections_total", "upstream" => self.cfg.name.clone())
+                .increment(1);
+            tracing::warn!(upstream = %self.cfg.name, endpoint = %ep.addr, "endpoint ejected after {n} consecutive failures");
+        }
+    }
+
+    /// Sends a request, retrying on another endpoint where that is safe and the
+    /// budget allows. The whole exchange (all attempts, up to the response head) is
+    /// bounded by `req.timeout`.
+    pub async fn send(&self, req: OutboundRequest) -> Result<Answer, GatewayError> {
+        let deadline = tokio::time::Instant::now() + req.timeout;
+        match tokio::time::timeout_at(deadline, self.send_inner(req)).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.breaker.record(false, false, now_ms());
+                Err(GatewayError::new(
+                    ErrorKind::GatewayTimeout,
+                    "upstream_timeout",
+                    "the upstream did not answer in time",
+                ))
+            }
+        }
+    }
+
+    async fn send_inner(&self, req: OutboundRequest) -> Result<Answer, GatewayError> {
+        let now = now_ms();
+        self.budget.on_request(now);
+        let probe = match self.breaker.admit(now) {
+            Ok(p) => p,
+            Err(secs) => {
+                let mut e = GatewayError::new(
+                    ErrorKind::Unavailable,
+                    "circuit_open",
+                    "the upstream is failing; try again later",
+                );
+                e.retry_after = Some(secs);
+                return Err(e);
+            }
+        };
+        let OutboundRequest {
+            method,
+            path_and_query,
+            mut headers,
+            body,
+            idempotent,
+            host_from_endpoint,
+            ..
+        } = req;
+        let replay = body.replayable();
+        let max_attempts = self.cfg.retry.attempts.max(1);
+        let mut body = Some(body);
+        let mut last: Option<Arc<Endpoint>> = None;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let Some(ep) = self.pick(last.as_ref()) else {
+                self.breaker_release(probe);
+                let mut e = GatewayError::new(
+                    ErrorKind::Unavailable,
+                    "no_healthy_endpoint",
+                    "no healthy upstream endpoint is available",
+                );
+                e.retry_after = Some(1);
+                return Err(e);
+            };
+            let can_retry_more = attempt < max_attempts && replay.is_some();
+            let this_body = if can_retry_more {
+                Body::full(replay.clone().unwrap_or_default())
+            } else {
+                match body.take() {
+                    Some(b) => b,
+                    None => Body::full(replay.clone().unwrap_or_default()),
+                }
+            };
+            let uri = http::Uri::builder()
+                .scheme(ep.scheme.clone())
+                .authority(ep.authority.clone())
+                .path_and_query(path_and_query.clone())
+                .build()
+                .map_err(GatewayError::internal)?;
+            if host_from_endpoint {
+                if let Ok(v) = http::HeaderValue::from_str(ep.authority.as_str()) {
+                    headers.insert(http::header::HOST, v);
+                }
+            }
+            let mut builder = http::Request::builder().method(method.clone()).uri(uri);
+            if let Some(h) = builder.headers_mut() {
+                if can_retry_more {
+                    *h = headers.clone();
+                } else {
+                    *h = std::mem::take(&mut headers);
+                }
+            }
+            let up_req = builder.body(this_body).map_err(GatewayError::internal)?;
+            ep.outstanding.fetch_add(1, Ordering::Relaxed);
+            let guard = Outstanding(ep.clone());
+            let result = self.client.request(up_req).await;
+            match result {
+                Ok(rsp) => {
+                    let status = rsp.status();
+                    let failed = matches!(status.as_u16(), 502..=504);
+                    self.record(&ep, !failed);
+                    if failed && idempotent && can_retry_more && self.budget.try_retry() {
+                        drop(guard);
+                        count_retry(&self.cfg.name);
+                        last = Some(ep);
+                        continue;
+                    }
+                    self.breaker.record(!failed, probe, now_ms());
+                    let rsp = rsp.map(|b: Incoming| Body::stream(b, None).with_guard(Box::new(guard)));
+                    return Ok(Answer {
+                        response: rsp,
+                        endpoint: ep,
+                        attempts: attempt,
+                    });
+                }
+                Err(e) => {
+                    drop(guard);
+                    if is_too_large(&e) {
+                        self.breaker_release(probe);
+                        return Err(GatewayError::new(
+                            ErrorKind::PayloadTooLarge,
+                            "body_too_large",
+                            "the request body is larger than this route accepts",
+                        ));
+                    }
+                    let connect = e.is_connect();
+                    self.record(&ep, false);
+                    // A connect failure means nothing was sent, so any method may be
+                    // retried; after a sent attempt only idempotent ones.
+                    if (connect || idempotent) && can_retry_more && self.budget.try_retry() {
+                        count_retry(&self.cfg.name);
+                        last = Some(ep);
+                        continue;
+                    }
+                    self.breaker.record(false, probe, now_ms());
+                    let detail = error_chain(&e);
+                    return Err(if connect {
+                        GatewayError::new(
+                            ErrorKind::BadGateway,
+                            "upstream_unreachable",
+                            "the upstream could not be reached",
+                        )
+                    } else {
+                        GatewayError::new(
+                            ErrorKind::BadGateway,
+                            "upstream_error",
+                            "the upstream failed to answer",
+                        )
+                    }
+                    .with_detail(format!("{} {}: {detail}", self.cfg.name, ep.addr)));
+                }
+            }
+        }
+    }
+
+    fn breaker_release(&self, probe: bool) {
+        if probe {
+            self.breaker.probing.store(false, Ordering::Release);
+        }
+    }
+
+    /// Sends a request without retries or breaker accounting (health checks).
+    async fn probe(&self, ep: &Endpoint, path: &str, timeout: Duration) -> bool {
+        let uri = match http::Uri::builder()
+            .scheme(ep.scheme.clone())
+            .authority(ep.authority.clone())
+            .path_and_query(path)
+            .build()
+        {
+            Ok(u) => u,
+            Err(_) => return false,
+        };
+        let req = http::Request::get(uri)
+            .header(http::header::HOST, ep.authority.as_str())
+            .header(http::header::USER_AGENT, "lienthong-health")
+            .body(Body::empty());
+        let Ok(req) = req else { return false };
+        match tokio::time::timeout(timeout, self.client.request(req)).await {
+            Ok(Ok(rsp)) => {
+                let ok = rsp.status().is_success();
+                // Drain so the connection can be reused.
+                let _ = tokio::time::timeout(timeout, http_body_util::BodyExt::collect(rsp.into_body())).await;
+                ok
+            }
+            _ => false,
+        }
+    }
+}
+
+fn count_retry(upstream: &str) {
+    metrics::counter!("lienthong_upstream_retries_total", "upstream" => upstream.to_string()).increment(1);
+}
+
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+async fn health_loop(pool: Weak<Pool>) {
+    loop {
+        let Some(p) = pool.upgrade() else { return };
+        let Some(h) = p.cfg.health.clone() else { return };
+        for ep in &p.endpoints {
+            let ok = p.probe(ep, &h.path, h.timeout).await;
+            let was = ep.healthy.load(Ordering::Relaxed);
+            if ok == was {
+                ep.health_streak.store(0, Ordering::Relaxed);
+            } else {
+                let streak = ep.health_streak.fetch_add(1, Ordering::Relaxed) + 1;
+                let need = if ok { h.healthy_threshold } else { h.unhealthy_threshold };
+                // Before the first verdict an endpoint counts as healthy, so a failing one
+                // is marked down at once rather than after the threshold.
+                if streak >= need || !p.health_known() {
+                    ep.healthy.store(ok, Ordering::Relaxed);
+                    ep.health_streak.store(0, Ordering::Relaxed);
+                    tracing::info!(upstream = %p.cfg.name, endpoint = %ep.addr, healthy = ok, "health changed");
+                }
+            }
+            metrics::gauge!("lienthong_upstream_endpoint_healthy", "upstream" => p.cfg.name.clone(), "endpoint" => ep.addr.to_string())
+                .set(if ep.is_healthy() { 1.0 } else { 0.0 });
+        }
+        p.health_known.store(true, Ordering::Release);
+        let interval = h.interval;
+        drop(p);
+        tokio::time::sleep(interval).await;
+    }
+}

@@ -1,0 +1,89 @@
+//! Upstream TLS: a custom CA bundle (or the system roots), an optional client
+//! certificate for agencies that require mTLS, and an optional fixed server name.
+
+use crate::config::UpstreamConfig;
+use hyper_util::client::legacy::connect::HttpConnector;
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use std::path::Path;
+use std::sync::Arc;
+
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .collect();
+    let certs = certs.map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate found", path.display()));
+    }
+    Ok(certs)
+}
+
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| format!("{}: no usable private key ({e})", path.display()))
+}
+
+pub fn roots(ca: Option<&Path>) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    match ca {
+        Some(p) => {
+            for c in load_certs(p)? {
+                roots.add(c).map_err(|e| format!("{}: {e}", p.display()))?;
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            for c in native.certs {
+                let _ = roots.add(c);
+            }
+        }
+    }
+    Ok(roots)
+}
+
+pub fn connector(
+    cfg: &UpstreamConfig,
+    http: HttpConnector,
+) -> Result<hyper_rustls::HttpsConnector<HttpConnector>, String> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let uses_tls = cfg.endpoints.iter().any(|e| e.https);
+    let tls = cfg.tls.clone().unwrap_or(crate::config::UpstreamTlsConfig {
+        ca: None,
+        client_cert: None,
+        client_key: None,
+        server_name: None,
+    });
+    // Loading system roots costs a file scan; skip it for plain-http pools.
+    let roots = if uses_tls || tls.ca.is_some() {
+        roots(tls.ca.as_deref())?
+    } else {
+        RootCertStore::empty()
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    // hyper-rustls sets ALPN itself from enable_http1/enable_http2.
+    let config = match (&tls.client_cert, &tls.client_key) {
+        (Some(c), Some(k)) => builder
+            .with_client_auth_cert(load_certs(c)?, load_key(k)?)
+            .map_err(|e| format!("upstream client certificate: {e}"))?,
+        _ => builder.with_no_client_auth(),
+    };
+    let b = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http();
+    let b = match &tls.server_name {
+        Some(n) => {
+            let name = ServerName::try_from(n.clone()).map_err(|e| format!("server_name {n:?}: {e}"))?;
+            b.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+        }
+        None => b,
+    };
+    Ok(if cfg.http2 {
+        b.enable_http2().wrap_connector(http)
+    } else {
+        b.enable_http1().wrap_connector(http)
+    })
+}
