@@ -162,7 +162,9 @@ impl Checkpoint {
 /// Key names follow the signed-note rules: non-empty, no Unicode whitespace,
 /// no '+' (which separates fields in the text key encodings).
 fn check_key_name(name: &str) -> Result<(), CheckpointError> {
-    if name.is_empty() || name.contains('+') || name.chars().any(|c| c.is_whitespace() || c.is_control())
+    if name.is_empty()
+        || name.contains('+')
+        || name.chars().any(|c| c.is_whitespace() || c.is_control())
     {
         return Err(CheckpointError::BadKeyName(name.to_string()));
     }
@@ -421,7 +423,9 @@ pub struct SignedNote {
 /// other than newlines, so the blank-line separator is unambiguous.
 fn check_note_text(text: &str) -> Result<(), CheckpointError> {
     if text.is_empty() || !text.ends_with('\n') {
-        return Err(CheckpointError::MalformedNote("text must end with a newline"));
+        return Err(CheckpointError::MalformedNote(
+            "text must end with a newline",
+        ));
     }
     if text.chars().any(|c| c != '\n' && c.is_control()) {
         return Err(CheckpointError::MalformedNote("control character in text"));
@@ -451,7 +455,9 @@ impl SignedNote {
         if msg.chars().any(|c| c != '\n' && c.is_control()) {
             return Err(M("control character"));
         }
-        let split = msg.rfind("\n\n").ok_or(M("no blank line before signatures"))?;
+        let split = msg
+            .rfind("\n\n")
+            .ok_or(M("no blank line before signatures"))?;
         let text = &msg[..split + 1];
         let sigs = &msg[split + 2..];
         if sigs.is_empty() || !sigs.ends_with('\n') {
@@ -462,8 +468,12 @@ impl SignedNote {
             if signatures.len() == MAX_SIGNATURES {
                 return Err(M("too many signatures"));
             }
-            let rest = line.strip_prefix(SIG_PREFIX).ok_or(M("signature line must start with an em dash"))?;
-            let (name, b64) = rest.split_once(' ').ok_or(M("signature line needs name and signature"))?;
+            let rest = line
+                .strip_prefix(SIG_PREFIX)
+                .ok_or(M("signature line must start with an em dash"))?;
+            let (name, b64) = rest
+                .split_once(' ')
+                .ok_or(M("signature line needs name and signature"))?;
             check_key_name(name).map_err(|_| M("invalid key name in signature"))?;
             let raw = B64.decode(b64).map_err(|_| M("signature is not base64"))?;
             if raw.len() < 5 {
@@ -606,15 +616,16 @@ impl fmt::Display for SignedCheckpoint {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use super::super::merkle::{leaf_hash, node_hash};
+    use super::*;
 
     // Go sumdb/note reference vector (golang.org/x/mod/sumdb/note, note.go
     // package documentation and note_test.go): an independent signed-note
     // implementation. Ed25519 is deterministic, so we must reproduce the
     // signature byte for byte.
     const GO_VKEY: &str = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW";
-    const GO_SKEY: &str = "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz";
+    const GO_SKEY: &str =
+        "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz";
     const GO_TEXT: &str = "If you think cryptography is the answer to your problem,\n\
                            then you don't know what your problem is.\n";
     const GO_SIG: &str =
@@ -660,7 +671,10 @@ mod tests {
         let key = VerifierKey::parse(GO_VKEY).unwrap();
         let tampered = go_note().replace("answer", "Answer");
         let note = SignedNote::parse(&tampered).unwrap();
-        assert!(matches!(note.verify(&key), Err(CheckpointError::BadSignature { .. })));
+        assert!(matches!(
+            note.verify(&key),
+            Err(CheckpointError::BadSignature { .. })
+        ));
         // A key with a spliced id is refused at load time.
         assert!(VerifierKey::parse(&GO_VKEY.replace("c74f20a3", "c74f20a4")).is_err());
     }
@@ -739,12 +753,18 @@ mod tests {
         // Editing the size or root in the text breaks the signature.
         let text = signed.to_text();
         let edited = SignedCheckpoint::parse(&text.replacen("\n3\n", "\n4\n", 1)).unwrap();
-        assert!(matches!(edited.verify(&key), Err(CheckpointError::BadSignature { .. })));
+        assert!(matches!(
+            edited.verify(&key),
+            Err(CheckpointError::BadSignature { .. })
+        ));
         let other_root = hash_to_base64(&leaf_hash(b"x"));
         let edited =
             SignedCheckpoint::parse(&text.replacen(&hash_to_base64(&cp.root), &other_root, 1))
                 .unwrap();
-        assert!(matches!(edited.verify(&key), Err(CheckpointError::BadSignature { .. })));
+        assert!(matches!(
+            edited.verify(&key),
+            Err(CheckpointError::BadSignature { .. })
+        ));
     }
 
     #[test]
@@ -753,7 +773,9 @@ mod tests {
         let witness = CheckpointSigner::from_seed("witness.example", &[9; 32]).unwrap();
         let mut signed = log.sign(&sample()).unwrap();
         let cosig = witness.sign_note(signed.note().text()).unwrap();
-        signed.note_mut().push_signature(cosig.signatures()[0].clone());
+        signed
+            .note_mut()
+            .push_signature(cosig.signatures()[0].clone());
         let reparsed = SignedCheckpoint::parse(&signed.to_text()).unwrap();
         reparsed.verify(&log.verifier_key()).unwrap();
         reparsed.verify(&witness.verifier_key()).unwrap();

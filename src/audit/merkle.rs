@@ -60,7 +60,11 @@ pub enum MerkleError {
     #[error("proof does not lead to the expected root")]
     RootMismatch,
     #[error("a compact range for size {size} needs {expected} peaks, got {got}")]
-    BadCompactRange { size: u64, expected: usize, got: usize },
+    BadCompactRange {
+        size: u64,
+        expected: usize,
+        got: usize,
+    },
 }
 
 fn sha256_parts(parts: &[&[u8]]) -> Hash {
@@ -333,7 +337,11 @@ impl MerkleTree {
 
     /// Consistency proof (RFC 9162 §2.1.4.1) that the tree of `old_size`
     /// leaves is a prefix of the tree of `new_size` leaves.
-    pub fn consistency_proof(&self, old_size: u64, new_size: u64) -> Result<Vec<Hash>, MerkleError> {
+    pub fn consistency_proof(
+        &self,
+        old_size: u64,
+        new_size: u64,
+    ) -> Result<Vec<Hash>, MerkleError> {
         self.check_size(new_size)?;
         if old_size > new_size {
             return Err(MerkleError::SizesReversed {
@@ -920,7 +928,13 @@ mod tests {
 
     /// Every way verify_test.go's corruptInclusionProof mutates a good proof
     /// must be rejected.
-    fn assert_inclusion_mutants_fail(index: u64, size: u64, leaf: &Hash, proof: &[Hash], root: &Hash) {
+    fn assert_inclusion_mutants_fail(
+        index: u64,
+        size: u64,
+        leaf: &Hash,
+        proof: &[Hash],
+        root: &Hash,
+    ) {
         let some = h("abacaba000000000000000000000000000000000000000000060061e00123456");
         let rejects = |i: u64, s: u64, l: &Hash, p: &[Hash], r: &Hash, what: &str| {
             assert!(
@@ -933,7 +947,14 @@ mod tests {
         rejects(index ^ 2, size, leaf, proof, root, "index^2");
         rejects(index, size * 2, leaf, proof, root, "size*2");
         rejects(index, size / 2, leaf, proof, root, "size/2");
-        rejects(index, size, &leaf_hash(b"WrongLeaf"), proof, root, "wrong leaf");
+        rejects(
+            index,
+            size,
+            &leaf_hash(b"WrongLeaf"),
+            proof,
+            root,
+            "wrong leaf",
+        );
         rejects(index, size, leaf, proof, &empty_root(), "empty root");
         rejects(index, size, leaf, proof, &some, "random root");
         let mut p = proof.to_vec();
@@ -948,7 +969,14 @@ mod tests {
             rejects(index, size, leaf, &p, root, "flipped bit");
         }
         if !proof.is_empty() {
-            rejects(index, size, leaf, &proof[..proof.len() - 1], root, "removed component");
+            rejects(
+                index,
+                size,
+                leaf,
+                &proof[..proof.len() - 1],
+                root,
+                "removed component",
+            );
         }
         if proof.len() > 1 {
             let mut p = vec![proof[0], some];
@@ -1050,7 +1078,11 @@ mod tests {
             (4, 6, vec![id(0, 5), id(2, 0)]),
         ];
         for (index, size, want) in incl {
-            assert_eq!(t.inclusion_proof(index, size).unwrap(), want, "{index}@{size}");
+            assert_eq!(
+                t.inclusion_proof(index, size).unwrap(),
+                want,
+                "{index}@{size}"
+            );
         }
         let cons: Vec<(u64, u64, Vec<Hash>)> = vec![
             (1, 2, vec![id(0, 1)]),

@@ -23,6 +23,21 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// base64url SHA-256 of the verified client certificate (RFC 8705 `x5t#S256` form).
+pub static X_CLIENT_CERT_S256: HeaderName = HeaderName::from_static("x-lienthong-client-cert-s256");
+
+/// The gateway owns every `x-lienthong-*` field: client-sent copies are dropped so
+/// an upstream can trust the ones it receives.
+pub fn strip_gateway_owned(h: &mut HeaderMap) {
+    let owned: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-lienthong-"))
+        .cloned()
+        .collect();
+    for k in owned {
+        h.remove(k);
+    }
+}
 
 /// Removes hop-by-hop fields and those named in `Connection`. `Upgrade` is removed
 /// too unless `keep_upgrade` (a tunnel the route allows), in which case

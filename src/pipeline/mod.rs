@@ -150,6 +150,7 @@ async fn proxy(
     let pool = rt.route_pools[idx].clone();
     ctx.upstream = Some(rt.pool_names[idx].clone());
     let body = intake::body(listener, route, &parts, body)?;
+    let body = intake::replayable(body, pool.cfg.retry.attempts).await?;
     let client_upgrade = if upgrade {
         parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
     } else {
@@ -192,6 +193,28 @@ pub mod intake {
             );
             e.allow = Some("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS".into());
             return Err(e);
+        }
+        // hyper's parser enforces twice these limits as a backstop (its refusals have
+        // no body); within that margin the refusal is ours and carries the JSON contract.
+        if parts.headers.len() > l.max_headers {
+            return Err(GatewayError::new(
+                ErrorKind::HeadersTooLarge,
+                "too_many_headers",
+                format!("the request has more than {} header fields", l.max_headers),
+            ));
+        }
+        let head_bytes: usize = parts
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>()
+            + parts.uri.path_and_query().map_or(0, |p| p.as_str().len());
+        if head_bytes > l.max_header_bytes {
+            return Err(GatewayError::new(
+                ErrorKind::HeadersTooLarge,
+                "headers_too_large",
+                format!("the request head is larger than {} bytes", l.max_header_bytes),
+            ));
         }
         let uri = &parts.uri;
         let uri_len = uri.path_and_query().map_or(0, |p| p.as_str().len());
@@ -254,6 +277,29 @@ pub mod intake {
             query: uri.query().map(str::to_string),
             absolute_form,
         })
+    }
+
+    /// Small bodies are read into memory when retries are configured, so that a
+    /// failed attempt can be sent again (a connect failure is safe to retry for any
+    /// method, but only if the body still exists). Larger bodies stream and are not retried.
+    pub async fn replayable(body: Body, attempts: u32) -> Result<Body, GatewayError> {
+        const REPLAY_BUFFER: u64 = 64 * 1024;
+        if attempts <= 1 || body.replayable().is_some() {
+            return Ok(body);
+        }
+        match http_body::Body::size_hint(&body).exact() {
+            Some(n) if n <= REPLAY_BUFFER => match crate::body::collect_capped(body, n).await {
+                Ok(b) => Ok(Body::full(b)),
+                Err(e) if crate::body::is_too_large(e.as_ref()) => Err(GatewayError::new(
+                    ErrorKind::PayloadTooLarge,
+                    "body_too_large",
+                    "the request body is larger than this route accepts",
+                )),
+                Err(e) => Err(GatewayError::bad_request("bad_body", "the request body could not be read")
+                    .with_detail(e)),
+            },
+            _ => Ok(body),
+        }
     }
 
     pub fn upgrade_requested(parts: &http::request::Parts) -> bool {
@@ -321,6 +367,12 @@ pub mod forward {
             target.raw_host.as_deref(),
         );
         h.insert(headers::X_REQUEST_ID.clone(), ctx.request_id.clone());
+        headers::strip_gateway_owned(&mut h);
+        if let Some(fp) = ctx.conn.tls.as_ref().and_then(|t| t.client_cert_sha256.as_deref()) {
+            if let Ok(v) = HeaderValue::from_str(fp) {
+                h.insert(headers::X_CLIENT_CERT_S256.clone(), v);
+            }
+        }
         headers::append_via(&mut h, parts.version, &rt.config.server.via_name);
         match &route.host_header {
             HostHeader::Preserve => {

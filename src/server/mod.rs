@@ -360,7 +360,7 @@ async fn serve_http<I>(
         let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new())
             .max_concurrent_streams(l.h2_max_concurrent_streams)
-            .max_header_list_size(l.h2_max_header_list_bytes)
+            .max_header_list_size(l.h2_max_header_list_bytes.saturating_mul(2))
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(20));
         let c = b.serve_connection(io, svc);
@@ -369,8 +369,8 @@ async fn serve_http<I>(
         let mut b = hyper::server::conn::http1::Builder::new();
         b.timer(TokioTimer::new())
             .header_read_timeout(l.header_read_timeout)
-            .max_headers(l.max_headers)
-            .max_header_size(l.max_header_bytes)
+            .max_headers(l.max_headers.saturating_mul(2))
+            .max_header_size(l.max_header_bytes.saturating_mul(2))
             .keep_alive(true);
         let c = b.serve_connection(io, svc).with_upgrades();
         drive(c, idle, activity, in_flight, &mut stop, |c| c.graceful_shutdown()).await;

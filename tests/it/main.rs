@@ -1,1 +1,11 @@
-fn main(){}
+//! lienthong integration suite: one binary, modules per area.
+
+mod support;
+
+mod headers;
+mod limits;
+mod process;
+mod reload;
+mod routing;
+mod tls;
+mod upstream;

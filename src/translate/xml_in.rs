@@ -1,0 +1,1228 @@
+//! XML → JSON: quick-xml events straight into JSON text.
+//!
+//! Design notes
+//! * quick-xml is used only as a tokenizer. Everything it does not check for XML 1.0 +
+//!   Namespaces 1.0 well-formedness (names, attributes, references, characters, end-tag
+//!   matching, declaration placement, namespace constraints) is checked here.
+//! * Output is written directly into `out`. Decisions that depend on what comes later are
+//!   handled by *editing the tail of the buffer* (a leaf's text turns out to be indentation
+//!   before a child → truncate; an undeclared repeat in lenient mode → insert `[`), or, for
+//!   the rare case of mixed content discovered late, by *restarting* the element: the output
+//!   is truncated to where the element's value began and the tokenizer is re-created at the
+//!   element's `<`, this time in `#mixed` mode. Every element restarts at most once and the
+//!   total re-read volume is capped, so there is no quadratic blow-up.
+//! * Names are borrowed from the input; the only per-element allocations are for attribute
+//!   values that need normalisation and for namespace URIs with references.
+
+use super::chars::{
+    all_ws, escape_json, escape_xml_text_to_json, find_forbidden_char, is_ncname, is_ws,
+    resolve_reference, split_qname,
+};
+use super::error::{invalid, malformed, too_large, unsupported, TranslateError};
+use super::{XmlToJsonOptions, XMLNS_NS, XML_NS, XSI_NS};
+use quick_xml::events::Event;
+use quick_xml::Reader;
+use std::borrow::Cow;
+use std::collections::HashSet;
+
+pub(crate) const SOAP11_NS: &str = "http://schemas.xmlsoap.org/soap/envelope/";
+pub(crate) const SOAP12_NS: &str = "http://www.w3.org/2003/05/soap-envelope";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Capture {
+    /// Translate the whole document: `{"root": ...}`.
+    Document,
+    /// Require a SOAP envelope and translate the Body's first child: `{"child": ...}`.
+    SoapBody,
+}
+
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Outcome {
+    pub soap_ns: Option<&'static str>,
+    pub fault: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// No attributes, no child yet: the value is a string (possibly still open in `out`).
+    Pending,
+    /// A JSON object is open (attributes and/or children).
+    Object,
+    /// Ordered content: `{"@a":..,"#mixed":[ "text", {"child":..}, ... ]}`.
+    Mixed,
+    /// `xsi:nil="true"`: no content allowed; `obj` if other attributes were rendered.
+    Nil { obj: bool },
+    /// SOAP Envelope/Body: checked, not rendered.
+    Transparent,
+    /// SOAP Header and extra Body entries: checked for well-formedness only.
+    Skip,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum JsonNs<'o> {
+    NoNs,
+    Prefix(&'o str),
+    Unmapped,
+}
+
+struct Binding<'a, 'o> {
+    prefix: &'a str,
+    uri: Cow<'a, str>,
+    json: JsonNs<'o>,
+}
+
+struct RawAttr<'a> {
+    qname: &'a str,
+    value: Cow<'a, str>,
+    offset: usize,
+    /// index into `bindings` of the attribute's namespace (None = no namespace / xmlns decl)
+    ns: Option<usize>,
+    local: &'a str,
+    is_decl: bool,
+}
+
+struct Frame<'a> {
+    qname: &'a str,
+    input_start: usize,
+    ns_len: usize,
+    path_len: usize,
+    seen_start: usize,
+    keys_len: usize,
+    value_start: usize,
+    mode: Mode,
+    wrap_close: bool,
+    is_root: bool,
+    text_open: bool,
+    text_nonws: bool,
+    text_start: usize,
+    text_len: usize,
+    members: usize,
+    had_child: bool,
+    run_key: Option<(usize, usize)>,
+    run_array: bool,
+    run_value_start: usize,
+    big: Option<Box<HashSet<Box<[u8]>>>>,
+}
+
+/// Past this many distinct child names the per-parent duplicate check switches from a linear
+/// scan to a hash set, so a hostile document with many distinct siblings stays linear.
+const SEEN_LINEAR_MAX: usize = 32;
+
+#[derive(Clone, Copy)]
+enum TextKind {
+    Text,
+    CData,
+    Ref,
+}
+
+struct Conv<'a, 'o> {
+    input: &'a [u8],
+    doc: &'a str,
+    opts: &'o XmlToJsonOptions,
+    out: &'o mut Vec<u8>,
+    out_base: usize,
+    capture: Capture,
+    reader: Reader<&'a [u8]>,
+    base: usize,
+    bom: usize,
+    frames: Vec<Frame<'a>>,
+    bindings: Vec<Binding<'a, 'o>>,
+    attrs: Vec<RawAttr<'a>>,
+    path: String,
+    key: String,
+    keys: Vec<u8>,
+    seen: Vec<(usize, usize)>,
+    mixed_starts: HashSet<usize>,
+    restart_at: Option<(usize, bool, bool)>,
+    reprocessed: usize,
+    doc_root_done: bool,
+    root_started: bool,
+    root_done: bool,
+    body_seen: bool,
+    header_seen: bool,
+    seen_event: bool,
+    outcome: Outcome,
+}
+
+fn make_reader(doc: &str, at: usize) -> Reader<&[u8]> {
+    let mut r = Reader::from_str(&doc[at..]);
+    let c = r.config_mut();
+    // End names are checked here because the tokenizer may be restarted mid-document and
+    // would then not know the enclosing start tags.
+    c.check_end_names = false;
+    c.allow_unmatched_ends = true;
+    c.check_comments = true;
+    c.allow_dangling_amp = false;
+    c.expand_empty_elements = false;
+    c.trim_markup_names_in_closing_tags = true;
+    c.trim_text(false);
+    r
+}
+
+pub(crate) fn convert(
+    input: &[u8],
+    opts: &XmlToJsonOptions,
+    capture: Capture,
+    out: &mut Vec<u8>,
+) -> Result<Outcome, TranslateError> {
+    let limits = &opts.limits;
+    if input.len() > limits.max_total_bytes {
+        return Err(too_large(format!(
+            "document of {} bytes exceeds the limit of {} bytes",
+            input.len(),
+            limits.max_total_bytes
+        )));
+    }
+    if input.starts_with(&[0xFE, 0xFF]) || input.starts_with(&[0xFF, 0xFE]) {
+        return Err(unsupported("UTF-16 documents are not supported; send UTF-8"));
+    }
+    let doc = std::str::from_utf8(input)
+        .map_err(|e| malformed("invalid UTF-8").at(input, e.valid_up_to()))?;
+    if let Some(off) = find_forbidden_char(doc) {
+        return Err(malformed("character not allowed in XML 1.0").at(input, off));
+    }
+    let bom = if doc.starts_with('\u{FEFF}') { 3 } else { 0 };
+    let out_base = out.len();
+    let mut c = Conv {
+        input,
+        doc,
+        opts,
+        out,
+        out_base,
+        capture,
+        reader: make_reader(doc, bom),
+        base: bom,
+        bom,
+        frames: Vec::with_capacity(16),
+        bindings: Vec::with_capacity(8),
+        attrs: Vec::with_capacity(8),
+        path: String::with_capacity(128),
+        key: String::with_capacity(64),
+        keys: Vec::with_capacity(256),
+        seen: Vec::with_capacity(32),
+        mixed_starts: HashSet::new(),
+        restart_at: None,
+        reprocessed: 0,
+        doc_root_done: false,
+        root_started: false,
+        root_done: false,
+        body_seen: false,
+        header_seen: false,
+        seen_event: false,
+        outcome: Outcome::default(),
+    };
+    c.bindings.push(Binding {
+        prefix: "xml",
+        uri: Cow::Borrowed(XML_NS),
+        json: json_ns(opts, XML_NS),
+    });
+    c.run()?;
+    Ok(c.outcome)
+}
+
+fn json_ns<'o>(opts: &'o XmlToJsonOptions, uri: &str) -> JsonNs<'o> {
+    if uri.is_empty() {
+        JsonNs::NoNs
+    } else {
+        match opts.namespaces.get(uri) {
+            Some(p) => JsonNs::Prefix(p.as_str()),
+            None => JsonNs::Unmapped,
+        }
+    }
+}
+
+impl<'a, 'o> Conv<'a, 'o> {
+    fn err_at(&self, e: TranslateError, offset: usize) -> TranslateError {
+        e.at(self.input, offset)
+    }
+
+    fn err_path(&self, e: TranslateError) -> TranslateError {
+        let p = if self.path.is_empty() {
+            "/".to_string()
+        } else {
+            self.path.clone()
+        };
+        e.with_path(p)
+    }
+
+    /// Offset of a slice handed out by the tokenizer inside the document. Events of a slice
+    /// reader borrow from the input, so this is pointer arithmetic; the fallback keeps the
+    /// function total without unsafe code.
+    fn sub(&self, s: &str) -> Result<(usize, &'a str), TranslateError> {
+        let start = (s.as_ptr() as usize).wrapping_sub(self.doc.as_ptr() as usize);
+        match self.doc.get(start..start.wrapping_add(s.len())) {
+            Some(d) if start <= self.doc.len() => Ok((start, d)),
+            _ => Err(malformed("internal: tokenizer returned a copied buffer")),
+        }
+    }
+
+    fn run(&mut self) -> Result<(), TranslateError> {
+        loop {
+            let ev_start = self.base + self.reader.buffer_position() as usize;
+            let ev = match self.reader.read_event() {
+                Ok(e) => e,
+                Err(e) => {
+                    let off = self.base + self.reader.error_position() as usize;
+                    return Err(self.err_at(malformed(format!("{e}")), off));
+                }
+            };
+            let first = !self.seen_event;
+            self.seen_event = true;
+            match ev {
+                Event::Start(e) => {
+                    let (off, content) = self.sub(&e)?;
+                    self.start(content, off, ev_start, false)?;
+                }
+                Event::Empty(e) => {
+                    let (off, content) = self.sub(&e)?;
+                    self.start(content, off, ev_start, true)?;
+                }
+                Event::End(e) => {
+                    let (_, name) = self.sub(&e)?;
+                    self.end(name, ev_start)?;
+                }
+                Event::Text(t) => {
+                    let (off, s) = self.sub(&t)?;
+                    self.text(s.as_bytes(), off, TextKind::Text)?;
+                }
+                Event::CData(t) => {
+                    let (off, s) = self.sub(&t)?;
+                    self.text(s.as_bytes(), off, TextKind::CData)?;
+                }
+                Event::GeneralRef(r) => {
+                    let (off, name) = self.sub(&r)?;
+                    let ch = resolve_reference(name)
+                        .map_err(|m| self.err_at(malformed(m), off.saturating_sub(1)))?;
+                    let mut buf = [0u8; 4];
+                    let s = ch.encode_utf8(&mut buf);
+                    self.text(s.as_bytes(), off.saturating_sub(1), TextKind::Ref)?;
+                }
+                Event::Comment(t) => {
+                    if t.ends_with('-') {
+                        return Err(self.err_at(malformed("comment must not end with '--->'"), ev_start));
+                    }
+                }
+                Event::PI(p) => {
+                    let (_, content) = self.sub(&p)?;
+                    self.check_pi(content, ev_start)?;
+                }
+                Event::Decl(d) => {
+                    if !(first && ev_start == self.bom) {
+                        return Err(self.err_at(
+                            malformed("XML declaration is only allowed at the very start"),
+                            ev_start,
+                        ));
+                    }
+                    let (_, content) = self.sub(&d)?;
+                    check_decl(content).map_err(|e| self.err_at(e, ev_start))?;
+                }
+                Event::DocType(_) => {
+                    return Err(self.err_at(
+                        unsupported("DOCTYPE declarations are not accepted (no DTD processing)"),
+                        ev_start,
+                    ));
+                }
+                Event::Eof => break,
+            }
+        }
+        if let Some(f) = self.frames.last() {
+            let msg = format!("unexpected end of document: <{}> is not closed", f.qname);
+            return Err(self.err_at(malformed(msg), self.input.len()));
+        }
+        if !self.doc_root_done {
+            return Err(self.err_at(malformed("document has no root element"), self.input.len()));
+        }
+        if self.capture == Capture::SoapBody {
+            if !self.body_seen {
+                return Err(invalid("SOAP envelope has no Body"));
+            }
+            if !self.root_started {
+                // An empty Body (e.g. a one-way acknowledgement) maps to an empty object.
+                self.out.extend_from_slice(b"{}");
+            }
+        }
+        Ok(())
+    }
+
+    fn check_pi(&self, content: &str, ev_start: usize) -> Result<(), TranslateError> {
+        let end = content
+            .bytes()
+            .position(is_ws)
+            .unwrap_or(content.len());
+        let target = &content[..end];
+        if !is_ncname(target) {
+            return Err(self.err_at(malformed("invalid processing instruction target"), ev_start));
+        }
+        if target.eq_ignore_ascii_case("xml") {
+            return Err(self.err_at(
+                malformed("processing instruction target 'xml' is reserved"),
+                ev_start,
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_out(&self) -> Result<(), TranslateError> {
+        if self.out.len() - self.out_base > self.opts.limits.max_output_bytes {
+            return Err(self.err_path(too_large("translated output exceeds max_output_bytes")));
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ start tags
+
+    fn parse_tag(&mut self, content: &'a str, off: usize) -> Result<&'a str, TranslateError> {
+        let limits = &self.opts.limits;
+        let b = content.as_bytes();
+        let name_end = b.iter().position(|&c| is_ws(c)).unwrap_or(b.len());
+        let qname = &content[..name_end];
+        if qname.len() > limits.max_name_len {
+            return Err(self.err_at(too_large("element name longer than max_name_len"), off));
+        }
+        self.attrs.clear();
+        let mut i = name_end;
+        loop {
+            let ws_start = i;
+            while i < b.len() && is_ws(b[i]) {
+                i += 1;
+            }
+            if i == b.len() {
+                break;
+            }
+            if i == ws_start {
+                return Err(self.err_at(malformed("whitespace required before attribute"), off + i));
+            }
+            let n_start = i;
+            while i < b.len() && !is_ws(b[i]) && b[i] != b'=' {
+                i += 1;
+            }
+            let aname = &content[n_start..i];
+            while i < b.len() && is_ws(b[i]) {
+                i += 1;
+            }
+            if i >= b.len() || b[i] != b'=' {
+                return Err(self.err_at(malformed("expected '=' after attribute name"), off + i));
+            }
+            i += 1;
+            while i < b.len() && is_ws(b[i]) {
+                i += 1;
+            }
+            if i >= b.len() || (b[i] != b'"' && b[i] != b'\'') {
+                return Err(self.err_at(malformed("attribute value must be quoted"), off + i));
+            }
+            let q = b[i];
+            let v_start = i + 1;
+            let Some(len) = b[v_start..].iter().position(|&c| c == q) else {
+                return Err(self.err_at(malformed("unterminated attribute value"), off + i));
+            };
+            let v_end = v_start + len;
+            i = v_end + 1;
+            if aname.len() > limits.max_name_len {
+                return Err(self.err_at(too_large("attribute name longer than max_name_len"), off + n_start));
+            }
+            if len > limits.max_text_len {
+                return Err(self.err_at(too_large("attribute value longer than max_text_len"), off + v_start));
+            }
+            if self.attrs.len() >= limits.max_attributes {
+                return Err(self.err_at(too_large("more attributes than max_attributes"), off + n_start));
+            }
+            let value = self.decode_attr(&content[v_start..v_end], off + v_start)?;
+            self.attrs.push(RawAttr {
+                qname: aname,
+                value,
+                offset: off + n_start,
+                ns: None,
+                local: aname,
+                is_decl: false,
+            });
+        }
+        Ok(qname)
+    }
+
+    /// Attribute-value normalisation (XML 1.0 §3.3.3) for CDATA attributes: references are
+    /// resolved, literal TAB/LF/CR (and CRLF) become one space each. Borrowed when nothing
+    /// needs changing, which is the common case.
+    fn decode_attr(&self, raw: &'a str, off: usize) -> Result<Cow<'a, str>, TranslateError> {
+        let b = raw.as_bytes();
+        if !b
+            .iter()
+            .any(|&c| matches!(c, b'&' | b'<' | b'\t' | b'\n' | b'\r'))
+        {
+            return Ok(Cow::Borrowed(raw));
+        }
+        let mut s = String::with_capacity(raw.len());
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'<' => {
+                    return Err(self.err_at(malformed("'<' is not allowed in attribute values"), off + i))
+                }
+                b'&' => {
+                    let Some(semi) = b[i + 1..].iter().position(|&c| c == b';') else {
+                        return Err(self.err_at(malformed("unterminated reference"), off + i));
+                    };
+                    let name = &raw[i + 1..i + 1 + semi];
+                    let ch = resolve_reference(name).map_err(|m| self.err_at(malformed(m), off + i))?;
+                    s.push(ch);
+                    i += semi + 2;
+                    continue;
+                }
+                b'\r' => {
+                    s.push(' ');
+                    if i + 1 < b.len() && b[i + 1] == b'\n' {
+                        i += 1;
+                    }
+                }
+                b'\t' | b'\n' => s.push(' '),
+                _ => {
+                    // copy the whole run of ordinary bytes up to the next special one
+                    let run = b[i..]
+                        .iter()
+                        .position(|&c| matches!(c, b'&' | b'<' | b'\t' | b'\n' | b'\r'))
+                        .unwrap_or(b.len() - i);
+                    s.push_str(&raw[i..i + run]);
+                    i += run;
+                    continue;
+                }
+            }
+            i += 1;
+        }
+        Ok(Cow::Owned(s))
+    }
+
+    fn lookup(&self, prefix: &str) -> Option<usize> {
+        self.bindings.iter().rposition(|b| b.prefix == prefix)
+    }
+
+    /// Applies namespace declarations and resolves attribute names. Returns the binding
+    /// index of the element's namespace (None = no namespace) and its local name.
+    fn resolve(&mut self, qname: &'a str, off: usize) -> Result<(Option<usize>, &'a str), TranslateError> {
+        // Declarations first: they are in scope for the element's own name and attributes.
+        for idx in 0..self.attrs.len() {
+            let a = &self.attrs[idx];
+            let Some((p, l)) = split_qname(a.qname) else {
+                return Err(self.err_at(malformed("invalid attribute name"), a.offset));
+            };
+            let prefix = if p.is_empty() && l == "xmlns" {
+                Some("")
+            } else if p == "xmlns" {
+                Some(l)
+            } else {
+                None
+            };
+            let Some(prefix) = prefix else {
+                continue;
+            };
+            let uri: &str = &a.value;
+            let bad = if prefix == "xmlns" {
+                Some("the 'xmlns' prefix must not be declared")
+            } else if prefix == "xml" {
+                (uri != XML_NS).then_some("the 'xml' prefix can only be bound to its own namespace")
+            } else if uri == XML_NS || uri == XMLNS_NS {
+                Some("reserved namespace name bound to another prefix")
+            } else if uri.is_empty() && !prefix.is_empty() {
+                Some("a prefix cannot be undeclared in XML Namespaces 1.0")
+            } else {
+                None
+            };
+            if let Some(m) = bad {
+                return Err(self.err_at(malformed(m), a.offset));
+            }
+            let json = json_ns(self.opts, uri);
+            let value = a.value.clone();
+            self.attrs[idx].is_decl = true;
+            self.bindings.push(Binding {
+                prefix,
+                uri: value,
+                json,
+            });
+        }
+        // Attribute names.
+        for idx in 0..self.attrs.len() {
+            if self.attrs[idx].is_decl {
+                continue;
+            }
+            let a = &self.attrs[idx];
+            let (p, l) = split_qname(a.qname).unwrap_or(("", a.qname));
+            let ns = if p.is_empty() {
+                None
+            } else {
+                match self.lookup(p) {
+                    Some(i) => Some(i),
+                    None => {
+                        return Err(self.err_at(
+                            malformed(format!("namespace prefix '{p}' is not declared")),
+                            a.offset,
+                        ))
+                    }
+                }
+            };
+            self.attrs[idx].ns = ns;
+            self.attrs[idx].local = l;
+        }
+        // Duplicates: by literal name, and by expanded name for namespaced attributes.
+        let n = self.attrs.len();
+        for i in 1..n {
+            for j in 0..i {
+                let (x, y) = (&self.attrs[i], &self.attrs[j]);
+                let dup = x.qname == y.qname
+                    || (!x.is_decl
+                        && !y.is_decl
+                        && x.local == y.local
+                        && match (x.ns, y.ns) {
+                            (Some(a), Some(b)) => self.bindings[a].uri == self.bindings[b].uri,
+                            _ => false,
+                        });
+                if dup {
+                    return Err(self.err_at(malformed(format!("duplicate attribute '{}'", x.qname)), x.offset));
+                }
+            }
+        }
+        let Some((p, l)) = split_qname(qname) else {
+            return Err(self.err_at(malformed(format!("invalid element name '{qname}'")), off));
+        };
+        let ns = match self.lookup(p) {
+            Some(i) if !self.bindings[i].uri.is_empty() => Some(i),
+            Some(_) => None,
+            None if p.is_empty() => None,
+            None => {
+                return Err(self.err_at(
+                    malformed(format!("namespace prefix '{p}' is not declared")),
+                    off,
+                ))
+            }
+        };
+        Ok((ns, l))
+    }
+
+    /// Builds the JSON key for a (namespace, local) pair into `key`.
+    fn make_key(&self, key: &mut String, ns: Option<usize>, local: &str) {
+        key.clear();
+        if let Some(i) = ns {
+            let b = &self.bindings[i];
+            match b.json {
+                JsonNs::NoNs => {}
+                JsonNs::Prefix(p) => {
+                    if !p.is_empty() {
+                        key.push_str(p);
+                        key.push(':');
+                    }
+                }
+                JsonNs::Unmapped => {
+                    key.push('{');
+                    key.push_str(&b.uri);
+                    key.push('}');
+                }
+            }
+        }
+        key.push_str(local);
+    }
+
+    fn write_key(&mut self, key: &str) {
+        self.out.push(b'"');
+        escape_json(self.out, key.as_bytes());
+        self.out.extend_from_slice(b"\":");
+    }
+
+    fn ns_uri(&self, ns: Option<usize>) -> &str {
+        ns.map(|i| &*self.bindings[i].uri).unwrap_or("")
+    }
+
+    fn start(&mut self, content: &'a str, off: usize, ev_start: usize, empty: bool) -> Result<(), TranslateError> {
+        let depth = self.frames.len();
+        if depth >= self.opts.limits.depth() {
+            return Err(self.err_at(too_large("element nesting deeper than max_depth"), ev_start));
+        }
+        if depth == 0 && self.doc_root_done {
+            return Err(self.err_at(malformed("more than one root element"), ev_start));
+        }
+        let ns_len = self.bindings.len();
+        let qname = self.parse_tag(content, off)?;
+        let (ns, local) = self.resolve(qname, off)?;
+
+        let parent_mode = self.frames.last().map(|f| f.mode);
+        let path_len = self.path.len();
+        let mut frame = Frame {
+            qname,
+            input_start: ev_start,
+            ns_len,
+            path_len,
+            seen_start: self.seen.len(),
+            keys_len: self.keys.len(),
+            value_start: 0,
+            mode: Mode::Pending,
+            wrap_close: false,
+            is_root: false,
+            text_open: false,
+            text_nonws: false,
+            text_start: 0,
+            text_len: 0,
+            members: 0,
+            had_child: false,
+            run_key: None,
+            run_array: false,
+            run_value_start: 0,
+            big: None,
+        };
+
+        // Decide whether this element is rendered, and how it attaches to its parent.
+        let mut render = true;
+        let mut is_root = false;
+        match (self.capture, parent_mode) {
+            (_, Some(Mode::Skip)) => render = false,
+            (Capture::SoapBody, None) => {
+                let uri = self.ns_uri(ns);
+                let v = if uri == SOAP11_NS {
+                    SOAP11_NS
+                } else if uri == SOAP12_NS {
+                    SOAP12_NS
+                } else {
+                    ""
+                };
+                if local != "Envelope" || v.is_empty() {
+                    return Err(self.err_at(unsupported("not a SOAP 1.1/1.2 Envelope"), ev_start));
+                }
+                self.outcome.soap_ns = Some(v);
+                render = false;
+                frame.mode = Mode::Transparent;
+            }
+            (Capture::SoapBody, Some(Mode::Transparent)) if depth == 1 => {
+                let same = self.ns_uri(ns) == self.outcome.soap_ns.unwrap_or("");
+                render = false;
+                if same && local == "Header" && !self.header_seen && !self.body_seen {
+                    self.header_seen = true;
+                    frame.mode = Mode::Skip;
+                } else if same && local == "Body" && !self.body_seen {
+                    self.body_seen = true;
+                    frame.mode = Mode::Transparent;
+                } else if self.body_seen {
+                    // SOAP 1.1 tolerates trailing elements after Body; they carry no payload.
+                    frame.mode = Mode::Skip;
+                } else {
+                    return Err(self.err_at(invalid(format!("unexpected element <{qname}> in SOAP Envelope")), ev_start));
+                }
+            }
+            (Capture::SoapBody, Some(Mode::Transparent)) => {
+                if self.root_started {
+                    render = false;
+                    frame.mode = Mode::Skip;
+                } else {
+                    is_root = true;
+                    self.outcome.fault = local == "Fault" && self.ns_uri(ns) == self.outcome.soap_ns.unwrap_or("");
+                }
+            }
+            (Capture::Document, None) => is_root = true,
+            _ => {}
+        }
+
+        if render {
+            let mut key = std::mem::take(&mut self.key);
+            self.make_key(&mut key, ns, local);
+            if key.len() > self.opts.limits.max_name_len + 2048 {
+                self.key = key;
+                return Err(self.err_at(too_large("JSON key too long"), ev_start));
+            }
+            self.path.push('/');
+            self.path.push_str(&key);
+            let restart = match self.restart_at {
+                Some((at, wrap, root)) if at == ev_start => {
+                    self.restart_at = None;
+                    frame.wrap_close = wrap;
+                    frame.is_root = root;
+                    true
+                }
+                _ => false,
+            };
+            if !restart {
+                if is_root {
+                    self.root_started = true;
+                    frame.is_root = true;
+                    self.out.push(b'{');
+                    self.write_key(&key);
+                } else {
+                    match self.attach_child(&key)? {
+                        Attach::Restarted => {
+                            self.key = key;
+                            // The parent is being re-read from its start tag; discard this one.
+                            self.bindings.truncate(self.bindings.len().min(ns_len));
+                            return Ok(());
+                        }
+                        Attach::Plain => {}
+                        Attach::Wrapped => frame.wrap_close = true,
+                    }
+                }
+            }
+            self.key = key;
+            frame.value_start = self.out.len();
+            self.write_value_start(&mut frame, ns_len)?;
+            self.check_out()?;
+        }
+        self.frames.push(frame);
+        if empty {
+            self.finish_element();
+        }
+        Ok(())
+    }
+
+    /// Writes the beginning of an element's value according to its attributes.
+    fn write_value_start(&mut self, frame: &mut Frame<'a>, _ns_len: usize) -> Result<(), TranslateError> {
+        let mut nil = false;
+        let mut others = 0;
+        for a in &self.attrs {
+            if a.is_decl {
+                continue;
+            }
+            if a.local == "nil" && self.ns_uri(a.ns) == XSI_NS {
+                let v = a.value.trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r'));
+                nil = v == "true" || v == "1";
+                if !nil {
+                    others += 1;
+                }
+            } else {
+                others += 1;
+            }
+        }
+        let mixed = self.mixed_starts.contains(&frame.input_start);
+        if nil && others == 0 && !mixed {
+            self.out.extend_from_slice(b"null");
+            frame.mode = Mode::Nil { obj: false };
+            return Ok(());
+        }
+        if others == 0 && !mixed && !nil {
+            frame.mode = Mode::Pending;
+            return Ok(());
+        }
+        self.out.push(b'{');
+        let mut key = std::mem::take(&mut self.key);
+        let mut n = 0;
+        for idx in 0..self.attrs.len() {
+            let a = &self.attrs[idx];
+            if a.is_decl {
+                continue;
+            }
+            let (ns, local) = (a.ns, a.local);
+            self.make_key(&mut key, ns, local);
+            key.insert(0, '@');
+            if n > 0 {
+                self.out.push(b',');
+            }
+            n += 1;
+            self.write_key(&key);
+            self.out.push(b'"');
+            let a = &self.attrs[idx];
+            escape_json(self.out, a.value.as_bytes());
+            self.out.push(b'"');
+        }
+        self.key = key;
+        frame.members = n;
+        if mixed {
+            if n > 0 {
+                self.out.push(b',');
+            }
+            self.out.extend_from_slice(b"\"#mixed\":[");
+            frame.members = 0;
+            frame.mode = Mode::Mixed;
+        } else if nil {
+            frame.mode = Mode::Nil { obj: true };
+        } else {
+            frame.mode = Mode::Object;
+        }
+        Ok(())
+    }
+
+    /// Records `key` among the parent's children. Returns the key's range in the arena, or
+    /// None if the parent already had a child with this key.
+    fn seen_insert(&mut self, key: &[u8]) -> Option<(usize, usize)> {
+        let pi = self.frames.len() - 1;
+        let start = self.keys.len();
+        let f = &mut self.frames[pi];
+        if let Some(big) = &mut f.big {
+            if !big.insert(key.into()) {
+                return None;
+            }
+        } else {
+            let keys = &self.keys;
+            if self.seen[f.seen_start..]
+                .iter()
+                .any(|&(s, e)| &keys[s..e] == key)
+            {
+                return None;
+            }
+            if self.seen.len() - f.seen_start >= SEEN_LINEAR_MAX {
+                let mut set: HashSet<Box<[u8]>> = self.seen[f.seen_start..]
+                    .iter()
+                    .map(|&(s, e)| Box::from(&keys[s..e]))
+                    .collect();
+                set.insert(key.into());
+                f.big = Some(Box::new(set));
+            } else {
+                self.seen.push((start, start + key.len()));
+            }
+        }
+        self.keys.extend_from_slice(key);
+        Some((start, start + key.len()))
+    }
+
+    fn attach_child(&mut self, key: &str) -> Result<Attach, TranslateError> {
+        let pi = self.frames.len() - 1;
+        let strict = self.opts.strict_repeats;
+        match self.frames[pi].mode {
+            Mode::Nil { .. } => {
+                return Err(self.err_path(invalid("element with xsi:nil=\"true\" has content")));
+            }
+            Mode::Transparent | Mode::Skip => return Ok(Attach::Plain),
+            Mode::Mixed => {
+                let f = &mut self.frames[pi];
+                if f.text_open {
+                    self.out.push(b'"');
+                    f.text_open = false;
+                }
+                if f.members > 0 {
+                    self.out.push(b',');
+                }
+                f.members += 1;
+                self.out.push(b'{');
+                self.write_key(key);
+                return Ok(Attach::Wrapped);
+            }
+            Mode::Pending => {
+                let f = &mut self.frames[pi];
+                if f.text_open && f.text_nonws {
+                    self.restart(pi)?;
+                    return Ok(Attach::Restarted);
+                }
+                // Whitespace before the first child was indentation: drop it.
+                self.out.truncate(f.value_start);
+                self.out.push(b'{');
+                f.mode = Mode::Object;
+                f.text_open = false;
+                f.members = 0;
+            }
+            Mode::Object => {
+                let f = &mut self.frames[pi];
+                if f.text_open {
+                    if f.text_nonws {
+                        self.restart(pi)?;
+                        return Ok(Attach::Restarted);
+                    }
+                    self.out.truncate(f.text_start);
+                    f.text_open = false;
+                }
+            }
+        }
+        self.frames[pi].had_child = true;
+        let same_run = match self.frames[pi].run_key {
+            Some((s, e)) => &self.keys[s..e] == key.as_bytes(),
+            None => false,
+        };
+        if same_run {
+            let f = &mut self.frames[pi];
+            if !f.run_array {
+                if strict {
+                    return Err(self.err_path(invalid(
+                        "repeated element not declared as array (declare its path in the array mapping)",
+                    )));
+                }
+                self.out.insert(f.run_value_start, b'[');
+                f.run_array = true;
+            }
+            self.out.push(b',');
+            return Ok(Attach::Plain);
+        }
+        if self.frames[pi].run_array {
+            self.out.push(b']');
+        }
+        let Some(range) = self.seen_insert(key.as_bytes()) else {
+            if strict {
+                return Err(self.err_path(invalid(
+                    "element repeats after other siblings; not representable as a JSON object in strict mode",
+                )));
+            }
+            self.restart(pi)?;
+            return Ok(Attach::Restarted);
+        };
+        let declared = !self.opts.arrays.is_empty() && self.opts.arrays.matches(&self.path);
+        let f = &mut self.frames[pi];
+        if f.members > 0 {
+            self.out.push(b',');
+        }
+        f.members += 1;
+        f.run_key = Some(range);
+        f.run_array = declared;
+        self.write_key(key);
+        if declared {
+            self.out.push(b'[');
+        }
+        let f = &mut self.frames[pi];
+        f.run_value_start = self.out.len();
+        Ok(Attach::Plain)
+    }
+
+    /// Re-reads frame `pi` from its start tag in `#mixed` mode.
+    fn restart(&mut self, pi: usize) -> Result<(), TranslateError> {
+        let f = &self.frames[pi];
+        let at = f.input_start;
+        let here = self.base + self.reader.buffer_position() as usize;
+        self.reprocessed += here.saturating_sub(at);
+        if self.reprocessed > 4 * self.input.len() + 65536 {
+            return Err(self.err_path(too_large("mixed content nested too deeply to translate")));
+        }
+        if !self.mixed_starts.insert(at) {
+            return Err(self.err_path(malformed("internal: element restarted twice")));
+        }
+        self.restart_at = Some((at, f.wrap_close, f.is_root));
+        self.out.truncate(f.value_start);
+        self.bindings.truncate(f.ns_len);
+        self.path.truncate(f.path_len);
+        self.seen.truncate(f.seen_start);
+        self.keys.truncate(f.keys_len);
+        self.frames.truncate(pi);
+        self.reader = make_reader(self.doc, at);
+        self.base = at;
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ text
+
+    fn text(&mut self, s: &[u8], off: usize, kind: TextKind) -> Result<(), TranslateError> {
+        let Some(pi) = self.frames.len().checked_sub(1) else {
+            if matches!(kind, TextKind::Text) && all_ws(s) {
+                return Ok(());
+            }
+            return Err(self.err_at(malformed("text outside the root element"), off));
+        };
+        let mode = self.frames[pi].mode;
+        let ws = all_ws(s);
+        match mode {
+            Mode::Transparent | Mode::Skip | Mode::Nil { .. } => {
+                if matches!(kind, TextKind::Text) {
+                    check_cdata_end(s).map_err(|i| self.err_at(malformed("']]>' is not allowed in text"), off + i))?;
+                }
+                if ws || mode == Mode::Skip {
+                    return Ok(());
+                }
+                let m = if mode == Mode::Transparent {
+                    "unexpected text in SOAP Envelope/Body"
+                } else {
+                    "element with xsi:nil=\"true\" has content"
+                };
+                return Err(self.err_path(invalid(m)));
+            }
+            Mode::Object if self.frames[pi].had_child => {
+                if !ws {
+                    self.restart(pi)?;
+                    return Ok(());
+                }
+                if matches!(kind, TextKind::Text) {
+                    check_cdata_end(s).map_err(|i| self.err_at(malformed("']]>' is not allowed in text"), off + i))?;
+                }
+                return Ok(());
+            }
+            _ => {}
+        }
+        let f = &mut self.frames[pi];
+        if !f.text_open {
+            f.text_start = self.out.len();
+            match mode {
+                Mode::Pending => self.out.push(b'"'),
+                Mode::Object => self.out.extend_from_slice(b",\"#text\":\""),
+                _ => {
+                    if f.members > 0 {
+                        self.out.push(b',');
+                    }
+                    f.members += 1;
+                    self.out.push(b'"');
+                }
+            }
+            f.text_open = true;
+            f.text_nonws = false;
+            f.text_len = 0;
+        }
+        f.text_len += s.len();
+        if !ws {
+            f.text_nonws = true;
+        }
+        if f.text_len > self.opts.limits.max_text_len {
+            return Err(self.err_at(too_large("text longer than max_text_len"), off));
+        }
+        match kind {
+            TextKind::Text => escape_xml_text_to_json(self.out, s, true)
+                .map_err(|i| self.err_at(malformed("']]>' is not allowed in text"), off + i))?,
+            TextKind::CData => {
+                let _ = escape_xml_text_to_json(self.out, s, false);
+            }
+            TextKind::Ref => escape_json(self.out, s),
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ end tags
+
+    fn end(&mut self, name: &str, ev_start: usize) -> Result<(), TranslateError> {
+        let Some(f) = self.frames.last() else {
+            return Err(self.err_at(malformed(format!("end tag </{name}> without start tag")), ev_start));
+        };
+        if f.qname != name {
+            let m = format!("mismatched end tag: expected </{}>, found </{}>", f.qname, name);
+            return Err(self.err_at(malformed(m), ev_start));
+        }
+        self.finish_element();
+        self.check_out()
+    }
+
+    fn finish_element(&mut self) {
+        let Some(f) = self.frames.pop() else {
+            return;
+        };
+        match f.mode {
+            Mode::Pending => {
+                if f.text_open {
+                    self.out.push(b'"');
+                } else {
+                    self.out.extend_from_slice(b"\"\"");
+                }
+            }
+            Mode::Object => {
+                if f.text_open {
+                    self.out.push(b'"');
+                }
+                if f.run_array {
+                    self.out.push(b']');
+                }
+                self.out.push(b'}');
+            }
+            Mode::Mixed => {
+                if f.text_open {
+                    self.out.push(b'"');
+                }
+                self.out.extend_from_slice(b"]}");
+            }
+            Mode::Nil { obj } => {
+                if obj {
+                    self.out.push(b'}');
+                }
+            }
+            Mode::Transparent | Mode::Skip => {}
+        }
+        if f.wrap_close {
+            self.out.push(b'}');
+        }
+        if f.is_root {
+            self.out.push(b'}');
+            self.root_done = true;
+        }
+        self.bindings.truncate(f.ns_len);
+        self.path.truncate(f.path_len);
+        self.seen.truncate(f.seen_start);
+        self.keys.truncate(f.keys_len);
+        if self.frames.is_empty() {
+            self.doc_root_done = true;
+        }
+    }
+}
+
+enum Attach {
+    Plain,
+    Wrapped,
+    Restarted,
+}
+
+fn check_cdata_end(s: &[u8]) -> Result<(), usize> {
+    match s.windows(3).position(|w| w == b"]]>") {
+        Some(i) => Err(i),
+        None => Ok(()),
+    }
+}
+
+/// Validates the XML declaration (`content` starts with `xml`). Only version 1.0 and UTF-8
+/// (or its ASCII subset) are accepted because the input is decoded as UTF-8.
+fn check_decl(content: &str) -> Result<(), TranslateError> {
+    let b = content.as_bytes();
+    let mut i = 3;
+    let mut seen = 0u8; // 1 = version, 2 = encoding, 3 = standalone
+    loop {
+        let ws_start = i;
+        while i < b.len() && is_ws(b[i]) {
+            i += 1;
+        }
+        if i == b.len() {
+            break;
+        }
+        if i == ws_start {
+            return Err(malformed("malformed XML declaration"));
+        }
+        let n_start = i;
+        while i < b.len() && b[i].is_ascii_alphabetic() {
+            i += 1;
+        }
+        let name = &content[n_start..i];
+        while i < b.len() && is_ws(b[i]) {
+            i += 1;
+        }
+        if i >= b.len() || b[i] != b'=' {
+            return Err(malformed("malformed XML declaration"));
+        }
+        i += 1;
+        while i < b.len() && is_ws(b[i]) {
+            i += 1;
+        }
+        if i >= b.len() || (b[i] != b'"' && b[i] != b'\'') {
+            return Err(malformed("malformed XML declaration"));
+        }
+        let q = b[i];
+        let Some(len) = b[i + 1..].iter().position(|&c| c == q) else {
+            return Err(malformed("malformed XML declaration"));
+        };
+        let value = &content[i + 1..i + 1 + len];
+        i += len + 2;
+        let order = match name {
+            "version" => 1,
+            "encoding" => 2,
+            "standalone" => 3,
+            _ => return Err(malformed("unknown pseudo-attribute in XML declaration")),
+        };
+        if order <= seen || (seen == 0 && order != 1) {
+            return Err(malformed("XML declaration must start with version, then encoding, then standalone"));
+        }
+        seen = order;
+        match order {
+            1 => {
+                let ok = value.len() > 2
+                    && value.starts_with("1.")
+                    && value[2..].bytes().all(|c| c.is_ascii_digit());
+                if !ok {
+                    return Err(malformed("malformed version in XML declaration"));
+                }
+                if value != "1.0" {
+                    return Err(unsupported(format!("XML version {value} is not supported")));
+                }
+            }
+            2 => {
+                let vb = value.as_bytes();
+                let ok = !vb.is_empty()
+                    && vb[0].is_ascii_alphabetic()
+                    && vb[1..]
+                        .iter()
+                        .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'));
+                if !ok {
+                    return Err(malformed("malformed encoding name in XML declaration"));
+                }
+                if !(value.eq_ignore_ascii_case("utf-8")
+                    || value.eq_ignore_ascii_case("utf8")
+                    || value.eq_ignore_ascii_case("us-ascii"))
+                {
+                    return Err(unsupported(format!("encoding {value} is not supported; send UTF-8")));
+                }
+            }
+            _ => {
+                if value != "yes" && value != "no" {
+                    return Err(malformed("standalone must be 'yes' or 'no'"));
+                }
+            }
+        }
+    }
+    if seen == 0 {
+        return Err(malformed("XML declaration without version"));
+    }
+    Ok(())
+}

@@ -1,0 +1,197 @@
+//! Proxy semantics: hop-by-hop fields, forwarding fields, request ids, Via, Host,
+//! Content-Length, redirects.
+
+use crate::support::*;
+use bytes::Bytes;
+use http_body_util::Full;
+use std::sync::Arc;
+
+async fn setup(handler: Handler) -> (TestGateway, MockUpstream) {
+    let up = MockUpstream::start(handler).await;
+    let cfg = base_config(&format!(
+        r#"
+[upstreams.up]
+endpoints = ["{url}"]
+[[routes]]
+name = "preserve"
+path_prefix = "/p"
+upstream = "up"
+[[routes]]
+name = "uphost"
+path_prefix = "/u"
+host_header = "upstream"
+upstream = "up"
+[[routes]]
+name = "literal"
+path_prefix = "/l"
+host_header = "api.bo.gov.vn"
+upstream = "up"
+[[routes]]
+name = "small"
+path_prefix = "/small"
+max_body_bytes = 1000
+upstream = "up"
+"#,
+        url = up.url()
+    ));
+    (TestGateway::start(&cfg).await, up)
+}
+
+#[tokio::test]
+async fn hop_by_hop_and_connection_named_fields_are_removed() {
+    let (gw, up) = setup(echo("up")).await;
+    let r = raw(
+        gw.addr(),
+        b"GET /p/x HTTP/1.1\r\nHost: test.local\r\nConnection: X-Foo, keep-alive\r\nX-Foo: secret\r\n\
+Keep-Alive: timeout=5\r\nProxy-Authorization: Basic Zm9vOmJhcg==\r\nTE: trailers\r\nProxy-Connection: keep-alive\r\n\
+X-Keep: yes\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let seen = up.last();
+    for gone in ["x-foo", "keep-alive", "proxy-authorization", "te", "proxy-connection"] {
+        assert!(seen.header(gone).is_none(), "{gone} reached the upstream");
+    }
+    assert_eq!(seen.header("x-keep"), Some("yes"));
+}
+
+#[tokio::test]
+async fn forwarding_fields_are_the_gateways_own() {
+    let (gw, up) = setup(echo("up")).await;
+    let r = raw(
+        gw.addr(),
+        b"GET /p/x HTTP/1.1\r\nHost: test.local\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\n\
+X-Forwarded-Host: evil\r\nForwarded: for=6.6.6.6;host=evil\r\nX-Real-IP: 6.6.6.6\r\n\
+X-Lienthong-Client-Cert-S256: forged\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let seen = up.last();
+    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(seen.header("x-forwarded-host"), Some("test.local"));
+    assert_eq!(seen.header("forwarded"), Some("for=127.0.0.1;proto=http;host=test.local"));
+    assert!(seen.header("x-real-ip").is_none());
+    assert!(seen.header("x-lienthong-client-cert-s256").is_none());
+    assert_eq!(seen.headers.get_all("x-forwarded-for").iter().count(), 1);
+}
+
+#[tokio::test]
+async fn request_id_generated_or_propagated_and_via_added() {
+    let (gw, up) = setup(echo("up")).await;
+    let r = raw_get(gw.addr(), "/p/x").await;
+    let seen = up.last();
+    let rid = seen.header("x-request-id").expect("generated id").to_string();
+    assert_eq!(r.header("x-request-id"), Some(rid.as_str()));
+    assert_eq!(seen.header("via"), Some("1.1 lienthong"));
+    assert_eq!(r.header("via"), Some("1.1 lienthong"));
+
+    let r = raw(
+        gw.addr(),
+        b"GET /p/x HTTP/1.1\r\nHost: t\r\nX-Request-Id: abc-123\r\nVia: 1.1 portal\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.header("x-request-id"), Some("abc-123"));
+    assert_eq!(up.last().header("x-request-id"), Some("abc-123"));
+    assert_eq!(up.last().header("via"), Some("1.1 portal, 1.1 lienthong"));
+    // An id that could smuggle content is replaced, not passed on.
+    let r = raw(
+        gw.addr(),
+        b"GET /p/x HTTP/1.1\r\nHost: t\r\nX-Request-Id: a b{}\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_ne!(r.header("x-request-id"), Some("a b{}"));
+}
+
+#[tokio::test]
+async fn host_preserved_or_rewritten_per_route() {
+    let (gw, up) = setup(echo("up")).await;
+    raw_get(gw.addr(), "/p/x").await;
+    assert_eq!(up.last().header("host"), Some("test.local"));
+    raw_get(gw.addr(), "/u/x").await;
+    assert_eq!(up.last().header("host"), Some(up.addr.to_string().as_str()));
+    raw_get(gw.addr(), "/l/x").await;
+    assert_eq!(up.last().header("host"), Some("api.bo.gov.vn"));
+}
+
+#[tokio::test]
+async fn response_hop_by_hop_fields_are_removed() {
+    let handler: Handler = Arc::new(|_| {
+        let mut r = json_response(200, serde_json::json!({"ok": true}));
+        let h = r.headers_mut();
+        h.insert("connection", "X-Bar".parse().unwrap());
+        h.insert("x-bar", "internal".parse().unwrap());
+        h.insert("keep-alive", "timeout=99".parse().unwrap());
+        h.insert("proxy-authenticate", "Basic".parse().unwrap());
+        h.insert("x-visible", "1".parse().unwrap());
+        Action::Respond(r)
+    });
+    let (gw, _up) = setup(handler).await;
+    let r = raw_get(gw.addr(), "/p/x").await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("x-bar").is_none());
+    assert!(r.header("keep-alive").is_none());
+    assert!(r.header("proxy-authenticate").is_none());
+    assert_eq!(r.header("x-visible"), Some("1"));
+}
+
+#[tokio::test]
+async fn content_length_matches_the_body_sent() {
+    let (gw, up) = setup(echo("up")).await;
+    // A chunked request body arrives with its true length (or chunked framing).
+    let body = "a".repeat(700);
+    let req = format!(
+        "POST /p/x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    );
+    let r = raw(gw.addr(), req.as_bytes()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["body_len"], 700);
+    let seen = up.last();
+    assert_eq!(seen.body.len(), 700);
+    if let Some(cl) = seen.header("content-length") {
+        assert_eq!(cl, "700");
+    }
+    // The response carries a length equal to the bytes that follow.
+    let cl: usize = r.header("content-length").unwrap().parse().unwrap();
+    assert_eq!(cl, r.body.len());
+    // A client-declared length is not copied blindly.
+    let (status, _, b) = send(
+        gw.addr(),
+        http::Request::post("/p/x")
+            .header("host", "t")
+            .body(Full::new(Bytes::from_static(b"12345")))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&b).unwrap()["body_len"], 5);
+    assert_eq!(up.last().header("content-length"), Some("5"));
+}
+
+#[tokio::test]
+async fn redirects_are_passed_back_not_followed() {
+    let handler: Handler = Arc::new(|_| {
+        let mut r = json_response(302, serde_json::json!({}));
+        r.headers_mut()
+            .insert("location", "http://127.0.0.1:1/elsewhere".parse().unwrap());
+        Action::Respond(r)
+    });
+    let (gw, up) = setup(handler).await;
+    let r = raw_get(gw.addr(), "/p/x").await;
+    assert_eq!(r.status, 302);
+    assert_eq!(r.header("location"), Some("http://127.0.0.1:1/elsewhere"));
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn upgrade_refused_unless_allowed() {
+    let (gw, up) = setup(echo("up")).await;
+    let r = raw(
+        gw.addr(),
+        b"GET /p/ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await;
+    assert_error(&r, 400, "upgrade_not_allowed");
+    assert_eq!(up.count(), 0);
+}

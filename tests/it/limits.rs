@@ -1,0 +1,170 @@
+//! Listener limits: 413, 414, 431, slow clients, idle timeout, connection limit.
+
+use crate::support::*;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn setup(listener_extra: &str) -> (TestGateway, MockUpstream) {
+    let up = MockUpstream::start(echo("up")).await;
+    let cfg = format!(
+        r#"
+[log]
+access_log = false
+[admin]
+enabled = false
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:0"
+{listener_extra}
+[upstreams.u]
+endpoints = ["{}"]
+[[routes]]
+name = "small"
+path_prefix = "/small"
+max_body_bytes = 1000
+upstream = "u"
+[[routes]]
+name = "r"
+path_prefix = "/"
+upstream = "u"
+"#,
+        up.url()
+    );
+    (TestGateway::start(&cfg).await, up)
+}
+
+#[tokio::test]
+async fn body_over_the_route_cap_is_413() {
+    let (gw, up) = setup("").await;
+    let body = "x".repeat(2000);
+    let r = raw(
+        gw.addr(),
+        format!("POST /small HTTP/1.1\r\nHost: t\r\nContent-Length: 2000\r\n\r\n{body}").as_bytes(),
+    )
+    .await;
+    assert_error(&r, 413, "body_too_large");
+    // Chunked: no declared length, cut while streaming.
+    let r = raw(
+        gw.addr(),
+        format!("POST /small HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n7d0\r\n{body}\r\n0\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_error(&r, 413, "body_too_large");
+    let within = "x".repeat(900);
+    let r = raw(
+        gw.addr(),
+        format!("POST /small HTTP/1.1\r\nHost: t\r\nContent-Length: 900\r\nConnection: close\r\n\r\n{within}").as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().body.len(), 900);
+}
+
+#[tokio::test]
+async fn long_uri_is_414() {
+    let (gw, up) = setup("max_uri_bytes = 1024").await;
+    let long = format!("/x?{}", "a".repeat(2000));
+    let r = raw_get(gw.addr(), &long).await;
+    assert_error(&r, 414, "uri_too_long");
+    assert_eq!(up.count(), 0);
+}
+
+#[tokio::test]
+async fn oversized_or_too_many_headers_are_431() {
+    let (gw, up) = setup("max_header_bytes = 4096\nmax_headers = 20").await;
+    let big = format!(
+        "GET /x HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "b".repeat(5000)
+    );
+    let r = raw(gw.addr(), big.as_bytes()).await;
+    assert_error(&r, 431, "headers_too_large");
+    // Far past the limit, the parser itself refuses (no body, still 431).
+    let huge = format!(
+        "GET /x HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "b".repeat(20000)
+    );
+    assert_eq!(raw(gw.addr(), huge.as_bytes()).await.status, 431);
+    let mut many = String::from("GET /x HTTP/1.1\r\nHost: t\r\n");
+    for i in 0..25 {
+        many.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many.push_str("Connection: close\r\n\r\n");
+    let r = raw(gw.addr(), many.as_bytes()).await;
+    assert_error(&r, 431, "too_many_headers");
+    assert_eq!(up.count(), 0);
+}
+
+#[tokio::test]
+async fn slow_header_clients_are_cut_off_while_others_are_served() {
+    let (gw, _up) = setup("header_read_timeout = \"500ms\"").await;
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+        s.write_all(b"GET /x HTTP/1.1\r\nHost: t\r\nX-Slow: ").await.unwrap();
+        slow.push(s);
+    }
+    // Others are served while the slow ones hold their connections.
+    for _ in 0..5 {
+        assert_eq!(raw_get(gw.addr(), "/x").await.status, 200);
+    }
+    let start = Instant::now();
+    for mut s in slow {
+        // Trickle a byte now and then, as a slowloris does; the head never completes.
+        let mut buf = [0u8; 256];
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if s.write_all(b"a").await.is_err() {
+                    return;
+                }
+                match tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => return,
+                    Ok(Ok(_)) => continue, // a 408 may be sent before closing
+                    Err(_) => continue,
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "slow client was not cut off");
+    }
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert_eq!(raw_get(gw.addr(), "/x").await.status, 200);
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed() {
+    let (gw, _up) = setup("idle_timeout = \"300ms\"\nheader_read_timeout = \"10s\"\nh2c = false").await;
+    let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(parse_complete(&buf[..n]).is_some_and(|r| r.status == 200));
+    let start = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+    assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "idle connection was not closed");
+    assert!(start.elapsed() >= Duration::from_millis(250));
+}
+
+#[tokio::test]
+async fn connection_limit_holds_extra_connections_back() {
+    let (gw, _up) = setup("max_connections = 1").await;
+    let mut first = TcpStream::connect(gw.addr()).await.unwrap();
+    first.write_all(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = first.read(&mut buf).await.unwrap();
+    assert!(n > 0);
+    // The second connection is not served while the first holds the only slot.
+    let addr = gw.addr();
+    let second = tokio::spawn(async move { raw_get(addr, "/x").await });
+    let waited = tokio::time::timeout(Duration::from_millis(300), async {
+        while !second.is_finished() {
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_err(), "second connection was served beyond the limit");
+    drop(first);
+    let r = tokio::time::timeout(Duration::from_secs(5), second).await.unwrap().unwrap();
+    assert_eq!(r.status, 200);
+}

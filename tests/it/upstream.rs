@@ -1,0 +1,240 @@
+//! Upstream behaviour: timeouts, unreachable endpoints, retries, health (active and
+//! passive), the circuit breaker, balancing and connection reuse.
+
+use crate::support::*;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn pool(name: &str, endpoints: &[String], extra: &str) -> String {
+    let eps: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+    format!(
+        "[upstreams.{name}]\nendpoints = [{}]\n{extra}\n",
+        eps.join(", ")
+    )
+}
+
+fn route(upstream: &str, extra: &str) -> String {
+    format!("[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"{upstream}\"\n{extra}\n")
+}
+
+#[tokio::test]
+async fn hanging_upstream_is_504() {
+    let up = MockUpstream::start(Arc::new(|_| Action::Hang)).await;
+    let cfg = base_config(&(pool("u", &[up.url()], "") + &route("u", "timeout = \"300ms\"")));
+    let gw = TestGateway::start(&cfg).await;
+    let t = Instant::now();
+    let r = raw_get(gw.addr(), "/x").await;
+    assert_error(&r, 504, "upstream_timeout");
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn unreachable_upstream_is_502() {
+    let dead = dead_addr().await;
+    let cfg = base_config(&(pool("u", &[format!("http://{dead}")], "[upstreams.u.retry]\nattempts = 1\n") + &route("u", "")));
+    let gw = TestGateway::start(&cfg).await;
+    let r = raw_get(gw.addr(), "/x").await;
+    assert_error(&r, 502, "upstream_unreachable");
+    // Internals (the address) stay out of the client's view.
+    assert!(!String::from_utf8_lossy(&r.body).contains(&dead.port().to_string()));
+}
+
+#[tokio::test]
+async fn idempotent_requests_retry_on_another_endpoint() {
+    let bad = MockUpstream::start(status(503)).await;
+    let good = MockUpstream::start(echo("good")).await;
+    let cfg = base_config(
+        &(pool("u", &[bad.url(), good.url()], "[upstreams.u.passive]\nconsecutive_failures = 0\n[upstreams.u.circuit_breaker]\nconsecutive_failures = 0\n")
+            + &route("u", "")),
+    );
+    let gw = TestGateway::start(&cfg).await;
+    for _ in 0..6 {
+        let r = raw_get(gw.addr(), "/x").await;
+        assert_eq!(r.status, 200, "GET must be retried away from the failing endpoint");
+    }
+    assert!(bad.count() >= 1, "round robin reached the bad endpoint");
+    // POST is not idempotent: a sent attempt that failed is not repeated.
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let r = raw(
+            gw.addr(),
+            b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+        )
+        .await;
+        statuses.push(r.status);
+    }
+    let posts_bad = bad.seen.lock().unwrap().iter().filter(|s| s.method == "POST").count();
+    let posts_good = good.seen.lock().unwrap().iter().filter(|s| s.method == "POST").count();
+    assert_eq!(posts_bad + posts_good, 6, "no POST was sent twice");
+    assert_eq!(statuses.iter().filter(|s| **s == 503).count(), posts_bad);
+}
+
+#[tokio::test]
+async fn connect_failures_retry_even_for_post() {
+    let dead = dead_addr().await;
+    let good = MockUpstream::start(echo("good")).await;
+    let cfg = base_config(
+        &(pool("u", &[format!("http://{dead}"), good.url()], "[upstreams.u.passive]\nconsecutive_failures = 0\n")
+            + &route("u", "")),
+    );
+    let gw = TestGateway::start(&cfg).await;
+    for _ in 0..4 {
+        let r = raw(
+            gw.addr(),
+            b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(good.count(), 4);
+}
+
+#[tokio::test]
+async fn passive_ejection_after_consecutive_failures() {
+    let bad = MockUpstream::start(status(502)).await;
+    let good = MockUpstream::start(echo("good")).await;
+    let cfg = base_config(
+        &(pool(
+            "u",
+            &[bad.url(), good.url()],
+            "[upstreams.u.passive]\nconsecutive_failures = 2\nejection_time = \"60s\"\n[upstreams.u.retry]\nattempts = 1\n[upstreams.u.circuit_breaker]\nconsecutive_failures = 0\n",
+        ) + &route("u", "")),
+    );
+    let gw = TestGateway::start(&cfg).await;
+    for _ in 0..20 {
+        raw_get(gw.addr(), "/x").await;
+    }
+    assert_eq!(bad.count(), 2, "ejected after two consecutive failures");
+    assert_eq!(good.count(), 18);
+}
+
+#[tokio::test]
+async fn active_health_checks_take_an_endpoint_out() {
+    let sick: Handler = Arc::new(|s| {
+        if s.uri == "/health" {
+            Action::Respond(json_response(500, serde_json::json!({})))
+        } else {
+            Action::Respond(json_response(200, serde_json::json!({"upstream": "sick"})))
+        }
+    });
+    let sick = MockUpstream::start(sick).await;
+    let well = MockUpstream::start(echo("well")).await;
+    let cfg = base_config(
+        &(pool(
+            "u",
+            &[sick.url(), well.url()],
+            "[upstreams.u.health]\npath = \"/health\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\n",
+        ) + &route("u", "")),
+    );
+    let gw = TestGateway::start(&cfg).await;
+    eventually("ready", Duration::from_secs(5), || async {
+        admin_get(&gw, "/health/ready").await.0 == 200
+    })
+    .await;
+    for _ in 0..10 {
+        let r = raw_get(gw.addr(), "/x").await;
+        assert_eq!(r.json()["upstream"], "well");
+    }
+    let non_health = sick.seen.lock().unwrap().iter().filter(|s| s.uri != "/health").count();
+    assert_eq!(non_health, 0);
+    let (_, ups) = admin_get(&gw, "/admin/upstreams").await;
+    let v: serde_json::Value = serde_json::from_str(&ups).unwrap();
+    let eps = v["u"]["endpoints"].as_array().unwrap();
+    assert!(eps.iter().any(|e| e["healthy"] == false));
+}
+
+#[tokio::test]
+async fn readiness_waits_for_health() {
+    let slow_health: Handler = Arc::new(|_| Action::Delay(Duration::from_millis(400), json_response(200, serde_json::json!({}))));
+    let up = MockUpstream::start(slow_health).await;
+    let cfg = base_config(
+        &(pool("u", &[up.url()], "[upstreams.u.health]\ninterval = \"10s\"\ntimeout = \"2s\"\n") + &route("u", "")),
+    );
+    let gw = TestGateway::start(&cfg).await;
+    assert_eq!(admin_get(&gw, "/health/live").await.0, 200);
+    assert_eq!(admin_get(&gw, "/health/ready").await.0, 503, "health not known yet");
+    eventually("ready", Duration::from_secs(5), || async {
+        admin_get(&gw, "/health/ready").await.0 == 200
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn circuit_breaker_opens_and_fails_fast() {
+    let bad = MockUpstream::start(status(503)).await;
+    let cfg = base_config(
+        &(pool(
+            "u",
+            &[bad.url()],
+            "[upstreams.u.passive]\nconsecutive_failures = 0\n[upstreams.u.retry]\nattempts = 1\n[upstreams.u.circuit_breaker]\nconsecutive_failures = 3\nopen_for = \"30s\"\n",
+        ) + &route("u", "")),
+    );
+    let gw = TestGateway::start(&cfg).await;
+    for _ in 0..3 {
+        assert_eq!(raw_get(gw.addr(), "/x").await.status, 503);
+    }
+    let r = raw_get(gw.addr(), "/x").await;
+    assert_error(&r, 503, "circuit_open");
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(bad.count(), 3, "the open breaker sent nothing upstream");
+}
+
+#[tokio::test]
+async fn least_outstanding_avoids_the_busy_endpoint() {
+    let h: Handler = Arc::new(|s| {
+        if s.uri == "/slow" {
+            Action::Hang
+        } else {
+            Action::Respond(json_response(200, serde_json::json!({})))
+        }
+    });
+    let a = MockUpstream::start(h.clone()).await;
+    let b = MockUpstream::start(h).await;
+    let cfg = base_config(
+        &(pool("u", &[a.url(), b.url()], "balance = \"least_outstanding\"\n") + &route("u", "timeout = \"30s\"")),
+    );
+    let gw = TestGateway::start(&cfg).await;
+    let addr = gw.addr();
+    let slow = tokio::spawn(async move { raw_get(addr, "/slow").await });
+    eventually("slow request reached an endpoint", Duration::from_secs(5), || async {
+        a.count() + b.count() == 1
+    })
+    .await;
+    let busy_is_a = a.count() == 1;
+    for _ in 0..10 {
+        assert_eq!(raw_get(gw.addr(), "/fast").await.status, 200);
+    }
+    let (busy, idle) = if busy_is_a { (&a, &b) } else { (&b, &a) };
+    assert_eq!(busy.count(), 1, "no request went to the endpoint with one outstanding");
+    assert_eq!(idle.count(), 10);
+    slow.abort();
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused() {
+    let up = MockUpstream::start(echo("up")).await;
+    let cfg = base_config(&(pool("u", &[up.url()], "") + &route("u", "")));
+    let gw = TestGateway::start(&cfg).await;
+    for _ in 0..20 {
+        assert_eq!(raw_get(gw.addr(), "/x").await.status, 200);
+    }
+    assert_eq!(up.count(), 20);
+    assert_eq!(up.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn metrics_describe_requests_by_route_upstream_and_status() {
+    let up = MockUpstream::start(echo("up")).await;
+    let cfg = base_config(&(pool("metricpool", &[up.url()], "") + "[[routes]]\nname = \"metricroute\"\npath_prefix = \"/\"\nupstream = \"metricpool\"\n"));
+    let gw = TestGateway::start(&cfg).await;
+    raw_get(gw.addr(), "/x").await;
+    let (status, text) = admin_get(&gw, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        text.contains("lienthong_requests_total{route=\"metricroute\",upstream=\"metricpool\",status=\"200\"}"),
+        "{text}"
+    );
+    assert!(text.contains("lienthong_request_duration_seconds_bucket{route=\"metricroute\""));
+    assert!(text.contains("lienthong_upstream_endpoint_healthy{upstream=\"metricpool\""));
+    assert!(text.contains("lienthong_connections"));
+}
