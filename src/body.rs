@@ -98,7 +98,9 @@ impl http_body::Body for Body {
                     if let Some(d) = frame.data_ref() {
                         let n = d.len() as u64;
                         if n > *remaining {
-                            return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit: *limit }))));
+                            return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
+                                limit: *limit,
+                            }))));
                         }
                         *remaining -= n;
                     }

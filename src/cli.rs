@@ -49,9 +49,13 @@ fn check(path: &std::path::Path) -> ExitCode {
     match Config::load(path) {
         Ok(cfg) => {
             // Building pools also loads upstream TLS files; report those too.
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
             let built = match rt {
-                Ok(rt) => rt.block_on(async { crate::runtime::Runtime::build(cfg.clone(), None, 1).map(|_| ()) }),
+                Ok(rt) => rt.block_on(async {
+                    crate::runtime::Runtime::build(cfg.clone(), None, 1).map(|_| ())
+                }),
                 Err(e) => {
                     eprintln!("{}: cannot start a runtime: {e}", path.display());
                     return ExitCode::FAILURE;
@@ -105,7 +109,11 @@ fn serve(path: &std::path::Path) -> ExitCode {
             for p in &problems.0 {
                 eprintln!("{p}");
             }
-            eprintln!("{}: {} problem(s); not starting", path.display(), problems.0.len());
+            eprintln!(
+                "{}: {} problem(s); not starting",
+                path.display(),
+                problems.0.len()
+            );
             return ExitCode::FAILURE;
         }
     };

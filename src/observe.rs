@@ -18,8 +18,8 @@ pub fn metrics_handle() -> PrometheusHandle {
                 .set_buckets_for_metric(
                     Matcher::Suffix("_seconds".into()),
                     &[
-                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-                        2.5, 5.0, 10.0, 30.0,
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                        5.0, 10.0, 30.0,
                     ],
                 )
                 .expect("bucket list is not empty")
@@ -86,7 +86,8 @@ pub fn record(rt: &Runtime, ctx: &RequestCtx, rsp: &Response<Body>) {
         ("status", status_label(status)),
     ];
     metrics::counter!("lienthong_requests_total", &labels).increment(1);
-    metrics::histogram!("lienthong_request_duration_seconds", &labels).record(elapsed.as_secs_f64());
+    metrics::histogram!("lienthong_request_duration_seconds", &labels)
+        .record(elapsed.as_secs_f64());
     if rt.config.log.access_log {
         tracing::info!(
             target: "access",

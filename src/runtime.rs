@@ -24,7 +24,11 @@ pub struct Runtime {
 impl Runtime {
     /// Compiles a config, reusing the pools of `previous` whose config is unchanged
     /// (so health state and warm connections survive a reload).
-    pub fn build(config: Config, previous: Option<&Runtime>, generation: u64) -> Result<Runtime, Problems> {
+    pub fn build(
+        config: Config,
+        previous: Option<&Runtime>,
+        generation: u64,
+    ) -> Result<Runtime, Problems> {
         let mut problems = Problems::default();
         let mut pools = BTreeMap::new();
         for (name, ucfg) in &config.upstreams {
@@ -57,8 +61,16 @@ impl Runtime {
             .collect();
         Ok(Runtime {
             route_order: crate::pipeline::route::match_order(&config.routes),
-            route_names: config.routes.iter().map(|r| Arc::from(r.name.as_str())).collect(),
-            pool_names: config.routes.iter().map(|r| Arc::from(r.upstream.as_str())).collect(),
+            route_names: config
+                .routes
+                .iter()
+                .map(|r| Arc::from(r.name.as_str()))
+                .collect(),
+            pool_names: config
+                .routes
+                .iter()
+                .map(|r| Arc::from(r.upstream.as_str()))
+                .collect(),
             route_pools,
             pools,
             config: Arc::new(config),
@@ -143,8 +155,17 @@ impl Gateway {
         let mut problems = Problems::default();
         // Sockets are bound once; changing them needs a restart, and saying so beats
         // silently serving on the old address.
-        let old: Vec<_> = current.config.listeners.iter().map(|l| (&l.name, l.listen, l.tls.is_some())).collect();
-        let new: Vec<_> = cfg.listeners.iter().map(|l| (&l.name, l.listen, l.tls.is_some())).collect();
+        let old: Vec<_> = current
+            .config
+            .listeners
+            .iter()
+            .map(|l| (&l.name, l.listen, l.tls.is_some()))
+            .collect();
+        let new: Vec<_> = cfg
+            .listeners
+            .iter()
+            .map(|l| (&l.name, l.listen, l.tls.is_some()))
+            .collect();
         if old != new {
             problems.0.push(crate::config::Problem {
                 path: "listeners".into(),

@@ -46,7 +46,9 @@ pub async fn serve(
 }
 
 fn json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
-    let mut r = Response::new(Body::full(serde_json::to_vec_pretty(&v).unwrap_or_default()));
+    let mut r = Response::new(Body::full(
+        serde_json::to_vec_pretty(&v).unwrap_or_default(),
+    ));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -62,7 +64,9 @@ fn json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
 async fn handle(gw: &Gateway, tls: &[Arc<TlsState>], req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
     match (req.method(), path) {
-        (&Method::GET, "/health/live") => json(StatusCode::OK, serde_json::json!({"status": "live"})),
+        (&Method::GET, "/health/live") => {
+            json(StatusCode::OK, serde_json::json!({"status": "live"}))
+        }
         (&Method::GET, "/health/ready") => {
             if gw.ready() {
                 json(StatusCode::OK, serde_json::json!({"status": "ready"}))
@@ -83,7 +87,8 @@ async fn handle(gw: &Gateway, tls: &[Arc<TlsState>], req: Request<Incoming>) -> 
                     let labels = [("upstream", name.clone()), ("endpoint", e.addr.to_string())];
                     metrics::gauge!("lienthong_upstream_endpoint_healthy", &labels)
                         .set(if e.is_healthy() { 1.0 } else { 0.0 });
-                    metrics::gauge!("lienthong_upstream_outstanding", &labels).set(e.outstanding() as f64);
+                    metrics::gauge!("lienthong_upstream_outstanding", &labels)
+                        .set(e.outstanding() as f64);
                 }
             }
             let mut r = Response::new(Body::full(gw.metrics.render()));
@@ -134,9 +139,13 @@ async fn handle(gw: &Gateway, tls: &[Arc<TlsState>], req: Request<Incoming>) -> 
                 t.refresh(true);
             }
             match gw.reload().await {
-                Ok(g) => json(StatusCode::OK, serde_json::json!({"status": "reloaded", "generation": g})),
+                Ok(g) => json(
+                    StatusCode::OK,
+                    serde_json::json!({"status": "reloaded", "generation": g}),
+                ),
                 Err(p) => {
-                    metrics::counter!("lienthong_config_reloads_total", "result" => "invalid").increment(1);
+                    metrics::counter!("lienthong_config_reloads_total", "result" => "invalid")
+                        .increment(1);
                     let problems: Vec<String> = p.0.iter().map(|x| x.to_string()).collect();
                     json(
                         StatusCode::UNPROCESSABLE_ENTITY,

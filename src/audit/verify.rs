@@ -196,18 +196,37 @@ fn decode_frame(buf: &[u8], off: usize) -> Result<(Frame<'_>, usize), FrameError
     ))
 }
 
+/// How many frame-shaped candidates (right magic, consistent length, fully
+/// present) the resync search may hash before giving up. Each costs a
+/// SHA-256 of up to [`MAX_RECORD_LEN`] bytes, so without a bound a crafted
+/// export full of fake headers would make verification quadratic.
+const MAX_RESYNC_CANDIDATES: usize = 1024;
+
 /// Find the first offset after `from` where a complete, valid frame starts.
-/// Only offsets that begin with the magic are fully decoded, so this is a
-/// cheap linear pass in practice; it runs only when something is wrong.
+/// Only offsets that begin with the magic are decoded, so this is a cheap
+/// linear pass in practice; it runs only when something is already wrong.
+/// If the candidate budget runs out, the first frame-shaped candidate is
+/// returned: "something that looks like a frame follows" errs on the side of
+/// not cutting, which is the safe direction for an audit log.
 fn find_next_valid(buf: &[u8], from: usize) -> Option<usize> {
     let mut start = from;
+    let mut tried = 0usize;
+    let mut first_shaped = None;
     while start + frame_len(0) <= buf.len() {
         let rel = buf[start..]
             .windows(FRAME_MAGIC.len())
             .position(|w| w == FRAME_MAGIC)?;
         let cand = start + rel;
-        if decode_frame(buf, cand).is_ok() {
-            return Some(cand);
+        match decode_frame(buf, cand) {
+            Ok(_) => return Some(cand),
+            Err(FrameError::HashMismatch) => {
+                first_shaped.get_or_insert(cand);
+                tried += 1;
+                if tried >= MAX_RESYNC_CANDIDATES {
+                    return first_shaped;
+                }
+            }
+            Err(_) => {}
         }
         start = cand + 1;
     }
@@ -1056,6 +1075,25 @@ mod tests {
         let (frames, _, tail) = scan_frames(&e);
         assert_eq!((frames.len(), tail), (1, None));
         assert_eq!(frames[0].leaf_hash, leaf_hash(b""));
+    }
+
+    #[test]
+    fn resync_search_is_bounded() {
+        // Thousands of frame-shaped fakes after a bad frame: the scan still
+        // finishes quickly and refuses to call the damage cuttable.
+        let mut buf = encode_frame(0, b"good").unwrap();
+        buf.extend_from_slice(b"XXXX");
+        for i in 0..(MAX_RESYNC_CANDIDATES as u64 + 50) {
+            let mut f = encode_frame(i, b"fake").unwrap();
+            let n = f.len();
+            f[n - 1] ^= 1;
+            buf.extend_from_slice(&f);
+        }
+        let (frames, _, tail) = scan_frames(&buf);
+        assert_eq!(frames.len(), 1);
+        let tail = tail.unwrap();
+        assert_eq!(tail.error, FrameError::BadMagic);
+        assert!(!tail.is_cuttable());
     }
 
     #[test]

@@ -256,7 +256,10 @@ pub struct RouteConfig {
 }
 
 mod dur {
-    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.serialize_str(&super::format_duration(*d))
     }
 }
@@ -298,7 +301,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => return Err(format!("duration {s:?} has unknown unit {unit:?} (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "duration {s:?} has unknown unit {unit:?} (use ms, s, m or h)"
+            ))
+        }
     };
     Ok(d)
 }
@@ -312,7 +319,10 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, Problems> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             let mut p = Problems::default();
-            p.push(path.display().to_string(), format!("cannot read config: {e}"));
+            p.push(
+                path.display().to_string(),
+                format!("cannot read config: {e}"),
+            );
             p
         })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -410,8 +420,10 @@ impl Validator {
             self.base.join(p)
         };
         if !full.is_file() {
-            self.problems
-                .push(path, format!("file {} does not exist or is not a file", full.display()));
+            self.problems.push(
+                path,
+                format!("file {} does not exist or is not a file", full.display()),
+            );
         }
         full
     }
@@ -456,8 +468,10 @@ impl Validator {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
             Some(o) => {
-                self.problems
-                    .push("log.format", format!("unknown format {o:?} (use text or json)"));
+                self.problems.push(
+                    "log.format",
+                    format!("unknown format {o:?} (use text or json)"),
+                );
                 LogFormat::Text
             }
         };
@@ -545,17 +559,21 @@ impl Validator {
             );
         }
         if l.listen.is_none() {
-            self.problems
-                .push(format!("{path}.listen"), "required (e.g. \"127.0.0.1:8080\")");
+            self.problems.push(
+                format!("{path}.listen"),
+                "required (e.g. \"127.0.0.1:8080\")",
+            );
         }
-        let listen = self.addr(&format!("{path}.listen"), l.listen.as_ref(), "127.0.0.1:8080");
+        let listen = self.addr(
+            &format!("{path}.listen"),
+            l.listen.as_ref(),
+            "127.0.0.1:8080",
+        );
         let tls = l.tls.map(|t| self.tls(&format!("{path}.tls"), t));
         let max_header_bytes = l.max_header_bytes.unwrap_or(16 * 1024);
         if max_header_bytes < 1024 {
-            self.problems.push(
-                format!("{path}.max_header_bytes"),
-                "must be at least 1024",
-            );
+            self.problems
+                .push(format!("{path}.max_header_bytes"), "must be at least 1024");
         }
         let max_uri_bytes = l.max_uri_bytes.unwrap_or(8 * 1024);
         if max_uri_bytes < 64 {
@@ -649,12 +667,14 @@ impl Validator {
     fn upstream(&mut self, path: &str, name: &str, u: RawUpstream) -> UpstreamConfig {
         let mut endpoints = Vec::new();
         match &u.endpoints {
-            None => self
-                .problems
-                .push(format!("{path}.endpoints"), "required: at least one endpoint URL"),
-            Some(list) if list.is_empty() => self
-                .problems
-                .push(format!("{path}.endpoints"), "at least one endpoint URL is needed"),
+            None => self.problems.push(
+                format!("{path}.endpoints"),
+                "required: at least one endpoint URL",
+            ),
+            Some(list) if list.is_empty() => self.problems.push(
+                format!("{path}.endpoints"),
+                "at least one endpoint URL is needed",
+            ),
             Some(list) => {
                 for (i, e) in list.iter().enumerate() {
                     match parse_endpoint(e) {
@@ -756,7 +776,10 @@ impl Validator {
                 );
             }
             UpstreamTlsConfig {
-                ca: t.ca.as_ref().map(|c| self.file_path(&format!("{tp}.ca"), c)),
+                ca: t
+                    .ca
+                    .as_ref()
+                    .map(|c| self.file_path(&format!("{tp}.ca"), c)),
                 client_cert: t
                     .client_cert
                     .as_ref()
@@ -882,8 +905,10 @@ impl Validator {
             let h = h.to_ascii_lowercase();
             if let Some(s) = h.strip_prefix("*.") {
                 if s.is_empty() || !is_hostname(s) {
-                    self.problems
-                        .push(format!("{path}.host"), format!("{h:?} is not a host pattern"));
+                    self.problems.push(
+                        format!("{path}.host"),
+                        format!("{h:?} is not a host pattern"),
+                    );
                 }
                 HostMatch::Suffix(format!(".{s}"))
             } else {
@@ -921,9 +946,10 @@ impl Validator {
                 HostHeader::Preserve
             }
         };
-        let timeout = r.timeout.as_ref().map(|t| {
-            self.duration(&format!("{path}.timeout"), Some(t), Duration::from_secs(30))
-        });
+        let timeout = r
+            .timeout
+            .as_ref()
+            .map(|t| self.duration(&format!("{path}.timeout"), Some(t), Duration::from_secs(30)));
         RouteConfig {
             name,
             listeners: r.listeners,
@@ -1016,7 +1042,10 @@ mod tests {
     fn endpoints_are_strict() {
         let e = parse_endpoint("http://127.0.0.1:8080").unwrap();
         assert_eq!(e.authority, "127.0.0.1:8080");
-        assert_eq!(parse_endpoint("https://x.gov.vn").unwrap().authority, "x.gov.vn:443");
+        assert_eq!(
+            parse_endpoint("https://x.gov.vn").unwrap().authority,
+            "x.gov.vn:443"
+        );
         assert!(parse_endpoint("ftp://x").is_err());
         assert!(parse_endpoint("http://x/path").is_err());
         assert!(parse_endpoint("http://user@x").is_err());

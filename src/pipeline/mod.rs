@@ -105,7 +105,11 @@ impl RequestCtx {
 
 /// The request path. Always returns a response; errors become JSON bodies in
 /// `respond::finish`, and every request is recorded by `observe::record`.
-pub async fn handle(rt: Arc<Runtime>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(
+    rt: Arc<Runtime>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let mut ctx = RequestCtx::new(conn, &req);
     let result = proxy(&rt, &mut ctx, req).await;
     let rsp = respond::finish(&rt, &mut ctx, result);
@@ -213,7 +217,10 @@ pub mod intake {
             return Err(GatewayError::new(
                 ErrorKind::HeadersTooLarge,
                 "headers_too_large",
-                format!("the request head is larger than {} bytes", l.max_header_bytes),
+                format!(
+                    "the request head is larger than {} bytes",
+                    l.max_header_bytes
+                ),
             ));
         }
         let uri = &parts.uri;
@@ -222,7 +229,10 @@ pub mod intake {
             return Err(GatewayError::new(
                 ErrorKind::UriTooLong,
                 "uri_too_long",
-                format!("the request target is longer than {} bytes", l.max_uri_bytes),
+                format!(
+                    "the request target is longer than {} bytes",
+                    l.max_uri_bytes
+                ),
             ));
         }
         let is_h1 = parts.version < http::Version::HTTP_2;
@@ -237,32 +247,45 @@ pub mod intake {
         let mut hosts = parts.headers.get_all(header::HOST).iter();
         let host_header = hosts.next();
         if hosts.next().is_some() {
-            return Err(GatewayError::bad_request("bad_host", "more than one Host header"));
+            return Err(GatewayError::bad_request(
+                "bad_host",
+                "more than one Host header",
+            ));
         }
         let raw_host: Option<String> = if absolute_form || !is_h1 {
-            uri.authority()
-                .map(|a| a.as_str().to_string())
-                .or_else(|| host_header.and_then(|h| h.to_str().ok()).map(str::to_string))
+            uri.authority().map(|a| a.as_str().to_string()).or_else(|| {
+                host_header
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+            })
         } else {
             match host_header {
                 None if parts.version == http::Version::HTTP_11 => {
-                    return Err(GatewayError::bad_request("bad_host", "the Host header is required"))
+                    return Err(GatewayError::bad_request(
+                        "bad_host",
+                        "the Host header is required",
+                    ))
                 }
                 None => None,
                 Some(h) => Some(
                     h.to_str()
-                        .map_err(|_| GatewayError::bad_request("bad_host", "the Host header is not valid"))?
+                        .map_err(|_| {
+                            GatewayError::bad_request("bad_host", "the Host header is not valid")
+                        })?
                         .to_string(),
                 ),
             }
         };
         let host = match &raw_host {
             Some(h) => {
-                let a: http::uri::Authority = h
-                    .parse()
-                    .map_err(|_| GatewayError::bad_request("bad_host", "the Host header is not valid"))?;
+                let a: http::uri::Authority = h.parse().map_err(|_| {
+                    GatewayError::bad_request("bad_host", "the Host header is not valid")
+                })?;
                 if a.as_str().contains('@') {
-                    return Err(GatewayError::bad_request("bad_host", "the Host header is not valid"));
+                    return Err(GatewayError::bad_request(
+                        "bad_host",
+                        "the Host header is not valid",
+                    ));
                 }
                 a.host().trim_end_matches('.').to_ascii_lowercase()
             }
@@ -295,8 +318,11 @@ pub mod intake {
                     "body_too_large",
                     "the request body is larger than this route accepts",
                 )),
-                Err(e) => Err(GatewayError::bad_request("bad_body", "the request body could not be read")
-                    .with_detail(e)),
+                Err(e) => Err(GatewayError::bad_request(
+                    "bad_body",
+                    "the request body could not be read",
+                )
+                .with_detail(e)),
             },
             _ => Ok(body),
         }
@@ -328,7 +354,9 @@ pub mod intake {
                 .to_str()
                 .ok()
                 .and_then(|s| s.parse().ok())
-                .ok_or_else(|| GatewayError::bad_request("bad_length", "Content-Length is not valid"))?;
+                .ok_or_else(|| {
+                    GatewayError::bad_request("bad_length", "Content-Length is not valid")
+                })?;
             if n > cap {
                 return Err(too_large());
             }
@@ -368,7 +396,12 @@ pub mod forward {
         );
         h.insert(headers::X_REQUEST_ID.clone(), ctx.request_id.clone());
         headers::strip_gateway_owned(&mut h);
-        if let Some(fp) = ctx.conn.tls.as_ref().and_then(|t| t.client_cert_sha256.as_deref()) {
+        if let Some(fp) = ctx
+            .conn
+            .tls
+            .as_ref()
+            .and_then(|t| t.client_cert_sha256.as_deref())
+        {
             if let Ok(v) = HeaderValue::from_str(fp) {
                 h.insert(headers::X_CLIENT_CERT_S256.clone(), v);
             }
@@ -394,9 +427,9 @@ pub mod forward {
             pq.push('?');
             pq.push_str(q);
         }
-        let path_and_query: http::uri::PathAndQuery = pq
-            .parse()
-            .map_err(|_| GatewayError::bad_request("bad_target", "the request target is not valid"))?;
+        let path_and_query: http::uri::PathAndQuery = pq.parse().map_err(|_| {
+            GatewayError::bad_request("bad_target", "the request target is not valid")
+        })?;
         let method = parts.method.clone();
         let idempotent = route.retry_non_idempotent || method.is_idempotent();
         Ok(OutboundRequest {
@@ -405,7 +438,9 @@ pub mod forward {
             headers: h,
             body,
             idempotent,
-            timeout: route.timeout.unwrap_or(rt.pools[&route.upstream].cfg.request_timeout),
+            timeout: route
+                .timeout
+                .unwrap_or(rt.pools[&route.upstream].cfg.request_timeout),
             host_from_endpoint: route.host_header == HostHeader::Upstream,
         })
     }

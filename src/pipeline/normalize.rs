@@ -81,7 +81,10 @@ pub fn normalize_path(path: &str) -> Result<String, PathError> {
     while i < bytes.len() {
         let b = bytes[i];
         if b == b'%' {
-            let (h, l) = match (bytes.get(i + 1).and_then(|&c| hex(c)), bytes.get(i + 2).and_then(|&c| hex(c))) {
+            let (h, l) = match (
+                bytes.get(i + 1).and_then(|&c| hex(c)),
+                bytes.get(i + 2).and_then(|&c| hex(c)),
+            ) {
                 (Some(h), Some(l)) => (h, l),
                 _ => return Err(PathError::BadEscape),
             };
@@ -183,7 +186,9 @@ mod tests {
 
     #[test]
     fn plain_paths_pass_unchanged() {
-        for p in ["/", "/api", "/api/", "/a/b.c/d", "/a-b_c~d", "/x;y=1", "/a:b@c"] {
+        for p in [
+            "/", "/api", "/api/", "/a/b.c/d", "/a-b_c~d", "/x;y=1", "/a:b@c",
+        ] {
             assert_eq!(n(p).unwrap(), p);
         }
     }

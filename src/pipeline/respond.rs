@@ -93,7 +93,12 @@ pub fn finish(
 }
 
 /// Prepares an upstream response for the client.
-pub fn upstream(rt: &Runtime, ctx: &RequestCtx, mut rsp: Response<Body>, upgrade: bool) -> Response<Body> {
+pub fn upstream(
+    rt: &Runtime,
+    ctx: &RequestCtx,
+    mut rsp: Response<Body>,
+    upgrade: bool,
+) -> Response<Body> {
     let switching = upgrade && rsp.status() == StatusCode::SWITCHING_PROTOCOLS;
     let version = rsp.version();
     let h = rsp.headers_mut();

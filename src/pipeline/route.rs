@@ -136,7 +136,12 @@ mod tests {
     use super::*;
     use crate::config::HostHeader;
 
-    fn r(name: &str, host: Option<HostMatch>, prefix: &str, methods: Option<&[&str]>) -> RouteConfig {
+    fn r(
+        name: &str,
+        host: Option<HostMatch>,
+        prefix: &str,
+        methods: Option<&[&str]>,
+    ) -> RouteConfig {
         RouteConfig {
             name: name.into(),
             listeners: None,
@@ -162,10 +167,16 @@ mod tests {
             r("api", None, "/api", None),
             r("api-get", None, "/api", Some(&["GET"])),
             r("host", Some(HostMatch::Exact("a.gov.vn".into())), "/", None),
-            r("wild", Some(HostMatch::Suffix(".gov.vn".into())), "/api", None),
+            r(
+                "wild",
+                Some(HostMatch::Suffix(".gov.vn".into())),
+                "/api",
+                None,
+            ),
         ];
         let o = match_order(&routes);
-        let pick = |h: &str, p: &str, m: &str| select(&routes, &o, "l", h, p, m).unwrap().1.name.clone();
+        let pick =
+            |h: &str, p: &str, m: &str| select(&routes, &o, "l", h, p, m).unwrap().1.name.clone();
         assert_eq!(pick("x", "/api/v1", "GET"), "api-get");
         assert_eq!(pick("x", "/api/v1", "POST"), "api");
         assert_eq!(pick("x", "/apix", "GET"), "any");

@@ -86,12 +86,13 @@ impl Server {
         let mut addrs = Vec::new();
         let mut tls_states = Vec::new();
         for l in &rt.config.listeners {
-            let socket =
-                bind_socket(l.listen).map_err(|e| format!("listeners {:?}: cannot bind {}: {e}", l.name, l.listen))?;
+            let socket = bind_socket(l.listen)
+                .map_err(|e| format!("listeners {:?}: cannot bind {}: {e}", l.name, l.listen))?;
             let local = socket.local_addr().map_err(|e| e.to_string())?;
             let tls = match &l.tls {
                 Some(t) => {
-                    let st = tls::TlsState::new(t, l.http2).map_err(|e| format!("listeners {:?}: {e}", l.name))?;
+                    let st = tls::TlsState::new(t, l.http2)
+                        .map_err(|e| format!("listeners {:?}: {e}", l.name))?;
                     st.watch();
                     tls_states.push(st.clone());
                     Some(st)
@@ -148,9 +149,14 @@ impl Server {
                 drain_tx.clone(),
             )));
         }
-        let admin_task = self
-            .admin
-            .map(|a| tokio::spawn(crate::admin::serve(self.gw.clone(), a, self.tls_states.clone(), stop_rx.clone())));
+        let admin_task = self.admin.map(|a| {
+            tokio::spawn(crate::admin::serve(
+                self.gw.clone(),
+                a,
+                self.tls_states.clone(),
+                stop_rx.clone(),
+            ))
+        });
         shutdown.await;
         tracing::info!("shutting down: no new connections, draining in-flight requests");
         self.gw.shutting_down.store(true, Ordering::Relaxed);
@@ -364,7 +370,10 @@ async fn serve_http<I>(
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(20));
         let c = b.serve_connection(io, svc);
-        drive(c, idle, activity, in_flight, &mut stop, |c| c.graceful_shutdown()).await;
+        drive(c, idle, activity, in_flight, &mut stop, |c| {
+            c.graceful_shutdown()
+        })
+        .await;
     } else {
         let mut b = hyper::server::conn::http1::Builder::new();
         b.timer(TokioTimer::new())
@@ -373,7 +382,10 @@ async fn serve_http<I>(
             .max_header_size(l.max_header_bytes.saturating_mul(2))
             .keep_alive(true);
         let c = b.serve_connection(io, svc).with_upgrades();
-        drive(c, idle, activity, in_flight, &mut stop, |c| c.graceful_shutdown()).await;
+        drive(c, idle, activity, in_flight, &mut stop, |c| {
+            c.graceful_shutdown()
+        })
+        .await;
     }
 }
 
@@ -459,7 +471,11 @@ impl<T> ConnIo<T> {
 }
 
 impl<T: AsyncRead> AsyncRead for ConnIo<T> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.project();
         if let Some(p) = this.prefix.as_mut() {
             let n = p.len().min(buf.remaining());
@@ -472,18 +488,24 @@ impl<T: AsyncRead> AsyncRead for ConnIo<T> {
         let before = buf.filled().len();
         let r = this.inner.poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            this.activity.store(crate::upstream::now_ms(), Ordering::Relaxed);
+            this.activity
+                .store(crate::upstream::now_ms(), Ordering::Relaxed);
         }
         r
     }
 }
 
 impl<T: AsyncWrite> AsyncWrite for ConnIo<T> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let r = this.inner.poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.store(crate::upstream::now_ms(), Ordering::Relaxed);
+            this.activity
+                .store(crate::upstream::now_ms(), Ordering::Relaxed);
         }
         r
     }
@@ -495,7 +517,8 @@ impl<T: AsyncWrite> AsyncWrite for ConnIo<T> {
         let this = self.project();
         let r = this.inner.poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.store(crate::upstream::now_ms(), Ordering::Relaxed);
+            this.activity
+                .store(crate::upstream::now_ms(), Ordering::Relaxed);
         }
         r
     }

@@ -669,7 +669,10 @@ impl<'a, 'o> Conv<'a, 'o> {
         let mut render = true;
         let mut is_root = false;
         match (self.capture, parent_mode) {
-            (_, Some(Mode::Skip)) => render = false,
+            (_, Some(Mode::Skip)) => {
+                render = false;
+                frame.mode = Mode::Skip;
+            }
             (Capture::SoapBody, None) => {
                 let uri = self.ns_uri(ns);
                 let v = if uri == SOAP11_NS {
@@ -753,6 +756,10 @@ impl<'a, 'o> Conv<'a, 'o> {
                 }
             }
             self.key = key;
+            // The parent's bookkeeping for this child is done: this element's own children
+            // start after it (popping this frame must not erase the parent's entry).
+            frame.seen_start = self.seen.len();
+            frame.keys_len = self.keys.len();
             frame.value_start = self.out.len();
             self.write_value_start(&mut frame, ns_len)?;
             self.check_out()?;

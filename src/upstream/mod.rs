@@ -286,9 +286,7 @@ impl Pool {
         let now = now_ms();
         let n = self.endpoints.len();
         let start = self.rr.fetch_add(1, Ordering::Relaxed);
-        let ok = |e: &Arc<Endpoint>| {
-            e.available(now) && exclude.is_none_or(|x| !Arc::ptr_eq(x, e))
-        };
+        let ok = |e: &Arc<Endpoint>| e.available(now) && exclude.is_none_or(|x| !Arc::ptr_eq(x, e));
         match self.cfg.balance {
             Balance::RoundRobin => (0..n)
                 .map(|i| &self.endpoints[(start + i) % n])
@@ -429,7 +427,8 @@ impl Pool {
                         continue;
                     }
                     self.breaker.record(!failed, probe, now_ms());
-                    let rsp = rsp.map(|b: Incoming| Body::stream(b, None).with_guard(Box::new(guard)));
+                    let rsp =
+                        rsp.map(|b: Incoming| Body::stream(b, None).with_guard(Box::new(guard)));
                     return Ok(Answer {
                         response: rsp,
                         endpoint: ep,
@@ -502,7 +501,11 @@ impl Pool {
             Ok(Ok(rsp)) => {
                 let ok = rsp.status().is_success();
                 // Drain so the connection can be reused.
-                let _ = tokio::time::timeout(timeout, http_body_util::BodyExt::collect(rsp.into_body())).await;
+                let _ = tokio::time::timeout(
+                    timeout,
+                    http_body_util::BodyExt::collect(rsp.into_body()),
+                )
+                .await;
                 ok
             }
             _ => false,
@@ -511,7 +514,8 @@ impl Pool {
 }
 
 fn count_retry(upstream: &str) {
-    metrics::counter!("lienthong_upstream_retries_total", "upstream" => upstream.to_string()).increment(1);
+    metrics::counter!("lienthong_upstream_retries_total", "upstream" => upstream.to_string())
+        .increment(1);
 }
 
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -528,7 +532,9 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 async fn health_loop(pool: Weak<Pool>) {
     loop {
         let Some(p) = pool.upgrade() else { return };
-        let Some(h) = p.cfg.health.clone() else { return };
+        let Some(h) = p.cfg.health.clone() else {
+            return;
+        };
         for ep in &p.endpoints {
             let ok = p.probe(ep, &h.path, h.timeout).await;
             let was = ep.healthy.load(Ordering::Relaxed);
@@ -536,7 +542,11 @@ async fn health_loop(pool: Weak<Pool>) {
                 ep.health_streak.store(0, Ordering::Relaxed);
             } else {
                 let streak = ep.health_streak.fetch_add(1, Ordering::Relaxed) + 1;
-                let need = if ok { h.healthy_threshold } else { h.unhealthy_threshold };
+                let need = if ok {
+                    h.healthy_threshold
+                } else {
+                    h.unhealthy_threshold
+                };
                 // Before the first verdict an endpoint counts as healthy, so a failing one
                 // is marked down at once rather than after the threshold.
                 if streak >= need || !p.health_known() {

@@ -21,7 +21,8 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 }
 
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| format!("{}: no usable private key ({e})", path.display()))
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| format!("{}: no usable private key ({e})", path.display()))
 }
 
 pub fn roots(ca: Option<&Path>) -> Result<RootCertStore, String> {
@@ -76,7 +77,8 @@ pub fn connector(
         .https_or_http();
     let b = match &tls.server_name {
         Some(n) => {
-            let name = ServerName::try_from(n.clone()).map_err(|e| format!("server_name {n:?}: {e}"))?;
+            let name =
+                ServerName::try_from(n.clone()).map_err(|e| format!("server_name {n:?}: {e}"))?;
             b.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
         }
         None => b,

@@ -49,7 +49,13 @@ X-Keep: yes\r\n\r\n",
     .await;
     assert_eq!(r.status, 200);
     let seen = up.last();
-    for gone in ["x-foo", "keep-alive", "proxy-authorization", "te", "proxy-connection"] {
+    for gone in [
+        "x-foo",
+        "keep-alive",
+        "proxy-authorization",
+        "te",
+        "proxy-connection",
+    ] {
         assert!(seen.header(gone).is_none(), "{gone} reached the upstream");
     }
     assert_eq!(seen.header("x-keep"), Some("yes"));
@@ -70,7 +76,10 @@ X-Lienthong-Client-Cert-S256: forged\r\nConnection: close\r\n\r\n",
     assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
     assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
     assert_eq!(seen.header("x-forwarded-host"), Some("test.local"));
-    assert_eq!(seen.header("forwarded"), Some("for=127.0.0.1;proto=http;host=test.local"));
+    assert_eq!(
+        seen.header("forwarded"),
+        Some("for=127.0.0.1;proto=http;host=test.local")
+    );
     assert!(seen.header("x-real-ip").is_none());
     assert!(seen.header("x-lienthong-client-cert-s256").is_none());
     assert_eq!(seen.headers.get_all("x-forwarded-for").iter().count(), 1);
@@ -81,7 +90,10 @@ async fn request_id_generated_or_propagated_and_via_added() {
     let (gw, up) = setup(echo("up")).await;
     let r = raw_get(gw.addr(), "/p/x").await;
     let seen = up.last();
-    let rid = seen.header("x-request-id").expect("generated id").to_string();
+    let rid = seen
+        .header("x-request-id")
+        .expect("generated id")
+        .to_string();
     assert_eq!(r.header("x-request-id"), Some(rid.as_str()));
     assert_eq!(seen.header("via"), Some("1.1 lienthong"));
     assert_eq!(r.header("via"), Some("1.1 lienthong"));
@@ -165,7 +177,10 @@ async fn content_length_matches_the_body_sent() {
     )
     .await;
     assert_eq!(status, 200);
-    assert_eq!(serde_json::from_slice::<serde_json::Value>(&b).unwrap()["body_len"], 5);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&b).unwrap()["body_len"],
+        5
+    );
     assert_eq!(up.last().header("content-length"), Some("5"));
 }
 

@@ -101,7 +101,9 @@ async fn slow_header_clients_are_cut_off_while_others_are_served() {
     let mut slow = Vec::new();
     for _ in 0..20 {
         let mut s = TcpStream::connect(gw.addr()).await.unwrap();
-        s.write_all(b"GET /x HTTP/1.1\r\nHost: t\r\nX-Slow: ").await.unwrap();
+        s.write_all(b"GET /x HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+            .await
+            .unwrap();
         slow.push(s);
     }
     // Others are served while the slow ones hold their connections.
@@ -133,15 +135,21 @@ async fn slow_header_clients_are_cut_off_while_others_are_served() {
 
 #[tokio::test]
 async fn idle_keep_alive_connections_are_closed() {
-    let (gw, _up) = setup("idle_timeout = \"300ms\"\nheader_read_timeout = \"10s\"\nh2c = false").await;
+    let (gw, _up) =
+        setup("idle_timeout = \"300ms\"\nheader_read_timeout = \"10s\"\nh2c = false").await;
     let mut s = TcpStream::connect(gw.addr()).await.unwrap();
-    s.write_all(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
     let mut buf = vec![0u8; 4096];
     let n = s.read(&mut buf).await.unwrap();
     assert!(parse_complete(&buf[..n]).is_some_and(|r| r.status == 200));
     let start = Instant::now();
     let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
-    assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "idle connection was not closed");
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "idle connection was not closed"
+    );
     assert!(start.elapsed() >= Duration::from_millis(250));
 }
 
@@ -149,7 +157,10 @@ async fn idle_keep_alive_connections_are_closed() {
 async fn connection_limit_holds_extra_connections_back() {
     let (gw, _up) = setup("max_connections = 1").await;
     let mut first = TcpStream::connect(gw.addr()).await.unwrap();
-    first.write_all(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+    first
+        .write_all(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
     let mut buf = vec![0u8; 4096];
     let n = first.read(&mut buf).await.unwrap();
     assert!(n > 0);
@@ -163,8 +174,14 @@ async fn connection_limit_holds_extra_connections_back() {
         }
     })
     .await;
-    assert!(waited.is_err(), "second connection was served beyond the limit");
+    assert!(
+        waited.is_err(),
+        "second connection was served beyond the limit"
+    );
     drop(first);
-    let r = tokio::time::timeout(Duration::from_secs(5), second).await.unwrap().unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(r.status, 200);
 }

@@ -1,1 +1,229 @@
-//! pending
+//! The `lienthong` binary: `check`, SIGHUP reload and SIGTERM drain.
+
+use crate::support::*;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_lienthong");
+
+fn repo(p: &str) -> String {
+    format!("{}/{p}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn check_accepts_every_shipped_config() {
+    for entry in std::fs::read_dir(repo("config")).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "toml") {
+            let out = Command::new(BIN)
+                .arg("check")
+                .arg("--config")
+                .arg(&p)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                p.display(),
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+    }
+}
+
+#[test]
+fn check_reports_every_problem_with_its_key_path() {
+    let dir = scratch_dir();
+    let path = dir.join("bad.toml");
+    std::fs::write(
+        &path,
+        r#"
+[server]
+drain_timeout = "30"
+[log]
+format = "xml"
+[[listeners]]
+name = "public"
+listen = "nope"
+[listeners.tls]
+cert = "missing.pem"
+key = "missing-key.pem"
+[upstreams.demo]
+endpoints = ["ftp://x", "http://ok:8080/path"]
+balance = "random"
+[[routes]]
+path_prefix = "/a/../b"
+upstream = "nope"
+methods = ["GETT"]
+[[routes]]
+pth = "/typo"
+"#,
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "server.drain_timeout:",
+        "log.format:",
+        "listeners[0].listen:",
+        "listeners[0].tls.cert:",
+        "listeners[0].tls.key:",
+        "upstreams.demo.endpoints[0]:",
+        "upstreams.demo.endpoints[1]:",
+        "upstreams.demo.balance:",
+        "routes[0].path_prefix:",
+        "routes[0].upstream:",
+        "routes[0].methods[0]:",
+        "routes[1]: unknown field `pth`",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the binary and reads its JSON log until the listener address appears.
+fn spawn(config: &std::path::Path) -> (Proc, SocketAddr, SocketAddr) {
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut public = None;
+    let mut admin = None;
+    while public.is_none() || admin.is_none() {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("gateway logged its addresses");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        let f = &v["fields"];
+        if f["message"] == "listening" {
+            public = f["addr"].as_str().and_then(|a| a.parse().ok());
+        }
+        if f["message"] == "admin listening" {
+            admin = f["a"].as_str().and_then(|a| a.parse().ok());
+        }
+    }
+    // Keep draining the log so the child never blocks on a full pipe.
+    std::thread::spawn(move || while rx.recv().is_ok() {});
+    (Proc(child), public.unwrap(), admin.unwrap())
+}
+
+fn file_config(upstream: &str, prefix: &str) -> String {
+    format!(
+        r#"
+[server]
+drain_timeout = "10s"
+[log]
+format = "json"
+[admin]
+listen = "127.0.0.1:0"
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:0"
+[upstreams.u]
+endpoints = ["{upstream}"]
+[[routes]]
+name = "r"
+path_prefix = "{prefix}"
+upstream = "u"
+"#
+    )
+}
+
+fn signal(p: &Proc, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(p.0.id().to_string())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+#[tokio::test]
+async fn sighup_reloads_and_sigterm_drains() {
+    let slow: Handler = Arc::new(|s| {
+        if s.uri.ends_with("/slow") {
+            Action::Delay(
+                Duration::from_millis(700),
+                json_response(200, serde_json::json!({"slow": true})),
+            )
+        } else {
+            Action::Respond(json_response(200, serde_json::json!({"uri": s.uri})))
+        }
+    });
+    let up = MockUpstream::start(slow).await;
+    let dir = scratch_dir();
+    let path = dir.join("lienthong.toml");
+    std::fs::write(&path, file_config(&up.url(), "/")).unwrap();
+    let (mut proc_, addr, _admin) = tokio::task::spawn_blocking({
+        let path = path.clone();
+        move || spawn(&path)
+    })
+    .await
+    .unwrap();
+    assert_eq!(raw_get(addr, "/a").await.status, 200);
+
+    // SIGHUP: the new route table takes effect; an invalid file keeps the old one.
+    std::fs::write(&path, file_config(&up.url(), "/only")).unwrap();
+    signal(&proc_, "HUP");
+    eventually("reload applied", Duration::from_secs(10), || async {
+        raw_get(addr, "/a").await.status == 404
+    })
+    .await;
+    assert_eq!(raw_get(addr, "/only/x").await.status, 200);
+    std::fs::write(&path, "this is not toml").unwrap();
+    signal(&proc_, "HUP");
+    // The bad file is refused; give the process a moment by making a request that
+    // must still be served by the old table.
+    for _ in 0..5 {
+        assert_eq!(raw_get(addr, "/only/x").await.status, 200);
+    }
+
+    // SIGTERM with a request in flight: it completes, then the process exits 0.
+    let before = up.count();
+    let in_flight = tokio::spawn(async move { raw_get(addr, "/only/slow").await });
+    eventually("slow request upstream", Duration::from_secs(5), || async {
+        up.count() == before + 1
+    })
+    .await;
+    signal(&proc_, "TERM");
+    let r = in_flight.await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["slow"], true);
+    let status = tokio::task::spawn_blocking(move || {
+        let s = proc_.0.wait().unwrap();
+        std::mem::forget(proc_);
+        s
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+}

@@ -76,7 +76,10 @@ async fn no_spelling_escapes_its_route() {
         ("/%61%64%6d%69%6e/x", Up("secret", "/admin/x")),
         ("/admin/./x", Up("secret", "/admin/x")),
         ("/admin/x/", Up("secret", "/admin/x/")),
-        ("/admin/x?q=%2F&r=../y", Up("secret", "/admin/x?q=%2F&r=../y")),
+        (
+            "/admin/x?q=%2F&r=../y",
+            Up("secret", "/admin/x?q=%2F&r=../y"),
+        ),
         ("/admin/h%c3%a1", Up("secret", "/admin/h%C3%A1")),
         ("/admin%2fx", Status(400)),
         ("/admin%2Fx", Status(400)),
@@ -104,13 +107,23 @@ async fn no_spelling_escapes_its_route() {
         let r = raw_get(gw.addr(), target).await;
         match want {
             Up(name, path) => {
-                assert_eq!(r.status, 200, "{target}: {}", String::from_utf8_lossy(&r.body));
+                assert_eq!(
+                    r.status,
+                    200,
+                    "{target}: {}",
+                    String::from_utf8_lossy(&r.body)
+                );
                 let j = r.json();
                 assert_eq!(j["upstream"], *name, "{target} reached the wrong upstream");
                 assert_eq!(j["uri"], *path, "{target} arrived with the wrong path");
             }
             Status(code) => {
-                assert_eq!(r.status, *code, "{target}: {}", String::from_utf8_lossy(&r.body));
+                assert_eq!(
+                    r.status,
+                    *code,
+                    "{target}: {}",
+                    String::from_utf8_lossy(&r.body)
+                );
                 // hyper refuses some bytes before our code runs; ours carry the JSON contract.
                 if !r.body.is_empty() {
                     let code_str = r.json()["code"].as_str().unwrap().to_string();
@@ -163,7 +176,10 @@ async fn host_routing_exact_wildcard_and_port() {
         }
     };
     assert_eq!(go("portal.tinh.gov.vn").await.json()["upstream"], "secret");
-    assert_eq!(go("PORTAL.tinh.gov.vn:8443").await.json()["upstream"], "secret");
+    assert_eq!(
+        go("PORTAL.tinh.gov.vn:8443").await.json()["upstream"],
+        "secret"
+    );
     assert_eq!(go("so-tp.bo.gov.vn").await.json()["upstream"], "open");
     assert_eq!(go("bo.gov.vn").await.status, 404);
     assert_eq!(go("evil.com").await.status, 404);
@@ -207,6 +223,10 @@ async fn connect_and_asterisk_are_refused() {
     )
     .await;
     assert_error(&r, 405, "connect_not_allowed");
-    let r = raw(gw.addr(), b"OPTIONS * HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").await;
+    let r = raw(
+        gw.addr(),
+        b"OPTIONS * HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert_error(&r, 400, "bad_target");
 }

@@ -110,7 +110,11 @@ impl MockUpstream {
         Self::serve(listener, handler, Some(tls)).await
     }
 
-    async fn serve(listener: TcpListener, handler: Handler, tls: Option<Arc<rustls::ServerConfig>>) -> MockUpstream {
+    async fn serve(
+        listener: TcpListener,
+        handler: Handler,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> MockUpstream {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
@@ -134,7 +138,11 @@ impl MockUpstream {
                         let seen = seen.clone();
                         async move {
                             let (parts, body) = req.into_parts();
-                            let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|c| c.to_bytes())
+                                .unwrap_or_default();
                             let s = Seen {
                                 method: parts.method.to_string(),
                                 uri: parts.uri.to_string(),
@@ -157,16 +165,21 @@ impl MockUpstream {
                             }
                         }
                     });
-                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     match tls {
                         Some(cfg) => {
                             let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
                             if let Ok(s) = acceptor.accept(stream).await {
-                                let _ = builder.serve_connection_with_upgrades(TokioIo::new(s), svc).await;
+                                let _ = builder
+                                    .serve_connection_with_upgrades(TokioIo::new(s), svc)
+                                    .await;
                             }
                         }
                         None => {
-                            let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await;
+                            let _ = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                                .await;
                         }
                     }
                 }));
@@ -192,7 +205,12 @@ impl MockUpstream {
     }
 
     pub fn last(&self) -> Seen {
-        self.seen.lock().unwrap().last().cloned().expect("upstream saw a request")
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("upstream saw a request")
     }
 }
 
@@ -340,9 +358,12 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> RawResponse {
         parse_complete(&buf)
     })
     .await;
-    read.ok()
-        .flatten()
-        .unwrap_or_else(|| panic!("no complete response; got {:?}", String::from_utf8_lossy(&buf)))
+    read.ok().flatten().unwrap_or_else(|| {
+        panic!(
+            "no complete response; got {:?}",
+            String::from_utf8_lossy(&buf)
+        )
+    })
 }
 
 /// Parses a response once the head and a Content-Length body (or chunked body) are complete.
@@ -357,7 +378,12 @@ pub fn parse_complete(buf: &[u8]) -> Option<RawResponse> {
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
     let rest = &buf[end + 4..];
-    let find = |n: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
+    let find = |n: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.clone())
+    };
     let body = if let Some(len) = find("content-length") {
         let len: usize = len.parse().ok()?;
         if rest.len() < len {
@@ -369,7 +395,8 @@ pub fn parse_complete(buf: &[u8]) -> Option<RawResponse> {
         let mut r = rest;
         loop {
             let le = r.windows(2).position(|w| w == b"\r\n")?;
-            let size = usize::from_str_radix(std::str::from_utf8(&r[..le]).ok()?.trim(), 16).ok()?;
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&r[..le]).ok()?.trim(), 16).ok()?;
             r = &r[le + 2..];
             if size == 0 {
                 break;
@@ -386,22 +413,32 @@ pub fn parse_complete(buf: &[u8]) -> Option<RawResponse> {
     } else {
         return None;
     };
-    Some(RawResponse { status, headers, body })
+    Some(RawResponse {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// A GET with `Connection: close` for the given raw target.
 pub async fn raw_get(addr: SocketAddr, target: &str) -> RawResponse {
     raw(
         addr,
-        format!("GET {target} HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("GET {target} HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
     )
     .await
 }
 
 /// A hyper HTTP/1 client request; returns status, headers and body.
-pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> (StatusCode, http::HeaderMap, Bytes) {
+pub async fn send(
+    addr: SocketAddr,
+    req: Request<Full<Bytes>>,
+) -> (StatusCode, http::HeaderMap, Bytes) {
     let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let rsp = sender.send_request(req).await.unwrap();
     let (parts, body) = rsp.into_parts();
@@ -447,7 +484,10 @@ pub async fn admin_get(gw: &TestGateway, path: &str) -> (u16, String) {
 pub async fn admin_post(gw: &TestGateway, path: &str) -> (u16, String) {
     let r = raw(
         gw.admin.unwrap(),
-        format!("POST {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
     )
     .await;
     (r.status, String::from_utf8_lossy(&r.body).into_owned())
@@ -455,7 +495,12 @@ pub async fn admin_post(gw: &TestGateway, path: &str) -> (u16, String) {
 
 /// Checks the JSON error contract: code, message and request id (matching the header).
 pub fn assert_error(r: &RawResponse, status: u16, code: &str) {
-    assert_eq!(r.status, status, "status; body: {}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.status,
+        status,
+        "status; body: {}",
+        String::from_utf8_lossy(&r.body)
+    );
     assert_eq!(r.header("content-type"), Some("application/json"));
     let j = r.json();
     assert_eq!(j["code"], code, "{j}");

@@ -31,7 +31,13 @@ async fn hanging_upstream_is_504() {
 #[tokio::test]
 async fn unreachable_upstream_is_502() {
     let dead = dead_addr().await;
-    let cfg = base_config(&(pool("u", &[format!("http://{dead}")], "[upstreams.u.retry]\nattempts = 1\n") + &route("u", "")));
+    let cfg = base_config(
+        &(pool(
+            "u",
+            &[format!("http://{dead}")],
+            "[upstreams.u.retry]\nattempts = 1\n",
+        ) + &route("u", "")),
+    );
     let gw = TestGateway::start(&cfg).await;
     let r = raw_get(gw.addr(), "/x").await;
     assert_error(&r, 502, "upstream_unreachable");
@@ -50,7 +56,10 @@ async fn idempotent_requests_retry_on_another_endpoint() {
     let gw = TestGateway::start(&cfg).await;
     for _ in 0..6 {
         let r = raw_get(gw.addr(), "/x").await;
-        assert_eq!(r.status, 200, "GET must be retried away from the failing endpoint");
+        assert_eq!(
+            r.status, 200,
+            "GET must be retried away from the failing endpoint"
+        );
     }
     assert!(bad.count() >= 1, "round robin reached the bad endpoint");
     // POST is not idempotent: a sent attempt that failed is not repeated.
@@ -63,8 +72,20 @@ async fn idempotent_requests_retry_on_another_endpoint() {
         .await;
         statuses.push(r.status);
     }
-    let posts_bad = bad.seen.lock().unwrap().iter().filter(|s| s.method == "POST").count();
-    let posts_good = good.seen.lock().unwrap().iter().filter(|s| s.method == "POST").count();
+    let posts_bad = bad
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.method == "POST")
+        .count();
+    let posts_good = good
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.method == "POST")
+        .count();
     assert_eq!(posts_bad + posts_good, 6, "no POST was sent twice");
     assert_eq!(statuses.iter().filter(|s| **s == 503).count(), posts_bad);
 }
@@ -74,8 +95,11 @@ async fn connect_failures_retry_even_for_post() {
     let dead = dead_addr().await;
     let good = MockUpstream::start(echo("good")).await;
     let cfg = base_config(
-        &(pool("u", &[format!("http://{dead}"), good.url()], "[upstreams.u.passive]\nconsecutive_failures = 0\n")
-            + &route("u", "")),
+        &(pool(
+            "u",
+            &[format!("http://{dead}"), good.url()],
+            "[upstreams.u.passive]\nconsecutive_failures = 0\n",
+        ) + &route("u", "")),
     );
     let gw = TestGateway::start(&cfg).await;
     for _ in 0..4 {
@@ -135,7 +159,13 @@ async fn active_health_checks_take_an_endpoint_out() {
         let r = raw_get(gw.addr(), "/x").await;
         assert_eq!(r.json()["upstream"], "well");
     }
-    let non_health = sick.seen.lock().unwrap().iter().filter(|s| s.uri != "/health").count();
+    let non_health = sick
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.uri != "/health")
+        .count();
     assert_eq!(non_health, 0);
     let (_, ups) = admin_get(&gw, "/admin/upstreams").await;
     let v: serde_json::Value = serde_json::from_str(&ups).unwrap();
@@ -145,14 +175,27 @@ async fn active_health_checks_take_an_endpoint_out() {
 
 #[tokio::test]
 async fn readiness_waits_for_health() {
-    let slow_health: Handler = Arc::new(|_| Action::Delay(Duration::from_millis(400), json_response(200, serde_json::json!({}))));
+    let slow_health: Handler = Arc::new(|_| {
+        Action::Delay(
+            Duration::from_millis(400),
+            json_response(200, serde_json::json!({})),
+        )
+    });
     let up = MockUpstream::start(slow_health).await;
     let cfg = base_config(
-        &(pool("u", &[up.url()], "[upstreams.u.health]\ninterval = \"10s\"\ntimeout = \"2s\"\n") + &route("u", "")),
+        &(pool(
+            "u",
+            &[up.url()],
+            "[upstreams.u.health]\ninterval = \"10s\"\ntimeout = \"2s\"\n",
+        ) + &route("u", "")),
     );
     let gw = TestGateway::start(&cfg).await;
     assert_eq!(admin_get(&gw, "/health/live").await.0, 200);
-    assert_eq!(admin_get(&gw, "/health/ready").await.0, 503, "health not known yet");
+    assert_eq!(
+        admin_get(&gw, "/health/ready").await.0,
+        503,
+        "health not known yet"
+    );
     eventually("ready", Duration::from_secs(5), || async {
         admin_get(&gw, "/health/ready").await.0 == 200
     })
@@ -191,21 +234,31 @@ async fn least_outstanding_avoids_the_busy_endpoint() {
     let a = MockUpstream::start(h.clone()).await;
     let b = MockUpstream::start(h).await;
     let cfg = base_config(
-        &(pool("u", &[a.url(), b.url()], "balance = \"least_outstanding\"\n") + &route("u", "timeout = \"30s\"")),
+        &(pool(
+            "u",
+            &[a.url(), b.url()],
+            "balance = \"least_outstanding\"\n",
+        ) + &route("u", "timeout = \"30s\"")),
     );
     let gw = TestGateway::start(&cfg).await;
     let addr = gw.addr();
     let slow = tokio::spawn(async move { raw_get(addr, "/slow").await });
-    eventually("slow request reached an endpoint", Duration::from_secs(5), || async {
-        a.count() + b.count() == 1
-    })
+    eventually(
+        "slow request reached an endpoint",
+        Duration::from_secs(5),
+        || async { a.count() + b.count() == 1 },
+    )
     .await;
     let busy_is_a = a.count() == 1;
     for _ in 0..10 {
         assert_eq!(raw_get(gw.addr(), "/fast").await.status, 200);
     }
     let (busy, idle) = if busy_is_a { (&a, &b) } else { (&b, &a) };
-    assert_eq!(busy.count(), 1, "no request went to the endpoint with one outstanding");
+    assert_eq!(
+        busy.count(),
+        1,
+        "no request went to the endpoint with one outstanding"
+    );
     assert_eq!(idle.count(), 10);
     slow.abort();
 }
