@@ -118,10 +118,22 @@ fn serve(path: &std::path::Path) -> ExitCode {
         }
     };
     crate::observe::init_logging(&cfg.log);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = cfg.server.worker_threads {
-        builder.worker_threads(n);
-    }
+    let threads = cfg.server.worker_threads.or_else(|| {
+        std::env::var("TOKIO_WORKER_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    });
+    // One worker: a current-thread runtime does the same work without the
+    // multi-thread scheduler's cross-thread bookkeeping.
+    let mut builder = if threads == Some(1) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if let Some(n) = threads {
+            b.worker_threads(n);
+        }
+        b
+    };
     let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -69,25 +69,56 @@ fn status_label(code: u16) -> metrics::SharedString {
     }
 }
 
+/// Per-route cache of metric handles by status, so the hot path does not build and
+/// hash label sets for every request (a registry lookup per request showed in profiles).
+pub struct RouteMetrics {
+    route: metrics::SharedString,
+    upstream: metrics::SharedString,
+    by_status: std::sync::RwLock<Vec<(u16, metrics::Counter, metrics::Histogram)>>,
+}
+
+impl RouteMetrics {
+    pub fn new(route: &str, upstream: &str) -> RouteMetrics {
+        RouteMetrics {
+            route: route.to_string().into(),
+            upstream: upstream.to_string().into(),
+            by_status: std::sync::RwLock::new(Vec::new()),
+        }
+    }
+
+    fn record(&self, status: u16, seconds: f64) {
+        {
+            let cache = self.by_status.read().unwrap_or_else(|e| e.into_inner());
+            if let Some((_, c, h)) = cache.iter().find(|(s, _, _)| *s == status) {
+                c.increment(1);
+                h.record(seconds);
+                return;
+            }
+        }
+        let labels = [
+            ("route", self.route.clone()),
+            ("upstream", self.upstream.clone()),
+            ("status", status_label(status)),
+        ];
+        let c = metrics::counter!("lienthong_requests_total", &labels);
+        let h = metrics::histogram!("lienthong_request_duration_seconds", &labels);
+        c.increment(1);
+        h.record(seconds);
+        let mut cache = self.by_status.write().unwrap_or_else(|e| e.into_inner());
+        if cache.len() < 64 {
+            cache.push((status, c, h));
+        }
+    }
+}
+
 pub fn record(rt: &Runtime, ctx: &RequestCtx, rsp: &Response<Body>) {
     let status = rsp.status().as_u16();
     let elapsed = ctx.start.elapsed();
-    let route: metrics::SharedString = match &ctx.route {
-        Some(r) => metrics::SharedString::from(r.clone()),
-        None => "".into(),
+    let m = match ctx.route_index {
+        Some(i) => &rt.route_metrics[i],
+        None => &rt.unrouted_metrics,
     };
-    let upstream: metrics::SharedString = match &ctx.upstream {
-        Some(u) => metrics::SharedString::from(u.clone()),
-        None => "".into(),
-    };
-    let labels = [
-        ("route", route),
-        ("upstream", upstream),
-        ("status", status_label(status)),
-    ];
-    metrics::counter!("lienthong_requests_total", &labels).increment(1);
-    metrics::histogram!("lienthong_request_duration_seconds", &labels)
-        .record(elapsed.as_secs_f64());
+    m.record(status, elapsed.as_secs_f64());
     if rt.config.log.access_log {
         tracing::info!(
             target: "access",

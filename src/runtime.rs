@@ -19,6 +19,10 @@ pub struct Runtime {
     pub pool_names: Vec<Arc<str>>,
     pub pools: BTreeMap<String, Arc<Pool>>,
     pub generation: u64,
+    /// Indexed like `config.routes`.
+    pub route_metrics: Vec<crate::observe::RouteMetrics>,
+    /// For requests that matched no route.
+    pub unrouted_metrics: crate::observe::RouteMetrics,
 }
 
 impl Runtime {
@@ -72,6 +76,12 @@ impl Runtime {
                 .map(|r| Arc::from(r.upstream.as_str()))
                 .collect(),
             route_pools,
+            route_metrics: config
+                .routes
+                .iter()
+                .map(|r| crate::observe::RouteMetrics::new(&r.name, &r.upstream))
+                .collect(),
+            unrouted_metrics: crate::observe::RouteMetrics::new("", ""),
             pools,
             config: Arc::new(config),
             generation,

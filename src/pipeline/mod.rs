@@ -44,6 +44,7 @@ pub struct RequestCtx {
     /// Normalised path once intake has run (for logs and metrics), else the raw one.
     pub path: String,
     pub route: Option<Arc<str>>,
+    pub route_index: Option<usize>,
     pub upstream: Option<Arc<str>>,
     pub endpoint: Option<String>,
     pub attempts: u32,
@@ -91,6 +92,7 @@ impl RequestCtx {
             version: req.version(),
             path: req.uri().path().to_string(),
             route: None,
+            route_index: None,
             upstream: None,
             endpoint: None,
             attempts: 0,
@@ -137,6 +139,7 @@ async fn proxy(
         parts.method.as_str(),
     )?;
     ctx.route = Some(rt.route_names[idx].clone());
+    ctx.route_index = Some(idx);
     if target.absolute_form && !route.allow_absolute_form {
         return Err(GatewayError::bad_request(
             "absolute_form_not_allowed",
