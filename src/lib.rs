@@ -10,6 +10,9 @@
 //! - [`body`]      — the one body type (streamed with a cap, buffered, empty) and the one capped-collect helper.
 //! - [`error`]     — the one error type; kinds say whose fault it is.
 //! - [`admin`]     — the admin listener: health, readiness, metrics, config, upstreams, reload.
+//! - [`auth`]      — JWT verification (RFC 8725), key sets and JWKS rotation, callers, access rules.
+//! - [`translate`] — the streaming XML↔JSON engine and SOAP envelopes; knows nothing about HTTP.
+//! - [`audit`]     — the tamper-evident audit log: Merkle tree, signed checkpoints, framed records, verifier.
 //! - [`observe`]   — metrics recorder and logging; one access-log line per request.
 //!
 //! ## Invariants that hold across modules
@@ -26,6 +29,8 @@
 //! - Whole-body buffering happens only in `body::collect_capped`, always under a cap.
 
 pub mod admin;
+pub mod audit;
+pub mod auth;
 pub mod body;
 pub mod cli;
 pub mod config;
@@ -34,4 +39,5 @@ pub mod observe;
 pub mod pipeline;
 pub mod runtime;
 pub mod server;
+pub mod translate;
 pub mod upstream;

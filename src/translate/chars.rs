@@ -34,9 +34,7 @@ fn is_name_char(c: char) -> bool {
     if (c as u32) < 0x80 {
         return ASCII_NAME[c as usize] & NAME_CHAR != 0;
     }
-    is_name_start_char(c)
-        || c == '\u{B7}'
-        || matches!(c as u32, 0x300..=0x36F | 0x203F..=0x2040)
+    is_name_start_char(c) || c == '\u{B7}' || matches!(c as u32, 0x300..=0x36F | 0x203F..=0x2040)
 }
 
 /// XML 1.0 `Name` production (colons allowed).
@@ -48,7 +46,9 @@ pub fn is_name(s: &str) -> bool {
     // ASCII fast path: almost every name in real documents is ASCII.
     if b.is_ascii() {
         return ASCII_NAME[b[0] as usize] & NAME_START != 0
-            && b[1..].iter().all(|&c| ASCII_NAME[c as usize] & NAME_CHAR != 0);
+            && b[1..]
+                .iter()
+                .all(|&c| ASCII_NAME[c as usize] & NAME_CHAR != 0);
     }
     let mut it = s.chars();
     match it.next() {
@@ -96,16 +96,29 @@ pub fn find_forbidden_char(s: &str) -> Option<usize> {
     let b = s.as_bytes();
     let mut i = 0;
     while i < b.len() {
-        let c = b[i];
-        if c < 0x20 {
-            if c != b'\t' && c != b'\n' && c != b'\r' {
-                return Some(i);
+        // Branch-free screening of 32-byte blocks (vectorises); only blocks that contain a
+        // suspicious byte are examined byte by byte.
+        let end = (i + 32).min(b.len());
+        let suspicious = b[i..end].iter().fold(false, |acc, &c| {
+            acc | ((c < 0x20) & (c != b'\t') & (c != b'\n') & (c != b'\r')) | (c == 0xEF)
+        });
+        if suspicious {
+            for j in i..end {
+                let c = b[j];
+                if c < 0x20 {
+                    if c != b'\t' && c != b'\n' && c != b'\r' {
+                        return Some(j);
+                    }
+                } else if c == 0xEF
+                    && j + 2 < b.len()
+                    && b[j + 1] == 0xBF
+                    && (b[j + 2] & 0xFE) == 0xBE
+                {
+                    return Some(j);
+                }
             }
-        } else if c == 0xEF && i + 2 < b.len() && b[i + 1] == 0xBF && (b[i + 2] & 0xFE) == 0xBE
-        {
-            return Some(i);
         }
-        i += 1;
+        i = end;
     }
     None
 }
@@ -209,7 +222,11 @@ fn push_escape(out: &mut Vec<u8>, b: u8, e: u8) {
 /// CR become LF) on the way. Returns Err(index) if the literal sequence `]]>` is found, which
 /// XML forbids in character data.
 #[inline]
-pub fn escape_xml_text_to_json(out: &mut Vec<u8>, s: &[u8], check_cdata_end: bool) -> Result<(), usize> {
+pub fn escape_xml_text_to_json(
+    out: &mut Vec<u8>,
+    s: &[u8],
+    check_cdata_end: bool,
+) -> Result<(), usize> {
     let mut start = 0;
     let mut i = 0;
     while i < s.len() {
@@ -257,7 +274,11 @@ pub fn escape_xml_text(out: &mut Vec<u8>, s: &str, attr: bool) -> Result<(), cha
             b'\t' | b'\n' => continue,
             0..=0x1F => return Err(c as char),
             0xEF if i + 2 < b.len() && b[i + 1] == 0xBF && (b[i + 2] & 0xFE) == 0xBE => {
-                return Err(if b[i + 2] == 0xBE { '\u{FFFE}' } else { '\u{FFFF}' })
+                return Err(if b[i + 2] == 0xBE {
+                    '\u{FFFE}'
+                } else {
+                    '\u{FFFF}'
+                })
             }
             _ => continue,
         };

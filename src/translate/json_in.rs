@@ -315,7 +315,9 @@ impl<'a> Parser<'a, '_> {
                 0..=0x1F => return Err(self.err("control character in string must be escaped")),
                 _ => {
                     let run_start = self.i;
-                    while self.i < self.b.len() && !matches!(self.b[self.i], b'"' | b'\\' | 0..=0x1F) {
+                    while self.i < self.b.len()
+                        && !matches!(self.b[self.i], b'"' | b'\\' | 0..=0x1F)
+                    {
                         self.i += 1;
                     }
                     out.push_str(&self.s[run_start..self.i]);

@@ -12,9 +12,9 @@
 mod chars;
 mod error;
 mod json_in;
+pub mod soap;
 mod xml_in;
 mod xml_out;
-pub mod soap;
 
 #[cfg(test)]
 mod tests_corpora;

@@ -88,7 +88,9 @@ fn envelope_open(out: &mut Vec<u8>, version: SoapVersion, p: &str, decl: bool) {
     if decl {
         out.extend_from_slice(b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>");
     }
-    out.extend_from_slice(format!("<{p}:Envelope xmlns:{p}=\"{}\">", version.envelope_ns()).as_bytes());
+    out.extend_from_slice(
+        format!("<{p}:Envelope xmlns:{p}=\"{}\">", version.envelope_ns()).as_bytes(),
+    );
 }
 
 fn check_prefix(p: &str) -> Result<(), TranslateError> {
@@ -117,7 +119,9 @@ pub fn wrap(
     let mut w = XmlWriter::new(&opts.json.namespaces, &opts.json.limits, &mut out);
     if let Some(h) = &header {
         let json_in::JVal::Obj(members) = h else {
-            return Err(invalid("SOAP header JSON must be an object of header blocks"));
+            return Err(invalid(
+                "SOAP header JSON must be an object of header blocks",
+            ));
         };
         w.raw(format!("<{p}:Header>").as_bytes());
         for (k, v, _) in members {
@@ -143,7 +147,10 @@ pub fn wrap(
         body: out,
         content_type: version.content_type(action),
         soap_action: match version {
-            SoapVersion::V11 => Some(format!("\"{}\"", action.unwrap_or("").replace(['"', '\\'], ""))),
+            SoapVersion::V11 => Some(format!(
+                "\"{}\"",
+                action.unwrap_or("").replace(['"', '\\'], "")
+            )),
             SoapVersion::V12 => None,
         },
     })
@@ -210,7 +217,19 @@ pub enum UnwrapError {
 /// first child (e.g. `/m:GetResp/m:Item`).
 pub fn unwrap(xml: &[u8], opts: &XmlToJsonOptions) -> Result<SoapMessage, UnwrapError> {
     let mut json = Vec::with_capacity(xml.len());
-    let outcome = xml_in::convert(xml, opts, Capture::SoapBody, &mut json)?;
+    let outcome = match xml_in::convert(xml, opts, Capture::SoapBody, &mut json) {
+        Ok(o) => o,
+        Err(e) => {
+            // A fault need not follow the caller's array mapping (e.g. several Reason/Text):
+            // if the message is a fault, report the fault rather than the mapping error.
+            if e.kind() == super::TranslateErrorKind::Invalid {
+                if let Ok(Some(f)) = read_fault(xml, opts) {
+                    return Err(UnwrapError::Fault(Box::new(f)));
+                }
+            }
+            return Err(e.into());
+        }
+    };
     let version = outcome
         .soap_ns
         .and_then(SoapVersion::from_ns)
@@ -218,20 +237,33 @@ pub fn unwrap(xml: &[u8], opts: &XmlToJsonOptions) -> Result<SoapMessage, Unwrap
     if !outcome.fault {
         return Ok(SoapMessage { version, json });
     }
-    // Faults are small: translate once more with the envelope namespace unprefixed, lenient
-    // repeats (detail content is free-form) and Reason/Text as an array, then pick fields.
+    match read_fault(xml, opts)? {
+        Some(f) => Err(UnwrapError::Fault(Box::new(f))),
+        None => Err(invalid("internal: fault disappeared on second pass").into()),
+    }
+}
+
+/// Faults are small: translate with the envelope namespace unprefixed, lenient repeats
+/// (detail content is free-form) and Reason/Text as an array, then pick the fields.
+fn read_fault(xml: &[u8], opts: &XmlToJsonOptions) -> Result<Option<SoapFault>, TranslateError> {
     let mut fopts = opts.clone();
-    fopts
-        .namespaces
-        .insert(version.envelope_ns().to_string(), String::new());
     fopts.strict_repeats = false;
     fopts.arrays = ArrayPaths::new(["/Fault/Reason/Text"]);
-    json.clear();
-    xml_in::convert(xml, &fopts, Capture::SoapBody, &mut json)?;
+    for ns in [SOAP11_NS, SOAP12_NS] {
+        fopts.namespaces.insert(ns.to_string(), String::new());
+    }
+    let mut json = Vec::with_capacity(xml.len());
+    let outcome = xml_in::convert(xml, &fopts, Capture::SoapBody, &mut json)?;
+    let Some(version) = outcome.soap_ns.and_then(SoapVersion::from_ns) else {
+        return Ok(None);
+    };
+    if !outcome.fault {
+        return Ok(None);
+    }
     let v: Value = serde_json::from_slice(&json)
         .map_err(|e| invalid(format!("internal: fault JSON unreadable: {e}")))?;
     let f = v.get("Fault").cloned().unwrap_or(Value::Null);
-    Err(UnwrapError::Fault(Box::new(parse_fault(version, &f))))
+    Ok(Some(parse_fault(version, &f)))
 }
 
 /// Text of a translated leaf: either the string itself or the `#text` of an object.

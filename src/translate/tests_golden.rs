@@ -64,13 +64,19 @@ fn attributes_vs_elements() {
         x2j(r#"<p id="7" kind="x"><name>An</name></p>"#),
         r#"{"p":{"@id":"7","@kind":"x","name":"An"}}"#
     );
-    assert_eq!(x2j(r#"<p id="7">An</p>"#), r##"{"p":{"@id":"7","#text":"An"}}"##);
+    assert_eq!(
+        x2j(r#"<p id="7">An</p>"#),
+        r##"{"p":{"@id":"7","#text":"An"}}"##
+    );
     assert_eq!(x2j(r#"<p id="7"/>"#), r#"{"p":{"@id":"7"}}"#);
     assert_eq!(
         j2x(r##"{"p":{"name":"An","@id":"7","#text":"x"}}"##),
         r#"<p id="7"><name>An</name>x</p>"#
     );
-    assert_eq!(j2x(r##"{"p":{"@id":"7","#text":"An"}}"##), r#"<p id="7">An</p>"#);
+    assert_eq!(
+        j2x(r##"{"p":{"@id":"7","#text":"An"}}"##),
+        r#"<p id="7">An</p>"#
+    );
     // attribute value normalisation and references
     assert_eq!(
         x2j("<p a=\"x&#10;y\tz&amp;&lt;\"/>"),
@@ -139,7 +145,10 @@ fn mixed_content_preserves_order() {
         "<p>Hello <b>world</b>, bye<br/></p>"
     );
     // indentation whitespace is not mixed content
-    assert_eq!(x2j("<a>\n  <b>1</b>\n  <c/>\n</a>"), r#"{"a":{"b":"1","c":""}}"#);
+    assert_eq!(
+        x2j("<a>\n  <b>1</b>\n  <c/>\n</a>"),
+        r#"{"a":{"b":"1","c":""}}"#
+    );
     // but whitespace-only leaves keep their value
     assert_eq!(x2j("<a> </a>"), r#"{"a":" "}"#);
 }
@@ -150,7 +159,10 @@ fn cdata_is_text() {
         x2j("<a><![CDATA[<b>&amp;</b>]]> and &amp; more</a>"),
         r#"{"a":"<b>&amp;</b> and & more"}"#
     );
-    assert_eq!(j2x(r#"{"a":"<b>&amp;</b>"}"#), "<a>&lt;b&gt;&amp;amp;&lt;/b&gt;</a>");
+    assert_eq!(
+        j2x(r#"{"a":"<b>&amp;</b>"}"#),
+        "<a>&lt;b&gt;&amp;amp;&lt;/b&gt;</a>"
+    );
 }
 
 #[test]
@@ -166,7 +178,10 @@ fn namespaces_two_prefixes_one_uri_and_rebinding() {
     );
     // two prefixes for the same URI are the same element name → a repeat
     let dup = r#"<r xmlns:p="urn:a" xmlns:q="urn:a"><p:x/><q:x/></r>"#;
-    assert_eq!(x2j_with(dup, &opts).unwrap_err().kind(), TranslateErrorKind::Invalid);
+    assert_eq!(
+        x2j_with(dup, &opts).unwrap_err().kind(),
+        TranslateErrorKind::Invalid
+    );
     // unmapped namespace → {uri}local; default namespace; "" mapping → unprefixed
     assert_eq!(
         x2j(r#"<r xmlns="urn:x"><c/></r>"#),
@@ -211,7 +226,8 @@ fn empty_and_nil() {
         j2x(r#"{"r":{"n":null,"e":""}}"#),
         r#"<r xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><n xsi:nil="true"/><e/></r>"#
     );
-    let bad = r#"<r xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><n xsi:nil="true">x</n></r>"#;
+    let bad =
+        r#"<r xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><n xsi:nil="true">x</n></r>"#;
     assert_eq!(x2j_err(bad).kind(), TranslateErrorKind::Invalid);
 }
 
@@ -269,16 +285,30 @@ fn limits() {
     use TranslateErrorKind::TooLarge;
     let mut o = XmlToJsonOptions::default();
     o.limits.max_depth = 3;
-    assert_eq!(x2j_with("<a><b><c/></b></a>", &o).unwrap(), r#"{"a":{"b":{"c":""}}}"#);
-    assert_eq!(x2j_with("<a><b><c><d/></c></b></a>", &o).unwrap_err().kind(), TooLarge);
+    assert_eq!(
+        x2j_with("<a><b><c/></b></a>", &o).unwrap(),
+        r#"{"a":{"b":{"c":""}}}"#
+    );
+    assert_eq!(
+        x2j_with("<a><b><c><d/></c></b></a>", &o)
+            .unwrap_err()
+            .kind(),
+        TooLarge
+    );
     let mut o = XmlToJsonOptions::default();
     o.limits.max_text_len = 4;
     assert_eq!(x2j_with("<a>12345</a>", &o).unwrap_err().kind(), TooLarge);
     o.limits.max_attributes = 1;
-    assert_eq!(x2j_with("<a x='1' y='2'/>", &o).unwrap_err().kind(), TooLarge);
+    assert_eq!(
+        x2j_with("<a x='1' y='2'/>", &o).unwrap_err().kind(),
+        TooLarge
+    );
     let mut o = XmlToJsonOptions::default();
     o.limits.max_total_bytes = 10;
-    assert_eq!(x2j_with("<a>12345678</a>", &o).unwrap_err().kind(), TooLarge);
+    assert_eq!(
+        x2j_with("<a>12345678</a>", &o).unwrap_err().kind(),
+        TooLarge
+    );
     let l = Limits {
         max_depth: 2,
         ..Default::default()
@@ -295,7 +325,9 @@ fn json_side_checks() {
         TranslateErrorKind::Malformed
     );
     assert_eq!(
-        validate_json(br#"{"a":1,"\u0061":2}"#, &l).unwrap_err().kind(),
+        validate_json(br#"{"a":1,"\u0061":2}"#, &l)
+            .unwrap_err()
+            .kind(),
         TranslateErrorKind::Malformed
     );
     assert!(validate_json(br#"["\ud800"]"#, &l).is_err());
@@ -321,7 +353,10 @@ fn json_side_checks() {
         xml_declaration: false,
         ..Default::default()
     };
-    assert_eq!(j2x_with(r#"{"a":1,"b":[2,3]}"#, &o).unwrap(), "<Req><a>1</a><b>2</b><b>3</b></Req>");
+    assert_eq!(
+        j2x_with(r#"{"a":1,"b":[2,3]}"#, &o).unwrap(),
+        "<Req><a>1</a><b>2</b><b>3</b></Req>"
+    );
     assert_eq!(j2x_with(r#""x""#, &o).unwrap(), "<Req>x</Req>");
 }
 
@@ -337,7 +372,10 @@ fn soap_roundtrip_and_fault() {
         xo.namespaces.insert("urn:svc".into(), "m".into());
         let msg = soap::unwrap(&req.body, &xo).unwrap();
         assert_eq!(msg.version, v);
-        assert_eq!(String::from_utf8(msg.json).unwrap(), r#"{"m:Get":{"m:Id":"0042"}}"#);
+        assert_eq!(
+            String::from_utf8(msg.json).unwrap(),
+            r#"{"m:Get":{"m:Id":"0042"}}"#
+        );
         match v {
             soap::SoapVersion::V11 => {
                 assert_eq!(req.content_type, "text/xml; charset=utf-8");
@@ -366,7 +404,11 @@ fn soap_roundtrip_and_fault() {
                 assert_eq!(f.reason, "bad <id>");
                 assert_eq!(
                     f.code_local(),
-                    if v == soap::SoapVersion::V11 { "Client" } else { "Sender" }
+                    if v == soap::SoapVersion::V11 {
+                        "Client"
+                    } else {
+                        "Sender"
+                    }
                 );
                 assert_eq!(
                     f.detail,
@@ -378,7 +420,9 @@ fn soap_roundtrip_and_fault() {
     }
     // not an envelope
     match soap::unwrap(b"<a/>", &XmlToJsonOptions::default()) {
-        Err(soap::UnwrapError::Translate(e)) => assert_eq!(e.kind(), TranslateErrorKind::Unsupported),
+        Err(soap::UnwrapError::Translate(e)) => {
+            assert_eq!(e.kind(), TranslateErrorKind::Unsupported)
+        }
         other => panic!("{other:?}"),
     }
 }

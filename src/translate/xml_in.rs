@@ -101,7 +101,7 @@ struct Frame<'a> {
     run_key: Option<(usize, usize)>,
     run_array: bool,
     run_value_start: usize,
-    big: Option<Box<HashSet<Box<[u8]>>>>,
+    big: Option<HashSet<Box<[u8]>>>,
 }
 
 /// Past this many distinct child names the per-parent duplicate check switches from a linear
@@ -174,7 +174,9 @@ pub(crate) fn convert(
         )));
     }
     if input.starts_with(&[0xFE, 0xFF]) || input.starts_with(&[0xFF, 0xFE]) {
-        return Err(unsupported("UTF-16 documents are not supported; send UTF-8"));
+        return Err(unsupported(
+            "UTF-16 documents are not supported; send UTF-8",
+        ));
     }
     let doc = std::str::from_utf8(input)
         .map_err(|e| malformed("invalid UTF-8").at(input, e.valid_up_to()))?;
@@ -299,7 +301,9 @@ impl<'a, 'o> Conv<'a, 'o> {
                 }
                 Event::Comment(t) => {
                     if t.ends_with('-') {
-                        return Err(self.err_at(malformed("comment must not end with '--->'"), ev_start));
+                        return Err(
+                            self.err_at(malformed("comment must not end with '--->'"), ev_start)
+                        );
                     }
                 }
                 Event::PI(p) => {
@@ -345,10 +349,7 @@ impl<'a, 'o> Conv<'a, 'o> {
     }
 
     fn check_pi(&self, content: &str, ev_start: usize) -> Result<(), TranslateError> {
-        let end = content
-            .bytes()
-            .position(is_ws)
-            .unwrap_or(content.len());
+        let end = content.bytes().position(is_ws).unwrap_or(content.len());
         let target = &content[..end];
         if !is_ncname(target) {
             return Err(self.err_at(malformed("invalid processing instruction target"), ev_start));
@@ -418,13 +419,22 @@ impl<'a, 'o> Conv<'a, 'o> {
             let v_end = v_start + len;
             i = v_end + 1;
             if aname.len() > limits.max_name_len {
-                return Err(self.err_at(too_large("attribute name longer than max_name_len"), off + n_start));
+                return Err(self.err_at(
+                    too_large("attribute name longer than max_name_len"),
+                    off + n_start,
+                ));
             }
             if len > limits.max_text_len {
-                return Err(self.err_at(too_large("attribute value longer than max_text_len"), off + v_start));
+                return Err(self.err_at(
+                    too_large("attribute value longer than max_text_len"),
+                    off + v_start,
+                ));
             }
             if self.attrs.len() >= limits.max_attributes {
-                return Err(self.err_at(too_large("more attributes than max_attributes"), off + n_start));
+                return Err(self.err_at(
+                    too_large("more attributes than max_attributes"),
+                    off + n_start,
+                ));
             }
             let value = self.decode_attr(&content[v_start..v_end], off + v_start)?;
             self.attrs.push(RawAttr {
@@ -455,14 +465,17 @@ impl<'a, 'o> Conv<'a, 'o> {
         while i < b.len() {
             match b[i] {
                 b'<' => {
-                    return Err(self.err_at(malformed("'<' is not allowed in attribute values"), off + i))
+                    return Err(
+                        self.err_at(malformed("'<' is not allowed in attribute values"), off + i)
+                    )
                 }
                 b'&' => {
                     let Some(semi) = b[i + 1..].iter().position(|&c| c == b';') else {
                         return Err(self.err_at(malformed("unterminated reference"), off + i));
                     };
                     let name = &raw[i + 1..i + 1 + semi];
-                    let ch = resolve_reference(name).map_err(|m| self.err_at(malformed(m), off + i))?;
+                    let ch =
+                        resolve_reference(name).map_err(|m| self.err_at(malformed(m), off + i))?;
                     s.push(ch);
                     i += semi + 2;
                     continue;
@@ -496,7 +509,11 @@ impl<'a, 'o> Conv<'a, 'o> {
 
     /// Applies namespace declarations and resolves attribute names. Returns the binding
     /// index of the element's namespace (None = no namespace) and its local name.
-    fn resolve(&mut self, qname: &'a str, off: usize) -> Result<(Option<usize>, &'a str), TranslateError> {
+    fn resolve(
+        &mut self,
+        qname: &'a str,
+        off: usize,
+    ) -> Result<(Option<usize>, &'a str), TranslateError> {
         // Declarations first: they are in scope for the element's own name and attributes.
         for idx in 0..self.attrs.len() {
             let a = &self.attrs[idx];
@@ -574,7 +591,10 @@ impl<'a, 'o> Conv<'a, 'o> {
                             _ => false,
                         });
                 if dup {
-                    return Err(self.err_at(malformed(format!("duplicate attribute '{}'", x.qname)), x.offset));
+                    return Err(self.err_at(
+                        malformed(format!("duplicate attribute '{}'", x.qname)),
+                        x.offset,
+                    ));
                 }
             }
         }
@@ -628,7 +648,13 @@ impl<'a, 'o> Conv<'a, 'o> {
         ns.map(|i| &*self.bindings[i].uri).unwrap_or("")
     }
 
-    fn start(&mut self, content: &'a str, off: usize, ev_start: usize, empty: bool) -> Result<(), TranslateError> {
+    fn start(
+        &mut self,
+        content: &'a str,
+        off: usize,
+        ev_start: usize,
+        empty: bool,
+    ) -> Result<(), TranslateError> {
         let depth = self.frames.len();
         if depth >= self.opts.limits.depth() {
             return Err(self.err_at(too_large("element nesting deeper than max_depth"), ev_start));
@@ -702,7 +728,10 @@ impl<'a, 'o> Conv<'a, 'o> {
                     // SOAP 1.1 tolerates trailing elements after Body; they carry no payload.
                     frame.mode = Mode::Skip;
                 } else {
-                    return Err(self.err_at(invalid(format!("unexpected element <{qname}> in SOAP Envelope")), ev_start));
+                    return Err(self.err_at(
+                        invalid(format!("unexpected element <{qname}> in SOAP Envelope")),
+                        ev_start,
+                    ));
                 }
             }
             (Capture::SoapBody, Some(Mode::Transparent)) => {
@@ -711,7 +740,8 @@ impl<'a, 'o> Conv<'a, 'o> {
                     frame.mode = Mode::Skip;
                 } else {
                     is_root = true;
-                    self.outcome.fault = local == "Fault" && self.ns_uri(ns) == self.outcome.soap_ns.unwrap_or("");
+                    self.outcome.fault =
+                        local == "Fault" && self.ns_uri(ns) == self.outcome.soap_ns.unwrap_or("");
                 }
             }
             (Capture::Document, None) => is_root = true,
@@ -772,7 +802,11 @@ impl<'a, 'o> Conv<'a, 'o> {
     }
 
     /// Writes the beginning of an element's value according to its attributes.
-    fn write_value_start(&mut self, frame: &mut Frame<'a>, _ns_len: usize) -> Result<(), TranslateError> {
+    fn write_value_start(
+        &mut self,
+        frame: &mut Frame<'a>,
+        _ns_len: usize,
+    ) -> Result<(), TranslateError> {
         let mut nil = false;
         let mut others = 0;
         for a in &self.attrs {
@@ -780,7 +814,9 @@ impl<'a, 'o> Conv<'a, 'o> {
                 continue;
             }
             if a.local == "nil" && self.ns_uri(a.ns) == XSI_NS {
-                let v = a.value.trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r'));
+                let v = a
+                    .value
+                    .trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r'));
                 nil = v == "true" || v == "1";
                 if !nil {
                     others += 1;
@@ -789,7 +825,7 @@ impl<'a, 'o> Conv<'a, 'o> {
                 others += 1;
             }
         }
-        let mixed = self.mixed_starts.contains(&frame.input_start);
+        let mixed = !self.mixed_starts.is_empty() && self.mixed_starts.contains(&frame.input_start);
         if nil && others == 0 && !mixed {
             self.out.extend_from_slice(b"null");
             frame.mode = Mode::Nil { obj: false };
@@ -861,7 +897,7 @@ impl<'a, 'o> Conv<'a, 'o> {
                     .map(|&(s, e)| Box::from(&keys[s..e]))
                     .collect();
                 set.insert(key.into());
-                f.big = Some(Box::new(set));
+                f.big = Some(set);
             } else {
                 self.seen.push((start, start + key.len()));
             }
@@ -1003,7 +1039,9 @@ impl<'a, 'o> Conv<'a, 'o> {
         match mode {
             Mode::Transparent | Mode::Skip | Mode::Nil { .. } => {
                 if matches!(kind, TextKind::Text) {
-                    check_cdata_end(s).map_err(|i| self.err_at(malformed("']]>' is not allowed in text"), off + i))?;
+                    check_cdata_end(s).map_err(|i| {
+                        self.err_at(malformed("']]>' is not allowed in text"), off + i)
+                    })?;
                 }
                 if ws || mode == Mode::Skip {
                     return Ok(());
@@ -1021,7 +1059,9 @@ impl<'a, 'o> Conv<'a, 'o> {
                     return Ok(());
                 }
                 if matches!(kind, TextKind::Text) {
-                    check_cdata_end(s).map_err(|i| self.err_at(malformed("']]>' is not allowed in text"), off + i))?;
+                    check_cdata_end(s).map_err(|i| {
+                        self.err_at(malformed("']]>' is not allowed in text"), off + i)
+                    })?;
                 }
                 return Ok(());
             }
@@ -1067,10 +1107,16 @@ impl<'a, 'o> Conv<'a, 'o> {
 
     fn end(&mut self, name: &str, ev_start: usize) -> Result<(), TranslateError> {
         let Some(f) = self.frames.last() else {
-            return Err(self.err_at(malformed(format!("end tag </{name}> without start tag")), ev_start));
+            return Err(self.err_at(
+                malformed(format!("end tag </{name}> without start tag")),
+                ev_start,
+            ));
         };
         if f.qname != name {
-            let m = format!("mismatched end tag: expected </{}>, found </{}>", f.qname, name);
+            let m = format!(
+                "mismatched end tag: expected </{}>, found </{}>",
+                f.qname, name
+            );
             return Err(self.err_at(malformed(m), ev_start));
         }
         self.finish_element();
@@ -1189,7 +1235,9 @@ fn check_decl(content: &str) -> Result<(), TranslateError> {
             _ => return Err(malformed("unknown pseudo-attribute in XML declaration")),
         };
         if order <= seen || (seen == 0 && order != 1) {
-            return Err(malformed("XML declaration must start with version, then encoding, then standalone"));
+            return Err(malformed(
+                "XML declaration must start with version, then encoding, then standalone",
+            ));
         }
         seen = order;
         match order {
@@ -1218,7 +1266,9 @@ fn check_decl(content: &str) -> Result<(), TranslateError> {
                     || value.eq_ignore_ascii_case("utf8")
                     || value.eq_ignore_ascii_case("us-ascii"))
                 {
-                    return Err(unsupported(format!("encoding {value} is not supported; send UTF-8")));
+                    return Err(unsupported(format!(
+                        "encoding {value} is not supported; send UTF-8"
+                    )));
                 }
             }
             _ => {

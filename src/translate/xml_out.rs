@@ -79,7 +79,11 @@ impl<'o, 'w> XmlWriter<'o, 'w> {
     }
 
     fn err(&self, m: impl Into<String>) -> TranslateError {
-        let p = if self.path.is_empty() { "/" } else { &self.path };
+        let p = if self.path.is_empty() {
+            "/"
+        } else {
+            &self.path
+        };
         invalid(m).with_path(p)
     }
 
@@ -107,7 +111,9 @@ impl<'o, 'w> XmlWriter<'o, 'w> {
         loop {
             self.generated += 1;
             let p = format!("ns{}", self.generated);
-            if !self.prefix_to_uri.contains_key(p.as_str()) && !self.used.iter().any(|(q, _)| *q == p) {
+            if !self.prefix_to_uri.contains_key(p.as_str())
+                && !self.used.iter().any(|(q, _)| *q == p)
+            {
                 self.use_ns(&p, uri);
                 return p;
             }
@@ -133,7 +139,11 @@ impl<'o, 'w> XmlWriter<'o, 'w> {
                 return Ok(local.to_string());
             }
             let p = self.prefix_for(uri, attr);
-            return Ok(if p.is_empty() { local.to_string() } else { format!("{p}:{local}") });
+            return Ok(if p.is_empty() {
+                local.to_string()
+            } else {
+                format!("{p}:{local}")
+            });
         }
         let Some((p, local)) = split_qname(key) else {
             return Err(self.err(format!("key \"{key}\" is not a valid XML name")));
@@ -160,7 +170,9 @@ impl<'o, 'w> XmlWriter<'o, 'w> {
                 self.use_ns(p, uri);
                 Ok(key.to_string())
             }
-            None => Err(self.err(format!("key \"{key}\": prefix '{p}' is not in the namespace map"))),
+            None => Err(self.err(format!(
+                "key \"{key}\": prefix '{p}' is not in the namespace map"
+            ))),
         }
     }
 
@@ -212,7 +224,8 @@ impl<'o, 'w> XmlWriter<'o, 'w> {
                 decls.extend_from_slice(p.as_bytes());
                 decls.extend_from_slice(b"=\"");
             }
-            escape_xml_text(&mut decls, uri, true).map_err(|_| invalid("namespace URI contains a forbidden character"))?;
+            escape_xml_text(&mut decls, uri, true)
+                .map_err(|_| invalid("namespace URI contains a forbidden character"))?;
             decls.push(b'"');
         }
         // insert right after the root's qualified name
@@ -241,7 +254,8 @@ impl<'o, 'w> XmlWriter<'o, 'w> {
             }
             JVal::Bool(b) => {
                 self.out.push(b'>');
-                self.out.extend_from_slice(if *b { b"true" } else { b"false" });
+                self.out
+                    .extend_from_slice(if *b { b"true" } else { b"false" });
                 self.close(&q);
             }
             JVal::Num(n) => {
@@ -281,7 +295,11 @@ impl<'o, 'w> XmlWriter<'o, 'w> {
         }
     }
 
-    fn object(&mut self, q: &str, members: &[(std::borrow::Cow<'_, str>, JVal<'_>, usize)]) -> Result<(), TranslateError> {
+    fn object(
+        &mut self,
+        q: &str,
+        members: &[(std::borrow::Cow<'_, str>, JVal<'_>, usize)],
+    ) -> Result<(), TranslateError> {
         let mut names = std::mem::take(&mut self.attr_names);
         names.clear();
         for (k, v, _) in members {
@@ -291,7 +309,12 @@ impl<'o, 'w> XmlWriter<'o, 'w> {
             let aq = self.qname(an, true)?;
             // Expanded-name duplicates (`@p:a` and `@{uri}a`) would be ill-formed XML.
             let uri = match aq.split_once(':') {
-                Some((p, _)) => self.used.iter().find(|(x, _)| x == p).map(|(_, u)| u.clone()).unwrap_or_else(|| p.to_string()),
+                Some((p, _)) => self
+                    .used
+                    .iter()
+                    .find(|(x, _)| x == p)
+                    .map(|(_, u)| u.clone())
+                    .unwrap_or_else(|| p.to_string()),
                 None => String::new(),
             };
             let local = aq.rsplit(':').next().unwrap_or(&aq).to_string();
