@@ -29,6 +29,33 @@ pub enum Command {
         #[arg(long, short, default_value = "config/lienthong.toml")]
         config: PathBuf,
     },
+    /// Mint a development token with an issuer's `dev_signing_key` (local testing only).
+    Token {
+        /// Config file.
+        #[arg(long, short, default_value = "config/lienthong.toml")]
+        config: PathBuf,
+        /// Issuer name (default: the first issuer with a dev_signing_key).
+        #[arg(long)]
+        issuer: Option<String>,
+        /// Subject (officer or system).
+        #[arg(long, default_value = "dev-officer")]
+        sub: String,
+        /// Agency code (mã định danh), e.g. 000.00.01.H22.
+        #[arg(long, default_value = "000.00.01.H22")]
+        agency: String,
+        /// Roles, comma-separated.
+        #[arg(long, default_value = "")]
+        roles: String,
+        /// Scopes, space-separated.
+        #[arg(long, default_value = "")]
+        scope: String,
+        /// Audience (default: the issuer's first).
+        #[arg(long)]
+        aud: Option<String>,
+        /// Lifetime, e.g. 15m (at most the issuer's max_lifetime).
+        #[arg(long, default_value = "15m")]
+        ttl: String,
+    },
     /// Validate a config file: print every problem with its key path; exit 1 on any.
     Check {
         /// Config file.
@@ -42,7 +69,95 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Serve { config } => serve(&config),
+        Command::Token {
+            config,
+            issuer,
+            sub,
+            agency,
+            roles,
+            scope,
+            aud,
+            ttl,
+        } => match token(&config, issuer, &sub, &agency, &roles, &scope, aud, &ttl) {
+            Ok(t) => {
+                println!("{t}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("lienthong token: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn token(
+    path: &std::path::Path,
+    issuer: Option<String>,
+    sub: &str,
+    agency: &str,
+    roles: &str,
+    scope: &str,
+    aud: Option<String>,
+    ttl: &str,
+) -> Result<String, String> {
+    let cfg = Config::load(path).map_err(|p| p.to_string())?;
+    let ic = cfg
+        .auth
+        .issuers
+        .iter()
+        .find(|i| match &issuer {
+            Some(n) => &i.name == n,
+            None => i.dev_signing_key.is_some(),
+        })
+        .ok_or("no issuer with a dev_signing_key in this config")?;
+    let key_path = ic
+        .dev_signing_key
+        .as_ref()
+        .ok_or("this issuer has no dev_signing_key")?;
+    let key = std::fs::read(key_path).map_err(|e| format!("{}: {e}", key_path.display()))?;
+    let alg = ic
+        .algorithms
+        .iter()
+        .find(|a| a.as_str() != "HS256")
+        .ok_or("the issuer accepts no asymmetric algorithm")?;
+    let alg: jsonwebtoken::Algorithm = alg
+        .parse()
+        .map_err(|_| format!("unknown algorithm {alg}"))?;
+    let ttl = crate::config::parse_duration(ttl)?;
+    if ttl > ic.max_lifetime {
+        return Err(format!(
+            "ttl is longer than the issuer's max_lifetime ({})",
+            crate::config::format_duration(ic.max_lifetime)
+        ));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?
+        .as_secs();
+    let mut claims = serde_json::json!({
+        "iss": ic.iss,
+        "aud": aud.unwrap_or_else(|| ic.audiences[0].clone()),
+        "sub": sub,
+        "iat": now,
+        "exp": now + ttl.as_secs(),
+    });
+    if !agency.is_empty() {
+        claims["agency"] = agency.into();
+    }
+    let roles: Vec<&str> = roles.split(',').filter(|r| !r.is_empty()).collect();
+    if !roles.is_empty() {
+        claims["roles"] = roles.into();
+    }
+    if !scope.is_empty() {
+        claims["scope"] = scope.into();
+    }
+    let kid = match &ic.keys {
+        crate::config::IssuerKeysCfg::PublicKey { kid, .. } => kid.clone(),
+        _ => None,
+    };
+    crate::auth::jwt::mint(&key, alg, claims, kid.as_deref()).map_err(|e| e.to_string())
 }
 
 fn check(path: &std::path::Path) -> ExitCode {

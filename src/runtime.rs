@@ -19,6 +19,7 @@ pub struct Runtime {
     pub pool_names: Vec<Arc<str>>,
     pub pools: BTreeMap<String, Arc<Pool>>,
     pub generation: u64,
+    pub auth: crate::auth::AuthRuntime,
     /// Indexed like `config.routes`.
     pub route_metrics: Vec<crate::observe::RouteMetrics>,
     /// For requests that matched no route.
@@ -58,6 +59,28 @@ impl Runtime {
         if !problems.0.is_empty() {
             return Err(problems);
         }
+        let auth = crate::auth::AuthRuntime::build(&config, &pools).map_err(Problems)?;
+        for (name, pool) in &pools {
+            if let Some(c) = &pool.cfg.credentials {
+                if pool.credentials().is_none() {
+                    match crate::auth::credentials::Credentials::build(
+                        name,
+                        c,
+                        &pools,
+                        auth.own_key.as_ref(),
+                    ) {
+                        Ok(cr) => pool.set_credentials(cr),
+                        Err(e) => problems.0.push(crate::config::Problem {
+                            path: format!("upstreams.{name}.credentials"),
+                            message: e,
+                        }),
+                    }
+                }
+            }
+        }
+        if !problems.0.is_empty() {
+            return Err(problems);
+        }
         let route_pools = config
             .routes
             .iter()
@@ -76,6 +99,7 @@ impl Runtime {
                 .map(|r| Arc::from(r.upstream.as_str()))
                 .collect(),
             route_pools,
+            auth,
             route_metrics: config
                 .routes
                 .iter()

@@ -91,6 +91,13 @@ async fn handle(gw: &Gateway, tls: &[Arc<TlsState>], req: Request<Incoming>) -> 
                         .set(e.outstanding() as f64);
                 }
             }
+            if let Some(c) = rt.auth.cache_stats() {
+                metrics::gauge!("lienthong_auth_token_cache_hits").set(c.hits as f64);
+                metrics::gauge!("lienthong_auth_token_cache_misses").set(c.misses as f64);
+                let total = c.hits + c.misses;
+                let ratio = if total == 0 { 0.0 } else { c.hits as f64 / total as f64 };
+                metrics::gauge!("lienthong_auth_token_cache_hit_ratio").set(ratio);
+            }
             let mut r = Response::new(Body::full(gw.metrics.render()));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -1,8 +1,309 @@
 //! Who may call what (issue #3): JWT verification per RFC 8725 (`jwt`), key sets with
-//! JWKS rotation (`keys`), the verified `Caller` (`caller`) and per-route access rules
-//! (`rules`).
+//! JWKS rotation (`keys`), the verified `Caller` (`caller`), per-route access rules
+//! (`rules`) and the credentials lienthong presents upstream (`credentials`).
+//!
+//! [`AuthRuntime`] is the compiled form of `[auth]` plus every route's `auth` table;
+//! the pipeline calls [`AuthRuntime::check`] between route selection and forwarding.
 
 pub mod caller;
+pub mod credentials;
 pub mod jwt;
 pub mod keys;
 pub mod rules;
+
+use crate::config::{Config, IssuerKeysCfg, Problem};
+use crate::error::{ErrorKind, GatewayError};
+use crate::upstream::{OutboundRequest, Pool};
+use caller::Caller;
+use jwt::{AuthError, AuthErrorKind, AuthOptions, Authenticator, IssuerConfig, KeySource};
+use keys::{JwksFetcher, JwksPolicy, KeySet, SystemClock, VerifyingKey};
+use rules::AccessRule;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Fetches JWKS documents through the upstream layer (endpoints from config only,
+/// timeouts, health), bounded in time and size.
+struct PoolJwksFetcher {
+    targets: HashMap<String, (Arc<Pool>, String)>,
+}
+
+impl JwksFetcher for PoolJwksFetcher {
+    fn fetch(
+        &self,
+        url: &str,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send + '_>> {
+        let target = self.targets.get(url).cloned();
+        Box::pin(async move {
+            let (pool, path) = target.ok_or("no upstream for this JWKS URL")?;
+            let mut headers = http::HeaderMap::new();
+            headers.insert(
+                http::header::ACCEPT,
+                http::HeaderValue::from_static("application/json"),
+            );
+            let req = OutboundRequest {
+                method: http::Method::GET,
+                path_and_query: path.parse().map_err(|_| "bad JWKS path".to_string())?,
+                headers,
+                body: crate::body::Body::empty(),
+                idempotent: true,
+                timeout: Duration::from_secs(5),
+                host_from_endpoint: true,
+            };
+            let answer = pool.send(req).await.map_err(|e| e.to_string())?;
+            if !answer.response.status().is_success() {
+                return Err(format!(
+                    "JWKS endpoint answered {}",
+                    answer.response.status()
+                ));
+            }
+            let body = crate::body::collect_capped(
+                answer.response.into_body(),
+                keys::MAX_JWKS_BYTES as u64,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            Ok(body.to_vec())
+        })
+    }
+}
+
+/// The compiled authentication and authorisation state of one config generation.
+pub struct AuthRuntime {
+    pub authenticator: Option<Authenticator>,
+    /// Indexed like `config.routes`; None = no `auth` table: deny.
+    pub rules: Vec<Option<AccessRule>>,
+    pub forward_token: Vec<bool>,
+    pub own_key: Option<Arc<credentials::OwnKey>>,
+    /// The JWKS document of `own_key`, served at `/.well-known/jwks.json`.
+    pub own_jwks: Option<bytes::Bytes>,
+}
+
+fn problem(path: impl Into<String>, message: impl Into<String>) -> Problem {
+    Problem {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+fn alg(name: &str) -> Option<jsonwebtoken::Algorithm> {
+    use jsonwebtoken::Algorithm::*;
+    Some(match name {
+        "RS256" => RS256,
+        "RS384" => RS384,
+        "RS512" => RS512,
+        "PS256" => PS256,
+        "ES256" => ES256,
+        "ES384" => ES384,
+        "EdDSA" => EdDSA,
+        "HS256" => HS256,
+        _ => return None,
+    })
+}
+
+impl AuthRuntime {
+    pub fn build(
+        cfg: &Config,
+        pools: &BTreeMap<String, Arc<Pool>>,
+    ) -> Result<AuthRuntime, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let mut issuers = Vec::new();
+        let mut targets = HashMap::new();
+        for (i, ic) in cfg.auth.issuers.iter().enumerate() {
+            let path = format!("auth.issuers[{i}]");
+            let keys = match &ic.keys {
+                IssuerKeysCfg::PublicKey { path: p, kid } => {
+                    KeySet::from_pem_file(p, kid.as_deref()).map(KeySource::Static)
+                }
+                IssuerKeysCfg::Jwk(p) => KeySet::from_jwk_file(p).map(KeySource::Static),
+                IssuerKeysCfg::JwksFile(p) => KeySet::from_jwks_file(p).map(KeySource::Static),
+                IssuerKeysCfg::Secret(s) => VerifyingKey::from_hmac_secret(s.expose(), None)
+                    .map(|k| KeySource::Static(KeySet::new(vec![k]))),
+                IssuerKeysCfg::Jwks {
+                    upstream,
+                    path: jp,
+                    refresh_interval,
+                    min_refetch_interval,
+                    max_stale,
+                } => {
+                    let pool = &pools[upstream];
+                    let ep = &pool.cfg.endpoints[0];
+                    let url = format!("{ep}{jp}");
+                    targets.insert(url.clone(), (pool.clone(), jp.clone()));
+                    Ok(KeySource::Jwks {
+                        url,
+                        policy: JwksPolicy {
+                            refresh_interval: *refresh_interval,
+                            min_refetch_interval: *min_refetch_interval,
+                            max_stale: *max_stale,
+                        },
+                    })
+                }
+            };
+            let keys = match keys {
+                Ok(k) => k,
+                Err(e) => {
+                    problems.push(problem(&path, e.to_string()));
+                    continue;
+                }
+            };
+            let algorithms = ic.algorithms.iter().filter_map(|a| alg(a)).collect();
+            let mut c =
+                IssuerConfig::new(&ic.name, &ic.iss, ic.audiences.clone(), algorithms, keys);
+            c.leeway = ic.leeway;
+            c.max_lifetime = ic.max_lifetime;
+            c.required_typ = ic.typ.clone();
+            c.max_token_bytes = ic.max_token_bytes;
+            if let Some(a) = &ic.agency_claims {
+                c.claims.agency = a.clone();
+            }
+            if let Some(r) = &ic.roles_claim {
+                c.claims.roles = r.clone();
+            }
+            if let Some(s) = &ic.scope_claim {
+                c.claims.scope = s.clone();
+            }
+            issuers.push(c);
+        }
+        let authenticator = if issuers.is_empty() {
+            None
+        } else {
+            let options = AuthOptions {
+                cache_capacity: cfg.auth.cache_capacity,
+                cache_max_ttl: cfg.auth.cache_max_ttl,
+            };
+            match Authenticator::new(
+                issuers,
+                options,
+                Arc::new(PoolJwksFetcher { targets }),
+                Arc::new(SystemClock),
+            ) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    problems.push(problem("auth.issuers", e.to_string()));
+                    None
+                }
+            }
+        };
+        let mut rules = Vec::new();
+        let mut forward_token = Vec::new();
+        for (i, r) in cfg.routes.iter().enumerate() {
+            forward_token.push(r.auth.as_ref().is_some_and(|a| a.forward_token));
+            rules.push(match &r.auth {
+                None => None,
+                Some(a) => {
+                    match AccessRule::from_config(a.anonymous, &a.agencies, &a.roles, &a.scopes) {
+                        Ok(rule) => Some(rule),
+                        Err(e) => {
+                            problems.push(problem(format!("routes[{i}].auth"), e.to_string()));
+                            None
+                        }
+                    }
+                }
+            });
+            if r.auth.as_ref().is_some_and(|a| !a.anonymous) && cfg.auth.issuers.is_empty() {
+                problems.push(problem(
+                    format!("routes[{i}].auth"),
+                    "the route needs a token but no [[auth.issuers]] are configured",
+                ));
+            }
+        }
+        let own_key = match &cfg.auth.signing {
+            Some(s) => match credentials::OwnKey::load(&s.key, &s.kid, &s.issuer) {
+                Ok(k) => Some(Arc::new(k)),
+                Err(e) => {
+                    problems.push(problem("auth.signing.key", e));
+                    None
+                }
+            },
+            None => None,
+        };
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let own_jwks = own_key
+            .as_ref()
+            .map(|k| bytes::Bytes::from(serde_json::to_vec(&k.jwks()).unwrap_or_default()));
+        Ok(AuthRuntime {
+            authenticator,
+            rules,
+            forward_token,
+            own_key,
+            own_jwks,
+        })
+    }
+
+    /// authn + authz for route `idx`: Ok(None) for an anonymous route, Ok(caller)
+    /// for an allowed caller, or the 401/403/503 to answer.
+    pub async fn check(
+        &self,
+        idx: usize,
+        headers: &http::HeaderMap,
+        query: Option<&str>,
+        client_cert_s256: Option<&str>,
+    ) -> Result<Option<Arc<Caller>>, GatewayError> {
+        let rule = self.rules[idx].as_ref();
+        if rule.is_some_and(|r| r.anonymous) {
+            return Ok(None);
+        }
+        let result = async {
+            let auth = self.authenticator.as_ref().ok_or_else(|| {
+                AuthError::unauthorized(jwt::reason::NO_RULE, "no issuers configured")
+            })?;
+            let values: Vec<&[u8]> = headers
+                .get_all(http::header::AUTHORIZATION)
+                .iter()
+                .map(|v| v.as_bytes())
+                .collect();
+            let in_query =
+                query.is_some_and(|q| q.split('&').any(|kv| kv.starts_with("access_token=")));
+            let caller = auth.authenticate(&values, in_query).await?;
+            caller::check_cert_binding(&caller, client_cert_s256)?;
+            rules::authorize(rule, Some(&caller))?;
+            Ok::<_, AuthError>(caller)
+        }
+        .await;
+        match result {
+            Ok(c) => Ok(Some(c)),
+            Err(e) => {
+                metrics::counter!("lienthong_auth_failures_total", "reason" => e.reason())
+                    .increment(1);
+                Err(to_gateway_error(&e))
+            }
+        }
+    }
+
+    /// Verified-token cache hit ratio inputs, for `/metrics`.
+    pub fn cache_stats(&self) -> Option<jwt::CacheStats> {
+        self.authenticator.as_ref().map(|a| a.cache_stats())
+    }
+}
+
+fn to_gateway_error(e: &AuthError) -> GatewayError {
+    match e.kind() {
+        AuthErrorKind::Unauthorized(_) => GatewayError::new(
+            ErrorKind::Unauthorized,
+            "invalid_token",
+            "a valid bearer token is required",
+        )
+        .with_detail(e),
+        AuthErrorKind::Forbidden(_) => GatewayError::new(
+            ErrorKind::Forbidden,
+            "forbidden",
+            "the caller is not allowed to use this route",
+        )
+        .with_detail(e),
+        AuthErrorKind::Unavailable(_) => {
+            let mut g = GatewayError::new(
+                ErrorKind::Unavailable,
+                "issuer_unavailable",
+                "the token issuer's keys cannot be obtained; try again later",
+            )
+            .with_detail(e);
+            g.retry_after = Some(5);
+            g
+        }
+    }
+}

@@ -65,6 +65,7 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
+    pub auth: AuthConfig,
     /// Where the file was read from (for reloads).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -160,6 +161,7 @@ pub struct UpstreamConfig {
     pub retry: RetryConfig,
     pub circuit_breaker: BreakerConfig,
     pub tls: Option<UpstreamTlsConfig>,
+    pub credentials: Option<CredentialsConfig>,
 }
 
 /// One endpoint as `scheme://host:port`, from config only (never from a request).
@@ -253,6 +255,132 @@ pub struct RouteConfig {
     pub retry_non_idempotent: bool,
     pub allow_upgrade: bool,
     pub allow_absolute_form: bool,
+    /// None: the route denies every request (deny by default).
+    pub auth: Option<RouteAuth>,
+}
+
+/// A secret read from an environment variable or a file. Only its source is ever
+/// shown (`Debug`, the admin config view); the value never leaves this type except
+/// through [`SecretValue::expose`].
+#[derive(Clone, PartialEq)]
+pub struct SecretValue {
+    pub source: String,
+    value: std::sync::Arc<Vec<u8>>,
+}
+
+impl SecretValue {
+    pub fn expose(&self) -> &[u8] {
+        &self.value
+    }
+
+    pub fn from_bytes(source: &str, value: Vec<u8>) -> SecretValue {
+        SecretValue {
+            source: source.to_string(),
+            value: std::sync::Arc::new(value),
+        }
+    }
+}
+
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<secret from {}>", self.source)
+    }
+}
+
+impl Serialize for SecretValue {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("<redacted: from {}>", self.source))
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AuthConfig {
+    pub issuers: Vec<IssuerCfg>,
+    pub cache_capacity: u64,
+    #[serde(with = "dur")]
+    pub cache_max_ttl: Duration,
+    pub signing: Option<SigningCfg>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IssuerKeysCfg {
+    PublicKey {
+        path: PathBuf,
+        kid: Option<String>,
+    },
+    Jwk(PathBuf),
+    JwksFile(PathBuf),
+    Jwks {
+        upstream: String,
+        path: String,
+        #[serde(with = "dur")]
+        refresh_interval: Duration,
+        #[serde(with = "dur")]
+        min_refetch_interval: Duration,
+        #[serde(with = "dur")]
+        max_stale: Duration,
+    },
+    Secret(SecretValue),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IssuerCfg {
+    pub name: String,
+    pub iss: String,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<String>,
+    pub keys: IssuerKeysCfg,
+    #[serde(with = "dur")]
+    pub leeway: Duration,
+    #[serde(with = "dur")]
+    pub max_lifetime: Duration,
+    pub typ: Option<String>,
+    pub max_token_bytes: usize,
+    pub agency_claims: Option<Vec<String>>,
+    pub roles_claim: Option<String>,
+    pub scope_claim: Option<String>,
+    pub dev_signing_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SigningCfg {
+    pub key: PathBuf,
+    pub kid: String,
+    pub issuer: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RouteAuth {
+    pub anonymous: bool,
+    pub agencies: Vec<String>,
+    pub roles: Vec<String>,
+    pub scopes: Vec<String>,
+    pub forward_token: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum CredentialsConfig {
+    Oauth2 {
+        token_upstream: String,
+        token_path: String,
+        client_id: String,
+        client_secret: SecretValue,
+        basic_auth: bool,
+        scope: Option<String>,
+        #[serde(with = "dur")]
+        refresh_margin: Duration,
+    },
+    Jwt {
+        audience: String,
+        #[serde(with = "dur")]
+        ttl: Duration,
+    },
+    Header {
+        name: String,
+        value: SecretValue,
+    },
 }
 
 mod dur {
@@ -428,6 +556,322 @@ impl Validator {
         full
     }
 
+    fn secret(&mut self, path: &str, v: &RawSecret) -> SecretValue {
+        let empty = || SecretValue::from_bytes("nothing", Vec::new());
+        match (&v.env, &v.file) {
+            (Some(name), None) => match std::env::var(name) {
+                Ok(val) if !val.is_empty() => {
+                    SecretValue::from_bytes(&format!("env {name}"), val.into_bytes())
+                }
+                _ => {
+                    self.problems.push(
+                        path,
+                        format!("environment variable {name} is not set or empty"),
+                    );
+                    empty()
+                }
+            },
+            (None, Some(file)) => {
+                let full = self.file_path(path, file);
+                match std::fs::read(&full) {
+                    Ok(mut bytes) => {
+                        // A trailing newline from an editor is not part of the secret.
+                        while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                            bytes.pop();
+                        }
+                        SecretValue::from_bytes(&format!("file {}", full.display()), bytes)
+                    }
+                    Err(_) => empty(),
+                }
+            }
+            _ => {
+                self.problems.push(
+                    path,
+                    "a secret is { env = \"NAME\" } or { file = \"path\" }",
+                );
+                empty()
+            }
+        }
+    }
+
+    fn auth(&mut self, raw: RawAuth, upstreams: &BTreeMap<String, UpstreamConfig>) -> AuthConfig {
+        let mut issuers = Vec::new();
+        for (i, v) in raw.issuers.into_iter().enumerate() {
+            let path = format!("auth.issuers[{i}]");
+            let Some(r) = self.element::<RawIssuer>(&path, Some(v)) else {
+                continue;
+            };
+            let name = r.name.clone().unwrap_or_else(|| format!("issuer{i}"));
+            let iss = r.iss.clone().unwrap_or_else(|| {
+                self.problems.push(format!("{path}.iss"), "required");
+                String::new()
+            });
+            let audiences = r.audiences.clone().unwrap_or_default();
+            if audiences.is_empty() {
+                self.problems.push(
+                    format!("{path}.audiences"),
+                    "at least one audience is required",
+                );
+            }
+            let algorithms = r.algorithms.clone().unwrap_or_default();
+            if algorithms.is_empty() {
+                self.problems.push(
+                    format!("{path}.algorithms"),
+                    "list the accepted algorithms, e.g. [\"ES256\"]",
+                );
+            }
+            for (j, a) in algorithms.iter().enumerate() {
+                if ![
+                    "RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA", "HS256",
+                ]
+                .contains(&a.as_str())
+                {
+                    self.problems.push(
+                        format!("{path}.algorithms[{j}]"),
+                        format!(
+                            "{a:?} is not accepted (RS256/384/512, PS256, ES256/384, EdDSA, HS256)"
+                        ),
+                    );
+                }
+            }
+            let sources = [
+                r.public_key.is_some(),
+                r.jwk.is_some(),
+                r.jwks_file.is_some(),
+                r.jwks.is_some(),
+                r.secret.is_some(),
+            ]
+            .iter()
+            .filter(|x| **x)
+            .count();
+            if sources != 1 {
+                self.problems.push(
+                    path.clone(),
+                    "give exactly one of public_key, jwk, jwks_file, jwks, secret",
+                );
+            }
+            let keys = if let Some(p) = &r.public_key {
+                IssuerKeysCfg::PublicKey {
+                    path: self.file_path(&format!("{path}.public_key"), p),
+                    kid: r.kid.clone(),
+                }
+            } else if let Some(p) = &r.jwk {
+                IssuerKeysCfg::Jwk(self.file_path(&format!("{path}.jwk"), p))
+            } else if let Some(p) = &r.jwks_file {
+                IssuerKeysCfg::JwksFile(self.file_path(&format!("{path}.jwks_file"), p))
+            } else if let Some(j) = &r.jwks {
+                let up = j.upstream.clone().unwrap_or_default();
+                if !upstreams.contains_key(&up) {
+                    self.problems.push(
+                        format!("{path}.jwks.upstream"),
+                        format!("unknown upstream {up:?}"),
+                    );
+                }
+                let jp = j
+                    .path
+                    .clone()
+                    .unwrap_or_else(|| "/.well-known/jwks.json".into());
+                if !jp.starts_with('/') {
+                    self.problems
+                        .push(format!("{path}.jwks.path"), "must start with '/'");
+                }
+                IssuerKeysCfg::Jwks {
+                    upstream: up,
+                    path: jp,
+                    refresh_interval: self.duration(
+                        &format!("{path}.jwks.refresh_interval"),
+                        j.refresh_interval.as_ref(),
+                        Duration::from_secs(300),
+                    ),
+                    min_refetch_interval: self.duration(
+                        &format!("{path}.jwks.min_refetch_interval"),
+                        j.min_refetch_interval.as_ref(),
+                        Duration::from_secs(30),
+                    ),
+                    max_stale: self.duration(
+                        &format!("{path}.jwks.max_stale"),
+                        j.max_stale.as_ref(),
+                        Duration::from_secs(6 * 3600),
+                    ),
+                }
+            } else if let Some(sec) = &r.secret {
+                let v = self.secret(&format!("{path}.secret"), sec);
+                if v.expose().len() < 32 {
+                    self.problems.push(
+                        format!("{path}.secret"),
+                        "an HS256 secret must be at least 32 bytes",
+                    );
+                }
+                IssuerKeysCfg::Secret(v)
+            } else {
+                IssuerKeysCfg::Jwk(PathBuf::new())
+            };
+            issuers.push(IssuerCfg {
+                name,
+                iss,
+                audiences,
+                algorithms,
+                keys,
+                leeway: self.duration(
+                    &format!("{path}.leeway"),
+                    r.leeway.as_ref(),
+                    Duration::from_secs(60),
+                ),
+                max_lifetime: self.duration(
+                    &format!("{path}.max_lifetime"),
+                    r.max_lifetime.as_ref(),
+                    Duration::from_secs(3600),
+                ),
+                typ: r.typ.clone(),
+                max_token_bytes: r.max_token_bytes.unwrap_or(8192),
+                agency_claims: r.agency_claims.clone(),
+                roles_claim: r.roles_claim.clone(),
+                scope_claim: r.scope_claim.clone(),
+                dev_signing_key: r
+                    .dev_signing_key
+                    .as_ref()
+                    .map(|k| self.file_path(&format!("{path}.dev_signing_key"), k)),
+            });
+        }
+        let signing = raw.signing.map(|sg| SigningCfg {
+            key: match &sg.key {
+                Some(k) => self.file_path("auth.signing.key", k),
+                None => {
+                    self.problems.push("auth.signing.key", "required");
+                    PathBuf::new()
+                }
+            },
+            kid: sg.kid.unwrap_or_else(|| "lienthong-1".into()),
+            issuer: sg.issuer.unwrap_or_else(|| "lienthong".into()),
+        });
+        AuthConfig {
+            issuers,
+            cache_capacity: raw.cache_capacity.unwrap_or(10_000),
+            cache_max_ttl: self.duration(
+                "auth.cache_max_ttl",
+                raw.cache_max_ttl.as_ref(),
+                Duration::from_secs(300),
+            ),
+            signing,
+        }
+    }
+
+    fn credentials(&mut self, path: &str, c: RawCredentials) -> Option<CredentialsConfig> {
+        match c.kind.as_deref() {
+            Some("oauth2") => {
+                let client_secret = match &c.client_secret {
+                    Some(sec) => self.secret(&format!("{path}.client_secret"), sec),
+                    None => {
+                        self.problems
+                            .push(format!("{path}.client_secret"), "required");
+                        SecretValue::from_bytes("nothing", Vec::new())
+                    }
+                };
+                let basic_auth = match c.client_auth.as_deref() {
+                    None | Some("basic") => true,
+                    Some("form") => false,
+                    Some(o) => {
+                        self.problems.push(
+                            format!("{path}.client_auth"),
+                            format!("unknown value {o:?} (use basic or form)"),
+                        );
+                        true
+                    }
+                };
+                Some(CredentialsConfig::Oauth2 {
+                    token_upstream: c.token_upstream.clone().unwrap_or_else(|| {
+                        self.problems
+                            .push(format!("{path}.token_upstream"), "required");
+                        String::new()
+                    }),
+                    token_path: c.token_path.clone().unwrap_or_else(|| "/token".into()),
+                    client_id: c.client_id.clone().unwrap_or_else(|| {
+                        self.problems.push(format!("{path}.client_id"), "required");
+                        String::new()
+                    }),
+                    client_secret,
+                    basic_auth,
+                    scope: c.scope.clone(),
+                    refresh_margin: self.duration(
+                        &format!("{path}.refresh_margin"),
+                        c.refresh_margin.as_ref(),
+                        Duration::from_secs(60),
+                    ),
+                })
+            }
+            Some("jwt") => Some(CredentialsConfig::Jwt {
+                audience: c.audience.clone().unwrap_or_else(|| {
+                    self.problems.push(format!("{path}.audience"), "required");
+                    String::new()
+                }),
+                ttl: self.duration(
+                    &format!("{path}.ttl"),
+                    c.ttl.as_ref(),
+                    Duration::from_secs(300),
+                ),
+            }),
+            Some("header") => {
+                let name = c.header.clone().unwrap_or_default();
+                if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    self.problems
+                        .push(format!("{path}.header"), "required: a valid header name");
+                }
+                let value = match &c.value {
+                    Some(v) => self.secret(&format!("{path}.value"), v),
+                    None => {
+                        self.problems.push(format!("{path}.value"), "required");
+                        SecretValue::from_bytes("nothing", Vec::new())
+                    }
+                };
+                Some(CredentialsConfig::Header { name, value })
+            }
+            Some("lgsp") => {
+                // The LGSP credential header (brief §7.2): base64 of a JSON object of
+                // connection fields; field values may be literal or secrets.
+                use base64::Engine;
+                let mut obj = serde_json::Map::new();
+                for (k, v) in c.fields.clone().unwrap_or_default() {
+                    let val = match v {
+                        toml::Value::String(s) => s,
+                        toml::Value::Table(t) => {
+                            let raw = RawSecret {
+                                env: t.get("env").and_then(|x| x.as_str()).map(str::to_string),
+                                file: t.get("file").and_then(|x| x.as_str()).map(str::to_string),
+                            };
+                            String::from_utf8_lossy(
+                                self.secret(&format!("{path}.fields.{k}"), &raw).expose(),
+                            )
+                            .into_owned()
+                        }
+                        _ => {
+                            self.problems
+                                .push(format!("{path}.fields.{k}"), "a string or a secret");
+                            String::new()
+                        }
+                    };
+                    obj.insert(k, serde_json::Value::String(val));
+                }
+                let json = serde_json::to_vec(&obj).unwrap_or_default();
+                let b64 = base64::engine::general_purpose::STANDARD.encode(json);
+                Some(CredentialsConfig::Header {
+                    name: c.header.clone().unwrap_or_else(|| "lgspaccesstoken".into()),
+                    value: SecretValue::from_bytes("lgsp fields", b64.into_bytes()),
+                })
+            }
+            Some(o) => {
+                self.problems.push(
+                    format!("{path}.type"),
+                    format!("unknown credentials type {o:?} (use oauth2, jwt, header or lgsp)"),
+                );
+                None
+            }
+            None => {
+                self.problems.push(format!("{path}.type"), "required");
+                None
+            }
+        }
+    }
+
     fn addr(&mut self, path: &str, v: Option<&String>, default: &str) -> SocketAddr {
         let s = v.map(String::as_str).unwrap_or(default);
         match s.parse() {
@@ -443,6 +887,7 @@ impl Validator {
     }
 
     fn file(&mut self, f: RawFile) -> Config {
+        let raw_auth: RawAuth = self.section("auth", f.auth);
         let server: RawServer = self.section("server", f.server);
         let log: RawLog = self.section("log", f.log);
         let admin: RawAdmin = self.section("admin", f.admin);
@@ -522,6 +967,31 @@ impl Validator {
             }
         }
 
+        let auth = self.auth(raw_auth, &upstreams);
+        // Credentials may name token upstreams; check them now that all pools are known.
+        for (name, u) in &upstreams {
+            if let Some(CredentialsConfig::Oauth2 { token_upstream, .. }) = &u.credentials {
+                match upstreams.get(token_upstream) {
+                    None => self.problems.push(
+                        format!("upstreams.{name}.credentials.token_upstream"),
+                        format!("unknown upstream {token_upstream:?}"),
+                    ),
+                    Some(t) if t.credentials.is_some() => self.problems.push(
+                        format!("upstreams.{name}.credentials.token_upstream"),
+                        "a token endpoint's pool cannot itself need credentials",
+                    ),
+                    Some(_) => {}
+                }
+            }
+            if matches!(u.credentials, Some(CredentialsConfig::Jwt { .. }))
+                && auth.signing.is_none()
+            {
+                self.problems.push(
+                    format!("upstreams.{name}.credentials"),
+                    "type = \"jwt\" needs [auth.signing]",
+                );
+            }
+        }
         let mut routes = Vec::new();
         for (i, r) in f.routes.into_iter().enumerate() {
             let path = format!("routes[{i}]");
@@ -546,6 +1016,7 @@ impl Validator {
             listeners,
             upstreams,
             routes,
+            auth,
             source: None,
         }
     }
@@ -791,7 +1262,11 @@ impl Validator {
                 server_name: t.server_name,
             }
         });
+        let credentials = u
+            .credentials
+            .and_then(|c| self.credentials(&format!("{path}.credentials"), c));
         UpstreamConfig {
+            credentials,
             name: name.to_string(),
             endpoints,
             balance,
@@ -950,7 +1425,26 @@ impl Validator {
             .timeout
             .as_ref()
             .map(|t| self.duration(&format!("{path}.timeout"), Some(t), Duration::from_secs(30)));
+        let auth = r.auth.map(|a| {
+            let ra = RouteAuth {
+                anonymous: a.anonymous.unwrap_or(false),
+                agencies: a.agencies.unwrap_or_default(),
+                roles: a.roles.unwrap_or_default(),
+                scopes: a.scopes.unwrap_or_default(),
+                forward_token: a.forward_token.unwrap_or(false),
+            };
+            if let Err(e) = crate::auth::rules::AccessRule::from_config(
+                ra.anonymous,
+                &ra.agencies,
+                &ra.roles,
+                &ra.scopes,
+            ) {
+                self.problems.push(format!("{path}.auth"), e.to_string());
+            }
+            ra
+        });
         RouteConfig {
+            auth,
             name,
             listeners: r.listeners,
             host,

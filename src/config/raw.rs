@@ -22,6 +22,124 @@ pub struct RawFile {
     pub upstreams: BTreeMap<String, toml::Value>,
     #[serde(default)]
     pub routes: Vec<toml::Value>,
+    pub auth: Option<toml::Value>,
+}
+
+/// A secret is never written in the config itself: it names an environment variable
+/// or a file. Either form is read at load time.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecret {
+    pub env: Option<String>,
+    pub file: Option<String>,
+}
+
+/// `[auth]`: token issuers, the verified-token cache and lienthong's own signing key.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    #[serde(default)]
+    pub issuers: Vec<toml::Value>,
+    /// Entries in the verified-token cache (default 10000).
+    pub cache_capacity: Option<u64>,
+    /// Longest a verified token is served from the cache (default 5m; never past `exp`).
+    pub cache_max_ttl: Option<String>,
+    pub signing: Option<RawSigning>,
+}
+
+/// `[[auth.issuers]]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIssuer {
+    pub name: Option<String>,
+    /// Exact `iss` value.
+    pub iss: Option<String>,
+    pub audiences: Option<Vec<String>>,
+    /// Accepted algorithms: RS256/384/512, PS256, ES256/384, EdDSA, HS256.
+    pub algorithms: Option<Vec<String>>,
+    /// PEM public key file.
+    pub public_key: Option<String>,
+    /// `kid` of `public_key` (optional).
+    pub kid: Option<String>,
+    /// JWK or JWKS file.
+    pub jwk: Option<String>,
+    pub jwks_file: Option<String>,
+    /// Remote JWKS fetched through an upstream pool.
+    pub jwks: Option<RawJwks>,
+    /// HS256 secret (at least 32 bytes).
+    pub secret: Option<RawSecret>,
+    pub leeway: Option<String>,
+    pub max_lifetime: Option<String>,
+    pub typ: Option<String>,
+    pub max_token_bytes: Option<usize>,
+    /// Claims that carry the agency code (first present wins; default agency, madonvi).
+    pub agency_claims: Option<Vec<String>>,
+    pub roles_claim: Option<String>,
+    pub scope_claim: Option<String>,
+    /// Private key used only by `lienthong token` to mint development tokens.
+    pub dev_signing_key: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwks {
+    pub upstream: Option<String>,
+    pub path: Option<String>,
+    pub refresh_interval: Option<String>,
+    pub min_refetch_interval: Option<String>,
+    pub max_stale: Option<String>,
+}
+
+/// `[auth.signing]`: lienthong's own key (Ed25519 or P-256, PKCS#8 PEM) for the JWTs it
+/// presents to upstreams; its public half is served at `/.well-known/jwks.json`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSigning {
+    pub key: Option<String>,
+    pub kid: Option<String>,
+    /// `iss` of the tokens lienthong mints (default `lienthong`).
+    pub issuer: Option<String>,
+}
+
+/// `routes[].auth`: who may call the route.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteAuth {
+    /// The route needs no token. Must be said explicitly; routes without `auth` deny all.
+    pub anonymous: Option<bool>,
+    /// Agency codes or patterns (`000.00.01.H22`, `*.H22`).
+    pub agencies: Option<Vec<String>>,
+    pub roles: Option<Vec<String>>,
+    pub scopes: Option<Vec<String>>,
+    /// Pass the caller's `Authorization` header upstream (default false).
+    pub forward_token: Option<bool>,
+}
+
+/// `upstreams.NAME.credentials`: what lienthong presents to this upstream.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCredentials {
+    /// `oauth2`, `jwt`, `header` or `lgsp`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    // oauth2 (client_credentials)
+    pub token_upstream: Option<String>,
+    pub token_path: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<RawSecret>,
+    /// `basic` (default) or `form`.
+    pub client_auth: Option<String>,
+    pub scope: Option<String>,
+    /// Refresh this long before `expires_in` runs out (default 60s).
+    pub refresh_margin: Option<String>,
+    // jwt
+    pub audience: Option<String>,
+    pub ttl: Option<String>,
+    // header / lgsp
+    pub header: Option<String>,
+    pub value: Option<RawSecret>,
+    /// lgsp: the fields of the base64 JSON credential (values may be secrets).
+    pub fields: Option<std::collections::BTreeMap<String, toml::Value>>,
 }
 
 /// `[server]`: process-wide settings.
@@ -120,6 +238,7 @@ pub struct RawUpstream {
     pub retry: Option<RawRetry>,
     pub circuit_breaker: Option<RawBreaker>,
     pub tls: Option<RawUpstreamTls>,
+    pub credentials: Option<RawCredentials>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -197,4 +316,5 @@ pub struct RawRoute {
     pub allow_upgrade: Option<bool>,
     /// Accept absolute-form request targets (`GET http://host/path`).
     pub allow_absolute_form: Option<bool>,
+    pub auth: Option<RawRouteAuth>,
 }

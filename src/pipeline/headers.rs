@@ -26,6 +26,27 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// base64url SHA-256 of the verified client certificate (RFC 8705 `x5t#S256` form).
 pub static X_CLIENT_CERT_S256: HeaderName = HeaderName::from_static("x-lienthong-client-cert-s256");
 
+/// Passes the verified caller upstream in gateway-owned headers. Values that cannot
+/// be header values are left out rather than altered.
+pub fn set_caller(h: &mut HeaderMap, c: &crate::auth::caller::Caller) {
+    let mut put = |name: &'static str, v: &str| {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            h.insert(HeaderName::from_static(name), v);
+        }
+    };
+    put("x-lienthong-caller-issuer", &c.issuer);
+    put("x-lienthong-caller-subject", &c.subject);
+    if let Some(a) = &c.agency {
+        put("x-lienthong-caller-agency", a.as_str());
+    }
+    if !c.roles.is_empty() {
+        put("x-lienthong-caller-roles", &c.roles.join(","));
+    }
+    if !c.scopes.is_empty() {
+        put("x-lienthong-caller-scopes", &c.scopes.join(" "));
+    }
+}
+
 /// The gateway owns every `x-lienthong-*` field: client-sent copies are dropped so
 /// an upstream can trust the ones it receives.
 pub fn strip_gateway_owned(h: &mut HeaderMap) {

@@ -49,6 +49,8 @@ pub struct RequestCtx {
     pub endpoint: Option<String>,
     pub attempts: u32,
     pub error: Option<(&'static str, Option<String>)>,
+    /// The verified caller, once authentication has run (None: anonymous route).
+    pub caller: Option<Arc<crate::auth::caller::Caller>>,
 }
 
 /// A request id: the client's when it is sane, else `<process prefix>-<counter>`,
@@ -97,6 +99,7 @@ impl RequestCtx {
             endpoint: None,
             attempts: 0,
             error: None,
+            caller: None,
         }
     }
 
@@ -130,6 +133,9 @@ async fn proxy(
     let (mut parts, body) = req.into_parts();
     let target = intake::check(listener, &parts)?;
     ctx.path.clone_from(&target.path);
+    if let Some(rsp) = local::respond(rt, &parts, &target) {
+        return Ok(rsp);
+    }
     let (idx, route) = route::select(
         &rt.config.routes,
         &rt.route_order,
@@ -153,7 +159,19 @@ async fn proxy(
             "protocol upgrades are not accepted on this route",
         ));
     }
-    // authn::verify + authz::check (issue #3) go here.
+    let caller = rt
+        .auth
+        .check(
+            idx,
+            &parts.headers,
+            target.query.as_deref(),
+            ctx.conn
+                .tls
+                .as_ref()
+                .and_then(|t| t.client_cert_sha256.as_deref()),
+        )
+        .await?;
+    ctx.caller = caller;
     let pool = rt.route_pools[idx].clone();
     ctx.upstream = Some(rt.pool_names[idx].clone());
     let body = intake::body(listener, route, &parts, body)?;
@@ -373,6 +391,34 @@ pub mod intake {
     }
 }
 
+pub mod local {
+    //! What the gateway answers itself on its public listeners.
+    use super::*;
+
+    /// `/.well-known/jwks.json`: the public half of lienthong's signing key, so that
+    /// upstreams can verify the JWTs lienthong presents to them.
+    pub fn respond(
+        rt: &Runtime,
+        parts: &http::request::Parts,
+        target: &Target,
+    ) -> Option<Response<Body>> {
+        if target.path != "/.well-known/jwks.json" || parts.method != Method::GET {
+            return None;
+        }
+        let jwks = rt.auth.own_jwks.clone()?;
+        let mut r = Response::new(Body::full(jwks));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/jwk-set+json"),
+        );
+        r.headers_mut().insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("max-age=300"),
+        );
+        Some(r)
+    }
+}
+
 pub mod forward {
     //! Building the upstream request, and upgrade tunnels.
     use super::*;
@@ -399,6 +445,12 @@ pub mod forward {
         );
         h.insert(headers::X_REQUEST_ID.clone(), ctx.request_id.clone());
         headers::strip_gateway_owned(&mut h);
+        if !rt.auth.forward_token[ctx.route_index.unwrap_or(0)] {
+            h.remove(header::AUTHORIZATION);
+        }
+        if let Some(c) = &ctx.caller {
+            headers::set_caller(&mut h, c);
+        }
         if let Some(fp) = ctx
             .conn
             .tls

@@ -157,6 +157,7 @@ mod tests {
             retry_non_idempotent: false,
             allow_upgrade: false,
             allow_absolute_form: false,
+            auth: None,
         }
     }
 

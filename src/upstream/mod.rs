@@ -178,6 +178,7 @@ pub struct Pool {
     breaker: Breaker,
     budget: RetryBudget,
     health_known: AtomicBool,
+    credentials: OnceLock<Arc<crate::auth::credentials::Credentials>>,
 }
 
 /// What the pipeline hands to [`Pool::send`]: everything but the endpoint.
@@ -256,6 +257,7 @@ impl Pool {
                 retries: AtomicU64::new(0),
             },
             health_known: AtomicBool::new(cfg.health.is_none()),
+            credentials: OnceLock::new(),
             rr: AtomicUsize::new(0),
             endpoints,
             client,
@@ -271,6 +273,14 @@ impl Pool {
             let weak = Arc::downgrade(self);
             tokio::spawn(health_loop(weak));
         }
+    }
+
+    pub fn credentials(&self) -> Option<&Arc<crate::auth::credentials::Credentials>> {
+        self.credentials.get()
+    }
+
+    pub fn set_credentials(&self, c: crate::auth::credentials::Credentials) {
+        let _ = self.credentials.set(Arc::new(c));
     }
 
     /// Ready = every endpoint has had at least one health verdict (or no checks are configured).
@@ -368,6 +378,16 @@ impl Pool {
         } = req;
         let replay = body.replayable();
         let max_attempts = self.cfg.retry.attempts.max(1);
+        let creds = self.credentials.get();
+        if let Some(c) = creds {
+            if let Err(e) = c.apply(&mut headers).await {
+                self.breaker_release(probe);
+                return Err(e);
+            }
+        }
+        // One re-authentication when the upstream refuses our credential (401), if
+        // the body can be sent again.
+        let mut reauth_left = creds.is_some() && replay.is_some();
         let mut body = Some(body);
         let mut last: Option<Arc<Endpoint>> = None;
         let mut attempt = 0u32;
@@ -384,7 +404,8 @@ impl Pool {
                 return Err(e);
             };
             let can_retry_more = attempt < max_attempts && replay.is_some();
-            let this_body = if can_retry_more {
+            let keep_copy = can_retry_more || reauth_left;
+            let this_body = if keep_copy {
                 Body::full(replay.clone().unwrap_or_default())
             } else {
                 match body.take() {
@@ -405,7 +426,7 @@ impl Pool {
             }
             let mut builder = http::Request::builder().method(method.clone()).uri(uri);
             if let Some(h) = builder.headers_mut() {
-                if can_retry_more {
+                if keep_copy {
                     *h = headers.clone();
                 } else {
                     *h = std::mem::take(&mut headers);
@@ -418,6 +439,21 @@ impl Pool {
             match result {
                 Ok(rsp) => {
                     let status = rsp.status();
+                    if status == http::StatusCode::UNAUTHORIZED && reauth_left {
+                        if let Some(c) = creds {
+                            reauth_left = false;
+                            if c.invalidate(headers.get(http::header::AUTHORIZATION)) {
+                                drop(guard);
+                                if let Err(e) = c.apply(&mut headers).await {
+                                    self.breaker_release(probe);
+                                    return Err(e);
+                                }
+                                attempt -= 1;
+                                last = None;
+                                continue;
+                            }
+                        }
+                    }
                     let failed = matches!(status.as_u16(), 502..=504);
                     self.record(&ep, !failed);
                     if failed && idempotent && can_retry_more && self.budget.try_retry() {

@@ -13,20 +13,24 @@ async fn setup(handler: Handler) -> (TestGateway, MockUpstream) {
 [upstreams.up]
 endpoints = ["{url}"]
 [[routes]]
+auth.anonymous = true
 name = "preserve"
 path_prefix = "/p"
 upstream = "up"
 [[routes]]
+auth.anonymous = true
 name = "uphost"
 path_prefix = "/u"
 host_header = "upstream"
 upstream = "up"
 [[routes]]
+auth.anonymous = true
 name = "literal"
 path_prefix = "/l"
 host_header = "api.bo.gov.vn"
 upstream = "up"
 [[routes]]
+auth.anonymous = true
 name = "small"
 path_prefix = "/small"
 max_body_bytes = 1000

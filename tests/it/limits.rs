@@ -20,11 +20,13 @@ listen = "127.0.0.1:0"
 [upstreams.u]
 endpoints = ["{}"]
 [[routes]]
+auth.anonymous = true
 name = "small"
 path_prefix = "/small"
 max_body_bytes = 1000
 upstream = "u"
 [[routes]]
+auth.anonymous = true
 name = "r"
 path_prefix = "/"
 upstream = "u"

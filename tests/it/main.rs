@@ -2,6 +2,7 @@
 
 mod support;
 
+mod auth;
 mod headers;
 mod limits;
 mod process;

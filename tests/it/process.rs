@@ -55,10 +55,12 @@ key = "missing-key.pem"
 endpoints = ["ftp://x", "http://ok:8080/path"]
 balance = "random"
 [[routes]]
+auth.anonymous = true
 path_prefix = "/a/../b"
 upstream = "nope"
 methods = ["GETT"]
 [[routes]]
+auth.anonymous = true
 pth = "/typo"
 "#,
     )
@@ -150,6 +152,7 @@ listen = "127.0.0.1:0"
 [upstreams.u]
 endpoints = ["{upstream}"]
 [[routes]]
+auth.anonymous = true
 name = "r"
 path_prefix = "{prefix}"
 upstream = "u"

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 fn config(upstream: &str, prefix: &str) -> String {
     base_config(&format!(
-        "[upstreams.u]\nendpoints = [\"{upstream}\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"{prefix}\"\nupstream = \"u\"\n"
+        "[upstreams.u]\nendpoints = [\"{upstream}\"]\n[[routes]]\nauth.anonymous = true\nname = \"r\"\npath_prefix = \"{prefix}\"\nupstream = \"u\"\n"
     ))
 }
 

@@ -13,35 +13,42 @@ endpoints = ["{}"]
 [upstreams.secret]
 endpoints = ["{}"]
 [[routes]]
+auth.anonymous = true
 name = "admin"
 path_prefix = "/admin"
 methods = ["GET"]
 upstream = "secret"
 [[routes]]
+auth.anonymous = true
 name = "public"
 path_prefix = "/public"
 upstream = "open"
 [[routes]]
+auth.anonymous = true
 name = "v1"
 path_prefix = "/api"
 rewrite_prefix = "/v1"
 upstream = "open"
 [[routes]]
+auth.anonymous = true
 name = "strip"
 path_prefix = "/strip/"
 strip_prefix = true
 upstream = "open"
 [[routes]]
+auth.anonymous = true
 name = "portal"
 host = "portal.tinh.gov.vn"
 path_prefix = "/"
 upstream = "secret"
 [[routes]]
+auth.anonymous = true
 name = "wild"
 host = "*.bo.gov.vn"
 path_prefix = "/"
 upstream = "open"
 [[routes]]
+auth.anonymous = true
 name = "absolute"
 path_prefix = "/abs"
 allow_absolute_form = true

@@ -143,6 +143,7 @@ key = "key.pem"
 [upstreams.u]
 endpoints = ["{upstream}"]
 [[routes]]
+auth.anonymous = true
 name = "r"
 path_prefix = "/"
 upstream = "u"
@@ -210,7 +211,7 @@ async fn https_serves_http1_and_http2_by_alpn() {
 async fn h2c_with_prior_knowledge() {
     let up = MockUpstream::start(echo("up")).await;
     let cfg = base_config(&format!(
-        "[upstreams.u]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"u\"\n",
+        "[upstreams.u]\nendpoints = [\"{}\"]\n[[routes]]\nauth.anonymous = true\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"u\"\n",
         up.url()
     ));
     let gw = TestGateway::start(&cfg).await;
@@ -369,6 +370,7 @@ ca = "ca.pem"
 client_cert = "client.pem"
 client_key = "client-key.pem"
 [[routes]]
+auth.anonymous = true
 name = "r"
 path_prefix = "/"
 upstream = "u"

@@ -14,7 +14,7 @@ fn pool(name: &str, endpoints: &[String], extra: &str) -> String {
 }
 
 fn route(upstream: &str, extra: &str) -> String {
-    format!("[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"{upstream}\"\n{extra}\n")
+    format!("[[routes]]\nauth.anonymous = true\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"{upstream}\"\n{extra}\n")
 }
 
 #[tokio::test]
@@ -278,7 +278,7 @@ async fn upstream_connections_are_reused() {
 #[tokio::test]
 async fn metrics_describe_requests_by_route_upstream_and_status() {
     let up = MockUpstream::start(echo("up")).await;
-    let cfg = base_config(&(pool("metricpool", &[up.url()], "") + "[[routes]]\nname = \"metricroute\"\npath_prefix = \"/\"\nupstream = \"metricpool\"\n"));
+    let cfg = base_config(&(pool("metricpool", &[up.url()], "") + "[[routes]]\nauth.anonymous = true\nname = \"metricroute\"\npath_prefix = \"/\"\nupstream = \"metricpool\"\n"));
     let gw = TestGateway::start(&cfg).await;
     raw_get(gw.addr(), "/x").await;
     let (status, text) = admin_get(&gw, "/metrics").await;

@@ -1,0 +1,743 @@
+//! One audit record: what the gateway did for one request or admin action.
+//!
+//! A record is serialised as one JSON object; those exact bytes are the
+//! Merkle leaf data (see `verify.rs`), so a record is never re-serialised
+//! after it has been written — readers keep the stored bytes when they need
+//! to prove or verify anything.
+//!
+//! # What a record may contain
+//!
+//! * **No credentials, by construction.** There is no header map, no query
+//!   map and no free-form "extra" bag: every field is a typed scalar the
+//!   gateway fills deliberately. Tokens, cookies, API keys and client
+//!   secrets travel in headers, which simply have nowhere to go.
+//!   [`contains_secret_like`] exists so tests (here and in the gateway) can
+//!   assert that nothing slipped in through a string field anyway.
+//! * **No citizen identifiers in paths.** [`RecordPath`] can only be built
+//!   through [`mask_path`], which masks long digit runs (CCCD, CMND, tax
+//!   codes, phone numbers). Other personal data belongs in bodies, which are
+//!   only kept (in [`Bodies`]) for routes configured to keep them.
+//! * Digests are typed ([`Sha256Hex`]): exactly 64 lowercase hex digits, so a
+//!   digest field cannot be abused to carry text either.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::digest;
+use serde::{Deserialize, Serialize};
+
+/// What kind of exchange a record describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordKind {
+    /// A request reverse-proxied to an upstream.
+    Proxy,
+    /// A dossier or document received from a counterpart.
+    Intake,
+    /// An event published or received.
+    Event,
+    /// A delivery to a subscriber or counterpart.
+    Delivery,
+    /// A lookup against a registry (population, enterprise, ...).
+    Lookup,
+    /// An administrative action, including retention deletions of this log.
+    Admin,
+    /// A request refused before reaching any handler (auth, limits, policy).
+    Rejected,
+}
+
+impl RecordKind {
+    /// The JSON spelling, also used in queries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Proxy => "proxy",
+            Self::Intake => "intake",
+            Self::Event => "event",
+            Self::Delivery => "delivery",
+            Self::Lookup => "lookup",
+            Self::Admin => "admin",
+            Self::Rejected => "rejected",
+        }
+    }
+}
+
+/// The authenticated caller, as established by the auth layer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Caller {
+    /// Agency code of the caller (e.g. the LGSP/NGSP member code).
+    pub agency: String,
+    /// Subject within the agency (service account, officer id), if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// base64url SHA-256 of the client certificate (RFC 8705 `x5t#S256`),
+    /// identifying the credential without storing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_s256: Option<String>,
+}
+
+/// Why a request failed, in the gateway's own vocabulary.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    /// Stable error class (e.g. `upstream_timeout`, `auth_denied`).
+    pub kind: String,
+    /// Finer code, e.g. the counterpart's own error code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+}
+
+/// The translation adapter that handled the exchange.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Adapter {
+    pub id: String,
+    pub version: String,
+}
+
+/// Bodies, kept only for routes configured to keep them. Binary bodies are
+/// the caller's business to encode (e.g. base64) before putting them here.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bodies {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<String>,
+}
+
+/// A SHA-256 digest as 64 lowercase hex digits. Construction and
+/// deserialisation both enforce the shape.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Sha256Hex(String);
+
+impl Sha256Hex {
+    /// Digest of `data`.
+    pub fn of(data: &[u8]) -> Self {
+        Self::from_bytes(digest::digest(&digest::SHA256, data).as_ref())
+    }
+
+    /// From a digest computed elsewhere (e.g. incrementally while streaming a
+    /// body). Returns `None` unless `raw` is 32 bytes.
+    pub fn from_digest(raw: &[u8]) -> Option<Self> {
+        (raw.len() == 32).then(|| Self::from_bytes(raw))
+    }
+
+    fn from_bytes(raw: &[u8]) -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut s = String::with_capacity(raw.len() * 2);
+        for b in raw {
+            s.push(HEX[(b >> 4) as usize] as char);
+            s.push(HEX[(b & 15) as usize] as char);
+        }
+        Self(s)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Sha256Hex {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            Ok(Self(s))
+        } else {
+            Err(serde::de::Error::custom("expected 64 lowercase hex digits"))
+        }
+    }
+}
+
+/// A request path (plus query) that has been normalised and masked by
+/// [`mask_path`]. The only constructor masks, so an unmasked path cannot be
+/// put into a record by mistake. Deserialisation takes stored text as is: it
+/// was masked when it was written, and re-masking would not change it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RecordPath(String);
+
+impl RecordPath {
+    /// Normalise and mask a raw request target (`/path?query`).
+    pub fn new(raw: &str) -> Self {
+        Self(mask_path(raw))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RecordPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One audit record. Optional fields are omitted from the JSON when absent,
+/// so records stay small (the log keeps every one of them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// When the exchange started: RFC 3339 UTC with milliseconds,
+    /// `YYYY-MM-DDTHH:MM:SS.mmmZ` (see [`format_rfc3339_ms`]). That single
+    /// form sorts lexicographically in time order and is what the store's
+    /// time index parses.
+    pub time: String,
+    pub request_id: String,
+    pub kind: RecordKind,
+    /// Name of the listener that accepted the connection.
+    #[serde(default)]
+    pub listener: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<Caller>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<RecordPath>,
+    /// HTTP status returned to the caller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+    #[serde(default)]
+    pub latency_us: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_latency_us: Option<u64>,
+    #[serde(default)]
+    pub bytes_in: u64,
+    #[serde(default)]
+    pub bytes_out: u64,
+    /// Request body as received from the caller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_sha256: Option<Sha256Hex>,
+    /// Request body as sent upstream after translation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_translated_sha256: Option<Sha256Hex>,
+    /// Response body as received from the upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_sha256: Option<Sha256Hex>,
+    /// Response body as returned to the caller after translation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_translated_sha256: Option<Sha256Hex>,
+    /// Dossier (hồ sơ) code the exchange belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dossier: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<Adapter>,
+    /// Human-readable description, used by `admin` records (e.g. what a
+    /// retention deletion removed). Never put request data here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<Bodies>,
+}
+
+impl AuditRecord {
+    /// A record stamped with the current time and everything else empty.
+    pub fn new(kind: RecordKind, request_id: impl Into<String>) -> Self {
+        Self {
+            time: format_rfc3339_ms(SystemTime::now()),
+            request_id: request_id.into(),
+            kind,
+            listener: String::new(),
+            caller: None,
+            route: None,
+            upstream: None,
+            endpoint: None,
+            method: None,
+            path: None,
+            status: None,
+            error: None,
+            latency_us: 0,
+            upstream_latency_us: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            request_sha256: None,
+            request_translated_sha256: None,
+            response_sha256: None,
+            response_translated_sha256: None,
+            dossier: None,
+            adapter: None,
+            detail: None,
+            body: None,
+        }
+    }
+
+    /// Set the path from a raw request target, masking it.
+    pub fn set_path(&mut self, raw: &str) {
+        self.path = Some(RecordPath::new(raw));
+    }
+
+    /// The JSON bytes that become the Merkle leaf.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serialising plain structs of strings and integers cannot fail.
+        serde_json::to_vec(self).expect("audit record serialises")
+    }
+
+    /// Milliseconds since the epoch of `time`, if it is in canonical form.
+    pub fn time_ms(&self) -> Option<u64> {
+        parse_rfc3339_ms(&self.time)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Time
+// ---------------------------------------------------------------------------
+
+/// Days since 1970-01-01 of a proleptic Gregorian date. Works in 400-year
+/// eras (146 097 days each) with years starting on 1 March, so the leap day
+/// is the last day of the shifted year and needs no special case.
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m as i64 + 9) % 12; // March = 0
+    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Inverse of [`days_from_civil`].
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for a time at or after the epoch (earlier
+/// times are clamped to the epoch; the gateway never logs the past).
+pub fn format_rfc3339_ms(t: SystemTime) -> String {
+    let ms = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    format_epoch_ms(ms)
+}
+
+/// Same as [`format_rfc3339_ms`] from milliseconds since the epoch.
+pub fn format_epoch_ms(ms: u64) -> String {
+    let secs = (ms / 1000) as i64;
+    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
+    let sod = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        sod / 3600,
+        (sod / 60) % 60,
+        sod % 60,
+        ms % 1000
+    )
+}
+
+/// Parse exactly the form [`format_rfc3339_ms`] writes. Anything else
+/// (offsets, other precisions) is `None`: records carry one canonical form.
+pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() != 24 {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        let part = &b[r];
+        if !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        part.iter()
+            .try_fold(0u32, |acc, c| Some(acc * 10 + u32::from(c - b'0')))
+    };
+    let seps = [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':'), (19, b'.'), (23, b'Z')];
+    if seps.iter().any(|&(i, c)| b[i] != c) {
+        return None;
+    }
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec, ms) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..23)?);
+    if !(1..=12).contains(&mo) || d == 0 || h > 23 || mi > 59 || sec > 59 || y < 1970 {
+        return None;
+    }
+    let days = days_from_civil(i64::from(y), mo, d);
+    // Reject 31 April and friends: the date must survive a round trip.
+    if civil_from_days(days) != (i64::from(y), mo, d) {
+        return None;
+    }
+    let secs = days * 86_400 + i64::from(h * 3600 + mi * 60 + sec);
+    Some(secs as u64 * 1000 + u64::from(ms))
+}
+
+/// Milliseconds since the epoch (0 for earlier times).
+pub fn epoch_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as u64
+}
+
+// ---------------------------------------------------------------------------
+// Path masking
+// ---------------------------------------------------------------------------
+
+/// Digit runs at least this long are treated as personal identifiers:
+/// 9 (old CMND), 10 (tax code, mobile number), 12 (CCCD), and anything
+/// longer (bank cards, tax code + branch). Shorter runs — years, page
+/// numbers, ids of records in a registry — stay readable.
+pub const MASK_MIN_DIGITS: usize = 9;
+
+/// Digits left visible at the end of a masked run.
+pub const MASK_KEEP_LAST: usize = 2;
+
+/// Normalise a request target and mask personal identifiers in it.
+///
+/// Normalisation (RFC 3986 §6.2.2): the fragment is dropped, percent-encoded
+/// unreserved characters are decoded (so `%30%37...` cannot smuggle digits
+/// past the mask) and the remaining percent-encodings get uppercase hex.
+/// Dot segments are deliberately *not* resolved: a traversal attempt is
+/// exactly what an auditor wants to see.
+///
+/// Masking: in every path segment and in the query, each run of at least
+/// [`MASK_MIN_DIGITS`] digits is replaced by `*` except its last
+/// [`MASK_KEEP_LAST`] digits, keeping the length:
+/// `/dan-cu/079201001234` → `/dan-cu/**********34`. Digit groups joined by a
+/// single `.` or space (also `+` and `%20` in the query), as in
+/// `0912.345.678`, count as one run. Leading digits are *not* kept: in a
+/// CCCD they encode province, sex, century and birth year, which together
+/// narrow a person down far more than the last digits do. The length still
+/// tells an investigator which kind of identifier it was, and the last two
+/// digits let support staff match a complaint without revealing the number.
+/// `-` does not join groups, so dates and dossier codes such as
+/// `000.00.01.H01-240101-0001` stay readable.
+pub fn mask_path(raw: &str) -> String {
+    let raw = raw.split('#').next().unwrap_or("");
+    let normalised = normalise_percent(raw);
+    match normalised.split_once('?') {
+        None => mask_digit_runs(&normalised, false),
+        Some((path, query)) => {
+            let mut out = mask_digit_runs(path, false);
+            out.push('?');
+            out.push_str(&mask_digit_runs(query, true));
+            out
+        }
+    }
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn hex_val(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|v| v as u8)
+}
+
+fn normalise_percent(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex_val(b[i + 1]), hex_val(b[i + 2])) {
+                let v = h * 16 + l;
+                if is_unreserved(v) {
+                    out.push(v as char);
+                } else {
+                    out.push('%');
+                    out.push(b[i + 1].to_ascii_uppercase() as char);
+                    out.push(b[i + 2].to_ascii_uppercase() as char);
+                }
+                i += 3;
+                continue;
+            }
+        }
+        // Copy one whole UTF-8 character (the input is a &str, so `i` is on
+        // a character boundary here).
+        let ch = s[i..].chars().next().expect("in bounds");
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    out
+}
+
+/// Length of a group separator starting at `i`, if there is one there.
+fn separator_len(b: &[u8], i: usize, query: bool) -> usize {
+    match b[i] {
+        b'.' | b' ' => 1,
+        b'+' if query => 1,
+        b'%' if query && b[i..].starts_with(b"%20") => 3,
+        _ => 0,
+    }
+}
+
+fn mask_digit_runs(s: &str, query: bool) -> String {
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    let mut copied = 0; // bytes of `s` already emitted
+    let mut i = 0;
+    while i < b.len() {
+        if !b[i].is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        // Extend over digits and single separators that sit between digits.
+        let start = i;
+        let mut digits = 0;
+        let mut end = i;
+        let mut j = i;
+        loop {
+            while j < b.len() && b[j].is_ascii_digit() {
+                j += 1;
+                digits += 1;
+            }
+            end = j;
+            if j >= b.len() {
+                break;
+            }
+            let sep = separator_len(b, j, query);
+            if sep > 0 && j + sep < b.len() && b[j + sep].is_ascii_digit() {
+                j += sep;
+            } else {
+                break;
+            }
+        }
+        if digits >= MASK_MIN_DIGITS {
+            out.push_str(&s[copied..start]);
+            let mut seen = 0;
+            for &c in &b[start..end] {
+                if c.is_ascii_digit() {
+                    seen += 1;
+                    out.push(if seen > digits - MASK_KEEP_LAST { c as char } else { '*' });
+                } else {
+                    out.push(c as char);
+                }
+            }
+            copied = end;
+        }
+        i = end.max(start + 1);
+    }
+    out.push_str(&s[copied..]);
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Secret detection (for tests and defence in depth)
+// ---------------------------------------------------------------------------
+
+/// Heuristic: does `s` look like it contains a credential? Detects bearer
+/// and basic authorisation values, JWTs, PEM private keys, and `key=value` /
+/// `"key":"value"` pairs whose key names a secret (password, token, api key,
+/// client secret, cookie, ...). Used by tests to assert that serialised
+/// records never carry such material; false positives are acceptable there,
+/// false negatives are what the structural design prevents.
+pub fn contains_secret_like(s: &str) -> bool {
+    let lower = s.to_ascii_lowercase();
+    if lower.contains("-----begin") && lower.contains("private key") {
+        return true;
+    }
+    for scheme in ["bearer ", "basic ", "bearer%20", "basic%20"] {
+        let mut from = 0;
+        while let Some(p) = lower[from..].find(scheme) {
+            let rest = &s[from + p + scheme.len()..];
+            let token_len = rest
+                .bytes()
+                .take_while(|c| c.is_ascii_alphanumeric() || b"-._~+/=".contains(c))
+                .count();
+            if token_len >= 8 {
+                return true;
+            }
+            from += p + scheme.len();
+        }
+    }
+    if looks_like_jwt(s) {
+        return true;
+    }
+    const KEYS: &[&str] = &[
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "api_key",
+        "apikey",
+        "api-key",
+        "authorization",
+        "cookie",
+        "session",
+        "private_key",
+        "signature",
+    ];
+    for key in KEYS {
+        let mut from = 0;
+        while let Some(p) = lower[from..].find(key) {
+            let after = &lower[from + p + key.len()..];
+            // Skip the rest of the key name (e.g. `access_token_x`), optional
+            // closing quote, then an assignment with a non-empty value.
+            let after = after.trim_start_matches(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            let after = after.strip_prefix('"').unwrap_or(after);
+            let after = after.trim_start();
+            if let Some(v) = after.strip_prefix('=').or_else(|| after.strip_prefix(':')) {
+                let v = v.trim_start().trim_start_matches('"');
+                if v.chars().next().is_some_and(|c| c.is_ascii_alphanumeric()) {
+                    return true;
+                }
+            }
+            from += p + key.len();
+        }
+    }
+    false
+}
+
+/// Three dot-separated base64url parts, the first decoding to a JSON object
+/// (`eyJ` is base64 of `{"`).
+fn looks_like_jwt(s: &str) -> bool {
+    let b64url = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    let mut from = 0;
+    while let Some(p) = s[from..].find("eyJ") {
+        let tail = &s[from + p..];
+        let parts: Vec<&str> = tail
+            .split(|c: char| !(b64url(c) || c == '.'))
+            .next()
+            .unwrap_or("")
+            .split('.')
+            .collect();
+        if parts.len() >= 3 && parts[0].len() >= 10 && parts[1].len() >= 4 {
+            return true;
+        }
+        from += p + 3;
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_masking_hides_citizen_ids() {
+        let cases = [
+            ("/dan-cu/079201001234", "/dan-cu/**********34"),
+            ("/cmnd/123456789/anh", "/cmnd/*******89/anh"),
+            ("/dn/0101234567", "/dn/********67"),
+            ("/dn/0101234567-001", "/dn/********67-001"),
+            ("/tra-cuu?cccd=079201001234&ky=2024", "/tra-cuu?cccd=**********34&ky=2024"),
+            ("/sdt?so=0912.345.678", "/sdt?so=****.***.*78"),
+            ("/sdt?so=0912+345+678", "/sdt?so=****+***+*78"),
+            ("/sdt?so=0912%20345%20678", "/sdt?so=****%20***%20*78"),
+            ("/hs/000.00.01.H01-240101-0001", "/hs/000.00.01.H01-240101-0001"),
+            ("/nam/2024/trang/12345678", "/nam/2024/trang/12345678"),
+            // Percent-encoded digits are decoded before masking.
+            ("/dan-cu/%30%37%3920%31001234", "/dan-cu/**********34"),
+            ("/a%2fb/%7e?x=%2a", "/a%2Fb/~?x=%2A"),
+            ("/dan-cu/079201001234#frag", "/dan-cu/**********34"),
+            ("CCCD079201001234x", "CCCD**********34x"),
+            ("/đường/079201001234", "/đường/**********34"),
+            ("", ""),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(mask_path(raw), want, "masking {raw:?}");
+            // Idempotent: masked output has no long digit runs left.
+            assert_eq!(mask_path(want), want);
+        }
+        let mut rec = AuditRecord::new(RecordKind::Lookup, "r1");
+        rec.set_path("/dan-cu/079201001234?cmnd=123456789");
+        let json = String::from_utf8(rec.to_json()).unwrap();
+        assert!(!json.contains("079201001234"));
+        assert!(!json.contains("123456789"));
+        assert!(json.contains("/dan-cu/**********34?cmnd=*******89"));
+    }
+
+    #[test]
+    fn masking_never_leaves_nine_digit_runs() {
+        use proptest::prelude::*;
+        let mut runner = proptest::test_runner::TestRunner::default();
+        runner
+            .run(&"[0-9./?=+%a-z ]{0,40}", |s| {
+                let out = mask_path(&s);
+                let longest = out
+                    .split(|c: char| !c.is_ascii_digit())
+                    .map(str::len)
+                    .max()
+                    .unwrap_or(0);
+                prop_assert!(longest < MASK_MIN_DIGITS, "{s:?} -> {out:?}");
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn time_roundtrip() {
+        assert_eq!(format_epoch_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_epoch_ms(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(format_epoch_ms(1_717_171_717_171), "2024-05-31T16:08:37.171Z");
+        for ms in [0u64, 1, 86_399_999, 951_782_400_123, 1_717_171_717_171, 4_102_444_800_000] {
+            assert_eq!(parse_rfc3339_ms(&format_epoch_ms(ms)), Some(ms));
+        }
+        assert_eq!(parse_rfc3339_ms("2024-04-31T00:00:00.000Z"), None);
+        assert_eq!(parse_rfc3339_ms("2024-05-31T16:08:37Z"), None);
+        assert_eq!(parse_rfc3339_ms("2024-05-31T16:08:37.171+07:00"), None);
+    }
+
+    #[test]
+    fn no_secret_like_strings_in_records() {
+        // The detector itself catches the usual suspects...
+        for s in [
+            "Authorization: Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln",
+            "bearer abcdefgh12345678",
+            "Basic dXNlcjpwYXNzd29yZA==",
+            "/cb?access_token=abc123",
+            r#"{"client_secret":"s3cr3t"}"#,
+            "password=hunter2",
+            "-----BEGIN PRIVATE KEY-----",
+            "x eyJhbGciOiJIUzI1NiJ9.eyJhIjoxfQ.sig y",
+        ] {
+            assert!(contains_secret_like(s), "missed {s:?}");
+        }
+        for s in ["/dan-cu/**********34", "token_count", "route secret-santa", "basic"] {
+            assert!(!contains_secret_like(s), "false positive {s:?}");
+        }
+        // ...and a fully populated record, built the way the gateway builds
+        // one from a request that carried credentials, contains none: the
+        // credential-bearing parts (headers) have no field to go into, and a
+        // token in the query is not a digit run but is still only in `path`
+        // if the caller put it there — which the gateway must not do, so the
+        // record below mirrors what the pipeline records.
+        let mut rec = AuditRecord::new(RecordKind::Proxy, "req-7f3a");
+        rec.listener = "public".into();
+        rec.caller = Some(Caller {
+            agency: "000.00.01.H01".into(),
+            subject: Some("svc-motcua".into()),
+            cert_s256: Some("nOD7jC2C3WcGu6iaRkwSg0ctMRH_ByrdNvFH6oZgYsk".into()),
+        });
+        rec.route = Some("dan-cu".into());
+        rec.upstream = Some("csdlqg-dc".into());
+        rec.endpoint = Some("https://dc.example.gov.vn".into());
+        rec.method = Some("GET".into());
+        rec.set_path("/dan-cu/079201001234?ky=2024");
+        rec.status = Some(200);
+        rec.error = Some(ErrorInfo {
+            kind: "none".into(),
+            code: None,
+        });
+        rec.latency_us = 1234;
+        rec.upstream_latency_us = Some(1000);
+        rec.bytes_in = 10;
+        rec.bytes_out = 20;
+        rec.request_sha256 = Some(Sha256Hex::of(b"req"));
+        rec.response_sha256 = Some(Sha256Hex::of(b"resp"));
+        rec.request_translated_sha256 = Some(Sha256Hex::of(b"req2"));
+        rec.response_translated_sha256 = Some(Sha256Hex::of(b"resp2"));
+        rec.dossier = Some("000.00.01.H01-240101-0001".into());
+        rec.adapter = Some(Adapter {
+            id: "dc-v2".into(),
+            version: "2.1.0".into(),
+        });
+        let json = String::from_utf8(rec.to_json()).unwrap();
+        assert!(!contains_secret_like(&json), "{json}");
+        let back: AuditRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, rec);
+        // Digest fields reject anything but a digest.
+        let bad = json.replace(Sha256Hex::of(b"req").as_str(), "Bearer abcdefgh12345678");
+        assert!(serde_json::from_str::<AuditRecord>(&bad).is_err());
+    }
+}

@@ -1,0 +1,635 @@
+//! Authentication and authorisation through the gateway, JWKS rotation through an
+//! upstream, and the credentials lienthong presents upstream.
+
+use crate::support::*;
+use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
+use base64::Engine;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A throwaway Ed25519 key: PKCS#8 PEM for minting, JWK for publishing.
+struct TestKey {
+    pem: Vec<u8>,
+    kid: String,
+    jwk: serde_json::Value,
+}
+
+fn key(kid: &str) -> TestKey {
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let der = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let kp = Ed25519KeyPair::from_pkcs8(der.as_ref()).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+    let pem =
+        format!("-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n").into_bytes();
+    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(kp.public_key().as_ref());
+    TestKey {
+        pem,
+        kid: kid.into(),
+        jwk: serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"}),
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn token(k: &TestKey, iss: &str, extra: serde_json::Value) -> String {
+    let mut claims = serde_json::json!({
+        "iss": iss, "aud": "lienthong", "sub": "officer-7", "iat": now(), "exp": now() + 600,
+        "agency": "000.00.01.H22", "roles": ["reader"], "scope": "hoso.read",
+    });
+    for (k2, v) in extra.as_object().unwrap() {
+        claims[k2] = v.clone();
+    }
+    lienthong::auth::jwt::mint(&k.pem, jsonwebtoken::Algorithm::EdDSA, claims, Some(&k.kid))
+        .unwrap()
+}
+
+fn get_with(path: &str, bearer: Option<&str>, extra: &str) -> Vec<u8> {
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    format!("GET {path} HTTP/1.1\r\nHost: t\r\n{auth}{extra}Connection: close\r\n\r\n").into_bytes()
+}
+
+async fn static_issuer_gateway(up: &MockUpstream, k: &TestKey) -> TestGateway {
+    let dir = scratch_dir();
+    let pubpem = {
+        let kp = Ed25519KeyPair::from_pkcs8(
+            &base64::engine::general_purpose::STANDARD
+                .decode(std::str::from_utf8(&k.pem).unwrap().lines().nth(1).unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        // SubjectPublicKeyInfo for Ed25519: fixed 12-byte prefix + the key.
+        let mut spki = vec![
+            0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+        ];
+        spki.extend_from_slice(kp.public_key().as_ref());
+        format!(
+            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+            base64::engine::general_purpose::STANDARD.encode(spki)
+        )
+    };
+    std::fs::write(dir.join("issuer.pub.pem"), pubpem).unwrap();
+    let cfg = base_config(&format!(
+        r#"
+[[auth.issuers]]
+name = "idp"
+iss = "https://idp.tinh.gov.vn"
+audiences = ["lienthong"]
+algorithms = ["EdDSA"]
+public_key = "issuer.pub.pem"
+kid = "{kid}"
+[upstreams.u]
+endpoints = ["{url}"]
+[[routes]]
+name = "h22"
+path_prefix = "/h22"
+upstream = "u"
+auth = {{ agencies = ["*.H22"], roles = ["reader"] }}
+[[routes]]
+name = "fwd"
+path_prefix = "/fwd"
+upstream = "u"
+auth = {{ forward_token = true }}
+[[routes]]
+name = "scoped"
+path_prefix = "/scoped"
+upstream = "u"
+auth = {{ scopes = ["hoso.write"] }}
+[[routes]]
+name = "public"
+path_prefix = "/public"
+upstream = "u"
+auth = {{ anonymous = true }}
+[[routes]]
+name = "undeclared"
+path_prefix = "/undeclared"
+upstream = "u"
+"#,
+        kid = k.kid,
+        url = up.url()
+    ));
+    let path = dir.join("lienthong.toml");
+    std::fs::write(&path, cfg).unwrap();
+    TestGateway::start_file(path).await
+}
+
+#[tokio::test]
+async fn missing_or_bad_tokens_are_401_with_the_json_contract() {
+    let up = MockUpstream::start(echo("up")).await;
+    let k = key("k1");
+    let gw = static_issuer_gateway(&up, &k).await;
+    let r = raw(gw.addr(), &get_with("/h22/x", None, "")).await;
+    assert_error(&r, 401, "invalid_token");
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer error=\"invalid_token\"")
+    );
+    let r = raw(gw.addr(), &get_with("/h22/x", Some("not.a.token"), "")).await;
+    assert_error(&r, 401, "invalid_token");
+    let other = key("k1");
+    let r = raw(
+        gw.addr(),
+        &get_with(
+            "/h22/x",
+            Some(&token(
+                &other,
+                "https://idp.tinh.gov.vn",
+                serde_json::json!({}),
+            )),
+            "",
+        ),
+    )
+    .await;
+    assert_error(&r, 401, "invalid_token");
+    let t = token(&k, "https://idp.tinh.gov.vn", serde_json::json!({}));
+    let two = format!("Authorization: Bearer {t}\r\n");
+    let r = raw(gw.addr(), &get_with("/h22/x", Some(&t), &two)).await;
+    assert_error(&r, 401, "invalid_token");
+    assert_eq!(up.count(), 0);
+    // A route without an auth table denies everyone, even with a valid token.
+    let r = raw(gw.addr(), &get_with("/undeclared/x", Some(&t), "")).await;
+    assert_error(&r, 403, "forbidden");
+    // The token never shows up in the response.
+    assert!(!String::from_utf8_lossy(&r.body).contains(&t[..20]));
+    let (_, metrics) = admin_get(&gw, "/metrics").await;
+    assert!(
+        metrics.contains("lienthong_auth_failures_total{reason=\"missing_token\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn valid_callers_pass_with_identity_headers_and_others_get_403() {
+    let up = MockUpstream::start(echo("up")).await;
+    let k = key("k1");
+    let gw = static_issuer_gateway(&up, &k).await;
+    let t = token(&k, "https://idp.tinh.gov.vn", serde_json::json!({}));
+    let r = raw(
+        gw.addr(),
+        &get_with(
+            "/h22/x",
+            Some(&t),
+            "X-Lienthong-Caller-Agency: 000.00.01.G01\r\n",
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let seen = up.last();
+    assert_eq!(
+        seen.header("x-lienthong-caller-agency"),
+        Some("000.00.01.H22")
+    );
+    assert_eq!(seen.header("x-lienthong-caller-subject"), Some("officer-7"));
+    assert_eq!(seen.header("x-lienthong-caller-roles"), Some("reader"));
+    assert_eq!(seen.header("x-lienthong-caller-issuer"), Some("idp"));
+    assert!(
+        seen.header("authorization").is_none(),
+        "the raw token is not forwarded by default"
+    );
+    // forward_token routes pass it on.
+    raw(gw.addr(), &get_with("/fwd/x", Some(&t), "")).await;
+    assert_eq!(
+        up.last().header("authorization"),
+        Some(format!("Bearer {t}").as_str())
+    );
+    // Another province's agency, a missing role, a missing scope: 403.
+    let g01 = token(
+        &k,
+        "https://idp.tinh.gov.vn",
+        serde_json::json!({"agency": "000.00.01.G01"}),
+    );
+    assert_error(
+        &raw(gw.addr(), &get_with("/h22/x", Some(&g01), "")).await,
+        403,
+        "forbidden",
+    );
+    let norole = token(
+        &k,
+        "https://idp.tinh.gov.vn",
+        serde_json::json!({"roles": []}),
+    );
+    assert_error(
+        &raw(gw.addr(), &get_with("/h22/x", Some(&norole), "")).await,
+        403,
+        "forbidden",
+    );
+    assert_error(
+        &raw(gw.addr(), &get_with("/scoped/x", Some(&t), "")).await,
+        403,
+        "forbidden",
+    );
+    // Anonymous routes need nothing.
+    assert_eq!(
+        raw(gw.addr(), &get_with("/public/x", None, ""))
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn certificate_bound_token_without_the_certificate_is_403() {
+    let up = MockUpstream::start(echo("up")).await;
+    let k = key("k1");
+    let gw = static_issuer_gateway(&up, &k).await;
+    let thumb = lienthong::server::cert_thumbprint(b"some agency certificate");
+    let bound = token(
+        &k,
+        "https://idp.tinh.gov.vn",
+        serde_json::json!({"cnf": {"x5t#S256": thumb}}),
+    );
+    let r = raw(gw.addr(), &get_with("/h22/x", Some(&bound), "")).await;
+    assert_error(&r, 403, "forbidden");
+    assert_eq!(up.count(), 0);
+}
+
+/// A JWKS endpoint whose document the test can change, take down, and count.
+struct Jwks {
+    up: MockUpstream,
+    doc: Arc<Mutex<serde_json::Value>>,
+    down: Arc<Mutex<bool>>,
+    fetches: Arc<AtomicUsize>,
+}
+
+async fn jwks_upstream(keys: &[&TestKey]) -> Jwks {
+    let doc = Arc::new(Mutex::new(
+        serde_json::json!({"keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>()}),
+    ));
+    let down = Arc::new(Mutex::new(false));
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let (d, dn, f) = (doc.clone(), down.clone(), fetches.clone());
+    let up = MockUpstream::start(Arc::new(move |s: &Seen| {
+        if s.uri.starts_with("/.well-known/jwks.json") {
+            f.fetch_add(1, Ordering::SeqCst);
+            if *dn.lock().unwrap() {
+                return Action::Respond(json_response(503, serde_json::json!({})));
+            }
+            return Action::Respond(json_response(200, d.lock().unwrap().clone()));
+        }
+        Action::Respond(json_response(200, serde_json::json!({"ok": true})))
+    }))
+    .await;
+    Jwks {
+        up,
+        doc,
+        down,
+        fetches,
+    }
+}
+
+#[tokio::test]
+async fn jwks_rotation_refetch_bound_and_fail_closed() {
+    let k1 = key("k1");
+    let k2 = key("k2");
+    let jwks = jwks_upstream(&[&k1]).await;
+    let api = MockUpstream::start(echo("api")).await;
+    let cfg = base_config(&format!(
+        r#"
+[[auth.issuers]]
+name = "idp"
+iss = "https://idp"
+audiences = ["lienthong"]
+algorithms = ["EdDSA"]
+jwks = {{ upstream = "idp", path = "/.well-known/jwks.json", refresh_interval = "300ms", min_refetch_interval = "200ms", max_stale = "1500ms" }}
+[upstreams.idp]
+endpoints = ["{idp}"]
+[upstreams.api]
+endpoints = ["{api}"]
+[[routes]]
+name = "api"
+path_prefix = "/"
+upstream = "api"
+auth = {{}}
+"#,
+        idp = jwks.up.url(),
+        api = api.url()
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    let t1 = token(&k1, "https://idp", serde_json::json!({}));
+    assert_eq!(
+        raw(gw.addr(), &get_with("/x", Some(&t1), "")).await.status,
+        200
+    );
+    let after_first = jwks.fetches.load(Ordering::SeqCst);
+    assert!(after_first >= 1);
+
+    // Unknown kids from an attacker do not each cause a fetch.
+    let stranger = key("zz");
+    for i in 0..20 {
+        let t = token(&stranger, "https://idp", serde_json::json!({"jti": i}));
+        assert_eq!(
+            raw(gw.addr(), &get_with("/x", Some(&t), "")).await.status,
+            401
+        );
+    }
+    assert!(
+        jwks.fetches.load(Ordering::SeqCst) <= after_first + 1,
+        "fetches are rate-limited"
+    );
+
+    // A newly published key is accepted after a refetch.
+    *jwks.doc.lock().unwrap() = serde_json::json!({"keys": [k1.jwk.clone(), k2.jwk.clone()]});
+    let t2 = token(&k2, "https://idp", serde_json::json!({}));
+    eventually("new kid accepted", Duration::from_secs(5), || async {
+        raw(gw.addr(), &get_with("/x", Some(&t2), "")).await.status == 200
+    })
+    .await;
+
+    // A removed key is refused once the set is refreshed (fresh tokens: not cached).
+    *jwks.doc.lock().unwrap() = serde_json::json!({"keys": [k2.jwk.clone()]});
+    eventually("removed key refused", Duration::from_secs(5), || async {
+        let t = token(
+            &k1,
+            "https://idp",
+            serde_json::json!({"jti": now().to_string() + "-r"}),
+        );
+        raw(gw.addr(), &get_with("/x", Some(&t), "")).await.status == 401
+    })
+    .await;
+
+    // JWKS down: the last good keys serve, then the issuer fails closed with 503.
+    *jwks.down.lock().unwrap() = true;
+    let fresh = || {
+        token(
+            &k2,
+            "https://idp",
+            serde_json::json!({"jti": format!("{:?}", std::time::Instant::now())}),
+        )
+    };
+    assert_eq!(
+        raw(gw.addr(), &get_with("/x", Some(&fresh()), ""))
+            .await
+            .status,
+        200
+    );
+    eventually(
+        "fail closed after max_stale",
+        Duration::from_secs(6),
+        || async {
+            let r = raw(gw.addr(), &get_with("/x", Some(&fresh()), "")).await;
+            r.status == 503 && r.json()["code"] == "issuer_unavailable"
+        },
+    )
+    .await;
+    // The key endpoint was never called with anything but the configured path.
+    assert!(jwks
+        .up
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|s| s.uri == "/.well-known/jwks.json"));
+}
+
+#[tokio::test]
+async fn oauth2_token_is_fetched_once_refreshed_and_reauthenticated_once_on_401() {
+    let token_calls = Arc::new(AtomicUsize::new(0));
+    let tc = token_calls.clone();
+    let idp = MockUpstream::start(Arc::new(move |s: &Seen| {
+        assert_eq!(s.method, "POST");
+        let n = tc.fetch_add(1, Ordering::SeqCst) + 1;
+        Action::Delay(
+            Duration::from_millis(50),
+            json_response(200, serde_json::json!({"access_token": format!("tok-{n}"), "expires_in": 3600, "token_type": "Bearer"})),
+        )
+    }))
+    .await;
+    // The API refuses "tok-1" once (as if revoked), then accepts any token.
+    let refused = Arc::new(AtomicUsize::new(0));
+    let rf = refused.clone();
+    let api = MockUpstream::start(Arc::new(move |s: &Seen| {
+        if s.header("authorization") == Some("Bearer tok-1")
+            && s.uri == "/revoke-me"
+            && rf.fetch_add(1, Ordering::SeqCst) == 0
+        {
+            return Action::Respond(json_response(401, serde_json::json!({})));
+        }
+        Action::Respond(json_response(
+            200,
+            serde_json::json!({"auth": s.header("authorization")}),
+        ))
+    }))
+    .await;
+    std::env::set_var("LIENTHONG_TEST_CLIENT_SECRET", "s3cr3t value");
+    let cfg = base_config(&format!(
+        r#"
+[upstreams.idp]
+endpoints = ["{idp}"]
+[upstreams.api]
+endpoints = ["{api}"]
+[upstreams.api.credentials]
+type = "oauth2"
+token_upstream = "idp"
+token_path = "/token"
+client_id = "lienthong"
+client_secret = {{ env = "LIENTHONG_TEST_CLIENT_SECRET" }}
+scope = "dvc"
+[[routes]]
+name = "api"
+path_prefix = "/"
+upstream = "api"
+auth = {{ anonymous = true }}
+"#,
+        idp = idp.url(),
+        api = api.url()
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    let mut tasks = Vec::new();
+    for _ in 0..30 {
+        let addr = gw.addr();
+        tasks.push(tokio::spawn(async move { raw_get(addr, "/x").await }));
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["auth"], "Bearer tok-1");
+    }
+    assert_eq!(
+        token_calls.load(Ordering::SeqCst),
+        1,
+        "one token request served all concurrent calls"
+    );
+    let req = idp.last();
+    assert_eq!(
+        req.header("content-type"),
+        Some("application/x-www-form-urlencoded")
+    );
+    assert!(req.header("authorization").unwrap().starts_with("Basic "));
+    assert_eq!(
+        std::str::from_utf8(&req.body).unwrap(),
+        "grant_type=client_credentials&scope=dvc"
+    );
+
+    // 401 from the upstream: exactly one re-authentication, then success.
+    let r = raw_get(gw.addr(), "/revoke-me").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["auth"], "Bearer tok-2");
+    assert_eq!(token_calls.load(Ordering::SeqCst), 2);
+
+    // The secret never appears in the admin config view.
+    let (_, cfgview) = admin_get(&gw, "/admin/config").await;
+    assert!(!cfgview.contains("s3cr3t"), "{cfgview}");
+    assert!(cfgview.contains("redacted"));
+}
+
+#[tokio::test]
+async fn oauth2_token_is_refreshed_before_expiry() {
+    let token_calls = Arc::new(AtomicUsize::new(0));
+    let tc = token_calls.clone();
+    let idp = MockUpstream::start(Arc::new(move |_s: &Seen| {
+        let n = tc.fetch_add(1, Ordering::SeqCst) + 1;
+        Action::Respond(json_response(
+            200,
+            serde_json::json!({"access_token": format!("tok-{n}"), "expires_in": 2}),
+        ))
+    }))
+    .await;
+    let api = MockUpstream::start(Arc::new(|s: &Seen| {
+        Action::Respond(json_response(
+            200,
+            serde_json::json!({"auth": s.header("authorization")}),
+        ))
+    }))
+    .await;
+    std::env::set_var("LIENTHONG_TEST_CLIENT_SECRET2", "x");
+    let cfg = base_config(&format!(
+        r#"
+[upstreams.idp]
+endpoints = ["{idp}"]
+[upstreams.api]
+endpoints = ["{api}"]
+[upstreams.api.credentials]
+type = "oauth2"
+token_upstream = "idp"
+client_id = "lienthong"
+client_secret = {{ env = "LIENTHONG_TEST_CLIENT_SECRET2" }}
+client_auth = "form"
+refresh_margin = "1s"
+[[routes]]
+name = "api"
+path_prefix = "/"
+upstream = "api"
+auth = {{ anonymous = true }}
+"#,
+        idp = idp.url(),
+        api = api.url()
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    assert_eq!(
+        raw_get(gw.addr(), "/x").await.json()["auth"],
+        "Bearer tok-1"
+    );
+    assert!(std::str::from_utf8(&idp.last().body)
+        .unwrap()
+        .contains("client_id=lienthong&client_secret=x"));
+    // Refreshed once the token is within the margin of its expiry, before it lapses.
+    eventually("refreshed token in use", Duration::from_secs(5), || async {
+        raw_get(gw.addr(), "/x").await.json()["auth"] == "Bearer tok-2"
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn own_jwt_and_static_header_credentials() {
+    let api = MockUpstream::start(echo("api")).await;
+    std::env::set_var("LIENTHONG_TEST_API_KEY", "key-123");
+    std::env::set_var("LIENTHONG_TEST_LGSP_SECRET", "lgsp-secret");
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let cfg = base_config(&format!(
+        r#"
+[auth.signing]
+key = "{repo}/config/dev/lienthong-signing.key.pem"
+kid = "lt-1"
+[upstreams.jwt]
+endpoints = ["{api}"]
+[upstreams.jwt.credentials]
+type = "jwt"
+audience = "https://ngsp.gov.vn"
+ttl = "5m"
+[upstreams.key]
+endpoints = ["{api}"]
+[upstreams.key.credentials]
+type = "header"
+header = "X-Api-Key"
+value = {{ env = "LIENTHONG_TEST_API_KEY" }}
+[upstreams.lgsp]
+endpoints = ["{api}"]
+[upstreams.lgsp.credentials]
+type = "lgsp"
+fields = {{ AppName = "lienthong", PartnerCode = "000.00.01.H22", SecretKey = {{ env = "LIENTHONG_TEST_LGSP_SECRET" }} }}
+[[routes]]
+name = "jwt"
+path_prefix = "/jwt"
+upstream = "jwt"
+auth = {{ anonymous = true }}
+[[routes]]
+name = "key"
+path_prefix = "/key"
+upstream = "key"
+auth = {{ anonymous = true }}
+[[routes]]
+name = "lgsp"
+path_prefix = "/lgsp"
+upstream = "lgsp"
+auth = {{ anonymous = true }}
+"#,
+        api = api.url()
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    // The JWT lienthong presents verifies against its published JWKS.
+    raw_get(gw.addr(), "/jwt/x").await;
+    let bearer = up_header(&api, "authorization")
+        .strip_prefix("Bearer ")
+        .unwrap()
+        .to_string();
+    let jwks = raw_get(gw.addr(), "/.well-known/jwks.json").await;
+    assert_eq!(jwks.status, 200);
+    let set = lienthong::auth::keys::KeySet::from_jwks(&jwks.body).unwrap();
+    assert_eq!(set.len(), 1);
+    let parts: Vec<&str> = bearer.split('.').collect();
+    let payload: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(parts[1])
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(payload["aud"], "https://ngsp.gov.vn");
+    let jwk = jsonwebtoken::jwk::JwkSet {
+        keys: serde_json::from_value(
+            serde_json::from_slice::<serde_json::Value>(&jwks.body).unwrap()["keys"].clone(),
+        )
+        .unwrap(),
+    };
+    let dk = jsonwebtoken::DecodingKey::from_jwk(&jwk.keys[0]).unwrap();
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    v.set_audience(&["https://ngsp.gov.vn"]);
+    jsonwebtoken::decode::<serde_json::Value>(&bearer, &dk, &v)
+        .expect("lienthong's JWT verifies with its JWKS");
+
+    raw_get(gw.addr(), "/key/x").await;
+    assert_eq!(up_header(&api, "x-api-key"), "key-123");
+    raw_get(gw.addr(), "/lgsp/x").await;
+    let cred = up_header(&api, "lgspaccesstoken");
+    let decoded: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(cred)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(decoded["PartnerCode"], "000.00.01.H22");
+    assert_eq!(decoded["SecretKey"], "lgsp-secret");
+}
+
+fn up_header(up: &MockUpstream, name: &str) -> String {
+    up.last()
+        .header(name)
+        .unwrap_or_else(|| panic!("upstream got no {name}"))
+        .to_string()
+}
