@@ -27,6 +27,8 @@ ${EXTRA_UPSTREAM:-}
 name = "plain"
 path_prefix = "/"
 upstream = "bench"
+auth = { anonymous = true }
 ${EXTRA_ROUTE:-}
+${EXTRA_CONFIG:-}
 TOML
 exec "${LIENTHONG_BIN:-$HERE/target/release/lienthong}" serve --config "$DIR/lienthong.toml"

@@ -12,6 +12,7 @@
 //! - [`admin`]     — the admin listener: health, readiness, metrics, config, upstreams, reload.
 //! - [`auth`]      — JWT verification (RFC 8725), key sets and JWKS rotation, callers, access rules.
 //! - [`translate`] — the streaming XML↔JSON engine and SOAP envelopes; knows nothing about HTTP.
+//! - [`cache`]     — lookup data in moka (coalescing, refresh-ahead, serve-stale) and the GET response cache.
 //! - [`audit`]     — the tamper-evident audit log: Merkle tree, signed checkpoints, framed records, verifier.
 //! - [`observe`]   — metrics recorder and logging; one access-log line per request.
 //!
@@ -32,6 +33,7 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod body;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod error;

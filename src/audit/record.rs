@@ -353,7 +353,15 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
         part.iter()
             .try_fold(0u32, |acc, c| Some(acc * 10 + u32::from(c - b'0')))
     };
-    let seps = [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':'), (19, b'.'), (23, b'Z')];
+    let seps = [
+        (4, b'-'),
+        (7, b'-'),
+        (10, b'T'),
+        (13, b':'),
+        (16, b':'),
+        (19, b'.'),
+        (23, b'Z'),
+    ];
     if seps.iter().any(|&(i, c)| b[i] != c) {
         return None;
     }
@@ -484,7 +492,7 @@ fn mask_digit_runs(s: &str, query: bool) -> String {
         // Extend over digits and single separators that sit between digits.
         let start = i;
         let mut digits = 0;
-        let mut end = i;
+        let mut end;
         let mut j = i;
         loop {
             while j < b.len() && b[j].is_ascii_digit() {
@@ -505,12 +513,23 @@ fn mask_digit_runs(s: &str, query: bool) -> String {
         if digits >= MASK_MIN_DIGITS {
             out.push_str(&s[copied..start]);
             let mut seen = 0;
-            for &c in &b[start..end] {
+            let mut k = start;
+            while k < end {
+                let c = b[k];
                 if c.is_ascii_digit() {
                     seen += 1;
-                    out.push(if seen > digits - MASK_KEEP_LAST { c as char } else { '*' });
+                    out.push(if seen > digits - MASK_KEEP_LAST {
+                        c as char
+                    } else {
+                        '*'
+                    });
+                    k += 1;
                 } else {
-                    out.push(c as char);
+                    // A separator; `%20` has digits of its own that are not
+                    // part of the number.
+                    let sep = separator_len(b, k, query).max(1);
+                    out.push_str(&s[k..k + sep]);
+                    k += sep;
                 }
             }
             copied = end;
@@ -573,7 +592,8 @@ pub fn contains_secret_like(s: &str) -> bool {
             let after = &lower[from + p + key.len()..];
             // Skip the rest of the key name (e.g. `access_token_x`), optional
             // closing quote, then an assignment with a non-empty value.
-            let after = after.trim_start_matches(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            let after = after
+                .trim_start_matches(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-');
             let after = after.strip_prefix('"').unwrap_or(after);
             let after = after.trim_start();
             if let Some(v) = after.strip_prefix('=').or_else(|| after.strip_prefix(':')) {
@@ -620,11 +640,17 @@ mod tests {
             ("/cmnd/123456789/anh", "/cmnd/*******89/anh"),
             ("/dn/0101234567", "/dn/********67"),
             ("/dn/0101234567-001", "/dn/********67-001"),
-            ("/tra-cuu?cccd=079201001234&ky=2024", "/tra-cuu?cccd=**********34&ky=2024"),
+            (
+                "/tra-cuu?cccd=079201001234&ky=2024",
+                "/tra-cuu?cccd=**********34&ky=2024",
+            ),
             ("/sdt?so=0912.345.678", "/sdt?so=****.***.*78"),
             ("/sdt?so=0912+345+678", "/sdt?so=****+***+*78"),
             ("/sdt?so=0912%20345%20678", "/sdt?so=****%20***%20*78"),
-            ("/hs/000.00.01.H01-240101-0001", "/hs/000.00.01.H01-240101-0001"),
+            (
+                "/hs/000.00.01.H01-240101-0001",
+                "/hs/000.00.01.H01-240101-0001",
+            ),
             ("/nam/2024/trang/12345678", "/nam/2024/trang/12345678"),
             // Percent-encoded digits are decoded before masking.
             ("/dan-cu/%30%37%3920%31001234", "/dan-cu/**********34"),
@@ -669,8 +695,18 @@ mod tests {
     fn time_roundtrip() {
         assert_eq!(format_epoch_ms(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(format_epoch_ms(951_782_400_123), "2000-02-29T00:00:00.123Z");
-        assert_eq!(format_epoch_ms(1_717_171_717_171), "2024-05-31T16:08:37.171Z");
-        for ms in [0u64, 1, 86_399_999, 951_782_400_123, 1_717_171_717_171, 4_102_444_800_000] {
+        assert_eq!(
+            format_epoch_ms(1_717_171_717_171),
+            "2024-05-31T16:08:37.171Z"
+        );
+        for ms in [
+            0u64,
+            1,
+            86_399_999,
+            951_782_400_123,
+            1_717_171_717_171,
+            4_102_444_800_000,
+        ] {
             assert_eq!(parse_rfc3339_ms(&format_epoch_ms(ms)), Some(ms));
         }
         assert_eq!(parse_rfc3339_ms("2024-04-31T00:00:00.000Z"), None);
@@ -693,7 +729,12 @@ mod tests {
         ] {
             assert!(contains_secret_like(s), "missed {s:?}");
         }
-        for s in ["/dan-cu/**********34", "token_count", "route secret-santa", "basic"] {
+        for s in [
+            "/dan-cu/**********34",
+            "token_count",
+            "route secret-santa",
+            "basic",
+        ] {
             assert!(!contains_secret_like(s), "false positive {s:?}");
         }
         // ...and a fully populated record, built the way the gateway builds

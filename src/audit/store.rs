@@ -248,18 +248,25 @@ impl Filter {
     /// check; the SQL conditions only narrow the scan).
     pub fn matches(&self, idx: u64, rec: &AuditRecord) -> bool {
         let time = rec.time_ms();
-        self.dossier.as_ref().is_none_or(|d| rec.dossier.as_ref() == Some(d))
+        self.dossier
+            .as_ref()
+            .is_none_or(|d| rec.dossier.as_ref() == Some(d))
             && self
                 .agency
                 .as_ref()
                 .is_none_or(|a| rec.caller.as_ref().map(|c| &c.agency) == Some(a))
-            && self.route.as_ref().is_none_or(|r| rec.route.as_ref() == Some(r))
+            && self
+                .route
+                .as_ref()
+                .is_none_or(|r| rec.route.as_ref() == Some(r))
             && self.status.is_none_or(|s| rec.status == Some(s))
             && self.kind.is_none_or(|k| rec.kind == k)
             && self
                 .from
                 .is_none_or(|f| time.is_some_and(|t| t >= epoch_ms(f)))
-            && self.to.is_none_or(|t| time.is_some_and(|x| x < epoch_ms(t)))
+            && self
+                .to
+                .is_none_or(|t| time.is_some_and(|x| x < epoch_ms(t)))
             && self.from_index.is_none_or(|i| idx >= i)
     }
 }
@@ -487,9 +494,9 @@ impl Store {
 
     /// Highest stored index.
     pub fn last_index(&self) -> Result<Option<u64>, AuditError> {
-        let v: Option<i64> = self
-            .conn
-            .query_row("SELECT MAX(idx) FROM audit_records", [], |r| r.get(0))?;
+        let v: Option<i64> =
+            self.conn
+                .query_row("SELECT MAX(idx) FROM audit_records", [], |r| r.get(0))?;
         v.map(to_u64).transpose()
     }
 
@@ -517,7 +524,10 @@ impl Store {
 
     /// The checkpoint with the largest size (parsed, not verified).
     pub fn latest_checkpoint(&self) -> Result<Option<SignedCheckpoint>, AuditError> {
-        self.checkpoint_where("SELECT note FROM audit_checkpoints ORDER BY size DESC LIMIT 1", None)
+        self.checkpoint_where(
+            "SELECT note FROM audit_checkpoints ORDER BY size DESC LIMIT 1",
+            None,
+        )
     }
 
     /// The checkpoint of exactly `size`.
@@ -558,7 +568,7 @@ impl Store {
             .conn
             .query_row(
                 "SELECT peaks FROM audit_frontiers WHERE size <= ?1 ORDER BY size DESC LIMIT 1",
-                [to_i64(at_most)?],
+                [i64::try_from(at_most).unwrap_or(i64::MAX)],
                 |r| r.get(0),
             )
             .optional()?;
@@ -655,12 +665,12 @@ impl Store {
             "INSERT INTO audit_prunes (size, peaks, admin_idx, pruned_at_ms) VALUES (?1, ?2, ?3, ?4)",
             params![to_i64(size)?, peaks, to_i64(admin_idx)?, to_i64(now)?],
         )?;
-        let deleted = tx.execute(
-            "DELETE FROM audit_records WHERE idx < ?1",
+        let deleted = tx.execute("DELETE FROM audit_records WHERE idx < ?1", [to_i64(size)?])?;
+        // Frontiers below the prune point can never be resumed from again.
+        tx.execute(
+            "DELETE FROM audit_frontiers WHERE size < ?1",
             [to_i64(size)?],
         )?;
-        // Frontiers below the prune point can never be resumed from again.
-        tx.execute("DELETE FROM audit_frontiers WHERE size < ?1", [to_i64(size)?])?;
         tx.commit()?;
         Ok(deleted as u64)
     }
@@ -691,10 +701,20 @@ impl Store {
             cond(&mut sql, "kind", "=", Value::Text(k.as_str().into()));
         }
         if let Some(f) = filter.from {
-            cond(&mut sql, "time_ms", ">=", Value::Integer(to_i64(epoch_ms(f))?));
+            cond(
+                &mut sql,
+                "time_ms",
+                ">=",
+                Value::Integer(to_i64(epoch_ms(f))?),
+            );
         }
         if let Some(t) = filter.to {
-            cond(&mut sql, "time_ms", "<", Value::Integer(to_i64(epoch_ms(t))?));
+            cond(
+                &mut sql,
+                "time_ms",
+                "<",
+                Value::Integer(to_i64(epoch_ms(t))?),
+            );
         }
         if let Some(i) = filter.from_index {
             cond(&mut sql, "idx", ">=", Value::Integer(to_i64(i)?));
@@ -708,12 +728,11 @@ impl Store {
             let idx = to_u64(row.get(0)?)?;
             let blob: Vec<u8> = row.get(1)?;
             let (payload, _) = decode_row(idx, &blob)?;
-            let rec: AuditRecord = serde_json::from_slice(&payload).map_err(|e| {
-                AuditError::Corrupt {
+            let rec: AuditRecord =
+                serde_json::from_slice(&payload).map_err(|e| AuditError::Corrupt {
                     index: idx,
                     reason: format!("record is not valid JSON: {e}"),
-                }
-            })?;
+                })?;
             if filter.matches(idx, &rec) {
                 out.push((idx, rec));
             }

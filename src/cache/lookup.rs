@@ -470,7 +470,10 @@ impl Lookup {
     ) -> Result<Lookup, SpecError> {
         spec.validate()?;
         let expiry = GcExpiry {
-            positive: spec.ttl.saturating_add(spec.max_stale).saturating_add(GC_MARGIN),
+            positive: spec
+                .ttl
+                .saturating_add(spec.max_stale)
+                .saturating_add(GC_MARGIN),
             negative: spec.negative_ttl.unwrap_or(Duration::ZERO),
         };
         let cache = Cache::builder()
@@ -533,7 +536,7 @@ impl Lookup {
         if age < spec.ttl {
             inner.hits.fetch_add(1, Ordering::Relaxed);
             if let Some(ahead) = spec.refresh_ahead {
-                if age >= spec.ttl - ahead && !self.in_backoff(&entry, now) {
+                if age > spec.ttl - ahead && !self.in_backoff(&entry, now) {
                     self.spawn_refresh(&key, entry.clone());
                 }
             }
@@ -553,7 +556,10 @@ impl Lookup {
             Ok(fresh) => self.serve(&fresh, false, false),
             Err(source) => {
                 // The entry is untouched (still in the cache with its fetch time).
-                let age = inner.clock.now().saturating_duration_since(entry.fetched_at);
+                let age = inner
+                    .clock
+                    .now()
+                    .saturating_duration_since(entry.fetched_at);
                 if age <= stale_limit {
                     inner.stale_served.fetch_add(1, Ordering::Relaxed);
                     self.serve(&entry, true, false)
@@ -665,7 +671,11 @@ impl Lookup {
             value: value.clone(),
             etag: e.etag.clone(),
             fetched_at: e.fetched_wall,
-            age: self.inner.clock.now().saturating_duration_since(e.fetched_at),
+            age: self
+                .inner
+                .clock
+                .now()
+                .saturating_duration_since(e.fetched_at),
             stale,
             from_cache,
         })
@@ -1121,10 +1131,7 @@ pub mod response {
             let vary = self.vary.get(&primary).await?;
             let key = full_key(primary, &vary, req.headers);
             let stored = self.entries.get(&key).await?;
-            let age = self
-                .clock
-                .now()
-                .saturating_duration_since(stored.stored_at);
+            let age = self.clock.now().saturating_duration_since(stored.stored_at);
             if age >= stored.ttl {
                 self.entries.invalidate(&key).await;
                 return None;
@@ -1391,7 +1398,9 @@ pub mod response {
                 ("transfer-encoding", "chunked"),
                 ("age", "3"),
             ]);
-            let out = cache.store(&req(&none, None), 200, &resp, &body("{}")).await;
+            let out = cache
+                .store(&req(&none, None), 200, &resp, &body("{}"))
+                .await;
             assert_eq!(
                 out,
                 StoreOutcome::Stored {
@@ -1403,7 +1412,13 @@ pub mod response {
             assert_eq!(hit.body, body("{}"));
             assert_eq!(hit.age, Duration::from_secs(59));
             // Hop-by-hop, Connection-named and Age headers are not stored.
-            assert_eq!(hit.headers, h(&[("content-type", "application/json")]));
+            assert_eq!(
+                hit.headers,
+                h(&[
+                    ("cache-control", "max-age=60"),
+                    ("content-type", "application/json")
+                ])
+            );
             clock.advance(Duration::from_secs(1));
             assert!(cache.lookup(&req(&none, None)).await.is_none());
         }
@@ -1442,11 +1457,15 @@ pub mod response {
             let (cache, _) = setup(false);
             let creds = h(&[("authorization", "Bearer x")]);
             let resp = h(&[("cache-control", "max-age=60")]);
-            let out = cache.store(&req(&creds, None), 200, &resp, &body("x")).await;
+            let out = cache
+                .store(&req(&creds, None), 200, &resp, &body("x"))
+                .await;
             assert_eq!(out, StoreOutcome::NotStored(NotStored::UnknownCaller));
             // Public routes share entries whoever asks.
             let (public, _) = setup(true);
-            public.store(&req(&creds, Some("A")), 200, &resp, &body("p")).await;
+            public
+                .store(&req(&creds, Some("A")), 200, &resp, &body("p"))
+                .await;
             let none = h(&[]);
             assert_eq!(
                 public.lookup(&req(&none, Some("B"))).await.unwrap().body,
@@ -1459,9 +1478,18 @@ pub mod response {
             let (shared, _) = setup(true);
             let none = h(&[]);
             let cases = [
-                (h(&[("cache-control", "no-store, max-age=60")]), NotStored::NoStore),
-                (h(&[("cache-control", "no-cache, max-age=60")]), NotStored::NoCache),
-                (h(&[("cache-control", "private, max-age=60")]), NotStored::Private),
+                (
+                    h(&[("cache-control", "no-store, max-age=60")]),
+                    NotStored::NoStore,
+                ),
+                (
+                    h(&[("cache-control", "no-cache, max-age=60")]),
+                    NotStored::NoCache,
+                ),
+                (
+                    h(&[("cache-control", "private, max-age=60")]),
+                    NotStored::Private,
+                ),
                 (
                     h(&[("cache-control", "max-age=60"), ("set-cookie", "s=1")]),
                     NotStored::SetCookie,
@@ -1474,7 +1502,9 @@ pub mod response {
                 (h(&[("cache-control", "max-age=0")]), NotStored::NoFreshness),
             ];
             for (resp, why) in cases {
-                let out = shared.store(&req(&none, None), 200, &resp, &body("x")).await;
+                let out = shared
+                    .store(&req(&none, None), 200, &resp, &body("x"))
+                    .await;
                 assert_eq!(out, StoreOutcome::NotStored(why), "{resp:?}");
                 assert!(shared.lookup(&req(&none, None)).await.is_none());
             }
@@ -1488,7 +1518,9 @@ pub mod response {
             let out = shared.store(&post, 200, &ok, &body("x")).await;
             assert_eq!(out, StoreOutcome::NotStored(NotStored::Method));
             let no_store = h(&[("cache-control", "no-store")]);
-            let out = shared.store(&req(&no_store, None), 200, &ok, &body("x")).await;
+            let out = shared
+                .store(&req(&no_store, None), 200, &ok, &body("x"))
+                .await;
             assert_eq!(out, StoreOutcome::NotStored(NotStored::RequestNoStore));
             let big = Bytes::from(vec![b'x'; shared.policy().max_entry_bytes + 1]);
             let out = shared.store(&req(&none, None), 200, &ok, &big).await;
@@ -1536,12 +1568,21 @@ pub mod response {
             let none = h(&[]);
             let resp = h(&[("cache-control", "max-age=60"), ("vary", "Accept-Language")]);
             cache.store(&req(&vi, None), 200, &resp, &body("vi")).await;
-            assert_eq!(cache.lookup(&req(&vi, None)).await.unwrap().body, body("vi"));
+            assert_eq!(
+                cache.lookup(&req(&vi, None)).await.unwrap().body,
+                body("vi")
+            );
             assert!(cache.lookup(&req(&en, None)).await.is_none());
             assert!(cache.lookup(&req(&none, None)).await.is_none());
             cache.store(&req(&en, None), 200, &resp, &body("en")).await;
-            assert_eq!(cache.lookup(&req(&en, None)).await.unwrap().body, body("en"));
-            assert_eq!(cache.lookup(&req(&vi, None)).await.unwrap().body, body("vi"));
+            assert_eq!(
+                cache.lookup(&req(&en, None)).await.unwrap().body,
+                body("en")
+            );
+            assert_eq!(
+                cache.lookup(&req(&vi, None)).await.unwrap().body,
+                body("vi")
+            );
         }
 
         #[tokio::test]
@@ -1722,15 +1763,16 @@ mod tests {
         source.set(Some("k"), b("v1"));
         lookup.get(Some("k")).await.unwrap();
         source.set(Some("k"), b("v2"));
-        source.set_delay(Duration::from_millis(50));
-        clock.advance(6 * SEC); // before the refresh window
+        // Long enough that the 20 requests below certainly run while it is in flight.
+        source.set_delay(Duration::from_millis(300));
+        clock.advance(7 * SEC); // age 7 s = ttl - refresh_ahead: not yet in the window
         assert_eq!(lookup.get(Some("k")).await.unwrap().value, b("v1"));
         assert_eq!(source.calls(), 1);
-        clock.advance(2 * SEC); // age 8 s ≥ 10 - 3
+        clock.advance(SEC); // age 8 s > 10 - 3
         let served = lookup.get(Some("k")).await.unwrap();
         assert_eq!(served.value, b("v1"));
         assert!(served.from_cache && !served.stale);
-        // The background call starts once this task yields, and takes 50 ms.
+        // The background call starts once this task yields, and takes 300 ms.
         until(|| source.calls() == 2).await;
         for _ in 0..20 {
             let served = lookup.get(Some("k")).await.unwrap();
@@ -1786,7 +1828,10 @@ mod tests {
         assert_eq!(stale.value, b("v1"));
         assert!(stale.stale);
         assert_eq!(stale.age, 15 * SEC);
-        assert_eq!(stale.fetched_at, first.fetched_at, "original fetch time kept");
+        assert_eq!(
+            stale.fetched_at, first.fetched_at,
+            "original fetch time kept"
+        );
         assert_eq!(stale.etag, first.etag);
         assert_eq!(source.calls(), 2);
 
@@ -1863,7 +1908,10 @@ mod tests {
         assert_eq!(source.calls(), 1);
         clock.advance(5 * SEC);
         source.set(Some("missing"), b("now here"));
-        assert_eq!(lookup.get(Some("missing")).await.unwrap().value, b("now here"));
+        assert_eq!(
+            lookup.get(Some("missing")).await.unwrap().value,
+            b("now here")
+        );
         assert_eq!(source.calls(), 2);
         // A key deleted at the source becomes a cached "not found" on refresh.
         source.remove(Some("missing"));
@@ -1966,8 +2014,14 @@ mod tests {
             Err(LookupError::BadKey { .. })
         ));
         let (keyed, _, _) = setup(spec(KeyMode::ByKey));
-        assert!(matches!(keyed.get(None).await, Err(LookupError::BadKey { .. })));
-        assert!(matches!(keyed.get(Some("")).await, Err(LookupError::BadKey { .. })));
+        assert!(matches!(
+            keyed.get(None).await,
+            Err(LookupError::BadKey { .. })
+        ));
+        assert!(matches!(
+            keyed.get(Some("")).await,
+            Err(LookupError::BadKey { .. })
+        ));
         let long = "x".repeat(MAX_KEY_BYTES + 1);
         assert!(matches!(
             keyed.get(Some(&long)).await,
