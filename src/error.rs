@@ -14,6 +14,8 @@ pub enum ErrorKind {
     BadRequest,
     /// No route matches host and path. Client's (or the route table's) fault.
     NoRoute,
+    /// The addressed resource (e.g. a lookup entry) does not exist. Client's fault.
+    NotFound,
     /// A route matches the path but not the method. Client's fault.
     MethodNotAllowed,
     /// Request body over the route's cap. Client's fault.

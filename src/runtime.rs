@@ -20,6 +20,7 @@ pub struct Runtime {
     pub pools: BTreeMap<String, Arc<Pool>>,
     pub generation: u64,
     pub auth: crate::auth::AuthRuntime,
+    pub lookups: BTreeMap<String, Arc<crate::cache::serve::ServedLookup>>,
     /// Indexed like `config.routes`.
     pub route_metrics: Vec<crate::observe::RouteMetrics>,
     /// For requests that matched no route.
@@ -81,6 +82,8 @@ impl Runtime {
         if !problems.0.is_empty() {
             return Err(problems);
         }
+        let lookups = crate::cache::serve::build(&config, &pools, previous.map(|p| &p.lookups))
+            .map_err(Problems)?;
         let route_pools = config
             .routes
             .iter()
@@ -100,6 +103,7 @@ impl Runtime {
                 .collect(),
             route_pools,
             auth,
+            lookups,
             route_metrics: config
                 .routes
                 .iter()

@@ -91,11 +91,33 @@ async fn handle(gw: &Gateway, tls: &[Arc<TlsState>], req: Request<Incoming>) -> 
                         .set(e.outstanding() as f64);
                 }
             }
+            for (name, l) in &rt.lookups {
+                for (view, lk) in [("key", &l.by_key), ("table", &l.whole)] {
+                    let st = lk.stats().await;
+                    let labels = [("lookup", name.clone()), ("view", view.to_string())];
+                    metrics::gauge!("lienthong_lookup_entries", &labels).set(st.entries as f64);
+                    metrics::gauge!("lienthong_lookup_weighted_bytes", &labels)
+                        .set(st.weighted_size as f64);
+                    metrics::gauge!("lienthong_lookup_hits", &labels).set(st.hits as f64);
+                    metrics::gauge!("lienthong_lookup_misses", &labels).set(st.misses as f64);
+                    metrics::gauge!("lienthong_lookup_hit_ratio", &labels).set(st.hit_ratio);
+                    metrics::gauge!("lienthong_lookup_stale_served", &labels)
+                        .set(st.stale_served as f64);
+                    metrics::gauge!("lienthong_lookup_source_calls", &labels)
+                        .set(st.source_calls as f64);
+                    metrics::gauge!("lienthong_lookup_source_errors", &labels)
+                        .set(st.source_errors as f64);
+                }
+            }
             if let Some(c) = rt.auth.cache_stats() {
                 metrics::gauge!("lienthong_auth_token_cache_hits").set(c.hits as f64);
                 metrics::gauge!("lienthong_auth_token_cache_misses").set(c.misses as f64);
                 let total = c.hits + c.misses;
-                let ratio = if total == 0 { 0.0 } else { c.hits as f64 / total as f64 };
+                let ratio = if total == 0 {
+                    0.0
+                } else {
+                    c.hits as f64 / total as f64
+                };
                 metrics::gauge!("lienthong_auth_token_cache_hit_ratio").set(ratio);
             }
             let mut r = Response::new(Body::full(gw.metrics.render()));
@@ -140,6 +162,68 @@ async fn handle(gw: &Gateway, tls: &[Arc<TlsState>], req: Request<Incoming>) -> 
                 })
                 .collect();
             json(StatusCode::OK, serde_json::Value::Object(v))
+        }
+        (&Method::GET, "/admin/lookups") => {
+            let rt = gw.runtime();
+            let mut out = serde_json::Map::new();
+            for (name, l) in &rt.lookups {
+                out.insert(
+                    name.clone(),
+                    serde_json::json!({
+                        "by_key": l.by_key.stats().await,
+                        "whole_table": l.whole.stats().await,
+                    }),
+                );
+            }
+            json(StatusCode::OK, serde_json::Value::Object(out))
+        }
+        (&Method::POST, p) if p.starts_with("/admin/lookups/") => {
+            let rt = gw.runtime();
+            let rest = &p["/admin/lookups/".len()..];
+            let key = req
+                .uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("key=")))
+                .map(str::to_string);
+            let Some((name, action)) = rest.split_once('/') else {
+                return json(
+                    StatusCode::NOT_FOUND,
+                    serde_json::json!({"code": "not_found", "message": "use /admin/lookups/NAME/purge or /refresh"}),
+                );
+            };
+            let Some(l) = rt.lookups.get(name) else {
+                return json(
+                    StatusCode::NOT_FOUND,
+                    serde_json::json!({"code": "not_found", "message": "no such lookup"}),
+                );
+            };
+            let view = if key.is_some() { &l.by_key } else { &l.whole };
+            match action {
+                "purge" => {
+                    if key.is_none() {
+                        l.by_key.purge_all();
+                        l.whole.purge_all();
+                    } else {
+                        let _ = view.purge(key.as_deref()).await;
+                    }
+                    tracing::info!(lookup = name, key = ?key, "admin: lookup purged");
+                    json(StatusCode::OK, serde_json::json!({"status": "purged"}))
+                }
+                "refresh" => match view.refresh_now(key.as_deref()).await {
+                    Ok(s) => json(
+                        StatusCode::OK,
+                        serde_json::json!({"status": "refreshed", "etag": s.etag}),
+                    ),
+                    Err(e) => json(
+                        StatusCode::BAD_GATEWAY,
+                        serde_json::json!({"code": "refresh_failed", "message": e.to_string()}),
+                    ),
+                },
+                _ => json(
+                    StatusCode::NOT_FOUND,
+                    serde_json::json!({"code": "not_found", "message": "use purge or refresh"}),
+                ),
+            }
         }
         (&Method::POST, "/admin/reload") => {
             for t in tls {

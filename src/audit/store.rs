@@ -739,12 +739,6 @@ impl Store {
         }
         Ok(out)
     }
-
-    /// Direct access for tests and maintenance tools.
-    #[doc(hidden)]
-    pub fn connection(&self) -> &Connection {
-        &self.conn
-    }
 }
 
 fn insert_checkpoint(

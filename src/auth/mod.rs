@@ -244,7 +244,18 @@ impl AuthRuntime {
         query: Option<&str>,
         client_cert_s256: Option<&str>,
     ) -> Result<Option<Arc<Caller>>, GatewayError> {
-        let rule = self.rules[idx].as_ref();
+        self.check_rule(self.rules[idx].as_ref(), headers, query, client_cert_s256)
+            .await
+    }
+
+    /// authn + authz against one rule (routes, lookups): None = deny.
+    pub async fn check_rule(
+        &self,
+        rule: Option<&AccessRule>,
+        headers: &http::HeaderMap,
+        query: Option<&str>,
+        client_cert_s256: Option<&str>,
+    ) -> Result<Option<Arc<Caller>>, GatewayError> {
         if rule.is_some_and(|r| r.anonymous) {
             return Ok(None);
         }

@@ -5,4 +5,5 @@
 //! administrative-unit table among them).
 
 pub mod lookup;
+pub mod serve;
 pub mod table;

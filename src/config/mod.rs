@@ -66,6 +66,7 @@ pub struct Config {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
     pub auth: AuthConfig,
+    pub lookups: Vec<LookupConfig>,
     /// Where the file was read from (for reloads).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -381,6 +382,30 @@ pub enum CredentialsConfig {
         name: String,
         value: SecretValue,
     },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LookupSourceCfg {
+    File { path: PathBuf, key: String },
+    Table { path: PathBuf, table: String },
+    Upstream { upstream: String, path: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LookupConfig {
+    pub name: String,
+    pub source: LookupSourceCfg,
+    #[serde(with = "dur")]
+    pub ttl: Duration,
+    #[serde(with = "opt_dur")]
+    pub refresh_ahead: Option<Duration>,
+    #[serde(with = "dur")]
+    pub max_stale: Duration,
+    #[serde(with = "opt_dur")]
+    pub negative_ttl: Option<Duration>,
+    pub capacity_bytes: u64,
+    pub auth: Option<RouteAuth>,
 }
 
 mod dur {
@@ -756,6 +781,136 @@ impl Validator {
         }
     }
 
+    fn route_auth(&mut self, path: &str, a: RawRouteAuth) -> RouteAuth {
+        let ra = RouteAuth {
+            anonymous: a.anonymous.unwrap_or(false),
+            agencies: a.agencies.unwrap_or_default(),
+            roles: a.roles.unwrap_or_default(),
+            scopes: a.scopes.unwrap_or_default(),
+            forward_token: a.forward_token.unwrap_or(false),
+        };
+        if let Err(e) = crate::auth::rules::AccessRule::from_config(
+            ra.anonymous,
+            &ra.agencies,
+            &ra.roles,
+            &ra.scopes,
+        ) {
+            self.problems.push(format!("{path}.auth"), e.to_string());
+        }
+        ra
+    }
+
+    fn lookup(
+        &mut self,
+        path: &str,
+        l: RawLookup,
+        upstreams: &BTreeMap<String, UpstreamConfig>,
+    ) -> Option<LookupConfig> {
+        let name = l.name.clone().unwrap_or_default();
+        if !is_name(&name) {
+            self.problems.push(
+                format!("{path}.name"),
+                "required: letters, digits, '-' and '_' only",
+            );
+        }
+        let Some(src) = l.source else {
+            self.problems.push(format!("{path}.source"), "required");
+            return None;
+        };
+        let source = match (&src.file, &src.upstream) {
+            (Some(f), None) => {
+                let p = self.file_path(&format!("{path}.source.file"), f);
+                match (&src.table, &src.key) {
+                    (Some(t), None) => {
+                        if ![
+                            "provinces",
+                            "communes",
+                            "communes-old-to-new",
+                            "communes-new-to-old",
+                        ]
+                        .contains(&t.as_str())
+                        {
+                            self.problems.push(
+                                format!("{path}.source.table"),
+                                format!("unknown table {t:?} (provinces, communes, communes-old-to-new, communes-new-to-old)"),
+                            );
+                        }
+                        LookupSourceCfg::Table {
+                            path: p,
+                            table: t.clone(),
+                        }
+                    }
+                    (None, Some(k)) => LookupSourceCfg::File {
+                        path: p,
+                        key: k.clone(),
+                    },
+                    _ => {
+                        self.problems.push(
+                            format!("{path}.source"),
+                            "a file source names either its key column (key) or a preset table",
+                        );
+                        return None;
+                    }
+                }
+            }
+            (None, Some(u)) => {
+                if !upstreams.contains_key(u) {
+                    self.problems.push(
+                        format!("{path}.source.upstream"),
+                        format!("unknown upstream {u:?}"),
+                    );
+                }
+                let p = src.path.clone().unwrap_or_else(|| "/{key}".into());
+                if !p.starts_with('/') {
+                    self.problems
+                        .push(format!("{path}.source.path"), "must start with '/'");
+                }
+                LookupSourceCfg::Upstream {
+                    upstream: u.clone(),
+                    path: p,
+                }
+            }
+            _ => {
+                self.problems
+                    .push(format!("{path}.source"), "give either file or upstream");
+                return None;
+            }
+        };
+        let auth = l.auth.map(|a| self.route_auth(path, a));
+        Some(LookupConfig {
+            name,
+            source,
+            ttl: self.duration(
+                &format!("{path}.ttl"),
+                l.ttl.as_ref(),
+                Duration::from_secs(3600),
+            ),
+            refresh_ahead: l.refresh_ahead.as_ref().map(|d| {
+                self.duration(
+                    &format!("{path}.refresh_ahead"),
+                    Some(d),
+                    Duration::from_secs(60),
+                )
+            }),
+            max_stale: match &l.max_stale {
+                Some(d) => parse_duration(d).unwrap_or_else(|e| {
+                    self.problems.push(format!("{path}.max_stale"), e);
+                    Duration::ZERO
+                }),
+                None => Duration::ZERO,
+            },
+            negative_ttl: l.negative_ttl.as_ref().map(|d| {
+                self.duration(
+                    &format!("{path}.negative_ttl"),
+                    Some(d),
+                    Duration::from_secs(60),
+                )
+            }),
+            capacity_bytes: l.capacity_bytes.unwrap_or(64 * 1024 * 1024),
+            auth,
+        })
+    }
+
     fn credentials(&mut self, path: &str, c: RawCredentials) -> Option<CredentialsConfig> {
         match c.kind.as_deref() {
             Some("oauth2") => {
@@ -992,6 +1147,21 @@ impl Validator {
                 );
             }
         }
+        let mut lookups = Vec::new();
+        for (i, v) in f.lookups.into_iter().enumerate() {
+            let path = format!("lookups[{i}]");
+            if let Some(raw) = self.element::<RawLookup>(&path, Some(v)) {
+                if let Some(l) = self.lookup(&path, raw, &upstreams) {
+                    if lookups.iter().any(|x: &LookupConfig| x.name == l.name) {
+                        self.problems.push(
+                            format!("{path}.name"),
+                            format!("duplicate lookup name {:?}", l.name),
+                        );
+                    }
+                    lookups.push(l);
+                }
+            }
+        }
         let mut routes = Vec::new();
         for (i, r) in f.routes.into_iter().enumerate() {
             let path = format!("routes[{i}]");
@@ -1017,6 +1187,7 @@ impl Validator {
             upstreams,
             routes,
             auth,
+            lookups,
             source: None,
         }
     }
@@ -1425,24 +1596,7 @@ impl Validator {
             .timeout
             .as_ref()
             .map(|t| self.duration(&format!("{path}.timeout"), Some(t), Duration::from_secs(30)));
-        let auth = r.auth.map(|a| {
-            let ra = RouteAuth {
-                anonymous: a.anonymous.unwrap_or(false),
-                agencies: a.agencies.unwrap_or_default(),
-                roles: a.roles.unwrap_or_default(),
-                scopes: a.scopes.unwrap_or_default(),
-                forward_token: a.forward_token.unwrap_or(false),
-            };
-            if let Err(e) = crate::auth::rules::AccessRule::from_config(
-                ra.anonymous,
-                &ra.agencies,
-                &ra.roles,
-                &ra.scopes,
-            ) {
-                self.problems.push(format!("{path}.auth"), e.to_string());
-            }
-            ra
-        });
+        let auth = r.auth.map(|a| self.route_auth(path, a));
         RouteConfig {
             auth,
             name,

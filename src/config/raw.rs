@@ -23,6 +23,42 @@ pub struct RawFile {
     #[serde(default)]
     pub routes: Vec<toml::Value>,
     pub auth: Option<toml::Value>,
+    #[serde(default)]
+    pub lookups: Vec<toml::Value>,
+}
+
+/// `[[lookups]]`: reference data served at `/lookups/NAME[/KEY]` from one cache.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLookup {
+    pub name: Option<String>,
+    pub source: Option<RawLookupSource>,
+    /// Fresh for this long after a fetch (default 1h).
+    pub ttl: Option<String>,
+    /// Refresh in the background this long before `ttl` runs out.
+    pub refresh_ahead: Option<String>,
+    /// When the source fails, serve the last good value (marked stale) up to this long past `ttl`.
+    pub max_stale: Option<String>,
+    /// Remember "not found" for this long.
+    pub negative_ttl: Option<String>,
+    /// Cache size bound in bytes (default 64 MiB).
+    pub capacity_bytes: Option<u64>,
+    /// Who may read it (same rules as routes; absent = deny).
+    pub auth: Option<RawRouteAuth>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLookupSource {
+    /// A local CSV or JSON file.
+    pub file: Option<String>,
+    /// For `file`: the key column (or a preset `table` of the administrative-unit file).
+    pub key: Option<String>,
+    /// Administrative-unit presets: provinces, communes, communes-old-to-new, communes-new-to-old.
+    pub table: Option<String>,
+    /// An upstream pool; `path` may contain `{key}`.
+    pub upstream: Option<String>,
+    pub path: Option<String>,
 }
 
 /// A secret is never written in the config itself: it names an environment variable

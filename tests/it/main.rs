@@ -5,6 +5,7 @@ mod support;
 mod auth;
 mod headers;
 mod limits;
+mod lookups;
 mod process;
 mod reload;
 mod routing;

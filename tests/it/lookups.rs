@@ -1,0 +1,191 @@
+//! Lookups through the gateway: the shipped administrative-unit table, ETag
+//! revalidation, access rules, an upstream-fed lookup (coalescing, serve-stale, errors
+//! not cached) and admin purge/refresh.
+
+use crate::support::*;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn repo(p: &str) -> String {
+    format!("{}/{p}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[tokio::test]
+async fn shipped_admin_units_are_served_with_etag_revalidation() {
+    let cfg = base_config(&format!(
+        r#"
+[[lookups]]
+name = "provinces"
+source = {{ file = "{data}", table = "provinces" }}
+auth = {{ anonymous = true }}
+[[lookups]]
+name = "communes-old-to-new"
+source = {{ file = "{data}", table = "communes-old-to-new" }}
+auth = {{ anonymous = true }}
+[[lookups]]
+name = "private"
+source = {{ file = "{data}", table = "communes" }}
+auth = {{ agencies = ["*.H22"] }}
+[[auth.issuers]]
+name = "dev"
+iss = "lienthong-dev"
+audiences = ["lienthong"]
+algorithms = ["EdDSA"]
+public_key = "{pubkey}"
+"#,
+        data = repo("config/data/dvhc-2025.csv"),
+        pubkey = repo("config/dev/dev-issuer.pub.pem"),
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    let all = raw_get(gw.addr(), "/lookups/provinces").await;
+    assert_eq!(all.status, 200);
+    assert_eq!(all.json().as_array().unwrap().len(), 34);
+    assert!(all
+        .header("cache-control")
+        .unwrap()
+        .starts_with("public, max-age="));
+    let hn = raw_get(gw.addr(), "/lookups/provinces/01").await;
+    assert_eq!(hn.status, 200);
+    assert_eq!(hn.json()["name"], "Thành phố Hà Nội");
+    let etag = hn.header("etag").unwrap().to_string();
+    let again = raw(
+        gw.addr(),
+        format!("GET /lookups/provinces/01 HTTP/1.1\r\nHost: t\r\nIf-None-Match: {etag}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(again.status, 304);
+    assert!(again.body.is_empty());
+    assert_eq!(again.header("etag"), Some(etag.as_str()));
+    assert_error(
+        &raw_get(gw.addr(), "/lookups/provinces/99").await,
+        404,
+        "not_found",
+    );
+    let r = raw(gw.addr(), b"POST /lookups/provinces/01 HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
+    assert_error(&r, 405, "method_not_allowed");
+    // An old commune code converts to the new one(s).
+    let conv = raw_get(gw.addr(), "/lookups/communes-old-to-new")
+        .await
+        .json();
+    let first_old = conv.as_array().unwrap()[0]["old_code"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let one = raw_get(
+        gw.addr(),
+        &format!("/lookups/communes-old-to-new/{first_old}"),
+    )
+    .await;
+    assert_eq!(one.status, 200);
+    assert!(one.json().as_array().is_some_and(|a| !a.is_empty()));
+    // Lookups follow the access rules: a private lookup needs a token.
+    assert_error(
+        &raw_get(gw.addr(), "/lookups/private/00004").await,
+        401,
+        "invalid_token",
+    );
+}
+
+#[tokio::test]
+async fn upstream_lookup_coalesces_serves_stale_and_never_caches_errors() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let failing = Arc::new(AtomicBool::new(false));
+    let (c, f) = (calls.clone(), failing.clone());
+    let src = MockUpstream::start(Arc::new(move |s: &Seen| {
+        c.fetch_add(1, Ordering::SeqCst);
+        if f.load(Ordering::SeqCst) {
+            return Action::Respond(json_response(500, serde_json::json!({})));
+        }
+        if s.uri.ends_with("/missing") {
+            return Action::Respond(json_response(404, serde_json::json!({})));
+        }
+        Action::Delay(
+            Duration::from_millis(100),
+            json_response(
+                200,
+                serde_json::json!({"ma": s.uri.rsplit('/').next(), "ten": "Cấp giấy phép"}),
+            ),
+        )
+    }))
+    .await;
+    let cfg = base_config(&format!(
+        r#"
+[upstreams.catalogue]
+endpoints = ["{}"]
+[upstreams.catalogue.retry]
+attempts = 1
+[upstreams.catalogue.passive]
+consecutive_failures = 0
+[upstreams.catalogue.circuit_breaker]
+consecutive_failures = 0
+[[lookups]]
+name = "thutuc"
+source = {{ upstream = "catalogue", path = "/thutuc/{{key}}" }}
+ttl = "300ms"
+max_stale = "60s"
+auth = {{ anonymous = true }}
+"#,
+        src.url()
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let addr = gw.addr();
+        tasks.push(tokio::spawn(async move {
+            raw_get(addr, "/lookups/thutuc/1.000123").await
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().status, 200);
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "200 concurrent cold requests made one source call"
+    );
+    // Source fails after expiry: the last good value is served, marked stale.
+    failing.store(true, Ordering::SeqCst);
+    eventually("stale copy served", Duration::from_secs(5), || async {
+        let r = raw_get(gw.addr(), "/lookups/thutuc/1.000123").await;
+        r.status == 200 && r.header("x-lienthong-stale") == Some("true")
+    })
+    .await;
+    // A key never fetched fails, and the failure is not cached.
+    let before = calls.load(Ordering::SeqCst);
+    assert_error(
+        &raw_get(gw.addr(), "/lookups/thutuc/2.000999").await,
+        503,
+        "lookup_unavailable",
+    );
+    failing.store(false, Ordering::SeqCst);
+    assert_eq!(
+        raw_get(gw.addr(), "/lookups/thutuc/2.000999").await.status,
+        200
+    );
+    assert!(calls.load(Ordering::SeqCst) >= before + 2);
+    assert_error(
+        &raw_get(gw.addr(), "/lookups/thutuc/missing").await,
+        404,
+        "not_found",
+    );
+
+    // Admin: stats, purge and forced refresh.
+    let (status, stats) = admin_get(&gw, "/admin/lookups").await;
+    assert_eq!(status, 200);
+    assert!(stats.contains("\"thutuc\""), "{stats}");
+    let before = calls.load(Ordering::SeqCst);
+    assert_eq!(
+        admin_post(&gw, "/admin/lookups/thutuc/refresh?key=1.000123")
+            .await
+            .0,
+        200
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), before + 1);
+    assert_eq!(admin_post(&gw, "/admin/lookups/thutuc/purge").await.0, 200);
+    let (_, metrics) = admin_get(&gw, "/metrics").await;
+    assert!(
+        metrics.contains("lienthong_lookup_source_calls{lookup=\"thutuc\""),
+        "{metrics}"
+    );
+}
