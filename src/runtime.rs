@@ -21,6 +21,8 @@ pub struct Runtime {
     pub generation: u64,
     pub auth: crate::auth::AuthRuntime,
     pub lookups: BTreeMap<String, Arc<crate::cache::serve::ServedLookup>>,
+    /// Indexed like `config.routes`: the response cache of routes that enable one.
+    pub route_caches: Vec<Option<Arc<crate::cache::lookup::response::ResponseCache>>>,
     /// Indexed like `config.routes`.
     pub route_metrics: Vec<crate::observe::RouteMetrics>,
     /// For requests that matched no route.
@@ -104,6 +106,21 @@ impl Runtime {
             route_pools,
             auth,
             lookups,
+            route_caches: config
+                .routes
+                .iter()
+                .map(|r| {
+                    r.cache.as_ref().map(|c| {
+                        use crate::cache::lookup::response::{ResponseCache, ResponseCachePolicy};
+                        let mut p = ResponseCachePolicy::new(c.public);
+                        p.max_entry_bytes = c.max_entry_bytes;
+                        p.capacity_bytes = c.capacity_bytes;
+                        p.default_ttl = c.default_ttl;
+                        p.max_ttl = c.max_ttl;
+                        Arc::new(ResponseCache::new(p))
+                    })
+                })
+                .collect(),
             route_metrics: config
                 .routes
                 .iter()

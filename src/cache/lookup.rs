@@ -1008,7 +1008,7 @@ pub mod response {
         pub path: &'a str,
         /// Raw query without `?`, if any.
         pub query: Option<&'a str>,
-        pub headers: &'a dyn HeaderView,
+        pub headers: &'a (dyn HeaderView + Sync),
         /// Authenticated caller identity (client id, certificate subject, ...).
         pub caller: Option<&'a str>,
     }
@@ -1149,7 +1149,7 @@ pub mod response {
             &self,
             req: &CacheRequest<'_>,
             status: u16,
-            headers: &dyn HeaderView,
+            headers: &(dyn HeaderView + Sync),
             body: &Bytes,
         ) -> StoreOutcome {
             match self.storable(req, status, headers, body) {
@@ -1182,7 +1182,7 @@ pub mod response {
             &self,
             req: &CacheRequest<'_>,
             status: u16,
-            headers: &dyn HeaderView,
+            headers: &(dyn HeaderView + Sync),
             body: &Bytes,
         ) -> Result<(Vec<u8>, Vec<String>, Duration), NotStored> {
             let primary = self.primary_key(req)?;

@@ -258,6 +258,18 @@ pub struct RouteConfig {
     pub allow_absolute_form: bool,
     /// None: the route denies every request (deny by default).
     pub auth: Option<RouteAuth>,
+    pub cache: Option<RouteCacheCfg>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RouteCacheCfg {
+    pub public: bool,
+    pub max_entry_bytes: usize,
+    pub capacity_bytes: u64,
+    #[serde(with = "opt_dur")]
+    pub default_ttl: Option<Duration>,
+    #[serde(with = "dur")]
+    pub max_ttl: Duration,
 }
 
 /// A secret read from an environment variable or a file. Only its source is ever
@@ -1597,8 +1609,26 @@ impl Validator {
             .as_ref()
             .map(|t| self.duration(&format!("{path}.timeout"), Some(t), Duration::from_secs(30)));
         let auth = r.auth.map(|a| self.route_auth(path, a));
+        let cache = r.cache.map(|c| RouteCacheCfg {
+            public: c.public.unwrap_or(false),
+            max_entry_bytes: c.max_entry_bytes.unwrap_or(1024 * 1024),
+            capacity_bytes: c.capacity_bytes.unwrap_or(32 * 1024 * 1024),
+            default_ttl: c.default_ttl.as_ref().map(|d| {
+                self.duration(
+                    &format!("{path}.cache.default_ttl"),
+                    Some(d),
+                    Duration::from_secs(60),
+                )
+            }),
+            max_ttl: self.duration(
+                &format!("{path}.cache.max_ttl"),
+                c.max_ttl.as_ref(),
+                Duration::from_secs(300),
+            ),
+        });
         RouteConfig {
             auth,
+            cache,
             name,
             listeners: r.listeners,
             host,

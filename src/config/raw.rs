@@ -353,4 +353,19 @@ pub struct RawRoute {
     /// Accept absolute-form request targets (`GET http://host/path`).
     pub allow_absolute_form: Option<bool>,
     pub auth: Option<RawRouteAuth>,
+    /// Optional response cache for GET (off when absent).
+    pub cache: Option<RawRouteCache>,
+}
+
+/// `routes[].cache`: cache upstream GET responses (RFC 9111 rules; see config/README.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteCache {
+    /// The data is the same for every caller: share entries. Default false: keyed by caller.
+    pub public: Option<bool>,
+    pub max_entry_bytes: Option<usize>,
+    pub capacity_bytes: Option<u64>,
+    /// Freshness for responses that state none (default: store only those that do).
+    pub default_ttl: Option<String>,
+    pub max_ttl: Option<String>,
 }

@@ -172,6 +172,20 @@ async fn proxy(
         )
         .await?;
     ctx.caller = caller;
+    // Response cache (GET routes that enable it): answer from it, or remember what is
+    // needed to store the upstream's answer.
+    let cache = match (&rt.route_caches[idx], parts.method == Method::GET) {
+        (Some(c), true) => Some((
+            c.clone(),
+            cached::request_key(&parts.headers, ctx.caller.as_deref()),
+        )),
+        _ => None,
+    };
+    if let Some((c, (pairs, who))) = &cache {
+        if let Some(hit) = c.lookup(&cached::req(&target, pairs, who.as_deref())).await {
+            return Ok(cached::respond(rt, ctx, hit));
+        }
+    }
     let pool = rt.route_pools[idx].clone();
     ctx.upstream = Some(rt.pool_names[idx].clone());
     let body = intake::body(listener, route, &parts, body)?;
@@ -192,7 +206,106 @@ async fn proxy(
             forward::tunnel(client, &mut rsp);
         }
     }
+    if let Some((c, (pairs, who))) = &cache {
+        rsp = cached::maybe_store(c, &cached::req(&target, pairs, who.as_deref()), rsp).await?;
+    }
     Ok(respond::upstream(rt, ctx, rsp, upgrade))
+}
+
+pub mod cached {
+    //! The response-cache stage of GET proxy routes that enable `cache`.
+    use super::*;
+    use crate::cache::lookup::response::{CacheRequest, CachedResponse, ResponseCache};
+    use bytes::Bytes;
+
+    pub type Pairs = Vec<(String, Bytes)>;
+
+    pub fn pairs(h: &http::HeaderMap) -> Pairs {
+        h.iter()
+            .map(|(k, v)| (k.as_str().to_string(), Bytes::copy_from_slice(v.as_bytes())))
+            .collect()
+    }
+
+    /// The request's headers and the caller identity that keys per-caller entries.
+    pub fn request_key(
+        h: &http::HeaderMap,
+        caller: Option<&crate::auth::caller::Caller>,
+    ) -> (Pairs, Option<String>) {
+        let who = caller.map(|c| {
+            format!(
+                "{}|{}|{}",
+                c.issuer,
+                c.subject,
+                c.agency.as_ref().map(|a| a.as_str()).unwrap_or("")
+            )
+        });
+        (pairs(h), who)
+    }
+
+    pub fn req<'a>(t: &'a Target, pairs: &'a Pairs, who: Option<&'a str>) -> CacheRequest<'a> {
+        CacheRequest {
+            method: "GET",
+            path: &t.path,
+            query: t.query.as_deref(),
+            headers: pairs,
+            caller: who,
+        }
+    }
+
+    pub fn respond(rt: &Runtime, ctx: &mut RequestCtx, hit: CachedResponse) -> Response<Body> {
+        let mut rsp = Response::new(Body::full(hit.body));
+        *rsp.status_mut() = http::StatusCode::from_u16(hit.status).unwrap_or(http::StatusCode::OK);
+        let h = rsp.headers_mut();
+        for (k, v) in &hit.headers {
+            if let (Ok(k), Ok(v)) = (
+                http::HeaderName::from_bytes(k.as_bytes()),
+                HeaderValue::from_bytes(v),
+            ) {
+                h.append(k, v);
+            }
+        }
+        h.remove(header::CONTENT_LENGTH);
+        h.insert(header::AGE, HeaderValue::from(hit.age.as_secs()));
+        h.insert("x-lienthong-cache", HeaderValue::from_static("hit"));
+        ctx.endpoint = Some("cache".into());
+        respond::upstream(rt, ctx, rsp, false)
+    }
+
+    /// Stores a storable answer: bodies with a declared length within the cap are
+    /// read (they would be forwarded whole anyway) and sent on from memory.
+    pub async fn maybe_store(
+        c: &ResponseCache,
+        req: &CacheRequest<'_>,
+        rsp: Response<Body>,
+    ) -> Result<Response<Body>, GatewayError> {
+        let status = rsp.status().as_u16();
+        let rpairs = pairs(rsp.headers());
+        let len = rsp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let fits = len.is_some_and(|n| n <= c.policy().max_entry_bytes as u64);
+        if !fits || c.storable(req, status, &rpairs, &Bytes::new()).is_err() {
+            return Ok(rsp);
+        }
+        let (parts, body) = rsp.into_parts();
+        let bytes = crate::body::collect_capped(body, len.unwrap_or(0))
+            .await
+            .map_err(|e| {
+                GatewayError::new(
+                    ErrorKind::BadGateway,
+                    "upstream_error",
+                    "the upstream failed to answer",
+                )
+                .with_detail(e)
+            })?;
+        c.store(req, status, &rpairs, &bytes).await;
+        let mut rsp = Response::from_parts(parts, Body::full(bytes));
+        rsp.headers_mut()
+            .insert("x-lienthong-cache", HeaderValue::from_static("miss"));
+        Ok(rsp)
+    }
 }
 
 /// What intake learned about the request target.

@@ -158,6 +158,7 @@ mod tests {
             allow_upgrade: false,
             allow_absolute_form: false,
             auth: None,
+            cache: None,
         }
     }
 

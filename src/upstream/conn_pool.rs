@@ -406,7 +406,7 @@ impl Inner {
                 let _ = poll_fn(|cx| {
                     let r = conn.as_mut().poll(cx);
                     if r.is_pending() {
-                        let _ = (&task_slot, &pool);
+                        task_slot.hand_back_if_ready(&pool);
                     }
                     r
                 })

@@ -189,3 +189,89 @@ auth = {{ anonymous = true }}
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn response_cache_serves_hits_and_isolates_callers() {
+    let up = MockUpstream::start(Arc::new(|s: &Seen| {
+        let mut r = json_response(
+            200,
+            serde_json::json!({"for": s.header("x-lienthong-caller-agency"), "uri": s.uri}),
+        );
+        let cc = if s.uri.contains("nostore") {
+            "no-store"
+        } else {
+            "max-age=60"
+        };
+        r.headers_mut().insert("cache-control", cc.parse().unwrap());
+        Action::Respond(r)
+    }))
+    .await;
+    let cfg = base_config(&format!(
+        r#"
+[[auth.issuers]]
+name = "dev"
+iss = "lienthong-dev"
+audiences = ["lienthong"]
+algorithms = ["EdDSA"]
+public_key = "{pubkey}"
+[upstreams.u]
+endpoints = ["{url}"]
+[[routes]]
+name = "shared"
+path_prefix = "/shared"
+upstream = "u"
+auth = {{ anonymous = true }}
+cache = {{ public = true }}
+[[routes]]
+name = "percaller"
+path_prefix = "/percaller"
+upstream = "u"
+auth = {{}}
+cache = {{}}
+"#,
+        pubkey = repo("config/dev/dev-issuer.pub.pem"),
+        url = up.url()
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    let a = raw_get(gw.addr(), "/shared/catalogue").await;
+    assert_eq!(a.header("x-lienthong-cache"), Some("miss"));
+    let b = raw_get(gw.addr(), "/shared/catalogue").await;
+    assert_eq!(b.status, 200);
+    assert_eq!(b.header("x-lienthong-cache"), Some("hit"));
+    assert!(b.header("age").is_some());
+    assert_eq!(a.body, b.body);
+    assert_eq!(up.count(), 1);
+    raw_get(gw.addr(), "/shared/nostore").await;
+    raw_get(gw.addr(), "/shared/nostore").await;
+    assert_eq!(up.count(), 3, "no-store answers are not cached");
+
+    // Per-caller entries: agency A's answer is never served to agency B.
+    let key = std::fs::read(repo("config/dev/dev-issuer.key.pem")).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let tok = |agency: &str| {
+        let claims = serde_json::json!({"iss": "lienthong-dev", "aud": "lienthong", "sub": "s", "iat": now, "exp": now + 600, "agency": agency});
+        lienthong::auth::jwt::mint(&key, jsonwebtoken::Algorithm::EdDSA, claims, None).unwrap()
+    };
+    let get = |t: String| {
+        let addr = gw.addr();
+        async move {
+            raw(addr, format!("GET /percaller/x HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {t}\r\nConnection: close\r\n\r\n").as_bytes()).await
+        }
+    };
+    let before = up.count();
+    let a1 = get(tok("000.00.01.H22")).await;
+    let b1 = get(tok("000.00.02.H23")).await;
+    let a2 = get(tok("000.00.01.H22")).await;
+    assert_eq!(a1.json()["for"], "000.00.01.H22");
+    assert_eq!(
+        b1.json()["for"],
+        "000.00.02.H23",
+        "B got its own answer, not A's"
+    );
+    assert_eq!(a2.header("x-lienthong-cache"), Some("hit"));
+    assert_eq!(a2.json()["for"], "000.00.01.H22");
+    assert_eq!(up.count(), before + 2);
+}
