@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Lookup hit path vs a plain proxied route, one run, same gateway config and the shared
+# harness (../shared/bench/proxy-compare.sh): GET /lookups/provinces/01 (served from the
+# cache) against GET /json proxied to the harness's static upstream. Prints req/s and
+# proxy CPU µs per request for each and the ratios.
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SHARED="${LIENTHONG_SHARED:-$HERE/../shared}"
+(cd "$HERE" && cargo build --release --locked --bin lienthong)
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/lienthong-lookupbench.XXXXXX")"
+trap 'rm -rf "$WORK"' EXIT
+export EXTRA_CONFIG="
+[[lookups]]
+name = \"provinces\"
+source = { file = \"$HERE/config/data/dvhc-2025.csv\", table = \"provinces\" }
+ttl = \"24h\"
+auth = { anonymous = true }
+"
+export LIENTHONG_BIN="$HERE/target/release/lienthong" GATEWAY_CMD="$HERE/benches/gateway-for-bench.sh"
+export GATEWAY_PORT="${GATEWAY_PORT:-18083}" RESULTS_DIR="$WORK/results" LATENCY="${LATENCY:-0}"
+mkdir -p "$RESULTS_DIR"
+echo "== proxied route /json" >&2
+GATEWAY_NAME=proxied TARGETS=proxied GATEWAY_PATH=/json "$SHARED/bench/proxy-compare.sh" | tail -4
+echo "== lookup hit /lookups/provinces/01" >&2
+GATEWAY_NAME=lookup TARGETS=lookup GATEWAY_PATH=/lookups/provinces/01 "$SHARED/bench/proxy-compare.sh" | tail -4
+python3 - "$RESULTS_DIR" <<'PY'
+import csv, glob, statistics as st, sys
+rows = []
+for f in sorted(glob.glob(sys.argv[1] + "/*.tsv")):
+    rows += list(csv.DictReader(open(f), delimiter="\t"))
+def med(t, k):
+    return st.median(float(r[k]) for r in rows if r["target"] == t)
+for t in ("proxied", "lookup"):
+    errs = sum(int(r["errors"]) + int(r["non2xx"]) for r in rows if r["target"] == t)
+    print(f"{t:8} req/s {med(t,'rps'):9.0f}  proxy CPU {med(t,'cpu_us_per_req'):6.2f} us/req  errors {errs}")
+print(f"lookup / proxied: req/s {med('lookup','rps')/med('proxied','rps'):.2f}x, "
+      f"CPU per request {med('lookup','cpu_us_per_req')/med('proxied','cpu_us_per_req'):.2f}x")
+PY
