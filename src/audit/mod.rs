@@ -11,4 +11,7 @@
 
 pub mod checkpoint;
 pub mod merkle;
+pub mod record;
+pub mod store;
 pub mod verify;
+pub mod writer;

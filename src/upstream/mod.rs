@@ -5,6 +5,7 @@
 //! pooled connections are kept; a changed pool is rebuilt and its old health task ends
 //! when the last reference to the old pool goes away (it only holds a `Weak`).
 
+pub mod conn_pool;
 pub mod tls_util;
 
 use crate::body::{is_too_large, Body, BodyGuard};
@@ -27,6 +28,9 @@ pub fn now_ms() -> u64 {
 
 pub struct Endpoint {
     pub addr: EndpointAddr,
+    /// The lean HTTP/1.1 connection pool of this endpoint (None for HTTP/2 pools,
+    /// which use the multiplexing client).
+    conn: Option<conn_pool::ConnPool>,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     outstanding: AtomicUsize,
@@ -218,11 +222,42 @@ impl Pool {
             .set_host(false)
             .http2_only(cfg.http2);
         let client = b.build(connector);
+        let h1_tls = if !cfg.http2 && cfg.endpoints.iter().any(|e| e.https) {
+            let mut c = tls_util::client_config(&cfg)?;
+            c.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Some(Arc::new(c))
+        } else {
+            None
+        };
         let endpoints = cfg
             .endpoints
             .iter()
             .map(|e| {
+                let conn = if cfg.http2 {
+                    None
+                } else {
+                    let tls = match (&h1_tls, e.https) {
+                        (Some(c), true) => Some((c.clone(), tls_util::server_name(&cfg, &e.host)?)),
+                        _ => None,
+                    };
+                    let target: conn_pool::Target =
+                        match e.authority.parse::<std::net::SocketAddr>() {
+                            Ok(a) => a.into(),
+                            Err(_) => conn_pool::Target::HostPort(e.authority.clone()),
+                        };
+                    Some(conn_pool::ConnPool::new(
+                        target,
+                        conn_pool::PoolSettings {
+                            connect_timeout: cfg.connect_timeout,
+                            idle_timeout: cfg.idle_timeout,
+                            max_idle: cfg.max_idle_per_endpoint,
+                            tls,
+                            nodelay: true,
+                        },
+                    ))
+                };
                 Ok(Arc::new(Endpoint {
+                    conn,
                     addr: e.clone(),
                     scheme: if e.https {
                         http::uri::Scheme::HTTPS
@@ -435,7 +470,7 @@ impl Pool {
             let up_req = builder.body(this_body).map_err(GatewayError::internal)?;
             ep.outstanding.fetch_add(1, Ordering::Relaxed);
             let guard = Outstanding(ep.clone());
-            let result = self.client.request(up_req).await;
+            let result = self.dispatch(&ep, up_req).await;
             match result {
                 Ok(rsp) => {
                     let status = rsp.status();
@@ -473,7 +508,7 @@ impl Pool {
                 }
                 Err(e) => {
                     drop(guard);
-                    if is_too_large(&e) {
+                    if is_too_large(e.error.as_ref()) {
                         self.breaker_release(probe);
                         return Err(GatewayError::new(
                             ErrorKind::PayloadTooLarge,
@@ -481,7 +516,7 @@ impl Pool {
                             "the request body is larger than this route accepts",
                         ));
                     }
-                    let connect = e.is_connect();
+                    let connect = e.connect;
                     self.record(&ep, false);
                     // A connect failure means nothing was sent, so any method may be
                     // retried; after a sent attempt only idempotent ones.
@@ -491,7 +526,7 @@ impl Pool {
                         continue;
                     }
                     self.breaker.record(false, probe, now_ms());
-                    let detail = error_chain(&e);
+                    let detail = error_chain(e.error.as_ref());
                     return Err(if connect {
                         GatewayError::new(
                             ErrorKind::BadGateway,
@@ -508,6 +543,31 @@ impl Pool {
                     .with_detail(format!("{} {}: {detail}", self.cfg.name, ep.addr)));
                 }
             }
+        }
+    }
+
+    /// One exchange with one endpoint, on its HTTP/1 pool or the HTTP/2 client.
+    async fn dispatch(
+        &self,
+        ep: &Endpoint,
+        mut req: http::Request<Body>,
+    ) -> Result<http::Response<Incoming>, DispatchError> {
+        // An HTTP/1.1 upstream needs a Host; a client that sent none (HTTP/1.0) gets
+        // the endpoint's.
+        if !req.headers().contains_key(http::header::HOST) {
+            if let Ok(v) = http::HeaderValue::from_str(ep.authority.as_str()) {
+                req.headers_mut().insert(http::header::HOST, v);
+            }
+        }
+        match &ep.conn {
+            Some(c) => c.send(req).await.map_err(|e| DispatchError {
+                connect: e.is_connect(),
+                error: Box::new(e),
+            }),
+            None => self.client.request(req).await.map_err(|e| DispatchError {
+                connect: e.is_connect(),
+                error: Box::new(e),
+            }),
         }
     }
 
@@ -533,7 +593,7 @@ impl Pool {
             .header(http::header::USER_AGENT, "lienthong-health")
             .body(Body::empty());
         let Ok(req) = req else { return false };
-        match tokio::time::timeout(timeout, self.client.request(req)).await {
+        match tokio::time::timeout(timeout, self.dispatch(ep, req)).await {
             Ok(Ok(rsp)) => {
                 let ok = rsp.status().is_success();
                 // Drain so the connection can be reused.
@@ -547,6 +607,12 @@ impl Pool {
             _ => false,
         }
     }
+}
+
+/// Why an exchange failed, and whether it failed before anything was sent.
+struct DispatchError {
+    connect: bool,
+    error: Box<dyn std::error::Error + Send + Sync>,
 }
 
 fn count_retry(upstream: &str) {

@@ -43,10 +43,9 @@ pub fn roots(ca: Option<&Path>) -> Result<RootCertStore, String> {
     Ok(roots)
 }
 
-pub fn connector(
-    cfg: &UpstreamConfig,
-    http: HttpConnector,
-) -> Result<hyper_rustls::HttpsConnector<HttpConnector>, String> {
+/// The rustls client config of a pool: its CA bundle (or system roots) and optional
+/// client certificate. ALPN is set by whoever uses it.
+pub fn client_config(cfg: &UpstreamConfig) -> Result<rustls::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let uses_tls = cfg.endpoints.iter().any(|e| e.https);
     let tls = cfg.tls.clone().unwrap_or(crate::config::UpstreamTlsConfig {
@@ -65,13 +64,36 @@ pub fn connector(
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots);
-    // hyper-rustls sets ALPN itself from enable_http1/enable_http2.
-    let config = match (&tls.client_cert, &tls.client_key) {
+    Ok(match (&tls.client_cert, &tls.client_key) {
         (Some(c), Some(k)) => builder
             .with_client_auth_cert(load_certs(c)?, load_key(k)?)
             .map_err(|e| format!("upstream client certificate: {e}"))?,
         _ => builder.with_no_client_auth(),
-    };
+    })
+}
+
+/// The name checked against an endpoint's certificate (and sent as SNI).
+pub fn server_name(cfg: &UpstreamConfig, host: &str) -> Result<ServerName<'static>, String> {
+    let n = cfg
+        .tls
+        .as_ref()
+        .and_then(|t| t.server_name.clone())
+        .unwrap_or_else(|| host.to_string());
+    ServerName::try_from(n.clone()).map_err(|e| format!("server name {n:?}: {e}"))
+}
+
+pub fn connector(
+    cfg: &UpstreamConfig,
+    http: HttpConnector,
+) -> Result<hyper_rustls::HttpsConnector<HttpConnector>, String> {
+    let tls = cfg.tls.clone().unwrap_or(crate::config::UpstreamTlsConfig {
+        ca: None,
+        client_cert: None,
+        client_key: None,
+        server_name: None,
+    });
+    // hyper-rustls sets ALPN itself from enable_http1/enable_http2.
+    let config = client_config(cfg)?;
     let b = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(config)
         .https_or_http();
