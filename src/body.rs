@@ -24,6 +24,57 @@ pub struct BodyTooLarge {
 /// A guard kept alive for as long as a response body is being streamed.
 pub trait BodyGuard: Send + Sync {}
 
+type TapDone = Box<dyn FnOnce(Option<[u8; 32]>, u64) + Send + Sync>;
+
+/// Watches a streamed body go by: counts its bytes and hashes them (SHA-256), and
+/// reports both when the body ends — or, with no digest, when it is dropped before
+/// its end (a client that went away, a failed upstream). Used by the audit stage.
+pub struct Tap {
+    hasher: aws_lc_rs::digest::Context,
+    bytes: u64,
+    done: Option<TapDone>,
+}
+
+impl Tap {
+    pub fn new(done: impl FnOnce(Option<[u8; 32]>, u64) + Send + Sync + 'static) -> Tap {
+        Tap {
+            hasher: aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256),
+            bytes: 0,
+            done: Some(Box::new(done)),
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        self.hasher.update(data);
+        self.bytes += data.len() as u64;
+    }
+
+    fn finish(&mut self) {
+        if let Some(done) = self.done.take() {
+            let d = self.hasher.clone().finish();
+            let mut out = [0u8; 32];
+            out.copy_from_slice(d.as_ref());
+            done(Some(out), self.bytes);
+        }
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            done(None, self.bytes);
+        }
+    }
+}
+
+/// SHA-256 of a buffered body.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
 pub enum Body {
     Empty,
     Full(Option<Bytes>),
@@ -33,6 +84,7 @@ pub enum Body {
         remaining: u64,
         limit: u64,
         guard: Option<Box<dyn BodyGuard>>,
+        tap: Option<Box<Tap>>,
     },
 }
 
@@ -57,7 +109,27 @@ impl Body {
             remaining: limit,
             limit,
             guard: None,
+            tap: None,
         }
+    }
+
+    /// Attaches a tap to a streamed body. A buffered body is reported at once.
+    pub fn with_tap(mut self, t: Tap) -> Self {
+        match &mut self {
+            Body::Stream { tap, .. } => *tap = Some(Box::new(t)),
+            Body::Empty => {
+                let mut t = t;
+                t.finish();
+            }
+            Body::Full(b) => {
+                let mut t = t;
+                if let Some(b) = b {
+                    t.update(b);
+                }
+                t.finish();
+            }
+        }
+        self
     }
 
     pub fn with_guard(mut self, g: Box<dyn BodyGuard>) -> Self {
@@ -93,7 +165,8 @@ impl http_body::Body for Body {
                 remaining,
                 limit,
                 guard,
-            } => match Pin::new(inner).poll_frame(cx) {
+                tap,
+            } => match Pin::new(&mut *inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Some(d) = frame.data_ref() {
                         let n = d.len() as u64;
@@ -103,12 +176,26 @@ impl http_body::Body for Body {
                             }))));
                         }
                         *remaining -= n;
+                        if let Some(t) = tap {
+                            t.update(d);
+                        }
+                    }
+                    // Readers stop polling once `is_end_stream` says so (bodies with a
+                    // length), so the end is noticed here rather than on a final None.
+                    if inner.is_end_stream() {
+                        guard.take();
+                        if let Some(t) = tap {
+                            t.finish();
+                        }
                     }
                     Poll::Ready(Some(Ok(frame)))
                 }
                 Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
                 Poll::Ready(None) => {
                     guard.take();
+                    if let Some(t) = tap {
+                        t.finish();
+                    }
                     Poll::Ready(None)
                 }
                 Poll::Pending => Poll::Pending,

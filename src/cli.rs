@@ -56,6 +56,11 @@ pub enum Command {
         #[arg(long, default_value = "15m")]
         ttl: String,
     },
+    /// The audit log: verify it offline, prove a record's inclusion, export, query.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Validate a config file: print every problem with its key path; exit 1 on any.
     Check {
         /// Config file.
@@ -64,11 +69,267 @@ pub enum Command {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Check every record and checkpoint of the audit database; names the first bad record.
+    Verify {
+        #[arg(long, short, default_value = "config/lienthong.toml")]
+        config: PathBuf,
+        /// Database file (default: the config's [audit].db).
+        #[arg(long)]
+        db: Option<PathBuf>,
+    },
+    /// Print an inclusion proof of record INDEX against a signed checkpoint, as JSON.
+    Prove {
+        index: u64,
+        #[arg(long, short, default_value = "config/lienthong.toml")]
+        config: PathBuf,
+        /// Prove against the checkpoint of this size (default: the latest).
+        #[arg(long)]
+        size: Option<u64>,
+        #[arg(long)]
+        db: Option<PathBuf>,
+    },
+    /// Check a proof printed by `prove` (offline, with the verifier key only).
+    CheckProof {
+        /// Proof JSON file ("-" for standard input).
+        file: PathBuf,
+        /// Verifier key (`lienthong audit key`); default: derived from the config.
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long, short, default_value = "config/lienthong.toml")]
+        config: PathBuf,
+    },
+    /// Write records as JSON Lines with the checkpoint needed to verify them.
+    Export {
+        #[arg(long, short, default_value = "config/lienthong.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        db: Option<PathBuf>,
+        #[arg(long)]
+        dossier: Option<String>,
+        #[arg(long)]
+        agency: Option<String>,
+        #[arg(long)]
+        route: Option<String>,
+    },
+    /// Verify an export file offline.
+    VerifyExport {
+        file: PathBuf,
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long, short, default_value = "config/lienthong.toml")]
+        config: PathBuf,
+    },
+    /// Search records (JSON Lines on standard output).
+    Query {
+        #[arg(long, short, default_value = "config/lienthong.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        db: Option<PathBuf>,
+        #[arg(long)]
+        dossier: Option<String>,
+        #[arg(long)]
+        agency: Option<String>,
+        #[arg(long)]
+        route: Option<String>,
+        #[arg(long)]
+        status: Option<u16>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Print the verifier key that checks this log's checkpoints (publish it).
+    Key {
+        #[arg(long, short, default_value = "config/lienthong.toml")]
+        config: PathBuf,
+    },
+}
+
+fn audit_cfg(config: &std::path::Path) -> Result<crate::config::AuditCfg, String> {
+    let cfg = Config::load(config).map_err(|p| p.to_string())?;
+    cfg.audit
+        .ok_or_else(|| "this config has no [audit] section".to_string())
+}
+
+fn verifier(
+    config: &std::path::Path,
+    key: Option<String>,
+) -> Result<crate::audit::checkpoint::VerifierKey, String> {
+    match key {
+        Some(k) => crate::audit::checkpoint::VerifierKey::parse(&k).map_err(|e| e.to_string()),
+        None => {
+            let a = audit_cfg(config)?;
+            Ok(crate::audit::load_signing_key(&a.key, &a.origin)?.verifier_key())
+        }
+    }
+}
+
+fn audit_command(cmd: AuditCommand) -> Result<bool, String> {
+    use crate::audit::{store::Filter, writer};
+    match cmd {
+        AuditCommand::Verify { config, db } => {
+            let a = audit_cfg(&config)?;
+            let key = verifier(&config, None)?;
+            let path = db.unwrap_or(a.db.clone());
+            let report = writer::verify_db(&path, &key, &a.origin).map_err(|e| e.to_string())?;
+            match &report.first_bad {
+                None => {
+                    println!(
+                        "ok: {} records, {} checkpoints verified, root {}",
+                        report.records,
+                        report.checkpoints_ok,
+                        crate::audit::merkle::hash_to_base64(&report.root)
+                    );
+                    Ok(true)
+                }
+                Some((index, problem)) => {
+                    println!(
+                        "FAILED at record {index}: {problem:?} ({} records read)",
+                        report.records
+                    );
+                    Ok(false)
+                }
+            }
+        }
+        AuditCommand::Prove {
+            index,
+            config,
+            size,
+            db,
+        } => {
+            let a = audit_cfg(&config)?;
+            let proof =
+                writer::prove(&db.unwrap_or(a.db), index, size).map_err(|e| e.to_string())?;
+            let v = serde_json::json!({
+                "record": proof.record,
+                "proof": proof.proof,
+                "checkpoint": proof.checkpoint,
+            });
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?
+            );
+            Ok(true)
+        }
+        AuditCommand::CheckProof { file, key, config } => {
+            let text = if file.as_os_str() == "-" {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                    .map_err(|e| e.to_string())?;
+                s
+            } else {
+                std::fs::read_to_string(&file).map_err(|e| e.to_string())?
+            };
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+            let proof = writer::RecordProof {
+                record: v["record"].as_str().unwrap_or_default().to_string(),
+                proof: serde_json::from_value(v["proof"].clone()).map_err(|e| e.to_string())?,
+                checkpoint: v["checkpoint"].as_str().unwrap_or_default().to_string(),
+            };
+            let key = verifier(&config, key)?;
+            let origin = crate::audit::checkpoint::SignedCheckpoint::parse(&proof.checkpoint)
+                .map_err(|e| e.to_string())?
+                .checkpoint()
+                .origin
+                .clone();
+            match proof.verify(&key, &origin) {
+                Ok(rec) => {
+                    println!(
+                        "ok: record {} is in the log (request {})",
+                        proof.proof.leaf_index, rec.request_id
+                    );
+                    Ok(true)
+                }
+                Err(e) => {
+                    println!("FAILED: {e}");
+                    Ok(false)
+                }
+            }
+        }
+        AuditCommand::Export {
+            config,
+            db,
+            dossier,
+            agency,
+            route,
+        } => {
+            let a = audit_cfg(&config)?;
+            let filter = Filter {
+                dossier,
+                agency,
+                route,
+                ..Filter::default()
+            };
+            let out = std::io::stdout();
+            let s = writer::export_jsonl(&db.unwrap_or(a.db), &filter, out.lock())
+                .map_err(|e| e.to_string())?;
+            eprintln!("{s:?}");
+            Ok(true)
+        }
+        AuditCommand::VerifyExport { file, key, config } => {
+            let key = verifier(&config, key)?;
+            let f = std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let r = writer::verify_export(std::io::BufReader::new(f), &key)
+                .map_err(|e| e.to_string())?;
+            match &r.first_bad {
+                None => {
+                    println!(
+                        "ok: {} records verified against checkpoint {} of {}",
+                        r.records_ok, r.checkpoint_size, r.origin
+                    );
+                    Ok(true)
+                }
+                Some((line, why)) => {
+                    println!("FAILED at line {line}: {why}");
+                    Ok(false)
+                }
+            }
+        }
+        AuditCommand::Query {
+            config,
+            db,
+            dossier,
+            agency,
+            route,
+            status,
+            limit,
+        } => {
+            let a = audit_cfg(&config)?;
+            let filter = Filter {
+                dossier,
+                agency,
+                route,
+                status,
+                limit: Some(limit),
+                ..Filter::default()
+            };
+            for (i, rec) in
+                writer::query(&db.unwrap_or(a.db), &filter).map_err(|e| e.to_string())?
+            {
+                println!("{}", serde_json::json!({"index": i, "record": rec}));
+            }
+            Ok(true)
+        }
+        AuditCommand::Key { config } => {
+            println!("{}", verifier(&config, None)?);
+            Ok(true)
+        }
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Serve { config } => serve(&config),
+        Command::Audit { command } => match audit_command(command) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("lienthong audit: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Token {
             config,
             issuer,
@@ -294,6 +555,12 @@ fn serve(path: &std::path::Path) -> ExitCode {
             }
         });
         server.run(shutdown_signal()).await;
+        // Drain the audit queue and sign a final checkpoint before exiting.
+        if let Some(a) = gw.runtime().audit.clone() {
+            if let Err(e) = a.writer.shutdown().await {
+                tracing::error!(error = %e, "audit log shutdown failed");
+            }
+        }
         ExitCode::SUCCESS
     })
 }

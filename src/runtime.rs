@@ -21,6 +21,8 @@ pub struct Runtime {
     pub generation: u64,
     pub auth: crate::auth::AuthRuntime,
     pub lookups: BTreeMap<String, Arc<crate::cache::serve::ServedLookup>>,
+    /// The audit log (process-wide; the same writer across reloads).
+    pub audit: Option<Arc<crate::audit::Auditor>>,
     /// Indexed like `config.routes`: the response cache of routes that enable one.
     pub route_caches: Vec<Option<Arc<crate::cache::lookup::response::ResponseCache>>>,
     /// Indexed like `config.routes`.
@@ -106,6 +108,7 @@ impl Runtime {
             route_pools,
             auth,
             lookups,
+            audit: previous.and_then(|p| p.audit.clone()),
             route_caches: config
                 .routes
                 .iter()
@@ -163,7 +166,21 @@ impl Gateway {
     /// Builds the first runtime. Call inside a Tokio runtime (pools start tasks).
     pub fn new(config: Config) -> Result<Arc<Gateway>, Problems> {
         let metrics = crate::observe::metrics_handle();
-        let rt = Runtime::build(config, None, 1)?;
+        let audit = match &config.audit {
+            Some(a) => {
+                let auditor = crate::audit::Auditor::start(a).map_err(|e| {
+                    Problems(vec![crate::config::Problem {
+                        path: "audit".into(),
+                        message: e,
+                    }])
+                })?;
+                auditor.start_retention();
+                Some(auditor)
+            }
+            None => None,
+        };
+        let mut rt = Runtime::build(config, None, 1)?;
+        rt.audit = audit;
         rt.start_new_pools(None);
         Ok(Arc::new(Gateway {
             runtime: ArcSwap::from_pointee(rt),
@@ -225,6 +242,12 @@ impl Gateway {
             problems.0.push(crate::config::Problem {
                 path: "listeners".into(),
                 message: "listener names, addresses and TLS on/off cannot change on reload; restart instead".into(),
+            });
+        }
+        if current.config.audit != cfg.audit {
+            problems.0.push(crate::config::Problem {
+                path: "audit".into(),
+                message: "the audit log settings cannot change on reload; restart instead".into(),
             });
         }
         if current.config.admin.listen != cfg.admin.listen {

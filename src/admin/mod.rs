@@ -225,6 +225,85 @@ async fn handle(gw: &Gateway, tls: &[Arc<TlsState>], req: Request<Incoming>) -> 
                 ),
             }
         }
+        (&Method::GET, "/admin/audit/stats") => match gw.runtime().audit.clone() {
+            Some(a) => {
+                let st = a.writer.stats();
+                json(
+                    StatusCode::OK,
+                    serde_json::json!({
+                        "records_written": st.records_written, "batches": st.batches,
+                        "checkpoints": st.checkpoints, "queue_depth": st.queue_depth,
+                        "queue_full": st.queue_full, "last_commit_latency_us": st.last_commit_latency_us,
+                        "failures": st.failures, "next_index": st.next_index,
+                        "verifier_key": a.verifier.to_string(),
+                    }),
+                )
+            }
+            None => json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"code": "not_found", "message": "no audit log configured"}),
+            ),
+        },
+        (&Method::GET, "/admin/audit/records") => match gw.runtime().audit.clone() {
+            Some(a) => {
+                let q = req.uri().query().unwrap_or("").to_string();
+                let get = |k: &str| {
+                    q.split('&')
+                        .find_map(|kv| kv.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+                        .map(str::to_string)
+                };
+                let filter = crate::audit::store::Filter {
+                    dossier: get("dossier"),
+                    agency: get("agency"),
+                    route: get("route"),
+                    status: get("status").and_then(|s| s.parse().ok()),
+                    from_index: get("from_index").and_then(|s| s.parse().ok()),
+                    limit: Some(get("limit").and_then(|s| s.parse().ok()).unwrap_or(100)),
+                    ..Default::default()
+                };
+                let db = a.cfg.db.clone();
+                match tokio::task::spawn_blocking(move || crate::audit::writer::query(&db, &filter))
+                    .await
+                {
+                    Ok(Ok(rows)) => json(
+                        StatusCode::OK,
+                        serde_json::Value::Array(
+                            rows.into_iter()
+                                .map(|(i, r)| serde_json::json!({"index": i, "record": r}))
+                                .collect(),
+                        ),
+                    ),
+                    Ok(Err(e)) => json(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        serde_json::json!({"code": "audit_query_failed", "message": e.to_string()}),
+                    ),
+                    Err(_) => json(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        serde_json::json!({"code": "audit_query_failed", "message": "query task failed"}),
+                    ),
+                }
+            }
+            None => json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"code": "not_found", "message": "no audit log configured"}),
+            ),
+        },
+        (&Method::POST, "/admin/audit/checkpoint") => match gw.runtime().audit.clone() {
+            Some(a) => match a.writer.checkpoint_now().await {
+                Ok(cp) => json(
+                    StatusCode::OK,
+                    serde_json::json!({"checkpoint": cp.to_text()}),
+                ),
+                Err(e) => json(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    serde_json::json!({"code": "checkpoint_failed", "message": e.to_string()}),
+                ),
+            },
+            None => json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"code": "not_found", "message": "no audit log configured"}),
+            ),
+        },
         (&Method::POST, "/admin/reload") => {
             for t in tls {
                 t.refresh(true);

@@ -15,3 +15,77 @@ pub mod record;
 pub mod store;
 pub mod verify;
 pub mod writer;
+
+use crate::config::AuditCfg;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Loads the checkpoint signing key: an Ed25519 PKCS#8 key, PEM or DER.
+pub fn load_signing_key(path: &Path, name: &str) -> Result<checkpoint::CheckpointSigner, String> {
+    use rustls_pki_types::pem::PemObject;
+    let raw = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let der = if raw.starts_with(b"-----BEGIN") {
+        rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(&raw)
+            .map_err(|_| format!("{}: not a PKCS#8 private key", path.display()))?
+            .secret_pkcs8_der()
+            .to_vec()
+    } else {
+        raw
+    };
+    checkpoint::CheckpointSigner::from_pkcs8(name, &der)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The running audit log: its writer and the key that verifies its checkpoints.
+pub struct Auditor {
+    pub cfg: AuditCfg,
+    pub writer: writer::AuditWriter,
+    pub verifier: checkpoint::VerifierKey,
+}
+
+impl Auditor {
+    /// Opens (or creates) the audit database and starts the writer thread. On start
+    /// the writer checks the stored tail and refuses a database whose frames do not
+    /// verify, naming the index.
+    pub fn start(cfg: &AuditCfg) -> Result<Arc<Auditor>, String> {
+        let signer = load_signing_key(&cfg.key, &cfg.origin)?;
+        let verifier = signer.verifier_key();
+        if let Some(dir) = cfg.db.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        let mut wc = writer::WriterConfig::new(&cfg.db, &cfg.origin, signer);
+        wc.batch_max = cfg.batch_max;
+        wc.checkpoint_every_records = cfg.checkpoint_every_records;
+        wc.checkpoint_every = cfg.checkpoint_every;
+        wc.queue_capacity = cfg.queue_capacity;
+        let writer = writer::AuditWriter::start(wc).map_err(|e| e.to_string())?;
+        Ok(Arc::new(Auditor {
+            cfg: cfg.clone(),
+            writer,
+            verifier,
+        }))
+    }
+
+    /// Deletes records past the retention period once an hour; the deletion itself is
+    /// recorded and checkpointed by the writer before anything is removed.
+    pub fn start_retention(self: &Arc<Self>) {
+        let Some(keep) = self.cfg.retention else {
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(a) = weak.upgrade() else { return };
+                if let Some(cutoff) = SystemTime::now().checked_sub(keep) {
+                    match a.writer.prune(writer::PruneTarget::OlderThan(cutoff)).await {
+                        Ok(o) => tracing::info!(outcome = ?o, "audit retention applied"),
+                        Err(e) => tracing::warn!(error = %e, "audit retention failed"),
+                    }
+                }
+                drop(a);
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+        });
+    }
+}

@@ -67,6 +67,7 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     pub auth: AuthConfig,
     pub lookups: Vec<LookupConfig>,
+    pub audit: Option<AuditCfg>,
     /// Where the file was read from (for reloads).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -259,6 +260,29 @@ pub struct RouteConfig {
     /// None: the route denies every request (deny by default).
     pub auth: Option<RouteAuth>,
     pub cache: Option<RouteCacheCfg>,
+    pub audit: AuditPolicy,
+    pub audit_bodies: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditCfg {
+    pub db: PathBuf,
+    pub origin: String,
+    pub key: PathBuf,
+    pub batch_max: usize,
+    pub checkpoint_every_records: u64,
+    #[serde(with = "dur")]
+    pub checkpoint_every: Duration,
+    pub queue_capacity: usize,
+    #[serde(with = "opt_dur")]
+    pub retention: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditPolicy {
+    FailOpen,
+    FailClosed,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -793,6 +817,50 @@ impl Validator {
         }
     }
 
+    fn audit(&mut self, a: RawAudit) -> AuditCfg {
+        let db = match &a.db {
+            Some(d) => {
+                let p = Path::new(d);
+                if p.is_absolute() {
+                    p.to_path_buf()
+                } else {
+                    self.base.join(p)
+                }
+            }
+            None => {
+                self.problems
+                    .push("audit.db", "required: the audit database file");
+                PathBuf::new()
+            }
+        };
+        let key = match &a.key {
+            Some(k) => self.file_path("audit.key", k),
+            None => {
+                self.problems.push(
+                    "audit.key",
+                    "required: the Ed25519 key that signs checkpoints",
+                );
+                PathBuf::new()
+            }
+        };
+        AuditCfg {
+            db,
+            origin: a.origin.unwrap_or_else(|| "lienthong/audit".into()),
+            key,
+            batch_max: a.batch_max.unwrap_or(1024).max(1),
+            checkpoint_every_records: a.checkpoint_every_records.unwrap_or(10_000).max(1),
+            checkpoint_every: self.duration(
+                "audit.checkpoint_every",
+                a.checkpoint_every.as_ref(),
+                Duration::from_secs(60),
+            ),
+            queue_capacity: a.queue_capacity.unwrap_or(65_536).max(1),
+            retention: a.retention.as_ref().map(|r| {
+                self.duration("audit.retention", Some(r), Duration::from_secs(365 * 86400))
+            }),
+        }
+    }
+
     fn route_auth(&mut self, path: &str, a: RawRouteAuth) -> RouteAuth {
         let ra = RouteAuth {
             anonymous: a.anonymous.unwrap_or(false),
@@ -1055,6 +1123,12 @@ impl Validator {
 
     fn file(&mut self, f: RawFile) -> Config {
         let raw_auth: RawAuth = self.section("auth", f.auth);
+        let audit = match f.audit {
+            None => None,
+            Some(v) => self
+                .element::<RawAudit>("audit", Some(v))
+                .map(|a| self.audit(a)),
+        };
         let server: RawServer = self.section("server", f.server);
         let log: RawLog = self.section("log", f.log);
         let admin: RawAdmin = self.section("admin", f.admin);
@@ -1200,6 +1274,7 @@ impl Validator {
             routes,
             auth,
             lookups,
+            audit,
             source: None,
         }
     }
@@ -1626,7 +1701,20 @@ impl Validator {
                 Duration::from_secs(300),
             ),
         });
+        let audit = match r.audit.as_deref() {
+            None | Some("fail_open") => AuditPolicy::FailOpen,
+            Some("fail_closed") => AuditPolicy::FailClosed,
+            Some(o) => {
+                self.problems.push(
+                    format!("{path}.audit"),
+                    format!("unknown policy {o:?} (use fail_open or fail_closed)"),
+                );
+                AuditPolicy::FailOpen
+            }
+        };
         RouteConfig {
+            audit,
+            audit_bodies: r.audit_bodies.unwrap_or(false),
             auth,
             cache,
             name,

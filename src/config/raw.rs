@@ -25,6 +25,29 @@ pub struct RawFile {
     pub auth: Option<toml::Value>,
     #[serde(default)]
     pub lookups: Vec<toml::Value>,
+    pub audit: Option<toml::Value>,
+}
+
+/// `[audit]`: the tamper-evident log of every call (absent = no audit log).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// SQLite database file (created if missing).
+    pub db: Option<String>,
+    /// The log's name in its signed checkpoints, e.g. `lienthong.tinh.gov.vn/audit`.
+    pub origin: Option<String>,
+    /// Ed25519 private key (PKCS#8 PEM) that signs checkpoints.
+    pub key: Option<String>,
+    /// Most records in one commit (default 1024).
+    pub batch_max: Option<usize>,
+    /// Sign a checkpoint after this many records (default 10000) ...
+    pub checkpoint_every_records: Option<u64>,
+    /// ... or after this long with new records (default 60s).
+    pub checkpoint_every: Option<String>,
+    /// Records that may wait for the writer before fail-closed routes answer 503 (default 65536).
+    pub queue_capacity: Option<usize>,
+    /// Delete records older than this (the deletion is itself recorded and checkpointed).
+    pub retention: Option<String>,
 }
 
 /// `[[lookups]]`: reference data served at `/lookups/NAME[/KEY]` from one cache.
@@ -355,6 +378,11 @@ pub struct RawRoute {
     pub auth: Option<RawRouteAuth>,
     /// Optional response cache for GET (off when absent).
     pub cache: Option<RawRouteCache>,
+    /// `fail_open` (default: serve and count a lost record) or `fail_closed` (answer 503
+    /// unless the record is durable first).
+    pub audit: Option<String>,
+    /// Keep request and response bodies (text) in this route's audit records.
+    pub audit_bodies: Option<bool>,
 }
 
 /// `routes[].cache`: cache upstream GET responses (RFC 9111 rules; see config/README.md).

@@ -51,6 +51,11 @@ pub struct RequestCtx {
     pub error: Option<(&'static str, Option<String>)>,
     /// The verified caller, once authentication has run (None: anonymous route).
     pub caller: Option<Arc<crate::auth::caller::Caller>>,
+    /// Digest and size of the request body, filled when it has been read (audit).
+    pub request_digest: Option<audit_stage::DigestSlot>,
+    pub upstream_us: Option<u64>,
+    /// Request body kept for routes with `audit_bodies`.
+    pub kept_request_body: Option<bytes::Bytes>,
 }
 
 /// A request id: the client's when it is sane, else `<process prefix>-<counter>`,
@@ -100,6 +105,9 @@ impl RequestCtx {
             attempts: 0,
             error: None,
             caller: None,
+            request_digest: None,
+            upstream_us: None,
+            kept_request_body: None,
         }
     }
 
@@ -119,7 +127,10 @@ pub async fn handle(
     let result = proxy(&rt, &mut ctx, req).await;
     let rsp = respond::finish(&rt, &mut ctx, result);
     crate::observe::record(&rt, &ctx, &rsp);
-    rsp
+    match &rt.audit {
+        Some(a) => audit_stage::record(a, &rt, &ctx, rsp).await,
+        None => rsp,
+    }
 }
 
 async fn proxy(
@@ -189,14 +200,34 @@ async fn proxy(
     let pool = rt.route_pools[idx].clone();
     ctx.upstream = Some(rt.pool_names[idx].clone());
     let body = intake::body(listener, route, &parts, body)?;
-    let body = intake::replayable(body, pool.cfg.retry.attempts).await?;
+    let mut body = intake::replayable(body, pool.cfg.retry.attempts).await?;
+    if rt.audit.is_some() {
+        if route.audit_bodies {
+            let cap = route
+                .max_body_bytes
+                .unwrap_or(listener.max_body_bytes)
+                .min(1 << 20);
+            let b = crate::body::collect_capped(body, cap).await.map_err(|_| {
+                GatewayError::new(
+                    ErrorKind::PayloadTooLarge,
+                    "body_too_large",
+                    "the request body is larger than this route keeps",
+                )
+            })?;
+            ctx.kept_request_body = Some(b.clone());
+            body = Body::full(b);
+        }
+        body = audit_stage::tap_request(ctx, body);
+    }
     let client_upgrade = if upgrade {
         parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
     } else {
         None
     };
     let out = forward::prepare(rt, ctx, route, &target, &mut parts, body, upgrade)?;
+    let sent = Instant::now();
     let answer = pool.send(out).await;
+    ctx.upstream_us = Some(sent.elapsed().as_micros() as u64);
     let answer = answer?;
     ctx.endpoint = Some(answer.endpoint.addr.to_string());
     ctx.attempts = answer.attempts;
@@ -210,6 +241,189 @@ async fn proxy(
         rsp = cached::maybe_store(c, &cached::req(&target, pairs, who.as_deref()), rsp).await?;
     }
     Ok(respond::upstream(rt, ctx, rsp, upgrade))
+}
+
+pub mod audit_stage {
+    //! One audit record per request, refused ones included. Fail-open routes record
+    //! when the response body has been sent (so the record carries its digest and
+    //! size) and never wait on disk; fail-closed routes read the response, wait until
+    //! the record is durable, and answer 503 instead if it cannot be.
+    use super::*;
+    use crate::audit::record::{self, AuditRecord, RecordKind, Sha256Hex};
+    use crate::audit::Auditor;
+    use crate::body::{sha256, Tap};
+    use crate::config::AuditPolicy;
+    use std::sync::Mutex;
+
+    pub type DigestSlot = Arc<Mutex<Option<(Option<[u8; 32]>, u64)>>>;
+
+    /// Hashes the request body as it is read (by the upstream, usually).
+    pub fn tap_request(ctx: &mut RequestCtx, body: Body) -> Body {
+        let slot: DigestSlot = Arc::new(Mutex::new(None));
+        ctx.request_digest = Some(slot.clone());
+        body.with_tap(Tap::new(move |d, n| {
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some((d, n));
+        }))
+    }
+
+    fn kind(ctx: &RequestCtx, status: u16) -> RecordKind {
+        if ctx
+            .route
+            .as_deref()
+            .is_some_and(|r| r.starts_with("lookup:"))
+        {
+            RecordKind::Lookup
+        } else if ctx.error.is_some() && (400..500).contains(&status) {
+            RecordKind::Rejected
+        } else {
+            RecordKind::Proxy
+        }
+    }
+
+    fn text(b: &[u8]) -> String {
+        match std::str::from_utf8(b) {
+            Ok(s) => s.to_string(),
+            Err(_) => {
+                use base64::Engine;
+                format!(
+                    "base64:{}",
+                    base64::engine::general_purpose::STANDARD.encode(b)
+                )
+            }
+        }
+    }
+
+    fn base(ctx: &RequestCtx, status: u16) -> AuditRecord {
+        let mut r = AuditRecord::new(kind(ctx, status), ctx.request_id_str());
+        r.listener = ctx.conn.listener.to_string();
+        let cert = ctx
+            .conn
+            .tls
+            .as_ref()
+            .and_then(|t| t.client_cert_sha256.clone());
+        r.caller = match &ctx.caller {
+            Some(c) => Some(record::Caller {
+                agency: c
+                    .agency
+                    .as_ref()
+                    .map(|a| a.as_str().to_string())
+                    .unwrap_or_default(),
+                subject: Some(c.subject.clone()),
+                cert_s256: cert,
+            }),
+            None => cert.map(|c| record::Caller {
+                agency: String::new(),
+                subject: None,
+                cert_s256: Some(c),
+            }),
+        };
+        r.route = ctx.route.as_deref().map(str::to_string);
+        r.upstream = ctx.upstream.as_deref().map(str::to_string);
+        r.endpoint = ctx.endpoint.clone();
+        r.method = Some(ctx.method.to_string());
+        r.set_path(&ctx.path);
+        r.status = Some(status);
+        r.error = ctx.error.as_ref().map(|(code, _)| record::ErrorInfo {
+            kind: code.to_string(),
+            code: None,
+        });
+        r.upstream_latency_us = ctx.upstream_us;
+        r
+    }
+
+    fn fill_request(r: &mut AuditRecord, slot: &Option<DigestSlot>) {
+        if let Some(slot) = slot {
+            if let Some((d, n)) = *slot.lock().unwrap_or_else(|e| e.into_inner()) {
+                r.bytes_in = n;
+                r.request_sha256 = d.and_then(|d| Sha256Hex::from_digest(&d));
+            }
+        }
+    }
+
+    pub async fn record(
+        a: &Arc<Auditor>,
+        rt: &Runtime,
+        ctx: &RequestCtx,
+        rsp: Response<Body>,
+    ) -> Response<Body> {
+        let status = rsp.status().as_u16();
+        let route = ctx.route_index.map(|i| &rt.config.routes[i]);
+        let policy = route.map_or(AuditPolicy::FailOpen, |r| r.audit);
+        let keep_bodies = route.is_some_and(|r| r.audit_bodies);
+        let mut rec = base(ctx, status);
+        let (parts, body) = rsp.into_parts();
+        if policy == AuditPolicy::FailOpen && !keep_bodies {
+            let w = a.clone();
+            let slot = ctx.request_digest.clone();
+            let start = ctx.start;
+            let body = body.with_tap(Tap::new(move |d, n| {
+                rec.response_sha256 = d.and_then(|d| Sha256Hex::from_digest(&d));
+                rec.bytes_out = n;
+                fill_request(&mut rec, &slot);
+                rec.latency_us = start.elapsed().as_micros() as u64;
+                if w.writer.submit_nowait(rec).is_err() {
+                    metrics::counter!("lienthong_audit_dropped_total").increment(1);
+                }
+            }));
+            return Response::from_parts(parts, body);
+        }
+        // Fail-closed (or bodies kept): the response is read so the record can carry
+        // it, and it is sent only once the record is durable.
+        let bytes = match crate::body::collect_capped(body, 16 << 20).await {
+            Ok(b) => b,
+            Err(e) => {
+                let ge = GatewayError::new(
+                    ErrorKind::BadGateway,
+                    "upstream_error",
+                    "the upstream failed to answer",
+                )
+                .with_detail(e);
+                rec.status = Some(502);
+                rec.error = Some(record::ErrorInfo {
+                    kind: ge.code.into(),
+                    code: None,
+                });
+                let _ = a.writer.submit_nowait(rec);
+                return respond::error_response(&ge, ctx.request_id_str());
+            }
+        };
+        rec.response_sha256 = Sha256Hex::from_digest(&sha256(&bytes));
+        rec.bytes_out = bytes.len() as u64;
+        fill_request(&mut rec, &ctx.request_digest);
+        if keep_bodies {
+            rec.body = Some(record::Bodies {
+                request: ctx.kept_request_body.as_deref().map(text),
+                response: Some(text(&bytes)),
+            });
+        }
+        rec.latency_us = ctx.start.elapsed().as_micros() as u64;
+        let rsp = Response::from_parts(parts, Body::full(bytes));
+        if policy == AuditPolicy::FailOpen {
+            if a.writer.submit_nowait(rec).is_err() {
+                metrics::counter!("lienthong_audit_dropped_total").increment(1);
+            }
+            return rsp;
+        }
+        let durable = match a.writer.submit(rec) {
+            Ok(ticket) => ticket.durable().await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match durable {
+            Ok(()) => rsp,
+            Err(e) => {
+                metrics::counter!("lienthong_audit_refused_total").increment(1);
+                let mut ge = GatewayError::new(
+                    ErrorKind::Unavailable,
+                    "audit_unavailable",
+                    "the exchange could not be recorded in the audit log; try again later",
+                )
+                .with_detail(e);
+                ge.retry_after = Some(5);
+                tracing::error!(request_id = ctx.request_id_str(), error = ?ge.detail, "fail-closed route refused: audit record not durable");
+                respond::error_response(&ge, ctx.request_id_str())
+            }
+        }
+    }
 }
 
 pub mod cached {

@@ -159,6 +159,8 @@ mod tests {
             allow_absolute_form: false,
             auth: None,
             cache: None,
+            audit: crate::config::AuditPolicy::FailOpen,
+            audit_bodies: false,
         }
     }
 

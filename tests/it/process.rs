@@ -230,3 +230,97 @@ async fn sighup_reloads_and_sigterm_drains() {
     .unwrap();
     assert!(status.success(), "exit status {status:?}");
 }
+
+/// SIGKILL under heavy traffic: afterwards `lienthong audit verify` passes and every
+/// response a fail-closed route gave has its record; the gateway restarts on the
+/// same log and goes on.
+#[tokio::test]
+async fn audit_survives_sigkill_under_load() {
+    let up = MockUpstream::start(echo("up")).await;
+    let dir = scratch_dir();
+    let path = dir.join("lienthong.toml");
+    let key = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/dev/audit-signing.key.pem"
+    );
+    let cfg = file_config(&up.url(), "/")
+        .replace("upstream = \"u\"\n", "upstream = \"u\"\naudit = \"fail_closed\"\n")
+        + &format!("[audit]\ndb = \"audit.db\"\norigin = \"crash-test\"\nkey = \"{key}\"\ncheckpoint_every_records = 50\n");
+    std::fs::write(&path, &cfg).unwrap();
+    for round in 0..2 {
+        let (proc_, addr, _admin) = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || spawn(&path)
+        })
+        .await
+        .unwrap();
+        let acked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut clients = Vec::new();
+        for c in 0..16 {
+            let acked = acked.clone();
+            clients.push(tokio::spawn(async move {
+                for i in 0..10_000 {
+                    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+                        return;
+                    };
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let req = format!(
+                        "GET /r{round}/c{c}/{i} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+                    );
+                    if s.write_all(req.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let mut buf = Vec::new();
+                    if s.read_to_end(&mut buf).await.is_err() {
+                        return;
+                    }
+                    if let Some(r) = parse_complete(&buf) {
+                        if r.status == 200 {
+                            acked
+                                .lock()
+                                .unwrap()
+                                .push(r.header("x-request-id").unwrap().to_string());
+                        }
+                    }
+                }
+            }));
+        }
+        eventually("traffic flowing", Duration::from_secs(20), || async {
+            acked.lock().unwrap().len() > 200
+        })
+        .await;
+        signal(&proc_, "KILL");
+        for c in clients {
+            let _ = c.await;
+        }
+        drop(proc_);
+        let acked = acked.lock().unwrap().clone();
+        let out = Command::new(BIN)
+            .args(["audit", "verify", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "round {round}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let db = dir.join("audit.db");
+        let recs = lienthong::audit::writer::query(
+            &db,
+            &lienthong::audit::store::Filter {
+                limit: Some(1_000_000),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let logged: std::collections::HashSet<String> =
+            recs.into_iter().map(|(_, r)| r.request_id).collect();
+        let missing: Vec<&String> = acked.iter().filter(|id| !logged.contains(*id)).collect();
+        assert!(
+            missing.is_empty(),
+            "round {round}: {} acknowledged responses without a record",
+            missing.len()
+        );
+    }
+}

@@ -301,8 +301,15 @@ impl Drop for TestGateway {
 
 /// A minimal config with one listener on an ephemeral port and admin on another.
 pub fn base_config(extra: &str) -> String {
+    // Every test gateway keeps an audit log in its own scratch folder, so the whole
+    // suite exercises the audit stage.
     format!(
         r#"
+[audit]
+db = "audit.db"
+origin = "lienthong-test/audit"
+key = "{key}"
+checkpoint_every = "100ms"
 [log]
 access_log = false
 [admin]
@@ -312,7 +319,11 @@ name = "public"
 listen = "127.0.0.1:0"
 header_read_timeout = "2s"
 {extra}
-"#
+"#,
+        key = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/dev/audit-signing.key.pem"
+        ),
     )
 }
 

@@ -1,0 +1,369 @@
+//! The audit log through the gateway: exactly one record per request (refused ones
+//! included), body digests, fail-closed durability, no secrets, offline verification,
+//! inclusion proofs, tamper detection, and SIGKILL under load.
+
+use crate::support::*;
+use lienthong::audit::record::{AuditRecord, RecordKind};
+use lienthong::audit::store::Filter;
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_lienthong");
+
+fn db_of(gw: &TestGateway) -> std::path::PathBuf {
+    gw.config_path.parent().unwrap().join("audit.db")
+}
+
+async fn records(gw: &TestGateway) -> Vec<(u64, AuditRecord)> {
+    // A checkpoint goes through the writer's queue after every record already
+    // submitted, so once it returns they are committed.
+    assert_eq!(admin_post(gw, "/admin/audit/checkpoint").await.0, 200);
+    let db = db_of(gw);
+    tokio::task::spawn_blocking(move || {
+        lienthong::audit::writer::query(
+            &db,
+            &Filter {
+                limit: Some(100_000),
+                ..Filter::default()
+            },
+        )
+        .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn sha(b: &[u8]) -> String {
+    lienthong::body::sha256(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+#[tokio::test]
+async fn every_request_leaves_exactly_one_record_with_digests() {
+    let up = MockUpstream::start(echo("up")).await;
+    let dead = dead_addr().await;
+    let cfg = base_config(&format!(
+        r#"
+[[auth.issuers]]
+name = "dev"
+iss = "lienthong-dev"
+audiences = ["lienthong"]
+algorithms = ["EdDSA"]
+public_key = "{pubkey}"
+[upstreams.up]
+endpoints = ["{url}"]
+[upstreams.dead]
+endpoints = ["http://{dead}"]
+[upstreams.dead.retry]
+attempts = 1
+[[routes]]
+name = "open"
+path_prefix = "/open"
+upstream = "up"
+max_body_bytes = 1000
+auth = {{ anonymous = true }}
+[[routes]]
+name = "closed"
+path_prefix = "/closed"
+upstream = "up"
+auth = {{}}
+[[routes]]
+name = "dead"
+path_prefix = "/dead"
+methods = ["GET"]
+upstream = "dead"
+auth = {{ anonymous = true }}
+"#,
+        pubkey = concat!(env!("CARGO_MANIFEST_DIR"), "/config/dev/dev-issuer.pub.pem"),
+        url = up.url()
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    let body = "{\"hoso\":\"000.00.01.H22-251126-0001\"}";
+    let requests: Vec<(Vec<u8>, u16)> = vec![
+        (b"GET /open/x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".to_vec(), 200),
+        (format!("POST /open/y HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).into_bytes(), 200),
+        (b"GET /nowhere HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".to_vec(), 404),
+        (b"GET /closed/x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".to_vec(), 401),
+        (b"GET /open/%2e%2e%2fetc HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".to_vec(), 400),
+        (b"POST /dead/x HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(), 405),
+        (b"GET /dead/x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".to_vec(), 502),
+        (format!("POST /open/z HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\nConnection: close\r\n\r\n{}", "x".repeat(5000)).into_bytes(), 413),
+        (b"GET /open/dan-cu/079201001234 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".to_vec(), 200),
+    ];
+    let mut ids = BTreeSet::new();
+    let mut post_response = Vec::new();
+    for (req, want) in &requests {
+        let r = raw(gw.addr(), req).await;
+        assert_eq!(r.status, *want, "{}", String::from_utf8_lossy(req));
+        ids.insert(r.header("x-request-id").unwrap().to_string());
+        if req.starts_with(b"POST /open/y") {
+            post_response = r.body.clone();
+        }
+    }
+    let recs = records(&gw).await;
+    let got: BTreeSet<String> = recs.iter().map(|(_, r)| r.request_id.clone()).collect();
+    assert_eq!(recs.len(), requests.len(), "exactly one record per request");
+    assert_eq!(got, ids);
+    let by_status = |s: u16| {
+        recs.iter()
+            .find(|(_, r)| r.status == Some(s))
+            .unwrap()
+            .1
+            .clone()
+    };
+    for s in [404, 401, 400, 405, 413] {
+        assert_eq!(by_status(s).kind, RecordKind::Rejected, "status {s}");
+    }
+    assert_eq!(by_status(502).error.unwrap().kind, "upstream_unreachable");
+    let post = recs
+        .iter()
+        .find(|(_, r)| r.method.as_deref() == Some("POST") && r.status == Some(200))
+        .unwrap()
+        .1
+        .clone();
+    assert_eq!(post.request_sha256.unwrap().as_str(), sha(body.as_bytes()));
+    assert_eq!(post.bytes_in, body.len() as u64);
+    assert_eq!(post.response_sha256.unwrap().as_str(), sha(&post_response));
+    assert_eq!(post.bytes_out, post_response.len() as u64);
+    assert_eq!(post.route.as_deref(), Some("open"));
+    // Citizen identifiers in paths are masked.
+    let masked = recs
+        .iter()
+        .find(|(_, r)| {
+            r.path
+                .as_ref()
+                .is_some_and(|p| p.as_str().contains("dan-cu"))
+        })
+        .unwrap();
+    assert!(!masked
+        .1
+        .path
+        .as_ref()
+        .unwrap()
+        .as_str()
+        .contains("079201001234"));
+}
+
+#[tokio::test]
+async fn fail_closed_route_answers_only_after_the_record_is_durable() {
+    let up = MockUpstream::start(echo("up")).await;
+    let cfg = base_config(&format!(
+        "[upstreams.up]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"intake\"\npath_prefix = \"/\"\nupstream = \"up\"\naudit = \"fail_closed\"\nauth = {{ anonymous = true }}\n",
+        up.url()
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    let db = db_of(&gw);
+    for i in 0..5 {
+        let r = raw_get(gw.addr(), &format!("/hoso/{i}")).await;
+        assert_eq!(r.status, 200);
+        let id = r.header("x-request-id").unwrap().to_string();
+        // No flush: the record must already be committed when the response arrives.
+        let db = db.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            lienthong::audit::writer::query(
+                &db,
+                &Filter {
+                    limit: Some(1000),
+                    ..Filter::default()
+                },
+            )
+            .unwrap()
+            .iter()
+            .any(|(_, r)| r.request_id == id)
+        })
+        .await
+        .unwrap();
+        assert!(found, "response {i} was sent before its record was durable");
+    }
+}
+
+#[tokio::test]
+async fn no_tokens_or_secrets_in_audit_records() {
+    std::env::set_var(
+        "LIENTHONG_TEST_AUDIT_SECRET",
+        "very-secret-client-secret-42",
+    );
+    let idp = MockUpstream::start(Arc::new(|_| {
+        Action::Respond(json_response(
+            200,
+            serde_json::json!({"access_token": "upstream-access-token-xyz", "expires_in": 600}),
+        ))
+    }))
+    .await;
+    let up = MockUpstream::start(echo("up")).await;
+    let cfg = base_config(&format!(
+        r#"
+[[auth.issuers]]
+name = "dev"
+iss = "lienthong-dev"
+audiences = ["lienthong"]
+algorithms = ["EdDSA"]
+public_key = "{pubkey}"
+[upstreams.idp]
+endpoints = ["{idp}"]
+[upstreams.up]
+endpoints = ["{up}"]
+[upstreams.up.credentials]
+type = "oauth2"
+token_upstream = "idp"
+client_id = "lienthong"
+client_secret = {{ env = "LIENTHONG_TEST_AUDIT_SECRET" }}
+[[routes]]
+name = "r"
+path_prefix = "/"
+upstream = "up"
+auth = {{}}
+"#,
+        pubkey = concat!(env!("CARGO_MANIFEST_DIR"), "/config/dev/dev-issuer.pub.pem"),
+        idp = idp.url(),
+        up = up.url()
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    let key = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/dev/dev-issuer.key.pem"
+    ))
+    .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = lienthong::auth::jwt::mint(
+        &key,
+        jsonwebtoken::Algorithm::EdDSA,
+        serde_json::json!({"iss": "lienthong-dev", "aud": "lienthong", "sub": "s", "iat": now, "exp": now + 600, "agency": "000.00.01.H22"}),
+        None,
+    )
+    .unwrap();
+    for path in ["/a", "/b?access_token=zzz"] {
+        raw(gw.addr(), format!("GET {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n").as_bytes()).await;
+    }
+    raw(gw.addr(), b"GET /c HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer not-a-real-token\r\nConnection: close\r\n\r\n").await;
+    let recs = records(&gw).await;
+    assert_eq!(recs.len(), 3);
+    let all: String = recs
+        .iter()
+        .map(|(_, r)| String::from_utf8(r.to_json()).unwrap())
+        .collect();
+    for secret in [
+        token.as_str(),
+        "very-secret-client-secret-42",
+        "upstream-access-token-xyz",
+        "not-a-real-token",
+        &token[..30],
+    ] {
+        assert!(!all.contains(secret), "a secret reached the audit log");
+    }
+    assert!(
+        !lienthong::audit::record::contains_secret_like(&all),
+        "{all}"
+    );
+}
+
+#[tokio::test]
+async fn cli_verifies_proves_and_names_a_tampered_record() {
+    let up = MockUpstream::start(echo("up")).await;
+    let cfg = base_config(&format!(
+        "[upstreams.up]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"up\"\nauth = {{ anonymous = true }}\n",
+        up.url()
+    ));
+    let mut gw = TestGateway::start(&cfg).await;
+    for i in 0..20 {
+        assert_eq!(raw_get(gw.addr(), &format!("/x/{i}")).await.status, 200);
+    }
+    records(&gw).await;
+    let config = gw.config_path.clone();
+    let done = gw.shutdown();
+    tokio::time::timeout(Duration::from_secs(10), done)
+        .await
+        .unwrap()
+        .unwrap();
+    drop(gw);
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["audit", "verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok: 20 records"));
+    // A counterpart checks "my request was logged" with the proof and the public key only.
+    let proof = run(&["audit", "prove", "7"]);
+    assert!(proof.status.success());
+    let pf = config.parent().unwrap().join("proof.json");
+    std::fs::write(&pf, &proof.stdout).unwrap();
+    let key = String::from_utf8(run(&["audit", "key"]).stdout).unwrap();
+    let check = Command::new(BIN)
+        .args(["audit", "check-proof"])
+        .arg(&pf)
+        .args(["--key", key.trim()])
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    // A proof altered by one byte fails.
+    let mut v: serde_json::Value = serde_json::from_slice(&proof.stdout).unwrap();
+    v["record"] =
+        serde_json::Value::String(v["record"].as_str().unwrap().replace("\"GET\"", "\"PUT\""));
+    std::fs::write(&pf, serde_json::to_vec(&v).unwrap()).unwrap();
+    let check = Command::new(BIN)
+        .args(["audit", "check-proof"])
+        .arg(&pf)
+        .args(["--key", key.trim()])
+        .output()
+        .unwrap();
+    assert!(!check.status.success());
+    // Export verifies offline.
+    let export = run(&["audit", "export"]);
+    assert!(export.status.success());
+    let ef = config.parent().unwrap().join("export.jsonl");
+    std::fs::write(&ef, &export.stdout).unwrap();
+    let ve = Command::new(BIN)
+        .args(["audit", "verify-export"])
+        .arg(&ef)
+        .args(["--key", key.trim()])
+        .output()
+        .unwrap();
+    assert!(
+        ve.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ve.stdout)
+    );
+    // Someone with database access edits record 5: verify names it.
+    let db = config.parent().unwrap().join("audit.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let mut frame: Vec<u8> = conn
+        .query_row("SELECT frame FROM audit_records WHERE idx = 5", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let at = frame.len() / 2;
+    frame[at] ^= 0x01;
+    conn.execute(
+        "UPDATE audit_records SET frame = ?1 WHERE idx = 5",
+        [&frame],
+    )
+    .unwrap();
+    drop(conn);
+    let out = run(&["audit", "verify"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("record 5"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
