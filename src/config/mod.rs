@@ -262,6 +262,28 @@ pub struct RouteConfig {
     pub cache: Option<RouteCacheCfg>,
     pub audit: AuditPolicy,
     pub audit_bodies: bool,
+    pub translate: Option<TranslateCfg>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TranslateOp {
+    JsonToXml,
+    XmlToJson,
+    SoapWrap,
+    SoapUnwrap,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TranslateCfg {
+    pub request: Option<TranslateOp>,
+    pub response: Option<TranslateOp>,
+    pub soap_12: bool,
+    pub soap_action: Option<String>,
+    pub root: Option<String>,
+    pub arrays: Vec<String>,
+    pub namespaces: BTreeMap<String, String>,
+    pub max_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -1712,7 +1734,78 @@ impl Validator {
                 AuditPolicy::FailOpen
             }
         };
+        let translate = r.translate.map(|t| {
+            let op = |me: &mut Self,
+                      key: &str,
+                      v: Option<&String>,
+                      allowed: &[TranslateOp]|
+             -> Option<TranslateOp> {
+                let o = match v.map(String::as_str) {
+                    None => return None,
+                    Some("json_to_xml") => TranslateOp::JsonToXml,
+                    Some("xml_to_json") => TranslateOp::XmlToJson,
+                    Some("soap_wrap") => TranslateOp::SoapWrap,
+                    Some("soap_unwrap") => TranslateOp::SoapUnwrap,
+                    Some(o) => {
+                        me.problems.push(
+                            format!("{path}.translate.{key}"),
+                            format!("unknown translation {o:?}"),
+                        );
+                        return None;
+                    }
+                };
+                if !allowed.contains(&o) {
+                    me.problems.push(
+                        format!("{path}.translate.{key}"),
+                        format!("{o:?} cannot be used on the {key}"),
+                    );
+                }
+                Some(o)
+            };
+            let request = op(
+                self,
+                "request",
+                t.request.as_ref(),
+                &[
+                    TranslateOp::JsonToXml,
+                    TranslateOp::XmlToJson,
+                    TranslateOp::SoapWrap,
+                ],
+            );
+            let response = op(
+                self,
+                "response",
+                t.response.as_ref(),
+                &[
+                    TranslateOp::JsonToXml,
+                    TranslateOp::XmlToJson,
+                    TranslateOp::SoapUnwrap,
+                ],
+            );
+            let soap_12 = match t.soap_version.as_deref() {
+                None | Some("1.1") => false,
+                Some("1.2") => true,
+                Some(o) => {
+                    self.problems.push(
+                        format!("{path}.translate.soap_version"),
+                        format!("{o:?} (use 1.1 or 1.2)"),
+                    );
+                    false
+                }
+            };
+            TranslateCfg {
+                request,
+                response,
+                soap_12,
+                soap_action: t.soap_action,
+                root: t.root,
+                arrays: t.arrays.unwrap_or_default(),
+                namespaces: t.namespaces.unwrap_or_default(),
+                max_bytes: t.max_bytes.unwrap_or(16 << 20),
+            }
+        });
         RouteConfig {
+            translate,
             audit,
             audit_bodies: r.audit_bodies.unwrap_or(false),
             auth,

@@ -383,6 +383,30 @@ pub struct RawRoute {
     pub audit: Option<String>,
     /// Keep request and response bodies (text) in this route's audit records.
     pub audit_bodies: Option<bool>,
+    /// Translate payloads on this route (absent: bodies pass through untouched).
+    pub translate: Option<RawTranslate>,
+}
+
+/// `routes[].translate`: XML ↔ JSON and SOAP on the request and/or the response, with the
+/// convention of adapters/README.md.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTranslate {
+    /// `json_to_xml`, `xml_to_json`, `soap_wrap` (JSON → SOAP envelope).
+    pub request: Option<String>,
+    /// `xml_to_json`, `json_to_xml`, `soap_unwrap` (SOAP envelope → JSON; faults → errors).
+    pub response: Option<String>,
+    /// `1.1` (default) or `1.2`.
+    pub soap_version: Option<String>,
+    pub soap_action: Option<String>,
+    /// Root element for JSON → XML when the JSON is not a one-member object.
+    pub root: Option<String>,
+    /// Element paths that are always JSON arrays (`/Resp/Item`, `//Item`).
+    pub arrays: Option<Vec<String>>,
+    /// Namespace URI → prefix (JSON keys and XML output).
+    pub namespaces: Option<std::collections::BTreeMap<String, String>>,
+    /// Largest body translated (default 16 MiB).
+    pub max_bytes: Option<u64>,
 }
 
 /// `routes[].cache`: cache upstream GET responses (RFC 9111 rules; see config/README.md).

@@ -56,6 +56,10 @@ pub struct RequestCtx {
     pub upstream_us: Option<u64>,
     /// Request body kept for routes with `audit_bodies`.
     pub kept_request_body: Option<bytes::Bytes>,
+    /// SHA-256 of the request as sent upstream, when a translation changed it.
+    pub request_translated: Option<[u8; 32]>,
+    /// SHA-256 of the upstream's response as received, when a translation changed it.
+    pub response_received: Option<[u8; 32]>,
 }
 
 /// A request id: the client's when it is sane, else `<process prefix>-<counter>`,
@@ -108,6 +112,8 @@ impl RequestCtx {
             request_digest: None,
             upstream_us: None,
             kept_request_body: None,
+            request_translated: None,
+            response_received: None,
         }
     }
 
@@ -219,6 +225,9 @@ async fn proxy(
         }
         body = audit_stage::tap_request(ctx, body);
     }
+    if let Some(t) = &route.translate {
+        body = translate_stage::request(ctx, t, &mut parts.headers, body).await?;
+    }
     let client_upgrade = if upgrade {
         parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
     } else {
@@ -237,10 +246,187 @@ async fn proxy(
             forward::tunnel(client, &mut rsp);
         }
     }
+    if let Some(t) = &route.translate {
+        rsp = translate_stage::response(ctx, t, rsp).await?;
+    }
     if let Some((c, (pairs, who))) = &cache {
         rsp = cached::maybe_store(c, &cached::req(&target, pairs, who.as_deref()), rsp).await?;
     }
     Ok(respond::upstream(rt, ctx, rsp, upgrade))
+}
+
+pub mod translate_stage {
+    //! Payload translation on routes that opt in (`translate`): the body is read under
+    //! the route's cap, converted by the streaming engine in `crate::translate`, and
+    //! sent on with the `Content-Type` and `Content-Length` of the new body. SOAP faults
+    //! from an upstream become JSON errors.
+    use super::*;
+    use crate::config::{TranslateCfg, TranslateOp};
+    use crate::translate::{self as tr, soap, TranslateError, TranslateErrorKind};
+
+    fn json_opts(t: &TranslateCfg) -> tr::JsonToXmlOptions {
+        let mut o = tr::JsonToXmlOptions::default();
+        o.root.clone_from(&t.root);
+        o.namespaces
+            .extend(t.namespaces.iter().map(|(k, v)| (k.clone(), v.clone())));
+        o
+    }
+
+    fn xml_opts(t: &TranslateCfg) -> tr::XmlToJsonOptions {
+        let mut o = tr::XmlToJsonOptions::default();
+        o.arrays = tr::ArrayPaths::new(t.arrays.iter());
+        o.namespaces
+            .extend(t.namespaces.iter().map(|(k, v)| (k.clone(), v.clone())));
+        o
+    }
+
+    fn error(e: &TranslateError, side: &str) -> GatewayError {
+        let kind = match e.kind() {
+            TranslateErrorKind::Malformed => ErrorKind::BadRequest,
+            TranslateErrorKind::TooLarge => ErrorKind::PayloadTooLarge,
+            TranslateErrorKind::Unsupported => ErrorKind::UnsupportedMediaType,
+            TranslateErrorKind::Invalid => ErrorKind::Unprocessable,
+        };
+        if side == "response" {
+            // The upstream sent something we cannot translate: its fault, not the client's.
+            return GatewayError::new(
+                ErrorKind::BadGateway,
+                "upstream_untranslatable",
+                "the upstream's answer could not be translated",
+            )
+            .with_detail(e);
+        }
+        GatewayError::new(
+            kind,
+            "untranslatable",
+            format!("the request body could not be translated: {e}"),
+        )
+    }
+
+    async fn read(body: Body, cap: u64) -> Result<bytes::Bytes, GatewayError> {
+        crate::body::collect_capped(body, cap).await.map_err(|e| {
+            if crate::body::is_too_large(e.as_ref()) {
+                GatewayError::new(
+                    ErrorKind::PayloadTooLarge,
+                    "body_too_large",
+                    "the body is larger than this route translates",
+                )
+            } else {
+                GatewayError::bad_request("bad_body", "the request body could not be read")
+                    .with_detail(e)
+            }
+        })
+    }
+
+    pub async fn request(
+        ctx: &mut RequestCtx,
+        t: &TranslateCfg,
+        h: &mut http::HeaderMap,
+        body: Body,
+    ) -> Result<Body, GatewayError> {
+        let Some(op) = t.request else { return Ok(body) };
+        let input = read(body, t.max_bytes).await?;
+        let (out, ctype) = match op {
+            TranslateOp::JsonToXml => {
+                let mut out = Vec::with_capacity(input.len() * 2);
+                tr::json_to_xml(&input, &json_opts(t), &mut out)
+                    .map_err(|e| error(&e, "request"))?;
+                (out, "application/xml; charset=utf-8".to_string())
+            }
+            TranslateOp::XmlToJson => {
+                let mut out = Vec::with_capacity(input.len());
+                tr::xml_to_json(&input, &xml_opts(t), &mut out)
+                    .map_err(|e| error(&e, "request"))?;
+                (out, "application/json".to_string())
+            }
+            TranslateOp::SoapWrap => {
+                let mut o = soap::SoapWrapOptions::default();
+                o.json = json_opts(t);
+                o.action.clone_from(&t.soap_action);
+                let v = if t.soap_12 {
+                    soap::SoapVersion::V12
+                } else {
+                    soap::SoapVersion::V11
+                };
+                let r = soap::wrap(&input, v, &o).map_err(|e| error(&e, "request"))?;
+                if let Some(a) = r
+                    .soap_action
+                    .as_deref()
+                    .and_then(|a| HeaderValue::from_str(a).ok())
+                {
+                    h.insert("soapaction", a);
+                }
+                (r.body, r.content_type)
+            }
+            TranslateOp::SoapUnwrap => return Ok(Body::full(input)),
+        };
+        if let Ok(v) = HeaderValue::from_str(&ctype) {
+            h.insert(header::CONTENT_TYPE, v);
+        }
+        ctx.request_translated = Some(crate::body::sha256(&out));
+        Ok(Body::full(out))
+    }
+
+    pub async fn response(
+        ctx: &mut RequestCtx,
+        t: &TranslateCfg,
+        rsp: Response<Body>,
+    ) -> Result<Response<Body>, GatewayError> {
+        let Some(op) = t.response else { return Ok(rsp) };
+        let (mut parts, body) = rsp.into_parts();
+        let input = read(body, t.max_bytes).await.map_err(|e| {
+            GatewayError::new(
+                ErrorKind::BadGateway,
+                "upstream_untranslatable",
+                "the upstream's answer is too large to translate",
+            )
+            .with_detail(e)
+        })?;
+        ctx.response_received = Some(crate::body::sha256(&input));
+        if input.is_empty() {
+            return Ok(Response::from_parts(parts, Body::empty()));
+        }
+        let (out, ctype) = match op {
+            TranslateOp::XmlToJson => {
+                let mut out = Vec::with_capacity(input.len());
+                tr::xml_to_json(&input, &xml_opts(t), &mut out)
+                    .map_err(|e| error(&e, "response"))?;
+                (out, "application/json")
+            }
+            TranslateOp::JsonToXml => {
+                let mut out = Vec::with_capacity(input.len() * 2);
+                tr::json_to_xml(&input, &json_opts(t), &mut out)
+                    .map_err(|e| error(&e, "response"))?;
+                (out, "application/xml; charset=utf-8")
+            }
+            TranslateOp::SoapUnwrap => match soap::unwrap(&input, &xml_opts(t)) {
+                Ok(m) => (m.json, "application/json"),
+                Err(soap::UnwrapError::Fault(f)) => {
+                    // The counterpart's fault becomes lienthong's JSON error: a sender
+                    // fault is the caller's to fix (422), a receiver fault the upstream's (502).
+                    let client_side = matches!(f.code_local(), "Client" | "Sender");
+                    let kind = if client_side {
+                        ErrorKind::Unprocessable
+                    } else {
+                        ErrorKind::BadGateway
+                    };
+                    return Err(GatewayError::new(
+                        kind,
+                        "upstream_fault",
+                        format!("the upstream refused the request: {}", f.reason),
+                    )
+                    .with_detail(format!("SOAP fault {}", f.code)));
+                }
+                Err(soap::UnwrapError::Translate(e)) => return Err(error(&e, "response")),
+            },
+            TranslateOp::SoapWrap => return Ok(Response::from_parts(parts, Body::full(input))),
+        };
+        parts
+            .headers
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+        parts.headers.remove(header::CONTENT_LENGTH);
+        Ok(Response::from_parts(parts, Body::full(out)))
+    }
 }
 
 pub mod audit_stage {
@@ -328,7 +514,22 @@ pub mod audit_stage {
             code: None,
         });
         r.upstream_latency_us = ctx.upstream_us;
+        r.request_translated_sha256 = ctx
+            .request_translated
+            .and_then(|d| Sha256Hex::from_digest(&d));
         r
+    }
+
+    /// The body sent to the client is the translated one when a translation ran; the
+    /// upstream's own answer then goes in `response_sha256`.
+    fn fill_response(r: &mut AuditRecord, received: Option<[u8; 32]>, sent: Option<[u8; 32]>) {
+        match received {
+            Some(raw) => {
+                r.response_sha256 = Sha256Hex::from_digest(&raw);
+                r.response_translated_sha256 = sent.and_then(|d| Sha256Hex::from_digest(&d));
+            }
+            None => r.response_sha256 = sent.and_then(|d| Sha256Hex::from_digest(&d)),
+        }
     }
 
     fn fill_request(r: &mut AuditRecord, slot: &Option<DigestSlot>) {
@@ -356,8 +557,9 @@ pub mod audit_stage {
             let w = a.clone();
             let slot = ctx.request_digest.clone();
             let start = ctx.start;
+            let received = ctx.response_received;
             let body = body.with_tap(Tap::new(move |d, n| {
-                rec.response_sha256 = d.and_then(|d| Sha256Hex::from_digest(&d));
+                fill_response(&mut rec, received, d);
                 rec.bytes_out = n;
                 fill_request(&mut rec, &slot);
                 rec.latency_us = start.elapsed().as_micros() as u64;
@@ -387,7 +589,7 @@ pub mod audit_stage {
                 return respond::error_response(&ge, ctx.request_id_str());
             }
         };
-        rec.response_sha256 = Sha256Hex::from_digest(&sha256(&bytes));
+        fill_response(&mut rec, ctx.response_received, Some(sha256(&bytes)));
         rec.bytes_out = bytes.len() as u64;
         fill_request(&mut rec, &ctx.request_digest);
         if keep_bodies {

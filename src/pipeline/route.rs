@@ -161,6 +161,7 @@ mod tests {
             cache: None,
             audit: crate::config::AuditPolicy::FailOpen,
             audit_bodies: false,
+            translate: None,
         }
     }
 

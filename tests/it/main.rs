@@ -11,4 +11,5 @@ mod process;
 mod reload;
 mod routing;
 mod tls;
+mod translate;
 mod upstream;
