@@ -6,10 +6,11 @@
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SHARED="${LIENTHONG_SHARED:-$HERE/../shared}"
-(cd "$HERE" && cargo build --release --locked --bin lienthong)
+# LIENTHONG_BIN=path skips the build (e.g. to run several scripts on one binary).
+[ -n "${LIENTHONG_BIN:-}" ] || (cd "$HERE" && cargo build --release --locked --bin lienthong)
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/lienthong-auditbench.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
-export LIENTHONG_BIN="$HERE/target/release/lienthong" GATEWAY_CMD="$HERE/benches/gateway-for-bench.sh"
+export LIENTHONG_BIN="${LIENTHONG_BIN:-$HERE/target/release/lienthong}" GATEWAY_CMD="$HERE/benches/gateway-for-bench.sh"
 export GATEWAY_PORT="${GATEWAY_PORT:-18083}" RESULTS_DIR="$WORK/results" LATENCY="${LATENCY:-0}"
 export ROUNDS="${ROUNDS:-3}" DURATION="${DURATION:-5}"
 mkdir -p "$RESULTS_DIR"

@@ -9,7 +9,8 @@
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SHARED="${LIENTHONG_SHARED:-$HERE/../shared}"
-(cd "$HERE" && cargo build --release --locked --bin lienthong)
+# LIENTHONG_BIN=path skips the build (e.g. to run several scripts on one binary).
+[ -n "${LIENTHONG_BIN:-}" ] || (cd "$HERE" && cargo build --release --locked --bin lienthong)
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/lienthong-authbench.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$WORK/es256.key.pem" 2>/dev/null
@@ -41,9 +42,9 @@ upstream = "bench"
 auth = { anonymous = true }
 $EXTRA_CONFIG
 TOML
-TOKEN="$("$HERE/target/release/lienthong" token --config "$WORK/mint.toml" --ttl 50m)"
+TOKEN="$("$LIENTHONG_BIN" token --config "$WORK/mint.toml" --ttl 50m)"
 export HEADER="Authorization: Bearer $TOKEN"
-export LIENTHONG_BIN="$HERE/target/release/lienthong" GATEWAY_CMD="$HERE/benches/gateway-for-bench.sh"
+export LIENTHONG_BIN="${LIENTHONG_BIN:-$HERE/target/release/lienthong}" GATEWAY_CMD="$HERE/benches/gateway-for-bench.sh"
 export GATEWAY_PORT="${GATEWAY_PORT:-18083}" RESULTS_DIR="$WORK/results" LATENCY="${LATENCY:-0}"
 mkdir -p "$RESULTS_DIR"
 echo "== plain route (anonymous), same Authorization header sent" >&2

@@ -6,7 +6,8 @@
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SHARED="${LIENTHONG_SHARED:-$HERE/../shared}"
-(cd "$HERE" && cargo build --release --locked --bin lienthong)
+# LIENTHONG_BIN=path skips the build (e.g. to run several scripts on one binary).
+[ -n "${LIENTHONG_BIN:-}" ] || (cd "$HERE" && cargo build --release --locked --bin lienthong)
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/lienthong-lookupbench.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 export EXTRA_CONFIG="
@@ -16,7 +17,7 @@ source = { file = \"$HERE/config/data/dvhc-2025.csv\", table = \"provinces\" }
 ttl = \"24h\"
 auth = { anonymous = true }
 "
-export LIENTHONG_BIN="$HERE/target/release/lienthong" GATEWAY_CMD="$HERE/benches/gateway-for-bench.sh"
+export LIENTHONG_BIN="${LIENTHONG_BIN:-$HERE/target/release/lienthong}" GATEWAY_CMD="$HERE/benches/gateway-for-bench.sh"
 export GATEWAY_PORT="${GATEWAY_PORT:-18083}" RESULTS_DIR="$WORK/results" LATENCY="${LATENCY:-0}"
 mkdir -p "$RESULTS_DIR"
 echo "== proxied route /json" >&2

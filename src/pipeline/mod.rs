@@ -273,8 +273,10 @@ pub mod translate_stage {
     }
 
     fn xml_opts(t: &TranslateCfg) -> tr::XmlToJsonOptions {
-        let mut o = tr::XmlToJsonOptions::default();
-        o.arrays = tr::ArrayPaths::new(t.arrays.iter());
+        let mut o = tr::XmlToJsonOptions {
+            arrays: tr::ArrayPaths::new(t.arrays.iter()),
+            ..Default::default()
+        };
         o.namespaces
             .extend(t.namespaces.iter().map(|(k, v)| (k.clone(), v.clone())));
         o
@@ -340,9 +342,11 @@ pub mod translate_stage {
                 (out, "application/json".to_string())
             }
             TranslateOp::SoapWrap => {
-                let mut o = soap::SoapWrapOptions::default();
-                o.json = json_opts(t);
-                o.action.clone_from(&t.soap_action);
+                let o = soap::SoapWrapOptions {
+                    json: json_opts(t),
+                    action: t.soap_action.clone(),
+                    ..Default::default()
+                };
                 let v = if t.soap_12 {
                     soap::SoapVersion::V12
                 } else {
