@@ -8,6 +8,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SHARED="${LIENTHONG_SHARED:-$HERE/../shared}"
 # LIENTHONG_BIN=path skips the build (e.g. to run several scripts on one binary).
 [ -n "${LIENTHONG_BIN:-}" ] || (cd "$HERE" && cargo build --release --locked --bin lienthong)
+LIENTHONG_BIN="${LIENTHONG_BIN:-$HERE/target/release/lienthong}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/lienthong-auditbench.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 export LIENTHONG_BIN="${LIENTHONG_BIN:-$HERE/target/release/lienthong}" GATEWAY_CMD="$HERE/benches/gateway-for-bench.sh"

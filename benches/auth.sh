@@ -11,6 +11,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SHARED="${LIENTHONG_SHARED:-$HERE/../shared}"
 # LIENTHONG_BIN=path skips the build (e.g. to run several scripts on one binary).
 [ -n "${LIENTHONG_BIN:-}" ] || (cd "$HERE" && cargo build --release --locked --bin lienthong)
+LIENTHONG_BIN="${LIENTHONG_BIN:-$HERE/target/release/lienthong}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/lienthong-authbench.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$WORK/es256.key.pem" 2>/dev/null

@@ -14,6 +14,7 @@ SHARED="${LIENTHONG_SHARED:-$HERE/../shared}"
 [ -x "$SHARED/bench/proxy-compare.sh" ] || { echo "proxy.sh: no harness at $SHARED/bench" >&2; exit 1; }
 # LIENTHONG_BIN=path skips the build (e.g. to run several scripts on one binary).
 [ -n "${LIENTHONG_BIN:-}" ] || (cd "$HERE" && cargo build --release --locked --bin lienthong)
+LIENTHONG_BIN="${LIENTHONG_BIN:-$HERE/target/release/lienthong}"
 export LIENTHONG_BIN="${LIENTHONG_BIN:-$HERE/target/release/lienthong}"
 export GATEWAY_CMD="$HERE/benches/gateway-for-bench.sh"
 export GATEWAY_NAME="${GATEWAY_NAME:-lienthong}"
