@@ -13,6 +13,7 @@
 //! - [`auth`]      — JWT verification (RFC 8725), key sets and JWKS rotation, callers, access rules.
 //! - [`translate`] — the streaming XML↔JSON engine and SOAP envelopes; knows nothing about HTTP.
 //! - [`cache`]     — lookup data in moka (coalescing, refresh-ahead, serve-stale) and the GET response cache.
+//! - [`exchange`]  — dossier model and validation, durable store with group commit, outbox delivery engine (not yet routed).
 //! - [`audit`]     — the tamper-evident audit log: Merkle tree, signed checkpoints, framed records, verifier.
 //! - [`observe`]   — metrics recorder and logging; one access-log line per request.
 //!
@@ -37,6 +38,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod exchange;
 pub mod observe;
 pub mod pipeline;
 pub mod runtime;

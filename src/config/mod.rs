@@ -292,6 +292,8 @@ pub struct AuditCfg {
     pub origin: String,
     pub key: PathBuf,
     pub batch_max: usize,
+    #[serde(with = "dur")]
+    pub batch_linger: Duration,
     pub checkpoint_every_records: u64,
     #[serde(with = "dur")]
     pub checkpoint_every: Duration,
@@ -870,6 +872,13 @@ impl Validator {
             origin: a.origin.unwrap_or_else(|| "lienthong/audit".into()),
             key,
             batch_max: a.batch_max.unwrap_or(1024).max(1),
+            batch_linger: match &a.batch_linger {
+                Some(d) => parse_duration(d).unwrap_or_else(|e| {
+                    self.problems.push("audit.batch_linger", e);
+                    Duration::from_millis(2)
+                }),
+                None => Duration::from_millis(2),
+            },
             checkpoint_every_records: a.checkpoint_every_records.unwrap_or(10_000).max(1),
             checkpoint_every: self.duration(
                 "audit.checkpoint_every",

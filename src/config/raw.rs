@@ -40,6 +40,9 @@ pub struct RawAudit {
     pub key: Option<String>,
     /// Most records in one commit (default 1024).
     pub batch_max: Option<usize>,
+    /// After the first record of a batch, wait this long for more before committing
+    /// (default 2ms): fewer fsyncs under load for a little fail-closed latency.
+    pub batch_linger: Option<String>,
     /// Sign a checkpoint after this many records (default 10000) ...
     pub checkpoint_every_records: Option<u64>,
     /// ... or after this long with new records (default 60s).

@@ -282,7 +282,11 @@ pub const FIELD_MAP: &[(&str, &str, &str)] = &[
     ("submission_place", "NoiNopHoSo", "DongBoHoSoMC (TD v2)"),
     ("summary", "TrichYeuHoSo", "DongBoHoSoMC"),
     ("status", "TrangThaiHoSo", "DongBoHoSoMC"),
-    ("submitted_at", "NgayNopHoSo / NgayNop", "DongBoHoSoMC (TD v2); iGate"),
+    (
+        "submitted_at",
+        "NgayNopHoSo / NgayNop",
+        "DongBoHoSoMC (TD v2); iGate",
+    ),
     ("received_at", "NgayTiepNhan", "DongBoHoSoMC; iGate create"),
     ("due_at", "NgayHenTra", "DongBoHoSoMC"),
     ("processing_ended_at", "NgayKetThucXuLy", "DongBoHoSoMC"),
@@ -296,18 +300,42 @@ pub const FIELD_MAP: &[(&str, &str, &str)] = &[
         "HoSoCoThanhPhanSoHoa",
         "DongBoHoSoMC (TD v2)",
     ),
-    ("online_payment", "DuocThanhToanTrucTuyen", "DongBoHoSoMC (TD v2)"),
+    (
+        "online_payment",
+        "DuocThanhToanTrucTuyen",
+        "DongBoHoSoMC (TD v2)",
+    ),
     (
         "connected_databases[]",
         "DSKetNoiCSDL[].MaCSDL",
         "DongBoHoSoMC (TD v2)",
     ),
     ("applicant.name", "ChuHoSo", "DongBoHoSoMC; iGate create"),
-    ("applicant.kind", "LoaiDoiTuong", "DongBoHoSoMC; iGate create"),
-    ("applicant.id_number", "SoGiayToChuHoSo", "DongBoHoSoMC (TD v2)"),
-    ("applicant.identifiers[]", "DinhDanhCHS[]", "DongBoHoSoMC (TD v2)"),
-    ("applicant.identifiers[].kind", "LoaiDinhDanh", "DinhDanhCHS"),
-    ("applicant.identifiers[].number", "SoDinhDanh", "DinhDanhCHS"),
+    (
+        "applicant.kind",
+        "LoaiDoiTuong",
+        "DongBoHoSoMC; iGate create",
+    ),
+    (
+        "applicant.id_number",
+        "SoGiayToChuHoSo",
+        "DongBoHoSoMC (TD v2)",
+    ),
+    (
+        "applicant.identifiers[]",
+        "DinhDanhCHS[]",
+        "DongBoHoSoMC (TD v2)",
+    ),
+    (
+        "applicant.identifiers[].kind",
+        "LoaiDinhDanh",
+        "DinhDanhCHS",
+    ),
+    (
+        "applicant.identifiers[].number",
+        "SoDinhDanh",
+        "DinhDanhCHS",
+    ),
     ("applicant.portal_account_id", "MaDoiTuong", "DongBoHoSoMC"),
     (
         "applicant.vneid_verified",
@@ -322,7 +350,11 @@ pub const FIELD_MAP: &[(&str, &str, &str)] = &[
     ("documents[].id", "TepDinhKemId", "TaiLieuNop"),
     ("documents[].name", "TenTepDinhKem", "TaiLieuNop"),
     ("documents[].deleted", "IsDeleted", "TaiLieuNop"),
-    ("documents[].component_code", "MaThanhPhanHoSo", "TaiLieuNop"),
+    (
+        "documents[].component_code",
+        "MaThanhPhanHoSo",
+        "TaiLieuNop",
+    ),
     ("documents[].url", "DuongDanTaiTepTin", "TaiLieuNop"),
     ("documents[].digitised", "DuocSoHoa", "TaiLieuNop (TD v2)"),
     ("documents[].reuse", "DuocTaiSuDung", "TaiLieuNop (TD v2)"),
@@ -336,10 +368,26 @@ pub const FIELD_MAP: &[(&str, &str, &str)] = &[
         "MaKetQuaThayThe",
         "TaiLieuNop (TD v2)",
     ),
-    ("paper_documents[]", "DanhSachTepDinhKemKhac[]", "DongBoHoSoMC"),
-    ("paper_documents[].name", "TenGiayTo", "DanhSachTepDinhKemKhac"),
-    ("paper_documents[].quantity", "SoLuong", "DanhSachTepDinhKemKhac"),
-    ("paper_documents[].kind", "LoaiGiayTo", "DanhSachTepDinhKemKhac"),
+    (
+        "paper_documents[]",
+        "DanhSachTepDinhKemKhac[]",
+        "DongBoHoSoMC",
+    ),
+    (
+        "paper_documents[].name",
+        "TenGiayTo",
+        "DanhSachTepDinhKemKhac",
+    ),
+    (
+        "paper_documents[].quantity",
+        "SoLuong",
+        "DanhSachTepDinhKemKhac",
+    ),
+    (
+        "paper_documents[].kind",
+        "LoaiGiayTo",
+        "DanhSachTepDinhKemKhac",
+    ),
     ("fees[]", "DanhSachLePhi[]", "DongBoHoSoMC; iGate status"),
     ("fees[].name", "TenPhiLePhi", "DanhSachLePhi"),
     ("fees[].code", "MaPhiLePhi", "DanhSachLePhi"),
@@ -348,18 +396,66 @@ pub const FIELD_MAP: &[(&str, &str, &str)] = &[
     ("fees[].kind", "LoaiPhiLePhi", "DanhSachLePhi"),
     ("supplements[]", "DanhSachHoSoBoSung[]", "DongBoHoSoMC"),
     ("supplements[].id", "HoSoBoSungId", "DanhSachHoSoBoSung"),
-    ("supplements[].requested_by", "NguoiYeuCauBoSung", "DanhSachHoSoBoSung"),
-    ("supplements[].content", "NoiDungBoSung", "DanhSachHoSoBoSung"),
-    ("supplements[].requested_at", "NgayBoSung", "DanhSachHoSoBoSung"),
-    ("supplements[].received_by", "NguoiTiepNhanBoSung", "DanhSachHoSoBoSung"),
-    ("supplements[].receipt_info", "ThongTinTiepNhan", "DanhSachHoSoBoSung"),
-    ("supplements[].received_at", "NgayTiepNhanBoSung", "DanhSachHoSoBoSung"),
-    ("supplements[].status", "TrangThaiBoSung", "DanhSachHoSoBoSung"),
-    ("supplements[].documents", "DanhSachGiayToBoSung", "DanhSachHoSoBoSung"),
-    ("supplements[].fees", "DanhSachLePhiBoSung", "DanhSachHoSoBoSung"),
-    ("supplements[].previous_due_at", "NgayHenTraTruoc", "DanhSachHoSoBoSung"),
-    ("supplements[].new_due_at", "NgayHenTraMoi", "DanhSachHoSoBoSung"),
-    ("steps[]", "data[] of CapNhatTienDoHoSoMC", "CapNhatTienDoHoSoMC"),
+    (
+        "supplements[].requested_by",
+        "NguoiYeuCauBoSung",
+        "DanhSachHoSoBoSung",
+    ),
+    (
+        "supplements[].content",
+        "NoiDungBoSung",
+        "DanhSachHoSoBoSung",
+    ),
+    (
+        "supplements[].requested_at",
+        "NgayBoSung",
+        "DanhSachHoSoBoSung",
+    ),
+    (
+        "supplements[].received_by",
+        "NguoiTiepNhanBoSung",
+        "DanhSachHoSoBoSung",
+    ),
+    (
+        "supplements[].receipt_info",
+        "ThongTinTiepNhan",
+        "DanhSachHoSoBoSung",
+    ),
+    (
+        "supplements[].received_at",
+        "NgayTiepNhanBoSung",
+        "DanhSachHoSoBoSung",
+    ),
+    (
+        "supplements[].status",
+        "TrangThaiBoSung",
+        "DanhSachHoSoBoSung",
+    ),
+    (
+        "supplements[].documents",
+        "DanhSachGiayToBoSung",
+        "DanhSachHoSoBoSung",
+    ),
+    (
+        "supplements[].fees",
+        "DanhSachLePhiBoSung",
+        "DanhSachHoSoBoSung",
+    ),
+    (
+        "supplements[].previous_due_at",
+        "NgayHenTraTruoc",
+        "DanhSachHoSoBoSung",
+    ),
+    (
+        "supplements[].new_due_at",
+        "NgayHenTraMoi",
+        "DanhSachHoSoBoSung",
+    ),
+    (
+        "steps[]",
+        "data[] of CapNhatTienDoHoSoMC",
+        "CapNhatTienDoHoSoMC",
+    ),
     ("steps[].handler", "NguoiXuLy", "CapNhatTienDoHoSoMC"),
     ("steps[].handler_title", "ChucDanh", "CapNhatTienDoHoSoMC"),
     ("steps[].at", "ThoiDiemXuLy", "CapNhatTienDoHoSoMC"),
@@ -374,13 +470,33 @@ pub const FIELD_MAP: &[(&str, &str, &str)] = &[
     ),
     ("results[]", "DanhSachGiayToKetQua[]", "DongBoHoSoMC"),
     ("results[].name", "TenGiayTo", "DanhSachGiayToKetQua"),
-    ("results[].component_code", "MaThanhPhanHoSo", "DanhSachGiayToKetQua"),
+    (
+        "results[].component_code",
+        "MaThanhPhanHoSo",
+        "DanhSachGiayToKetQua",
+    ),
     ("results[].id", "GiayToId", "DanhSachGiayToKetQua"),
-    ("results[].url", "DuongDanTepTinKetQua", "DanhSachGiayToKetQua"),
-    ("results[].result_code", "MaGiayToKetQua", "DanhSachGiayToKetQua"),
+    (
+        "results[].url",
+        "DuongDanTepTinKetQua",
+        "DanhSachGiayToKetQua",
+    ),
+    (
+        "results[].result_code",
+        "MaGiayToKetQua",
+        "DanhSachGiayToKetQua",
+    ),
     ("event status.status", "TrangThai", "iGate CapNhatTrangThai"),
-    ("event status.comment", "NoiDungYKien", "iGate CapNhatTrangThai"),
-    ("event status.fees", "DanhSachLePhi", "iGate CapNhatTrangThai"),
+    (
+        "event status.comment",
+        "NoiDungYKien",
+        "iGate CapNhatTrangThai",
+    ),
+    (
+        "event status.fees",
+        "DanhSachLePhi",
+        "iGate CapNhatTrangThai",
+    ),
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -789,7 +905,11 @@ pub fn validate(d: &Dossier, catalogue: &dyn ProcedureCatalogue) -> Result<(), V
 
     c.one_of("channel", present(&d.channel), &["1", "2", "3"]);
     c.one_of("result_delivery", present(&d.result_delivery), &["0", "1"]);
-    c.one_of("online_payment", present(&d.online_payment), &["0", "1", "3"]);
+    c.one_of(
+        "online_payment",
+        present(&d.online_payment),
+        &["0", "1", "3"],
+    );
     if let Some(s) = present(&d.summary) {
         if s.chars().count() > MAX_SUMMARY_CHARS {
             c.err(
@@ -811,7 +931,10 @@ pub fn validate(d: &Dossier, catalogue: &dyn ProcedureCatalogue) -> Result<(), V
         && present(&d.received_at).is_none()
         && d.status != TrangThaiHoSo::MoiDangKy
     {
-        c.err("received_at", "is required unless status is 1 (Mới đăng ký)");
+        c.err(
+            "received_at",
+            "is required unless status is 1 (Mới đăng ký)",
+        );
     }
     if let (Some(s), Some(r)) = (submitted, received) {
         if r < s {
@@ -898,7 +1021,10 @@ fn check_code(c: &mut Checker, path: &str, code: &str) {
         .chars()
         .any(|ch| ch.is_whitespace() || ch.is_control() || ch == '/' || ch == '?' || ch == '#')
     {
-        c.err(path, "must not contain whitespace, control characters, '/', '?' or '#'");
+        c.err(
+            path,
+            "must not contain whitespace, control characters, '/', '?' or '#'",
+        );
     }
 }
 
@@ -917,7 +1043,10 @@ fn check_applicant(c: &mut Checker, a: &Applicant) {
             }
             "2" => {
                 if !(id.number.len() == 9 && id.number.bytes().all(|b| b.is_ascii_digit())) {
-                    c.err(format!("{p}.number"), "an old CMND number must be exactly 9 digits");
+                    c.err(
+                        format!("{p}.number"),
+                        "an old CMND number must be exactly 9 digits",
+                    );
                 }
             }
             other => c.err(
@@ -949,7 +1078,10 @@ fn check_applicant(c: &mut Checker, a: &Applicant) {
     if let Some(p) = present(&a.phone) {
         let digits = p.strip_prefix('+').unwrap_or(p);
         if digits.len() < 8 || digits.len() > 15 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            c.err("applicant.phone", "must be 8..15 digits, optionally prefixed by '+'");
+            c.err(
+                "applicant.phone",
+                "must be 8..15 digits, optionally prefixed by '+'",
+            );
         }
     }
 }
@@ -1240,7 +1372,9 @@ fn lenient_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
         return Ok(false);
     }
     bool_from_value(&v).ok_or_else(|| {
-        serde::de::Error::custom(format!("expected a boolean (true/false, \"True\"/\"False\", 0/1), got {v}"))
+        serde::de::Error::custom(format!(
+            "expected a boolean (true/false, \"True\"/\"False\", 0/1), got {v}"
+        ))
     })
 }
 
@@ -1250,7 +1384,9 @@ fn lenient_opt_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::
         return Ok(None);
     }
     bool_from_value(&v).map(Some).ok_or_else(|| {
-        serde::de::Error::custom(format!("expected a boolean (true/false, \"True\"/\"False\", 0/1), got {v}"))
+        serde::de::Error::custom(format!(
+            "expected a boolean (true/false, \"True\"/\"False\", 0/1), got {v}"
+        ))
     })
 }
 
@@ -1263,9 +1399,7 @@ fn lenient_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
         Value::Null => Some(0),
         _ => None,
     }
-    .ok_or_else(|| {
-        serde::de::Error::custom(format!("expected a non-negative integer, got {v}"))
-    })
+    .ok_or_else(|| serde::de::Error::custom(format!("expected a non-negative integer, got {v}")))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1359,7 +1493,10 @@ pub(crate) mod tests {
         assert_eq!(validate(&sample_dossier(), &catalogue), Ok(()));
         // Bad shape of the procedure code.
         d2.procedure_code = "TTHC-1".into();
-        assert_eq!(validate(&d2, &NoCatalogue).unwrap_err()[0].path, "procedure_code");
+        assert_eq!(
+            validate(&d2, &NoCatalogue).unwrap_err()[0].path,
+            "procedure_code"
+        );
         // Unknown field is refused at parse time with its name in the message.
         let e = parse_dossier(br#"{"procedure_codee":"x"}"#).unwrap_err();
         assert!(e[0].message.contains("procedure_codee"), "{e:?}");
@@ -1420,7 +1557,9 @@ pub(crate) mod tests {
         assert_eq!(validate_event(&e).unwrap_err()[0].path, "rating");
         let e = parse_event(br#"{"kind":"status","at":"2025-07-15","status":9}"#).unwrap();
         assert_eq!(validate_event(&e).unwrap_err()[0].path, "at");
-        assert!(parse_event(br#"{"kind":"status","at":"20250715090000","status":9,"x":1}"#).is_err());
+        assert!(
+            parse_event(br#"{"kind":"status","at":"20250715090000","status":9,"x":1}"#).is_err()
+        );
     }
 
     #[test]
@@ -1440,12 +1579,23 @@ pub(crate) mod tests {
         // 2025-07-14T17:30:00Z is already 15 July 00:30 in Hà Nội.
         let ms = days_from_civil(2025, 7, 14) * 86_400_000 + (17 * 3600 + 30 * 60) * 1000;
         let date = VnDate::from_unix_millis(ms);
-        assert_eq!(assign_code("000.00.01.H22", date, 1), "000.00.01.H22-250715-0001");
-        assert_eq!(assign_code("000.00.01.H22", date, 12345), "000.00.01.H22-250715-12345");
+        assert_eq!(
+            assign_code("000.00.01.H22", date, 1),
+            "000.00.01.H22-250715-0001"
+        );
+        assert_eq!(
+            assign_code("000.00.01.H22", date, 12345),
+            "000.00.01.H22-250715-12345"
+        );
         let t = VnDateTime::from_unix_millis(ms);
         assert_eq!(t.format_national(), "20250715003000");
         assert_eq!(t.format_rfc3339(), "2025-07-15T00:30:00+07:00");
-        assert_eq!(VnDateTime::parse_national("20250715003000").unwrap().to_unix_millis(), ms);
+        assert_eq!(
+            VnDateTime::parse_national("20250715003000")
+                .unwrap()
+                .to_unix_millis(),
+            ms
+        );
         assert_eq!(days_from_civil(1970, 1, 1), 0);
         assert_eq!(days_from_civil(2000, 3, 1), 11_017);
         for z in [-800_000, -1, 0, 59, 60, 11_016, 20_000, 2_932_896] {
@@ -1463,23 +1613,78 @@ pub(crate) mod tests {
         // Keys of one `data[]` item of dvcqg-dongbohosomc-request.json and of the
         // CapNhatTienDoHoSoMC item (MaHoSo is carried by the dossier).
         let national = [
-            "MaHoSo", "MaTTHC", "TenTTHC", "MaLinhVuc", "TenLinhVuc", "KenhThucHien", "SoBienNhan",
-            "ChuHoSo", "SoGiayToChuHoSo", "LoaiDoiTuong", "MaDoiTuong", "ThongTinKhac", "Email",
-            "Fax", "SoDienThoai", "TrichYeuHoSo", "NgayNopHoSo", "NgayTiepNhan", "NgayHenTra",
-            "TrangThaiHoSo", "NgayTra", "ThongTinTra", "HinhThuc", "NgayKetThucXuLy", "NgayTuChoi",
-            "DonViXuLy", "GhiChu", "NoiNopHoSo", "HoSoCoThanhPhanSoHoa",
-            "TaiKhoanDuocXacThucVoiVNeID", "DuocThanhToanTrucTuyen", "DinhDanhCHS", "DSKetNoiCSDL",
-            "TaiLieuNop", "DanhSachLePhi", "DanhSachTepDinhKemKhac", "DanhSachHoSoBoSung",
-            "DanhSachGiayToKetQua", "LoaiDinhDanh", "SoDinhDanh", "TepDinhKemId", "TenTepDinhKem",
-            "IsDeleted", "MaThanhPhanHoSo", "DuongDanTaiTepTin", "DuocSoHoa", "DuocTaiSuDung",
-            "DuocLayTuKhoDMQG", "MaKetQuaThayThe", "TenPhiLePhi", "MaPhiLePhi", "HinhThucThu",
-            "Gia", "LoaiPhiLePhi", "TenGiayTo", "GiayToId", "MaGiayToKetQua",
-            "DuongDanTepTinKetQua", "NguoiXuLy", "ChucDanh", "ThoiDiemXuLy", "PhongBanXuLy",
-            "NoiDungXuLy", "TrangThai", "NgayBatDau", "NgayKetThucTheoQuyDinh",
+            "MaHoSo",
+            "MaTTHC",
+            "TenTTHC",
+            "MaLinhVuc",
+            "TenLinhVuc",
+            "KenhThucHien",
+            "SoBienNhan",
+            "ChuHoSo",
+            "SoGiayToChuHoSo",
+            "LoaiDoiTuong",
+            "MaDoiTuong",
+            "ThongTinKhac",
+            "Email",
+            "Fax",
+            "SoDienThoai",
+            "TrichYeuHoSo",
+            "NgayNopHoSo",
+            "NgayTiepNhan",
+            "NgayHenTra",
+            "TrangThaiHoSo",
+            "NgayTra",
+            "ThongTinTra",
+            "HinhThuc",
+            "NgayKetThucXuLy",
+            "NgayTuChoi",
+            "DonViXuLy",
+            "GhiChu",
+            "NoiNopHoSo",
+            "HoSoCoThanhPhanSoHoa",
+            "TaiKhoanDuocXacThucVoiVNeID",
+            "DuocThanhToanTrucTuyen",
+            "DinhDanhCHS",
+            "DSKetNoiCSDL",
+            "TaiLieuNop",
+            "DanhSachLePhi",
+            "DanhSachTepDinhKemKhac",
+            "DanhSachHoSoBoSung",
+            "DanhSachGiayToKetQua",
+            "LoaiDinhDanh",
+            "SoDinhDanh",
+            "TepDinhKemId",
+            "TenTepDinhKem",
+            "IsDeleted",
+            "MaThanhPhanHoSo",
+            "DuongDanTaiTepTin",
+            "DuocSoHoa",
+            "DuocTaiSuDung",
+            "DuocLayTuKhoDMQG",
+            "MaKetQuaThayThe",
+            "TenPhiLePhi",
+            "MaPhiLePhi",
+            "HinhThucThu",
+            "Gia",
+            "LoaiPhiLePhi",
+            "TenGiayTo",
+            "GiayToId",
+            "MaGiayToKetQua",
+            "DuongDanTepTinKetQua",
+            "NguoiXuLy",
+            "ChucDanh",
+            "ThoiDiemXuLy",
+            "PhongBanXuLy",
+            "NoiDungXuLy",
+            "TrangThai",
+            "NgayBatDau",
+            "NgayKetThucTheoQuyDinh",
         ];
         for key in national {
             assert!(
-                FIELD_MAP.iter().any(|(_, n, _)| n.split(|c: char| !c.is_alphanumeric()).any(|t| t == key)),
+                FIELD_MAP
+                    .iter()
+                    .any(|(_, n, _)| n.split(|c: char| !c.is_alphanumeric()).any(|t| t == key)),
                 "{key} not mapped"
             );
         }

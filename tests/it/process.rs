@@ -101,6 +101,19 @@ impl Drop for Proc {
 
 /// Starts the binary and reads its JSON log until the listener address appears.
 fn spawn(config: &std::path::Path) -> (Proc, SocketAddr, SocketAddr) {
+    let (p, a, b, _) = spawn_logged(config);
+    (p, a, b)
+}
+
+/// Like `spawn`, also keeping every log line the process writes.
+fn spawn_logged(
+    config: &std::path::Path,
+) -> (
+    Proc,
+    SocketAddr,
+    SocketAddr,
+    Arc<std::sync::Mutex<Vec<String>>>,
+) {
     let mut child = Command::new(BIN)
         .arg("serve")
         .arg("--config")
@@ -133,8 +146,14 @@ fn spawn(config: &std::path::Path) -> (Proc, SocketAddr, SocketAddr) {
         }
     }
     // Keep draining the log so the child never blocks on a full pipe.
-    std::thread::spawn(move || while rx.recv().is_ok() {});
-    (Proc(child), public.unwrap(), admin.unwrap())
+    let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = lines.clone();
+    std::thread::spawn(move || {
+        while let Ok(l) = rx.recv() {
+            keep.lock().unwrap().push(l);
+        }
+    });
+    (Proc(child), public.unwrap(), admin.unwrap(), lines)
 }
 
 fn file_config(upstream: &str, prefix: &str) -> String {
@@ -321,6 +340,123 @@ async fn audit_survives_sigkill_under_load() {
             missing.is_empty(),
             "round {round}: {} acknowledged responses without a record",
             missing.len()
+        );
+    }
+}
+
+/// Tokens, upstream secrets and access tokens never reach the logs (debug level, every
+/// access line) nor the audit records.
+#[tokio::test]
+async fn no_tokens_or_secrets_in_logs() {
+    let idp = MockUpstream::start(Arc::new(|_| {
+        Action::Respond(json_response(
+            200,
+            serde_json::json!({"access_token": "upstream-access-token-xyz", "expires_in": 600}),
+        ))
+    }))
+    .await;
+    let up = MockUpstream::start(Arc::new(|_| {
+        Action::Respond(json_response(401, serde_json::json!({})))
+    }))
+    .await;
+    let dir = scratch_dir();
+    std::fs::write(dir.join("client-secret"), "file-held-client-secret-99\n").unwrap();
+    let path = dir.join("lienthong.toml");
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let cfg = file_config(&up.url(), "/").replace("auth.anonymous = true\n", "auth = {}\n")
+        + &format!(
+            r#"
+[[auth.issuers]]
+name = "dev"
+iss = "lienthong-dev"
+audiences = ["lienthong"]
+algorithms = ["EdDSA"]
+public_key = "{repo}/config/dev/dev-issuer.pub.pem"
+[upstreams.idp]
+endpoints = ["{idp}"]
+[upstreams.u.credentials]
+type = "oauth2"
+token_upstream = "idp"
+client_id = "lienthong"
+client_secret = {{ file = "client-secret" }}
+[audit]
+db = "audit.db"
+key = "{repo}/config/dev/audit-signing.key.pem"
+"#,
+            idp = idp.url()
+        );
+    let cfg = cfg.replace(
+        "[log]\nformat = \"json\"",
+        "[log]\nformat = \"json\"\nlevel = \"debug\"",
+    );
+    std::fs::write(&path, &cfg).unwrap();
+    let (proc_, addr, _admin, lines) = tokio::task::spawn_blocking({
+        let path = path.clone();
+        move || spawn_logged(&path)
+    })
+    .await
+    .unwrap();
+    let key = std::fs::read(format!("{repo}/config/dev/dev-issuer.key.pem")).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = lienthong::auth::jwt::mint(
+        &key,
+        jsonwebtoken::Algorithm::EdDSA,
+        serde_json::json!({"iss": "lienthong-dev", "aud": "lienthong", "sub": "s", "iat": now, "exp": now + 600, "agency": "000.00.01.H22"}),
+        None,
+    )
+    .unwrap();
+    for t in [token.as_str(), "forged.token.value"] {
+        let r = raw(addr, format!("GET /x?access_token=query-token-123 HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {t}\r\nConnection: close\r\n\r\n").as_bytes()).await;
+        assert!(
+            r.status == 401 || r.status == 200 || r.status == 502,
+            "{}",
+            r.status
+        );
+        let r = raw(addr, format!("GET /y HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {t}\r\nConnection: close\r\n\r\n").as_bytes()).await;
+        assert!(r.status < 600);
+    }
+    // The upstream answered 401 with our credential: one re-authentication happened.
+    assert!(idp.count() >= 2);
+    signal(&proc_, "TERM");
+    let status = tokio::task::spawn_blocking(move || {
+        let mut p = proc_;
+        let s = p.0.wait().unwrap();
+        std::mem::forget(p);
+        s
+    })
+    .await
+    .unwrap();
+    assert!(status.success());
+    let log = lines.lock().unwrap().join("\n");
+    assert!(log.contains("\"access\""), "access lines are logged");
+    let recs = lienthong::audit::writer::query(
+        &dir.join("audit.db"),
+        &lienthong::audit::store::Filter {
+            limit: Some(1000),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(recs.len(), 4, "one audit record per request");
+    let audit: String = recs
+        .iter()
+        .map(|(_, r)| String::from_utf8(r.to_json()).unwrap())
+        .collect();
+    for secret in [
+        token.as_str(),
+        &token[token.len() - 20..],
+        "forged.token.value",
+        "file-held-client-secret-99",
+        "upstream-access-token-xyz",
+        "query-token-123",
+    ] {
+        assert!(!log.contains(secret), "secret {secret:?} in the logs");
+        assert!(
+            !audit.contains(secret),
+            "secret {secret:?} in the audit log"
         );
     }
 }
