@@ -25,17 +25,4 @@ origin = \"bench/audit\"
 key = \"$HERE/config/dev/audit-signing.key.pem\"
 " GATEWAY_NAME=audit-on TARGETS=audit-on GATEWAY_PATH=/json "$SHARED/bench/proxy-compare.sh" | tail -4
 RECORDS=$(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from audit_records').fetchone()[0])" "$WORK/audit.db")
-python3 - "$RESULTS_DIR" "$RECORDS" <<'PY'
-import csv, glob, statistics as st, sys
-rows = []
-for f in sorted(glob.glob(sys.argv[1] + "/*.tsv")):
-    rows += list(csv.DictReader(open(f), delimiter="\t"))
-def med(t, k):
-    return st.median(float(r[k]) for r in rows if r["target"] == t)
-for t in ("audit-off", "audit-on"):
-    errs = sum(int(r["errors"]) + int(r["non2xx"]) for r in rows if r["target"] == t)
-    print(f"{t:9} req/s {med(t,'rps'):9.0f}  proxy CPU {med(t,'cpu_us_per_req'):6.2f} us/req  errors {errs}")
-print(f"audit on / off: req/s {med('audit-on','rps')/med('audit-off','rps'):.3f}x, "
-      f"CPU per request {med('audit-on','cpu_us_per_req')/med('audit-off','cpu_us_per_req'):.3f}x")
-print(f"records committed: {sys.argv[2]} (every request of the audit-on row, warm-up included)")
-PY
+python3 "$HERE/benches/compare.py" "$RESULTS_DIR" audit-off audit-on && echo "records committed: $RECORDS (every request of the audit-on row, warm-up included)"

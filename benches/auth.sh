@@ -52,18 +52,6 @@ echo "== plain route (anonymous), same Authorization header sent" >&2
 GATEWAY_NAME=no-auth TARGETS=no-auth GATEWAY_PATH=/json "$SHARED/bench/proxy-compare.sh" | tail -4
 echo "== ES256-protected route, repeated token" >&2
 GATEWAY_NAME=es256 TARGETS=es256 GATEWAY_PATH=/authed/json "$SHARED/bench/proxy-compare.sh" | tail -4
-python3 - "$RESULTS_DIR" <<'PY'
-import csv, glob, statistics as st, sys
-rows = []
-for f in sorted(glob.glob(sys.argv[1] + "/*.tsv")):
-    rows += list(csv.DictReader(open(f), delimiter="\t"))
-def med(t, k):
-    return st.median(float(r[k]) for r in rows if r["target"] == t)
-for t in ("no-auth", "es256"):
-    errs = sum(int(r["errors"]) + int(r["non2xx"]) for r in rows if r["target"] == t)
-    print(f"{t:8} req/s {med(t,'rps'):9.0f}  proxy CPU {med(t,'cpu_us_per_req'):6.2f} us/req  errors {errs}")
-print(f"ES256 cached / no auth: CPU per request {med('es256','cpu_us_per_req')/med('no-auth','cpu_us_per_req'):.3f}x, "
-      f"req/s {med('es256','rps')/med('no-auth','rps'):.3f}x")
-PY
+python3 "$HERE/benches/compare.py" "$RESULTS_DIR" no-auth es256
 echo "== first-use (uncached) verification cost per algorithm" >&2
 (cd "$HERE" && cargo bench --locked --bench jwt 2>/dev/null)

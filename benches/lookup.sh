@@ -25,16 +25,4 @@ echo "== proxied route /json" >&2
 GATEWAY_NAME=proxied TARGETS=proxied GATEWAY_PATH=/json "$SHARED/bench/proxy-compare.sh" | tail -4
 echo "== lookup hit /lookups/provinces/01" >&2
 GATEWAY_NAME=lookup TARGETS=lookup GATEWAY_PATH=/lookups/provinces/01 "$SHARED/bench/proxy-compare.sh" | tail -4
-python3 - "$RESULTS_DIR" <<'PY'
-import csv, glob, statistics as st, sys
-rows = []
-for f in sorted(glob.glob(sys.argv[1] + "/*.tsv")):
-    rows += list(csv.DictReader(open(f), delimiter="\t"))
-def med(t, k):
-    return st.median(float(r[k]) for r in rows if r["target"] == t)
-for t in ("proxied", "lookup"):
-    errs = sum(int(r["errors"]) + int(r["non2xx"]) for r in rows if r["target"] == t)
-    print(f"{t:8} req/s {med(t,'rps'):9.0f}  proxy CPU {med(t,'cpu_us_per_req'):6.2f} us/req  errors {errs}")
-print(f"lookup / proxied: req/s {med('lookup','rps')/med('proxied','rps'):.2f}x, "
-      f"CPU per request {med('lookup','cpu_us_per_req')/med('proxied','cpu_us_per_req'):.2f}x")
-PY
+python3 "$HERE/benches/compare.py" "$RESULTS_DIR" proxied lookup

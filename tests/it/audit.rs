@@ -48,13 +48,7 @@ async fn every_request_leaves_exactly_one_record_with_digests() {
     let dead = dead_addr().await;
     let cfg = base_config(&format!(
         r#"
-[[auth.issuers]]
-name = "dev"
-iss = "lienthong-dev"
-audiences = ["lienthong"]
-algorithms = ["EdDSA"]
-public_key = "{pubkey}"
-[upstreams.up]
+{issuer}[upstreams.up]
 endpoints = ["{url}"]
 [upstreams.dead]
 endpoints = ["http://{dead}"]
@@ -78,7 +72,7 @@ methods = ["GET"]
 upstream = "dead"
 auth = {{ anonymous = true }}
 "#,
-        pubkey = concat!(env!("CARGO_MANIFEST_DIR"), "/config/dev/dev-issuer.pub.pem"),
+        issuer = dev_issuer(),
         url = up.url()
     ));
     let gw = TestGateway::start(&cfg).await;
@@ -197,13 +191,7 @@ async fn no_tokens_or_secrets_in_audit_records() {
     let up = MockUpstream::start(echo("up")).await;
     let cfg = base_config(&format!(
         r#"
-[[auth.issuers]]
-name = "dev"
-iss = "lienthong-dev"
-audiences = ["lienthong"]
-algorithms = ["EdDSA"]
-public_key = "{pubkey}"
-[upstreams.idp]
+{issuer}[upstreams.idp]
 endpoints = ["{idp}"]
 [upstreams.up]
 endpoints = ["{up}"]
@@ -218,7 +206,7 @@ path_prefix = "/"
 upstream = "up"
 auth = {{}}
 "#,
-        pubkey = concat!(env!("CARGO_MANIFEST_DIR"), "/config/dev/dev-issuer.pub.pem"),
+        issuer = dev_issuer(),
         idp = idp.url(),
         up = up.url()
     ));

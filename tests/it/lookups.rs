@@ -27,15 +27,9 @@ auth = {{ anonymous = true }}
 name = "private"
 source = {{ file = "{data}", table = "communes" }}
 auth = {{ agencies = ["*.H22"] }}
-[[auth.issuers]]
-name = "dev"
-iss = "lienthong-dev"
-audiences = ["lienthong"]
-algorithms = ["EdDSA"]
-public_key = "{pubkey}"
-"#,
+{issuer}"#,
         data = repo("config/data/dvhc-2025.csv"),
-        pubkey = repo("config/dev/dev-issuer.pub.pem"),
+        issuer = dev_issuer(),
     ));
     let gw = TestGateway::start(&cfg).await;
     let all = raw_get(gw.addr(), "/lookups/provinces").await;
@@ -208,13 +202,7 @@ async fn response_cache_serves_hits_and_isolates_callers() {
     .await;
     let cfg = base_config(&format!(
         r#"
-[[auth.issuers]]
-name = "dev"
-iss = "lienthong-dev"
-audiences = ["lienthong"]
-algorithms = ["EdDSA"]
-public_key = "{pubkey}"
-[upstreams.u]
+{issuer}[upstreams.u]
 endpoints = ["{url}"]
 [[routes]]
 name = "shared"
@@ -229,7 +217,7 @@ upstream = "u"
 auth = {{}}
 cache = {{}}
 "#,
-        pubkey = repo("config/dev/dev-issuer.pub.pem"),
+        issuer = dev_issuer(),
         url = up.url()
     ));
     let gw = TestGateway::start(&cfg).await;

@@ -520,3 +520,29 @@ pub fn assert_error(r: &RawResponse, status: u16, code: &str) {
     assert!(!rid.is_empty());
     assert_eq!(r.header("x-request-id"), Some(rid));
 }
+
+/// The development issuer of `config/dev/` (throwaway keys), as a config fragment.
+pub fn dev_issuer() -> String {
+    format!(
+        "[[auth.issuers]]\nname = \"dev\"\niss = \"lienthong-dev\"\naudiences = [\"lienthong\"]\nalgorithms = [\"EdDSA\"]\npublic_key = \"{}/config/dev/dev-issuer.pub.pem\"\n",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+/// A token from the development issuer for `agency`, valid for ten minutes.
+pub fn dev_token(agency: &str) -> String {
+    let key = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/dev/dev-issuer.key.pem"
+    ))
+    .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({
+        "iss": "lienthong-dev", "aud": "lienthong", "sub": "s",
+        "iat": now, "exp": now + 600, "agency": agency,
+    });
+    lienthong::auth::jwt::mint(&key, jsonwebtoken::Algorithm::EdDSA, claims, None).unwrap()
+}
