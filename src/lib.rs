@@ -1,7 +1,7 @@
 //! # lienthong — interoperability gateway for Vietnamese e-government
 //!
 //! ## Codemap (one line per module)
-//! - [`cli`]       — the `lienthong` command: `serve`, `check`.
+//! - [`cli`]       — the `lienthong` command: `serve`, `check`, `token`, `audit …`.
 //! - [`config`]    — the TOML file as written ([`config::raw`]) → validated [`config::Config`]; every problem with its key path.
 //! - [`runtime`]   — a config compiled for serving ([`runtime::Runtime`]) and the [`runtime::Gateway`] that swaps it on reload.
 //! - [`server`]    — listeners, TLS (rotation, mTLS), HTTP/1.1 + HTTP/2, limits, idle/slow-client timeouts, graceful drain.
@@ -18,8 +18,8 @@
 //! - [`observe`]   — metrics recorder and logging; one access-log line per request.
 //!
 //! ## Invariants that hold across modules
-//! - Only `pipeline::respond` maps errors to status codes and builds error bodies; every
-//!   error body is JSON `{"code","message","request_id"}` and never carries internals.
+//! - On the public listeners only `pipeline::respond` maps errors to status codes and
+//!   builds error bodies; every error body is JSON `{"code","message","request_id"}` and never carries internals.
 //! - Routing sees only the normalised path, and the upstream receives exactly that path
 //!   (after the route's strip/rewrite): no other spelling of a path reaches a route.
 //! - Upstream addresses come only from config; redirects are never followed.
@@ -27,7 +27,12 @@
 //!   an invalid new config leaves the running one in place.
 //! - Hop-by-hop fields never cross the gateway; forwarding fields are the gateway's own.
 //! - `Content-Length` on the wire is derived from the body actually sent.
-//! - `observe::record` runs for every request, refused ones included.
+//! - `observe::record` runs for every request, refused ones included, and with `[audit]`
+//!   every request leaves exactly one audit record (`pipeline::audit_stage`).
+//! - The gateway owns every `X-Lienthong-*` request header: client-sent copies are dropped.
+//! - Routes deny by default: only `auth = { anonymous = true }` lets a request through unverified.
+//! - Secrets come from files or environment variables, live in `config::SecretValue` (which
+//!   never prints its value) and never reach logs, errors or audit records.
 //! - Whole-body buffering happens only in `body::collect_capped`, always under a cap.
 
 pub mod admin;

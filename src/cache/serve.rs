@@ -15,7 +15,6 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// One configured lookup: keyed and whole-table views over the same source.
 pub struct ServedLookup {
@@ -285,6 +284,3 @@ pub async fn answer(
     }
     Ok(rsp)
 }
-
-/// The time after which a lookup's data is considered failed to refresh (for docs).
-pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);

@@ -1,16 +1,23 @@
-//! The request path, top to bottom in [`handle`]:
+//! The request path, top to bottom in [`handle`] and [`proxy`]:
 //!
 //! ```text
 //! ctx    = RequestCtx::new(conn, &req)            request id, start time, peer, TLS identity
-//! target = intake::check(listener, &parts)?      method form, URI length, Host, path normalisation
+//! target = intake::check(listener, &parts)?      method form, head limits, URI length, Host, path normalisation
+//!          local::respond(...)                   /lookups/NAME[/KEY] (own access rules) and /.well-known/jwks.json
 //! route  = route::select(routes, target)?        host, segment-aware prefix, method → 404 / 405
-//!          (authn / authz: issue #3 plugs in here, between select and forward)
+//! caller = auth.check(route, headers, cert)?     JWT (RFC 8725) + access rule → 401 / 403 / 503
+//!          cached::lookup(...)                   GET routes with `cache`: answer from the response cache
 //! body   = intake::body(limits, &parts, body)?   declared length over the cap → 413; streamed cap
-//! out    = forward::prepare(route, parts, body)  hop-by-hop, forwarding fields, Host, Via, request id
-//! answer = pool.send(out).await?                 balancing, retries, breaker, timeouts → 502 / 503 / 504
+//! body   = audit_stage::tap_request(body)        SHA-256 and size of the request as received
+//! body   = translate_stage::request(...)?        JSON↔XML / SOAP wrap on routes with `translate`
+//! out    = forward::prepare(route, parts, body)  hop-by-hop, forwarding fields, Host, Via, request id, caller headers
+//! answer = pool.send(out).await?                 credentials, balancing, retries, breaker, timeouts → 502 / 503 / 504
+//! rsp    = translate_stage::response(...)?       XML↔JSON / SOAP unwrap; faults → JSON errors
+//!          cached::maybe_store(...)              storable GET answers
 //! rsp    = respond::upstream(answer)             hop-by-hop, Via, request id, Content-Length
 //! rsp    = respond::finish(ctx, result)          the ONE place that maps errors to status codes
 //!          observe::record(ctx, &rsp)            metrics and the access log, for every request
+//! rsp    = audit_stage::record(ctx, rsp)         one audit record per request (fail-open or fail-closed)
 //! ```
 //!
 //! Each stage is a plain function that can be tested alone. The whole request runs
