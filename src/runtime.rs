@@ -23,6 +23,8 @@ pub struct Runtime {
     pub lookups: BTreeMap<String, Arc<crate::cache::serve::ServedLookup>>,
     /// The audit log (process-wide; the same writer across reloads).
     pub audit: Option<Arc<crate::audit::Auditor>>,
+    /// The intake channel (process-wide; the same store across reloads).
+    pub exchange: Option<Arc<crate::exchange::Exchange>>,
     /// Indexed like `config.routes`: the response cache of routes that enable one.
     pub route_caches: Vec<Option<Arc<crate::cache::lookup::response::ResponseCache>>>,
     /// Indexed like `config.routes`.
@@ -109,6 +111,7 @@ impl Runtime {
             auth,
             lookups,
             audit: previous.and_then(|p| p.audit.clone()),
+            exchange: previous.and_then(|p| p.exchange.clone()),
             route_caches: config
                 .routes
                 .iter()
@@ -179,8 +182,18 @@ impl Gateway {
             }
             None => None,
         };
+        let exchange = match &config.exchange {
+            Some(x) => Some(crate::exchange::Exchange::open(x).map_err(|e| {
+                Problems(vec![crate::config::Problem {
+                    path: "exchange".into(),
+                    message: e,
+                }])
+            })?),
+            None => None,
+        };
         let mut rt = Runtime::build(config, None, 1)?;
         rt.audit = audit;
+        rt.exchange = exchange;
         rt.start_new_pools(None);
         Ok(Arc::new(Gateway {
             runtime: ArcSwap::from_pointee(rt),
@@ -242,6 +255,12 @@ impl Gateway {
             problems.0.push(crate::config::Problem {
                 path: "listeners".into(),
                 message: "listener names, addresses and TLS on/off cannot change on reload; restart instead".into(),
+            });
+        }
+        if current.config.exchange != cfg.exchange {
+            problems.0.push(crate::config::Problem {
+                path: "exchange".into(),
+                message: "the exchange settings cannot change on reload; restart instead".into(),
             });
         }
         if current.config.audit != cfg.audit {

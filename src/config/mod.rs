@@ -68,6 +68,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub lookups: Vec<LookupConfig>,
     pub audit: Option<AuditCfg>,
+    pub exchange: Option<ExchangeCfg>,
     /// Where the file was read from (for reloads).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -284,6 +285,16 @@ pub struct TranslateCfg {
     pub arrays: Vec<String>,
     pub namespaces: BTreeMap<String, String>,
     pub max_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExchangeCfg {
+    pub db: PathBuf,
+    pub spool_capacity: u64,
+    #[serde(with = "dur")]
+    pub retry_after: Duration,
+    pub destinations: Vec<String>,
+    pub auth: Option<RouteAuth>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -1154,6 +1165,29 @@ impl Validator {
 
     fn file(&mut self, f: RawFile) -> Config {
         let raw_auth: RawAuth = self.section("auth", f.auth);
+        let exchange = match f.exchange {
+            None => None,
+            Some(v) => self
+                .element::<RawExchange>("exchange", Some(v))
+                .map(|x| ExchangeCfg {
+                    db: match &x.db {
+                        Some(d) => self.base.join(d),
+                        None => {
+                            self.problems
+                                .push("exchange.db", "required: the exchange database file");
+                            PathBuf::new()
+                        }
+                    },
+                    spool_capacity: x.spool_capacity.unwrap_or(200_000).max(1),
+                    retry_after: self.duration(
+                        "exchange.retry_after",
+                        x.retry_after.as_ref(),
+                        Duration::from_secs(30),
+                    ),
+                    destinations: x.destinations.clone().unwrap_or_default(),
+                    auth: x.auth.map(|a| self.route_auth("exchange", a)),
+                }),
+        };
         let audit = match f.audit {
             None => None,
             Some(v) => self
@@ -1306,6 +1340,7 @@ impl Validator {
             auth,
             lookups,
             audit,
+            exchange,
             source: None,
         }
     }

@@ -26,6 +26,22 @@ pub struct RawFile {
     #[serde(default)]
     pub lookups: Vec<toml::Value>,
     pub audit: Option<toml::Value>,
+    pub exchange: Option<toml::Value>,
+}
+
+/// `[exchange]`: the one intake channel for dossiers (absent = no intake API).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExchange {
+    /// SQLite database file (created if missing).
+    pub db: Option<String>,
+    /// Undelivered deliveries allowed before intake answers 503 with Retry-After.
+    pub spool_capacity: Option<u64>,
+    pub retry_after: Option<String>,
+    /// Destinations every dossier and event is queued for (e.g. ["dvcqg", "emc"]).
+    pub destinations: Option<Vec<String>>,
+    /// Who may file dossiers and events (same rules as routes; absent = deny).
+    pub auth: Option<RawRouteAuth>,
 }
 
 /// `[audit]`: the tamper-evident log of every call (absent = no audit log).

@@ -20,3 +20,36 @@
 pub mod dossier;
 pub mod outbox;
 pub mod store;
+
+use crate::auth::rules::AccessRule;
+use crate::config::ExchangeCfg;
+use std::sync::Arc;
+
+/// The running intake channel: its store and who may use it.
+pub struct Exchange {
+    pub cfg: ExchangeCfg,
+    pub store: store::SqliteStore,
+    pub rule: Option<AccessRule>,
+}
+
+impl Exchange {
+    pub fn open(cfg: &ExchangeCfg) -> Result<Arc<Exchange>, String> {
+        if let Some(dir) = cfg.db.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        let opts = store::SqliteOptions {
+            spool_capacity: cfg.spool_capacity,
+            retry_after_secs: cfg.retry_after.as_secs().max(1),
+            ..Default::default()
+        };
+        let store = store::SqliteStore::open(&cfg.db, opts).map_err(|e| e.to_string())?;
+        let rule = cfg.auth.as_ref().and_then(|a| {
+            AccessRule::from_config(a.anonymous, &a.agencies, &a.roles, &a.scopes).ok()
+        });
+        Ok(Arc::new(Exchange {
+            cfg: cfg.clone(),
+            store,
+            rule,
+        }))
+    }
+}

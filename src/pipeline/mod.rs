@@ -67,6 +67,10 @@ pub struct RequestCtx {
     pub request_translated: Option<[u8; 32]>,
     /// SHA-256 of the upstream's response as received, when a translation changed it.
     pub response_received: Option<[u8; 32]>,
+    /// Set by stages that are not plain proxying (intake): record kind and audit policy.
+    pub audit_as: Option<(crate::audit::record::RecordKind, crate::config::AuditPolicy)>,
+    /// The dossier (hồ sơ) this request is about, for the audit record.
+    pub dossier: Option<String>,
 }
 
 /// A request id: the client's when it is sane, else `<process prefix>-<counter>`,
@@ -121,6 +125,8 @@ impl RequestCtx {
             kept_request_body: None,
             request_translated: None,
             response_received: None,
+            audit_as: None,
+            dossier: None,
         }
     }
 
@@ -159,6 +165,11 @@ async fn proxy(
     ctx.path.clone_from(&target.path);
     if let Some(rsp) = local::respond(rt, ctx, &parts, &target).await {
         return rsp;
+    }
+    if rt.exchange.is_some()
+        && (target.path == "/v1/dossiers" || target.path.starts_with("/v1/dossiers/"))
+    {
+        return local::intake(rt, ctx, &parts, &target, body).await;
     }
     let (idx, route) = route::select(
         &rt.config.routes,
@@ -454,6 +465,14 @@ pub mod audit_stage {
 
     pub type DigestSlot = Arc<Mutex<Option<(Option<[u8; 32]>, u64)>>>;
 
+    /// Records the digest of a body a stage read whole (intake).
+    pub fn note_request(ctx: &mut RequestCtx, bytes: &[u8]) {
+        ctx.request_digest = Some(Arc::new(Mutex::new(Some((
+            Some(sha256(bytes)),
+            bytes.len() as u64,
+        )))));
+    }
+
     /// Hashes the request body as it is read (by the upstream, usually).
     pub fn tap_request(ctx: &mut RequestCtx, body: Body) -> Body {
         let slot: DigestSlot = Arc::new(Mutex::new(None));
@@ -464,6 +483,12 @@ pub mod audit_stage {
     }
 
     fn kind(ctx: &RequestCtx, status: u16) -> RecordKind {
+        if ctx.error.is_some() && (400..500).contains(&status) {
+            return RecordKind::Rejected;
+        }
+        if let Some((k, _)) = ctx.audit_as {
+            return k;
+        }
         if ctx
             .route
             .as_deref()
@@ -525,6 +550,7 @@ pub mod audit_stage {
             code: None,
         });
         r.upstream_latency_us = ctx.upstream_us;
+        r.dossier.clone_from(&ctx.dossier);
         r.request_translated_sha256 = ctx
             .request_translated
             .and_then(|d| Sha256Hex::from_digest(&d));
@@ -560,7 +586,10 @@ pub mod audit_stage {
     ) -> Response<Body> {
         let status = rsp.status().as_u16();
         let route = ctx.route_index.map(|i| &rt.config.routes[i]);
-        let policy = route.map_or(AuditPolicy::FailOpen, |r| r.audit);
+        let policy = match ctx.audit_as {
+            Some((_, p)) => p,
+            None => route.map_or(AuditPolicy::FailOpen, |r| r.audit),
+        };
         let keep_bodies = route.is_some_and(|r| r.audit_bodies);
         let mut rec = base(ctx, status);
         let (parts, body) = rsp.into_parts();
@@ -948,6 +977,210 @@ pub mod local {
             return Some(lookup(rt, ctx, parts, target, l, key).await);
         }
         jwks(rt, parts, target).map(Ok)
+    }
+
+    /// The intake API: `POST /v1/dossiers`, `GET /v1/dossiers/{code}`,
+    /// `POST /v1/dossiers/{code}/events`, `POST /v1/dossiers/{code}/evaluation`.
+    /// Needs the whole body (under the listener's cap), like every stage that stores it.
+    pub async fn intake(
+        rt: &Runtime,
+        ctx: &mut RequestCtx,
+        parts: &http::request::Parts,
+        target: &Target,
+        body: Incoming,
+    ) -> Result<Response<Body>, GatewayError> {
+        let x = rt
+            .exchange
+            .as_ref()
+            .ok_or_else(|| GatewayError::internal("intake without an exchange"))?;
+        let rest = target.path.strip_prefix("/v1/dossiers").unwrap_or("");
+        intake_inner(rt, ctx, parts, target, body, x, rest).await
+    }
+
+    async fn intake_inner(
+        rt: &Runtime,
+        ctx: &mut RequestCtx,
+        parts: &http::request::Parts,
+        target: &Target,
+        body: Incoming,
+        x: &crate::exchange::Exchange,
+        rest: &str,
+    ) -> Result<Response<Body>, GatewayError> {
+        use crate::audit::record::RecordKind;
+        use crate::config::AuditPolicy;
+        use crate::exchange::{dossier, store::ExchangeStore, store::IntakeError};
+        ctx.route = Some(Arc::from("exchange:intake"));
+        // Intake is fail-closed: no receipt without its audit record.
+        ctx.audit_as = Some((RecordKind::Intake, AuditPolicy::FailClosed));
+        ctx.caller = rt
+            .auth
+            .check_rule(
+                x.rule.as_ref(),
+                &parts.headers,
+                target.query.as_deref(),
+                ctx.conn
+                    .tls
+                    .as_ref()
+                    .and_then(|t| t.client_cert_sha256.as_deref()),
+            )
+            .await?;
+        let segs: Vec<&str> = rest
+            .trim_start_matches('/')
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .collect();
+        let listener = rt
+            .listener(&ctx.conn.listener)
+            .map(|l| l.max_body_bytes)
+            .unwrap_or(1 << 20);
+        let read = |body: Incoming| async move {
+            crate::body::collect_capped(Body::stream(body, Some(listener)), listener)
+                .await
+                .map_err(|_| {
+                    GatewayError::new(
+                        ErrorKind::PayloadTooLarge,
+                        "body_too_large",
+                        "the dossier is larger than the intake accepts",
+                    )
+                })
+        };
+        let idem = parts
+            .headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let invalid = |errs: Vec<dossier::FieldError>| {
+            let list: Vec<String> = errs
+                .iter()
+                .map(|e| format!("{}: {}", e.path, e.message))
+                .collect();
+            GatewayError::new(
+                ErrorKind::Unprocessable,
+                "invalid_dossier",
+                format!("invalid: {}", list.join("; ")),
+            )
+        };
+        let intake_err = |e: IntakeError| match e {
+            IntakeError::Conflict(m) => GatewayError::new(
+                ErrorKind::Conflict,
+                "conflict",
+                format!("a different dossier was already accepted under this code or key ({m})"),
+            ),
+            IntakeError::SpoolFull { retry_after_secs } => {
+                let mut g = GatewayError::new(
+                    ErrorKind::Unavailable,
+                    "spool_full",
+                    "the intake spool is full; try again later",
+                );
+                g.retry_after = Some(retry_after_secs);
+                g
+            }
+            IntakeError::Invalid(errs) => invalid(errs),
+            IntakeError::NotFound(c) => {
+                GatewayError::new(ErrorKind::NotFound, "not_found", format!("no dossier {c}"))
+            }
+            IntakeError::Storage(m) => GatewayError::internal(m),
+        };
+        let accepted = |v: serde_json::Value, replayed: bool| {
+            let mut r = Response::new(Body::full(serde_json::to_vec(&v).unwrap_or_default()));
+            *r.status_mut() = http::StatusCode::ACCEPTED;
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            if replayed {
+                r.headers_mut()
+                    .insert("x-lienthong-replayed", HeaderValue::from_static("true"));
+            }
+            r
+        };
+        let method_err = |allow: &str| {
+            let mut e = GatewayError::new(
+                ErrorKind::MethodNotAllowed,
+                "method_not_allowed",
+                "method not allowed here",
+            );
+            e.allow = Some(allow.into());
+            e
+        };
+        match (segs.as_slice(), &parts.method) {
+            ([], &Method::POST) => {
+                let bytes = read(body).await?;
+                audit_stage::note_request(ctx, &bytes);
+                let d = dossier::parse_dossier(&bytes).map_err(invalid)?;
+                let a = x
+                    .store
+                    .accept_dossier(d, idem, x.cfg.destinations.clone())
+                    .await
+                    .map_err(intake_err)?;
+                ctx.dossier = Some(a.receipt.dossier_code.clone());
+                Ok(accepted(
+                    serde_json::to_value(&a.receipt).unwrap_or_default(),
+                    a.replayed,
+                ))
+            }
+            ([], _) => Err(method_err("POST")),
+            ([code], &Method::GET) => {
+                ctx.audit_as = Some((RecordKind::Intake, AuditPolicy::FailOpen));
+                ctx.dossier = Some(code.to_string());
+                match x
+                    .store
+                    .timeline(code.to_string())
+                    .await
+                    .map_err(GatewayError::internal)?
+                {
+                    Some(t) => {
+                        let mut r =
+                            Response::new(Body::full(serde_json::to_vec(&t).unwrap_or_default()));
+                        r.headers_mut().insert(
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static("application/json"),
+                        );
+                        Ok(r)
+                    }
+                    None => Err(GatewayError::new(
+                        ErrorKind::NotFound,
+                        "not_found",
+                        "no such dossier",
+                    )),
+                }
+            }
+            ([_], _) => Err(method_err("GET")),
+            ([code, kind @ ("events" | "evaluation")], &Method::POST) => {
+                ctx.audit_as = Some((RecordKind::Event, AuditPolicy::FailClosed));
+                ctx.dossier = Some(code.to_string());
+                let bytes = read(body).await?;
+                let bytes = if *kind == "evaluation" {
+                    // An evaluation is an event of kind "evaluation".
+                    let mut v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+                        GatewayError::bad_request("bad_json", format!("the body is not JSON: {e}"))
+                    })?;
+                    if let Some(o) = v.as_object_mut() {
+                        o.insert("kind".into(), "evaluation".into());
+                    }
+                    bytes::Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+                } else {
+                    bytes
+                };
+                audit_stage::note_request(ctx, &bytes);
+                let ev = dossier::parse_event(&bytes).map_err(invalid)?;
+                let a = x
+                    .store
+                    .append_event(code.to_string(), ev, idem, x.cfg.destinations.clone())
+                    .await
+                    .map_err(intake_err)?;
+                Ok(accepted(
+                    serde_json::to_value(&a.receipt).unwrap_or_default(),
+                    a.replayed,
+                ))
+            }
+            ([_, "events" | "evaluation"], _) => Err(method_err("POST")),
+            _ => Err(GatewayError::new(
+                ErrorKind::NotFound,
+                "not_found",
+                "no such intake resource",
+            )),
+        }
     }
 
     async fn lookup(

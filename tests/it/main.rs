@@ -5,6 +5,7 @@ mod support;
 mod audit;
 mod auth;
 mod headers;
+mod intake;
 mod limits;
 mod lookups;
 mod process;
