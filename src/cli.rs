@@ -555,6 +555,9 @@ fn serve(path: &std::path::Path) -> ExitCode {
             }
         });
         server.run(shutdown_signal()).await;
+        if let Some(x) = gw.runtime().exchange.clone() {
+            x.stop();
+        }
         // Drain the audit queue and sign a final checkpoint before exiting.
         if let Some(a) = gw.runtime().audit.clone() {
             if let Err(e) = a.writer.shutdown().await {

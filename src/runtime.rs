@@ -193,15 +193,19 @@ impl Gateway {
         };
         let mut rt = Runtime::build(config, None, 1)?;
         rt.audit = audit;
-        rt.exchange = exchange;
+        rt.exchange = exchange.clone();
         rt.start_new_pools(None);
-        Ok(Arc::new(Gateway {
+        let gw = Arc::new(Gateway {
             runtime: ArcSwap::from_pointee(rt),
             generation: AtomicU64::new(1),
             reload_lock: tokio::sync::Mutex::new(()),
             metrics,
             shutting_down: AtomicBool::new(false),
-        }))
+        });
+        if let Some(x) = exchange {
+            x.start_delivery(Arc::downgrade(&gw));
+        }
+        Ok(gw)
     }
 
     pub fn runtime(&self) -> Arc<Runtime> {

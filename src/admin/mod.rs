@@ -304,6 +304,77 @@ async fn handle(gw: &Gateway, tls: &[Arc<TlsState>], req: Request<Incoming>) -> 
                 serde_json::json!({"code": "not_found", "message": "no audit log configured"}),
             ),
         },
+        (&Method::GET, "/admin/exchange/outbox") => match gw.runtime().exchange.clone() {
+            Some(x) => {
+                use crate::exchange::store::{ExchangeStore, OutboxState};
+                let q = req.uri().query().unwrap_or("");
+                let state = q
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("state="))
+                    .and_then(OutboxState::parse);
+                match x.store.list_outbox(state, 0, 500).await {
+                    Ok(items) => json(
+                        StatusCode::OK,
+                        serde_json::Value::Array(
+                            items
+                                .iter()
+                                .map(|i| {
+                                    serde_json::json!({
+                                        "id": i.id, "destination": i.destination, "dossier_code": i.dossier_code,
+                                        "event_seq": i.event_seq, "state": i.state.as_str(), "attempts": i.attempts,
+                                        "next_attempt_at_ms": i.next_attempt_at, "last_error": i.last_error,
+                                    })
+                                })
+                                .collect(),
+                        ),
+                    ),
+                    Err(e) => json(StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({"code": "store_error", "message": e.to_string()})),
+                }
+            }
+            None => json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"code": "not_found", "message": "no exchange configured"}),
+            ),
+        },
+        (&Method::POST, p) if p.starts_with("/admin/exchange/outbox/") => {
+            match gw.runtime().exchange.clone() {
+                Some(x) => {
+                    use crate::exchange::store::ExchangeStore;
+                    let rest = &p["/admin/exchange/outbox/".len()..];
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis() as i64)
+                        .unwrap_or(0);
+                    let r = match rest.split_once('/') {
+                        Some((id, "retry")) => match id.parse() {
+                            Ok(id) => x.store.retry_dead(id, now).await,
+                            Err(_) => Ok(false),
+                        },
+                        Some((id, "cancel")) => match id.parse() {
+                            Ok(id) => x.store.cancel(id, "cancelled by admin".into(), now).await,
+                            Err(_) => Ok(false),
+                        },
+                        _ => Ok(false),
+                    };
+                    tracing::info!(action = rest, "admin: outbox action");
+                    match r {
+                        Ok(true) => json(StatusCode::OK, serde_json::json!({"status": "done"})),
+                        Ok(false) => json(
+                            StatusCode::CONFLICT,
+                            serde_json::json!({"code": "not_applicable", "message": "no such item in a state that allows this"}),
+                        ),
+                        Err(e) => json(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            serde_json::json!({"code": "store_error", "message": e.to_string()}),
+                        ),
+                    }
+                }
+                None => json(
+                    StatusCode::NOT_FOUND,
+                    serde_json::json!({"code": "not_found", "message": "no exchange configured"}),
+                ),
+            }
+        }
         (&Method::POST, "/admin/reload") => {
             for t in tls {
                 t.refresh(true);

@@ -295,6 +295,13 @@ pub struct ExchangeCfg {
     pub retry_after: Duration,
     pub destinations: Vec<String>,
     pub auth: Option<RouteAuth>,
+    /// Destination name → (upstream pool, path).
+    pub deliveries: BTreeMap<String, (String, String)>,
+    pub max_attempts: u32,
+    #[serde(with = "dur")]
+    pub backoff_base: Duration,
+    #[serde(with = "dur")]
+    pub backoff_cap: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -1186,8 +1193,41 @@ impl Validator {
                     ),
                     destinations: x.destinations.clone().unwrap_or_default(),
                     auth: x.auth.map(|a| self.route_auth("exchange", a)),
+                    deliveries: x
+                        .deliveries
+                        .into_iter()
+                        .map(|(k, d)| {
+                            let up = d.upstream.unwrap_or_else(|| {
+                                self.problems
+                                    .push(format!("exchange.deliveries.{k}.upstream"), "required");
+                                String::new()
+                            });
+                            (k, (up, d.path.unwrap_or_else(|| "/".into())))
+                        })
+                        .collect(),
+                    max_attempts: x.max_attempts.unwrap_or(12).max(1),
+                    backoff_base: self.duration(
+                        "exchange.backoff_base",
+                        x.backoff_base.as_ref(),
+                        Duration::from_secs(1),
+                    ),
+                    backoff_cap: self.duration(
+                        "exchange.backoff_cap",
+                        x.backoff_cap.as_ref(),
+                        Duration::from_secs(600),
+                    ),
                 }),
         };
+        if let Some(x) = &exchange {
+            for (i, d) in x.destinations.iter().enumerate() {
+                if !x.deliveries.contains_key(d) {
+                    self.problems.push(
+                        format!("exchange.destinations[{i}]"),
+                        format!("no [exchange.deliveries.{d}] says where to deliver it"),
+                    );
+                }
+            }
+        }
         let audit = match f.audit {
             None => None,
             Some(v) => self
@@ -1274,6 +1314,22 @@ impl Validator {
         }
 
         let auth = self.auth(raw_auth, &upstreams);
+        if let Some(x) = &exchange {
+            for (name, (up, path)) in &x.deliveries {
+                if !upstreams.contains_key(up) {
+                    self.problems.push(
+                        format!("exchange.deliveries.{name}.upstream"),
+                        format!("unknown upstream {up:?}"),
+                    );
+                }
+                if !path.starts_with('/') {
+                    self.problems.push(
+                        format!("exchange.deliveries.{name}.path"),
+                        "must start with '/'",
+                    );
+                }
+            }
+        }
         // Credentials may name token upstreams; check them now that all pools are known.
         for (name, u) in &upstreams {
             if let Some(CredentialsConfig::Oauth2 { token_upstream, .. }) = &u.credentials {

@@ -42,6 +42,21 @@ pub struct RawExchange {
     pub destinations: Option<Vec<String>>,
     /// Who may file dossiers and events (same rules as routes; absent = deny).
     pub auth: Option<RawRouteAuth>,
+    /// Where each destination is delivered: `NAME = { upstream = "pool", path = "/hoso" }`.
+    #[serde(default)]
+    pub deliveries: std::collections::BTreeMap<String, RawDelivery>,
+    /// Give up after this many attempts (dead letter; default 12).
+    pub max_attempts: Option<u32>,
+    /// First retry delay ceiling (default 1s), doubled per attempt up to `backoff_cap` (default 10m).
+    pub backoff_base: Option<String>,
+    pub backoff_cap: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDelivery {
+    pub upstream: Option<String>,
+    pub path: Option<String>,
 }
 
 /// `[audit]`: the tamper-evident log of every call (absent = no audit log).

@@ -22,14 +22,117 @@ pub mod outbox;
 pub mod store;
 
 use crate::auth::rules::AccessRule;
+use crate::body::Body;
 use crate::config::ExchangeCfg;
-use std::sync::Arc;
+use crate::runtime::Gateway;
+use crate::upstream::OutboundRequest;
+use outbox::{Deliverer, DeliveryOutcome};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
-/// The running intake channel: its store and who may use it.
+/// The running intake channel: its store, who may use it, and the delivery loop's stop switch.
 pub struct Exchange {
     pub cfg: ExchangeCfg,
-    pub store: store::SqliteStore,
+    pub store: Arc<store::SqliteStore>,
     pub rule: Option<AccessRule>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+/// Delivers outbox items to their destination's upstream pool: `POST path` with the
+/// item's JSON and the dossier code (plus event number) as `Idempotency-Key`, so a
+/// redelivery after a crash is recognisable at the receiver. Each attempt is audited.
+struct HttpDeliverer {
+    gw: Weak<Gateway>,
+    targets: std::collections::BTreeMap<String, (String, String)>,
+}
+
+impl Deliverer for HttpDeliverer {
+    fn deliver(
+        &self,
+        dest: &str,
+        item: &store::OutboxItem,
+    ) -> Pin<Box<dyn Future<Output = DeliveryOutcome> + Send + '_>> {
+        let target = self.targets.get(dest).cloned();
+        let dest = dest.to_string();
+        let code = item.dossier_code.clone();
+        let key = format!("{}:{}", item.dossier_code, item.event_seq);
+        let payload = item.payload.clone();
+        Box::pin(async move {
+            let Some(gw) = self.gw.upgrade() else {
+                return DeliveryOutcome::Retry("gateway stopping".into());
+            };
+            let Some((up, path)) = target else {
+                return DeliveryOutcome::Permanent(format!("no delivery target for {dest}"));
+            };
+            let rt = gw.runtime();
+            let Some(pool) = rt.pools.get(&up).cloned() else {
+                return DeliveryOutcome::Retry(format!("upstream {up} is not configured"));
+            };
+            let mut headers = http::HeaderMap::new();
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            if let Ok(v) = http::HeaderValue::from_str(&key) {
+                headers.insert("idempotency-key", v);
+            }
+            if let Ok(v) = http::HeaderValue::from_str(&code) {
+                headers.insert("x-lienthong-dossier", v);
+            }
+            let Ok(pq) = path.parse() else {
+                return DeliveryOutcome::Permanent(format!("bad delivery path {path}"));
+            };
+            let req = OutboundRequest {
+                method: http::Method::POST,
+                path_and_query: pq,
+                headers,
+                body: Body::full(payload),
+                // The dossier code is the receiver's idempotency key: resending is safe.
+                idempotent: true,
+                timeout: pool.cfg.request_timeout,
+                host_from_endpoint: true,
+            };
+            let started = std::time::Instant::now();
+            let outcome = match pool.send(req).await {
+                Ok(a) => {
+                    let status = a.response.status().as_u16();
+                    let _ = crate::body::collect_capped(a.response.into_body(), 64 * 1024).await;
+                    (Some(status), outbox::classify_http_status(status, &dest))
+                }
+                Err(e) => (None, DeliveryOutcome::Retry(e.to_string())),
+            };
+            if let Some(a) = &rt.audit {
+                let mut r = crate::audit::record::AuditRecord::new(
+                    crate::audit::record::RecordKind::Delivery,
+                    key.clone(),
+                );
+                r.listener = "delivery".into();
+                r.route = Some(format!("exchange:{dest}"));
+                r.upstream = Some(up.clone());
+                r.method = Some("POST".into());
+                r.set_path(&path);
+                r.status = outcome.0;
+                r.dossier = Some(code.clone());
+                r.latency_us = started.elapsed().as_micros() as u64;
+                if let DeliveryOutcome::Retry(m) | DeliveryOutcome::Permanent(m) = &outcome.1 {
+                    r.error = Some(crate::audit::record::ErrorInfo {
+                        kind: "delivery_failed".into(),
+                        code: Some(m.chars().take(120).collect()),
+                    });
+                }
+                let _ = a.writer.submit_nowait(r);
+            }
+            let label = match &outcome.1 {
+                DeliveryOutcome::Delivered => "delivered",
+                DeliveryOutcome::Retry(_) => "retry",
+                DeliveryOutcome::Permanent(_) => "permanent",
+            };
+            metrics::counter!("lienthong_deliveries_total", "destination" => dest, "outcome" => label).increment(1);
+            outcome.1
+        })
+    }
 }
 
 impl Exchange {
@@ -42,7 +145,7 @@ impl Exchange {
             retry_after_secs: cfg.retry_after.as_secs().max(1),
             ..Default::default()
         };
-        let store = store::SqliteStore::open(&cfg.db, opts).map_err(|e| e.to_string())?;
+        let store = Arc::new(store::SqliteStore::open(&cfg.db, opts).map_err(|e| e.to_string())?);
         let rule = cfg.auth.as_ref().and_then(|a| {
             AccessRule::from_config(a.anonymous, &a.agencies, &a.roles, &a.scopes).ok()
         });
@@ -50,6 +153,46 @@ impl Exchange {
             cfg: cfg.clone(),
             store,
             rule,
+            stop: tokio::sync::watch::channel(false).0,
         }))
+    }
+
+    /// Starts the delivery loop (needs a Tokio runtime). It stops when `stop` is
+    /// called or the gateway is gone.
+    pub fn start_delivery(self: &Arc<Self>, gw: Weak<Gateway>) {
+        let deliverer = Arc::new(HttpDeliverer {
+            gw,
+            targets: self.cfg.deliveries.clone(),
+        });
+        let cfg = outbox::EngineConfig {
+            lease_ms: 120_000,
+            delivery_timeout: Duration::from_secs(60),
+            backoff: outbox::BackoffPolicy {
+                base_ms: self.cfg.backoff_base.as_millis() as i64,
+                cap_ms: self.cfg.backoff_cap.as_millis() as i64,
+                max_attempts: self.cfg.max_attempts,
+            },
+            ..Default::default()
+        };
+        let engine = outbox::OutboxEngine::new(
+            self.store.clone() as Arc<dyn store::ExchangeStore>,
+            deliverer,
+            Arc::new(store::SystemClock),
+            cfg,
+        );
+        let stop = self.stop.subscribe();
+        tokio::spawn(async move {
+            engine
+                .run(stop, Duration::from_millis(100), &|r| {
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "delivery tick failed");
+                    }
+                })
+                .await;
+        });
+    }
+
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
     }
 }

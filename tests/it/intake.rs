@@ -35,21 +35,41 @@ fn post(path: &str, body: &str, extra: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-async fn gateway() -> TestGateway {
-    let cfg = base_config(
+async fn gateway_to(dest: &MockUpstream, extra: &str) -> TestGateway {
+    let cfg = base_config(&format!(
         r#"
+[upstreams.dest]
+endpoints = ["{url}"]
+[upstreams.dest.retry]
+attempts = 1
+[upstreams.dest.passive]
+consecutive_failures = 0
+[upstreams.dest.circuit_breaker]
+consecutive_failures = 0
 [exchange]
 db = "exchange.db"
 destinations = ["dvcqg", "so-gddt"]
-auth = { anonymous = true }
+auth = {{ anonymous = true }}
+backoff_base = "50ms"
+backoff_cap = "200ms"
+{extra}
+[exchange.deliveries]
+dvcqg = {{ upstream = "dest", path = "/dvcqg/DongBoHoSoMC" }}
+so-gddt = {{ upstream = "dest", path = "/so-gddt/hoso" }}
 "#,
-    );
+        url = dest.url()
+    ));
     TestGateway::start(&cfg).await
+}
+
+async fn gateway() -> (TestGateway, MockUpstream) {
+    let dest = MockUpstream::start(echo("dest")).await;
+    (gateway_to(&dest, "").await, dest)
 }
 
 #[tokio::test]
 async fn intake_gives_durable_idempotent_receipts() {
-    let gw = gateway().await;
+    let (gw, _dest) = gateway().await;
     let r = raw(
         gw.addr(),
         &post("/v1/dossiers", &dossier(None, "Hồ sơ tuyển sinh lớp 6"), ""),
@@ -138,7 +158,7 @@ async fn intake_gives_durable_idempotent_receipts() {
 
 #[tokio::test]
 async fn invalid_dossiers_and_events_name_the_field() {
-    let gw = gateway().await;
+    let (gw, _dest) = gateway().await;
     let bad = dossier(None, "x").replace("022090000001", "12345");
     let r = raw(gw.addr(), &post("/v1/dossiers", &bad, "")).await;
     assert_error(&r, 422, "invalid_dossier");
@@ -175,4 +195,175 @@ async fn invalid_dossiers_and_events_name_the_field() {
     )
     .await;
     assert_error(&r, 405, "method_not_allowed");
+}
+
+#[tokio::test]
+async fn dossiers_and_events_are_delivered_in_order_with_idempotency_keys() {
+    let (gw, dest) = gateway().await;
+    let r = raw(
+        gw.addr(),
+        &post("/v1/dossiers", &dossier(None, "Hồ sơ giao"), ""),
+    )
+    .await;
+    let code = r.json()["dossier_code"].as_str().unwrap().to_string();
+    let ev =
+        serde_json::json!({"kind": "status", "status": "2", "at": "20251126090000"}).to_string();
+    assert_eq!(
+        raw(
+            gw.addr(),
+            &post(&format!("/v1/dossiers/{code}/events"), &ev, "")
+        )
+        .await
+        .status,
+        202
+    );
+    eventually(
+        "both destinations got the dossier and the event",
+        std::time::Duration::from_secs(10),
+        || async { dest.count() >= 4 },
+    )
+    .await;
+    let seen = dest.seen.lock().unwrap().clone();
+    for d in ["/dvcqg/DongBoHoSoMC", "/so-gddt/hoso"] {
+        let keys: Vec<String> = seen
+            .iter()
+            .filter(|s| s.uri == d)
+            .map(|s| s.header("idempotency-key").unwrap().to_string())
+            .collect();
+        assert_eq!(
+            keys,
+            vec![format!("{code}:0"), format!("{code}:1")],
+            "creation before update at {d}"
+        );
+    }
+    let first = seen
+        .iter()
+        .find(|s| s.uri == "/dvcqg/DongBoHoSoMC")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&first.body).contains("3.000182.000.00.00.H22"));
+    let (_, outbox) = admin_get(&gw, "/admin/exchange/outbox?state=delivered").await;
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&outbox)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+}
+
+#[tokio::test]
+async fn counterpart_down_then_back_gets_everything() {
+    let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let d = down.clone();
+    let dest = MockUpstream::start(std::sync::Arc::new(move |_s: &Seen| {
+        if d.load(std::sync::atomic::Ordering::SeqCst) {
+            Action::Respond(json_response(503, serde_json::json!({})))
+        } else {
+            Action::Respond(json_response(200, serde_json::json!({"ok": true})))
+        }
+    }))
+    .await;
+    let gw = gateway_to(&dest, "").await;
+    let mut codes = Vec::new();
+    for i in 0..5 {
+        let r = raw(
+            gw.addr(),
+            &post("/v1/dossiers", &dossier(None, &format!("Hồ sơ {i}")), ""),
+        )
+        .await;
+        assert_eq!(r.status, 202);
+        codes.push(r.json()["dossier_code"].as_str().unwrap().to_string());
+    }
+    eventually(
+        "retries happening",
+        std::time::Duration::from_secs(10),
+        || async { dest.count() >= 10 },
+    )
+    .await;
+    down.store(false, std::sync::atomic::Ordering::SeqCst);
+    eventually(
+        "all delivered once the counterpart is back",
+        std::time::Duration::from_secs(20),
+        || async {
+            let (_, o) = admin_get(&gw, "/admin/exchange/outbox?state=delivered").await;
+            serde_json::from_str::<serde_json::Value>(&o)
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .len()
+                == 10
+        },
+    )
+    .await;
+    let ok: std::collections::HashSet<String> = dest
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.header("x-lienthong-dossier").unwrap().to_string())
+        .collect();
+    for c in &codes {
+        assert!(ok.contains(c), "{c} never reached the counterpart");
+    }
+}
+
+#[tokio::test]
+async fn permanent_refusal_dead_letters_and_admin_retry_redelivers() {
+    let refuse = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let r2 = refuse.clone();
+    let dest = MockUpstream::start(std::sync::Arc::new(move |_s: &Seen| {
+        if r2.load(std::sync::atomic::Ordering::SeqCst) {
+            Action::Respond(json_response(400, serde_json::json!({"error": "bad"})))
+        } else {
+            Action::Respond(json_response(200, serde_json::json!({})))
+        }
+    }))
+    .await;
+    let gw = gateway_to(&dest, "").await;
+    assert_eq!(
+        raw(
+            gw.addr(),
+            &post("/v1/dossiers", &dossier(None, "Hồ sơ X"), "")
+        )
+        .await
+        .status,
+        202
+    );
+    let dead = || async {
+        let (_, o) = admin_get(&gw, "/admin/exchange/outbox?state=dead").await;
+        serde_json::from_str::<serde_json::Value>(&o).unwrap()
+    };
+    eventually(
+        "dead-lettered",
+        std::time::Duration::from_secs(10),
+        || async { dead().await.as_array().unwrap().len() == 2 },
+    )
+    .await;
+    let items = dead().await;
+    assert!(items[0]["last_error"].as_str().unwrap().contains("400"));
+    refuse.store(false, std::sync::atomic::Ordering::SeqCst);
+    for it in items.as_array().unwrap() {
+        let id = it["id"].as_i64().unwrap();
+        assert_eq!(
+            admin_post(&gw, &format!("/admin/exchange/outbox/{id}/retry"))
+                .await
+                .0,
+            200
+        );
+    }
+    eventually(
+        "redelivered after admin retry",
+        std::time::Duration::from_secs(10),
+        || async {
+            let (_, o) = admin_get(&gw, "/admin/exchange/outbox?state=delivered").await;
+            serde_json::from_str::<serde_json::Value>(&o)
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .len()
+                == 2
+        },
+    )
+    .await;
 }
