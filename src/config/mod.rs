@@ -299,6 +299,8 @@ pub struct ExchangeCfg {
     pub deliveries: BTreeMap<String, (String, String)>,
     pub max_attempts: u32,
     #[serde(with = "dur")]
+    pub delivery_timeout: Duration,
+    #[serde(with = "dur")]
     pub backoff_base: Duration,
     #[serde(with = "dur")]
     pub backoff_cap: Duration,
@@ -1206,6 +1208,11 @@ impl Validator {
                         })
                         .collect(),
                     max_attempts: x.max_attempts.unwrap_or(12).max(1),
+                    delivery_timeout: self.duration(
+                        "exchange.delivery_timeout",
+                        x.delivery_timeout.as_ref(),
+                        Duration::from_secs(30),
+                    ),
                     backoff_base: self.duration(
                         "exchange.backoff_base",
                         x.backoff_base.as_ref(),

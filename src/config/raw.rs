@@ -47,6 +47,9 @@ pub struct RawExchange {
     pub deliveries: std::collections::BTreeMap<String, RawDelivery>,
     /// Give up after this many attempts (dead letter; default 12).
     pub max_attempts: Option<u32>,
+    /// Longest a delivery may take (default 30s). A worker's claim on an item lasts twice
+    /// this, so items held by a crashed process are retried after that long.
+    pub delivery_timeout: Option<String>,
     /// First retry delay ceiling (default 1s), doubled per attempt up to `backoff_cap` (default 10m).
     pub backoff_base: Option<String>,
     pub backoff_cap: Option<String>,

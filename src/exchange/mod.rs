@@ -45,6 +45,7 @@ pub struct Exchange {
 /// redelivery after a crash is recognisable at the receiver. Each attempt is audited.
 struct HttpDeliverer {
     gw: Weak<Gateway>,
+    timeout: Duration,
     targets: std::collections::BTreeMap<String, (String, String)>,
 }
 
@@ -91,7 +92,7 @@ impl Deliverer for HttpDeliverer {
                 body: Body::full(payload),
                 // The dossier code is the receiver's idempotency key: resending is safe.
                 idempotent: true,
-                timeout: pool.cfg.request_timeout,
+                timeout: self.timeout.min(pool.cfg.request_timeout),
                 host_from_endpoint: true,
             };
             let started = std::time::Instant::now();
@@ -162,11 +163,12 @@ impl Exchange {
     pub fn start_delivery(self: &Arc<Self>, gw: Weak<Gateway>) {
         let deliverer = Arc::new(HttpDeliverer {
             gw,
+            timeout: self.cfg.delivery_timeout,
             targets: self.cfg.deliveries.clone(),
         });
         let cfg = outbox::EngineConfig {
-            lease_ms: 120_000,
-            delivery_timeout: Duration::from_secs(60),
+            lease_ms: 2 * self.cfg.delivery_timeout.as_millis() as i64,
+            delivery_timeout: self.cfg.delivery_timeout,
             backoff: outbox::BackoffPolicy {
                 base_ms: self.cfg.backoff_base.as_millis() as i64,
                 cap_ms: self.cfg.backoff_cap.as_millis() as i64,

@@ -460,3 +460,151 @@ key = "{repo}/config/dev/audit-signing.key.pem"
         );
     }
 }
+
+/// Clients submit dossiers continuously (retrying with the same Idempotency-Key until
+/// they get a receipt) while the gateway is SIGKILLed at random moments and restarted,
+/// 20 times. At the end every dossier that got a 202 has reached the destination at
+/// least once with the content the client sent, and nothing was delivered under a code
+/// no client was given.
+#[tokio::test]
+async fn intake_survives_repeated_sigkill() {
+    use std::collections::{HashMap, HashSet};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dest = MockUpstream::start(Arc::new(|_| {
+        Action::Respond(json_response(200, serde_json::json!({})))
+    }))
+    .await;
+    let port = dead_addr().await.port();
+    let dir = scratch_dir();
+    let path = dir.join("lienthong.toml");
+    let cfg = format!(
+        r#"
+[log]
+format = "json"
+level = "warn"
+[admin]
+listen = "127.0.0.1:0"
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:{port}"
+[upstreams.dest]
+endpoints = ["{dest}"]
+[exchange]
+db = "exchange.db"
+destinations = ["so"]
+auth = {{ anonymous = true }}
+backoff_base = "20ms"
+backoff_cap = "100ms"
+delivery_timeout = "1s"
+[exchange.deliveries]
+so = {{ upstream = "dest", path = "/so/hoso" }}
+"#,
+        dest = dest.url()
+    );
+    std::fs::write(&path, cfg).unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let acked: Arc<std::sync::Mutex<HashMap<String, String>>> = Arc::default(); // code -> summary sent
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..6 {
+        let (acked, stop) = (acked.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let summary = format!("client {c} dossier {i}");
+                let body = serde_json::json!({
+                    "procedure_code": "3.000182.000.00.00.H22", "receiving_unit": "000.00.01.H22",
+                    "channel": "2", "summary": summary, "status": "1", "received_at": "20251126083000",
+                    "applicant": {"name": "Nguyễn Văn A", "kind": "1", "id_number": "022090000001"}
+                })
+                .to_string();
+                let req = format!(
+                    "POST /v1/dossiers HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nIdempotency-Key: c{c}-{i}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                // Same key until a receipt arrives: the gateway may die at any moment.
+                loop {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let attempt = async {
+                        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+                        s.write_all(req.as_bytes()).await.ok()?;
+                        let mut buf = Vec::new();
+                        s.read_to_end(&mut buf).await.ok()?;
+                        parse_complete(&buf)
+                    };
+                    match attempt.await {
+                        Some(r) if r.status == 202 => {
+                            let code = r.json()["dossier_code"].as_str().unwrap().to_string();
+                            acked.lock().unwrap().insert(code, summary.clone());
+                            break;
+                        }
+                        Some(r) => assert!(r.status == 503, "unexpected {}", r.status),
+                        None => {}
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                i += 1;
+            }
+        }));
+    }
+    // A small deterministic generator for the kill moments (no test randomness crate).
+    let mut seed: u64 = 0x9e3779b97f4a7c15;
+    for round in 0..20 {
+        let (proc_, _a, _admin) = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || spawn(&path)
+        })
+        .await
+        .unwrap();
+        let before = acked.lock().unwrap().len();
+        eventually(
+            "progress before the kill",
+            Duration::from_secs(20),
+            || async { acked.lock().unwrap().len() > before },
+        )
+        .await;
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        tokio::time::sleep(Duration::from_millis(seed % 40)).await; // the random kill moment
+        signal(&proc_, "KILL");
+        drop(proc_);
+        let _ = round;
+    }
+    // Last life: clients finish their current dossier, then everything must drain.
+    let (_proc, _a, _admin) = tokio::task::spawn_blocking({
+        let path = path.clone();
+        move || spawn(&path)
+    })
+    .await
+    .unwrap();
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 20);
+    eventually(
+        "every acknowledged dossier delivered",
+        Duration::from_secs(30),
+        || async {
+            let seen: HashSet<String> = dest
+                .seen
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|s| s.header("x-lienthong-dossier").map(str::to_string))
+                .collect();
+            acked.keys().all(|c| seen.contains(c))
+        },
+    )
+    .await;
+    for s in dest.seen.lock().unwrap().iter() {
+        let code = s.header("x-lienthong-dossier").unwrap();
+        let sent = acked
+            .get(code)
+            .unwrap_or_else(|| panic!("delivered under {code}, a code no client was given"));
+        let body: serde_json::Value = serde_json::from_slice(&s.body).unwrap();
+        assert_eq!(body["summary"], sent.as_str(), "content changed for {code}");
+    }
+}
