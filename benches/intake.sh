@@ -27,11 +27,20 @@ echo "fdatasync/s: $SYNC"
 
 python3 - "$WORK/dossier.json" <<'PY'
 import json, sys
+# A realistic ~3 KB dossier: applicant, several submitted documents, fees and steps.
 d = {"procedure_code": "3.000182.000.00.00.H22", "procedure_name": "Tuyển sinh trung học cơ sở",
-     "receiving_unit": "000.00.01.H22", "channel": "2", "status": "1", "received_at": "20251126083000",
-     "summary": "Hồ sơ tuyển sinh lớp 6 " + "x" * 2200,
+     "field_code": "G03-GD10", "field_name": "Giáo dục Trung học",
+     "receiving_unit": "000.00.01.H22", "processing_unit_name": "Phòng Giáo dục và Đào tạo",
+     "channel": "2", "status": "1", "received_at": "20251126083000", "due_at": "20251203170000",
+     "summary": "Hồ sơ tuyển sinh lớp 6 cho học sinh Nguyễn Văn B, trường THCS Lê Lợi",
      "applicant": {"name": "Nguyễn Văn A", "kind": "1", "id_number": "022090000001",
-                   "identifiers": [{"kind": "1", "number": "022090000001"}]}}
+                   "identifiers": [{"kind": "1", "number": "022090000001"}],
+                   "email": "nguyenvana@example.vn", "phone": "0912000000"},
+     "documents": [{"id": str(100 + i), "name": f"Giay-to-so-{i}-ban-sao-chung-thuc.pdf", "deleted": "False",
+                    "url": f"https://motcua.example.gov.vn/download/hoso/2025/11/26/{100 + i}/tep-dinh-kem-{i}.pdf",
+                    "digitised": "1", "reuse": "0", "from_national_repository": "0"} for i in range(10)],
+     "fees": [{"name": "Lệ phí", "code": "1", "collection_stage": "1", "amount": "0", "kind": "1"}],
+     "steps": [{"handler": "Cán bộ một cửa", "at": "20251126083000", "content": "Tiếp nhận hồ sơ", "status": "1"}]}
 open(sys.argv[1], "w").write(json.dumps(d, ensure_ascii=False))
 PY
 echo "dossier body: $(wc -c <"$WORK/dossier.json") bytes"
