@@ -8,7 +8,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 [ -n "${LIENTHONG_BIN:-}" ] || (cd "$HERE" && cargo build --release --locked --bin lienthong)
 LIENTHONG_BIN="${LIENTHONG_BIN:-$HERE/target/release/lienthong}"
 DURATION="${DURATION:-10}"
-WORK="$(mktemp -d "${TMPDIR:-/work}/lienthong-intake.XXXXXX")"
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/lienthong-intake.XXXXXX")"
 PID=""
 cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT

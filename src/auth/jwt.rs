@@ -2231,12 +2231,11 @@ mod vector_tests {
     use super::*;
     use std::path::PathBuf;
 
-    /// `LIENTHONG_SHARED`, else `<crate>/../shared`, else `/work/shared`.
+    /// `LIENTHONG_SHARED`, else `<crate>/../shared`.
     fn shared_dir() -> PathBuf {
         let candidates = [
             std::env::var_os("LIENTHONG_SHARED").map(PathBuf::from),
             Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared")),
-            Some(PathBuf::from("/work/shared")),
         ];
         candidates
             .into_iter()
