@@ -400,7 +400,9 @@ impl Inner {
         let pool = Arc::downgrade(self);
         tokio::spawn(async move {
             {
-                let mut conn = std::pin::pin!(conn);
+                // With upgrades, so that a `101 Switching Protocols` hands the socket
+                // over to the tunnel instead of closing it.
+                let mut conn = std::pin::pin!(conn.with_upgrades());
                 // The connection's own error is not interesting here: whoever is
                 // waiting on a response or reading a body receives it from hyper.
                 let _ = poll_fn(|cx| {

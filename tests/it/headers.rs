@@ -214,3 +214,63 @@ async fn upgrade_refused_unless_allowed() {
     assert_error(&r, 400, "upgrade_not_allowed");
     assert_eq!(up.count(), 0);
 }
+
+#[tokio::test]
+async fn upgrade_tunnels_where_the_route_allows_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A raw upstream that switches protocols and then echoes bytes.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if s.read(&mut b).await.unwrap() == 0 {
+                return;
+            }
+            head.push(b[0]);
+        }
+        let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        assert!(text.contains("upgrade: websocket"), "{text}");
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        loop {
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            s.write_all(&buf[..n]).await.unwrap();
+        }
+    });
+    let cfg = base_config(&format!(
+        "[upstreams.ws]\nendpoints = [\"http://{up_addr}\"]\n[[routes]]\nname = \"ws\"\npath_prefix = \"/ws\"\nupstream = \"ws\"\nallow_upgrade = true\nauth = {{ anonymous = true }}\n"
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    let mut c = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    c.write_all(
+        b"GET /ws/chat HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(c.read(&mut b).await.unwrap(), 1);
+        head.push(b[0]);
+    }
+    assert!(
+        String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    c.write_all(b"xin chao").await.unwrap();
+    let mut got = [0u8; 8];
+    tokio::time::timeout(std::time::Duration::from_secs(5), c.read_exact(&mut got))
+        .await
+        .expect("echo through the tunnel")
+        .unwrap();
+    assert_eq!(&got, b"xin chao");
+}
