@@ -382,3 +382,45 @@ upstream = "u"
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["upstream"], "tls-up");
 }
+
+#[tokio::test]
+async fn http2_concurrent_stream_limit_holds() {
+    let up = MockUpstream::start(Arc::new(|_| Action::Hang)).await;
+    let cfg = base_config(&format!(
+        "h2_max_concurrent_streams = 2\n[upstreams.u]\nendpoints = [\"{}\"]\n[[routes]]\nauth.anonymous = true\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"u\"\ntimeout = \"30s\"\n",
+        up.url()
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    let tcp = TcpStream::connect(gw.addr()).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut tasks = Vec::new();
+    for i in 0..5 {
+        let mut s = sender.clone();
+        tasks.push(tokio::spawn(async move {
+            let req = http::Request::get(format!("http://test.local/s/{i}"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let _ = s.send_request(req).await;
+        }));
+    }
+    eventually(
+        "two streams reached the upstream",
+        Duration::from_secs(5),
+        || async { up.count() == 2 },
+    )
+    .await;
+    // The other three wait for a free stream; none gets through while two are open.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        up.count(),
+        2,
+        "more concurrent streams than the listener allows"
+    );
+    for t in tasks {
+        t.abort();
+    }
+}
