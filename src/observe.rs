@@ -126,7 +126,8 @@ pub fn record(rt: &Runtime, ctx: &RequestCtx, rsp: &Response<Body>) {
             listener = &*ctx.conn.listener,
             peer = %ctx.conn.peer,
             method = %ctx.method,
-            path = %ctx.path,
+            // Citizen identifiers in paths are personal data: masked as in the audit log.
+            path = %crate::audit::record::mask_path(&ctx.path),
             version = ?ctx.version,
             route = ctx.route.as_deref().unwrap_or("-"),
             upstream = ctx.upstream.as_deref().unwrap_or("-"),

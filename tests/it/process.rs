@@ -415,7 +415,7 @@ key = "{repo}/config/dev/audit-signing.key.pem"
             "{}",
             r.status
         );
-        let r = raw(addr, format!("GET /y HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {t}\r\nConnection: close\r\n\r\n").as_bytes()).await;
+        let r = raw(addr, format!("GET /dan-cu/079201001234 HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {t}\r\nConnection: close\r\n\r\n").as_bytes()).await;
         assert!(r.status < 600);
     }
     // The upstream answered 401 with our credential: one re-authentication happened.
