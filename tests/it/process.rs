@@ -503,7 +503,7 @@ so = {{ upstream = "dest", path = "/so/hoso" }}
     );
     std::fs::write(&path, cfg).unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let acked: Arc<std::sync::Mutex<HashMap<String, String>>> = Arc::default(); // code -> summary sent
+    let acked: Arc<std::sync::Mutex<HashMap<String, serde_json::Value>>> = Arc::default(); // code -> body sent
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
     for c in 0..6 {
@@ -512,12 +512,12 @@ so = {{ upstream = "dest", path = "/so/hoso" }}
             let mut i = 0;
             while !stop.load(Ordering::SeqCst) {
                 let summary = format!("client {c} dossier {i}");
-                let body = serde_json::json!({
+                let sent = serde_json::json!({
                     "procedure_code": "3.000182.000.00.00.H22", "receiving_unit": "000.00.01.H22",
                     "channel": "2", "summary": summary, "status": "1", "received_at": "20251126083000",
                     "applicant": {"name": "Nguyễn Văn A", "kind": "1", "id_number": "022090000001"}
-                })
-                .to_string();
+                });
+                let body = sent.to_string();
                 let req = format!(
                     "POST /v1/dossiers HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nIdempotency-Key: c{c}-{i}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
@@ -535,7 +535,7 @@ so = {{ upstream = "dest", path = "/so/hoso" }}
                     match attempt.await {
                         Some(r) if r.status == 202 => {
                             let code = r.json()["dossier_code"].as_str().unwrap().to_string();
-                            acked.lock().unwrap().insert(code, summary.clone());
+                            acked.lock().unwrap().insert(code, sent.clone());
                             break;
                         }
                         Some(r) => assert!(r.status == 503, "unexpected {}", r.status),
@@ -605,6 +605,15 @@ so = {{ upstream = "dest", path = "/so/hoso" }}
             .get(code)
             .unwrap_or_else(|| panic!("delivered under {code}, a code no client was given"));
         let body: serde_json::Value = serde_json::from_slice(&s.body).unwrap();
-        assert_eq!(body["summary"], sent.as_str(), "content changed for {code}");
+        // The declared translation is the canonical model: what arrives is exactly the
+        // client's dossier in canonical form, plus the code the gateway assigned.
+        let mut expected =
+            lienthong::exchange::dossier::parse_dossier(sent.to_string().as_bytes()).unwrap();
+        expected.code = Some(code.to_string());
+        assert_eq!(
+            body,
+            serde_json::to_value(&expected).unwrap(),
+            "content changed for {code}"
+        );
     }
 }
