@@ -61,6 +61,12 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Run simulated counterparts (DVCQG-like portal, SOAP agency) on loopback.
+    Sandbox {
+        /// Address to listen on (the default config's `sandbox` upstream).
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        listen: std::net::SocketAddr,
+    },
     /// Validate a config file: print every problem with its key path; exit 1 on any.
     Check {
         /// Config file.
@@ -322,6 +328,38 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Serve { config } => serve(&config),
+        Command::Sandbox { listen } => {
+            crate::observe::init_logging(&crate::config::LogConfig {
+                format: crate::config::LogFormat::Text,
+                level: "info".into(),
+                access_log: false,
+            });
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            rt.block_on(async move {
+                let l = match tokio::net::TcpListener::bind(listen).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        eprintln!("sandbox: cannot bind {listen}: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                tracing::info!(%listen, "sandbox counterparts listening (dvcqg, agency); switch with POST /sandbox/mode?system=dvcqg&mode=ok|slow|failing|down");
+                tokio::select! {
+                    _ = crate::sandbox::serve(l, std::sync::Arc::new(crate::sandbox::Sandbox::default())) => {}
+                    _ = shutdown_signal() => {}
+                }
+                ExitCode::SUCCESS
+            })
+        }
         Command::Audit { command } => match audit_command(command) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,

@@ -15,6 +15,7 @@
 //! - [`cache`]     — lookup data in moka (coalescing, refresh-ahead, serve-stale) and the GET response cache.
 //! - [`exchange`]  — dossier model and validation, durable store with group commit, outbox delivery engine (not yet routed).
 //! - [`audit`]     — the tamper-evident audit log: Merkle tree, signed checkpoints, framed records, verifier.
+//! - [`sandbox`]   — simulated counterparts (DVCQG-like portal, SOAP agency) switchable ok/slow/failing/down.
 //! - [`observe`]   — metrics recorder and logging; one access-log line per request.
 //!
 //! ## Invariants that hold across modules
@@ -47,6 +48,7 @@ pub mod exchange;
 pub mod observe;
 pub mod pipeline;
 pub mod runtime;
+pub mod sandbox;
 pub mod server;
 pub mod translate;
 pub mod upstream;

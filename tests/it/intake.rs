@@ -367,3 +367,87 @@ async fn permanent_refusal_dead_letters_and_admin_retry_redelivers() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn sandbox_counterpart_down_failing_then_ok() {
+    use lienthong::sandbox::{Mode, Sandbox};
+    let sb = std::sync::Arc::new(Sandbox::default());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(lienthong::sandbox::serve(l, sb.clone()));
+    let cfg = base_config(&format!(
+        r#"
+[upstreams.sandbox]
+endpoints = ["http://{addr}"]
+request_timeout = "1s"
+[upstreams.sandbox.retry]
+attempts = 1
+[upstreams.sandbox.passive]
+consecutive_failures = 0
+[upstreams.sandbox.circuit_breaker]
+consecutive_failures = 0
+[exchange]
+db = "exchange.db"
+destinations = ["dvcqg"]
+auth = {{ anonymous = true }}
+backoff_base = "50ms"
+backoff_cap = "200ms"
+delivery_timeout = "1s"
+[exchange.deliveries]
+dvcqg = {{ upstream = "sandbox", path = "/dvcqg/hoso" }}
+"#
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    sb.set_mode("dvcqg", Mode::Down);
+    let r = raw(
+        gw.addr(),
+        &post("/v1/dossiers", &dossier(None, "Hồ sơ sandbox"), ""),
+    )
+    .await;
+    assert_eq!(r.status, 202);
+    let code = r.json()["dossier_code"].as_str().unwrap().to_string();
+    eventually(
+        "attempts while down",
+        std::time::Duration::from_secs(10),
+        || async {
+            let (_, o) = admin_get(&gw, "/admin/exchange/outbox").await;
+            serde_json::from_str::<serde_json::Value>(&o).unwrap()[0]["attempts"]
+                .as_u64()
+                .unwrap_or(0)
+                >= 2
+        },
+    )
+    .await;
+    sb.set_mode("dvcqg", Mode::Failing);
+    eventually(
+        "attempts while failing",
+        std::time::Duration::from_secs(10),
+        || async {
+            let (_, o) = admin_get(&gw, "/admin/exchange/outbox").await;
+            serde_json::from_str::<serde_json::Value>(&o).unwrap()[0]["last_error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("503")
+        },
+    )
+    .await;
+    assert!(sb.received().is_empty());
+    sb.set_mode("dvcqg", Mode::Ok);
+    eventually(
+        "delivered once the portal is back",
+        std::time::Duration::from_secs(10),
+        || async {
+            sb.received()
+                .iter()
+                .any(|r| r["idempotency_key"] == format!("{code}:0"))
+        },
+    )
+    .await;
+    // The sandbox also answers lookups and SOAP calls directly.
+    let r = raw(
+        addr,
+        b"GET /dvcqg/thutuc/1.000123 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.json()["MaTTHC"], "1.000123");
+}
