@@ -81,6 +81,24 @@ impl GatewayError {
         Self::new(ErrorKind::BadRequest, code, message)
     }
 
+    /// 405: the resource exists but not for this method; `allow` lists the methods that are.
+    pub fn method_not_allowed(
+        code: &'static str,
+        message: impl Into<String>,
+        allow: impl Into<String>,
+    ) -> Self {
+        let mut e = Self::new(ErrorKind::MethodNotAllowed, code, message);
+        e.allow = Some(allow.into());
+        e
+    }
+
+    /// 503: nothing can serve this now; a retry after `retry_after` seconds may succeed.
+    pub fn unavailable(code: &'static str, message: impl Into<String>, retry_after: u64) -> Self {
+        let mut e = Self::new(ErrorKind::Unavailable, code, message);
+        e.retry_after = Some(retry_after);
+        e
+    }
+
     pub fn internal(detail: impl fmt::Display) -> Self {
         Self::new(ErrorKind::Internal, "internal", "internal error").with_detail(detail)
     }

@@ -235,20 +235,9 @@ impl AuthRuntime {
         })
     }
 
-    /// authn + authz for route `idx`: Ok(None) for an anonymous route, Ok(caller)
-    /// for an allowed caller, or the 401/403/503 to answer.
-    pub async fn check(
-        &self,
-        idx: usize,
-        headers: &http::HeaderMap,
-        query: Option<&str>,
-        client_cert_s256: Option<&str>,
-    ) -> Result<Option<Arc<Caller>>, GatewayError> {
-        self.check_rule(self.rules[idx].as_ref(), headers, query, client_cert_s256)
-            .await
-    }
-
-    /// authn + authz against one rule (routes, lookups): None = deny.
+    /// authn + authz against one rule (routes, lookups, intake): Ok(None) for an
+    /// anonymous rule, Ok(caller) for an allowed caller, or the 401/403/503 to answer.
+    /// No rule (`None`) denies everyone.
     pub async fn check_rule(
         &self,
         rule: Option<&AccessRule>,
@@ -306,15 +295,11 @@ fn to_gateway_error(e: &AuthError) -> GatewayError {
             "the caller is not allowed to use this route",
         )
         .with_detail(e),
-        AuthErrorKind::Unavailable(_) => {
-            let mut g = GatewayError::new(
-                ErrorKind::Unavailable,
-                "issuer_unavailable",
-                "the token issuer's keys cannot be obtained; try again later",
-            )
-            .with_detail(e);
-            g.retry_after = Some(5);
-            g
-        }
+        AuthErrorKind::Unavailable(_) => GatewayError::unavailable(
+            "issuer_unavailable",
+            "the token issuer's keys cannot be obtained; try again later",
+            5,
+        )
+        .with_detail(e),
     }
 }

@@ -206,14 +206,12 @@ fn lookup_error(e: &LookupError) -> GatewayError {
         ),
         LookupError::BadKey { problem, .. } => GatewayError::bad_request("bad_key", *problem),
         LookupError::Unavailable { .. } | LookupError::TooStale { .. } => {
-            let mut g = GatewayError::new(
-                ErrorKind::Unavailable,
+            GatewayError::unavailable(
                 "lookup_unavailable",
                 "the lookup's source is unavailable and no usable copy is cached",
+                5,
             )
-            .with_detail(e);
-            g.retry_after = Some(5);
-            g
+            .with_detail(e)
         }
     }
 }

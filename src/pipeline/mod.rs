@@ -5,7 +5,7 @@
 //! target = intake::check(listener, &parts)?      method form, head limits, URI length, Host, path normalisation
 //!          local::respond(...)                   /lookups/NAME[/KEY] (own access rules) and /.well-known/jwks.json
 //! route  = route::select(routes, target)?        host, segment-aware prefix, method → 404 / 405
-//! caller = auth.check(route, headers, cert)?     JWT (RFC 8725) + access rule → 401 / 403 / 503
+//! caller = authenticate(rule, headers, cert)?   JWT (RFC 8725) + access rule → 401 / 403 / 503
 //!          cached::lookup(...)                   GET routes with `cache`: answer from the response cache
 //! body   = intake::body(limits, &parts, body)?   declared length over the cap → 413; streamed cap
 //! body   = audit_stage::tap_request(body)        SHA-256 and size of the request as received
@@ -194,19 +194,7 @@ async fn proxy(
             "protocol upgrades are not accepted on this route",
         ));
     }
-    let caller = rt
-        .auth
-        .check(
-            idx,
-            &parts.headers,
-            target.query.as_deref(),
-            ctx.conn
-                .tls
-                .as_ref()
-                .and_then(|t| t.client_cert_sha256.as_deref()),
-        )
-        .await?;
-    ctx.caller = caller;
+    authenticate(rt, ctx, rt.auth.rules[idx].as_ref(), &parts, &target).await?;
     // Response cache (GET routes that enable it): answer from it, or remember what is
     // needed to store the upstream's answer.
     let cache = match (&rt.route_caches[idx], parts.method == Method::GET) {
@@ -486,20 +474,8 @@ pub mod audit_stage {
         if ctx.error.is_some() && (400..500).contains(&status) {
             return RecordKind::Rejected;
         }
-        if let Some((k, _)) = ctx.audit_as {
-            return k;
-        }
-        if ctx
-            .route
-            .as_deref()
-            .is_some_and(|r| r.starts_with("lookup:"))
-        {
-            RecordKind::Lookup
-        } else if ctx.error.is_some() && (400..500).contains(&status) {
-            RecordKind::Rejected
-        } else {
-            RecordKind::Proxy
-        }
+        // Stages that are not plain proxying (lookups, intake) say what they are.
+        ctx.audit_as.map_or(RecordKind::Proxy, |(k, _)| k)
     }
 
     fn text(b: &[u8]) -> String {
@@ -654,13 +630,12 @@ pub mod audit_stage {
             Ok(()) => rsp,
             Err(e) => {
                 metrics::counter!("lienthong_audit_refused_total").increment(1);
-                let mut ge = GatewayError::new(
-                    ErrorKind::Unavailable,
+                let ge = GatewayError::unavailable(
                     "audit_unavailable",
                     "the exchange could not be recorded in the audit log; try again later",
+                    5,
                 )
                 .with_detail(e);
-                ge.retry_after = Some(5);
                 tracing::error!(request_id = ctx.request_id_str(), error = ?ge.detail, "fail-closed route refused: audit record not durable");
                 respond::error_response(&ge, ctx.request_id_str())
             }
@@ -764,6 +739,27 @@ pub mod cached {
     }
 }
 
+/// authn + authz against one access rule (a route's, a lookup's, the intake's): the
+/// verified caller goes on the context; `None` as the rule denies everyone.
+async fn authenticate(
+    rt: &Runtime,
+    ctx: &mut RequestCtx,
+    rule: Option<&crate::auth::rules::AccessRule>,
+    parts: &http::request::Parts,
+    target: &Target,
+) -> Result<(), GatewayError> {
+    let cert = ctx
+        .conn
+        .tls
+        .as_ref()
+        .and_then(|t| t.client_cert_sha256.as_deref());
+    ctx.caller = rt
+        .auth
+        .check_rule(rule, &parts.headers, target.query.as_deref(), cert)
+        .await?;
+    Ok(())
+}
+
 /// What intake learned about the request target.
 pub struct Target {
     pub host: String,
@@ -780,13 +776,11 @@ pub mod intake {
 
     pub fn check(l: &ListenerConfig, parts: &http::request::Parts) -> Result<Target, GatewayError> {
         if parts.method == Method::CONNECT {
-            let mut e = GatewayError::new(
-                ErrorKind::MethodNotAllowed,
+            return Err(GatewayError::method_not_allowed(
                 "connect_not_allowed",
                 "CONNECT tunnels are not offered by this gateway",
-            );
-            e.allow = Some("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS".into());
-            return Err(e);
+                "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS",
+            ));
         }
         // hyper's parser enforces twice these limits as a backstop (its refusals have
         // no body); within that margin the refusal is ours and carries the JSON contract.
@@ -1012,18 +1006,7 @@ pub mod local {
         ctx.route = Some(Arc::from("exchange:intake"));
         // Intake is fail-closed: no receipt without its audit record.
         ctx.audit_as = Some((RecordKind::Intake, AuditPolicy::FailClosed));
-        ctx.caller = rt
-            .auth
-            .check_rule(
-                x.rule.as_ref(),
-                &parts.headers,
-                target.query.as_deref(),
-                ctx.conn
-                    .tls
-                    .as_ref()
-                    .and_then(|t| t.client_cert_sha256.as_deref()),
-            )
-            .await?;
+        authenticate(rt, ctx, x.rule.as_ref(), parts, target).await?;
         let segs: Vec<&str> = rest
             .trim_start_matches('/')
             .split('/')
@@ -1066,15 +1049,11 @@ pub mod local {
                 "conflict",
                 format!("a different dossier was already accepted under this code or key ({m})"),
             ),
-            IntakeError::SpoolFull { retry_after_secs } => {
-                let mut g = GatewayError::new(
-                    ErrorKind::Unavailable,
-                    "spool_full",
-                    "the intake spool is full; try again later",
-                );
-                g.retry_after = Some(retry_after_secs);
-                g
-            }
+            IntakeError::SpoolFull { retry_after_secs } => GatewayError::unavailable(
+                "spool_full",
+                "the intake spool is full; try again later",
+                retry_after_secs,
+            ),
             IntakeError::Invalid(errs) => invalid(errs),
             IntakeError::NotFound(c) => {
                 GatewayError::new(ErrorKind::NotFound, "not_found", format!("no dossier {c}"))
@@ -1095,13 +1074,7 @@ pub mod local {
             r
         };
         let method_err = |allow: &str| {
-            let mut e = GatewayError::new(
-                ErrorKind::MethodNotAllowed,
-                "method_not_allowed",
-                "method not allowed here",
-            );
-            e.allow = Some(allow.into());
-            e
+            GatewayError::method_not_allowed("method_not_allowed", "method not allowed here", allow)
         };
         match (segs.as_slice(), &parts.method) {
             ([], &Method::POST) => {
@@ -1192,27 +1165,18 @@ pub mod local {
         key: Option<&str>,
     ) -> Result<Response<Body>, GatewayError> {
         ctx.route = Some(Arc::from(format!("lookup:{}", l.cfg.name)));
+        ctx.audit_as = Some((
+            crate::audit::record::RecordKind::Lookup,
+            crate::config::AuditPolicy::FailOpen,
+        ));
         if parts.method != Method::GET && parts.method != Method::HEAD {
-            let mut e = GatewayError::new(
-                ErrorKind::MethodNotAllowed,
+            return Err(GatewayError::method_not_allowed(
                 "method_not_allowed",
                 "lookups are read with GET",
-            );
-            e.allow = Some("GET, HEAD".into());
-            return Err(e);
+                "GET, HEAD",
+            ));
         }
-        ctx.caller = rt
-            .auth
-            .check_rule(
-                l.rule.as_ref(),
-                &parts.headers,
-                target.query.as_deref(),
-                ctx.conn
-                    .tls
-                    .as_ref()
-                    .and_then(|t| t.client_cert_sha256.as_deref()),
-            )
-            .await?;
+        authenticate(rt, ctx, l.rule.as_ref(), parts, target).await?;
         let mut rsp = crate::cache::serve::answer(
             l,
             key,

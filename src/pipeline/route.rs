@@ -88,13 +88,11 @@ pub fn select<'a>(
             "no route matches this request",
         ))
     } else {
-        let mut e = GatewayError::new(
-            ErrorKind::MethodNotAllowed,
+        Err(GatewayError::method_not_allowed(
             "method_not_allowed",
             format!("method {method} is not allowed here"),
-        );
-        e.allow = Some(allowed.join(", "));
-        Err(e)
+            allowed.join(", "),
+        ))
     }
 }
 

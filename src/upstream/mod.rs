@@ -393,13 +393,11 @@ impl Pool {
         let probe = match self.breaker.admit(now) {
             Ok(p) => p,
             Err(secs) => {
-                let mut e = GatewayError::new(
-                    ErrorKind::Unavailable,
+                return Err(GatewayError::unavailable(
                     "circuit_open",
                     "the upstream is failing; try again later",
-                );
-                e.retry_after = Some(secs);
-                return Err(e);
+                    secs,
+                ));
             }
         };
         let OutboundRequest {
@@ -430,13 +428,11 @@ impl Pool {
             attempt += 1;
             let Some(ep) = self.pick(last.as_ref()) else {
                 self.breaker_release(probe);
-                let mut e = GatewayError::new(
-                    ErrorKind::Unavailable,
+                return Err(GatewayError::unavailable(
                     "no_healthy_endpoint",
                     "no healthy upstream endpoint is available",
-                );
-                e.retry_after = Some(1);
-                return Err(e);
+                    1,
+                ));
             };
             let can_retry_more = attempt < max_attempts && replay.is_some();
             let keep_copy = can_retry_more || reauth_left;
