@@ -67,6 +67,18 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:9100")]
         listen: std::net::SocketAddr,
     },
+    /// Run one adapter step on a file and print the output (to try a mapping or write a fixture).
+    Adapter {
+        /// The adapter's folder, e.g. adapters/dvcqg.
+        dir: PathBuf,
+        /// `Operation.request` or `Operation.response`.
+        step: String,
+        /// Input file.
+        input: PathBuf,
+        /// Context values the mappings read as `$ctx.NAME`: `--context name=value`.
+        #[arg(long = "context", value_name = "NAME=VALUE")]
+        context: Vec<String>,
+    },
     /// Validate a config file: print every problem with its key path; exit 1 on any.
     Check {
         /// Config file.
@@ -327,6 +339,23 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
+        Command::Adapter {
+            dir,
+            step,
+            input,
+            context,
+        } => match adapter_run(&dir, &step, &input, &context) {
+            Ok(out) => {
+                use std::io::Write;
+                let _ = std::io::stdout().write_all(&out);
+                println!();
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("lienthong adapter: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Serve { config } => serve(&config),
         Command::Sandbox { listen } => {
             crate::observe::init_logging(&crate::config::LogConfig {
@@ -388,6 +417,42 @@ pub fn main() -> ExitCode {
             }
         },
     }
+}
+
+fn adapter_run(
+    dir: &std::path::Path,
+    step: &str,
+    input: &std::path::Path,
+    context: &[String],
+) -> Result<Vec<u8>, String> {
+    let a = crate::adapter::load_unchecked(dir).map_err(|p| {
+        p.iter()
+            .map(|(k, m)| format!("{k}: {m}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
+    let (op, side) = step
+        .rsplit_once('.')
+        .ok_or("the step is Operation.request or Operation.response")?;
+    let op = a
+        .operations
+        .get(op)
+        .ok_or_else(|| format!("no operation {op:?} in {}", dir.display()))?;
+    let s = match side {
+        "request" => op.request.as_ref(),
+        "response" => op.response.as_ref(),
+        _ => None,
+    }
+    .ok_or_else(|| format!("no step {step:?}"))?;
+    let mut ctx = crate::adapter::Context::new();
+    for c in context {
+        let (k, v) = c.split_once('=').ok_or("--context takes NAME=VALUE")?;
+        ctx.insert(k.to_string(), v.to_string());
+    }
+    let body = std::fs::read(input).map_err(|e| format!("{}: {e}", input.display()))?;
+    s.run(&body, &ctx)
+        .map(|o| o.body)
+        .map_err(|e| e.to_string())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -491,11 +556,13 @@ fn check(path: &std::path::Path) -> ExitCode {
             }
             if problems.is_empty() {
                 println!(
-                    "{}: ok ({} listeners, {} upstreams, {} routes)",
+                    "{}: ok ({} listeners, {} upstreams, {} routes, {} adapters with {} fixtures passing)",
                     path.display(),
                     cfg.listeners.len(),
                     cfg.upstreams.len(),
-                    cfg.routes.len()
+                    cfg.routes.len(),
+                    cfg.adapters.systems.len(),
+                    cfg.adapters.systems.values().map(|a| a.fixtures).sum::<usize>()
                 );
                 ExitCode::SUCCESS
             } else {

@@ -12,6 +12,7 @@
 //! - [`admin`]     — the admin listener: health, readiness, metrics, config, upstreams, reload.
 //! - [`auth`]      — JWT verification (RFC 8725), key sets and JWKS rotation, callers, access rules.
 //! - [`translate`] — the streaming XML↔JSON engine and SOAP envelopes; knows nothing about HTTP.
+//! - [`adapter`]   — per-system adapters as data (`adapters/<system>/`): operations = format → mapping → format, fixtures run at load.
 //! - [`cache`]     — lookup data in moka (coalescing, refresh-ahead, serve-stale) and the GET response cache.
 //! - [`exchange`]  — dossier model and validation, durable store with group commit, outbox delivery engine (not yet routed).
 //! - [`audit`]     — the tamper-evident audit log: Merkle tree, signed checkpoints, framed records, verifier.
@@ -36,6 +37,7 @@
 //!   never prints its value) and never reach logs, errors or audit records.
 //! - Whole-body buffering happens only in `body::collect_capped`, always under a cap.
 
+pub mod adapter;
 pub mod admin;
 pub mod audit;
 pub mod auth;

@@ -69,6 +69,8 @@ pub struct Config {
     pub lookups: Vec<LookupConfig>,
     pub audit: Option<AuditCfg>,
     pub exchange: Option<ExchangeCfg>,
+    /// Adapters loaded from `[adapters] dir` (empty without that section).
+    pub adapters: crate::adapter::Adapters,
     /// Where the file was read from (for reloads).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -285,6 +287,47 @@ pub struct TranslateCfg {
     pub arrays: Vec<String>,
     pub namespaces: BTreeMap<String, String>,
     pub max_bytes: u64,
+    /// Set when the route translates with an adapter operation.
+    pub adapter: Option<AdapterRoute>,
+}
+
+/// `routes[].translate` with `adapter` and `operation`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdapterRoute {
+    pub system: String,
+    pub version: String,
+    pub operation: String,
+    #[serde(skip)]
+    pub op: std::sync::Arc<crate::adapter::Operation>,
+    pub context: BTreeMap<String, ContextValue>,
+}
+
+impl PartialEq for AdapterRoute {
+    fn eq(&self, o: &Self) -> bool {
+        self.system == o.system
+            && self.version == o.version
+            && self.operation == o.operation
+            && self.context == o.context
+            && std::sync::Arc::ptr_eq(&self.op, &o.op)
+    }
+}
+
+/// A context value of an adapter route; secrets are shown redacted.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum ContextValue {
+    Plain(String),
+    Secret(SecretValue),
+}
+
+impl ContextValue {
+    /// The value as text (a secret that is not UTF-8 is read lossily).
+    pub fn text(&self) -> String {
+        match self {
+            ContextValue::Plain(s) => s.clone(),
+            ContextValue::Secret(s) => String::from_utf8_lossy(s.expose()).into_owned(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -569,6 +612,7 @@ impl Config {
         let mut v = Validator {
             problems: Problems::default(),
             base: base.to_path_buf(),
+            adapters: Default::default(),
         };
         let file: RawFile = match toml::from_str(text) {
             Ok(f) => f,
@@ -607,6 +651,7 @@ fn toml_message(e: &toml::de::Error, text: &str) -> String {
 struct Validator {
     problems: Problems,
     base: PathBuf,
+    adapters: crate::adapter::Adapters,
 }
 
 impl Validator {
@@ -1173,6 +1218,21 @@ impl Validator {
     }
 
     fn file(&mut self, f: RawFile) -> Config {
+        if let Some(raw) = f.adapters {
+            let a: RawAdapters = self.section("adapters", Some(raw));
+            match a.dir {
+                None => self
+                    .problems
+                    .push("adapters.dir", "required: the folder of adapters"),
+                Some(d) => {
+                    let (loaded, problems) = crate::adapter::load_dir(&self.base.join(d));
+                    for (k, m) in problems {
+                        self.problems.push(format!("adapters: {k}"), m);
+                    }
+                    self.adapters = loaded;
+                }
+            }
+        }
         let raw_auth: RawAuth = self.section("auth", f.auth);
         let exchange = match f.exchange {
             None => None,
@@ -1404,6 +1464,7 @@ impl Validator {
             lookups,
             audit,
             exchange,
+            adapters: self.adapters.clone(),
             source: None,
         }
     }
@@ -1682,6 +1743,69 @@ impl Validator {
         }
     }
 
+    /// `translate.adapter` + `translate.operation`: the operation must exist and the route
+    /// must supply every context value its mappings read.
+    fn adapter_route(&mut self, path: &str, t: &RawTranslate) -> Option<AdapterRoute> {
+        let at = format!("{path}.translate");
+        let (system, operation) = match (&t.adapter, &t.operation) {
+            (None, None) => {
+                if t.context.is_some() {
+                    self.problems.push(
+                        format!("{at}.context"),
+                        "only used with adapter and operation",
+                    );
+                }
+                return None;
+            }
+            (Some(s), Some(o)) => (s.clone(), o.clone()),
+            _ => {
+                self.problems.push(at, "adapter and operation go together");
+                return None;
+            }
+        };
+        if t.request.is_some() || t.response.is_some() {
+            self.problems.push(
+                at.clone(),
+                "use either adapter/operation or request/response, not both",
+            );
+        }
+        let Some(op) = self.adapters.operation(&system, &operation) else {
+            let msg = if self.adapters.systems.contains_key(&system) {
+                format!("adapter {system:?} has no operation {operation:?}")
+            } else {
+                format!("no loaded adapter {system:?} (see [adapters] dir)")
+            };
+            self.problems.push(format!("{at}.operation"), msg);
+            return None;
+        };
+        let mut context = BTreeMap::new();
+        for (k, v) in t.context.clone().unwrap_or_default() {
+            let v = match v {
+                RawContextValue::Plain(s) => ContextValue::Plain(s),
+                RawContextValue::Secret(s) => {
+                    ContextValue::Secret(self.secret(&format!("{at}.context.{k}"), &s))
+                }
+            };
+            context.insert(k, v);
+        }
+        for need in &op.context {
+            if !context.contains_key(need) {
+                self.problems.push(
+                    format!("{at}.context.{need}"),
+                    format!("required by {system}/{operation}"),
+                );
+            }
+        }
+        let version = self.adapters.systems[&system].version.clone();
+        Some(AdapterRoute {
+            system,
+            version,
+            operation,
+            op,
+            context,
+        })
+    }
+
     fn route(
         &mut self,
         path: &str,
@@ -1889,6 +2013,7 @@ impl Validator {
                     TranslateOp::SoapUnwrap,
                 ],
             );
+            let adapter = self.adapter_route(path, &t);
             let soap_12 = match t.soap_version.as_deref() {
                 None | Some("1.1") => false,
                 Some("1.2") => true,
@@ -1909,6 +2034,7 @@ impl Validator {
                 arrays: t.arrays.unwrap_or_default(),
                 namespaces: t.namespaces.unwrap_or_default(),
                 max_bytes: t.max_bytes.unwrap_or(16 << 20),
+                adapter,
             }
         });
         RouteConfig {

@@ -27,6 +27,23 @@ pub struct RawFile {
     pub lookups: Vec<toml::Value>,
     pub audit: Option<toml::Value>,
     pub exchange: Option<toml::Value>,
+    pub adapters: Option<toml::Value>,
+}
+
+/// `[adapters]`: per-system translation kept as data (adapters/README.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdapters {
+    /// Folder holding one sub-folder per system, each with an `adapter.toml`.
+    pub dir: Option<String>,
+}
+
+/// A value an adapter mapping reads as `$ctx.NAME`: plain text or a secret.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawContextValue {
+    Plain(String),
+    Secret(RawSecret),
 }
 
 /// `[exchange]`: the one intake channel for dossiers (absent = no intake API).
@@ -444,6 +461,13 @@ pub struct RawTranslate {
     pub namespaces: Option<std::collections::BTreeMap<String, String>>,
     /// Largest body translated (default 16 MiB).
     pub max_bytes: Option<u64>,
+    /// Translate with an adapter operation instead of `request`/`response`: the adapter's
+    /// system id (folder under `[adapters] dir`).
+    pub adapter: Option<String>,
+    /// The adapter operation (`adapter.toml` `[operations.NAME]`).
+    pub operation: Option<String>,
+    /// Values the operation's mappings read as `$ctx.NAME` (text or `{ env | file }` secrets).
+    pub context: Option<std::collections::BTreeMap<String, RawContextValue>>,
 }
 
 /// `routes[].cache`: cache upstream GET responses (RFC 9111 rules; see config/README.md).

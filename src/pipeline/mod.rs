@@ -71,6 +71,8 @@ pub struct RequestCtx {
     pub audit_as: Option<(crate::audit::record::RecordKind, crate::config::AuditPolicy)>,
     /// The dossier (hồ sơ) this request is about, for the audit record.
     pub dossier: Option<String>,
+    /// The adapter operation that translated the exchange, if any.
+    pub adapter: Option<crate::audit::record::Adapter>,
 }
 
 /// A request id: the client's when it is sane, else `<process prefix>-<counter>`,
@@ -127,6 +129,7 @@ impl RequestCtx {
             response_received: None,
             audit_as: None,
             dossier: None,
+            adapter: None,
         }
     }
 
@@ -267,7 +270,8 @@ pub mod translate_stage {
     //! sent on with the `Content-Type` and `Content-Length` of the new body. SOAP faults
     //! from an upstream become JSON errors.
     use super::*;
-    use crate::config::{TranslateCfg, TranslateOp};
+    use crate::adapter::StepError;
+    use crate::config::{AdapterRoute, TranslateCfg, TranslateOp};
     use crate::translate::{self as tr, soap, TranslateError, TranslateErrorKind};
 
     fn json_opts(t: &TranslateCfg) -> tr::JsonToXmlOptions {
@@ -311,6 +315,71 @@ pub mod translate_stage {
         )
     }
 
+    /// The counterpart's SOAP fault becomes lienthong's JSON error: a sender fault is the
+    /// caller's to fix (422), a receiver fault the upstream's (502).
+    fn fault(f: &soap::SoapFault) -> GatewayError {
+        let kind = if matches!(f.code_local(), "Client" | "Sender") {
+            ErrorKind::Unprocessable
+        } else {
+            ErrorKind::BadGateway
+        };
+        GatewayError::new(
+            kind,
+            "upstream_fault",
+            format!("the upstream refused the request: {}", f.reason),
+        )
+        .with_detail(format!("SOAP fault {}", f.code))
+    }
+
+    fn step_error(e: StepError, side: &str) -> GatewayError {
+        match e {
+            StepError::Translate(e) => error(&e, side),
+            StepError::Fault(f) if side == "response" => fault(&f),
+            StepError::Fault(_) => GatewayError::new(
+                ErrorKind::Unprocessable,
+                "untranslatable",
+                "the request body is a SOAP fault",
+            ),
+            // Map errors name paths, never values.
+            StepError::Map(e) if side == "response" => GatewayError::new(
+                ErrorKind::BadGateway,
+                "upstream_untranslatable",
+                "the upstream's answer does not fit the adapter",
+            )
+            .with_detail(e),
+            StepError::Map(e) => GatewayError::new(
+                ErrorKind::Unprocessable,
+                "unmappable",
+                format!("the request does not fit the adapter: {e}"),
+            ),
+        }
+    }
+
+    /// Runs an adapter step: the route's context plus the built-in names.
+    fn run_step(
+        ctx: &mut RequestCtx,
+        a: &AdapterRoute,
+        step: &crate::adapter::Step,
+        input: &[u8],
+    ) -> Result<crate::adapter::StepOutput, StepError> {
+        let mut c: crate::adapter::Context = a
+            .context
+            .iter()
+            .map(|(k, v)| (k.clone(), v.text()))
+            .collect();
+        if let Ok(id) = ctx.request_id.to_str() {
+            c.insert("request_id".into(), id.to_string());
+        }
+        if let Some(agency) = ctx.caller.as_ref().and_then(|c| c.agency.as_ref()) {
+            c.insert("caller_agency".into(), agency.as_str().to_string());
+        }
+        ctx.adapter = Some(crate::audit::record::Adapter {
+            id: format!("{}/{}", a.system, a.operation),
+            version: a.version.clone(),
+        });
+        step.run(input, &c)
+    }
+
     async fn read(body: Body, cap: u64) -> Result<bytes::Bytes, GatewayError> {
         crate::body::collect_capped(body, cap).await.map_err(|e| {
             if crate::body::is_too_large(e.as_ref()) {
@@ -332,6 +401,25 @@ pub mod translate_stage {
         h: &mut http::HeaderMap,
         body: Body,
     ) -> Result<Body, GatewayError> {
+        if let Some(a) = &t.adapter {
+            let Some(step) = &a.op.request else {
+                return Ok(body);
+            };
+            let input = read(body, t.max_bytes).await?;
+            let out = run_step(ctx, a, step, &input).map_err(|e| step_error(e, "request"))?;
+            if let Some(v) = out
+                .soap_action
+                .as_deref()
+                .and_then(|v| HeaderValue::from_str(v).ok())
+            {
+                h.insert("soapaction", v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&out.content_type) {
+                h.insert(header::CONTENT_TYPE, v);
+            }
+            ctx.request_translated = Some(crate::body::sha256(&out.body));
+            return Ok(Body::full(out.body));
+        }
         let Some(op) = t.request else { return Ok(body) };
         let input = read(body, t.max_bytes).await?;
         let (out, ctype) = match op {
@@ -382,7 +470,13 @@ pub mod translate_stage {
         t: &TranslateCfg,
         rsp: Response<Body>,
     ) -> Result<Response<Body>, GatewayError> {
-        let Some(op) = t.response else { return Ok(rsp) };
+        let adapter_step = t
+            .adapter
+            .as_ref()
+            .and_then(|a| Some((a, a.op.response.as_ref()?)));
+        if t.response.is_none() && adapter_step.is_none() {
+            return Ok(rsp);
+        }
         let (mut parts, body) = rsp.into_parts();
         let input = read(body, t.max_bytes).await.map_err(|e| {
             GatewayError::new(
@@ -396,6 +490,17 @@ pub mod translate_stage {
         if input.is_empty() {
             return Ok(Response::from_parts(parts, Body::empty()));
         }
+        if let Some((a, step)) = adapter_step {
+            let out = run_step(ctx, a, step, &input).map_err(|e| step_error(e, "response"))?;
+            if let Ok(v) = HeaderValue::from_str(&out.content_type) {
+                parts.headers.insert(header::CONTENT_TYPE, v);
+            }
+            parts.headers.remove(header::CONTENT_LENGTH);
+            return Ok(Response::from_parts(parts, Body::full(out.body)));
+        }
+        let Some(op) = t.response else {
+            return Ok(Response::from_parts(parts, Body::full(input)));
+        };
         let (out, ctype) = match op {
             TranslateOp::XmlToJson => {
                 let mut out = Vec::with_capacity(input.len());
@@ -411,22 +516,7 @@ pub mod translate_stage {
             }
             TranslateOp::SoapUnwrap => match soap::unwrap(&input, &xml_opts(t)) {
                 Ok(m) => (m.json, "application/json"),
-                Err(soap::UnwrapError::Fault(f)) => {
-                    // The counterpart's fault becomes lienthong's JSON error: a sender
-                    // fault is the caller's to fix (422), a receiver fault the upstream's (502).
-                    let client_side = matches!(f.code_local(), "Client" | "Sender");
-                    let kind = if client_side {
-                        ErrorKind::Unprocessable
-                    } else {
-                        ErrorKind::BadGateway
-                    };
-                    return Err(GatewayError::new(
-                        kind,
-                        "upstream_fault",
-                        format!("the upstream refused the request: {}", f.reason),
-                    )
-                    .with_detail(format!("SOAP fault {}", f.code)));
-                }
+                Err(soap::UnwrapError::Fault(f)) => return Err(fault(&f)),
                 Err(soap::UnwrapError::Translate(e)) => return Err(error(&e, "response")),
             },
             TranslateOp::SoapWrap => return Ok(Response::from_parts(parts, Body::full(input))),
@@ -527,6 +617,7 @@ pub mod audit_stage {
         });
         r.upstream_latency_us = ctx.upstream_us;
         r.dossier.clone_from(&ctx.dossier);
+        r.adapter.clone_from(&ctx.adapter);
         r.request_translated_sha256 = ctx
             .request_translated
             .and_then(|d| Sha256Hex::from_digest(&d));

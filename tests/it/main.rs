@@ -2,6 +2,7 @@
 
 mod support;
 
+mod adapters;
 mod audit;
 mod auth;
 mod headers;

@@ -1,0 +1,444 @@
+//! Adapters as data (`adapters/<system>/`): the shipped adapters load with every fixture
+//! passing; a canonical dossier becomes exactly the national DongBoHoSoMC shape, on its own
+//! and through the proxy; a JSON client calls a SOAP agency through the `hotich` adapter; an
+//! edXML packet survives a round trip through the gateway; mistakes in adapters and in routes
+//! using them are load errors with key paths.
+
+use crate::support::*;
+use lienthong::adapter::{self, Format};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+fn adapters_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("adapters")
+}
+
+fn shared_sample(name: &str) -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    [here.join("../shared"), here.join("../../shared")]
+        .into_iter()
+        .map(|s| s.join("domain/samples/constructed").join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("shared sample {name} not found"))
+}
+
+fn json_file(p: &Path) -> serde_json::Value {
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+    v.as_object_mut().unwrap().remove("_comment");
+    v
+}
+
+#[test]
+fn shipped_adapters_load_and_every_fixture_passes() {
+    let (a, problems) = adapter::load_dir(&adapters_dir());
+    assert!(problems.is_empty(), "{problems:#?}");
+    for system in ["dvcqg", "edxml", "hotich"] {
+        let s = a.systems.get(system).unwrap_or_else(|| panic!("{system}"));
+        assert!(s.fixtures >= 3, "{system} ran {} fixtures", s.fixtures);
+    }
+    for op in [
+        "DongBoHoSoMC",
+        "CapNhatTienDoHoSoMC",
+        "LayThuTuc",
+        "LayDanhSachTTHC",
+        "LayDanhMucCoQuan",
+        "ThanhToanInit",
+    ] {
+        assert!(a.operation("dvcqg", op).is_some(), "{op}");
+    }
+}
+
+#[test]
+fn canonical_dossier_becomes_exactly_the_national_dongbohosomc_shape() {
+    let want = json_file(&shared_sample("dvcqg-dongbohosomc-request.json"));
+    // The fixture the adapter checks against is that sample, unchanged.
+    let fixture = json_file(&adapters_dir().join("dvcqg/fixtures/dongbohosomc-request.json"));
+    assert_eq!(fixture, want);
+
+    let (a, _) = adapter::load_dir(&adapters_dir());
+    let op = a.operation("dvcqg", "DongBoHoSoMC").unwrap();
+    let input = std::fs::read(adapters_dir().join("dvcqg/fixtures/dossier.json")).unwrap();
+    // The input is a valid canonical dossier (what intake accepts).
+    let d: lienthong::exchange::dossier::Dossier = serde_json::from_slice(&input).unwrap();
+    lienthong::exchange::dossier::validate(&d, &lienthong::exchange::dossier::NoCatalogue).unwrap();
+
+    let ctx = [(
+        "session".to_string(),
+        "3f5c0b7e-0000-0000-0000-000000000000".to_string(),
+    )]
+    .into();
+    let out = op.request.as_ref().unwrap().run(&input, &ctx).unwrap();
+    assert_eq!(out.content_type, "application/json");
+    let got: serde_json::Value = serde_json::from_slice(&out.body).unwrap();
+    assert_eq!(got, want);
+    // Member order follows the national sample, not the alphabet.
+    let text = String::from_utf8(out.body).unwrap();
+    let pos = |k: &str| text.find(&format!("\"{k}\"")).unwrap();
+    assert!(pos("session") < pos("madonvi") && pos("madonvi") < pos("service"));
+    assert!(pos("MaHoSo") < pos("MaTTHC") && pos("TrangThaiHoSo") < pos("NgayTra"));
+}
+
+#[test]
+fn missing_and_unmappable_fields_name_the_field() {
+    let (a, _) = adapter::load_dir(&adapters_dir());
+    let step = a
+        .operation("dvcqg", "DongBoHoSoMC")
+        .unwrap()
+        .request
+        .clone()
+        .unwrap();
+    let ctx = [("session".to_string(), "secret-session".to_string())].into();
+    let e = step
+        .run(
+            br#"{"receiving_unit":"000.00.01.H22","code":"x","status":2,"applicant":{}}"#,
+            &ctx,
+        )
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("procedure_code"), "{msg}");
+    assert!(!msg.contains("secret-session"), "{msg}");
+    // A missing context value is named, never shown.
+    let e = step
+        .run(
+            std::fs::read(adapters_dir().join("dvcqg/fixtures/dossier.json"))
+                .unwrap()
+                .as_slice(),
+            &Default::default(),
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("session"), "{e}");
+}
+
+#[test]
+fn payment_checksum_is_the_sha256_of_the_fields_as_sent() {
+    let (a, _) = adapter::load_dir(&adapters_dir());
+    let step = a
+        .operation("dvcqg", "ThanhToanInit")
+        .unwrap()
+        .request
+        .clone()
+        .unwrap();
+    let ctx = [
+        ("partner_code".to_string(), "P1".to_string()),
+        ("payment_secret".to_string(), "s3cret".to_string()),
+    ]
+    .into();
+    let input = br#"{"reference":"R1","amount":1000,"description":"D","at":"2025-07-15T01:30:00Z","client_ip":"10.0.0.1","dossier_code":"X","unit":"U"}"#;
+    let out = step.run(input, &ctx).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.body).unwrap();
+    assert_eq!(v["ThoiGianGD"], "20250715083000", "UTC+7 local time");
+    let joined = "INIT|1.0.6|P1|R1|1000|PAY|1|1|vi-VN|VND|PAYMENT|D|20250715083000|10.0.0.1|s3cret";
+    let want = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, joined.as_bytes());
+    let hex: String = want.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(v["MaXacThuc"], hex);
+    assert!(!String::from_utf8_lossy(&out.body).contains("s3cret"));
+}
+
+/// A mock upstream that records every body it receives and answers `reply(body)`.
+fn recording(
+    reply: impl Fn(&[u8]) -> (u16, &'static str, Vec<u8>) + Send + Sync + 'static,
+) -> (Handler, Arc<Mutex<Vec<Seen>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let h: Handler = Arc::new(move |s: &Seen| {
+        s2.lock().unwrap().push(s.clone());
+        let (status, ctype, body) = reply(&s.body);
+        let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+        *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+        r.headers_mut()
+            .insert("content-type", ctype.parse().unwrap());
+        Action::Respond(r)
+    });
+    (h, seen)
+}
+
+fn adapter_route(upstream: &MockUpstream, name: &str, system: &str, op: &str, ctx: &str) -> String {
+    format!(
+        r#"
+[adapters]
+dir = "{dir}"
+[upstreams.{name}]
+endpoints = ["{url}"]
+[upstreams.{name}.retry]
+attempts = 1
+[[routes]]
+name = "{name}"
+path_prefix = "/{name}"
+strip_prefix = true
+upstream = "{name}"
+auth = {{ anonymous = true }}
+[routes.translate]
+adapter = "{system}"
+operation = "{op}"
+context = {{ {ctx} }}
+"#,
+        dir = adapters_dir().display(),
+        url = upstream.url(),
+    )
+}
+
+fn post(path: &str, body: &[u8]) -> Vec<u8> {
+    let mut r = format!(
+        "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(body);
+    r
+}
+
+#[tokio::test]
+async fn dossier_through_the_proxy_reaches_dvcqg_in_the_national_shape() {
+    let (h, seen) = recording(|_| {
+        (
+            200,
+            "application/json",
+            r#"{"error_code":0,"message":"Đồng bộ thành công"}"#
+                .as_bytes()
+                .to_vec(),
+        )
+    });
+    let up = MockUpstream::start(h).await;
+    let cfg = base_config(&adapter_route(
+        &up,
+        "dvcqg",
+        "dvcqg",
+        "DongBoHoSoMC",
+        r#"session = "3f5c0b7e-0000-0000-0000-000000000000""#,
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    let dossier = std::fs::read(adapters_dir().join("dvcqg/fixtures/dossier.json")).unwrap();
+    let r = raw(gw.addr(), &post("/dvcqg/sync", &dossier)).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // The answer went through the response mapping, with a Content-Length that fits it.
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"ok": true, "code": "0", "exists": false, "message": "Đồng bộ thành công"})
+    );
+    assert_eq!(
+        r.header("content-length")
+            .map(|v| v.parse::<usize>().unwrap()),
+        Some(r.body.len())
+    );
+    let s = seen.lock().unwrap()[0].clone();
+    let got: serde_json::Value = serde_json::from_slice(&s.body).unwrap();
+    assert_eq!(
+        got,
+        json_file(&shared_sample("dvcqg-dongbohosomc-request.json"))
+    );
+    assert_eq!(s.header("content-type"), Some("application/json"));
+    assert_eq!(
+        s.header("content-length")
+            .map(|v| v.parse::<usize>().unwrap()),
+        Some(s.body.len())
+    );
+
+    // A dossier that does not fit is refused before anything is sent, naming the field.
+    let r = raw(
+        gw.addr(),
+        &post(
+            "/dvcqg/sync",
+            br#"{"receiving_unit":"u","status":2,"applicant":{}}"#,
+        ),
+    )
+    .await;
+    assert_error(&r, 422, "unmappable");
+    assert!(r.json()["message"].as_str().unwrap().contains("code"));
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    // Not JSON at all: 400.
+    let r = raw(gw.addr(), &post("/dvcqg/sync", b"{\"a\":")).await;
+    assert_error(&r, 400, "untranslatable");
+}
+
+const TRACUU_OK: &str = r#"<?xml version="1.0" encoding="UTF-8"?><soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body><m:TraCuuResponse xmlns:m="urn:sandbox:hotich"><m:SoDinhDanh>022090000001</m:SoDinhDanh><m:HoTen>Nguyễn Văn A</m:HoTen></m:TraCuuResponse></soap:Body></soap:Envelope>"#;
+const TRACUU_FAULT: &str = r#"<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body><soap:Fault><faultcode>soap:Client</faultcode><faultstring>Không tìm thấy</faultstring></soap:Fault></soap:Body></soap:Envelope>"#;
+
+#[tokio::test]
+async fn json_client_calls_the_soap_agency_through_the_hotich_adapter() {
+    let (h, seen) = recording(|body| {
+        if String::from_utf8_lossy(body).contains("000000000000") {
+            (500, "text/xml; charset=utf-8", TRACUU_FAULT.into())
+        } else {
+            (200, "text/xml; charset=utf-8", TRACUU_OK.into())
+        }
+    });
+    let up = MockUpstream::start(h).await;
+    let cfg = base_config(&adapter_route(&up, "hotich", "hotich", "TraCuu", ""));
+    let gw = TestGateway::start(&cfg).await;
+    let r = raw(
+        gw.addr(),
+        &post("/hotich/ws", br#"{"so_dinh_danh":"022090000001"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"so_dinh_danh": "022090000001", "ho_ten": "Nguyễn Văn A"})
+    );
+    let s = seen.lock().unwrap()[0].clone();
+    assert_eq!(
+        s.header("soapaction"),
+        Some("\"urn:sandbox:hotich#TraCuu\"")
+    );
+    assert_eq!(s.header("content-type"), Some("text/xml; charset=utf-8"));
+    let sent = adapter::as_json(Format::Soap11, &s.body).unwrap();
+    let body = &sent["{http://schemas.xmlsoap.org/soap/envelope/}Envelope"]
+        ["{http://schemas.xmlsoap.org/soap/envelope/}Body"]["{urn:sandbox:hotich}TraCuu"];
+    assert_eq!(body["{urn:sandbox:hotich}SoDinhDanh"], "022090000001");
+    // The built-in request id reaches the mapping ($ctx.request_id).
+    let rid = r.header("x-request-id").unwrap();
+    assert_eq!(body["{urn:sandbox:hotich}MaYeuCau"], rid);
+
+    // The agency's fault becomes a JSON error; bad input is refused before the call.
+    let r = raw(
+        gw.addr(),
+        &post("/hotich/ws", br#"{"so_dinh_danh":"000000000000"}"#),
+    )
+    .await;
+    assert_error(&r, 422, "upstream_fault");
+    let r = raw(gw.addr(), &post("/hotich/ws", br#"{"cccd":"1"}"#)).await;
+    assert_error(&r, 422, "unmappable");
+    assert!(r.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("so_dinh_danh"));
+    assert_eq!(seen.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn edxml_packet_round_trips_through_the_gateway() {
+    // The counterpart answers with the packet it received, unchanged.
+    let (h, seen) = recording(|body| (200, "application/xml", body.to_vec()));
+    let up = MockUpstream::start(h).await;
+    let cfg = base_config(&adapter_route(&up, "axis", "edxml", "edoc_out", ""));
+    let gw = TestGateway::start(&cfg).await;
+    let packet = std::fs::read(shared_sample("edxml-edoc-sample.edxml")).unwrap();
+    let json = std::fs::read(adapters_dir().join("edxml/fixtures/edoc.json")).unwrap();
+    let r = raw(gw.addr(), &post("/axis/sendEdoc", &json)).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // What went out is the standard's packet (same names, namespaces, order and text)…
+    let sent = seen.lock().unwrap()[0].body.clone();
+    assert_eq!(
+        adapter::as_json(Format::Xml, &sent).unwrap(),
+        adapter::as_json(Format::Xml, &packet).unwrap()
+    );
+    assert!(String::from_utf8_lossy(&sent).contains("http://www.mic.gov.vn/TBT/QCVN_102_2016"));
+    // …and what came back is the JSON the client sent.
+    let back: serde_json::Value = r.json();
+    let mine: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(back, mine);
+    // The attachment kept its base64 content.
+    assert!(String::from_utf8_lossy(&r.body).contains("JVBERi0xLjQK"));
+}
+
+#[test]
+fn adapter_mistakes_are_load_errors_with_key_paths() {
+    let dir = scratch_dir();
+    let sys = dir.join("broken");
+    std::fs::create_dir_all(sys.join("mappings")).unwrap();
+    std::fs::write(
+        sys.join("adapter.toml"),
+        r#"
+system = "broken"
+version = "1"
+[operations.A]
+request = { input = "json", output = "yaml", mapping = "mappings/a.toml" }
+[operations.B]
+request = { input = "json", output = "json", mapping = "mappings/b.toml" }
+[[fixtures]]
+step = "B.request"
+input = "in.json"
+expected = "out.json"
+[[fixtures]]
+step = "C.request"
+input = "in.json"
+expected = "out.json"
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        sys.join("mappings/b.toml"),
+        "[[field]]\nto = \"x\"\nhook = \"sha512\"\nargs = [\"y\"]\n[[field]]\nto = \"z\"\nfrom = \"w\"\ntype = \"date\"\n[[field]]\nto = \"q\"\nfrom = \"y\"\nconst = \"c\"\n",
+    )
+    .unwrap();
+    std::fs::write(sys.join("in.json"), r#"{"y": "1"}"#).unwrap();
+    std::fs::write(sys.join("out.json"), r#"{"x": "2"}"#).unwrap();
+    let (_, problems) = adapter::load_dir(&dir);
+    let all = format!("{problems:#?}");
+    for needle in [
+        "broken/adapter.toml: operations.A.request.output",
+        "yaml",
+        "operations.A.request.mapping",
+        "field[0].hook",
+        "sha512",
+        "field[1].type",
+        "date",
+        "field[2]",
+        "mutually exclusive",
+        "fixtures[1]",
+    ] {
+        assert!(all.contains(needle), "missing {needle:?} in {all}");
+    }
+
+    // A fixture whose expected output is wrong fails the load, naming the difference.
+    std::fs::write(
+        sys.join("adapter.toml"),
+        "system = \"broken\"\nversion = \"1\"\n[operations.B]\nrequest = { input = \"json\", output = \"json\", mapping = \"mappings/b.toml\" }\n[[fixtures]]\nstep = \"B.request\"\ninput = \"in.json\"\nexpected = \"out.json\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        sys.join("mappings/b.toml"),
+        "[[field]]\nto = \"x\"\nfrom = \"y\"\n",
+    )
+    .unwrap();
+    let (a, problems) = adapter::load_dir(&dir);
+    assert!(a.systems.is_empty());
+    let all = format!("{problems:#?}");
+    assert!(all.contains("fixtures[0]") && all.contains(".x"), "{all}");
+}
+
+#[test]
+fn routes_naming_missing_operations_or_context_are_config_errors() {
+    let dir = scratch_dir();
+    let cfg = format!(
+        r#"
+[adapters]
+dir = "{}"
+[upstreams.u]
+endpoints = ["http://127.0.0.1:9"]
+[[routes]]
+name = "a"
+path_prefix = "/a"
+upstream = "u"
+auth = {{ anonymous = true }}
+translate = {{ adapter = "dvcqg", operation = "NoSuchOp" }}
+[[routes]]
+name = "b"
+path_prefix = "/b"
+upstream = "u"
+auth = {{ anonymous = true }}
+translate = {{ adapter = "dvcqg", operation = "LayThuTuc" }}
+[[routes]]
+name = "c"
+path_prefix = "/c"
+upstream = "u"
+auth = {{ anonymous = true }}
+translate = {{ adapter = "nope", operation = "X", request = "json_to_xml" }}
+"#,
+        adapters_dir().display()
+    );
+    let p = dir.join("bad.toml");
+    std::fs::write(&p, cfg).unwrap();
+    let e = lienthong::config::Config::load(&p).unwrap_err().to_string();
+    for needle in [
+        "routes[0].translate.operation",
+        "NoSuchOp",
+        "routes[1].translate.context.madonvi",
+        "routes[1].translate.context.session",
+        "routes[2].translate",
+        "nope",
+    ] {
+        assert!(e.contains(needle), "missing {needle:?} in:\n{e}");
+    }
+}
