@@ -577,3 +577,66 @@ pub fn first_difference(want: &serde_json::Value, got: &serde_json::Value, at: &
         _ => format!("{at}: expected {want}, got {got}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Property test over the shipped edXML adapter: a packet written from JSON (`edoc_out`
+    //! request) and read back (`edoc` request) is the same JSON, for any text values and any
+    //! number (one included) of the elements the adapter declares repeated.
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+
+    fn edxml() -> Adapter {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("adapters/edxml");
+        load_unchecked(&dir).expect("the shipped edxml adapter loads")
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        // Text XML 1.0 can carry, markup characters, Vietnamese, astral and leading zeros.
+        "[a-zA-Z0-9 <>&\"'\\-/:.éễĐđ😀]{0,12}|0[0-9]{0,24}"
+    }
+
+    fn organ() -> impl Strategy<Value = Value> {
+        (text(), text())
+            .prop_map(|(id, name)| json!({"edXML:OrganId": id, "edXML:OrganName": name}))
+    }
+
+    fn packet() -> impl Strategy<Value = Value> {
+        (
+            organ(),
+            proptest::collection::vec(organ(), 1..4),
+            proptest::collection::vec(text(), 1..3),
+            text(),
+            proptest::collection::vec((text(), text()), 1..3),
+        )
+            .prop_map(|(from, to, places, subject, attachments)| {
+                json!({"edXML:edXML": {
+                    "edXML:edXMLEnvelope": {"edXML:edXMLHeader": {"edXML:MessageHeader": {
+                        "edXML:From": from,
+                        "edXML:To": to,
+                        "edXML:Subject": subject,
+                        "edXML:ToPlaces": {"edXML:Place": places},
+                    }}},
+                    "edXML:AttachmentEncoded": {"edXML:Attachment": attachments.into_iter().map(|(n, c)| json!({
+                        "edXML:AttachmentName": n, "edXML:ContentTransferEncoded": c,
+                    })).collect::<Vec<_>>()},
+                }})
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn edxml_json_to_xml_to_json_is_the_identity(p in packet()) {
+            let a = edxml();
+            let write = a.operations["edoc_out"].request.as_ref().unwrap();
+            let read = a.operations["edoc"].request.as_ref().unwrap();
+            let json = serde_json::to_vec(&p).unwrap();
+            let xml = write.run(&json, &Context::new()).unwrap();
+            let back = read.run(&xml.body, &Context::new()).unwrap();
+            let v: Value = serde_json::from_slice(&back.body).unwrap();
+            prop_assert_eq!(v, p);
+        }
+    }
+}
