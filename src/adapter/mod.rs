@@ -32,8 +32,9 @@ use serde::{Deserialize, Serialize};
 use crate::translate::{self as tr, soap, TranslateError};
 pub use mapping::{Context, MapError, Mapping, Ordered};
 
-/// Context names every step can read without a route supplying them.
-pub const BUILTIN_CONTEXT: &[&str] = &["request_id", "caller_agency"];
+/// Context names the gateway supplies itself: on routes `request_id`, `caller_agency` and
+/// `dossier_code` (when known); on deliveries `dossier_code` and `event_seq`.
+pub const BUILTIN_CONTEXT: &[&str] = &["request_id", "caller_agency", "dossier_code", "event_seq"];
 
 /// A payload format on one side of a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -312,6 +312,33 @@ impl PartialEq for AdapterRoute {
     }
 }
 
+/// `[exchange.deliveries.NAME]` with an adapter: dossiers go through the request step of
+/// `dossier`, events (of the listed kinds) through that of `event`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryAdapter {
+    pub system: String,
+    pub version: String,
+    pub dossier_operation: String,
+    #[serde(skip)]
+    pub dossier: std::sync::Arc<crate::adapter::Operation>,
+    pub event_operation: Option<String>,
+    #[serde(skip)]
+    pub event: Option<std::sync::Arc<crate::adapter::Operation>>,
+    pub events: Option<Vec<String>>,
+    pub context: BTreeMap<String, ContextValue>,
+}
+
+impl PartialEq for DeliveryAdapter {
+    fn eq(&self, o: &Self) -> bool {
+        self.system == o.system
+            && self.version == o.version
+            && self.dossier_operation == o.dossier_operation
+            && self.event_operation == o.event_operation
+            && self.events == o.events
+            && self.context == o.context
+    }
+}
+
 /// A context value of an adapter route; secrets are shown redacted.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
@@ -340,6 +367,8 @@ pub struct ExchangeCfg {
     pub auth: Option<RouteAuth>,
     /// Destination name → (upstream pool, path).
     pub deliveries: BTreeMap<String, (String, String)>,
+    /// Destinations whose payloads an adapter renders.
+    pub delivery_adapters: BTreeMap<String, DeliveryAdapter>,
     pub max_attempts: u32,
     #[serde(with = "dur")]
     pub delivery_timeout: Duration,
@@ -1255,6 +1284,11 @@ impl Validator {
                     ),
                     destinations: x.destinations.clone().unwrap_or_default(),
                     auth: x.auth.map(|a| self.route_auth("exchange", a)),
+                    delivery_adapters: x
+                        .deliveries
+                        .iter()
+                        .filter_map(|(k, d)| Some((k.clone(), self.delivery_adapter(k, d)?)))
+                        .collect(),
                     deliveries: x
                         .deliveries
                         .into_iter()
@@ -1743,6 +1777,111 @@ impl Validator {
         }
     }
 
+    /// Context values for adapter operations: secrets resolved, and every name the
+    /// operations' mappings read must be supplied.
+    fn adapter_context(
+        &mut self,
+        at: &str,
+        raw: Option<BTreeMap<String, RawContextValue>>,
+        ops: &[&crate::adapter::Operation],
+        system: &str,
+    ) -> BTreeMap<String, ContextValue> {
+        let mut context = BTreeMap::new();
+        for (k, v) in raw.unwrap_or_default() {
+            let v = match v {
+                RawContextValue::Plain(s) => ContextValue::Plain(s),
+                RawContextValue::Secret(s) => {
+                    ContextValue::Secret(self.secret(&format!("{at}.context.{k}"), &s))
+                }
+            };
+            context.insert(k, v);
+        }
+        for need in ops.iter().flat_map(|o| o.context.iter()) {
+            if !context.contains_key(need) {
+                self.problems.push(
+                    format!("{at}.context.{need}"),
+                    format!("required by the {system} adapter's mappings"),
+                );
+            }
+        }
+        context
+    }
+
+    fn adapter_op(
+        &mut self,
+        key: &str,
+        system: &str,
+        operation: &str,
+    ) -> Option<std::sync::Arc<crate::adapter::Operation>> {
+        let op = self.adapters.operation(system, operation);
+        if op.is_none() {
+            let msg = if self.adapters.systems.contains_key(system) {
+                format!("adapter {system:?} has no operation {operation:?}")
+            } else {
+                format!("no loaded adapter {system:?} (see [adapters] dir)")
+            };
+            self.problems.push(key, msg);
+        }
+        op
+    }
+
+    fn delivery_adapter(&mut self, name: &str, d: &RawDelivery) -> Option<DeliveryAdapter> {
+        let at = format!("exchange.deliveries.{name}");
+        let Some(system) = d.adapter.clone() else {
+            if d.dossier_operation.is_some() || d.event_operation.is_some() || d.context.is_some() {
+                self.problems
+                    .push(at, "operations and context need an adapter");
+            }
+            return None;
+        };
+        let Some(dossier_operation) = d.dossier_operation.clone() else {
+            self.problems.push(
+                format!("{at}.dossier_operation"),
+                "required with adapter: the operation that renders a dossier",
+            );
+            return None;
+        };
+        // A delivery renders with the operation's request step.
+        let op = |me: &mut Self, key: &str, operation: &str| {
+            let o = me.adapter_op(&format!("{at}.{key}"), &system, operation)?;
+            if o.request.is_none() {
+                me.problems.push(
+                    format!("{at}.{key}"),
+                    format!("{system}/{operation} has no request step"),
+                );
+                return None;
+            }
+            Some(o)
+        };
+        let dossier = op(self, "dossier_operation", &dossier_operation);
+        let event = match &d.event_operation {
+            Some(o) => op(self, "event_operation", o),
+            None => None,
+        };
+        for (i, k) in d.events.iter().flatten().enumerate() {
+            if !["status", "step", "evaluation"].contains(&k.as_str()) {
+                self.problems.push(
+                    format!("{at}.events[{i}]"),
+                    format!("unknown event kind {k:?} (status, step, evaluation)"),
+                );
+            }
+        }
+        let dossier = dossier?;
+        let ops: Vec<&crate::adapter::Operation> =
+            std::iter::once(&*dossier).chain(event.as_deref()).collect();
+        let context = self.adapter_context(&at, d.context.clone(), &ops, &system);
+        Some(DeliveryAdapter {
+            version: self.adapters.systems[&system].version.clone(),
+            system,
+            dossier_operation,
+            dossier,
+            event_operation: d.event_operation.clone(),
+            event,
+            events: d.events.clone(),
+            context,
+        })
+    }
+
     /// `translate.adapter` + `translate.operation`: the operation must exist and the route
     /// must supply every context value its mappings read.
     fn adapter_route(&mut self, path: &str, t: &RawTranslate) -> Option<AdapterRoute> {
@@ -1769,33 +1908,8 @@ impl Validator {
                 "use either adapter/operation or request/response, not both",
             );
         }
-        let Some(op) = self.adapters.operation(&system, &operation) else {
-            let msg = if self.adapters.systems.contains_key(&system) {
-                format!("adapter {system:?} has no operation {operation:?}")
-            } else {
-                format!("no loaded adapter {system:?} (see [adapters] dir)")
-            };
-            self.problems.push(format!("{at}.operation"), msg);
-            return None;
-        };
-        let mut context = BTreeMap::new();
-        for (k, v) in t.context.clone().unwrap_or_default() {
-            let v = match v {
-                RawContextValue::Plain(s) => ContextValue::Plain(s),
-                RawContextValue::Secret(s) => {
-                    ContextValue::Secret(self.secret(&format!("{at}.context.{k}"), &s))
-                }
-            };
-            context.insert(k, v);
-        }
-        for need in &op.context {
-            if !context.contains_key(need) {
-                self.problems.push(
-                    format!("{at}.context.{need}"),
-                    format!("required by {system}/{operation}"),
-                );
-            }
-        }
+        let op = self.adapter_op(&format!("{at}.operation"), &system, &operation)?;
+        let context = self.adapter_context(&at, t.context.clone(), &[&op], &system);
         let version = self.adapters.systems[&system].version.clone();
         Some(AdapterRoute {
             system,

@@ -77,6 +77,16 @@ pub struct RawExchange {
 pub struct RawDelivery {
     pub upstream: Option<String>,
     pub path: Option<String>,
+    /// Render deliveries with this adapter (absent: the canonical JSON is sent).
+    pub adapter: Option<String>,
+    /// The adapter operation whose request step renders a dossier (required with `adapter`).
+    pub dossier_operation: Option<String>,
+    /// The operation that renders events; absent: events are not sent to this destination.
+    pub event_operation: Option<String>,
+    /// Event kinds sent (`status`, `step`, `evaluation`; default all).
+    pub events: Option<Vec<String>>,
+    /// Values the mappings read as `$ctx.NAME` (text or `{ env | file }` secrets).
+    pub context: Option<std::collections::BTreeMap<String, RawContextValue>>,
 }
 
 /// `[audit]`: the tamper-evident log of every call (absent = no audit log).

@@ -47,6 +47,49 @@ struct HttpDeliverer {
     gw: Weak<Gateway>,
     timeout: Duration,
     targets: std::collections::BTreeMap<String, (String, String)>,
+    adapters: std::collections::BTreeMap<String, crate::config::DeliveryAdapter>,
+}
+
+/// What an adapter makes of an outbox item: a body to send, or nothing for this destination.
+enum Rendered {
+    Send(crate::adapter::StepOutput),
+    Skip,
+}
+
+/// Renders an item with its destination's adapter: dossiers through the dossier operation,
+/// events (of the kinds the destination takes) through the event operation. A payload the
+/// adapter cannot map will never map: that is a permanent failure, kept with its reason.
+fn render(
+    a: &crate::config::DeliveryAdapter,
+    item: &store::OutboxItem,
+) -> Result<Rendered, String> {
+    let op = if item.is_creation() {
+        &a.dossier
+    } else {
+        let kind = serde_json::from_str::<serde_json::Value>(&item.payload)
+            .ok()
+            .and_then(|v| v["kind"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        let wanted = a.events.as_ref().is_none_or(|k| k.contains(&kind));
+        match &a.event {
+            Some(op) if wanted => op,
+            _ => return Ok(Rendered::Skip),
+        }
+    };
+    let step = op
+        .request
+        .as_ref()
+        .ok_or("the operation has no request step")?;
+    let mut ctx: crate::adapter::Context = a
+        .context
+        .iter()
+        .map(|(k, v)| (k.clone(), v.text()))
+        .collect();
+    ctx.insert("dossier_code".into(), item.dossier_code.clone());
+    ctx.insert("event_seq".into(), item.event_seq.to_string());
+    step.run(item.payload.as_bytes(), &ctx)
+        .map(Rendered::Send)
+        .map_err(|e| format!("adapter {}: {e}", a.system))
 }
 
 impl Deliverer for HttpDeliverer {
@@ -56,6 +99,7 @@ impl Deliverer for HttpDeliverer {
         item: &store::OutboxItem,
     ) -> Pin<Box<dyn Future<Output = DeliveryOutcome> + Send + '_>> {
         let target = self.targets.get(dest).cloned();
+        let rendered = self.adapters.get(dest).map(|a| (a, render(a, item)));
         let dest = dest.to_string();
         let code = item.dossier_code.clone();
         let key = format!("{}:{}", item.dossier_code, item.event_seq);
@@ -72,10 +116,35 @@ impl Deliverer for HttpDeliverer {
                 return DeliveryOutcome::Retry(format!("upstream {up} is not configured"));
             };
             let mut headers = http::HeaderMap::new();
-            headers.insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/json"),
-            );
+            let mut adapter = None;
+            let body = match rendered {
+                None => {
+                    headers.insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/json"),
+                    );
+                    Body::full(payload)
+                }
+                Some((_, Ok(Rendered::Skip))) => return DeliveryOutcome::Delivered,
+                Some((_, Err(e))) => return DeliveryOutcome::Permanent(e),
+                Some((a, Ok(Rendered::Send(out)))) => {
+                    if let Ok(v) = http::HeaderValue::from_str(&out.content_type) {
+                        headers.insert(http::header::CONTENT_TYPE, v);
+                    }
+                    if let Some(v) = out
+                        .soap_action
+                        .as_deref()
+                        .and_then(|v| http::HeaderValue::from_str(v).ok())
+                    {
+                        headers.insert("soapaction", v);
+                    }
+                    adapter = Some(crate::audit::record::Adapter {
+                        id: a.system.clone(),
+                        version: a.version.clone(),
+                    });
+                    Body::full(out.body)
+                }
+            };
             if let Ok(v) = http::HeaderValue::from_str(&key) {
                 headers.insert("idempotency-key", v);
             }
@@ -89,7 +158,7 @@ impl Deliverer for HttpDeliverer {
                 method: http::Method::POST,
                 path_and_query: pq,
                 headers,
-                body: Body::full(payload),
+                body,
                 // The dossier code is the receiver's idempotency key: resending is safe.
                 idempotent: true,
                 timeout: self.timeout.min(pool.cfg.request_timeout),
@@ -116,6 +185,7 @@ impl Deliverer for HttpDeliverer {
                 r.set_path(&path);
                 r.status = outcome.0;
                 r.dossier = Some(code.clone());
+                r.adapter = adapter;
                 r.latency_us = started.elapsed().as_micros() as u64;
                 if let DeliveryOutcome::Retry(m) | DeliveryOutcome::Permanent(m) = &outcome.1 {
                     r.error = Some(crate::audit::record::ErrorInfo {
@@ -165,6 +235,7 @@ impl Exchange {
             gw,
             timeout: self.cfg.delivery_timeout,
             targets: self.cfg.deliveries.clone(),
+            adapters: self.cfg.delivery_adapters.clone(),
         });
         let cfg = outbox::EngineConfig {
             lease_ms: 2 * self.cfg.delivery_timeout.as_millis() as i64,

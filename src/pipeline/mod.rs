@@ -373,6 +373,9 @@ pub mod translate_stage {
         if let Some(agency) = ctx.caller.as_ref().and_then(|c| c.agency.as_ref()) {
             c.insert("caller_agency".into(), agency.as_str().to_string());
         }
+        if let Some(code) = &ctx.dossier {
+            c.insert("dossier_code".into(), code.clone());
+        }
         ctx.adapter = Some(crate::audit::record::Adapter {
             id: format!("{}/{}", a.system, a.operation),
             version: a.version.clone(),

@@ -451,3 +451,96 @@ dvcqg = {{ upstream = "sandbox", path = "/dvcqg/hoso" }}
     .await;
     assert_eq!(r.json()["MaTTHC"], "1.000123");
 }
+
+/// A destination with an adapter gets the national shapes: the fixture dossier as exactly
+/// the DongBoHoSoMC sample, a step as CapNhatTienDoHoSoMC, and no evaluation (a kind the
+/// destination does not take); another destination keeps the canonical JSON.
+#[tokio::test]
+async fn deliveries_render_through_their_adapter() {
+    let dest = MockUpstream::start(echo("dest")).await;
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cfg = base_config(&format!(
+        r#"
+[adapters]
+dir = "{adapters}"
+[upstreams.dest]
+endpoints = ["{url}"]
+[exchange]
+db = "exchange.db"
+destinations = ["dvcqg", "so-gddt"]
+auth = {{ anonymous = true }}
+[exchange.deliveries.dvcqg]
+upstream = "dest"
+path = "/dvcqg/hoso"
+adapter = "dvcqg"
+dossier_operation = "DongBoHoSoMC"
+event_operation = "TienDoXuLy"
+events = ["status", "step"]
+context = {{ session = "3f5c0b7e-0000-0000-0000-000000000000", madonvi = "000.00.01.H22" }}
+[exchange.deliveries.so-gddt]
+upstream = "dest"
+path = "/so-gddt/hoso"
+"#,
+        adapters = here.join("adapters").display(),
+        url = dest.url()
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    let body = std::fs::read_to_string(here.join("adapters/dvcqg/fixtures/dossier.json")).unwrap();
+    let r = raw(gw.addr(), &post("/v1/dossiers", &body, "")).await;
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let code = r.json()["dossier_code"].as_str().unwrap().to_string();
+    assert_eq!(code, "000.00.01.H22-250715-0001");
+    let step = serde_json::json!({"kind": "step", "handler": "Cán bộ một cửa", "at": "20250715083000", "content": "Tiếp nhận hồ sơ", "status": 2}).to_string();
+    let r = raw(
+        gw.addr(),
+        &post(&format!("/v1/dossiers/{code}/events"), &step, ""),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let eval =
+        serde_json::json!({"kind": "evaluation", "at": "20250722170000", "rating": 5}).to_string();
+    let r = raw(
+        gw.addr(),
+        &post(&format!("/v1/dossiers/{code}/events"), &eval, ""),
+    )
+    .await;
+    assert!(r.status == 202, "{}", String::from_utf8_lossy(&r.body));
+    // Everything settles: 3 items per destination, the skipped evaluation included.
+    eventually(
+        "all six outbox items delivered",
+        std::time::Duration::from_secs(10),
+        || async {
+            let (_, o) = admin_get(&gw, "/admin/exchange/outbox?state=delivered").await;
+            serde_json::from_str::<serde_json::Value>(&o)
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .len()
+                == 6
+        },
+    )
+    .await;
+    let seen = dest.seen.lock().unwrap().clone();
+    let national: Vec<serde_json::Value> = seen
+        .iter()
+        .filter(|s| s.uri == "/dvcqg/hoso")
+        .map(|s| serde_json::from_slice(&s.body).unwrap())
+        .collect();
+    assert_eq!(national.len(), 2, "the evaluation is not sent to DVCQG");
+    let mut want: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(here.join("adapters/dvcqg/fixtures/dongbohosomc-request.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(national[0], want);
+    want = serde_json::from_slice(
+        &std::fs::read(here.join("adapters/dvcqg/fixtures/capnhattiendohosomc-request.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(national[1], want);
+    let canonical = seen.iter().filter(|s| s.uri == "/so-gddt/hoso").count();
+    assert_eq!(canonical, 3, "the canonical destination takes every event");
+    let first = seen.iter().find(|s| s.uri == "/so-gddt/hoso").unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&first.body).unwrap();
+    assert_eq!(v["procedure_code"], "3.000182.000.00.00.H22");
+}
