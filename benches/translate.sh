@@ -62,7 +62,17 @@ BIN="$TRANSLATE_BENCH_BIN"
 
 echo "# host=$(uname -n) cpus=$(nproc) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 echo "# $(rustc --version); quick-xml $(grep -A1 '^name = "quick-xml"' "$HERE/Cargo.lock" | sed -n 's/^version = "\(.*\)"/\1/p'); $(python3 -c 'import sys, importlib.metadata as m; print("python", sys.version.split()[0], "xmltodict", m.version("xmltodict"))')"
-echo "# load average at start: $(cut -d' ' -f1-3 /proc/loadavg) (the machine is shared: other work on the second CPU slows this one)"
+# The machine is shared and its vCPUs may be siblings of one core: work on another CPU slows
+# the pinned one. Its busy share during the timed sections is printed with the results.
+OTHER=""
+if [ ${#PIN[@]} -gt 0 ]; then
+  for c in $(seq 0 $(( $(nproc) - 1 ))); do [ "$c" != "$CPU" ] && { OTHER=$c; break; }; done
+fi
+cpu_ticks() { awk -v c="cpu$OTHER" '$1 == c { t = 0; for (i = 2; i <= NF; i++) t += $i; print t, $5 + $6 }' /proc/stat; }
+busy_since() { # "total idle" at start -> busy %
+  local now; now=($(cpu_ticks)); local start=($1)
+  awk -v t="$(( now[0] - start[0] ))" -v i="$(( now[1] - start[1] ))" 'BEGIN { printf "%.0f%%", (t > 0) ? 100 * (t - i) / t : 0 }'
+}
 echo "# $(ldd --version 2>/dev/null | head -1 | sed 's/^ldd //'); pinned: ${PIN[*]:-no}; bench binary: $BIN"
 
 # ---------------------------------------------------------------- python helper
@@ -181,6 +191,8 @@ def summary(rust_tsv, py_tsv, big_kv):
                   f" = {rss/size:.2f}x input")
         elif kv.get("py_note"):
             print(f"  xmltodict xml->json (reference): {kv['py_note']}")
+    if kv.get("other_busy"):
+        print(f"Noise: {kv['other_busy']}")
     print("================================================================================")
 
 if __name__ == "__main__":
@@ -196,12 +208,15 @@ PY
 # ---------------------------------------------------------------- 1. Rust, same process
 echo
 echo "== 1. quick-xml raw events vs lienthong::translate (benches/translate.rs)"
+[ -n "$OTHER" ] && T0="$(cpu_ticks)"
 TRANSLATE_BENCH_DIR="$WORK/docs" "${PIN[@]}" "$BIN" --bench "${QUICK[@]}"
 
 # ---------------------------------------------------------------- 2. Python xmltodict
 echo
 echo "== 2. Python xmltodict on the same files"
 "${PIN[@]}" python3 "$WORK/pybench.py" rates "$WORK/docs" "$WORK/py.tsv"
+BUSY=""
+[ -n "$OTHER" ] && BUSY="$(busy_since "$T0")" && echo "# cpu$OTHER (not pinned) was busy $BUSY of the time during sections 1-2"
 
 # ---------------------------------------------------------------- 3. big document, peak RSS
 KV="$WORK/big.kv"
@@ -259,5 +274,5 @@ if [ "$BIG_MB" -gt 0 ]; then
   rm -f "$WORK/big.xml"
 fi
 
-echo "# load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+[ -n "$BUSY" ] && echo "other_busy=cpu$OTHER busy $BUSY of the time during sections 1-2 (should be near 0%)" >> "$KV"
 python3 "$WORK/pybench.py" summary "$WORK/docs/results.tsv" "$WORK/py.tsv" "$KV"

@@ -339,6 +339,22 @@ impl PartialEq for DeliveryAdapter {
     }
 }
 
+/// `[exchange] formats`: a format the intake reads through an adapter operation.
+#[derive(Debug, Clone, Serialize)]
+pub struct IntakeFormat {
+    pub system: String,
+    pub version: String,
+    pub operation: String,
+    #[serde(skip)]
+    pub op: std::sync::Arc<crate::adapter::Operation>,
+}
+
+impl PartialEq for IntakeFormat {
+    fn eq(&self, o: &Self) -> bool {
+        self.system == o.system && self.version == o.version && self.operation == o.operation
+    }
+}
+
 /// A context value of an adapter route; secrets are shown redacted.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
@@ -369,6 +385,8 @@ pub struct ExchangeCfg {
     pub deliveries: BTreeMap<String, (String, String)>,
     /// Destinations whose payloads an adapter renders.
     pub delivery_adapters: BTreeMap<String, DeliveryAdapter>,
+    /// Intake formats (`?format=NAME`) → the adapter operation that reads them.
+    pub formats: BTreeMap<String, IntakeFormat>,
     pub max_attempts: u32,
     #[serde(with = "dur")]
     pub delivery_timeout: Duration,
@@ -1284,6 +1302,12 @@ impl Validator {
                     ),
                     destinations: x.destinations.clone().unwrap_or_default(),
                     auth: x.auth.map(|a| self.route_auth("exchange", a)),
+                    formats: x
+                        .formats
+                        .iter()
+                        .flatten()
+                        .filter_map(|(k, v)| Some((k.clone(), self.intake_format(k, v)?)))
+                        .collect(),
                     delivery_adapters: x
                         .deliveries
                         .iter()
@@ -1823,6 +1847,33 @@ impl Validator {
             self.problems.push(key, msg);
         }
         op
+    }
+
+    fn intake_format(&mut self, name: &str, v: &str) -> Option<IntakeFormat> {
+        let key = format!("exchange.formats.{name}");
+        let Some((system, operation)) = v.split_once('/') else {
+            self.problems
+                .push(key, "use \"system/operation\" (an adapter operation)");
+            return None;
+        };
+        let op = self.adapter_op(&key, system, operation)?;
+        if op.request.is_none() {
+            self.problems
+                .push(key, format!("{v} has no request step"));
+            return None;
+        }
+        if !op.context.is_empty() {
+            self.problems.push(
+                key,
+                format!("{v} reads context values ({}) the intake does not supply", op.context.join(", ")),
+            );
+        }
+        Some(IntakeFormat {
+            version: self.adapters.systems[system].version.clone(),
+            system: system.to_string(),
+            operation: operation.to_string(),
+            op,
+        })
     }
 
     fn delivery_adapter(&mut self, name: &str, d: &RawDelivery) -> Option<DeliveryAdapter> {

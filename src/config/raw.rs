@@ -59,6 +59,10 @@ pub struct RawExchange {
     pub destinations: Option<Vec<String>>,
     /// Who may file dossiers and events (same rules as routes; absent = deny).
     pub auth: Option<RawRouteAuth>,
+    /// Formats the intake accepts besides the canonical JSON, by name (`?format=NAME`):
+    /// `NAME = "system/operation"`, an adapter operation whose request step yields
+    /// `{"dossiers": [canonical dossier, …]}`.
+    pub formats: Option<std::collections::BTreeMap<String, String>>,
     /// Where each destination is delivered: `NAME = { upstream = "pool", path = "/hoso" }`.
     #[serde(default)]
     pub deliveries: std::collections::BTreeMap<String, RawDelivery>,

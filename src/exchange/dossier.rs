@@ -1129,30 +1129,35 @@ pub fn parse_event(body: &[u8]) -> Result<Event, Vec<FieldError>> {
 /// members dropped, because national senders use `""` for "absent" and a resend that spells
 /// absence differently must not count as different content.
 pub fn canonical_json(v: &Value) -> String {
-    fn canon(v: &Value) -> Option<Value> {
-        match v {
-            Value::Null => None,
-            Value::String(s) if s.is_empty() => None,
-            Value::Array(a) if a.is_empty() => None,
-            Value::Array(a) => Some(Value::Array(
-                a.iter().map(|x| canon(x).unwrap_or(Value::Null)).collect(),
-            )),
-            Value::Object(m) => {
-                let mut keys: Vec<&String> = m.keys().collect();
-                keys.sort();
-                let mut out = serde_json::Map::new();
-                for k in keys {
-                    if let Some(x) = canon(&m[k]) {
-                        out.insert(k.clone(), x);
-                    }
-                }
-                Some(Value::Object(out))
-            }
-            other => Some(other.clone()),
-        }
-    }
-    let c = canon(v).unwrap_or(Value::Null);
+    let c = without_empty(v).unwrap_or(Value::Null);
     serde_json::to_string(&c).unwrap_or_default()
+}
+
+/// `v` without `null`, `""` and `[]` members (recursively), object keys sorted; `None` when
+/// `v` itself is empty. National formats spell "absent" as `""`.
+pub fn without_empty(v: &Value) -> Option<Value> {
+    match v {
+        Value::Null => None,
+        Value::String(s) if s.is_empty() => None,
+        Value::Array(a) if a.is_empty() => None,
+        Value::Array(a) => Some(Value::Array(
+            a.iter()
+                .map(|x| without_empty(x).unwrap_or(Value::Null))
+                .collect(),
+        )),
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            let mut out = serde_json::Map::new();
+            for k in keys {
+                if let Some(x) = without_empty(&m[k]) {
+                    out.insert(k.clone(), x);
+                }
+            }
+            Some(Value::Object(out))
+        }
+        other => Some(other.clone()),
+    }
 }
 
 /// Hex SHA-256 of the canonical JSON of any serialisable value.

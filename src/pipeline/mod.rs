@@ -1085,6 +1085,74 @@ pub mod local {
         intake_inner(rt, ctx, parts, target, body, x, rest).await
     }
 
+    /// `?format=NAME` of an intake request.
+    fn format_param(target: &Target) -> Option<String> {
+        target
+            .query
+            .as_deref()?
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("format="))
+            .map(str::to_string)
+    }
+
+    /// Reads a batch in an adapter format into canonical dossiers: the operation yields
+    /// `{"dossiers": [...]}`; national "absent" spellings (`""`, `[]`, `null`) are dropped.
+    fn read_format(
+        ctx: &mut RequestCtx,
+        f: &crate::config::IntakeFormat,
+        bytes: &[u8],
+    ) -> Result<Vec<crate::exchange::dossier::Dossier>, GatewayError> {
+        use crate::adapter::StepError;
+        let step = f
+            .op
+            .request
+            .as_ref()
+            .ok_or_else(|| GatewayError::internal("intake format without a request step"))?;
+        let mut c = crate::adapter::Context::new();
+        if let Ok(id) = ctx.request_id.to_str() {
+            c.insert("request_id".into(), id.to_string());
+        }
+        ctx.adapter = Some(crate::audit::record::Adapter {
+            id: format!("{}/{}", f.system, f.operation),
+            version: f.version.clone(),
+        });
+        let out = step.run(bytes, &c).map_err(|e| match e {
+            StepError::Map(e) => GatewayError::new(
+                ErrorKind::Unprocessable,
+                "invalid_dossier",
+                format!("the batch does not fit the {} format: {e}", f.system),
+            ),
+            e => GatewayError::bad_request(
+                "untranslatable",
+                format!("the body could not be read as {}: {e}", f.system),
+            ),
+        })?;
+        ctx.request_translated = Some(crate::body::sha256(&out.body));
+        let v: serde_json::Value = serde_json::from_slice(&out.body)
+            .map_err(|e| GatewayError::internal(format!("adapter output: {e}")))?;
+        let list = v["dossiers"].as_array().cloned().unwrap_or_default();
+        if list.is_empty() {
+            return Err(GatewayError::new(
+                ErrorKind::Unprocessable,
+                "invalid_dossier",
+                "the batch holds no dossier",
+            ));
+        }
+        list.iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let d = crate::exchange::dossier::without_empty(d).unwrap_or_default();
+                serde_json::from_value(d).map_err(|e| {
+                    GatewayError::new(
+                        ErrorKind::Unprocessable,
+                        "invalid_dossier",
+                        format!("invalid: dossiers[{i}]: {e}"),
+                    )
+                })
+            })
+            .collect()
+    }
+
     async fn intake_inner(
         rt: &Runtime,
         ctx: &mut RequestCtx,
@@ -1171,6 +1239,49 @@ pub mod local {
             GatewayError::method_not_allowed("method_not_allowed", "method not allowed here", allow)
         };
         match (segs.as_slice(), &parts.method) {
+            ([], &Method::POST) if format_param(target).is_some() => {
+                let bytes = read(body).await?;
+                audit_stage::note_request(ctx, &bytes);
+                let name = format_param(target).unwrap_or_default();
+                let f = x.cfg.formats.get(&name).ok_or_else(|| {
+                    GatewayError::new(
+                        ErrorKind::UnsupportedMediaType,
+                        "unknown_format",
+                        format!(
+                            "the intake reads no format {name:?} (known: {})",
+                            x.cfg.formats.keys().cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                    )
+                })?;
+                let dossiers = read_format(ctx, f, &bytes)?;
+                // Every dossier of the batch is checked before any is stored.
+                for (i, d) in dossiers.iter().enumerate() {
+                    dossier::validate(d, &dossier::NoCatalogue).map_err(|errs| {
+                        invalid(
+                            errs.into_iter()
+                                .map(|mut e| {
+                                    e.path = format!("dossiers[{i}].{}", e.path);
+                                    e
+                                })
+                                .collect(),
+                        )
+                    })?;
+                }
+                let mut receipts = Vec::new();
+                let mut replayed = true;
+                for (i, d) in dossiers.into_iter().enumerate() {
+                    let key = idem.as_ref().map(|k| format!("{k}#{i}"));
+                    let a = x
+                        .store
+                        .accept_dossier(d, key, x.cfg.destinations.clone())
+                        .await
+                        .map_err(intake_err)?;
+                    ctx.dossier = Some(a.receipt.dossier_code.clone());
+                    replayed &= a.replayed;
+                    receipts.push(serde_json::to_value(&a.receipt).unwrap_or_default());
+                }
+                Ok(accepted(serde_json::json!({ "receipts": receipts }), replayed))
+            }
             ([], &Method::POST) => {
                 let bytes = read(body).await?;
                 audit_stage::note_request(ctx, &bytes);

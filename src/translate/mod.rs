@@ -105,6 +105,8 @@ impl Hasher for Fnv {
 pub struct ArrayPaths {
     absolute: HashSet<String, BuildHasherDefault<Fnv>>,
     suffixes: Vec<String>,
+    /// Last segment of every suffix: a path whose last segment is not here matches none.
+    suffix_last: HashSet<String, BuildHasherDefault<Fnv>>,
 }
 
 impl ArrayPaths {
@@ -121,14 +123,18 @@ impl ArrayPaths {
     }
 
     pub fn insert(&mut self, path: &str) {
-        if let Some(rest) = path.strip_prefix("//") {
+        let suffix = if let Some(rest) = path.strip_prefix("//") {
             // keep the leading '/' so that `//Item` does not match `/a/xItem`
-            self.suffixes.push(format!("/{rest}"));
+            format!("/{rest}")
         } else if path.starts_with('/') {
             self.absolute.insert(path.to_string());
+            return;
         } else {
-            self.suffixes.push(format!("/{path}"));
-        }
+            format!("/{path}")
+        };
+        let last = suffix.rsplit('/').next().unwrap_or_default();
+        self.suffix_last.insert(last.to_string());
+        self.suffixes.push(suffix);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -136,7 +142,12 @@ impl ArrayPaths {
     }
 
     pub fn matches(&self, path: &str) -> bool {
-        self.absolute.contains(path) || self.suffixes.iter().any(|s| path.ends_with(s.as_str()))
+        if !self.absolute.is_empty() && self.absolute.contains(path) {
+            return true;
+        }
+        let last = path.rsplit('/').next().unwrap_or_default();
+        self.suffix_last.contains(last)
+            && self.suffixes.iter().any(|s| path.ends_with(s.as_str()))
     }
 }
 

@@ -15,7 +15,7 @@
 //!   values that need normalisation and for namespace URIs with references.
 
 use super::chars::{
-    all_ws, escape_json, escape_xml_text_to_json, find_forbidden_char, is_ncname, is_ws,
+    all_ws, escape_json, same, escape_xml_text_to_json, find_forbidden_char, is_ncname, is_ws,
     resolve_reference, split_qname,
 };
 use super::error::{invalid, malformed, too_large, unsupported, TranslateError};
@@ -504,7 +504,7 @@ impl<'a, 'o> Conv<'a, 'o> {
     }
 
     fn lookup(&self, prefix: &str) -> Option<usize> {
-        self.bindings.iter().rposition(|b| b.prefix == prefix)
+        self.bindings.iter().rposition(|b| same(b.prefix, prefix))
     }
 
     /// Applies namespace declarations and resolves attribute names. Returns the binding

@@ -6,7 +6,7 @@
 //! while writing and spliced into the root start tag at the end, so only namespaces that are
 //! actually used get declared.
 
-use super::chars::{escape_xml_text, is_ncname, split_qname};
+use super::chars::{escape_xml_text, is_ncname, same, split_qname};
 use super::error::{invalid, too_large, TranslateError};
 use super::json_in::{self, JVal};
 use super::{JsonToXmlOptions, Limits, XML_NS, XSI_NS};
@@ -88,7 +88,7 @@ impl<'o, 'w> XmlWriter<'o, 'w> {
     }
 
     fn use_ns(&mut self, prefix: &str, uri: &str) {
-        if !self.used.iter().any(|(p, _)| p == prefix) {
+        if !self.used.iter().any(|(p, _)| same(p, prefix)) {
             self.used.push((prefix.to_string(), uri.to_string()));
         }
     }
@@ -105,7 +105,7 @@ impl<'o, 'w> XmlWriter<'o, 'w> {
                 return p;
             }
         }
-        if let Some((p, _)) = self.used.iter().find(|(p, u)| u == uri && !p.is_empty()) {
+        if let Some((p, _)) = self.used.iter().find(|(p, u)| !p.is_empty() && same(u, uri)) {
             return p.clone();
         }
         loop {
@@ -318,7 +318,7 @@ impl<'o, 'w> XmlWriter<'o, 'w> {
                 None => String::new(),
             };
             let local = aq.rsplit(':').next().unwrap_or(&aq).to_string();
-            if names.iter().any(|(u, l)| *u == uri && *l == local) {
+            if names.iter().any(|(u, l)| same(u, &uri) && same(l, &local)) {
                 return Err(self.err(format!("duplicate attribute \"{k}\"")));
             }
             names.push((uri, local));

@@ -544,3 +544,72 @@ path = "/so-gddt/hoso"
     let v: serde_json::Value = serde_json::from_slice(&first.body).unwrap();
     assert_eq!(v["procedure_code"], "3.000182.000.00.00.H22");
 }
+
+/// The intake reads the national DongBoHoSoMC shape through the dvcqg adapter
+/// (`?format=dvcqg`), and the DVCQG delivery renders it back: what reaches the portal is
+/// exactly the national sample that came in.
+#[tokio::test]
+async fn intake_reads_the_national_format_and_delivers_it_unchanged() {
+    let dest = MockUpstream::start(echo("dest")).await;
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cfg = base_config(&format!(
+        r#"
+[adapters]
+dir = "{adapters}"
+[upstreams.dest]
+endpoints = ["{url}"]
+[exchange]
+db = "exchange.db"
+destinations = ["dvcqg"]
+auth = {{ anonymous = true }}
+formats = {{ dvcqg = "dvcqg/HoSoTuDVCQG" }}
+[exchange.deliveries.dvcqg]
+upstream = "dest"
+path = "/dvcqg/hoso"
+adapter = "dvcqg"
+dossier_operation = "DongBoHoSoMC"
+context = {{ session = "3f5c0b7e-0000-0000-0000-000000000000" }}
+"#,
+        adapters = here.join("adapters").display(),
+        url = dest.url()
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    let national =
+        std::fs::read_to_string(here.join("adapters/dvcqg/fixtures/dongbohosomc-request.json"))
+            .unwrap();
+    let r = raw(gw.addr(), &post("/v1/dossiers?format=dvcqg", &national, "")).await;
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let receipts = r.json()["receipts"].as_array().unwrap().clone();
+    assert_eq!(receipts.len(), 1);
+    assert_eq!(receipts[0]["dossier_code"], "000.00.01.H22-250715-0001");
+    // Sent again: the same receipt, replayed.
+    let r = raw(gw.addr(), &post("/v1/dossiers?format=dvcqg", &national, "")).await;
+    assert_eq!(r.status, 202);
+    assert_eq!(r.header("x-lienthong-replayed"), Some("true"));
+    eventually(
+        "delivered to DVCQG",
+        std::time::Duration::from_secs(10),
+        || async { dest.count() >= 1 },
+    )
+    .await;
+    let got: serde_json::Value = serde_json::from_slice(&dest.last().body).unwrap();
+    let want: serde_json::Value = serde_json::from_str(&national).unwrap();
+    assert_eq!(got, want);
+
+    // An unknown format is 415; a batch missing a mandatory field is 422 naming it.
+    let r = raw(gw.addr(), &post("/v1/dossiers?format=igate", &national, "")).await;
+    assert_error(&r, 415, "unknown_format");
+    let mut bad: serde_json::Value = serde_json::from_str(&national).unwrap();
+    bad["data"][0].as_object_mut().unwrap().remove("MaTTHC");
+    let r = raw(
+        gw.addr(),
+        &post("/v1/dossiers?format=dvcqg", &bad.to_string(), ""),
+    )
+    .await;
+    assert_error(&r, 422, "invalid_dossier");
+    assert!(
+        r.json()["message"].as_str().unwrap().contains("MaTTHC"),
+        "{}",
+        r.json()
+    );
+}
