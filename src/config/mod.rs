@@ -373,6 +373,32 @@ impl ContextValue {
     }
 }
 
+impl ExchangeCfg {
+    /// The destinations a dossier goes to: every configured one whose procedure and field
+    /// filters (if any) match it. Events follow their dossier's destinations.
+    pub fn destinations_for(&self, d: &crate::exchange::dossier::Dossier) -> Vec<String> {
+        fn hit(patterns: &[String], v: Option<&str>) -> bool {
+            patterns.is_empty()
+                || v.is_some_and(|v| {
+                    patterns.iter().any(|p| match p.strip_suffix('*') {
+                        Some(prefix) => v.starts_with(prefix),
+                        None => p == v,
+                    })
+                })
+        }
+        self.destinations
+            .iter()
+            .filter(|name| match self.routing.get(*name) {
+                None => true,
+                Some((procs, fields)) => {
+                    hit(procs, Some(&d.procedure_code)) && hit(fields, d.field_code.as_deref())
+                }
+            })
+            .cloned()
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ExchangeCfg {
     pub db: PathBuf,
@@ -387,6 +413,8 @@ pub struct ExchangeCfg {
     pub delivery_adapters: BTreeMap<String, DeliveryAdapter>,
     /// Intake formats (`?format=NAME`) → the adapter operation that reads them.
     pub formats: BTreeMap<String, IntakeFormat>,
+    /// Destinations that take only some dossiers: name → (procedure patterns, field patterns).
+    pub routing: BTreeMap<String, (Vec<String>, Vec<String>)>,
     pub max_attempts: u32,
     #[serde(with = "dur")]
     pub delivery_timeout: Duration,
@@ -1302,6 +1330,20 @@ impl Validator {
                     ),
                     destinations: x.destinations.clone().unwrap_or_default(),
                     auth: x.auth.map(|a| self.route_auth("exchange", a)),
+                    routing: x
+                        .deliveries
+                        .iter()
+                        .filter(|(_, d)| d.procedures.is_some() || d.fields.is_some())
+                        .map(|(k, d)| {
+                            (
+                                k.clone(),
+                                (
+                                    d.procedures.clone().unwrap_or_default(),
+                                    d.fields.clone().unwrap_or_default(),
+                                ),
+                            )
+                        })
+                        .collect(),
                     formats: x
                         .formats
                         .iter()
@@ -1858,14 +1900,16 @@ impl Validator {
         };
         let op = self.adapter_op(&key, system, operation)?;
         if op.request.is_none() {
-            self.problems
-                .push(key, format!("{v} has no request step"));
+            self.problems.push(key, format!("{v} has no request step"));
             return None;
         }
         if !op.context.is_empty() {
             self.problems.push(
                 key,
-                format!("{v} reads context values ({}) the intake does not supply", op.context.join(", ")),
+                format!(
+                    "{v} reads context values ({}) the intake does not supply",
+                    op.context.join(", ")
+                ),
             );
         }
         Some(IntakeFormat {

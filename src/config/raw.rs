@@ -89,6 +89,10 @@ pub struct RawDelivery {
     pub event_operation: Option<String>,
     /// Event kinds sent (`status`, `step`, `evaluation`; default all).
     pub events: Option<Vec<String>>,
+    /// Only dossiers of these procedure codes (exact, or a prefix ending in `*`).
+    pub procedures: Option<Vec<String>>,
+    /// Only dossiers of these fields (MaLinhVuc; exact or `prefix*`).
+    pub fields: Option<Vec<String>>,
     /// Values the mappings read as `$ctx.NAME` (text or `{ env | file }` secrets).
     pub context: Option<std::collections::BTreeMap<String, RawContextValue>>,
 }

@@ -1103,11 +1103,10 @@ pub mod local {
         bytes: &[u8],
     ) -> Result<Vec<crate::exchange::dossier::Dossier>, GatewayError> {
         use crate::adapter::StepError;
-        let step = f
-            .op
-            .request
-            .as_ref()
-            .ok_or_else(|| GatewayError::internal("intake format without a request step"))?;
+        let step =
+            f.op.request
+                .as_ref()
+                .ok_or_else(|| GatewayError::internal("intake format without a request step"))?;
         let mut c = crate::adapter::Context::new();
         if let Ok(id) = ctx.request_id.to_str() {
             c.insert("request_id".into(), id.to_string());
@@ -1271,24 +1270,29 @@ pub mod local {
                 let mut replayed = true;
                 for (i, d) in dossiers.into_iter().enumerate() {
                     let key = idem.as_ref().map(|k| format!("{k}#{i}"));
+                    let to = x.cfg.destinations_for(&d);
                     let a = x
                         .store
-                        .accept_dossier(d, key, x.cfg.destinations.clone())
+                        .accept_dossier(d, key, to)
                         .await
                         .map_err(intake_err)?;
                     ctx.dossier = Some(a.receipt.dossier_code.clone());
                     replayed &= a.replayed;
                     receipts.push(serde_json::to_value(&a.receipt).unwrap_or_default());
                 }
-                Ok(accepted(serde_json::json!({ "receipts": receipts }), replayed))
+                Ok(accepted(
+                    serde_json::json!({ "receipts": receipts }),
+                    replayed,
+                ))
             }
             ([], &Method::POST) => {
                 let bytes = read(body).await?;
                 audit_stage::note_request(ctx, &bytes);
                 let d = dossier::parse_dossier(&bytes).map_err(invalid)?;
+                let to = x.cfg.destinations_for(&d);
                 let a = x
                     .store
-                    .accept_dossier(d, idem, x.cfg.destinations.clone())
+                    .accept_dossier(d, idem, to)
                     .await
                     .map_err(intake_err)?;
                 ctx.dossier = Some(a.receipt.dossier_code.clone());
@@ -1342,9 +1346,20 @@ pub mod local {
                 };
                 audit_stage::note_request(ctx, &bytes);
                 let ev = dossier::parse_event(&bytes).map_err(invalid)?;
+                // Events go where their dossier went.
+                let to = if x.cfg.routing.is_empty() {
+                    x.cfg.destinations.clone()
+                } else {
+                    x.store
+                        .dossier(code.to_string())
+                        .await
+                        .map_err(|e| GatewayError::internal(e.to_string()))?
+                        .map(|s| s.destinations)
+                        .unwrap_or_default()
+                };
                 let a = x
                     .store
-                    .append_event(code.to_string(), ev, idem, x.cfg.destinations.clone())
+                    .append_event(code.to_string(), ev, idem, to)
                     .await
                     .map_err(intake_err)?;
                 Ok(accepted(

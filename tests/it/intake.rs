@@ -613,3 +613,89 @@ context = {{ session = "3f5c0b7e-0000-0000-0000-000000000000" }}
         r.json()
     );
 }
+
+/// Deliveries are routed by procedure code and field: a destination with filters gets only
+/// the dossiers that match them, and a dossier's events follow it.
+#[tokio::test]
+async fn deliveries_are_routed_by_procedure_and_field() {
+    let dest = MockUpstream::start(echo("dest")).await;
+    let cfg = base_config(&format!(
+        r#"
+[upstreams.dest]
+endpoints = ["{url}"]
+[exchange]
+db = "exchange.db"
+destinations = ["dvcqg", "so-gddt", "so-yte"]
+auth = {{ anonymous = true }}
+[exchange.deliveries]
+dvcqg = {{ upstream = "dest", path = "/dvcqg" }}
+so-gddt = {{ upstream = "dest", path = "/so-gddt", procedures = ["3.000182.*"] }}
+so-yte = {{ upstream = "dest", path = "/so-yte", fields = ["G14-*"] }}
+"#,
+        url = dest.url()
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    let r = raw(
+        gw.addr(),
+        &post("/v1/dossiers", &dossier(None, "Tuyển sinh"), ""),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let receipt = r.json();
+    assert_eq!(
+        receipt["destinations"],
+        serde_json::json!(["dvcqg", "so-gddt"]),
+        "{receipt}"
+    );
+    let code = receipt["dossier_code"].as_str().unwrap().to_string();
+    let ev =
+        serde_json::json!({"kind": "status", "status": "2", "at": "20251126090000"}).to_string();
+    let r = raw(
+        gw.addr(),
+        &post(&format!("/v1/dossiers/{code}/events"), &ev, ""),
+    )
+    .await;
+    assert_eq!(r.status, 202);
+    assert_eq!(
+        r.json()["destinations"],
+        serde_json::json!(["dvcqg", "so-gddt"])
+    );
+    // A health dossier (field G14-…, another procedure) goes to so-yte, not so-gddt.
+    let mut v: serde_json::Value = serde_json::from_str(&dossier(None, "Y tế")).unwrap();
+    v["procedure_code"] = "1.001234.000.00.00.H22".into();
+    v["field_code"] = "G14-YT01".into();
+    let r = raw(gw.addr(), &post("/v1/dossiers", &v.to_string(), "")).await;
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.json()["destinations"],
+        serde_json::json!(["dvcqg", "so-yte"])
+    );
+    eventually(
+        "five deliveries",
+        std::time::Duration::from_secs(10),
+        || async { dest.count() >= 6 },
+    )
+    .await;
+    let uris: Vec<String> = dest
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.uri.clone())
+        .collect();
+    assert_eq!(
+        uris.iter().filter(|u| *u == "/so-gddt").count(),
+        2,
+        "{uris:?}"
+    );
+    assert_eq!(
+        uris.iter().filter(|u| *u == "/so-yte").count(),
+        1,
+        "{uris:?}"
+    );
+    assert_eq!(
+        uris.iter().filter(|u| *u == "/dvcqg").count(),
+        3,
+        "{uris:?}"
+    );
+}
