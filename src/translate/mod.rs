@@ -146,8 +146,7 @@ impl ArrayPaths {
             return true;
         }
         let last = path.rsplit('/').next().unwrap_or_default();
-        self.suffix_last.contains(last)
-            && self.suffixes.iter().any(|s| path.ends_with(s.as_str()))
+        self.suffix_last.contains(last) && self.suffixes.iter().any(|s| path.ends_with(s.as_str()))
     }
 }
 

@@ -15,8 +15,8 @@
 //!   values that need normalisation and for namespace URIs with references.
 
 use super::chars::{
-    all_ws, escape_json, same, escape_xml_text_to_json, find_forbidden_char, is_ncname, is_ws,
-    resolve_reference, split_qname,
+    all_ws, escape_json, escape_xml_text_to_json, find_forbidden_char, is_ncname, is_ws,
+    resolve_reference, same, split_qname,
 };
 use super::error::{invalid, malformed, too_large, unsupported, TranslateError};
 use super::{XmlToJsonOptions, XMLNS_NS, XML_NS, XSI_NS};

@@ -105,7 +105,11 @@ impl<'o, 'w> XmlWriter<'o, 'w> {
                 return p;
             }
         }
-        if let Some((p, _)) = self.used.iter().find(|(p, u)| !p.is_empty() && same(u, uri)) {
+        if let Some((p, _)) = self
+            .used
+            .iter()
+            .find(|(p, u)| !p.is_empty() && same(u, uri))
+        {
             return p.clone();
         }
         loop {
