@@ -85,6 +85,13 @@ pub enum Command {
         #[arg(long, short, default_value = "config/lienthong.toml")]
         config: PathBuf,
     },
+    /// Run the gateway with the sandbox in one process, file dossiers, take DVCQG down and
+    /// back, and print where each dossier went and when (temporary data, ephemeral ports).
+    Demo {
+        /// Config file.
+        #[arg(long, short, default_value = "config/lienthong.toml")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -357,6 +364,7 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Serve { config } => serve(&config),
+        Command::Demo { config } => crate::demo::run(&config),
         Command::Sandbox { listen } => {
             crate::observe::init_logging(&crate::config::LogConfig {
                 format: crate::config::LogFormat::Text,
@@ -467,6 +475,21 @@ fn token(
     ttl: &str,
 ) -> Result<String, String> {
     let cfg = Config::load(path).map_err(|p| p.to_string())?;
+    mint_token(&cfg, issuer, sub, agency, roles, scope, aud, ttl)
+}
+
+/// Mints a development token with an issuer's `dev_signing_key` (`lienthong token`, `lienthong demo`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn mint_token(
+    cfg: &Config,
+    issuer: Option<String>,
+    sub: &str,
+    agency: &str,
+    roles: &str,
+    scope: &str,
+    aud: Option<String>,
+    ttl: &str,
+) -> Result<String, String> {
     let ic = cfg
         .auth
         .issuers

@@ -17,6 +17,7 @@
 //! - [`exchange`]  — dossier model and validation, durable store with group commit, outbox delivery engine (not yet routed).
 //! - [`audit`]     — the tamper-evident audit log: Merkle tree, signed checkpoints, framed records, verifier.
 //! - [`sandbox`]   — simulated counterparts (DVCQG-like portal, SOAP agency) switchable ok/slow/failing/down.
+//! - [`demo`]      — `lienthong demo`: gateway + sandbox in one process, a scripted dossier exchange with an outage, a readable trace.
 //! - [`observe`]   — metrics recorder and logging; one access-log line per request.
 //!
 //! ## Invariants that hold across modules
@@ -45,6 +46,7 @@ pub mod body;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod exchange;
 pub mod observe;

@@ -413,6 +413,8 @@ pub struct ExchangeCfg {
     pub delivery_adapters: BTreeMap<String, DeliveryAdapter>,
     /// Intake formats (`?format=NAME`) → the adapter operation that reads them.
     pub formats: BTreeMap<String, IntakeFormat>,
+    /// Lookup that must know a dossier's procedure code (MaTTHC).
+    pub catalogue: Option<String>,
     /// Destinations that take only some dossiers: name → (procedure patterns, field patterns).
     pub routing: BTreeMap<String, (Vec<String>, Vec<String>)>,
     pub max_attempts: u32,
@@ -1330,6 +1332,7 @@ impl Validator {
                     ),
                     destinations: x.destinations.clone().unwrap_or_default(),
                     auth: x.auth.map(|a| self.route_auth("exchange", a)),
+                    catalogue: x.catalogue.clone(),
                     routing: x
                         .deliveries
                         .iter()
@@ -1534,6 +1537,14 @@ impl Validator {
                     }
                     lookups.push(l);
                 }
+            }
+        }
+        if let Some(c) = exchange.as_ref().and_then(|x| x.catalogue.as_ref()) {
+            if !lookups.iter().any(|l| &l.name == c) {
+                self.problems.push(
+                    "exchange.catalogue",
+                    format!("no [[lookups]] entry named {c:?}"),
+                );
             }
         }
         let mut routes = Vec::new();

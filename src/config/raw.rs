@@ -59,6 +59,8 @@ pub struct RawExchange {
     pub destinations: Option<Vec<String>>,
     /// Who may file dossiers and events (same rules as routes; absent = deny).
     pub auth: Option<RawRouteAuth>,
+    /// A `[[lookups]]` entry (keyed by procedure code) that must know a dossier's procedure.
+    pub catalogue: Option<String>,
     /// Formats the intake accepts besides the canonical JSON, by name (`?format=NAME`):
     /// `NAME = "system/operation"`, an adapter operation whose request step yields
     /// `{"dossiers": [canonical dossier, …]}`.

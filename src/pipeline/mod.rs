@@ -1085,6 +1085,39 @@ pub mod local {
         intake_inner(rt, ctx, parts, target, body, x, rest).await
     }
 
+    /// With `[exchange] catalogue`, the procedure code must be known to that lookup. When the
+    /// catalogue cannot answer (source down, nothing cached) the dossier is accepted and the
+    /// unchecked intake counted: refusing would lose it, and the national side checks again.
+    async fn check_catalogue(
+        rt: &Runtime,
+        x: &crate::exchange::Exchange,
+        d: &crate::exchange::dossier::Dossier,
+        at: &str,
+    ) -> Result<(), GatewayError> {
+        use crate::cache::lookup::LookupError;
+        let Some(name) = &x.cfg.catalogue else {
+            return Ok(());
+        };
+        let Some(l) = rt.lookups.get(name) else {
+            return Ok(());
+        };
+        match l.by_key.get(Some(&d.procedure_code)).await {
+            Ok(_) => Ok(()),
+            Err(LookupError::NotFound { .. } | LookupError::BadKey { .. }) => {
+                Err(GatewayError::new(
+                    ErrorKind::Unprocessable,
+                    "invalid_dossier",
+                    format!("invalid: {at}procedure_code: not in the procedure catalogue ({name})"),
+                ))
+            }
+            Err(e) => {
+                tracing::warn!(catalogue = %name, error = %e, "procedure catalogue unavailable; dossier accepted unchecked");
+                metrics::counter!("lienthong_intake_catalogue_unchecked_total").increment(1);
+                Ok(())
+            }
+        }
+    }
+
     /// `?format=NAME` of an intake request.
     fn format_param(target: &Target) -> Option<String> {
         target
@@ -1265,6 +1298,7 @@ pub mod local {
                                 .collect(),
                         )
                     })?;
+                    check_catalogue(rt, x, d, &format!("dossiers[{i}].")).await?;
                 }
                 let mut receipts = Vec::new();
                 let mut replayed = true;
@@ -1289,6 +1323,7 @@ pub mod local {
                 let bytes = read(body).await?;
                 audit_stage::note_request(ctx, &bytes);
                 let d = dossier::parse_dossier(&bytes).map_err(invalid)?;
+                check_catalogue(rt, x, &d, "").await?;
                 let to = x.cfg.destinations_for(&d);
                 let a = x
                     .store

@@ -699,3 +699,64 @@ so-yte = {{ upstream = "dest", path = "/so-yte", fields = ["G14-*"] }}
         "{uris:?}"
     );
 }
+
+/// With `[exchange] catalogue`, a procedure code the catalogue lookup does not know is a 422
+/// naming `procedure_code`; a known one is accepted.
+#[tokio::test]
+async fn procedure_codes_are_checked_against_the_catalogue_lookup() {
+    let catalogue = MockUpstream::start(std::sync::Arc::new(|s: &Seen| {
+        if s.uri == "/thutuc/3.000182.000.00.00.H22" {
+            Action::Respond(json_response(
+                200,
+                serde_json::json!({"MaTTHC": "3.000182.000.00.00.H22"}),
+            ))
+        } else {
+            Action::Respond(json_response(
+                404,
+                serde_json::json!({"error": "not found"}),
+            ))
+        }
+    }))
+    .await;
+    let dest = MockUpstream::start(echo("dest")).await;
+    let cfg = base_config(&format!(
+        r#"
+[upstreams.catalogue]
+endpoints = ["{cat}"]
+[upstreams.dest]
+endpoints = ["{url}"]
+[[lookups]]
+name = "thutuc"
+source = {{ upstream = "catalogue", path = "/thutuc/{{key}}" }}
+auth = {{ anonymous = true }}
+[exchange]
+db = "exchange.db"
+destinations = ["dvcqg"]
+catalogue = "thutuc"
+auth = {{ anonymous = true }}
+[exchange.deliveries]
+dvcqg = {{ upstream = "dest", path = "/dvcqg" }}
+"#,
+        cat = catalogue.url(),
+        url = dest.url()
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    let r = raw(
+        gw.addr(),
+        &post("/v1/dossiers", &dossier(None, "Có trong danh mục"), ""),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let mut v: serde_json::Value = serde_json::from_str(&dossier(None, "Không có")).unwrap();
+    v["procedure_code"] = "9.999999.000.00.00.H22".into();
+    let r = raw(gw.addr(), &post("/v1/dossiers", &v.to_string(), "")).await;
+    assert_error(&r, 422, "invalid_dossier");
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("procedure_code"),
+        "{}",
+        r.json()
+    );
+}

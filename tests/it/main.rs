@@ -5,6 +5,7 @@ mod support;
 mod adapters;
 mod audit;
 mod auth;
+mod demo;
 mod headers;
 mod intake;
 mod limits;
