@@ -6,9 +6,14 @@
 //!   (LayThuTuc-style lookup);
 //! - a SOAP agency system: `POST /agency/soap` answers a SOAP 1.1 envelope echoing the
 //!   identifier it was asked about;
+//! - an edXML document axis in the manner of the VPCP axis API (brief §8.3):
+//!   `POST /edxml/sendEdoc` (body: the raw edXML packet, headers `from`, `to`, `messagetype`;
+//!   refused with `status: FAIL` unless it is a well-formed QCVN 102:2016 edoc or status
+//!   packet), `POST /edxml/getReceivedEdocList`, `POST /edxml/getEdoc` (header `docid`; the
+//!   packet base64 in `data`), `POST /edxml/updateStatus` (headers `docid`, `status`);
 //! - `GET /health`.
 //!
-//! Each system (`dvcqg`, `agency`) can be switched at run time with
+//! Each system (`dvcqg`, `agency`, `edxml`) can be switched at run time with
 //! `POST /sandbox/mode?system=dvcqg&mode=ok|slow|failing|down`: slow answers after two
 //! seconds, failing answers 503, down closes the connection without answering.
 //! `GET /sandbox/received` lists what the counterparts accepted (for demos and tests).
@@ -38,6 +43,17 @@ pub enum Mode {
 pub struct Sandbox {
     modes: Mutex<HashMap<String, Mode>>,
     received: Mutex<Vec<serde_json::Value>>,
+    /// Packets the edXML axis holds: (docId, headers, packet, status).
+    edocs: Mutex<Vec<Edoc>>,
+}
+
+struct Edoc {
+    id: u64,
+    from: String,
+    to: String,
+    message_type: String,
+    packet: Bytes,
+    status: String,
 }
 
 impl Sandbox {
@@ -130,6 +146,8 @@ async fn handle(sb: &Sandbox, req: Request<Incoming>) -> Reply {
         "dvcqg"
     } else if path.starts_with("/agency/") {
         "agency"
+    } else if path.starts_with("/edxml/") {
+        "edxml"
     } else {
         return Reply::Answer(json(
             StatusCode::NOT_FOUND,
@@ -175,6 +193,7 @@ async fn handle(sb: &Sandbox, req: Request<Incoming>) -> Reply {
                 serde_json::json!({"MaTTHC": ma, "TenTTHC": "Thủ tục mô phỏng (sandbox)", "CoQuanThucHien": "000.00.01.H22"}),
             )
         }
+        (Method::POST, p) if p.starts_with("/edxml/") => edxml_axis(sb, p, &parts.headers, body),
         (Method::POST, "/agency/soap") => {
             let text = String::from_utf8_lossy(&body);
             let id: String = text
@@ -198,6 +217,97 @@ async fn handle(sb: &Sandbox, req: Request<Incoming>) -> Reply {
         ),
     };
     Reply::Answer(answer)
+}
+
+/// The edXML axis: `{status: "OK"|"FAIL", ErrorCode, ErrorDesc, DocId?, data?}` answers.
+fn edxml_axis(sb: &Sandbox, path: &str, h: &http::HeaderMap, body: Bytes) -> Response<Body> {
+    let header = |k: &str| {
+        h.get(k)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let fail = |desc: &str| {
+        json(
+            StatusCode::OK,
+            serde_json::json!({"status": "FAIL", "ErrorCode": "-1", "ErrorDesc": desc}),
+        )
+    };
+    let mut edocs = sb.edocs.lock().unwrap_or_else(|e| e.into_inner());
+    match path {
+        "/edxml/sendEdoc" => {
+            // The axis checks the packet is well-formed and of the standard's namespace.
+            let o = crate::translate::XmlToJsonOptions {
+                strict_repeats: false,
+                ..Default::default()
+            };
+            let Ok(v) = crate::translate::xml_to_json_bytes(&body, &o) else {
+                return fail("not a well-formed XML packet");
+            };
+            let text = String::from_utf8_lossy(&v);
+            if !text.contains("{http://www.mic.gov.vn/TBT/QCVN_102_2016}") {
+                return fail("not a QCVN 102:2016 packet");
+            }
+            let id = edocs.len() as u64 + 1;
+            let message_type = match header("messagetype").as_str() {
+                "" => "edoc".to_string(),
+                m => m.to_string(),
+            };
+            edocs.push(Edoc {
+                id,
+                from: header("from"),
+                to: header("to"),
+                message_type,
+                packet: body,
+                status: "initial".into(),
+            });
+            json(
+                StatusCode::OK,
+                serde_json::json!({"status": "OK", "ErrorCode": "0", "ErrorDesc": "", "DocId": id.to_string()}),
+            )
+        }
+        "/edxml/getReceivedEdocList" => {
+            let data: Vec<serde_json::Value> = edocs
+                .iter()
+                .map(|d| {
+                    serde_json::json!({"docId": d.id.to_string(), "serviceType": "eDoc",
+                        "messageType": d.message_type, "from": d.from, "to": d.to, "status": d.status})
+                })
+                .collect();
+            json(
+                StatusCode::OK,
+                serde_json::json!({"status": "OK", "ErrorCode": "0", "ErrorDesc": "", "data": data}),
+            )
+        }
+        "/edxml/getEdoc" | "/edxml/updateStatus" => {
+            let id = header("docid");
+            let Some(d) = edocs.iter_mut().find(|d| d.id.to_string() == id) else {
+                return fail("no such docId");
+            };
+            if path == "/edxml/getEdoc" {
+                use base64::Engine;
+                let data = base64::engine::general_purpose::STANDARD.encode(&d.packet);
+                json(
+                    StatusCode::OK,
+                    serde_json::json!({"status": "OK", "ErrorCode": "0", "ErrorDesc": "", "data": data}),
+                )
+            } else {
+                let st = header("status");
+                if !matches!(st.as_str(), "processing" | "done" | "fail") {
+                    return fail("status is processing, done or fail");
+                }
+                d.status = st;
+                json(
+                    StatusCode::OK,
+                    serde_json::json!({"status": "OK", "ErrorCode": "0", "ErrorDesc": ""}),
+                )
+            }
+        }
+        _ => json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "no such edXML axis endpoint"}),
+        ),
+    }
 }
 
 /// Serves the sandbox on `listener` until the task is dropped.

@@ -442,3 +442,54 @@ translate = {{ adapter = "nope", operation = "X", request = "json_to_xml" }}
         assert!(e.contains(needle), "missing {needle:?} in:\n{e}");
     }
 }
+
+/// A JSON client sends an edXML packet to the sandbox's document axis through the `edxml`
+/// adapter; the axis accepts it as a well-formed QCVN 102:2016 packet, and what it holds is
+/// the standard's packet.
+#[tokio::test]
+async fn json_edoc_reaches_the_sandbox_edxml_axis_as_the_standard_packet() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sb_addr = l.local_addr().unwrap();
+    let sb = Arc::new(lienthong::sandbox::Sandbox::default());
+    tokio::spawn(lienthong::sandbox::serve(l, sb.clone()));
+    let cfg = base_config(&format!(
+        r#"
+[adapters]
+dir = "{dir}"
+[upstreams.sandbox]
+endpoints = ["http://{sb_addr}"]
+[[routes]]
+name = "axis"
+path_prefix = "/axis"
+rewrite_prefix = "/edxml"
+upstream = "sandbox"
+auth = {{ anonymous = true }}
+translate = {{ adapter = "edxml", operation = "send" }}
+"#,
+        dir = adapters_dir().display(),
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    let json = std::fs::read(adapters_dir().join("edxml/fixtures/edoc.json")).unwrap();
+    let r = raw(gw.addr(), &post("/axis/sendEdoc", &json)).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["status"], "OK", "{}", r.json());
+    let doc_id = r.json()["DocId"].as_str().unwrap().to_string();
+
+    // The axis hands the packet back base64-encoded: it is the standard's packet.
+    let req = format!(
+        "POST /edxml/getEdoc HTTP/1.1\r\nHost: t\r\ndocid: {doc_id}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    let got = raw(sb_addr, req.as_bytes()).await;
+    use base64::Engine;
+    let packet = base64::engine::general_purpose::STANDARD
+        .decode(got.json()["data"].as_str().unwrap())
+        .unwrap();
+    let sample = std::fs::read(shared_sample("edxml-edoc-sample.edxml")).unwrap();
+    assert_eq!(
+        adapter::as_json(Format::Xml, &packet).unwrap(),
+        adapter::as_json(Format::Xml, &sample).unwrap()
+    );
+    // Something that is not an edXML packet is refused by the axis.
+    let r = raw(gw.addr(), &post("/axis/sendEdoc", br#"{"note": "x"}"#)).await;
+    assert_eq!(r.json()["status"], "FAIL", "{}", r.json());
+}
