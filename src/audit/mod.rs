@@ -57,6 +57,7 @@ impl Auditor {
         let mut wc = writer::WriterConfig::new(&cfg.db, &cfg.origin, signer);
         wc.batch_max = cfg.batch_max;
         wc.batch_linger = cfg.batch_linger;
+        wc.batch_linger_fail_open = cfg.batch_linger_fail_open;
         wc.checkpoint_every_records = cfg.checkpoint_every_records;
         wc.checkpoint_every = cfg.checkpoint_every;
         wc.queue_capacity = cfg.queue_capacity;

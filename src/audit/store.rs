@@ -134,8 +134,14 @@ const SCHEMA: &[&str] = &[
         route TEXT,
         status INTEGER)",
     "CREATE INDEX IF NOT EXISTS audit_records_time ON audit_records (time_ms)",
-    "CREATE INDEX IF NOT EXISTS audit_records_dossier ON audit_records (dossier)",
-    "CREATE INDEX IF NOT EXISTS audit_records_agency ON audit_records (agency, time_ms)",
+    // Partial indexes: most proxied calls carry no dossier and many no agency; rows without
+    // one cost nothing to index, and `col = ?` queries still use them (it implies NOT NULL).
+    "DROP INDEX IF EXISTS audit_records_dossier",
+    "DROP INDEX IF EXISTS audit_records_agency",
+    "CREATE INDEX IF NOT EXISTS audit_records_dossier_nn ON audit_records (dossier)
+        WHERE dossier IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS audit_records_agency_nn ON audit_records (agency, time_ms)
+        WHERE agency IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS audit_records_route ON audit_records (route, time_ms)",
     "CREATE TABLE IF NOT EXISTS audit_checkpoints (
         size INTEGER PRIMARY KEY,

@@ -81,6 +81,9 @@ pub struct WriterConfig {
     /// records queue up during the previous commit anyway, so batches grow
     /// by themselves without adding latency when idle.
     pub batch_linger: Duration,
+    /// How long a batch of fail-open records only (nobody waits on them) may keep
+    /// collecting; a fail-closed record shortens it to `batch_linger`.
+    pub batch_linger_fail_open: Duration,
     /// Sign a checkpoint after this many new records...
     pub checkpoint_every_records: u64,
     /// ...or this long after the previous one, if there are new records.
@@ -101,6 +104,7 @@ impl WriterConfig {
             signer,
             batch_max: 1024,
             batch_linger: Duration::ZERO,
+            batch_linger_fail_open: Duration::ZERO,
             checkpoint_every_records: 4096,
             checkpoint_every: Duration::from_secs(10),
             queue_capacity: 16_384,
@@ -246,6 +250,7 @@ impl AuditWriter {
             last_cp_time: Instant::now(),
             batch_max: cfg.batch_max,
             batch_linger: cfg.batch_linger,
+            batch_linger_fail_open: cfg.batch_linger_fail_open.max(cfg.batch_linger),
             every_records: cfg.checkpoint_every_records,
             every: cfg.checkpoint_every,
             rx,
@@ -481,6 +486,7 @@ struct Worker {
     last_cp_time: Instant,
     batch_max: usize,
     batch_linger: Duration,
+    batch_linger_fail_open: Duration,
     every_records: u64,
     every: Duration,
     rx: mpsc::Receiver<Msg>,
@@ -526,19 +532,28 @@ impl Worker {
     /// empty queue (after the linger time) or a control message, which is
     /// returned to be handled after this batch commits.
     fn collect(&mut self, batch: &mut Vec<Pending>) -> Option<Msg> {
-        let deadline = Instant::now() + self.batch_linger;
+        let start = Instant::now();
+        // Somebody waits on a fail-closed record: commit within `batch_linger`. A batch of
+        // fail-open records only may collect for longer (fewer commits, fewer fsyncs).
+        let mut waited_on = batch.iter().any(|p| p.ack.is_some());
         while batch.len() < self.batch_max {
             let next = match self.rx.try_recv() {
                 Ok(m) => m,
                 Err(TryRecvError::Empty) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
+                    let linger = if waited_on {
+                        self.batch_linger
+                    } else {
+                        self.batch_linger_fail_open
+                    };
+                    let left = (start + linger).saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         return None;
                     }
                     // Sleep, then drain, rather than block on the channel: a blocked
                     // receiver is woken by every send, which costs a context switch per
-                    // record when the writer shares a core with the request path.
-                    std::thread::sleep(left);
+                    // record when the writer shares a core with the request path. Naps are
+                    // at most `batch_linger` long so a fail-closed arrival is seen in time.
+                    std::thread::sleep(left.min(self.batch_linger.max(Duration::from_millis(1))));
                     continue;
                 }
                 Err(TryRecvError::Disconnected) => return None,
@@ -546,6 +561,7 @@ impl Worker {
             match next {
                 Msg::Record { json, cols, ack } => {
                     self.depth.fetch_sub(1, Ordering::AcqRel);
+                    waited_on |= ack.is_some();
                     batch.push(Pending { json, cols, ack });
                 }
                 control => return Some(control),
@@ -1658,6 +1674,25 @@ mod tests {
                 rusqlite::params![frame, idx as i64],
             )
             .unwrap();
+    }
+
+    /// A batch of fail-open records may linger long; a fail-closed record that joins it
+    /// brings the commit forward, so its waiter is not held by the long linger.
+    #[tokio::test]
+    async fn fail_closed_record_cuts_a_fail_open_linger_short() {
+        let dir = TempDir::new();
+        let mut c = cfg(&dir.db());
+        c.batch_linger = Duration::from_millis(1);
+        c.batch_linger_fail_open = Duration::from_secs(30);
+        let w = AuditWriter::start(c).unwrap();
+        w.submit_nowait(rec(0)).unwrap();
+        let t = w.submit(rec(1)).unwrap();
+        let idx = tokio::time::timeout(Duration::from_secs(10), t.durable())
+            .await
+            .expect("the fail-closed record committed without waiting out the 30 s linger")
+            .unwrap();
+        assert_eq!(idx, 1);
+        w.shutdown().await.unwrap();
     }
 
     #[tokio::test]

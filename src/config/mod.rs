@@ -434,6 +434,8 @@ pub struct AuditCfg {
     pub batch_max: usize,
     #[serde(with = "dur")]
     pub batch_linger: Duration,
+    #[serde(with = "dur")]
+    pub batch_linger_fail_open: Duration,
     pub checkpoint_every_records: u64,
     #[serde(with = "dur")]
     pub checkpoint_every: Duration,
@@ -1020,6 +1022,13 @@ impl Validator {
                     Duration::from_millis(2)
                 }),
                 None => Duration::from_millis(2),
+            },
+            batch_linger_fail_open: match &a.batch_linger_fail_open {
+                Some(d) => parse_duration(d).unwrap_or_else(|e| {
+                    self.problems.push("audit.batch_linger_fail_open", e);
+                    Duration::from_millis(20)
+                }),
+                None => Duration::from_millis(20),
             },
             checkpoint_every_records: a.checkpoint_every_records.unwrap_or(10_000).max(1),
             checkpoint_every: self.duration(

@@ -114,6 +114,10 @@ pub struct RawAudit {
     /// After the first record of a batch, wait this long for more before committing
     /// (default 2ms): fewer fsyncs under load for a little fail-closed latency.
     pub batch_linger: Option<String>,
+    /// How long a batch holding only fail-open records may wait for more (default 20ms):
+    /// nobody waits on those, and bigger batches rewrite fewer pages and fsync less. A
+    /// fail-closed record arriving meanwhile brings the commit forward to `batch_linger`.
+    pub batch_linger_fail_open: Option<String>,
     /// Sign a checkpoint after this many records (default 10000) ...
     pub checkpoint_every_records: Option<u64>,
     /// ... or after this long with new records (default 60s).
