@@ -142,10 +142,16 @@ impl ArrayPaths {
     }
 
     pub fn matches(&self, path: &str) -> bool {
+        self.matches_last(path, path.rsplit('/').next().unwrap_or_default())
+    }
+
+    /// [`ArrayPaths::matches`] for `path` = `…/key`, without scanning the whole path for
+    /// its last `/` (a key may itself hold one: `{http://x/y}Item`).
+    pub(crate) fn matches_last(&self, path: &str, key: &str) -> bool {
         if !self.absolute.is_empty() && self.absolute.contains(path) {
             return true;
         }
-        let last = path.rsplit('/').next().unwrap_or_default();
+        let last = key.rsplit('/').next().unwrap_or(key);
         self.suffix_last.contains(last) && self.suffixes.iter().any(|s| path.ends_with(s.as_str()))
     }
 }

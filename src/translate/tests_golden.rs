@@ -426,3 +426,14 @@ fn soap_roundtrip_and_fault() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn array_paths_match_keys_of_unmapped_namespaces_holding_slashes() {
+    // `{uri}local` keys contain '/', so the path's last segment is not the key.
+    let o = arrays(&["//{http://x/y}Item", "/r/b"]);
+    let xml = r#"<r xmlns:p="http://x/y"><p:Item>a</p:Item><b>1</b><c><p:Item>z</p:Item></c></r>"#;
+    assert_eq!(
+        x2j_with(xml, &o).unwrap(),
+        r#"{"r":{"{http://x/y}Item":["a"],"b":["1"],"c":{"{http://x/y}Item":["z"]}}}"#
+    );
+}

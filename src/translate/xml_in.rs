@@ -995,7 +995,8 @@ impl<'a, 'o> Conv<'a, 'o> {
             self.restart(pi)?;
             return Ok(Attach::Restarted);
         };
-        let declared = !self.opts.arrays.is_empty() && self.opts.arrays.matches(&self.path);
+        let declared =
+            !self.opts.arrays.is_empty() && self.opts.arrays.matches_last(&self.path, key);
         let f = &mut self.frames[pi];
         if f.members > 0 {
             self.out.push(b',');
