@@ -363,6 +363,11 @@ pub enum ContextValue {
     Secret(SecretValue),
 }
 
+/// The `$ctx` values of an adapter route or delivery, as the mapping reads them.
+pub fn adapter_context(values: &BTreeMap<String, ContextValue>) -> crate::adapter::Context {
+    values.iter().map(|(k, v)| (k.clone(), v.text())).collect()
+}
+
 impl ContextValue {
     /// The value as text (a secret that is not UTF-8 is read lossily).
     pub fn text(&self) -> String {
@@ -1919,9 +1924,19 @@ impl Validator {
             return None;
         };
         let op = self.adapter_op(&key, system, operation)?;
-        if op.request.is_none() {
-            self.problems.push(key, format!("{v} has no request step"));
-            return None;
+        match &op.request {
+            None => {
+                self.problems.push(key, format!("{v} has no request step"));
+                return None;
+            }
+            Some(step) if step.output != crate::adapter::Format::Json => {
+                self.problems.push(
+                    key,
+                    format!("{v} must produce JSON: {{\"dossiers\": [...]}}"),
+                );
+                return None;
+            }
+            Some(_) => {}
         }
         if !op.context.is_empty() {
             self.problems.push(

@@ -80,11 +80,7 @@ fn render(
         .request
         .as_ref()
         .ok_or("the operation has no request step")?;
-    let mut ctx: crate::adapter::Context = a
-        .context
-        .iter()
-        .map(|(k, v)| (k.clone(), v.text()))
-        .collect();
+    let mut ctx = crate::config::adapter_context(&a.context);
     ctx.insert("dossier_code".into(), item.dossier_code.clone());
     ctx.insert("event_seq".into(), item.event_seq.to_string());
     step.run(item.payload.as_bytes(), &ctx)

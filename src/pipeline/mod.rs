@@ -362,11 +362,7 @@ pub mod translate_stage {
         step: &crate::adapter::Step,
         input: &[u8],
     ) -> Result<crate::adapter::StepOutput, StepError> {
-        let mut c: crate::adapter::Context = a
-            .context
-            .iter()
-            .map(|(k, v)| (k.clone(), v.text()))
-            .collect();
+        let mut c = crate::config::adapter_context(&a.context);
         if let Ok(id) = ctx.request_id.to_str() {
             c.insert("request_id".into(), id.to_string());
         }

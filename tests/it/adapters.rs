@@ -493,3 +493,48 @@ translate = {{ adapter = "edxml", operation = "send" }}
     let r = raw(gw.addr(), &post("/axis/sendEdoc", br#"{"note": "x"}"#)).await;
     assert_eq!(r.json()["status"], "FAIL", "{}", r.json());
 }
+
+#[test]
+fn exchange_adapter_settings_are_checked_with_key_paths() {
+    let dir = scratch_dir();
+    let cfg = format!(
+        r#"
+[adapters]
+dir = "{}"
+[upstreams.u]
+endpoints = ["http://127.0.0.1:9"]
+[exchange]
+db = "x.db"
+destinations = ["a", "b", "c"]
+catalogue = "missing-lookup"
+formats = {{ xml = "edxml/send", bad = "nosuchformat" }}
+[exchange.deliveries.a]
+upstream = "u"
+adapter = "dvcqg"
+[exchange.deliveries.b]
+upstream = "u"
+adapter = "dvcqg"
+dossier_operation = "DongBoHoSoMC"
+events = ["step", "birthday"]
+[exchange.deliveries.c]
+upstream = "u"
+event_operation = "TienDoXuLy"
+"#,
+        adapters_dir().display()
+    );
+    let p = dir.join("bad.toml");
+    std::fs::write(&p, cfg).unwrap();
+    let e = lienthong::config::Config::load(&p).unwrap_err().to_string();
+    for needle in [
+        "exchange.catalogue",
+        "exchange.formats.xml",
+        "must produce JSON",
+        "exchange.formats.bad",
+        "exchange.deliveries.a.dossier_operation",
+        "exchange.deliveries.b.events[1]",
+        "exchange.deliveries.b.context.session",
+        "exchange.deliveries.c",
+    ] {
+        assert!(e.contains(needle), "missing {needle:?} in:\n{e}");
+    }
+}
