@@ -52,8 +52,35 @@ struct HttpDeliverer {
 
 /// What an adapter makes of an outbox item: a body to send, or nothing for this destination.
 enum Rendered {
-    Send(crate::adapter::StepOutput),
+    /// The body to send, and the operation that rendered it (its response step, if any,
+    /// judges the answer).
+    Send(crate::adapter::StepOutput, Arc<crate::adapter::Operation>),
     Skip,
+}
+
+/// A destination whose adapter reads its answers (e.g. DVCQG answers HTTP 200 with an
+/// `error_code`): the operation's response step must yield `{"ok": bool, "exists"?: bool,
+/// "code"?, "message"?}`. `ok` or `exists` (the receiver already has it: the dossier code is
+/// its idempotency key) is delivered; anything else is retried, and after the attempts run
+/// out, dead-lettered with the counterpart's code and message.
+fn judge_answer(step: &crate::adapter::Step, body: &[u8], dest: &str) -> DeliveryOutcome {
+    let v = match step.run(body, &crate::adapter::Context::new()) {
+        Ok(out) => serde_json::from_slice::<serde_json::Value>(&out.body).unwrap_or_default(),
+        Err(e) => return DeliveryOutcome::Retry(format!("{dest}: answer not understood: {e}")),
+    };
+    if v["ok"] == true || v["exists"] == true {
+        return DeliveryOutcome::Delivered;
+    }
+    let text = |k: &str| match &v[k] {
+        serde_json::Value::String(s) => s.chars().take(120).collect(),
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    DeliveryOutcome::Retry(format!(
+        "{dest} refused: code {} {}",
+        text("code"),
+        text("message")
+    ))
 }
 
 /// Renders an item with its destination's adapter: dossiers through the dossier operation,
@@ -84,7 +111,7 @@ fn render(
     ctx.insert("dossier_code".into(), item.dossier_code.clone());
     ctx.insert("event_seq".into(), item.event_seq.to_string());
     step.run(item.payload.as_bytes(), &ctx)
-        .map(Rendered::Send)
+        .map(|out| Rendered::Send(out, op.clone()))
         .map_err(|e| format!("adapter {}: {e}", a.system))
 }
 
@@ -113,6 +140,7 @@ impl Deliverer for HttpDeliverer {
             };
             let mut headers = http::HeaderMap::new();
             let mut adapter = None;
+            let mut answer_op = None;
             let body = match rendered {
                 None => {
                     headers.insert(
@@ -123,7 +151,8 @@ impl Deliverer for HttpDeliverer {
                 }
                 Some((_, Ok(Rendered::Skip))) => return DeliveryOutcome::Delivered,
                 Some((_, Err(e))) => return DeliveryOutcome::Permanent(e),
-                Some((a, Ok(Rendered::Send(out)))) => {
+                Some((a, Ok(Rendered::Send(out, op)))) => {
+                    answer_op = Some(op);
                     if let Ok(v) = http::HeaderValue::from_str(&out.content_type) {
                         headers.insert(http::header::CONTENT_TYPE, v);
                     }
@@ -164,8 +193,17 @@ impl Deliverer for HttpDeliverer {
             let outcome = match pool.send(req).await {
                 Ok(a) => {
                     let status = a.response.status().as_u16();
-                    let _ = crate::body::collect_capped(a.response.into_body(), 64 * 1024).await;
-                    (Some(status), outbox::classify_http_status(status, &dest))
+                    let answer =
+                        crate::body::collect_capped(a.response.into_body(), 64 * 1024).await;
+                    let mut o = outbox::classify_http_status(status, &dest);
+                    let judge = answer_op.as_ref().and_then(|op| op.response.as_ref());
+                    if let (DeliveryOutcome::Delivered, Some(step)) = (&o, judge) {
+                        o = match answer {
+                            Ok(body) => judge_answer(step, &body, &dest),
+                            Err(_) => DeliveryOutcome::Retry(format!("{dest}: answer unreadable")),
+                        };
+                    }
+                    (Some(status), o)
                 }
                 Err(e) => (None, DeliveryOutcome::Retry(e.to_string())),
             };

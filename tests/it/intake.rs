@@ -457,7 +457,19 @@ dvcqg = {{ upstream = "sandbox", path = "/dvcqg/hoso" }}
 /// destination does not take); another destination keeps the canonical JSON.
 #[tokio::test]
 async fn deliveries_render_through_their_adapter() {
-    let dest = MockUpstream::start(echo("dest")).await;
+    // The national portal answers `{"error_code": "0"}`; the other destination echoes.
+    let echo_dest = echo("dest");
+    let dest = MockUpstream::start(std::sync::Arc::new(move |s: &Seen| {
+        if s.uri == "/dvcqg/hoso" {
+            Action::Respond(json_response(
+                200,
+                serde_json::json!({"error_code": "0", "message": "Thành công"}),
+            ))
+        } else {
+            echo_dest(s)
+        }
+    }))
+    .await;
     let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let cfg = base_config(&format!(
         r#"
@@ -759,4 +771,96 @@ dvcqg = {{ upstream = "dest", path = "/dvcqg" }}
         "{}",
         r.json()
     );
+}
+
+/// DVCQG answers HTTP 200 with an `error_code`: the delivery reads the answer through the
+/// operation's response step — a refusal is retried (not taken as delivered), and "already
+/// exists" (the dossier code is the receiver's idempotency key) counts as delivered.
+#[tokio::test]
+async fn deliveries_read_the_counterparts_answer_through_the_adapter() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let c2 = calls.clone();
+    let dvcqg = MockUpstream::start(std::sync::Arc::new(move |s: &Seen| {
+        let n = c2.fetch_add(1, Ordering::SeqCst);
+        let body = String::from_utf8_lossy(&s.body).to_string();
+        let answer = if body.contains("Lần hai") {
+            serde_json::json!({"error_code": "3", "message": "Hồ sơ đã tồn tại"})
+        } else if n == 0 {
+            serde_json::json!({"error_code": "-1", "message": "Phiên làm việc hết hạn"})
+        } else {
+            serde_json::json!({"error_code": 0, "message": "Thành công"})
+        };
+        Action::Respond(json_response(200, answer))
+    }))
+    .await;
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cfg = base_config(&format!(
+        r#"
+[adapters]
+dir = "{adapters}"
+[upstreams.dvcqg]
+endpoints = ["{url}"]
+[exchange]
+db = "exchange.db"
+destinations = ["dvcqg"]
+auth = {{ anonymous = true }}
+backoff_base = "20ms"
+backoff_cap = "50ms"
+[exchange.deliveries.dvcqg]
+upstream = "dvcqg"
+path = "/hoso"
+adapter = "dvcqg"
+dossier_operation = "DongBoHoSoMC"
+context = {{ session = "s" }}
+"#,
+        adapters = here.join("adapters").display(),
+        url = dvcqg.url()
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    let r = raw(
+        gw.addr(),
+        &post("/v1/dossiers", &dossier(None, "Lần một"), ""),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let first = r.json()["dossier_code"].as_str().unwrap().to_string();
+    eventually(
+        "the refused dossier is retried and delivered",
+        std::time::Duration::from_secs(10),
+        || async {
+            let (_, o) = admin_get(&gw, "/admin/exchange/outbox?state=delivered").await;
+            o.contains(&first)
+        },
+    )
+    .await;
+    assert!(
+        calls.load(Ordering::SeqCst) >= 2,
+        "the refusal was not taken as delivered"
+    );
+    let (_, o) = admin_get(&gw, "/admin/exchange/outbox?state=delivered").await;
+    let items: serde_json::Value = serde_json::from_str(&o).unwrap();
+    let item = items
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["dossier_code"] == first.as_str())
+        .unwrap();
+    assert_eq!(item["attempts"], 2, "{item}");
+
+    let r = raw(
+        gw.addr(),
+        &post("/v1/dossiers", &dossier(None, "Lần hai"), ""),
+    )
+    .await;
+    let second = r.json()["dossier_code"].as_str().unwrap().to_string();
+    eventually(
+        "'already exists' counts as delivered",
+        std::time::Duration::from_secs(10),
+        || async {
+            let (_, o) = admin_get(&gw, "/admin/exchange/outbox?state=delivered").await;
+            o.contains(&second)
+        },
+    )
+    .await;
 }
