@@ -373,3 +373,154 @@ impl Credentials {
         Ok(hv)
     }
 }
+
+/// A session obtained by logging in, for counterparts that want it inside the payload rather
+/// than in a header — DVCQG's `{"session": …}` envelope (brief §4.1): `POST path` with
+/// `{"username", "password"}` answers `{"session": "<token>", "error_code": 0}`. Adapter
+/// mappings read it as a context value (`context = { session = { login = {…} } }`). Fetched
+/// single-flight, cached for `ttl` (DVCQG documents no lifetime), and dropped when the
+/// counterpart refuses a call made with it, so the next call logs in again.
+pub struct SessionLogin {
+    pub upstream: String,
+    pub path: String,
+    pub username: String,
+    pub password: SecretValue,
+    /// Member of the login answer holding the session (default `session`).
+    pub field: String,
+    pub ttl: Duration,
+    /// Extra request headers (DVCQG wants `dstcode`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    cached: RwLock<Option<(String, Instant)>>,
+    refresh: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for SessionLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<session login at {}{}>", self.upstream, self.path)
+    }
+}
+
+impl PartialEq for SessionLogin {
+    fn eq(&self, o: &Self) -> bool {
+        self.upstream == o.upstream
+            && self.path == o.path
+            && self.username == o.username
+            && self.password == o.password
+            && self.field == o.field
+            && self.ttl == o.ttl
+            && self.headers == o.headers
+    }
+}
+
+impl serde::Serialize for SessionLogin {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serde_json::json!({"login": {"upstream": self.upstream, "path": self.path,
+            "username": self.username, "password": self.password}})
+        .serialize(s)
+    }
+}
+
+impl SessionLogin {
+    pub fn new(
+        upstream: String,
+        path: String,
+        username: String,
+        password: SecretValue,
+        field: String,
+        ttl: Duration,
+        headers: Vec<(HeaderName, HeaderValue)>,
+    ) -> SessionLogin {
+        SessionLogin {
+            upstream,
+            path,
+            username,
+            password,
+            field,
+            ttl,
+            headers,
+            cached: RwLock::new(None),
+            refresh: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn fresh(&self) -> Option<String> {
+        let g = self.cached.read().unwrap_or_else(|e| e.into_inner());
+        g.as_ref()
+            .filter(|(_, until)| Instant::now() < *until)
+            .map(|(s, _)| s.clone())
+    }
+
+    /// The current session, logging in first when there is none (one login serves every
+    /// concurrent caller).
+    pub async fn session(
+        &self,
+        pools: &std::collections::BTreeMap<String, Arc<Pool>>,
+    ) -> Result<String, GatewayError> {
+        if let Some(s) = self.fresh() {
+            return Ok(s);
+        }
+        let _g = self.refresh.lock().await;
+        if let Some(s) = self.fresh() {
+            return Ok(s);
+        }
+        let pool = pools.get(&self.upstream).ok_or_else(|| {
+            GatewayError::internal(format!(
+                "login upstream {} is not configured",
+                self.upstream
+            ))
+        })?;
+        let body = serde_json::json!({
+            "username": self.username,
+            "password": String::from_utf8_lossy(self.password.expose()),
+        });
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        for (k, v) in &self.headers {
+            headers.insert(k.clone(), v.clone());
+        }
+        let req = OutboundRequest {
+            method: http::Method::POST,
+            path_and_query: self.path.parse().map_err(GatewayError::internal)?,
+            headers,
+            body: Body::full(serde_json::to_vec(&body).unwrap_or_default()),
+            idempotent: false,
+            timeout: Duration::from_secs(10),
+            host_from_endpoint: true,
+        };
+        let failed = || {
+            unavailable(
+                "credentials_unavailable",
+                "logging in to the upstream failed",
+            )
+        };
+        let answer = Box::pin(pool.send(req)).await?;
+        let ok = answer.response.status().is_success();
+        let bytes = collect_capped(answer.response.into_body(), 64 * 1024)
+            .await
+            .map_err(|_| failed())?;
+        let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| failed())?;
+        let session = match &v[self.field.as_str()] {
+            serde_json::Value::String(s) if ok && !s.is_empty() => s.clone(),
+            _ => {
+                metrics::counter!("lienthong_upstream_logins_total", "upstream" => self.upstream.clone(), "result" => "refused").increment(1);
+                return Err(failed());
+            }
+        };
+        metrics::counter!("lienthong_upstream_logins_total", "upstream" => self.upstream.clone(), "result" => "ok").increment(1);
+        *self.cached.write().unwrap_or_else(|e| e.into_inner()) =
+            Some((session.clone(), Instant::now() + self.ttl));
+        Ok(session)
+    }
+
+    /// The counterpart refused a call made with `used`: forget it (unless a newer one
+    /// already replaced it).
+    pub fn invalidate(&self, used: &str) {
+        let mut g = self.cached.write().unwrap_or_else(|e| e.into_inner());
+        if g.as_ref().is_some_and(|(s, _)| s == used) {
+            *g = None;
+        }
+    }
+}

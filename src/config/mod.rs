@@ -361,22 +361,39 @@ impl PartialEq for IntakeFormat {
 pub enum ContextValue {
     Plain(String),
     Secret(SecretValue),
+    /// A session lienthong logs in for (state: the cached session).
+    Login(std::sync::Arc<crate::auth::credentials::SessionLogin>),
 }
 
-/// The `$ctx` values of an adapter route or delivery, as the mapping reads them.
-pub fn adapter_context(values: &BTreeMap<String, ContextValue>) -> crate::adapter::Context {
-    values.iter().map(|(k, v)| (k.clone(), v.text())).collect()
-}
-
-impl ContextValue {
-    /// The value as text (a secret that is not UTF-8 is read lossily).
-    pub fn text(&self) -> String {
-        match self {
+/// The `$ctx` values of an adapter route or delivery, as the mapping reads them; sessions are
+/// obtained (or taken from their cache) first. Returns the sessions used, so that a refusal
+/// can drop them.
+pub async fn adapter_context(
+    values: &BTreeMap<String, ContextValue>,
+    pools: &BTreeMap<String, std::sync::Arc<crate::upstream::Pool>>,
+) -> Result<(crate::adapter::Context, Vec<SessionUse>), crate::error::GatewayError> {
+    let mut ctx = crate::adapter::Context::new();
+    let mut used = Vec::new();
+    for (k, v) in values {
+        let text = match v {
             ContextValue::Plain(s) => s.clone(),
             ContextValue::Secret(s) => String::from_utf8_lossy(s.expose()).into_owned(),
-        }
+            ContextValue::Login(l) => {
+                let s = l.session(pools).await?;
+                used.push((l.clone(), s.clone()));
+                s
+            }
+        };
+        ctx.insert(k.clone(), text);
     }
+    Ok((ctx, used))
 }
+
+/// A session a call used: `(login, session)`.
+pub type SessionUse = (
+    std::sync::Arc<crate::auth::credentials::SessionLogin>,
+    String,
+);
 
 impl ExchangeCfg {
     /// The destinations a dossier goes to: every configured one whose procedure and field
@@ -697,6 +714,7 @@ impl Config {
             problems: Problems::default(),
             base: base.to_path_buf(),
             adapters: Default::default(),
+            logins: Vec::new(),
         };
         let file: RawFile = match toml::from_str(text) {
             Ok(f) => f,
@@ -736,6 +754,9 @@ struct Validator {
     problems: Problems,
     base: PathBuf,
     adapters: crate::adapter::Adapters,
+    /// Login upstreams named by adapter context values: (key path, upstream), checked once
+    /// every pool is known.
+    logins: Vec<(String, String)>,
 }
 
 impl Validator {
@@ -1514,6 +1535,11 @@ impl Validator {
                 }
             }
         }
+        for (key, up) in std::mem::take(&mut self.logins) {
+            if !upstreams.contains_key(&up) {
+                self.problems.push(key, format!("unknown upstream {up:?}"));
+            }
+        }
         // Credentials may name token upstreams; check them now that all pools are known.
         for (name, u) in &upstreams {
             if let Some(CredentialsConfig::Oauth2 { token_upstream, .. }) = &u.credentials {
@@ -1879,10 +1905,45 @@ impl Validator {
     ) -> BTreeMap<String, ContextValue> {
         let mut context = BTreeMap::new();
         for (k, v) in raw.unwrap_or_default() {
+            let key = format!("{at}.context.{k}");
             let v = match v {
                 RawContextValue::Plain(s) => ContextValue::Plain(s),
-                RawContextValue::Secret(s) => {
-                    ContextValue::Secret(self.secret(&format!("{at}.context.{k}"), &s))
+                RawContextValue::Secret(s) => ContextValue::Secret(self.secret(&key, &s)),
+                RawContextValue::Login { login } => {
+                    let mut headers = Vec::new();
+                    for (h, v) in login.headers.iter().flatten() {
+                        match (
+                            http::HeaderName::from_bytes(h.as_bytes()),
+                            http::HeaderValue::from_str(v),
+                        ) {
+                            (Ok(h), Ok(v)) => headers.push((h, v)),
+                            _ => self
+                                .problems
+                                .push(format!("{key}.login.headers.{h}"), "not a valid header"),
+                        }
+                    }
+                    if !login.path.starts_with('/') {
+                        self.problems
+                            .push(format!("{key}.login.path"), "must start with '/'");
+                    }
+                    let ttl = self.duration(
+                        &format!("{key}.login.ttl"),
+                        login.ttl.as_ref(),
+                        Duration::from_secs(1800),
+                    );
+                    self.logins
+                        .push((format!("{key}.login.upstream"), login.upstream.clone()));
+                    ContextValue::Login(std::sync::Arc::new(
+                        crate::auth::credentials::SessionLogin::new(
+                            login.upstream,
+                            login.path,
+                            login.username,
+                            self.secret(&format!("{key}.login.password"), &login.password),
+                            login.field.unwrap_or_else(|| "session".into()),
+                            ttl,
+                            headers,
+                        ),
+                    ))
                 }
             };
             context.insert(k, v);

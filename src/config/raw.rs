@@ -44,6 +44,24 @@ pub struct RawAdapters {
 pub enum RawContextValue {
     Plain(String),
     Secret(RawSecret),
+    Login { login: RawLogin },
+}
+
+/// `{ login = { … } }`: a session obtained by logging in to an upstream (DVCQG style).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogin {
+    /// The `[upstreams.NAME]` pool serving the login endpoint.
+    pub upstream: String,
+    pub path: String,
+    pub username: String,
+    pub password: RawSecret,
+    /// Member of the answer holding the session (default `session`).
+    pub field: Option<String>,
+    /// How long a session is reused (default 30m; refused calls drop it sooner).
+    pub ttl: Option<String>,
+    /// Extra headers of the login request, e.g. `{ dstcode = "VN:GOV:…" }`.
+    pub headers: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// `[exchange]`: the one intake channel for dossiers (absent = no intake API).

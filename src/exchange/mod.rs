@@ -89,6 +89,7 @@ fn judge_answer(step: &crate::adapter::Step, body: &[u8], dest: &str) -> Deliver
 fn render(
     a: &crate::config::DeliveryAdapter,
     item: &store::OutboxItem,
+    mut ctx: crate::adapter::Context,
 ) -> Result<Rendered, String> {
     let op = if item.is_creation() {
         &a.dossier
@@ -107,7 +108,6 @@ fn render(
         .request
         .as_ref()
         .ok_or("the operation has no request step")?;
-    let mut ctx = crate::config::adapter_context(&a.context);
     ctx.insert("dossier_code".into(), item.dossier_code.clone());
     ctx.insert("event_seq".into(), item.event_seq.to_string());
     step.run(item.payload.as_bytes(), &ctx)
@@ -122,7 +122,8 @@ impl Deliverer for HttpDeliverer {
         item: &store::OutboxItem,
     ) -> Pin<Box<dyn Future<Output = DeliveryOutcome> + Send + '_>> {
         let target = self.targets.get(dest).cloned();
-        let rendered = self.adapters.get(dest).map(|a| (a, render(a, item)));
+        let adapter_cfg = self.adapters.get(dest);
+        let item = item.clone();
         let dest = dest.to_string();
         let code = item.dossier_code.clone();
         let key = format!("{}:{}", item.dossier_code, item.event_seq);
@@ -137,6 +138,18 @@ impl Deliverer for HttpDeliverer {
             let rt = gw.runtime();
             let Some(pool) = rt.pools.get(&up).cloned() else {
                 return DeliveryOutcome::Retry(format!("upstream {up} is not configured"));
+            };
+            // Context values first: a session may need a login (a failed one is retried).
+            let mut sessions = Vec::new();
+            let rendered = match adapter_cfg {
+                None => None,
+                Some(a) => match crate::config::adapter_context(&a.context, &rt.pools).await {
+                    Ok((ctx, used)) => {
+                        sessions = used;
+                        Some((a, render(a, &item, ctx)))
+                    }
+                    Err(e) => return DeliveryOutcome::Retry(format!("{dest}: {}", e.message)),
+                },
             };
             let mut headers = http::HeaderMap::new();
             let mut adapter = None;
@@ -202,6 +215,12 @@ impl Deliverer for HttpDeliverer {
                             Ok(body) => judge_answer(step, &body, &dest),
                             Err(_) => DeliveryOutcome::Retry(format!("{dest}: answer unreadable")),
                         };
+                    }
+                    if !matches!(o, DeliveryOutcome::Delivered) {
+                        // A refused call may be a stale session: the next attempt logs in.
+                        for (login, used) in &sessions {
+                            login.invalidate(used);
+                        }
                     }
                     (Some(status), o)
                 }

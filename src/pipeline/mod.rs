@@ -235,7 +235,7 @@ async fn proxy(
         body = audit_stage::tap_request(ctx, body);
     }
     if let Some(t) = &route.translate {
-        body = translate_stage::request(ctx, t, &mut parts.headers, body).await?;
+        body = translate_stage::request(rt, ctx, t, &mut parts.headers, body).await?;
     }
     let client_upgrade = if upgrade {
         parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
@@ -256,7 +256,7 @@ async fn proxy(
         }
     }
     if let Some(t) = &route.translate {
-        rsp = translate_stage::response(ctx, t, rsp).await?;
+        rsp = translate_stage::response(rt, ctx, t, rsp).await?;
     }
     if let Some((c, (pairs, who))) = &cache {
         rsp = cached::maybe_store(c, &cached::req(&target, pairs, who.as_deref()), rsp).await?;
@@ -355,14 +355,21 @@ pub mod translate_stage {
         }
     }
 
-    /// Runs an adapter step: the route's context plus the built-in names.
-    fn run_step(
+    /// Runs an adapter step: the route's context (sessions logged in first) plus the
+    /// built-in names.
+    async fn run_step(
+        rt: &Runtime,
         ctx: &mut RequestCtx,
         a: &AdapterRoute,
-        step: &crate::adapter::Step,
+        side: &str,
         input: &[u8],
-    ) -> Result<crate::adapter::StepOutput, StepError> {
-        let mut c = crate::config::adapter_context(&a.context);
+    ) -> Result<crate::adapter::StepOutput, GatewayError> {
+        let step = match side {
+            "request" => a.op.request.as_ref(),
+            _ => a.op.response.as_ref(),
+        }
+        .ok_or_else(|| GatewayError::internal("adapter step missing"))?;
+        let (mut c, _) = crate::config::adapter_context(&a.context, &rt.pools).await?;
         if let Ok(id) = ctx.request_id.to_str() {
             c.insert("request_id".into(), id.to_string());
         }
@@ -376,7 +383,7 @@ pub mod translate_stage {
             id: format!("{}/{}", a.system, a.operation),
             version: a.version.clone(),
         });
-        step.run(input, &c)
+        step.run(input, &c).map_err(|e| step_error(e, side))
     }
 
     async fn read(body: Body, cap: u64) -> Result<bytes::Bytes, GatewayError> {
@@ -395,17 +402,18 @@ pub mod translate_stage {
     }
 
     pub async fn request(
+        rt: &Runtime,
         ctx: &mut RequestCtx,
         t: &TranslateCfg,
         h: &mut http::HeaderMap,
         body: Body,
     ) -> Result<Body, GatewayError> {
         if let Some(a) = &t.adapter {
-            let Some(step) = &a.op.request else {
+            if a.op.request.is_none() {
                 return Ok(body);
-            };
+            }
             let input = read(body, t.max_bytes).await?;
-            let out = run_step(ctx, a, step, &input).map_err(|e| step_error(e, "request"))?;
+            let out = run_step(rt, ctx, a, "request", &input).await?;
             if let Some(v) = out
                 .soap_action
                 .as_deref()
@@ -465,14 +473,12 @@ pub mod translate_stage {
     }
 
     pub async fn response(
+        rt: &Runtime,
         ctx: &mut RequestCtx,
         t: &TranslateCfg,
         rsp: Response<Body>,
     ) -> Result<Response<Body>, GatewayError> {
-        let adapter_step = t
-            .adapter
-            .as_ref()
-            .and_then(|a| Some((a, a.op.response.as_ref()?)));
+        let adapter_step = t.adapter.as_ref().filter(|a| a.op.response.is_some());
         if t.response.is_none() && adapter_step.is_none() {
             return Ok(rsp);
         }
@@ -489,8 +495,8 @@ pub mod translate_stage {
         if input.is_empty() {
             return Ok(Response::from_parts(parts, Body::empty()));
         }
-        if let Some((a, step)) = adapter_step {
-            let out = run_step(ctx, a, step, &input).map_err(|e| step_error(e, "response"))?;
+        if let Some(a) = adapter_step {
+            let out = run_step(rt, ctx, a, "response", &input).await?;
             if let Ok(v) = HeaderValue::from_str(&out.content_type) {
                 parts.headers.insert(header::CONTENT_TYPE, v);
             }

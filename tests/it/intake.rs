@@ -864,3 +864,100 @@ context = {{ session = "s" }}
     )
     .await;
 }
+
+/// DVCQG's session comes from a login the gateway makes itself (`{ login = {…} }` context
+/// value): one login serves several deliveries, and a refused call makes the next attempt
+/// log in again.
+#[tokio::test]
+async fn delivery_sessions_come_from_a_login_and_are_renewed_after_a_refusal() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let logins = std::sync::Arc::new(AtomicUsize::new(0));
+    let l2 = logins.clone();
+    let dvcqg = MockUpstream::start(std::sync::Arc::new(move |s: &Seen| {
+        if s.uri == "/login" {
+            let body: serde_json::Value = serde_json::from_slice(&s.body).unwrap();
+            assert_eq!(body["username"], "000.00.01.H22");
+            assert_eq!(body["password"], "mat-khau-thu");
+            assert_eq!(
+                s.header("dstcode"),
+                Some("VN:GOV:000.00.00.G22:vpcpdvcprovider")
+            );
+            let n = l2.fetch_add(1, Ordering::SeqCst) + 1;
+            return Action::Respond(json_response(
+                200,
+                serde_json::json!({"error_code": 0, "session": format!("S{n}")}),
+            ));
+        }
+        let body: serde_json::Value = serde_json::from_slice(&s.body).unwrap();
+        let answer = if body["session"] == "S1" {
+            serde_json::json!({"error_code": "-1", "message": "Phiên làm việc hết hạn"})
+        } else {
+            serde_json::json!({"error_code": "0", "message": "Thành công"})
+        };
+        Action::Respond(json_response(200, answer))
+    }))
+    .await;
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cfg = base_config(&format!(
+        r#"
+[adapters]
+dir = "{adapters}"
+[upstreams.dvcqg]
+endpoints = ["{url}"]
+[exchange]
+db = "exchange.db"
+destinations = ["dvcqg"]
+auth = {{ anonymous = true }}
+backoff_base = "20ms"
+backoff_cap = "50ms"
+[exchange.deliveries.dvcqg]
+upstream = "dvcqg"
+path = "/hoso"
+adapter = "dvcqg"
+dossier_operation = "DongBoHoSoMC"
+[exchange.deliveries.dvcqg.context.session.login]
+upstream = "dvcqg"
+path = "/login"
+username = "000.00.01.H22"
+password = {{ env = "LIENTHONG_TEST_DVCQG_PASSWORD" }}
+headers = {{ dstcode = "VN:GOV:000.00.00.G22:vpcpdvcprovider" }}
+"#,
+        adapters = here.join("adapters").display(),
+        url = dvcqg.url()
+    ));
+    std::env::set_var("LIENTHONG_TEST_DVCQG_PASSWORD", "mat-khau-thu");
+    let gw = TestGateway::start(&cfg).await;
+    let mut codes = Vec::new();
+    for summary in ["Một", "Hai", "Ba"] {
+        let r = raw(
+            gw.addr(),
+            &post("/v1/dossiers", &dossier(None, summary), ""),
+        )
+        .await;
+        assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+        codes.push(r.json()["dossier_code"].as_str().unwrap().to_string());
+    }
+    eventually(
+        "all three delivered",
+        std::time::Duration::from_secs(10),
+        || async {
+            let (_, o) = admin_get(&gw, "/admin/exchange/outbox?state=delivered").await;
+            codes.iter().all(|c| o.contains(c.as_str()))
+        },
+    )
+    .await;
+    // S1 was refused once; one more login (S2) served every later call.
+    assert_eq!(logins.load(Ordering::SeqCst), 2);
+    let delivered: Vec<serde_json::Value> = dvcqg
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.uri == "/hoso")
+        .map(|s| serde_json::from_slice(&s.body).unwrap())
+        .collect();
+    assert!(delivered.iter().filter(|b| b["session"] == "S2").count() >= 3);
+    // The password never shows in the running config.
+    let (_, config) = admin_get(&gw, "/admin/config").await;
+    assert!(!config.contains("mat-khau-thu"), "{config}");
+}
