@@ -67,6 +67,35 @@ async fn gateway() -> (TestGateway, MockUpstream) {
     (gateway_to(&dest, "").await, dest)
 }
 
+/// A gateway config delivering to one DVCQG-like upstream through the `dvcqg` adapter
+/// (DongBoHoSoMC), with short backoffs; `exchange` and `delivery` add keys to those tables.
+fn dvcqg_config(url: &str, exchange: &str, delivery: &str) -> String {
+    base_config(&format!(
+        r#"
+[adapters]
+dir = "{adapters}"
+[upstreams.dvcqg]
+endpoints = ["{url}"]
+[exchange]
+db = "exchange.db"
+destinations = ["dvcqg"]
+auth = {{ anonymous = true }}
+backoff_base = "20ms"
+backoff_cap = "50ms"
+{exchange}
+[exchange.deliveries.dvcqg]
+upstream = "dvcqg"
+path = "/dvcqg/hoso"
+adapter = "dvcqg"
+dossier_operation = "DongBoHoSoMC"
+{delivery}
+"#,
+        adapters = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("adapters")
+            .display(),
+    ))
+}
+
 #[tokio::test]
 async fn intake_gives_durable_idempotent_receipts() {
     let (gw, _dest) = gateway().await;
@@ -564,27 +593,11 @@ path = "/so-gddt/hoso"
 async fn intake_reads_the_national_format_and_delivers_it_unchanged() {
     let dest = MockUpstream::start(echo("dest")).await;
     let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let cfg = base_config(&format!(
-        r#"
-[adapters]
-dir = "{adapters}"
-[upstreams.dest]
-endpoints = ["{url}"]
-[exchange]
-db = "exchange.db"
-destinations = ["dvcqg"]
-auth = {{ anonymous = true }}
-formats = {{ dvcqg = "dvcqg/HoSoTuDVCQG" }}
-[exchange.deliveries.dvcqg]
-upstream = "dest"
-path = "/dvcqg/hoso"
-adapter = "dvcqg"
-dossier_operation = "DongBoHoSoMC"
-context = {{ session = "3f5c0b7e-0000-0000-0000-000000000000" }}
-"#,
-        adapters = here.join("adapters").display(),
-        url = dest.url()
-    ));
+    let cfg = dvcqg_config(
+        &dest.url(),
+        r#"formats = { dvcqg = "dvcqg/HoSoTuDVCQG" }"#,
+        r#"context = { session = "3f5c0b7e-0000-0000-0000-000000000000" }"#,
+    );
     let gw = TestGateway::start(&cfg).await;
     let national =
         std::fs::read_to_string(here.join("adapters/dvcqg/fixtures/dongbohosomc-request.json"))
@@ -794,29 +807,7 @@ async fn deliveries_read_the_counterparts_answer_through_the_adapter() {
         Action::Respond(json_response(200, answer))
     }))
     .await;
-    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let cfg = base_config(&format!(
-        r#"
-[adapters]
-dir = "{adapters}"
-[upstreams.dvcqg]
-endpoints = ["{url}"]
-[exchange]
-db = "exchange.db"
-destinations = ["dvcqg"]
-auth = {{ anonymous = true }}
-backoff_base = "20ms"
-backoff_cap = "50ms"
-[exchange.deliveries.dvcqg]
-upstream = "dvcqg"
-path = "/hoso"
-adapter = "dvcqg"
-dossier_operation = "DongBoHoSoMC"
-context = {{ session = "s" }}
-"#,
-        adapters = here.join("adapters").display(),
-        url = dvcqg.url()
-    ));
+    let cfg = dvcqg_config(&dvcqg.url(), "", r#"context = { session = "s" }"#);
     let gw = TestGateway::start(&cfg).await;
     let r = raw(
         gw.addr(),
@@ -897,34 +888,16 @@ async fn delivery_sessions_come_from_a_login_and_are_renewed_after_a_refusal() {
         Action::Respond(json_response(200, answer))
     }))
     .await;
-    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let cfg = base_config(&format!(
-        r#"
-[adapters]
-dir = "{adapters}"
-[upstreams.dvcqg]
-endpoints = ["{url}"]
-[exchange]
-db = "exchange.db"
-destinations = ["dvcqg"]
-auth = {{ anonymous = true }}
-backoff_base = "20ms"
-backoff_cap = "50ms"
-[exchange.deliveries.dvcqg]
-upstream = "dvcqg"
-path = "/hoso"
-adapter = "dvcqg"
-dossier_operation = "DongBoHoSoMC"
-[exchange.deliveries.dvcqg.context.session.login]
+    let cfg = dvcqg_config(
+        &dvcqg.url(),
+        "",
+        r#"[exchange.deliveries.dvcqg.context.session.login]
 upstream = "dvcqg"
 path = "/login"
 username = "000.00.01.H22"
-password = {{ env = "LIENTHONG_TEST_DVCQG_PASSWORD" }}
-headers = {{ dstcode = "VN:GOV:000.00.00.G22:vpcpdvcprovider" }}
-"#,
-        adapters = here.join("adapters").display(),
-        url = dvcqg.url()
-    ));
+password = { env = "LIENTHONG_TEST_DVCQG_PASSWORD" }
+headers = { dstcode = "VN:GOV:000.00.00.G22:vpcpdvcprovider" }"#,
+    );
     std::env::set_var("LIENTHONG_TEST_DVCQG_PASSWORD", "mat-khau-thu");
     let gw = TestGateway::start(&cfg).await;
     let mut codes = Vec::new();
@@ -953,7 +926,7 @@ headers = {{ dstcode = "VN:GOV:000.00.00.G22:vpcpdvcprovider" }}
         .lock()
         .unwrap()
         .iter()
-        .filter(|s| s.uri == "/hoso")
+        .filter(|s| s.uri == "/dvcqg/hoso")
         .map(|s| serde_json::from_slice(&s.body).unwrap())
         .collect();
     assert!(delivered.iter().filter(|b| b["session"] == "S2").count() >= 3);
