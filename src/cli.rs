@@ -414,7 +414,10 @@ pub fn main() -> ExitCode {
             scope,
             aud,
             ttl,
-        } => match token(&config, issuer, &sub, &agency, &roles, &scope, aud, &ttl) {
+        } => match Config::load(&config)
+            .map_err(|p| p.to_string())
+            .and_then(|cfg| mint_token(&cfg, issuer, &sub, &agency, &roles, &scope, aud, &ttl))
+        {
             Ok(t) => {
                 println!("{t}");
                 ExitCode::SUCCESS
@@ -461,21 +464,6 @@ fn adapter_run(
     s.run(&body, &ctx)
         .map(|o| o.body)
         .map_err(|e| e.to_string())
-}
-
-#[allow(clippy::too_many_arguments)]
-fn token(
-    path: &std::path::Path,
-    issuer: Option<String>,
-    sub: &str,
-    agency: &str,
-    roles: &str,
-    scope: &str,
-    aud: Option<String>,
-    ttl: &str,
-) -> Result<String, String> {
-    let cfg = Config::load(path).map_err(|p| p.to_string())?;
-    mint_token(&cfg, issuer, sub, agency, roles, scope, aud, ttl)
 }
 
 /// Mints a development token with an issuer's `dev_signing_key` (`lienthong token`, `lienthong demo`).
