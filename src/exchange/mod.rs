@@ -50,14 +50,6 @@ struct HttpDeliverer {
     adapters: std::collections::BTreeMap<String, crate::config::DeliveryAdapter>,
 }
 
-/// What an adapter makes of an outbox item: a body to send, or nothing for this destination.
-enum Rendered {
-    /// The body to send, and the operation that rendered it (its response step, if any,
-    /// judges the answer).
-    Send(crate::adapter::StepOutput, Arc<crate::adapter::Operation>),
-    Skip,
-}
-
 /// A destination whose adapter reads its answers (e.g. DVCQG answers HTTP 200 with an
 /// `error_code`): the operation's response step must yield `{"ok": bool, "exists"?: bool,
 /// "code"?, "message"?}`. `ok` or `exists` (the receiver already has it: the dossier code is
@@ -83,36 +75,23 @@ fn judge_answer(step: &crate::adapter::Step, body: &[u8], dest: &str) -> Deliver
     ))
 }
 
-/// Renders an item with its destination's adapter: dossiers through the dossier operation,
-/// events (of the kinds the destination takes) through the event operation. A payload the
-/// adapter cannot map will never map: that is a permanent failure, kept with its reason.
-fn render(
-    a: &crate::config::DeliveryAdapter,
+/// The operation that renders an item for its destination: dossiers through the dossier
+/// operation, events (of the kinds the destination takes) through the event operation.
+/// `None`: the destination does not take this item.
+fn operation_for<'a>(
+    a: &'a crate::config::DeliveryAdapter,
     item: &store::OutboxItem,
-    mut ctx: crate::adapter::Context,
-) -> Result<Rendered, String> {
-    let op = if item.is_creation() {
-        &a.dossier
-    } else {
-        let kind = serde_json::from_str::<serde_json::Value>(&item.payload)
-            .ok()
-            .and_then(|v| v["kind"].as_str().map(str::to_string))
-            .unwrap_or_default();
-        let wanted = a.events.as_ref().is_none_or(|k| k.contains(&kind));
-        match &a.event {
-            Some(op) if wanted => op,
-            _ => return Ok(Rendered::Skip),
-        }
-    };
-    let step = op
-        .request
+) -> Option<&'a Arc<crate::adapter::Operation>> {
+    if item.is_creation() {
+        return Some(&a.dossier);
+    }
+    let kind = serde_json::from_str::<serde_json::Value>(&item.payload)
+        .ok()
+        .and_then(|v| v["kind"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    a.event
         .as_ref()
-        .ok_or("the operation has no request step")?;
-    ctx.insert("dossier_code".into(), item.dossier_code.clone());
-    ctx.insert("event_seq".into(), item.event_seq.to_string());
-    step.run(item.payload.as_bytes(), &ctx)
-        .map(|out| Rendered::Send(out, op.clone()))
-        .map_err(|e| format!("adapter {}: {e}", a.system))
+        .filter(|_| a.events.as_ref().is_none_or(|k| k.contains(&kind)))
 }
 
 impl Deliverer for HttpDeliverer {
@@ -123,10 +102,11 @@ impl Deliverer for HttpDeliverer {
     ) -> Pin<Box<dyn Future<Output = DeliveryOutcome> + Send + '_>> {
         let target = self.targets.get(dest).cloned();
         let adapter_cfg = self.adapters.get(dest);
-        let item = item.clone();
         let dest = dest.to_string();
         let code = item.dossier_code.clone();
         let key = format!("{}:{}", item.dossier_code, item.event_seq);
+        let seq = item.event_seq;
+        let op = adapter_cfg.map(|a| (a, operation_for(a, item).cloned()));
         let payload = item.payload.clone();
         Box::pin(async move {
             let Some(gw) = self.gw.upgrade() else {
@@ -139,22 +119,11 @@ impl Deliverer for HttpDeliverer {
             let Some(pool) = rt.pools.get(&up).cloned() else {
                 return DeliveryOutcome::Retry(format!("upstream {up} is not configured"));
             };
-            // Context values first: a session may need a login (a failed one is retried).
-            let mut sessions = Vec::new();
-            let rendered = match adapter_cfg {
-                None => None,
-                Some(a) => match crate::config::adapter_context(&a.context, &rt.pools).await {
-                    Ok((ctx, used)) => {
-                        sessions = used;
-                        Some((a, render(a, &item, ctx)))
-                    }
-                    Err(e) => return DeliveryOutcome::Retry(format!("{dest}: {}", e.message)),
-                },
-            };
             let mut headers = http::HeaderMap::new();
             let mut adapter = None;
             let mut answer_op = None;
-            let body = match rendered {
+            let mut sessions = Vec::new();
+            let body = match op {
                 None => {
                     headers.insert(
                         http::header::CONTENT_TYPE,
@@ -162,10 +131,32 @@ impl Deliverer for HttpDeliverer {
                     );
                     Body::full(payload)
                 }
-                Some((_, Ok(Rendered::Skip))) => return DeliveryOutcome::Delivered,
-                Some((_, Err(e))) => return DeliveryOutcome::Permanent(e),
-                Some((a, Ok(Rendered::Send(out, op)))) => {
-                    answer_op = Some(op);
+                Some((_, None)) => return DeliveryOutcome::Delivered,
+                Some((a, Some(op))) => {
+                    // Context values first: a session may need a login (a failed one is
+                    // retried). A payload the adapter cannot map will never map: that is a
+                    // permanent failure, kept with its reason.
+                    let (mut ctx, used) =
+                        match crate::config::adapter_context(&a.context, &rt.pools).await {
+                            Ok(c) => c,
+                            Err(e) => {
+                                return DeliveryOutcome::Retry(format!("{dest}: {}", e.message))
+                            }
+                        };
+                    sessions = used;
+                    ctx.insert("dossier_code".into(), code.clone());
+                    ctx.insert("event_seq".into(), seq.to_string());
+                    let Some(step) = op.request.as_ref() else {
+                        return DeliveryOutcome::Permanent(
+                            "the operation has no request step".into(),
+                        );
+                    };
+                    let out = match step.run(payload.as_bytes(), &ctx) {
+                        Ok(out) => out,
+                        Err(e) => {
+                            return DeliveryOutcome::Permanent(format!("adapter {}: {e}", a.system))
+                        }
+                    };
                     if let Ok(v) = http::HeaderValue::from_str(&out.content_type) {
                         headers.insert(http::header::CONTENT_TYPE, v);
                     }
@@ -180,6 +171,7 @@ impl Deliverer for HttpDeliverer {
                         id: a.system.clone(),
                         version: a.version.clone(),
                     });
+                    answer_op = Some(op);
                     Body::full(out.body)
                 }
             };
