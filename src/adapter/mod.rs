@@ -75,6 +75,9 @@ pub struct Step {
     pub output: Format,
     /// Mapping file (relative to the adapter folder), if any.
     pub mapping_file: Option<String>,
+    /// SHA-256 of the mapping file's text.
+    #[serde(skip)]
+    mapping_sha: Option<[u8; 32]>,
     #[serde(skip)]
     pub mapping: Option<Arc<Mapping>>,
     /// Root element when the output is XML and the JSON is not a one-member object.
@@ -193,6 +196,9 @@ pub struct Adapter {
     pub operations: BTreeMap<String, Arc<Operation>>,
     /// Number of fixtures that ran and passed at load.
     pub fixtures: usize,
+    /// Hex SHA-256 over `adapter.toml` and its mapping files: what a reload compares, so an
+    /// edited mapping counts as a change even when the version was not bumped.
+    pub digest: String,
 }
 
 /// Every adapter found under the configured folder, by system id.
@@ -387,6 +393,16 @@ fn load_one(
             Err(m) => problems.push((format!("fixtures[{i}] ({})", f.input), m)),
         }
     }
+    let mut all = text.into_bytes();
+    for op in operations.values() {
+        for step in [&op.request, &op.response].into_iter().flatten() {
+            all.extend(step.mapping_sha.iter().flatten());
+        }
+    }
+    let digest = crate::body::sha256(&all)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     Some(Adapter {
         system: raw.system,
         version: raw.version,
@@ -394,6 +410,7 @@ fn load_one(
         dir: folder.to_path_buf(),
         operations,
         fixtures,
+        digest,
     })
 }
 
@@ -427,7 +444,7 @@ fn load_step(
                 None
             }
             Ok(text) => match Mapping::parse(&text) {
-                Ok(m) => Some(Arc::new(m)),
+                Ok(m) => Some((Arc::new(m), crate::body::sha256(text.as_bytes()))),
                 Err(list) => {
                     problems.extend(
                         list.into_iter()
@@ -463,7 +480,8 @@ fn load_step(
         input,
         output,
         mapping_file: s.mapping,
-        mapping,
+        mapping_sha: mapping.as_ref().map(|(_, d)| *d),
+        mapping: mapping.map(|(m, _)| m),
         root: s.root,
         soap_action: s.soap_action,
         arrays: s.arrays,

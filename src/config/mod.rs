@@ -296,6 +296,8 @@ pub struct TranslateCfg {
 pub struct AdapterRoute {
     pub system: String,
     pub version: String,
+    /// The adapter's content digest (equality means the same mappings).
+    pub digest: String,
     pub operation: String,
     #[serde(skip)]
     pub op: std::sync::Arc<crate::adapter::Operation>,
@@ -305,10 +307,9 @@ pub struct AdapterRoute {
 impl PartialEq for AdapterRoute {
     fn eq(&self, o: &Self) -> bool {
         self.system == o.system
-            && self.version == o.version
+            && self.digest == o.digest
             && self.operation == o.operation
             && self.context == o.context
-            && std::sync::Arc::ptr_eq(&self.op, &o.op)
     }
 }
 
@@ -318,6 +319,7 @@ impl PartialEq for AdapterRoute {
 pub struct DeliveryAdapter {
     pub system: String,
     pub version: String,
+    pub digest: String,
     pub dossier_operation: String,
     #[serde(skip)]
     pub dossier: std::sync::Arc<crate::adapter::Operation>,
@@ -331,7 +333,7 @@ pub struct DeliveryAdapter {
 impl PartialEq for DeliveryAdapter {
     fn eq(&self, o: &Self) -> bool {
         self.system == o.system
-            && self.version == o.version
+            && self.digest == o.digest
             && self.dossier_operation == o.dossier_operation
             && self.event_operation == o.event_operation
             && self.events == o.events
@@ -344,6 +346,7 @@ impl PartialEq for DeliveryAdapter {
 pub struct IntakeFormat {
     pub system: String,
     pub version: String,
+    pub digest: String,
     pub operation: String,
     #[serde(skip)]
     pub op: std::sync::Arc<crate::adapter::Operation>,
@@ -351,7 +354,7 @@ pub struct IntakeFormat {
 
 impl PartialEq for IntakeFormat {
     fn eq(&self, o: &Self) -> bool {
-        self.system == o.system && self.version == o.version && self.operation == o.operation
+        self.system == o.system && self.digest == o.digest && self.operation == o.operation
     }
 }
 
@@ -2010,6 +2013,7 @@ impl Validator {
         }
         Some(IntakeFormat {
             version: self.adapters.systems[system].version.clone(),
+            digest: self.adapters.systems[system].digest.clone(),
             system: system.to_string(),
             operation: operation.to_string(),
             op,
@@ -2063,6 +2067,7 @@ impl Validator {
         let context = self.adapter_context(&at, d.context.clone(), &ops, &system);
         Some(DeliveryAdapter {
             version: self.adapters.systems[&system].version.clone(),
+            digest: self.adapters.systems[&system].digest.clone(),
             system,
             dossier_operation,
             dossier,
@@ -2102,9 +2107,11 @@ impl Validator {
         let op = self.adapter_op(&format!("{at}.operation"), &system, &operation)?;
         let context = self.adapter_context(&at, t.context.clone(), &[&op], &system);
         let version = self.adapters.systems[&system].version.clone();
+        let digest = self.adapters.systems[&system].digest.clone();
         Some(AdapterRoute {
             system,
             version,
+            digest,
             operation,
             op,
             context,

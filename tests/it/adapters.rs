@@ -538,3 +538,56 @@ event_operation = "TienDoXuLy"
         assert!(e.contains(needle), "missing {needle:?} in:\n{e}");
     }
 }
+
+/// A reload re-reads the adapters. Routes pick up an edited mapping; the exchange (which
+/// cannot change on reload) refuses one its deliveries use, even without a version bump,
+/// instead of silently keeping the old mapping; an unchanged reload is accepted.
+#[tokio::test]
+async fn reload_notices_edited_mappings() {
+    let dir = scratch_dir();
+    let copy = dir.join("adapters");
+    for sub in ["", "dvcqg", "dvcqg/mappings", "dvcqg/fixtures"] {
+        std::fs::create_dir_all(copy.join(sub)).unwrap();
+    }
+    for sub in ["dvcqg", "dvcqg/mappings", "dvcqg/fixtures"] {
+        for e in std::fs::read_dir(adapters_dir().join(sub)).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_file() {
+                std::fs::copy(&p, copy.join(sub).join(p.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    let cfg = base_config(&format!(
+        r#"
+[adapters]
+dir = "{dir}"
+[upstreams.u]
+endpoints = ["http://127.0.0.1:9"]
+[exchange]
+db = "exchange.db"
+destinations = ["dvcqg"]
+auth = {{ anonymous = true }}
+[exchange.deliveries.dvcqg]
+upstream = "u"
+adapter = "dvcqg"
+dossier_operation = "DongBoHoSoMC"
+context = {{ session = "s" }}
+"#,
+        dir = copy.display()
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    let (status, body) = admin_post(&gw, "/admin/reload").await;
+    assert_eq!(status, 200, "an unchanged reload is accepted: {body}");
+
+    // Same version, different mapping: a description edit is enough to change the content.
+    let m = copy.join("dvcqg/mappings/dongbohosomc.toml");
+    let text = std::fs::read_to_string(&m).unwrap();
+    std::fs::write(
+        &m,
+        text.replacen("description = \"", "description = \"(edited) ", 1),
+    )
+    .unwrap();
+    let (status, body) = admin_post(&gw, "/admin/reload").await;
+    assert_ne!(status, 200, "{body}");
+    assert!(body.contains("exchange"), "{body}");
+}
