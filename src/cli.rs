@@ -371,15 +371,9 @@ pub fn main() -> ExitCode {
                 level: "info".into(),
                 access_log: false,
             });
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match current_thread_runtime() {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             rt.block_on(async move {
                 let l = match tokio::net::TcpListener::bind(listen).await {
@@ -533,6 +527,17 @@ pub(crate) fn mint_token(
         _ => None,
     };
     crate::auth::jwt::mint(&key, alg, claims, kid.as_deref()).map_err(|e| e.to_string())
+}
+
+/// A current-thread tokio runtime for the one-shot commands; the error is already reported.
+pub(crate) fn current_thread_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        })
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
