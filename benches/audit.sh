@@ -24,5 +24,5 @@ db = \"$WORK/audit.db\"
 origin = \"bench/audit\"
 key = \"$HERE/config/dev/audit-signing.key.pem\"
 " GATEWAY_NAME=audit-on TARGETS=audit-on GATEWAY_PATH=/json "$SHARED/bench/proxy-compare.sh" | tail -4
-RECORDS=$(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from audit_records').fetchone()[0])" "$WORK/audit.db")
+RECORDS=$(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select coalesce(sum(count),0) from audit_segments').fetchone()[0])" "$WORK/audit.db")
 python3 "$HERE/benches/compare.py" "$RESULTS_DIR" audit-off audit-on && echo "records committed: $RECORDS (every request of the audit-on row, warm-up included)"

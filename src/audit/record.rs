@@ -59,6 +59,21 @@ impl RecordKind {
             Self::Rejected => "rejected",
         }
     }
+
+    /// The kind spelled `s` (the inverse of [`RecordKind::as_str`]).
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Proxy,
+            Self::Intake,
+            Self::Event,
+            Self::Delivery,
+            Self::Lookup,
+            Self::Admin,
+            Self::Rejected,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
 }
 
 /// The authenticated caller, as established by the auth layer.

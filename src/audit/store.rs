@@ -2,14 +2,26 @@
 //!
 //! # Layout
 //!
-//! * `audit_records(idx, frame, time_ms, kind, dossier, agency, route,
-//!   status)` — `frame` is exactly `verify::encode_frame(idx, json)`, so each
-//!   row carries its own leaf hash and the offline verifier applies the very
-//!   checks it applies to a framed export. The other columns are copies of
-//!   record fields kept only so queries can use indexes; they are *not*
-//!   trusted: query results are decoded from the frame and re-checked
-//!   against the filter, so a tampered column can hide a row from a query
-//!   but never make a query return a record that does not match.
+//! * `audit_segments(first_idx, count, min_time_ms, max_time_ms, kinds,
+//!   routes, agencies, statuses, frames)` — one row per committed batch.
+//!   `frames` is the batch's records as consecutive
+//!   `verify::encode_frame(idx, json)` frames, indices `first_idx ..
+//!   first_idx + count`, so every record carries its own leaf hash and the
+//!   offline verifier applies the very checks it applies to a framed export.
+//!   One row per batch instead of one per record is what keeps the writer
+//!   cheap: a B-tree insert and its index entries per record cost more than
+//!   hashing and framing the record itself. The other columns are a *zone
+//!   map* of the batch (time range; distinct kinds, routes, agencies and
+//!   statuses as JSON arrays) so that searches skip batches that cannot
+//!   match without reading their frames.
+//! * `audit_dossiers(dossier, idx)` — the exact index of records that carry a
+//!   dossier code (a dossier's journey is the common question, and such
+//!   records are a small share of traffic).
+//!
+//! Neither the zone maps nor the dossier index are trusted: query results are
+//! decoded from the frames and re-checked against the filter, so a tampered
+//! column can hide a record from a search but never make a search return a
+//! record that does not match.
 //! * `audit_checkpoints(size, note)` — every signed checkpoint ever written,
 //!   kept even after a retention deletion (they are the history that the
 //!   remaining records are verified against).
@@ -41,13 +53,12 @@
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rusqlite::types::Value;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use super::checkpoint::{CheckpointError, SignedCheckpoint, VerifierKey};
 use super::merkle::{CompactRange, MerkleError};
 use super::record::{epoch_ms, AuditRecord, RecordKind};
-use super::verify::{scan_frames, FrameError};
+use super::verify::{frame_extent, scan_frames, FrameError};
 
 /// Everything that can go wrong in the audit subsystem. `Clone` so one
 /// failed batch can report the same error to every waiting submitter.
@@ -124,25 +135,21 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS audit_meta (
         name TEXT PRIMARY KEY,
         value TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS audit_records (
-        idx INTEGER PRIMARY KEY,
-        frame BLOB NOT NULL,
-        time_ms INTEGER,
-        kind TEXT,
-        dossier TEXT,
-        agency TEXT,
-        route TEXT,
-        status INTEGER)",
-    "CREATE INDEX IF NOT EXISTS audit_records_time ON audit_records (time_ms)",
-    // Partial indexes: most proxied calls carry no dossier and many no agency; rows without
-    // one cost nothing to index, and `col = ?` queries still use them (it implies NOT NULL).
-    "DROP INDEX IF EXISTS audit_records_dossier",
-    "DROP INDEX IF EXISTS audit_records_agency",
-    "CREATE INDEX IF NOT EXISTS audit_records_dossier_nn ON audit_records (dossier)
-        WHERE dossier IS NOT NULL",
-    "CREATE INDEX IF NOT EXISTS audit_records_agency_nn ON audit_records (agency, time_ms)
-        WHERE agency IS NOT NULL",
-    "CREATE INDEX IF NOT EXISTS audit_records_route ON audit_records (route, time_ms)",
+    "CREATE TABLE IF NOT EXISTS audit_segments (
+        first_idx INTEGER PRIMARY KEY,
+        count INTEGER NOT NULL,
+        min_time_ms INTEGER,
+        max_time_ms INTEGER,
+        kinds TEXT NOT NULL,
+        routes TEXT NOT NULL,
+        agencies TEXT NOT NULL,
+        statuses TEXT NOT NULL,
+        frames BLOB NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS audit_segments_time ON audit_segments (max_time_ms)",
+    "CREATE TABLE IF NOT EXISTS audit_dossiers (
+        dossier TEXT NOT NULL,
+        idx INTEGER NOT NULL,
+        PRIMARY KEY (dossier, idx))",
     "CREATE TABLE IF NOT EXISTS audit_checkpoints (
         size INTEGER PRIMARY KEY,
         note TEXT NOT NULL)",
@@ -166,7 +173,7 @@ fn open_sqlite(path: &Path, writable: bool) -> Result<Connection, AuditError> {
     } else {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
-    let conn = Connection::open_with_flags(path, flags)?;
+    let mut conn = Connection::open_with_flags(path, flags)?;
     // Readers wait for a writer's brief exclusive moments (WAL checkpoints)
     // rather than failing.
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
@@ -190,9 +197,70 @@ fn open_sqlite(path: &Path, writable: bool) -> Result<Connection, AuditError> {
         for ddl in SCHEMA {
             conn.execute(ddl, [])?;
         }
+        migrate_record_rows(&mut conn)?;
     }
     Ok(conn)
 }
+
+/// Databases written before segments kept one `audit_records` row per record
+/// (`idx`, `frame`, and the indexed columns). Their frames move, unchanged, into
+/// segments of up to [`MIGRATION_SEGMENT`] records, in one transaction.
+fn migrate_record_rows(conn: &mut Connection) -> Result<(), AuditError> {
+    let legacy: Option<String> = conn
+        .query_row(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'audit_records'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if legacy.is_none() {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    {
+        let mut stmt = tx.prepare(
+            "SELECT idx, frame, time_ms, kind, dossier, agency, route, status
+             FROM audit_records ORDER BY idx",
+        )?;
+        let mut rows = stmt.query([])?;
+        let mut seg: Option<NewSegment> = None;
+        while let Some(row) = rows.next()? {
+            let idx = to_u64(row.get(0)?)?;
+            let frame: Vec<u8> = row.get(1)?;
+            let cols = IndexColumns {
+                time_ms: row.get::<_, Option<i64>>(2)?.map(to_u64).transpose()?,
+                kind: row
+                    .get::<_, Option<String>>(3)?
+                    .and_then(|k| RecordKind::parse(&k))
+                    .map(RecordKind::as_str),
+                dossier: row.get(4)?,
+                agency: row.get(5)?,
+                route: row.get(6)?,
+                status: row.get(7)?,
+            };
+            let full = seg
+                .as_ref()
+                .is_some_and(|s| s.cols.len() >= MIGRATION_SEGMENT || s.next_idx() != idx);
+            if full {
+                if let Some(done) = seg.take() {
+                    insert_segment(&tx, &done)?;
+                }
+            }
+            let s = seg.get_or_insert_with(|| NewSegment::new(idx));
+            s.frames.extend_from_slice(&frame);
+            s.cols.push(cols);
+        }
+        if let Some(done) = seg {
+            insert_segment(&tx, &done)?;
+        }
+    }
+    tx.execute("DROP TABLE audit_records", [])?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Records per segment when migrating one-row-per-record databases.
+const MIGRATION_SEGMENT: usize = 1024;
 
 // ---------------------------------------------------------------------------
 // Rows and filters
@@ -222,13 +290,119 @@ impl IndexColumns {
     }
 }
 
-/// A record ready to be stored.
+/// A batch of records ready to be stored as one segment.
 #[derive(Debug, Clone)]
-pub struct NewRow {
-    pub idx: u64,
-    /// `verify::encode_frame(idx, json)`.
-    pub frame: Vec<u8>,
-    pub cols: IndexColumns,
+pub struct NewSegment {
+    pub first_idx: u64,
+    /// `verify::encode_frame(idx, json)` of each record, indices `first_idx..`
+    /// in order, concatenated.
+    pub frames: Vec<u8>,
+    /// One entry per record, in the same order.
+    pub cols: Vec<IndexColumns>,
+}
+
+impl NewSegment {
+    pub fn new(first_idx: u64) -> Self {
+        Self {
+            first_idx,
+            frames: Vec::new(),
+            cols: Vec::new(),
+        }
+    }
+
+    /// The index the next record appended to this segment gets.
+    pub fn next_idx(&self) -> u64 {
+        self.first_idx + self.cols.len() as u64
+    }
+}
+
+/// The distinct values of one column of a segment, as the JSON array the zone
+/// map stores.
+fn distinct<'a>(values: impl Iterator<Item = Option<&'a str>>) -> String {
+    let set: std::collections::BTreeSet<&str> = values.flatten().collect();
+    serde_json::to_string(&set).expect("strings serialise")
+}
+
+/// Whether a zone-map column (a JSON array of strings) may hold `want`. An
+/// unreadable column answers yes: the zone map only narrows the scan.
+fn zone_has(column: &str, want: &str) -> bool {
+    serde_json::from_str::<Vec<String>>(column).map_or(true, |v| v.iter().any(|x| x == want))
+}
+
+fn insert_segment(tx: &rusqlite::Transaction<'_>, seg: &NewSegment) -> Result<(), AuditError> {
+    if seg.cols.is_empty() {
+        return Ok(());
+    }
+    let end: Option<i64> = tx
+        .query_row(
+            "SELECT first_idx + count FROM audit_segments ORDER BY first_idx DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(end) = end.map(to_u64).transpose()? {
+        if seg.first_idx < end {
+            return Err(AuditError::InvalidArgument(format!(
+                "records from {} are already stored (the log holds up to {end})",
+                seg.first_idx
+            )));
+        }
+    }
+    let times = seg.cols.iter().filter_map(|c| c.time_ms);
+    let min_time = times.clone().min().map(to_i64).transpose()?;
+    let max_time = times.max().map(to_i64).transpose()?;
+    let statuses: Vec<String> = seg
+        .cols
+        .iter()
+        .filter_map(|c| c.status.map(|s| s.to_string()))
+        .collect();
+    tx.prepare_cached(
+        "INSERT INTO audit_segments
+         (first_idx, count, min_time_ms, max_time_ms, kinds, routes, agencies, statuses, frames)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        to_i64(seg.first_idx)?,
+        to_i64(seg.cols.len() as u64)?,
+        min_time,
+        max_time,
+        distinct(seg.cols.iter().map(|c| c.kind)),
+        distinct(seg.cols.iter().map(|c| c.route.as_deref())),
+        distinct(seg.cols.iter().map(|c| c.agency.as_deref())),
+        distinct(statuses.iter().map(|s| Some(s.as_str()))),
+        seg.frames,
+    ])?;
+    let mut dossier =
+        tx.prepare_cached("INSERT INTO audit_dossiers (dossier, idx) VALUES (?1, ?2)")?;
+    for (i, c) in seg.cols.iter().enumerate() {
+        if let Some(d) = &c.dossier {
+            dossier.execute(params![d, to_i64(seg.first_idx + i as u64)?])?;
+        }
+    }
+    Ok(())
+}
+
+/// Calls `f(idx, frame)` for each frame of a segment's blob, in order. Frames are
+/// split by their headers only (each is hash-checked by whoever reads it); a
+/// structurally broken frame is passed on with the rest of the blob, under the
+/// index it should have had, and ends the segment.
+fn split_segment<F>(first_idx: u64, blob: &[u8], f: &mut F) -> Result<(), AuditError>
+where
+    F: FnMut(u64, &[u8]) -> Result<(), AuditError>,
+{
+    let mut off = 0;
+    let mut expected = first_idx;
+    while off < blob.len() {
+        match frame_extent(blob, off) {
+            Ok((idx, end)) => {
+                f(idx, &blob[off..end])?;
+                off = end;
+            }
+            Err(_) => return f(expected, &blob[off..]),
+        }
+        expected += 1;
+    }
+    Ok(())
 }
 
 /// Selection for [`Store::query`]. All present conditions must hold.
@@ -309,6 +483,15 @@ pub fn decode_row(idx: u64, frame: &[u8]) -> Result<(Vec<u8>, [u8; 32]), AuditEr
             reason: "row does not hold exactly one frame".into(),
         }),
     }
+}
+
+/// Decode a stored frame into its record.
+pub fn decode_record(idx: u64, frame: &[u8]) -> Result<AuditRecord, AuditError> {
+    let (payload, _) = decode_row(idx, frame)?;
+    serde_json::from_slice(&payload).map_err(|e| AuditError::Corrupt {
+        index: idx,
+        reason: format!("record is not valid JSON: {e}"),
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -409,39 +592,20 @@ impl Store {
         &self.verifier_key
     }
 
-    /// Store a batch of records in ONE transaction, together with any
-    /// checkpoints (and the frontiers they were computed from) that should
-    /// become durable atomically with it. Inserts are plain
-    /// `INSERT`s: an index that already exists fails the whole batch, so the
+    /// Store a batch of records as one segment in ONE transaction, together
+    /// with any checkpoints (and the frontiers they were computed from) that
+    /// should become durable atomically with it. The insert is a plain
+    /// `INSERT`: a segment that already exists fails the whole batch, so the
     /// store can never overwrite history.
     pub fn append_batch(
         &mut self,
-        rows: &[NewRow],
+        segment: &NewSegment,
         checkpoints: &[(&SignedCheckpoint, &CompactRange)],
     ) -> Result<(), AuditError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        {
-            let mut ins = tx.prepare_cached(
-                "INSERT INTO audit_records
-                 (idx, frame, time_ms, kind, dossier, agency, route, status)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?;
-            for r in rows {
-                let time = r.cols.time_ms.map(to_i64).transpose()?;
-                ins.execute(params![
-                    to_i64(r.idx)?,
-                    r.frame,
-                    time,
-                    r.cols.kind,
-                    r.cols.dossier,
-                    r.cols.agency,
-                    r.cols.route,
-                    r.cols.status,
-                ])?;
-            }
-        }
+        insert_segment(&tx, segment)?;
         for (cp, frontier) in checkpoints {
             insert_checkpoint(&tx, cp, Some(frontier))?;
         }
@@ -477,40 +641,70 @@ impl Store {
     }
 
     /// Stream frames with `idx >= from` (and `< to`) in index order without
-    /// loading them all; `f` may stop the scan by returning an error.
+    /// loading them all; `f` may stop the scan by returning an error. A frame
+    /// whose header is broken reaches `f` as the rest of its segment (see
+    /// [`split_segment`]), so a verifier sees the damage where it is.
     pub fn for_each_frame<F>(&self, from: u64, to: Option<u64>, mut f: F) -> Result<(), AuditError>
     where
         F: FnMut(u64, &[u8]) -> Result<(), AuditError>,
     {
-        let to = to.map_or(Ok(i64::MAX), to_i64)?;
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT idx, frame FROM audit_records WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
+        let to = to.unwrap_or(u64::MAX);
+        // The segment holding `from` starts at or before it.
+        let start: Option<i64> = self.conn.query_row(
+            "SELECT MAX(first_idx) FROM audit_segments WHERE first_idx <= ?1",
+            [to_i64(from)?],
+            |r| r.get(0),
         )?;
-        let mut rows = stmt.query(params![to_i64(from)?, to])?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT first_idx, frames FROM audit_segments
+             WHERE first_idx >= ?1 AND first_idx < ?2 ORDER BY first_idx",
+        )?;
+        let end = i64::try_from(to).unwrap_or(i64::MAX);
+        let mut rows = stmt.query(params![start.unwrap_or(to_i64(from)?), end])?;
         while let Some(row) = rows.next()? {
-            let idx = to_u64(row.get(0)?)?;
-            let frame = row.get_ref(1)?.as_blob().map_err(|_| AuditError::Corrupt {
-                index: idx,
-                reason: "frame is not a blob".into(),
+            let first = to_u64(row.get(0)?)?;
+            let blob = row.get_ref(1)?.as_blob().map_err(|_| AuditError::Corrupt {
+                index: first,
+                reason: "segment frames are not a blob".into(),
             })?;
-            f(idx, frame)?;
+            let mut done = false;
+            split_segment(first, blob, &mut |idx, frame| {
+                if done || idx < from {
+                    return Ok(());
+                }
+                if idx >= to {
+                    done = true;
+                    return Ok(());
+                }
+                f(idx, frame)
+            })?;
+            if done {
+                break;
+            }
         }
         Ok(())
     }
 
     /// Highest stored index.
     pub fn last_index(&self) -> Result<Option<u64>, AuditError> {
-        let v: Option<i64> =
-            self.conn
-                .query_row("SELECT MAX(idx) FROM audit_records", [], |r| r.get(0))?;
-        v.map(to_u64).transpose()
+        let v: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT first_idx + count FROM audit_segments ORDER BY first_idx DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(v.map(to_u64).transpose()?.and_then(|n| n.checked_sub(1)))
     }
 
     /// Number of stored records.
     pub fn count(&self) -> Result<u64, AuditError> {
-        let v: i64 = self
-            .conn
-            .query_row("SELECT COUNT(*) FROM audit_records", [], |r| r.get(0))?;
+        let v: i64 = self.conn.query_row(
+            "SELECT COALESCE(SUM(count), 0) FROM audit_segments",
+            [],
+            |r| r.get(0),
+        )?;
         to_u64(v)
     }
 
@@ -613,14 +807,33 @@ impl Store {
         .transpose()
     }
 
-    /// Lowest index whose record time is `>= t` (for time-based retention).
+    /// Lowest index whose record time is `>= t` (for time-based retention):
+    /// found in the first segment whose newest record is that recent.
     pub fn first_index_at_or_after(&self, t: SystemTime) -> Result<Option<u64>, AuditError> {
-        let v: Option<i64> = self.conn.query_row(
-            "SELECT MIN(idx) FROM audit_records WHERE time_ms >= ?1",
-            [to_i64(epoch_ms(t))?],
+        let t = epoch_ms(t);
+        let first: Option<i64> = self.conn.query_row(
+            "SELECT MIN(first_idx) FROM audit_segments WHERE max_time_ms >= ?1",
+            [to_i64(t)?],
             |r| r.get(0),
         )?;
-        v.map(to_u64).transpose()
+        let Some(first) = first.map(to_u64).transpose()? else {
+            return Ok(None);
+        };
+        let blob: Vec<u8> = self.conn.query_row(
+            "SELECT frames FROM audit_segments WHERE first_idx = ?1",
+            [to_i64(first)?],
+            |r| r.get(0),
+        )?;
+        let mut found = None;
+        split_segment(first, &blob, &mut |idx, frame| {
+            if found.is_none() && decode_record(idx, frame)?.time_ms().is_some_and(|x| x >= t) {
+                found = Some(idx);
+            }
+            Ok(())
+        })?;
+        // The zone map promised a record this recent; if none is there (a
+        // tampered column), keep the whole segment rather than delete it.
+        Ok(Some(found.unwrap_or(first)))
     }
 
     /// Delete records `[0, size)`. Low level: the caller (the writer's
@@ -671,80 +884,151 @@ impl Store {
             "INSERT INTO audit_prunes (size, peaks, admin_idx, pruned_at_ms) VALUES (?1, ?2, ?3, ?4)",
             params![to_i64(size)?, peaks, to_i64(admin_idx)?, to_i64(now)?],
         )?;
-        let deleted = tx.execute("DELETE FROM audit_records WHERE idx < ?1", [to_i64(size)?])?;
+        let deleted = delete_segments_before(&tx, size)?;
         // Frontiers below the prune point can never be resumed from again.
         tx.execute(
             "DELETE FROM audit_frontiers WHERE size < ?1",
             [to_i64(size)?],
         )?;
         tx.commit()?;
-        Ok(deleted as u64)
+        Ok(deleted)
     }
 
     /// Records matching `filter`, in index order, decoded from their frames.
-    /// A row whose frame fails its hash check is an error naming the index:
-    /// a query must not quietly serve tampered data.
+    /// A record whose frame fails its hash check is an error naming the
+    /// index: a query must not quietly serve tampered data. A dossier search
+    /// uses the dossier index; other searches scan the segments whose zone
+    /// map admits the filter (bounded by the time range when one is given).
     pub fn query(&self, filter: &Filter) -> Result<Vec<(u64, AuditRecord)>, AuditError> {
-        let mut sql = String::from("SELECT idx, frame FROM audit_records WHERE 1 = 1");
-        let mut args: Vec<Value> = Vec::new();
-        let mut cond = |sql: &mut String, col: &str, op: &str, v: Value| {
-            args.push(v);
-            sql.push_str(&format!(" AND {col} {op} ?{}", args.len()));
-        };
-        if let Some(d) = &filter.dossier {
-            cond(&mut sql, "dossier", "=", Value::Text(d.clone()));
-        }
-        if let Some(a) = &filter.agency {
-            cond(&mut sql, "agency", "=", Value::Text(a.clone()));
-        }
-        if let Some(r) = &filter.route {
-            cond(&mut sql, "route", "=", Value::Text(r.clone()));
-        }
-        if let Some(s) = filter.status {
-            cond(&mut sql, "status", "=", Value::Integer(i64::from(s)));
-        }
-        if let Some(k) = filter.kind {
-            cond(&mut sql, "kind", "=", Value::Text(k.as_str().into()));
-        }
-        if let Some(f) = filter.from {
-            cond(
-                &mut sql,
-                "time_ms",
-                ">=",
-                Value::Integer(to_i64(epoch_ms(f))?),
-            );
-        }
-        if let Some(t) = filter.to {
-            cond(
-                &mut sql,
-                "time_ms",
-                "<",
-                Value::Integer(to_i64(epoch_ms(t))?),
-            );
-        }
-        if let Some(i) = filter.from_index {
-            cond(&mut sql, "idx", ">=", Value::Integer(to_i64(i)?));
-        }
         let limit = filter.limit.unwrap_or(1000);
-        sql.push_str(&format!(" ORDER BY idx LIMIT {limit}"));
-        let mut stmt = self.conn.prepare(&sql)?;
-        let mut rows = stmt.query(rusqlite::params_from_iter(args.iter()))?;
+        let from_index = filter.from_index.unwrap_or(0);
         let mut out = Vec::new();
-        while let Some(row) = rows.next()? {
-            let idx = to_u64(row.get(0)?)?;
-            let blob: Vec<u8> = row.get(1)?;
-            let (payload, _) = decode_row(idx, &blob)?;
-            let rec: AuditRecord =
-                serde_json::from_slice(&payload).map_err(|e| AuditError::Corrupt {
-                    index: idx,
-                    reason: format!("record is not valid JSON: {e}"),
-                })?;
-            if filter.matches(idx, &rec) {
+        let take = |idx: u64, frame: &[u8], out: &mut Vec<(u64, AuditRecord)>| {
+            let rec = decode_record(idx, frame)?;
+            if out.len() < limit && filter.matches(idx, &rec) {
                 out.push((idx, rec));
             }
+            Ok::<_, AuditError>(())
+        };
+        if let Some(d) = &filter.dossier {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT idx FROM audit_dossiers WHERE dossier = ?1 AND idx >= ?2 ORDER BY idx",
+            )?;
+            let ids = stmt
+                .query_map(params![d, to_i64(from_index)?], |r| r.get::<_, i64>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            for id in ids {
+                if out.len() >= limit {
+                    break;
+                }
+                let id = to_u64(id)?;
+                self.for_each_frame(id, Some(id + 1), |idx, frame| take(idx, frame, &mut out))?;
+            }
+            return Ok(out);
+        }
+        let from_ms = filter.from.map(|f| to_i64(epoch_ms(f))).transpose()?;
+        let to_ms = filter.to.map(|t| to_i64(epoch_ms(t))).transpose()?;
+        let status = filter.status.map(|s| s.to_string());
+        let admits = |row: &rusqlite::Row<'_>| -> rusqlite::Result<bool> {
+            let min: Option<i64> = row.get(2)?;
+            let max: Option<i64> = row.get(3)?;
+            let zone = |col: usize, want: Option<&str>| -> rusqlite::Result<bool> {
+                Ok(match want {
+                    Some(w) => zone_has(row.get_ref(col)?.as_str()?, w),
+                    None => true,
+                })
+            };
+            Ok(from_ms.is_none_or(|f| max.is_some_and(|m| m >= f))
+                && to_ms.is_none_or(|t| min.is_some_and(|m| m < t))
+                && zone(4, filter.kind.map(RecordKind::as_str))?
+                && zone(5, filter.route.as_deref())?
+                && zone(6, filter.agency.as_deref())?
+                && zone(7, status.as_deref())?)
+        };
+        let start: Option<i64> = self.conn.query_row(
+            "SELECT MAX(first_idx) FROM audit_segments WHERE first_idx <= ?1",
+            [to_i64(from_index)?],
+            |r| r.get(0),
+        )?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT first_idx, count, min_time_ms, max_time_ms, kinds, routes, agencies, statuses,
+                    frames
+             FROM audit_segments
+             WHERE first_idx >= ?1 AND (?2 IS NULL OR max_time_ms >= ?2)
+             ORDER BY first_idx",
+        )?;
+        let mut rows = stmt.query(params![start.unwrap_or(0), from_ms])?;
+        while let Some(row) = rows.next()? {
+            if out.len() >= limit {
+                break;
+            }
+            if !admits(row)? {
+                continue;
+            }
+            let first = to_u64(row.get(0)?)?;
+            let blob = row.get_ref(8)?.as_blob().map_err(|_| AuditError::Corrupt {
+                index: first,
+                reason: "segment frames are not a blob".into(),
+            })?;
+            split_segment(first, blob, &mut |idx, frame| {
+                if idx < from_index {
+                    return Ok(());
+                }
+                take(idx, frame, &mut out)
+            })?;
         }
         Ok(out)
     }
+}
+
+/// Delete records `[0, size)`: whole segments below `size`, and the front of
+/// the segment that straddles it (rewritten to start at `size`; its zone map
+/// is kept, a superset of what remains). Returns how many records went.
+fn delete_segments_before(tx: &rusqlite::Transaction<'_>, size: u64) -> Result<u64, AuditError> {
+    let end = to_i64(size)?;
+    let whole: i64 = tx.query_row(
+        "SELECT COALESCE(SUM(count), 0) FROM audit_segments WHERE first_idx + count <= ?1",
+        [end],
+        |r| r.get(0),
+    )?;
+    tx.execute(
+        "DELETE FROM audit_segments WHERE first_idx + count <= ?1",
+        [end],
+    )?;
+    let straddling: Option<(i64, i64, Vec<u8>)> = tx
+        .query_row(
+            "SELECT first_idx, count, frames FROM audit_segments WHERE first_idx < ?1",
+            [end],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let mut deleted = to_u64(whole)?;
+    if let Some((first, count, frames)) = straddling {
+        let first = to_u64(first)?;
+        let mut cut_at = frames.len();
+        let mut seen = 0usize;
+        split_segment(first, &frames, &mut |idx, frame| {
+            if idx >= size && cut_at == frames.len() {
+                cut_at = seen;
+            }
+            seen += frame.len();
+            Ok(())
+        })?;
+        let gone = size - first;
+        tx.execute(
+            "UPDATE audit_segments SET first_idx = ?1, count = ?2, frames = ?3
+             WHERE first_idx = ?4",
+            params![
+                end,
+                count - to_i64(gone)?,
+                &frames[cut_at..],
+                to_i64(first)?
+            ],
+        )?;
+        deleted += gone;
+    }
+    tx.execute("DELETE FROM audit_dossiers WHERE idx < ?1", [end])?;
+    Ok(deleted)
 }
 
 fn insert_checkpoint(
@@ -790,4 +1074,83 @@ fn insert_checkpoint(
         }
     }
     Ok(())
+}
+
+/// Deliberate damage to stored records, for the tests that prove that
+/// verification finds it (someone with write access to the database edits,
+/// deletes or cuts records). Never called by the gateway itself.
+#[doc(hidden)]
+pub mod tamper {
+    use super::*;
+
+    /// The segment holding record `idx`: its first index and its frames.
+    fn load(conn: &Connection, idx: u64) -> (u64, Vec<Vec<u8>>) {
+        let (first, blob): (i64, Vec<u8>) = conn
+            .query_row(
+                "SELECT first_idx, frames FROM audit_segments WHERE first_idx <= ?1
+                 ORDER BY first_idx DESC LIMIT 1",
+                [idx as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("a segment holds the record");
+        let mut frames = Vec::new();
+        split_segment(first as u64, &blob, &mut |_, f| {
+            frames.push(f.to_vec());
+            Ok(())
+        })
+        .expect("collecting cannot fail");
+        (first as u64, frames)
+    }
+
+    fn store(conn: &Connection, first: u64, frames: &[Vec<u8>]) {
+        conn.execute(
+            "UPDATE audit_segments SET frames = ?1, count = ?2 WHERE first_idx = ?3",
+            params![frames.concat(), frames.len() as i64, first as i64],
+        )
+        .expect("segment updated");
+    }
+
+    /// The stored frame of record `idx`.
+    pub fn frame_of(db: &Path, idx: u64) -> Vec<u8> {
+        let conn = Connection::open(db).expect("open");
+        let (first, frames) = load(&conn, idx);
+        frames[(idx - first) as usize].clone()
+    }
+
+    /// Replaces the stored frame of record `idx` with `frame`.
+    pub fn set_frame(db: &Path, idx: u64, frame: &[u8]) {
+        let conn = Connection::open(db).expect("open");
+        let (first, mut frames) = load(&conn, idx);
+        frames[(idx - first) as usize] = frame.to_vec();
+        store(&conn, first, &frames);
+    }
+
+    /// Removes record `idx` from the middle of the log.
+    pub fn delete_record(db: &Path, idx: u64) {
+        let conn = Connection::open(db).expect("open");
+        let (first, mut frames) = load(&conn, idx);
+        frames.remove((idx - first) as usize);
+        store(&conn, first, &frames);
+    }
+
+    /// Cuts the log at `idx`: record `idx` and everything after it go.
+    pub fn truncate(db: &Path, idx: u64) {
+        let conn = Connection::open(db).expect("open");
+        conn.execute(
+            "DELETE FROM audit_segments WHERE first_idx > ?1",
+            [idx as i64],
+        )
+        .expect("later segments deleted");
+        let (first, mut frames) = load(&conn, idx);
+        frames.truncate((idx - first) as usize);
+        if frames.is_empty() {
+            conn.execute(
+                "DELETE FROM audit_segments WHERE first_idx = ?1",
+                [first as i64],
+            )
+            .expect("segment deleted");
+        } else {
+            store(&conn, first, &frames);
+        }
+    }
 }

@@ -147,8 +147,10 @@ fn be_u64(b: &[u8]) -> u64 {
     u64::from_be_bytes(a)
 }
 
-/// Decode the frame at `off`; on success also return the offset after it.
-fn decode_frame(buf: &[u8], off: usize) -> Result<(Frame<'_>, usize), FrameError> {
+/// Where the frame at `off` ends and which index its header claims, checking
+/// only its structure (magic, length and its inverted copy, bounds), not its
+/// hash: how a store splits a run of frames before each is hash-checked.
+pub fn frame_extent(buf: &[u8], off: usize) -> Result<(u64, usize), FrameError> {
     let avail = buf.len() - off;
     let head = &buf[off..];
     // Check the magic on whatever is present first, so garbage is reported as
@@ -178,10 +180,17 @@ fn decode_frame(buf: &[u8], off: usize) -> Result<(Frame<'_>, usize), FrameError
             available: avail,
         });
     }
-    let index = be_u64(&head[12..20]);
-    let payload = &head[FRAME_HEADER_LEN..FRAME_HEADER_LEN + len];
+    Ok((be_u64(&head[12..20]), off + total))
+}
+
+/// Decode the frame at `off`; on success also return the offset after it.
+fn decode_frame(buf: &[u8], off: usize) -> Result<(Frame<'_>, usize), FrameError> {
+    let (index, end) = frame_extent(buf, off)?;
+    let head = &buf[off..end];
+    let trailer = head.len() - FRAME_TRAILER_LEN;
+    let payload = &head[FRAME_HEADER_LEN..trailer];
     let mut stored = [0u8; HASH_LEN];
-    stored.copy_from_slice(&head[FRAME_HEADER_LEN + len..total]);
+    stored.copy_from_slice(&head[trailer..]);
     if leaf_hash(payload) != stored {
         return Err(FrameError::HashMismatch);
     }
@@ -192,7 +201,7 @@ fn decode_frame(buf: &[u8], off: usize) -> Result<(Frame<'_>, usize), FrameError
             payload,
             leaf_hash: stored,
         },
-        off + total,
+        end,
     ))
 }
 

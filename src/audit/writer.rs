@@ -57,7 +57,7 @@ use super::checkpoint::{
 };
 use super::merkle::{hash_to_base64, CompactRange, Hash, InclusionProof, MerkleError};
 use super::record::{epoch_ms, format_epoch_ms, AuditRecord, RecordKind};
-use super::store::{decode_row, AuditError, Filter, IndexColumns, NewRow, Store};
+use super::store::{decode_row, AuditError, Filter, IndexColumns, NewSegment, Store};
 use super::verify::{
     encode_frame_into, frame_len, scan_frames, Frame, FrameError, LogVerifier, Problem,
     VerifyReport, FRAME_HEADER_LEN, FRAME_TRAILER_LEN, MAX_RECORD_LEN,
@@ -682,7 +682,9 @@ impl Worker {
     fn commit(&mut self, batch: Vec<Pending>) {
         let start = self.frontier.size();
         let mut tentative = self.frontier.clone();
-        let mut rows = Vec::with_capacity(batch.len());
+        let mut segment = NewSegment::new(start);
+        segment.frames = Vec::with_capacity(batch.iter().map(|p| frame_len(p.json.len())).sum());
+        segment.cols = Vec::with_capacity(batch.len());
         let mut acks: Vec<Option<Ack<u64>>> = Vec::with_capacity(batch.len());
         // Count-based checkpoints land on exact multiples of the interval
         // (several may fall in one batch); all commit with the batch. A
@@ -691,10 +693,9 @@ impl Worker {
         let mut last_cp = self.last_cp_size;
         for (i, p) in batch.into_iter().enumerate() {
             let idx = start + i as u64;
-            let mut frame = Vec::with_capacity(frame_len(p.json.len()));
             // Sizes were checked at submission, so framing cannot fail; if
             // it somehow does, fail the batch rather than skip an index.
-            match encode_frame_into(&mut frame, idx, &p.json) {
+            match encode_frame_into(&mut segment.frames, idx, &p.json) {
                 Ok(leaf) => {
                     tentative.append(leaf);
                     if tentative.size() - last_cp >= self.every_records {
@@ -713,11 +714,7 @@ impl Worker {
                     return;
                 }
             }
-            rows.push(NewRow {
-                idx,
-                frame,
-                cols: p.cols,
-            });
+            segment.cols.push(p.cols);
             acks.push(p.ack);
         }
         if tentative.size() > last_cp && self.last_cp_time.elapsed() >= self.every {
@@ -728,13 +725,13 @@ impl Worker {
         let t0 = Instant::now();
         let cp_refs: Vec<(&SignedCheckpoint, &CompactRange)> =
             cps.iter().map(|(c, f)| (c, f)).collect();
-        let res = self.store.append_batch(&rows, &cp_refs);
+        let res = self.store.append_batch(&segment, &cp_refs);
         self.counters
             .last_commit_latency_us
             .store(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
         match res {
             Ok(()) => {
-                let n = rows.len() as u64;
+                let n = segment.cols.len() as u64;
                 self.frontier = tentative;
                 for (c, _) in &cps {
                     self.note_checkpoint(c.checkpoint().size);
@@ -797,8 +794,9 @@ impl Worker {
             hash_to_base64(&at_n.root())
         ));
         let json = admin.to_json();
-        let mut frame = Vec::new();
-        let leaf = encode_frame_into(&mut frame, size, &json)?;
+        let mut segment = NewSegment::new(size);
+        let leaf = encode_frame_into(&mut segment.frames, size, &json)?;
+        segment.cols.push(IndexColumns::of(&admin));
         let mut after = self.frontier.clone();
         after.append(leaf);
         let anchor = match self.store.checkpoint_at(n)? {
@@ -806,13 +804,8 @@ impl Worker {
             None => self.sign(&at_n)?,
         };
         let covering = self.sign(&after)?;
-        let row = NewRow {
-            idx: size,
-            frame,
-            cols: IndexColumns::of(&admin),
-        };
         self.store
-            .append_batch(&[row], &[(&anchor, &at_n), (&covering, &after)])?;
+            .append_batch(&segment, &[(&anchor, &at_n), (&covering, &after)])?;
         self.frontier = after;
         self.note_checkpoint(size + 1);
         self.counters
@@ -1657,24 +1650,7 @@ mod tests {
         rusqlite::Connection::open(db).unwrap()
     }
 
-    fn frame_of(db: &Path, idx: u64) -> Vec<u8> {
-        raw_conn(db)
-            .query_row(
-                "SELECT frame FROM audit_records WHERE idx = ?1",
-                [idx as i64],
-                |r| r.get(0),
-            )
-            .unwrap()
-    }
-
-    fn set_frame(db: &Path, idx: u64, frame: &[u8]) {
-        raw_conn(db)
-            .execute(
-                "UPDATE audit_records SET frame = ?1 WHERE idx = ?2",
-                rusqlite::params![frame, idx as i64],
-            )
-            .unwrap();
-    }
+    use crate::audit::store::tamper::{frame_of, set_frame};
 
     /// A batch of fail-open records may linger long; a fail-closed record that joins it
     /// brings the commit forward, so its waiter is not held by the long linger.
@@ -1801,13 +1777,62 @@ mod tests {
         // A gap in the tail is named too.
         let good = encode_frame(12, &rec(12).to_json()).unwrap();
         set_frame(&dir.db(), 12, &good);
-        raw_conn(&dir.db())
-            .execute("DELETE FROM audit_records WHERE idx = 11", [])
-            .unwrap();
+        crate::audit::store::tamper::delete_record(&dir.db(), 11);
         match AuditWriter::start(cfg(&dir.db())) {
             Err(AuditError::Corrupt { index: 11, .. }) => {}
             other => panic!("expected a gap at 11, got {other:?}"),
         }
+    }
+
+    /// A database from before segments (one `audit_records` row per record) is
+    /// migrated on open: same frames, still verifying, and the writer appends after it.
+    #[tokio::test]
+    async fn one_row_per_record_databases_are_migrated() {
+        let dir = TempDir::new();
+        let w = AuditWriter::start(cfg(&dir.db())).unwrap();
+        write_range(&w, 0..30).await;
+        w.shutdown().await.unwrap();
+        let leaves = stored_leaves(&dir.db());
+        // Rewrite the records in the old layout.
+        let c = raw_conn(&dir.db());
+        c.execute_batch(
+            "CREATE TABLE audit_records (idx INTEGER PRIMARY KEY, frame BLOB NOT NULL,
+                 time_ms INTEGER, kind TEXT, dossier TEXT, agency TEXT, route TEXT, status INTEGER)",
+        )
+        .unwrap();
+        for i in 0..30u64 {
+            let r = rec(i);
+            c.execute(
+                "INSERT INTO audit_records VALUES (?1, ?2, ?3, 'proxy', ?4, NULL, ?5, ?6)",
+                rusqlite::params![
+                    i as i64,
+                    frame_of(&dir.db(), i),
+                    r.time_ms().map(|t| t as i64),
+                    r.dossier,
+                    r.route,
+                    r.status
+                ],
+            )
+            .unwrap();
+        }
+        c.execute_batch("DELETE FROM audit_segments; DELETE FROM audit_dossiers")
+            .unwrap();
+        drop(c);
+        let w = AuditWriter::start(cfg(&dir.db())).unwrap();
+        write_range(&w, 30..35).await;
+        w.shutdown().await.unwrap();
+        let after = stored_leaves(&dir.db());
+        assert_eq!(after.len(), 35);
+        assert_eq!(after[..30], leaves[..]);
+        assert!(verify_db(&dir.db(), &key(), ORIGIN).unwrap().is_ok());
+        let legacy: i64 = raw_conn(&dir.db())
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'audit_records'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(legacy, 0);
     }
 
     #[tokio::test]
@@ -1885,9 +1910,7 @@ mod tests {
         let w = AuditWriter::start(cfg(&dir.db())).unwrap();
         write_range(&w, 0..30).await;
         w.shutdown().await.unwrap();
-        let c = raw_conn(&dir.db());
-        c.execute("DELETE FROM audit_records WHERE idx = 7", [])
-            .unwrap();
+        crate::audit::store::tamper::delete_record(&dir.db(), 7);
         let r = verify_db(&dir.db(), &key(), ORIGIN).unwrap();
         assert_eq!(
             r.first_bad,
@@ -1905,9 +1928,7 @@ mod tests {
         let w = AuditWriter::start(cfg(&dir2.db())).unwrap();
         write_range(&w, 0..30).await;
         w.shutdown().await.unwrap();
-        raw_conn(&dir2.db())
-            .execute("DELETE FROM audit_records WHERE idx >= 28", [])
-            .unwrap();
+        crate::audit::store::tamper::truncate(&dir2.db(), 28);
         let r = verify_db(&dir2.db(), &key(), ORIGIN).unwrap();
         assert_eq!(
             r.first_bad,
@@ -2035,6 +2056,21 @@ mod tests {
         let anchor = SignedCheckpoint::parse(&out.anchor_checkpoint).unwrap();
         anchor.verify(&key()).unwrap();
         assert_eq!(store.count().unwrap(), 30);
+        // Whole segments below 21 went; one holding 21 was cut to start there.
+        let first: i64 = raw_conn(&dir.db())
+            .query_row("SELECT MIN(first_idx) FROM audit_segments", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(first, 21);
+        let mut kept = Vec::new();
+        store
+            .for_each_frame(0, None, |idx, _| {
+                kept.push(idx);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(kept, (21..51).collect::<Vec<u64>>());
         let admin = query(
             &dir.db(),
             &Filter {
@@ -2264,11 +2300,11 @@ mod tests {
             ..Filter::default()
         })
         .is_empty());
-        // A tampered index column cannot make a query return a record that
-        // does not match: results are re-checked against the frame.
+        // A tampered index cannot make a query return a record that does
+        // not match: results are re-checked against the frame.
         raw_conn(&dir.db())
             .execute(
-                "UPDATE audit_records SET dossier = 'HS-3' WHERE idx = 4",
+                "INSERT INTO audit_dossiers (dossier, idx) VALUES ('HS-3', 4)",
                 [],
             )
             .unwrap();
@@ -2324,15 +2360,19 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
-        // Appending an existing index fails the whole batch.
+        // A segment that overlaps stored records fails the whole batch.
         let mut s = Store::open(&dir.db(), ORIGIN, &key()).unwrap();
-        let row = |i: u64| NewRow {
-            idx: i,
-            frame: encode_frame(i, &rec(i).to_json()).unwrap(),
-            cols: IndexColumns::of(&rec(i)),
+        let seg = |r: std::ops::Range<u64>| {
+            let mut seg = NewSegment::new(r.start);
+            for i in r {
+                encode_frame_into(&mut seg.frames, i, &rec(i).to_json()).unwrap();
+                seg.cols.push(IndexColumns::of(&rec(i)));
+            }
+            seg
         };
-        s.append_batch(&[row(0), row(1)], &[]).unwrap();
-        assert!(s.append_batch(&[row(2), row(1)], &[]).is_err());
+        s.append_batch(&seg(0..2), &[]).unwrap();
+        assert!(s.append_batch(&seg(1..3), &[]).is_err());
+        assert!(s.append_batch(&seg(0..1), &[]).is_err());
         assert_eq!(s.count().unwrap(), 2);
     }
 

@@ -333,20 +333,10 @@ async fn cli_verifies_proves_and_names_a_tampered_record() {
     );
     // Someone with database access edits record 5: verify names it.
     let db = config.parent().unwrap().join("audit.db");
-    let conn = rusqlite::Connection::open(&db).unwrap();
-    let mut frame: Vec<u8> = conn
-        .query_row("SELECT frame FROM audit_records WHERE idx = 5", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
+    let mut frame = lienthong::audit::store::tamper::frame_of(&db, 5);
     let at = frame.len() / 2;
     frame[at] ^= 0x01;
-    conn.execute(
-        "UPDATE audit_records SET frame = ?1 WHERE idx = 5",
-        [&frame],
-    )
-    .unwrap();
-    drop(conn);
+    lienthong::audit::store::tamper::set_frame(&db, 5, &frame);
     let out = run(&["audit", "verify"]);
     assert!(!out.status.success());
     assert!(
