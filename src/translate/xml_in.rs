@@ -16,7 +16,7 @@
 
 use super::chars::{
     all_ws, escape_json, escape_xml_text_to_json, find_forbidden_char, is_ncname, is_ws,
-    needs_json_escape, resolve_reference, same, split_qname,
+    needs_json_escape, resolve_reference, same, same_bytes, split_qname,
 };
 use super::error::{invalid, malformed, too_large, unsupported, TranslateError};
 use super::{XmlToJsonOptions, XMLNS_NS, XML_NS, XSI_NS};
@@ -77,6 +77,8 @@ struct RawAttr<'a> {
     offset: usize,
     /// index into `bindings` of the attribute's namespace (None = no namespace / xmlns decl)
     ns: Option<usize>,
+    /// prefix and local part of `qname`, set when the name is validated
+    prefix: &'a str,
     local: &'a str,
     is_decl: bool,
 }
@@ -451,6 +453,7 @@ impl<'a, 'o> Conv<'a, 'o> {
                 value,
                 offset: off + n_start,
                 ns: None,
+                prefix: "",
                 local: aname,
                 is_decl: false,
             });
@@ -525,10 +528,13 @@ impl<'a, 'o> Conv<'a, 'o> {
     ) -> Result<(Option<usize>, &'a str), TranslateError> {
         // Declarations first: they are in scope for the element's own name and attributes.
         for idx in 0..self.attrs.len() {
-            let a = &self.attrs[idx];
-            let Some((p, l)) = split_qname(a.qname) else {
-                return Err(self.err_at(malformed("invalid attribute name"), a.offset));
+            let Some((p, l)) = split_qname(self.attrs[idx].qname) else {
+                let off = self.attrs[idx].offset;
+                return Err(self.err_at(malformed("invalid attribute name"), off));
             };
+            self.attrs[idx].prefix = p;
+            self.attrs[idx].local = l;
+            let a = &self.attrs[idx];
             let prefix = if p.is_empty() && l == "xmlns" {
                 Some("")
             } else if p == "xmlns" {
@@ -569,7 +575,7 @@ impl<'a, 'o> Conv<'a, 'o> {
                 continue;
             }
             let a = &self.attrs[idx];
-            let (p, l) = split_qname(a.qname).unwrap_or(("", a.qname));
+            let p = a.prefix;
             let ns = if p.is_empty() {
                 None
             } else {
@@ -584,7 +590,6 @@ impl<'a, 'o> Conv<'a, 'o> {
                 }
             };
             self.attrs[idx].ns = ns;
-            self.attrs[idx].local = l;
         }
         // Duplicates: by literal name, and by expanded name for namespaced attributes.
         let n = self.attrs.len();
@@ -983,7 +988,7 @@ impl<'a, 'o> Conv<'a, 'o> {
         }
         self.frames[pi].had_child = true;
         let same_run = match self.frames[pi].run_key {
-            Some((s, e)) => &self.keys[s..e] == key.as_bytes(),
+            Some((s, e)) => same_bytes(&self.keys[s..e], key.as_bytes()),
             None => false,
         };
         if same_run {
