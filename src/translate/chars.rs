@@ -64,7 +64,9 @@ pub fn is_ncname(s: &str) -> bool {
 
 /// Splits a Namespaces 1.0 `QName` into (prefix, local). Returns None if it is not a QName.
 pub fn split_qname(s: &str) -> Option<(&str, &str)> {
-    // ASCII fast path in one pass (names are checked on every start tag and attribute).
+    // ASCII fast path in one pass (names are checked on every start tag and attribute):
+    // every byte must be a NameChar or the one colon; the start-character rule for the
+    // first byte and the byte after the colon is checked afterwards.
     let b = s.as_bytes();
     let mut colon = None;
     let mut ascii = true;
@@ -78,19 +80,19 @@ pub fn split_qname(s: &str) -> Option<(&str, &str)> {
                 return None;
             }
             colon = Some(i);
-            continue;
-        }
-        let f = ASCII_NAME[c as usize];
-        let first = i == 0 || colon == Some(i - 1);
-        if f & (if first { NAME_START } else { NAME_CHAR }) == 0 {
+        } else if ASCII_NAME[c as usize] & NAME_CHAR == 0 {
             return None;
         }
     }
+    let starts_name = |i: usize| {
+        b.get(i)
+            .is_some_and(|&c| ASCII_NAME[c as usize] & NAME_START != 0)
+    };
     if ascii {
         return match colon {
-            _ if b.is_empty() => None,
+            _ if !starts_name(0) => None,
             None => Some(("", s)),
-            Some(i) if i == 0 || i + 1 == b.len() => None,
+            Some(i) if i == 0 || !starts_name(i + 1) => None,
             Some(i) => Some((&s[..i], &s[i + 1..])),
         };
     }
@@ -216,18 +218,57 @@ static JSON_ESC: [u8; 256] = json_escape_table();
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// Length of the leading run of `s` that JSON needs no escape for and that contains no `>`
+/// (which the XML-text escaper must look at for `]]>`): no control character, `"`, `\` or
+/// `>`. Text is scanned eight bytes at a time with the usual SWAR tricks: `x - 0x01..01` sets
+/// a byte's high bit where the byte was zero, `x - 0x20..20` where it was below 0x20 (the
+/// `& !x` masks out bytes of 0x80 and above). A borrow can only flag bytes *after* a true
+/// match, so the lowest flagged byte is always a real one.
+#[inline]
+fn json_plain_run(s: &[u8]) -> usize {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let zero = |x: u64| x.wrapping_sub(LO) & !x & HI;
+    let mut chunks = s.chunks_exact(8);
+    let mut i = 0;
+    for c in &mut chunks {
+        let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        let m = (w.wrapping_sub(LO * 0x20) & !w & HI)
+            | zero(w ^ (LO * b'"' as u64))
+            | zero(w ^ (LO * b'\\' as u64))
+            | zero(w ^ (LO * b'>' as u64));
+        if m != 0 {
+            return i + (m.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    let tail = chunks.remainder();
+    i + tail
+        .iter()
+        .position(|&b| b == b'>' || JSON_ESC[b as usize] != 0)
+        .unwrap_or(tail.len())
+}
+
+/// Does `s` contain a byte that JSON strings must escape?
+pub fn needs_json_escape(s: &[u8]) -> bool {
+    s.iter().any(|&b| JSON_ESC[b as usize] != 0)
+}
+
 /// Appends `s` JSON-escaped (without quotes). Runs of plain bytes are copied in one go.
 #[inline]
 pub fn escape_json(out: &mut Vec<u8>, s: &[u8]) {
     let mut start = 0;
-    for (i, &b) in s.iter().enumerate() {
+    let mut i = 0;
+    loop {
+        i += json_plain_run(&s[i..]);
+        let Some(&b) = s.get(i) else { break };
         let e = JSON_ESC[b as usize];
-        if e == 0 {
-            continue;
+        if e != 0 {
+            out.extend_from_slice(&s[start..i]);
+            push_escape(out, b, e);
+            start = i + 1;
         }
-        out.extend_from_slice(&s[start..i]);
-        push_escape(out, b, e);
-        start = i + 1;
+        i += 1;
     }
     out.extend_from_slice(&s[start..]);
 }
@@ -259,11 +300,11 @@ pub fn escape_xml_text_to_json(
 ) -> Result<(), usize> {
     let mut start = 0;
     let mut i = 0;
-    while i < s.len() {
-        let b = s[i];
-        let e = JSON_ESC[b as usize];
-        if e == 0 {
-            if b == b'>' && check_cdata_end && i >= 2 && s[i - 1] == b']' && s[i - 2] == b']' {
+    loop {
+        i += json_plain_run(&s[i..]);
+        let Some(&b) = s.get(i) else { break };
+        if b == b'>' {
+            if check_cdata_end && i >= 2 && s[i - 1] == b']' && s[i - 2] == b']' {
                 return Err(i - 2);
             }
             i += 1;
@@ -276,7 +317,7 @@ pub fn escape_xml_text_to_json(
                 i += 1;
             }
         } else {
-            push_escape(out, b, e);
+            push_escape(out, b, JSON_ESC[b as usize]);
         }
         i += 1;
         start = i;
@@ -324,7 +365,78 @@ pub fn escape_xml_text(out: &mut Vec<u8>, s: &str, attr: bool) -> Result<(), cha
 /// dangling (but aligned) address and glibc 2.36's AVX-512 `memcmp` still touches it: measured
 /// at ~130 ns per zero-length compare on this project's benchmark machine, which made JSON →
 /// XML 2× slower on namespaced documents (benches/translate.sh).
+/// The first bytes are compared inline too: the callers compare short names (prefixes) that
+/// mostly differ there, and a `memcmp` call costs more than the comparison itself.
 #[inline]
 pub fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && (a.is_empty() || a == b)
+    same_bytes(a.as_bytes(), b.as_bytes())
+}
+
+/// [`same`] for byte strings.
+#[inline]
+pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && (a.is_empty() || (a[0] == b[0] && a == b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Byte-at-a-time reference for the chunked escapers.
+    fn reference(s: &[u8], xml_text: bool) -> Result<Vec<u8>, usize> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < s.len() {
+            let b = s[i];
+            if xml_text && b == b'>' && i >= 2 && &s[i - 2..i] == b"]]" {
+                return Err(i - 2);
+            }
+            if xml_text && b == b'\r' {
+                out.extend_from_slice(b"\\n");
+                if s.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+            } else if JSON_ESC[b as usize] != 0 {
+                push_escape(&mut out, b, JSON_ESC[b as usize]);
+            } else {
+                out.push(b);
+            }
+            i += 1;
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn chunked_escapers_match_reference() {
+        let specials: &[&[u8]] = &[
+            b"\"",
+            b"\\",
+            b">",
+            b"]]>",
+            b"\r\n",
+            b"\r",
+            b"\n",
+            b"\x01",
+            b"\x1f",
+            b" ",
+            b"\x7f",
+            "é".as_bytes(),
+            "ệ".as_bytes(),
+            b"\xff",
+        ];
+        for len in 0..20 {
+            for at in 0..=len {
+                for sp in specials {
+                    let mut s = vec![b'a'; len];
+                    s.splice(at..at, sp.iter().copied());
+                    let mut out = Vec::new();
+                    let r = escape_xml_text_to_json(&mut out, &s, true).map(|_| out);
+                    assert_eq!(r, reference(&s, true), "{s:?}");
+                    let mut out = Vec::new();
+                    escape_json(&mut out, &s);
+                    assert_eq!(Ok(out), reference(&s, false), "{s:?}");
+                }
+            }
+        }
+    }
 }

@@ -107,6 +107,16 @@ pub struct ArrayPaths {
     suffixes: Vec<String>,
     /// Last segment of every suffix: a path whose last segment is not here matches none.
     suffix_last: HashSet<String, BuildHasherDefault<Fnv>>,
+    /// Bloom-style prefilter over the last segment of every path (absolute and suffix), see
+    /// [`last_segment_bit`]: most elements are not declared, and this rejects them without
+    /// hashing the path or the key.
+    last_filter: [u64; 4],
+}
+
+/// Filter bit of a path's last segment, from its length and last byte.
+fn last_segment_bit(last: &str) -> usize {
+    let b = last.as_bytes();
+    (b.len().wrapping_mul(31) + b.last().map_or(0, |&c| c as usize)) & 255
 }
 
 impl ArrayPaths {
@@ -127,14 +137,21 @@ impl ArrayPaths {
             // keep the leading '/' so that `//Item` does not match `/a/xItem`
             format!("/{rest}")
         } else if path.starts_with('/') {
+            self.set_filter(path);
             self.absolute.insert(path.to_string());
             return;
         } else {
             format!("/{path}")
         };
+        self.set_filter(&suffix);
         let last = suffix.rsplit('/').next().unwrap_or_default();
         self.suffix_last.insert(last.to_string());
         self.suffixes.push(suffix);
+    }
+
+    fn set_filter(&mut self, path: &str) {
+        let bit = last_segment_bit(path.rsplit('/').next().unwrap_or_default());
+        self.last_filter[bit / 64] |= 1 << (bit % 64);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -148,10 +165,18 @@ impl ArrayPaths {
     /// [`ArrayPaths::matches`] for `path` = `…/key`, without scanning the whole path for
     /// its last `/` (a key may itself hold one: `{http://x/y}Item`).
     pub(crate) fn matches_last(&self, path: &str, key: &str) -> bool {
+        // Keys are short: a byte loop beats memrchr's call overhead here.
+        let last = match key.bytes().rposition(|b| b == b'/') {
+            Some(i) => &key[i + 1..],
+            None => key,
+        };
+        let bit = last_segment_bit(last);
+        if self.last_filter[bit / 64] & (1 << (bit % 64)) == 0 {
+            return false;
+        }
         if !self.absolute.is_empty() && self.absolute.contains(path) {
             return true;
         }
-        let last = key.rsplit('/').next().unwrap_or(key);
         self.suffix_last.contains(last) && self.suffixes.iter().any(|s| path.ends_with(s.as_str()))
     }
 }

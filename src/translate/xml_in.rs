@@ -16,7 +16,7 @@
 
 use super::chars::{
     all_ws, escape_json, escape_xml_text_to_json, find_forbidden_char, is_ncname, is_ws,
-    resolve_reference, same, split_qname,
+    needs_json_escape, resolve_reference, same, same_bytes, split_qname,
 };
 use super::error::{invalid, malformed, too_large, unsupported, TranslateError};
 use super::{XmlToJsonOptions, XMLNS_NS, XML_NS, XSI_NS};
@@ -77,6 +77,8 @@ struct RawAttr<'a> {
     offset: usize,
     /// index into `bindings` of the attribute's namespace (None = no namespace / xmlns decl)
     ns: Option<usize>,
+    /// prefix and local part of `qname`, set when the name is validated
+    prefix: &'a str,
     local: &'a str,
     is_decl: bool,
 }
@@ -451,6 +453,7 @@ impl<'a, 'o> Conv<'a, 'o> {
                 value,
                 offset: off + n_start,
                 ns: None,
+                prefix: "",
                 local: aname,
                 is_decl: false,
             });
@@ -525,10 +528,13 @@ impl<'a, 'o> Conv<'a, 'o> {
     ) -> Result<(Option<usize>, &'a str), TranslateError> {
         // Declarations first: they are in scope for the element's own name and attributes.
         for idx in 0..self.attrs.len() {
-            let a = &self.attrs[idx];
-            let Some((p, l)) = split_qname(a.qname) else {
-                return Err(self.err_at(malformed("invalid attribute name"), a.offset));
+            let Some((p, l)) = split_qname(self.attrs[idx].qname) else {
+                let off = self.attrs[idx].offset;
+                return Err(self.err_at(malformed("invalid attribute name"), off));
             };
+            self.attrs[idx].prefix = p;
+            self.attrs[idx].local = l;
+            let a = &self.attrs[idx];
             let prefix = if p.is_empty() && l == "xmlns" {
                 Some("")
             } else if p == "xmlns" {
@@ -569,7 +575,7 @@ impl<'a, 'o> Conv<'a, 'o> {
                 continue;
             }
             let a = &self.attrs[idx];
-            let (p, l) = split_qname(a.qname).unwrap_or(("", a.qname));
+            let p = a.prefix;
             let ns = if p.is_empty() {
                 None
             } else {
@@ -584,7 +590,6 @@ impl<'a, 'o> Conv<'a, 'o> {
                 }
             };
             self.attrs[idx].ns = ns;
-            self.attrs[idx].local = l;
         }
         // Duplicates: by literal name, and by expanded name for namespaced attributes.
         let n = self.attrs.len();
@@ -624,20 +629,29 @@ impl<'a, 'o> Conv<'a, 'o> {
         Ok((ns, l))
     }
 
-    /// Builds the JSON key for a (namespace, local) pair into `key`.
-    fn make_key(&self, key: &mut String, ns: Option<usize>, local: &str) {
+    /// Builds the JSON key for a (namespace, local) pair into `key`, prefixed with `@` for an
+    /// attribute. Returns whether the key is plain, i.e. needs no JSON escaping: XML names
+    /// never do (no controls, quotes or backslashes), only a configured prefix or an unmapped
+    /// namespace URI can.
+    fn make_key(&self, key: &mut String, attr: bool, ns: Option<usize>, local: &str) -> bool {
         key.clear();
+        if attr {
+            key.push('@');
+        }
+        let mut plain = true;
         if let Some(i) = ns {
             let b = &self.bindings[i];
             match b.json {
                 JsonNs::NoNs => {}
                 JsonNs::Prefix(p) => {
                     if !p.is_empty() {
+                        plain = !needs_json_escape(p.as_bytes());
                         key.push_str(p);
                         key.push(':');
                     }
                 }
                 JsonNs::Unmapped => {
+                    plain = false;
                     key.push('{');
                     key.push_str(&b.uri);
                     key.push('}');
@@ -645,11 +659,16 @@ impl<'a, 'o> Conv<'a, 'o> {
             }
         }
         key.push_str(local);
+        plain
     }
 
-    fn write_key(&mut self, key: &str) {
+    fn write_key(&mut self, key: &str, plain: bool) {
         self.out.push(b'"');
-        escape_json(self.out, key.as_bytes());
+        if plain {
+            self.out.extend_from_slice(key.as_bytes());
+        } else {
+            escape_json(self.out, key.as_bytes());
+        }
         self.out.extend_from_slice(b"\":");
     }
 
@@ -759,7 +778,7 @@ impl<'a, 'o> Conv<'a, 'o> {
 
         if render {
             let mut key = std::mem::take(&mut self.key);
-            self.make_key(&mut key, ns, local);
+            let plain = self.make_key(&mut key, false, ns, local);
             if key.len() > self.opts.limits.max_name_len + 2048 {
                 self.key = key;
                 return Err(self.err_at(too_large("JSON key too long"), ev_start));
@@ -780,9 +799,9 @@ impl<'a, 'o> Conv<'a, 'o> {
                     self.root_started = true;
                     frame.is_root = true;
                     self.out.push(b'{');
-                    self.write_key(&key);
+                    self.write_key(&key, plain);
                 } else {
-                    match self.attach_child(&key)? {
+                    match self.attach_child(&key, plain)? {
                         Attach::Restarted => {
                             self.key = key;
                             // The parent is being re-read from its start tag; discard this one.
@@ -816,6 +835,10 @@ impl<'a, 'o> Conv<'a, 'o> {
         frame: &mut Frame<'a>,
         _ns_len: usize,
     ) -> Result<(), TranslateError> {
+        if self.attrs.is_empty() && self.mixed_starts.is_empty() {
+            frame.mode = Mode::Pending;
+            return Ok(());
+        }
         let mut nil = false;
         let mut others = 0;
         for a in &self.attrs {
@@ -853,13 +876,12 @@ impl<'a, 'o> Conv<'a, 'o> {
                 continue;
             }
             let (ns, local) = (a.ns, a.local);
-            self.make_key(&mut key, ns, local);
-            key.insert(0, '@');
+            let plain = self.make_key(&mut key, true, ns, local);
             if n > 0 {
                 self.out.push(b',');
             }
             n += 1;
-            self.write_key(&key);
+            self.write_key(&key, plain);
             self.out.push(b'"');
             let a = &self.attrs[idx];
             escape_json(self.out, a.value.as_bytes());
@@ -917,7 +939,7 @@ impl<'a, 'o> Conv<'a, 'o> {
         Some((start, start + key.len()))
     }
 
-    fn attach_child(&mut self, key: &str) -> Result<Attach, TranslateError> {
+    fn attach_child(&mut self, key: &str, plain: bool) -> Result<Attach, TranslateError> {
         let pi = self.frames.len() - 1;
         let strict = self.opts.strict_repeats;
         match self.frames[pi].mode {
@@ -936,7 +958,7 @@ impl<'a, 'o> Conv<'a, 'o> {
                 }
                 f.members += 1;
                 self.out.push(b'{');
-                self.write_key(key);
+                self.write_key(key, plain);
                 return Ok(Attach::Wrapped);
             }
             Mode::Pending => {
@@ -966,7 +988,7 @@ impl<'a, 'o> Conv<'a, 'o> {
         }
         self.frames[pi].had_child = true;
         let same_run = match self.frames[pi].run_key {
-            Some((s, e)) => &self.keys[s..e] == key.as_bytes(),
+            Some((s, e)) => same_bytes(&self.keys[s..e], key.as_bytes()),
             None => false,
         };
         if same_run {
@@ -1004,7 +1026,7 @@ impl<'a, 'o> Conv<'a, 'o> {
         f.members += 1;
         f.run_key = Some(range);
         f.run_array = declared;
-        self.write_key(key);
+        self.write_key(key, plain);
         if declared {
             self.out.push(b'[');
         }
