@@ -137,12 +137,11 @@ impl Sha256Hex {
 
     fn from_bytes(raw: &[u8]) -> Self {
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut s = String::with_capacity(raw.len() * 2);
+        let mut s = Vec::with_capacity(raw.len() * 2);
         for b in raw {
-            s.push(HEX[(b >> 4) as usize] as char);
-            s.push(HEX[(b & 15) as usize] as char);
+            s.extend_from_slice(&[HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
         }
-        Self(s)
+        Self(String::from_utf8(s).expect("hex digits are ASCII"))
     }
 
     pub fn as_str(&self) -> &str {
@@ -225,7 +224,8 @@ pub struct AuditRecord {
     pub bytes_in: u64,
     #[serde(default)]
     pub bytes_out: u64,
-    /// Request body as received from the caller.
+    /// Request body as received from the caller (absent when there was no
+    /// body: `bytes_in` is then 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_sha256: Option<Sha256Hex>,
     /// Request body as sent upstream after translation.
@@ -289,7 +289,9 @@ impl AuditRecord {
     /// The JSON bytes that become the Merkle leaf.
     pub fn to_json(&self) -> Vec<u8> {
         // Serialising plain structs of strings and integers cannot fail.
-        serde_json::to_vec(self).expect("audit record serialises")
+        let mut out = Vec::with_capacity(768);
+        serde_json::to_writer(&mut out, self).expect("audit record serialises");
+        out
     }
 
     /// Milliseconds since the epoch of `time`, if it is in canonical form.
@@ -344,13 +346,23 @@ pub fn format_epoch_ms(ms: u64) -> String {
     let secs = (ms / 1000) as i64;
     let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
     let sod = secs.rem_euclid(86_400);
-    format!(
-        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        sod / 3600,
-        (sod / 60) % 60,
-        sod % 60,
-        ms % 1000
-    )
+    // Written digit by digit: one record per request is stamped, and the
+    // formatting machinery costs more than the rest of this function.
+    let mut out = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut v: u64| {
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, y.clamp(0, 9999) as u64);
+    put(5, 2, u64::from(mo));
+    put(8, 2, u64::from(d));
+    put(11, 2, (sod / 3600) as u64);
+    put(14, 2, ((sod / 60) % 60) as u64);
+    put(17, 2, (sod % 60) as u64);
+    put(20, 3, ms % 1000);
+    String::from_utf8(out.to_vec()).expect("digits and separators are ASCII")
 }
 
 /// Parse exactly the form [`format_rfc3339_ms`] writes. Anything else
@@ -435,6 +447,21 @@ pub const MASK_KEEP_LAST: usize = 2;
 /// `-` does not join groups, so dates and dossier codes such as
 /// `000.00.01.H01-240101-0001` stay readable.
 pub fn mask_path(raw: &str) -> String {
+    // Most paths have nothing to decode or mask: no `%`, no `#` and no run of
+    // digits long enough to be an identifier (counting the separators that
+    // join groups as digits only over-approximates).
+    let mut run = 0;
+    let plain = raw.bytes().all(|b| {
+        run = if b.is_ascii_digit() || matches!(b, b'.' | b' ' | b'+') {
+            run + 1
+        } else {
+            0
+        };
+        b != b'%' && b != b'#' && run < MASK_MIN_DIGITS
+    });
+    if plain {
+        return raw.to_string();
+    }
     let raw = raw.split('#').next().unwrap_or("");
     let normalised = normalise_percent(raw);
     match normalised.split_once('?') {

@@ -556,8 +556,13 @@ pub mod audit_stage {
         )))));
     }
 
-    /// Hashes the request body as it is read (by the upstream, usually).
+    /// Hashes the request body as it is read (by the upstream, usually). A
+    /// request without a body has no digest (its record says `bytes_in: 0`).
     pub fn tap_request(ctx: &mut RequestCtx, body: Body) -> Body {
+        if matches!(body, Body::Empty) {
+            ctx.request_digest = Some(Arc::new(Mutex::new(Some((None, 0)))));
+            return body;
+        }
         let slot: DigestSlot = Arc::new(Mutex::new(None));
         ctx.request_digest = Some(slot.clone());
         body.with_tap(Tap::new(move |d, n| {
