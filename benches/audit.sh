@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Audit cost: the same plain proxy route with the audit log off and on (fail-open, the
-# default), one run of the shared harness each (../shared/bench/proxy-compare.sh), same
-# budget (one core for the whole gateway, writer thread included). Prints req/s and proxy
-# CPU µs per request for both, the ratios, and the records the writer committed per second.
+# default), through the shared harness (../shared/bench/proxy-compare.sh) with the same
+# budget (one core for the whole gateway, writer thread included). The two alternate,
+# off/on, for ROUNDS pairs of one harness round each, so drift on a shared machine hits
+# both alike; medians over the rounds. Prints req/s and proxy CPU µs per request for both,
+# the ratios, and how many records the writer committed.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SHARED="${LIENTHONG_SHARED:-$HERE/../shared}"
@@ -15,14 +17,20 @@ export LIENTHONG_BIN="${LIENTHONG_BIN:-$HERE/target/release/lienthong}" GATEWAY_
 export GATEWAY_PORT="${GATEWAY_PORT:-18083}" RESULTS_DIR="$WORK/results" LATENCY="${LATENCY:-0}"
 export ROUNDS="${ROUNDS:-3}" DURATION="${DURATION:-5}"
 mkdir -p "$RESULTS_DIR"
-echo "== audit off" >&2
-EXTRA_CONFIG="" GATEWAY_NAME=audit-off TARGETS=audit-off GATEWAY_PATH=/json "$SHARED/bench/proxy-compare.sh" | tail -4
-echo "== audit on (fail-open)" >&2
-EXTRA_CONFIG="
+AUDIT_CONFIG="
 [audit]
 db = \"$WORK/audit.db\"
 origin = \"bench/audit\"
 key = \"$HERE/config/dev/audit-signing.key.pem\"
-" GATEWAY_NAME=audit-on TARGETS=audit-on GATEWAY_PATH=/json "$SHARED/bench/proxy-compare.sh" | tail -4
+"
+PAIRS="$ROUNDS"
+for i in $(seq "$PAIRS"); do
+  echo "== pair $i/$PAIRS: audit off" >&2
+  ROUNDS=1 EXTRA_CONFIG="" GATEWAY_NAME=audit-off TARGETS=audit-off GATEWAY_PATH=/json \
+    "$SHARED/bench/proxy-compare.sh" | grep ' round ' || true
+  echo "== pair $i/$PAIRS: audit on (fail-open)" >&2
+  ROUNDS=1 EXTRA_CONFIG="$AUDIT_CONFIG" GATEWAY_NAME=audit-on TARGETS=audit-on GATEWAY_PATH=/json \
+    "$SHARED/bench/proxy-compare.sh" | grep ' round ' || true
+done
 RECORDS=$(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select coalesce(sum(count),0) from audit_segments').fetchone()[0])" "$WORK/audit.db")
 python3 "$HERE/benches/compare.py" "$RESULTS_DIR" audit-off audit-on && echo "records committed: $RECORDS (every request of the audit-on row, warm-up included)"

@@ -334,11 +334,10 @@ fn insert_segment(tx: &rusqlite::Transaction<'_>, seg: &NewSegment) -> Result<()
         return Ok(());
     }
     let end: Option<i64> = tx
-        .query_row(
+        .prepare_cached(
             "SELECT first_idx + count FROM audit_segments ORDER BY first_idx DESC LIMIT 1",
-            [],
-            |r| r.get(0),
-        )
+        )?
+        .query_row([], |r| r.get(0))
         .optional()?;
     if let Some(end) = end.map(to_u64).transpose()? {
         if seg.first_idx < end {

@@ -256,6 +256,7 @@ impl AuditWriter {
             rx,
             depth: depth.clone(),
             counters: counters.clone(),
+            frames_buf: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
@@ -492,6 +493,9 @@ struct Worker {
     rx: mpsc::Receiver<Msg>,
     depth: Arc<AtomicUsize>,
     counters: Arc<Counters>,
+    /// The last batch's frame buffer, reused: a batch is often hundreds of
+    /// KiB, and a fresh allocation that size costs page faults every time.
+    frames_buf: Vec<u8>,
 }
 
 impl Worker {
@@ -683,7 +687,11 @@ impl Worker {
         let start = self.frontier.size();
         let mut tentative = self.frontier.clone();
         let mut segment = NewSegment::new(start);
-        segment.frames = Vec::with_capacity(batch.iter().map(|p| frame_len(p.json.len())).sum());
+        segment.frames = std::mem::take(&mut self.frames_buf);
+        segment.frames.clear();
+        segment
+            .frames
+            .reserve(batch.iter().map(|p| frame_len(p.json.len())).sum());
         segment.cols = Vec::with_capacity(batch.len());
         let mut acks: Vec<Option<Ack<u64>>> = Vec::with_capacity(batch.len());
         // Count-based checkpoints land on exact multiples of the interval
@@ -726,12 +734,13 @@ impl Worker {
         let cp_refs: Vec<(&SignedCheckpoint, &CompactRange)> =
             cps.iter().map(|(c, f)| (c, f)).collect();
         let res = self.store.append_batch(&segment, &cp_refs);
+        let n = segment.cols.len() as u64;
+        self.frames_buf = segment.frames;
         self.counters
             .last_commit_latency_us
             .store(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
         match res {
             Ok(()) => {
-                let n = segment.cols.len() as u64;
                 self.frontier = tentative;
                 for (c, _) in &cps {
                     self.note_checkpoint(c.checkpoint().size);
