@@ -381,6 +381,20 @@ fn insert_segment(tx: &rusqlite::Transaction<'_>, seg: &NewSegment) -> Result<()
     Ok(())
 }
 
+/// The `frames` blob of a segment row.
+fn frames_column<'r>(
+    row: &'r rusqlite::Row<'_>,
+    col: usize,
+    first: u64,
+) -> Result<&'r [u8], AuditError> {
+    row.get_ref(col)?
+        .as_blob()
+        .map_err(|_| AuditError::Corrupt {
+            index: first,
+            reason: "segment frames are not a blob".into(),
+        })
+}
+
 /// Calls `f(idx, frame)` for each frame of a segment's blob, in order. Frames are
 /// split by their headers only (each is hash-checked by whoever reads it); a
 /// structurally broken frame is passed on with the rest of the blob, under the
@@ -648,24 +662,16 @@ impl Store {
         F: FnMut(u64, &[u8]) -> Result<(), AuditError>,
     {
         let to = to.unwrap_or(u64::MAX);
-        // The segment holding `from` starts at or before it.
-        let start: Option<i64> = self.conn.query_row(
-            "SELECT MAX(first_idx) FROM audit_segments WHERE first_idx <= ?1",
-            [to_i64(from)?],
-            |r| r.get(0),
-        )?;
+        let start = self.segment_start(from)?;
         let mut stmt = self.conn.prepare_cached(
             "SELECT first_idx, frames FROM audit_segments
              WHERE first_idx >= ?1 AND first_idx < ?2 ORDER BY first_idx",
         )?;
         let end = i64::try_from(to).unwrap_or(i64::MAX);
-        let mut rows = stmt.query(params![start.unwrap_or(to_i64(from)?), end])?;
+        let mut rows = stmt.query(params![start, end])?;
         while let Some(row) = rows.next()? {
             let first = to_u64(row.get(0)?)?;
-            let blob = row.get_ref(1)?.as_blob().map_err(|_| AuditError::Corrupt {
-                index: first,
-                reason: "segment frames are not a blob".into(),
-            })?;
+            let blob = frames_column(row, 1, first)?;
             let mut done = false;
             split_segment(first, blob, &mut |idx, frame| {
                 if done || idx < from {
@@ -682,6 +688,16 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Where a scan from record `idx` starts: the first index of the segment
+    /// holding it (segments start at or before the records they hold).
+    fn segment_start(&self, idx: u64) -> Result<i64, AuditError> {
+        let start: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT MAX(first_idx) FROM audit_segments WHERE first_idx <= ?1")?
+            .query_row([to_i64(idx)?], |r| r.get(0))?;
+        start.map_or_else(|| to_i64(idx), Ok)
     }
 
     /// Highest stored index.
@@ -944,11 +960,7 @@ impl Store {
                 && zone(6, filter.agency.as_deref())?
                 && zone(7, status.as_deref())?)
         };
-        let start: Option<i64> = self.conn.query_row(
-            "SELECT MAX(first_idx) FROM audit_segments WHERE first_idx <= ?1",
-            [to_i64(from_index)?],
-            |r| r.get(0),
-        )?;
+        let start = self.segment_start(from_index)?;
         let mut stmt = self.conn.prepare_cached(
             "SELECT first_idx, count, min_time_ms, max_time_ms, kinds, routes, agencies, statuses,
                     frames
@@ -956,7 +968,7 @@ impl Store {
              WHERE first_idx >= ?1 AND (?2 IS NULL OR max_time_ms >= ?2)
              ORDER BY first_idx",
         )?;
-        let mut rows = stmt.query(params![start.unwrap_or(0), from_ms])?;
+        let mut rows = stmt.query(params![start, from_ms])?;
         while let Some(row) = rows.next()? {
             if out.len() >= limit {
                 break;
@@ -965,10 +977,7 @@ impl Store {
                 continue;
             }
             let first = to_u64(row.get(0)?)?;
-            let blob = row.get_ref(8)?.as_blob().map_err(|_| AuditError::Corrupt {
-                index: first,
-                reason: "segment frames are not a blob".into(),
-            })?;
+            let blob = frames_column(row, 8, first)?;
             split_segment(first, blob, &mut |idx, frame| {
                 if idx < from_index {
                     return Ok(());
