@@ -64,6 +64,15 @@ pub fn strip_gateway_owned(h: &mut HeaderMap) {
 /// too unless `keep_upgrade` (a tunnel the route allows), in which case
 /// `Connection: upgrade` is put back.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of these: one pass over the names present is cheaper
+    // than hashing each of the nine for a removal. Without `Connection` no other field
+    // can have been named for removal.
+    if !h
+        .keys()
+        .any(|k| k == header::UPGRADE || HOP_BY_HOP.contains(k))
+    {
+        return;
+    }
     // Collect names first: `Connection` may list any field, possibly in several lines.
     let mut named: Vec<HeaderName> = Vec::new();
     for v in h.get_all(header::CONNECTION) {
@@ -92,23 +101,52 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Drops client-sent forwarding fields and sets the gateway's own.
-pub fn set_forwarded(h: &mut HeaderMap, peer: IpAddr, https: bool, host: Option<&str>) {
-    h.remove(&X_FORWARDED_FOR);
-    h.remove(&X_FORWARDED_PROTO);
-    h.remove(&X_FORWARDED_HOST);
-    h.remove(&X_REAL_IP);
-    h.remove(header::FORWARDED);
-    let proto = if https { "https" } else { "http" };
-    let ip = peer.to_string();
-    if let Ok(v) = HeaderValue::from_str(&ip) {
-        h.insert(X_FORWARDED_FOR.clone(), v);
+/// What the forwarding fields say about one connection, computed once when it is
+/// accepted rather than on every request.
+#[derive(Debug, Clone)]
+pub struct Forwarding {
+    /// `X-Forwarded-For`: the peer address.
+    pub for_value: HeaderValue,
+    /// `X-Forwarded-Proto`.
+    pub proto: HeaderValue,
+    /// `Forwarded` up to the host part: `for=…;proto=…` (RFC 7239).
+    pub forwarded: String,
+}
+
+impl Forwarding {
+    pub fn new(peer: IpAddr, https: bool) -> Self {
+        let proto = if https { "https" } else { "http" };
+        let ip = peer.to_string();
+        let forwarded = match peer {
+            IpAddr::V4(_) => format!("for={ip};proto={proto}"),
+            IpAddr::V6(_) => format!("for=\"[{ip}]\";proto={proto}"),
+        };
+        Self {
+            for_value: HeaderValue::from_str(&ip).expect("an IP address is a header value"),
+            proto: HeaderValue::from_static(proto),
+            forwarded,
+        }
     }
-    h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    let mut fwd = match peer {
-        IpAddr::V4(_) => format!("for={ip};proto={proto}"),
-        IpAddr::V6(_) => format!("for=\"[{ip}]\";proto={proto}"),
-    };
+}
+
+static FORWARDING: [&HeaderName; 5] = [
+    &X_FORWARDED_FOR,
+    &X_FORWARDED_PROTO,
+    &X_FORWARDED_HOST,
+    &X_REAL_IP,
+    &header::FORWARDED,
+];
+
+/// Drops client-sent forwarding fields and sets the gateway's own.
+pub fn set_forwarded(h: &mut HeaderMap, conn: &Forwarding, host: Option<&str>) {
+    if h.keys().any(|k| FORWARDING.contains(&k)) {
+        for n in FORWARDING {
+            h.remove(n);
+        }
+    }
+    h.insert(X_FORWARDED_FOR.clone(), conn.for_value.clone());
+    h.insert(X_FORWARDED_PROTO.clone(), conn.proto.clone());
+    let mut fwd = conn.forwarded.clone();
     if let Some(host) = host {
         if let Ok(v) = HeaderValue::from_str(host) {
             h.insert(X_FORWARDED_HOST.clone(), v);
@@ -137,11 +175,16 @@ pub fn append_via(h: &mut HeaderMap, version: http::Version, name: &str) {
         http::Version::HTTP_3 => "3",
         _ => "1.1",
     };
-    let mine = format!("{proto} {name}");
-    let value = match h.get(header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => format!("{prev}, {mine}"),
-        _ => mine,
-    };
+    let mut value = String::new();
+    if let Some(prev) = h.get(header::VIA).and_then(|v| v.to_str().ok()) {
+        if !prev.is_empty() {
+            value.push_str(prev);
+            value.push_str(", ");
+        }
+    }
+    value.push_str(proto);
+    value.push(' ');
+    value.push_str(name);
     if let Ok(v) = HeaderValue::from_str(&value) {
         h.insert(header::VIA, v);
     }
@@ -175,7 +218,8 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
         h.insert(header::FORWARDED, HeaderValue::from_static("for=6.6.6.6"));
-        set_forwarded(&mut h, "::1".parse().unwrap(), true, Some("a.gov.vn"));
+        let conn = Forwarding::new("::1".parse().unwrap(), true);
+        set_forwarded(&mut h, &conn, Some("a.gov.vn"));
         assert_eq!(h.get("x-forwarded-for").unwrap(), "::1");
         assert_eq!(
             h.get(header::FORWARDED).unwrap(),

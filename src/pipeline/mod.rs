@@ -103,7 +103,15 @@ fn request_id(h: &http::HeaderMap) -> HeaderValue {
         format!("{:016x}", h.finish())
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    HeaderValue::from_str(&format!("{prefix}-{n:x}")).expect("hex is a valid header value")
+    // `{prefix}-{n:x}`, written without the formatting machinery (once per request).
+    let mut id = Vec::with_capacity(prefix.len() + 17);
+    id.extend_from_slice(prefix.as_bytes());
+    id.push(b'-');
+    let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..digits).rev() {
+        id.push(b"0123456789abcdef"[((n >> (4 * i)) & 15) as usize]);
+    }
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(id)).expect("hex is a valid header value")
 }
 
 impl RequestCtx {
@@ -1489,12 +1497,7 @@ pub mod forward {
         // The length is derived from the body actually sent (hyper sets it from the
         // body's exact size, or uses chunked framing), never copied from the client.
         h.remove(header::CONTENT_LENGTH);
-        headers::set_forwarded(
-            &mut h,
-            ctx.conn.peer.ip(),
-            ctx.conn.tls.is_some(),
-            target.raw_host.as_deref(),
-        );
+        headers::set_forwarded(&mut h, &ctx.conn.forwarding, target.raw_host.as_deref());
         h.insert(headers::X_REQUEST_ID.clone(), ctx.request_id.clone());
         headers::strip_gateway_owned(&mut h);
         if !rt.auth.forward_token[ctx.route_index.unwrap_or(0)] {
@@ -1564,5 +1567,33 @@ pub mod forward {
             let mut u = hyper_util::rt::TokioIo::new(u);
             let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_request_ids_are_prefix_dash_counter_in_hex() {
+        let parse = |v: HeaderValue| {
+            let s = v.to_str().unwrap().to_string();
+            let (prefix, n) = s.split_once('-').unwrap();
+            assert_eq!(prefix.len(), 16);
+            assert!(prefix.bytes().all(|b| b.is_ascii_hexdigit()));
+            assert!(!n.is_empty() && n.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+            (prefix.to_string(), u64::from_str_radix(n, 16).unwrap())
+        };
+        let empty = http::HeaderMap::new();
+        let (p1, n1) = parse(request_id(&empty));
+        let (p2, n2) = parse(request_id(&empty));
+        assert_eq!(p1, p2);
+        assert!(n2 > n1);
+        // A well-formed client id is kept; anything else is replaced.
+        let mut h = http::HeaderMap::new();
+        h.insert(&headers::X_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert(&headers::X_REQUEST_ID, HeaderValue::from_static("a b"));
+        assert_ne!(request_id(&h), "a b");
     }
 }

@@ -13,6 +13,7 @@
 pub mod tls;
 
 use crate::config::ListenerConfig;
+use crate::pipeline::headers::Forwarding;
 use crate::runtime::Gateway;
 use bytes::Bytes;
 use hyper::service::service_fn;
@@ -36,6 +37,8 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub tls: Option<TlsInfo>,
+    /// The forwarding fields for requests on this connection.
+    pub forwarding: Forwarding,
 }
 
 /// The verified TLS facts of a connection.
@@ -279,6 +282,7 @@ async fn serve_conn(
                 peer,
                 local,
                 tls: Some(info),
+                forwarding: Forwarding::new(peer.ip(), true),
             });
             let io = ConnIo::new(tls_stream, None, activity.clone());
             serve_http(gw, conn, &lcfg, io, h2, activity, stop).await;
@@ -298,6 +302,7 @@ async fn serve_conn(
                 peer,
                 local,
                 tls: None,
+                forwarding: Forwarding::new(peer.ip(), false),
             });
             let io = ConnIo::new(stream, Some(prefix), activity.clone());
             serve_http(gw, conn, &lcfg, io, h2, activity, stop).await;
