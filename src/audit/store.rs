@@ -932,12 +932,32 @@ impl Store {
             let ids = stmt
                 .query_map(params![d, to_i64(from_index)?], |r| r.get::<_, i64>(0))?
                 .collect::<Result<Vec<_>, _>>()?;
-            for id in ids {
-                if out.len() >= limit {
+            // One read per segment: the dossier's records in the same segment are
+            // taken from a single scan of it.
+            let mut group: Vec<u64> = Vec::new();
+            let mut group_start = None;
+            for id in ids.into_iter().map(to_u64).chain([Ok(u64::MAX)]) {
+                let id = id?;
+                let start = if id == u64::MAX {
+                    None
+                } else {
+                    Some(self.segment_start(id)?)
+                };
+                if start != group_start && !group.is_empty() {
+                    let (lo, hi) = (group[0], group[group.len() - 1]);
+                    self.for_each_frame(lo, Some(hi + 1), |idx, frame| {
+                        if group.binary_search(&idx).is_ok() {
+                            take(idx, frame, &mut out)?;
+                        }
+                        Ok(())
+                    })?;
+                    group.clear();
+                }
+                if out.len() >= limit || start.is_none() {
                     break;
                 }
-                let id = to_u64(id)?;
-                self.for_each_frame(id, Some(id + 1), |idx, frame| take(idx, frame, &mut out))?;
+                group_start = start;
+                group.push(id);
             }
             return Ok(out);
         }

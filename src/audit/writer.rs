@@ -1655,6 +1655,18 @@ mod tests {
         v
     }
 
+    /// Indices of all stored records, in scan order.
+    fn stored_indices(store: &Store) -> Vec<u64> {
+        let mut v = Vec::new();
+        store
+            .for_each_frame(0, None, |idx, _| {
+                v.push(idx);
+                Ok(())
+            })
+            .unwrap();
+        v
+    }
+
     fn raw_conn(db: &Path) -> rusqlite::Connection {
         rusqlite::Connection::open(db).unwrap()
     }
@@ -2072,14 +2084,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!(first, 21);
-        let mut kept = Vec::new();
-        store
-            .for_each_frame(0, None, |idx, _| {
-                kept.push(idx);
-                Ok(())
-            })
-            .unwrap();
-        assert_eq!(kept, (21..51).collect::<Vec<u64>>());
+        assert_eq!(stored_indices(&store), (21..51).collect::<Vec<u64>>());
         let admin = query(
             &dir.db(),
             &Filter {
@@ -2567,13 +2572,7 @@ mod tests {
         let report = verify_db(&db, &key(), ORIGIN).unwrap();
         assert!(report.is_ok(), "{report:?}");
         let store = Store::open_read_only(&db).unwrap();
-        let mut present = BTreeSet::new();
-        store
-            .for_each_frame(0, None, |idx, _| {
-                present.insert(idx);
-                Ok(())
-            })
-            .unwrap();
+        let present: BTreeSet<u64> = stored_indices(&store).into_iter().collect();
         let missing: Vec<_> = acked.difference(&present).collect();
         assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
         assert_eq!(report.records, present.len() as u64);
