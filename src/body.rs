@@ -30,30 +30,61 @@ type TapDone = Box<dyn FnOnce(Option<[u8; 32]>, u64) + Send + Sync>;
 /// reports both when the body ends — or, with no digest, when it is dropped before
 /// its end (a client that went away, a failed upstream). Used by the audit stage.
 pub struct Tap {
-    hasher: aws_lc_rs::digest::Context,
+    hashed: Hashed,
     bytes: u64,
     done: Option<TapDone>,
+}
+
+/// What a [`Tap`] has seen so far. Most bodies the gateway relays arrive in one chunk; that
+/// chunk is kept (a reference count, not a copy) and hashed in one shot at the end, which
+/// spares the streaming context's allocation and set-up. A second chunk starts the
+/// streaming context.
+enum Hashed {
+    Nothing,
+    One(Bytes),
+    Streaming(aws_lc_rs::digest::Context),
 }
 
 impl Tap {
     pub fn new(done: impl FnOnce(Option<[u8; 32]>, u64) + Send + Sync + 'static) -> Tap {
         Tap {
-            hasher: aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256),
+            hashed: Hashed::Nothing,
             bytes: 0,
             done: Some(Box::new(done)),
         }
     }
 
-    fn update(&mut self, data: &[u8]) {
-        self.hasher.update(data);
+    fn update(&mut self, data: &Bytes) {
+        if data.is_empty() {
+            return;
+        }
         self.bytes += data.len() as u64;
+        self.hashed = match std::mem::replace(&mut self.hashed, Hashed::Nothing) {
+            Hashed::Nothing => Hashed::One(data.clone()),
+            Hashed::One(first) => {
+                let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+                ctx.update(&first);
+                ctx.update(data);
+                Hashed::Streaming(ctx)
+            }
+            Hashed::Streaming(mut ctx) => {
+                ctx.update(data);
+                Hashed::Streaming(ctx)
+            }
+        };
     }
 
     fn finish(&mut self) {
         if let Some(done) = self.done.take() {
-            let d = self.hasher.clone().finish();
-            let mut out = [0u8; 32];
-            out.copy_from_slice(d.as_ref());
+            let out = match std::mem::replace(&mut self.hashed, Hashed::Nothing) {
+                Hashed::Nothing => sha256(&[]),
+                Hashed::One(b) => sha256(&b),
+                Hashed::Streaming(ctx) => {
+                    let mut out = [0u8; 32];
+                    out.copy_from_slice(ctx.finish().as_ref());
+                    out
+                }
+            };
             done(Some(out), self.bytes);
         }
     }
@@ -252,5 +283,60 @@ pub async fn collect_capped(body: Body, cap: u64) -> Result<Bytes, BoxError> {
                 Err(e)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    type Seen = Arc<Mutex<Option<(Option<[u8; 32]>, u64)>>>;
+
+    fn tap() -> (Tap, Seen) {
+        let seen: Seen = Arc::default();
+        let s = seen.clone();
+        (
+            Tap::new(move |d, n| *s.lock().unwrap() = Some((d, n))),
+            seen,
+        )
+    }
+
+    #[test]
+    fn tap_digest_matches_whole_body_however_chunked() {
+        let body: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+        for cuts in [
+            vec![],
+            vec![0],
+            vec![1],
+            vec![64, 65],
+            vec![0, 10, 10, 4999],
+            vec![2500],
+        ] {
+            let (mut t, seen) = tap();
+            let mut at = 0;
+            for c in cuts.iter().copied().chain([body.len()]) {
+                t.update(&Bytes::copy_from_slice(&body[at..c]));
+                at = c;
+            }
+            t.finish();
+            let got = seen.lock().unwrap().take();
+            assert_eq!(
+                got,
+                Some((Some(sha256(&body)), body.len() as u64)),
+                "cuts {cuts:?}"
+            );
+        }
+        let (mut t, seen) = tap();
+        t.finish();
+        assert_eq!(seen.lock().unwrap().take(), Some((Some(sha256(b"")), 0)));
+    }
+
+    #[test]
+    fn tap_dropped_before_the_end_reports_no_digest() {
+        let (mut t, seen) = tap();
+        t.update(&Bytes::from_static(b"partial"));
+        drop(t);
+        assert_eq!(seen.lock().unwrap().take(), Some((None, 7)));
     }
 }

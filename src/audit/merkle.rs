@@ -68,11 +68,26 @@ pub enum MerkleError {
 }
 
 fn sha256_parts(parts: &[&[u8]]) -> Hash {
-    let mut ctx = digest::Context::new(&digest::SHA256);
-    for p in parts {
-        ctx.update(p);
-    }
-    let d = ctx.finish();
+    // Node hashes (65 bytes) and typical records fit a stack buffer and go through the
+    // one-shot digest: a streaming context costs a heap allocation and the EVP set-up and
+    // tear-down, which for a two-block node hash is more work than the hashing itself.
+    const SMALL: usize = 1024;
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let d = if total <= SMALL {
+        let mut buf = [0u8; SMALL];
+        let mut at = 0;
+        for p in parts {
+            buf[at..at + p.len()].copy_from_slice(p);
+            at += p.len();
+        }
+        digest::digest(&digest::SHA256, &buf[..at])
+    } else {
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        for p in parts {
+            ctx.update(p);
+        }
+        ctx.finish()
+    };
     let mut out = [0u8; HASH_LEN];
     out.copy_from_slice(d.as_ref());
     out

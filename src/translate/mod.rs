@@ -26,6 +26,7 @@ mod tests_prop;
 use std::collections::{BTreeMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
+pub(crate) use chars::escape_json;
 pub use error::{Position, TranslateError, TranslateErrorKind};
 
 /// Namespace URI of `xsi:nil` / `xsi:type`.
