@@ -56,9 +56,19 @@ pub fn split_ascii_qname(s: &str) -> Option<(&str, &str)> {
     if !starts_name(0) {
         return None;
     }
-    match b.iter().position(|&c| c == b':') {
+    // A plain loop: names are short, and `memchr` calls cost more than they save here.
+    let mut colon = None;
+    for (i, &c) in b.iter().enumerate() {
+        if c == b':' {
+            if colon.is_some() {
+                return None;
+            }
+            colon = Some(i);
+        }
+    }
+    match colon {
         None => Some(("", s)),
-        Some(i) if i == 0 || !starts_name(i + 1) || b[i + 1..].contains(&b':') => None,
+        Some(i) if i == 0 || !starts_name(i + 1) => None,
         Some(i) => Some((&s[..i], &s[i + 1..])),
     }
 }

@@ -1110,6 +1110,8 @@ impl<'a, 'o> Conv<'a, 'o> {
             TextKind::CData => {
                 let _ = escape_xml_text_to_json(self.out, s, false);
             }
+            // A reference is one character, mostly a plain ASCII one (`&amp;`, `&lt;`).
+            TextKind::Ref if s.len() == 1 && !needs_json_escape(s) => self.out.push(s[0]),
             TextKind::Ref => escape_json(self.out, s),
         }
         Ok(())
@@ -1124,7 +1126,7 @@ impl<'a, 'o> Conv<'a, 'o> {
                 ev_start,
             ));
         };
-        if f.qname != name {
+        if !same(f.qname, name) {
             let m = format!(
                 "mismatched end tag: expected </{}>, found </{}>",
                 f.qname, name
