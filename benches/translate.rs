@@ -22,6 +22,10 @@
 //!   translate --j2x IN [OUT]         OUT, print time and peak RSS (VmHWM) — for RSS runs
 //!   translate --loop x2j|j2x persons|dossier 10KB|1MB SECONDS
 //!                                    repeat one translation (for perf record / callgrind)
+//!   translate --count events|events+text|x2j persons|dossier 10KB|1MB N
+//!                                    run one operation exactly N times inside
+//!                                    `counted_runs` (deterministic; for callgrind's
+//!                                    `--toggle-collect='*counted_runs*'` instruction counts)
 //! Env: SAMPLE_MS (default 300; 80 with --quick), SAMPLES (default 5; 3 with --quick),
 //!      TRANSLATE_BENCH_DIR: if set, the documents (XML and the engine's JSON) and a
 //!      `results.tsv` of the measurements are written there.
@@ -573,6 +577,54 @@ fn profile_loop(a: &[String]) {
     );
 }
 
+/// The measured part of `--count`: kept out of line so that callgrind can count it alone.
+#[inline(never)]
+fn counted_runs(n: usize, f: &mut dyn FnMut() -> usize) -> usize {
+    (0..n).map(|_| black_box(f())).sum()
+}
+
+/// `--count events|events+text|x2j persons|dossier 10KB|1MB N`: runs one operation exactly N
+/// times, so that instruction counts of the raw event loop and of the translation can be
+/// compared on the same document.
+fn count_runs(a: &[String]) {
+    let usage = "--count events|events+text|x2j persons|dossier 10KB|1MB N";
+    let (op, doc, size) = (
+        a.first().expect(usage),
+        a.get(1).expect(usage),
+        a.get(2).expect(usage),
+    );
+    let n: usize = a.get(3).and_then(|v| v.parse().ok()).expect(usage);
+    let target = if size == "1MB" {
+        1024 * 1024
+    } else {
+        10 * 1024
+    };
+    let kinds = kinds();
+    let k = kinds.iter().find(|k| k.name == doc).expect(usage);
+    let xml = if k.name == "persons" {
+        persons_doc(target)
+    } else {
+        dossier_doc(target)
+    };
+    let xml = xml.as_bytes();
+    let mut out = Vec::with_capacity(xml.len() * 2);
+    let mut f: Box<dyn FnMut() -> usize> = match op.as_str() {
+        "events" => Box::new(|| xml_events(xml)),
+        "events+text" => Box::new(|| xml_events_text(xml)),
+        "x2j" => Box::new(|| {
+            out.clear();
+            translate::xml_to_json(xml, &k.x2j, &mut out).unwrap();
+            out.len()
+        }),
+        _ => panic!("{usage}"),
+    };
+    let total = counted_runs(n, &mut *f);
+    println!(
+        "count {op} {doc} {size}: {n} runs, {} bytes in, {total}",
+        xml.len()
+    );
+}
+
 // ------------------------------------------------------------------ main
 
 fn main() {
@@ -602,6 +654,10 @@ fn main() {
 
     if let Some(p) = pos("--loop") {
         profile_loop(&args[p + 1..]);
+        return;
+    }
+    if let Some(p) = pos("--count") {
+        count_runs(&args[p + 1..]);
         return;
     }
 

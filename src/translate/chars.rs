@@ -20,6 +20,59 @@ const fn ascii_name_table() -> [u8; 128] {
 
 static ASCII_NAME: [u8; 128] = ascii_name_table();
 
+/// [`ASCII_NAME`]'s `NAME_CHAR` bit for every byte value (0 for non-ASCII bytes), so that the
+/// start-tag scanner needs one load and one test per byte.
+const fn ascii_name_char_table() -> [bool; 256] {
+    let ascii = ascii_name_table();
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 128 {
+        t[i] = ascii[i] & NAME_CHAR != 0;
+        i += 1;
+    }
+    t
+}
+
+static NAME_CHAR_256: [bool; 256] = ascii_name_char_table();
+
+/// Length of the leading run of ASCII NameChars (colons included) in `b`. The start-tag
+/// scanner uses it to find the end of a name and to validate its characters in one pass.
+#[inline]
+pub fn ascii_name_run(b: &[u8]) -> usize {
+    b.iter()
+        .position(|&c| !NAME_CHAR_256[c as usize])
+        .unwrap_or(b.len())
+}
+
+/// [`split_qname`] for a name known to consist of ASCII NameChars only (see
+/// [`ascii_name_run`]): only the colon and the start-character rules remain to be checked.
+#[inline]
+pub fn split_ascii_qname(s: &str) -> Option<(&str, &str)> {
+    let b = s.as_bytes();
+    let starts_name = |i: usize| {
+        b.get(i)
+            .is_some_and(|&c| ASCII_NAME[c as usize] & NAME_START != 0)
+    };
+    if !starts_name(0) {
+        return None;
+    }
+    // A plain loop: names are short, and `memchr` calls cost more than they save here.
+    let mut colon = None;
+    for (i, &c) in b.iter().enumerate() {
+        if c == b':' {
+            if colon.is_some() {
+                return None;
+            }
+            colon = Some(i);
+        }
+    }
+    match colon {
+        None => Some(("", s)),
+        Some(i) if i == 0 || !starts_name(i + 1) => None,
+        Some(i) => Some((&s[..i], &s[i + 1..])),
+    }
+}
+
 fn is_name_start_char(c: char) -> bool {
     if (c as u32) < 0x80 {
         return ASCII_NAME[c as usize] & NAME_START != 0;
@@ -404,6 +457,43 @@ mod tests {
             i += 1;
         }
         Ok(out)
+    }
+
+    /// The start-tag fast path (scan with `ascii_name_run`, split with `split_ascii_qname`)
+    /// must agree with `split_qname` on every name it accepts, and leave the rest to it.
+    #[test]
+    fn ascii_qname_fast_path_matches_split_qname() {
+        let names = [
+            "a", "ab", "a:b", "hs:HoSo", ":a", "a:", "a::b", "a:b:c", "1a", "a:1b", "-a",
+            "a-b.c_d", "_:_", "a.b:c-d", "xmlns", "xmlns:x", ".", "a b", "a=b", "é", "aé:b",
+            "a:bé", "", "a\u{B7}b", "a/b", "a>b", "a\"b",
+        ];
+        for n in names {
+            let run = ascii_name_run(n.as_bytes());
+            if run == n.len() {
+                assert_eq!(split_ascii_qname(n), split_qname(n), "{n:?}");
+            } else {
+                // the fast path stops before a byte that is not an ASCII NameChar
+                let c = n.as_bytes()[run];
+                assert!(
+                    c >= 0x80 || ASCII_NAME[c as usize] & NAME_CHAR == 0,
+                    "{n:?}"
+                );
+            }
+        }
+        for c in 0..=255u8 {
+            let s = [b'a', c, b'b'];
+            let run = ascii_name_run(&s);
+            assert_eq!(
+                run == 3,
+                c < 0x80 && ASCII_NAME[c as usize] & NAME_CHAR != 0
+            );
+            if let Ok(n) = std::str::from_utf8(&s) {
+                if run == 3 {
+                    assert_eq!(split_ascii_qname(n), split_qname(n), "{n:?}");
+                }
+            }
+        }
     }
 
     #[test]

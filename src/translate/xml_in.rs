@@ -15,8 +15,8 @@
 //!   values that need normalisation and for namespace URIs with references.
 
 use super::chars::{
-    all_ws, escape_json, escape_xml_text_to_json, find_forbidden_char, is_ncname, is_ws,
-    needs_json_escape, resolve_reference, same, same_bytes, split_qname,
+    all_ws, ascii_name_run, escape_json, escape_xml_text_to_json, find_forbidden_char, is_ncname,
+    is_ws, needs_json_escape, resolve_reference, same, same_bytes, split_ascii_qname, split_qname,
 };
 use super::error::{invalid, malformed, too_large, unsupported, TranslateError};
 use super::{XmlToJsonOptions, XMLNS_NS, XML_NS, XSI_NS};
@@ -69,6 +69,25 @@ struct Binding<'a, 'o> {
     prefix: &'a str,
     uri: Cow<'a, str>,
     json: JsonNs<'o>,
+    /// Keys of names in this namespace need no JSON escaping (see [`push_key`]).
+    plain: bool,
+}
+
+impl<'a, 'o> Binding<'a, 'o> {
+    fn new(prefix: &'a str, uri: Cow<'a, str>, opts: &'o XmlToJsonOptions) -> Self {
+        let json = json_ns(opts, &uri);
+        let plain = match json {
+            JsonNs::NoNs => true,
+            JsonNs::Prefix(p) => !needs_json_escape(p.as_bytes()),
+            JsonNs::Unmapped => false,
+        };
+        Binding {
+            prefix,
+            uri,
+            json,
+            plain,
+        }
+    }
 }
 
 struct RawAttr<'a> {
@@ -81,6 +100,8 @@ struct RawAttr<'a> {
     prefix: &'a str,
     local: &'a str,
     is_decl: bool,
+    /// The name consists of ASCII NameChars only (checked while scanning the tag).
+    ascii: bool,
 }
 
 struct Frame<'a> {
@@ -103,7 +124,13 @@ struct Frame<'a> {
     run_key: Option<(usize, usize)>,
     run_array: bool,
     run_value_start: usize,
-    big: Option<HashSet<Box<[u8]>>>,
+    /// One bit per (length, last byte) class of the child keys in `seen`: a key whose bit is
+    /// clear is new without scanning the list.
+    seen_bits: u64,
+    /// Boxed (8 bytes instead of 48): rarely used, and the frame is copied on every push and
+    /// pop.
+    #[allow(clippy::box_collection)]
+    big: Option<Box<HashSet<Box<[u8]>>>>,
 }
 
 /// Past this many distinct child names the per-parent duplicate check switches from a linear
@@ -131,6 +158,7 @@ struct Conv<'a, 'o> {
     bindings: Vec<Binding<'a, 'o>>,
     attrs: Vec<RawAttr<'a>>,
     path: String,
+    /// Scratch buffer for attribute keys that need JSON escaping.
     key: String,
     keys: Vec<u8>,
     seen: Vec<(usize, usize)>,
@@ -224,11 +252,8 @@ pub(crate) fn convert(
         seen_event: false,
         outcome: Outcome::default(),
     };
-    c.bindings.push(Binding {
-        prefix: "xml",
-        uri: Cow::Borrowed(XML_NS),
-        json: json_ns(opts, XML_NS),
-    });
+    c.bindings
+        .push(Binding::new("xml", Cow::Borrowed(XML_NS), opts));
     c.run()?;
     Ok(c.outcome)
 }
@@ -383,10 +408,27 @@ impl<'a, 'o> Conv<'a, 'o> {
 
     // ------------------------------------------------------------------ start tags
 
-    fn parse_tag(&mut self, content: &'a str, off: usize) -> Result<&'a str, TranslateError> {
+    /// Splits a start tag into its name and `attrs`. Returns the name and whether it consists
+    /// of ASCII NameChars only (then [`split_ascii_qname`] is enough to check it).
+    fn parse_tag(
+        &mut self,
+        content: &'a str,
+        off: usize,
+    ) -> Result<(&'a str, bool), TranslateError> {
         let limits = &self.opts.limits;
         let b = content.as_bytes();
-        let name_end = b.iter().position(|&c| is_ws(c)).unwrap_or(b.len());
+        // Names end at whitespace. Almost all are ASCII: one scan finds the end and checks
+        // the characters; anything else is left to the general scan and `split_qname`.
+        let run = ascii_name_run(b);
+        let ascii = run == b.len() || is_ws(b[run]);
+        let name_end = if ascii {
+            run
+        } else {
+            b[run..]
+                .iter()
+                .position(|&c| is_ws(c))
+                .map_or(b.len(), |p| run + p)
+        };
         let qname = &content[..name_end];
         if qname.len() > limits.max_name_len {
             return Err(self.err_at(too_large("element name longer than max_name_len"), off));
@@ -405,6 +447,8 @@ impl<'a, 'o> Conv<'a, 'o> {
                 return Err(self.err_at(malformed("whitespace required before attribute"), off + i));
             }
             let n_start = i;
+            i += ascii_name_run(&b[i..]);
+            let a_ascii = i == b.len() || is_ws(b[i]) || b[i] == b'=';
             while i < b.len() && !is_ws(b[i]) && b[i] != b'=' {
                 i += 1;
             }
@@ -456,9 +500,10 @@ impl<'a, 'o> Conv<'a, 'o> {
                 prefix: "",
                 local: aname,
                 is_decl: false,
+                ascii: a_ascii,
             });
         }
-        Ok(qname)
+        Ok((qname, ascii))
     }
 
     /// Attribute-value normalisation (XML 1.0 §3.3.3) for CDATA attributes: references are
@@ -524,11 +569,18 @@ impl<'a, 'o> Conv<'a, 'o> {
     fn resolve(
         &mut self,
         qname: &'a str,
+        ascii: bool,
         off: usize,
     ) -> Result<(Option<usize>, &'a str), TranslateError> {
         // Declarations first: they are in scope for the element's own name and attributes.
         for idx in 0..self.attrs.len() {
-            let Some((p, l)) = split_qname(self.attrs[idx].qname) else {
+            let a = &self.attrs[idx];
+            let split = if a.ascii {
+                split_ascii_qname(a.qname)
+            } else {
+                split_qname(a.qname)
+            };
+            let Some((p, l)) = split else {
                 let off = self.attrs[idx].offset;
                 return Err(self.err_at(malformed("invalid attribute name"), off));
             };
@@ -560,14 +612,9 @@ impl<'a, 'o> Conv<'a, 'o> {
             if let Some(m) = bad {
                 return Err(self.err_at(malformed(m), a.offset));
             }
-            let json = json_ns(self.opts, uri);
             let value = a.value.clone();
             self.attrs[idx].is_decl = true;
-            self.bindings.push(Binding {
-                prefix,
-                uri: value,
-                json,
-            });
+            self.bindings.push(Binding::new(prefix, value, self.opts));
         }
         // Attribute names.
         for idx in 0..self.attrs.len() {
@@ -612,7 +659,12 @@ impl<'a, 'o> Conv<'a, 'o> {
                 }
             }
         }
-        let Some((p, l)) = split_qname(qname) else {
+        let split = if ascii {
+            split_ascii_qname(qname)
+        } else {
+            split_qname(qname)
+        };
+        let Some((p, l)) = split else {
             return Err(self.err_at(malformed(format!("invalid element name '{qname}'")), off));
         };
         let ns = match self.lookup(p) {
@@ -627,49 +679,6 @@ impl<'a, 'o> Conv<'a, 'o> {
             }
         };
         Ok((ns, l))
-    }
-
-    /// Builds the JSON key for a (namespace, local) pair into `key`, prefixed with `@` for an
-    /// attribute. Returns whether the key is plain, i.e. needs no JSON escaping: XML names
-    /// never do (no controls, quotes or backslashes), only a configured prefix or an unmapped
-    /// namespace URI can.
-    fn make_key(&self, key: &mut String, attr: bool, ns: Option<usize>, local: &str) -> bool {
-        key.clear();
-        if attr {
-            key.push('@');
-        }
-        let mut plain = true;
-        if let Some(i) = ns {
-            let b = &self.bindings[i];
-            match b.json {
-                JsonNs::NoNs => {}
-                JsonNs::Prefix(p) => {
-                    if !p.is_empty() {
-                        plain = !needs_json_escape(p.as_bytes());
-                        key.push_str(p);
-                        key.push(':');
-                    }
-                }
-                JsonNs::Unmapped => {
-                    plain = false;
-                    key.push('{');
-                    key.push_str(&b.uri);
-                    key.push('}');
-                }
-            }
-        }
-        key.push_str(local);
-        plain
-    }
-
-    fn write_key(&mut self, key: &str, plain: bool) {
-        self.out.push(b'"');
-        if plain {
-            self.out.extend_from_slice(key.as_bytes());
-        } else {
-            escape_json(self.out, key.as_bytes());
-        }
-        self.out.extend_from_slice(b"\":");
     }
 
     fn ns_uri(&self, ns: Option<usize>) -> &str {
@@ -691,8 +700,8 @@ impl<'a, 'o> Conv<'a, 'o> {
             return Err(self.err_at(malformed("more than one root element"), ev_start));
         }
         let ns_len = self.bindings.len();
-        let qname = self.parse_tag(content, off)?;
-        let (ns, local) = self.resolve(qname, off)?;
+        let (qname, ascii) = self.parse_tag(content, off)?;
+        let (ns, local) = self.resolve(qname, ascii, off)?;
 
         let parent_mode = self.frames.last().map(|f| f.mode);
         let path_len = self.path.len();
@@ -716,6 +725,7 @@ impl<'a, 'o> Conv<'a, 'o> {
             run_key: None,
             run_array: false,
             run_value_start: 0,
+            seen_bits: 0,
             big: None,
         };
 
@@ -777,14 +787,14 @@ impl<'a, 'o> Conv<'a, 'o> {
         }
 
         if render {
-            let mut key = std::mem::take(&mut self.key);
-            let plain = self.make_key(&mut key, false, ns, local);
-            if key.len() > self.opts.limits.max_name_len + 2048 {
-                self.key = key;
+            // The element's JSON key is built once, as the last segment of `path`.
+            self.path.push('/');
+            let key_start = self.path.len();
+            let plain = push_key(&mut self.path, &self.bindings, false, ns, local);
+            if self.path.len() - key_start > self.opts.limits.max_name_len + 2048 {
+                self.path.truncate(path_len);
                 return Err(self.err_at(too_large("JSON key too long"), ev_start));
             }
-            self.path.push('/');
-            self.path.push_str(&key);
             let restart = match self.restart_at {
                 Some((at, wrap, root)) if at == ev_start => {
                     self.restart_at = None;
@@ -799,11 +809,10 @@ impl<'a, 'o> Conv<'a, 'o> {
                     self.root_started = true;
                     frame.is_root = true;
                     self.out.push(b'{');
-                    self.write_key(&key, plain);
+                    put_key(self.out, &self.path.as_bytes()[key_start..], plain);
                 } else {
-                    match self.attach_child(&key, plain)? {
+                    match self.attach_child(key_start, plain)? {
                         Attach::Restarted => {
-                            self.key = key;
                             // The parent is being re-read from its start tag; discard this one.
                             self.bindings.truncate(self.bindings.len().min(ns_len));
                             return Ok(());
@@ -813,7 +822,6 @@ impl<'a, 'o> Conv<'a, 'o> {
                     }
                 }
             }
-            self.key = key;
             // The parent's bookkeeping for this child is done: this element's own children
             // start after it (popping this frame must not erase the parent's entry).
             frame.seen_start = self.seen.len();
@@ -868,26 +876,29 @@ impl<'a, 'o> Conv<'a, 'o> {
             return Ok(());
         }
         self.out.push(b'{');
-        let mut key = std::mem::take(&mut self.key);
         let mut n = 0;
-        for idx in 0..self.attrs.len() {
-            let a = &self.attrs[idx];
+        for a in &self.attrs {
             if a.is_decl {
                 continue;
             }
-            let (ns, local) = (a.ns, a.local);
-            let plain = self.make_key(&mut key, true, ns, local);
             if n > 0 {
                 self.out.push(b',');
             }
             n += 1;
-            self.write_key(&key, plain);
-            self.out.push(b'"');
-            let a = &self.attrs[idx];
+            if a.ns.is_none_or(|i| self.bindings[i].plain) {
+                // No escaping needed: the key goes straight into the output.
+                self.out.push(b'"');
+                push_key(self.out, &self.bindings, true, a.ns, a.local);
+                self.out.extend_from_slice(b"\":\"");
+            } else {
+                let plain = push_key(&mut self.key, &self.bindings, true, a.ns, a.local);
+                put_key(self.out, self.key.as_bytes(), plain);
+                self.key.clear();
+                self.out.push(b'"');
+            }
             escape_json(self.out, a.value.as_bytes());
             self.out.push(b'"');
         }
-        self.key = key;
         frame.members = n;
         if mixed {
             if n > 0 {
@@ -904,42 +915,10 @@ impl<'a, 'o> Conv<'a, 'o> {
         Ok(())
     }
 
-    /// Records `key` among the parent's children. Returns the key's range in the arena, or
-    /// None if the parent already had a child with this key.
-    fn seen_insert(&mut self, key: &[u8]) -> Option<(usize, usize)> {
-        let pi = self.frames.len() - 1;
-        let start = self.keys.len();
-        let f = &mut self.frames[pi];
-        if let Some(big) = &mut f.big {
-            if !big.insert(key.into()) {
-                return None;
-            }
-        } else {
-            let keys = &self.keys;
-            // Length and last byte first: sibling names mostly differ there, and a full
-            // comparison is a libc call.
-            let last = key.last().copied();
-            if self.seen[f.seen_start..].iter().any(|&(s, e)| {
-                e - s == key.len() && keys[s..e].last().copied() == last && &keys[s..e] == key
-            }) {
-                return None;
-            }
-            if self.seen.len() - f.seen_start >= SEEN_LINEAR_MAX {
-                let mut set: HashSet<Box<[u8]>> = self.seen[f.seen_start..]
-                    .iter()
-                    .map(|&(s, e)| Box::from(&keys[s..e]))
-                    .collect();
-                set.insert(key.into());
-                f.big = Some(set);
-            } else {
-                self.seen.push((start, start + key.len()));
-            }
-        }
-        self.keys.extend_from_slice(key);
-        Some((start, start + key.len()))
-    }
-
-    fn attach_child(&mut self, key: &str, plain: bool) -> Result<Attach, TranslateError> {
+    /// Attaches a rendered child to the parent frame: closes the parent's pending text,
+    /// detects repeats and writes the child's key. The key is the last segment of `path`,
+    /// from `key_start`.
+    fn attach_child(&mut self, key_start: usize, plain: bool) -> Result<Attach, TranslateError> {
         let pi = self.frames.len() - 1;
         let strict = self.opts.strict_repeats;
         match self.frames[pi].mode {
@@ -958,7 +937,7 @@ impl<'a, 'o> Conv<'a, 'o> {
                 }
                 f.members += 1;
                 self.out.push(b'{');
-                self.write_key(key, plain);
+                put_key(self.out, &self.path.as_bytes()[key_start..], plain);
                 return Ok(Attach::Wrapped);
             }
             Mode::Pending => {
@@ -986,13 +965,14 @@ impl<'a, 'o> Conv<'a, 'o> {
                 }
             }
         }
-        self.frames[pi].had_child = true;
-        let same_run = match self.frames[pi].run_key {
-            Some((s, e)) => same_bytes(&self.keys[s..e], key.as_bytes()),
+        let key = &self.path.as_bytes()[key_start..];
+        let f = &mut self.frames[pi];
+        f.had_child = true;
+        let same_run = match f.run_key {
+            Some((s, e)) => same_bytes(&self.keys[s..e], key),
             None => false,
         };
         if same_run {
-            let f = &mut self.frames[pi];
             if !f.run_array {
                 if strict {
                     return Err(self.err_path(invalid(
@@ -1005,10 +985,10 @@ impl<'a, 'o> Conv<'a, 'o> {
             self.out.push(b',');
             return Ok(Attach::Plain);
         }
-        if self.frames[pi].run_array {
+        if f.run_array {
             self.out.push(b']');
         }
-        let Some(range) = self.seen_insert(key.as_bytes()) else {
+        let Some(range) = seen_insert(f, &mut self.seen, &mut self.keys, key) else {
             if strict {
                 return Err(self.err_path(invalid(
                     "element repeats after other siblings; not representable as a JSON object in strict mode",
@@ -1017,20 +997,22 @@ impl<'a, 'o> Conv<'a, 'o> {
             self.restart(pi)?;
             return Ok(Attach::Restarted);
         };
-        let declared =
-            !self.opts.arrays.is_empty() && self.opts.arrays.matches_last(&self.path, key);
-        let f = &mut self.frames[pi];
+        // Keys are valid UTF-8 (built from names and strings) and `key_start` follows a '/'.
+        let declared = !self.opts.arrays.is_empty()
+            && self
+                .opts
+                .arrays
+                .matches_last(&self.path, &self.path[key_start..]);
         if f.members > 0 {
             self.out.push(b',');
         }
         f.members += 1;
         f.run_key = Some(range);
         f.run_array = declared;
-        self.write_key(key, plain);
+        put_key(self.out, key, plain);
         if declared {
             self.out.push(b'[');
         }
-        let f = &mut self.frames[pi];
         f.run_value_start = self.out.len();
         Ok(Attach::Plain)
     }
@@ -1072,7 +1054,7 @@ impl<'a, 'o> Conv<'a, 'o> {
         let ws = all_ws(s);
         match mode {
             Mode::Transparent | Mode::Skip | Mode::Nil { .. } => {
-                if matches!(kind, TextKind::Text) {
+                if !ws && matches!(kind, TextKind::Text) {
                     check_cdata_end(s).map_err(|i| {
                         self.err_at(malformed("']]>' is not allowed in text"), off + i)
                     })?;
@@ -1090,13 +1072,9 @@ impl<'a, 'o> Conv<'a, 'o> {
             Mode::Object if self.frames[pi].had_child => {
                 if !ws {
                     self.restart(pi)?;
-                    return Ok(());
                 }
-                if matches!(kind, TextKind::Text) {
-                    check_cdata_end(s).map_err(|i| {
-                        self.err_at(malformed("']]>' is not allowed in text"), off + i)
-                    })?;
-                }
+                // Whitespace between children (indentation) is dropped; it cannot contain
+                // `]]>`, so there is nothing to check.
                 return Ok(());
             }
             _ => {}
@@ -1132,6 +1110,8 @@ impl<'a, 'o> Conv<'a, 'o> {
             TextKind::CData => {
                 let _ = escape_xml_text_to_json(self.out, s, false);
             }
+            // A reference is one character, mostly a plain ASCII one (`&amp;`, `&lt;`).
+            TextKind::Ref if s.len() == 1 && !needs_json_escape(s) => self.out.push(s[0]),
             TextKind::Ref => escape_json(self.out, s),
         }
         Ok(())
@@ -1146,7 +1126,7 @@ impl<'a, 'o> Conv<'a, 'o> {
                 ev_start,
             ));
         };
-        if f.qname != name {
+        if !same(f.qname, name) {
             let m = format!(
                 "mismatched end tag: expected </{}>, found </{}>",
                 f.qname, name
@@ -1212,6 +1192,116 @@ enum Attach {
     Plain,
     Wrapped,
     Restarted,
+}
+
+/// Where JSON keys are built: the element path (`String`) or the output itself.
+trait KeySink {
+    fn put(&mut self, s: &str);
+}
+
+impl KeySink for String {
+    #[inline]
+    fn put(&mut self, s: &str) {
+        self.push_str(s);
+    }
+}
+
+impl KeySink for Vec<u8> {
+    #[inline]
+    fn put(&mut self, s: &str) {
+        self.extend_from_slice(s.as_bytes());
+    }
+}
+
+/// Appends the JSON key of a (namespace, local) pair, prefixed with `@` for an attribute.
+/// Returns whether the key is plain, i.e. needs no JSON escaping: XML names never do (no
+/// controls, quotes or backslashes), only a configured prefix or an unmapped namespace URI
+/// can (see [`Binding::plain`]).
+#[inline]
+fn push_key(
+    key: &mut impl KeySink,
+    bindings: &[Binding<'_, '_>],
+    attr: bool,
+    ns: Option<usize>,
+    local: &str,
+) -> bool {
+    if attr {
+        key.put("@");
+    }
+    let mut plain = true;
+    if let Some(i) = ns {
+        let b = &bindings[i];
+        plain = b.plain;
+        match b.json {
+            JsonNs::NoNs => {}
+            JsonNs::Prefix(p) => {
+                if !p.is_empty() {
+                    key.put(p);
+                    key.put(":");
+                }
+            }
+            JsonNs::Unmapped => {
+                key.put("{");
+                key.put(&b.uri);
+                key.put("}");
+            }
+        }
+    }
+    key.put(local);
+    plain
+}
+
+/// Writes `"key":`, escaping the key unless it is plain.
+#[inline]
+fn put_key(out: &mut Vec<u8>, key: &[u8], plain: bool) {
+    out.push(b'"');
+    if plain {
+        out.extend_from_slice(key);
+    } else {
+        escape_json(out, key);
+    }
+    out.extend_from_slice(b"\":");
+}
+
+/// Records `key` among the children of frame `f`. Returns the key's range in the `keys` arena,
+/// or None if the parent already had a child with this key.
+fn seen_insert(
+    f: &mut Frame<'_>,
+    seen: &mut Vec<(usize, usize)>,
+    keys: &mut Vec<u8>,
+    key: &[u8],
+) -> Option<(usize, usize)> {
+    let start = keys.len();
+    if let Some(big) = &mut f.big {
+        if !big.insert(key.into()) {
+            return None;
+        }
+    } else {
+        let last = key.last().copied();
+        let bit = 1u64 << ((key.len().wrapping_mul(31) + last.map_or(0, usize::from)) & 63);
+        // Length and last byte first: sibling names mostly differ there, and a full
+        // comparison is a libc call.
+        if f.seen_bits & bit != 0
+            && seen[f.seen_start..].iter().any(|&(s, e)| {
+                e - s == key.len() && keys[s..e].last().copied() == last && &keys[s..e] == key
+            })
+        {
+            return None;
+        }
+        f.seen_bits |= bit;
+        if seen.len() - f.seen_start >= SEEN_LINEAR_MAX {
+            let mut set: HashSet<Box<[u8]>> = seen[f.seen_start..]
+                .iter()
+                .map(|&(s, e)| Box::from(&keys[s..e]))
+                .collect();
+            set.insert(key.into());
+            f.big = Some(Box::new(set));
+        } else {
+            seen.push((start, start + key.len()));
+        }
+    }
+    keys.extend_from_slice(key);
+    Some((start, start + key.len()))
 }
 
 fn check_cdata_end(s: &[u8]) -> Result<(), usize> {
