@@ -137,12 +137,12 @@ impl Sha256Hex {
 
     fn from_bytes(raw: &[u8]) -> Self {
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut s = String::with_capacity(raw.len() * 2);
-        for b in raw {
-            s.push(char::from(HEX[(b >> 4) as usize]));
-            s.push(char::from(HEX[(b & 15) as usize]));
+        let mut s = vec![0u8; raw.len() * 2];
+        for (pair, b) in s.chunks_exact_mut(2).zip(raw) {
+            pair[0] = HEX[(b >> 4) as usize];
+            pair[1] = HEX[(b & 15) as usize];
         }
-        Self(s)
+        Self(String::from_utf8(s).expect("hex digits are ASCII"))
     }
 
     pub fn as_str(&self) -> &str {

@@ -278,6 +278,19 @@ pub struct IndexColumns {
 }
 
 impl IndexColumns {
+    /// Like [`IndexColumns::of`], taking the strings out of a record that is no longer
+    /// needed (the request path's record, once serialised) instead of copying them.
+    pub fn from_record(rec: AuditRecord) -> Self {
+        Self {
+            time_ms: rec.time_ms(),
+            kind: Some(rec.kind.as_str()),
+            dossier: rec.dossier,
+            agency: rec.caller.map(|c| c.agency),
+            route: rec.route,
+            status: rec.status,
+        }
+    }
+
     pub fn of(rec: &AuditRecord) -> Self {
         Self {
             time_ms: rec.time_ms(),

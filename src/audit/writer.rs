@@ -270,7 +270,7 @@ impl AuditWriter {
         })
     }
 
-    fn enqueue(&self, rec: &AuditRecord, ack: Option<Ack<u64>>) -> Result<(), AuditError> {
+    fn enqueue(&self, rec: AuditRecord, ack: Option<Ack<u64>>) -> Result<(), AuditError> {
         let json = rec.to_json();
         if json.len() > MAX_RECORD_LEN {
             return Err(AuditError::InvalidArgument(format!(
@@ -291,7 +291,7 @@ impl AuditWriter {
         }
         let msg = Msg::Record {
             json,
-            cols: IndexColumns::of(rec),
+            cols: IndexColumns::from_record(rec),
             ack,
         };
         if self.tx.send(msg).is_err() {
@@ -304,14 +304,14 @@ impl AuditWriter {
     /// Queue a record and get a ticket for its durability. Never blocks.
     pub fn submit(&self, rec: AuditRecord) -> Result<Ticket, AuditError> {
         let (tx, rx) = oneshot::channel();
-        self.enqueue(&rec, Some(tx))?;
+        self.enqueue(rec, Some(tx))?;
         Ok(Ticket { rx })
     }
 
     /// Queue a record without any acknowledgement (fail-open routes). Never
     /// blocks.
     pub fn submit_nowait(&self, rec: AuditRecord) -> Result<(), AuditError> {
-        self.enqueue(&rec, None)
+        self.enqueue(rec, None)
     }
 
     pub fn stats(&self) -> WriterStats {
