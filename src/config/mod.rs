@@ -81,7 +81,56 @@ pub struct ServerConfig {
     pub worker_threads: Option<usize>,
     #[serde(with = "dur")]
     pub drain_timeout: Duration,
-    pub via_name: String,
+    pub via_name: ViaName,
+}
+
+/// The pseudonym this gateway adds to `Via` (`server.via_name`), with the field values
+/// it produces precomputed: most messages arrive without a `Via`, and then the gateway's
+/// own value is inserted as a shared, already validated header value.
+#[derive(Debug, Clone)]
+pub struct ViaName {
+    name: String,
+    http10: http::HeaderValue,
+    http11: http::HeaderValue,
+    http2: http::HeaderValue,
+}
+
+impl ViaName {
+    /// `None` unless `name` is a non-empty HTTP token.
+    pub fn new(name: String) -> Option<Self> {
+        if name.is_empty() || !name.bytes().all(is_token_byte) {
+            return None;
+        }
+        let value = |proto: &str| {
+            http::HeaderValue::from_maybe_shared(bytes::Bytes::from(format!("{proto} {name}"))).ok()
+        };
+        Some(Self {
+            http10: value("1.0")?,
+            http11: value("1.1")?,
+            http2: value("2")?,
+            name,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.name
+    }
+
+    /// The whole `Via` value for a message of `version` that had none, when precomputed.
+    pub fn value(&self, version: http::Version) -> Option<&http::HeaderValue> {
+        match version {
+            http::Version::HTTP_10 => Some(&self.http10),
+            http::Version::HTTP_11 => Some(&self.http11),
+            http::Version::HTTP_2 => Some(&self.http2),
+            _ => None,
+        }
+    }
+}
+
+impl Serialize for ViaName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.name)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -1453,14 +1502,16 @@ impl Validator {
                 server.drain_timeout.as_ref(),
                 Duration::from_secs(30),
             ),
-            via_name: match server.via_name {
-                Some(n) if !n.is_empty() && n.bytes().all(is_token_byte) => n,
-                Some(n) => {
-                    self.problems
-                        .push("server.via_name", format!("{n:?} is not an HTTP token"));
-                    "lienthong".into()
+            via_name: {
+                let default = || ViaName::new("lienthong".into()).expect("a valid token");
+                match server.via_name {
+                    Some(n) => ViaName::new(n.clone()).unwrap_or_else(|| {
+                        self.problems
+                            .push("server.via_name", format!("{n:?} is not an HTTP token"));
+                        default()
+                    }),
+                    None => default(),
                 }
-                None => "lienthong".into(),
             },
         };
         let format = match log.format.as_deref() {

@@ -167,7 +167,15 @@ pub fn set_forwarded(h: &mut HeaderMap, conn: &Forwarding, host: Option<&str>) {
 }
 
 /// Appends this gateway to `Via` (RFC 9110 §7.6.3).
-pub fn append_via(h: &mut HeaderMap, version: http::Version, name: &str) {
+pub fn append_via(h: &mut HeaderMap, version: http::Version, via: &crate::config::ViaName) {
+    let prev = h.get(header::VIA).and_then(|v| v.to_str().ok());
+    if prev.is_none_or(str::is_empty) {
+        if let Some(v) = via.value(version) {
+            h.insert(header::VIA, v.clone());
+            return;
+        }
+    }
+    let name = via.as_str();
     let proto = match version {
         http::Version::HTTP_09 => "0.9",
         http::Version::HTTP_10 => "1.0",
@@ -193,6 +201,40 @@ pub fn append_via(h: &mut HeaderMap, version: http::Version, name: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn via_is_added_or_appended_for_every_version() {
+        let via = crate::config::ViaName::new("gw-1".into()).unwrap();
+        let cases = [
+            (http::Version::HTTP_10, None, "1.0 gw-1"),
+            (http::Version::HTTP_11, None, "1.1 gw-1"),
+            (http::Version::HTTP_2, None, "2 gw-1"),
+            (http::Version::HTTP_09, None, "0.9 gw-1"),
+            (http::Version::HTTP_3, None, "3 gw-1"),
+            (http::Version::HTTP_11, Some(""), "1.1 gw-1"),
+            (
+                http::Version::HTTP_11,
+                Some("1.0 portal"),
+                "1.0 portal, 1.1 gw-1",
+            ),
+            (
+                http::Version::HTTP_2,
+                Some("1.1 a, 1.1 b"),
+                "1.1 a, 1.1 b, 2 gw-1",
+            ),
+        ];
+        for (version, prev, want) in cases {
+            let mut h = HeaderMap::new();
+            if let Some(p) = prev {
+                h.insert(header::VIA, HeaderValue::from_static(p));
+            }
+            append_via(&mut h, version, &via);
+            assert_eq!(h.get_all(header::VIA).iter().count(), 1);
+            assert_eq!(h.get(header::VIA).unwrap(), want, "{version:?} {prev:?}");
+        }
+        assert!(crate::config::ViaName::new("bad name".into()).is_none());
+        assert!(crate::config::ViaName::new(String::new()).is_none());
+    }
 
     #[test]
     fn connection_named_fields_are_removed() {
