@@ -67,45 +67,48 @@ pub enum MerkleError {
     },
 }
 
-fn sha256_parts(parts: &[&[u8]]) -> Hash {
-    // Node hashes (65 bytes) and typical records fit a stack buffer and go through the
-    // one-shot digest: a streaming context costs a heap allocation and the EVP set-up and
-    // tear-down, which for a two-block node hash is more work than the hashing itself.
-    const SMALL: usize = 1024;
-    let total: usize = parts.iter().map(|p| p.len()).sum();
-    let d = if total <= SMALL {
-        let mut buf = [0u8; SMALL];
-        let mut at = 0;
-        for p in parts {
-            buf[at..at + p.len()].copy_from_slice(p);
-            at += p.len();
-        }
-        digest::digest(&digest::SHA256, &buf[..at])
-    } else {
-        let mut ctx = digest::Context::new(&digest::SHA256);
-        for p in parts {
-            ctx.update(p);
-        }
-        ctx.finish()
-    };
+fn sha256(data: &[u8]) -> Hash {
     let mut out = [0u8; HASH_LEN];
-    out.copy_from_slice(d.as_ref());
+    out.copy_from_slice(digest::digest(&digest::SHA256, data).as_ref());
     out
 }
 
+// Hashes go through the one-shot digest over one contiguous buffer: a streaming context
+// costs a heap allocation and the EVP set-up and tear-down, which for a two-block node
+// hash is more work than the hashing itself.
+
 /// Root of the empty tree: `SHA-256("")` (RFC 6962 §2.1).
 pub fn empty_root() -> Hash {
-    sha256_parts(&[])
+    sha256(&[])
 }
 
 /// Leaf hash of one record: `SHA-256(0x00 || data)`.
 pub fn leaf_hash(data: &[u8]) -> Hash {
-    sha256_parts(&[&[LEAF_PREFIX], data])
+    thread_local! {
+        // The prefixed copy of the record; kept per thread so hashing allocates nothing.
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUF.with(|b| {
+        let mut b = b.borrow_mut();
+        b.clear();
+        b.push(LEAF_PREFIX);
+        b.extend_from_slice(data);
+        let h = sha256(&b);
+        // Do not keep a huge record's copy alive for the life of the thread.
+        if b.capacity() > 64 << 10 {
+            *b = Vec::new();
+        }
+        h
+    })
 }
 
 /// Interior node hash: `SHA-256(0x01 || left || right)`.
 pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
-    sha256_parts(&[&[NODE_PREFIX], left, right])
+    let mut buf = [0u8; 1 + 2 * HASH_LEN];
+    buf[0] = NODE_PREFIX;
+    buf[1..1 + HASH_LEN].copy_from_slice(left);
+    buf[1 + HASH_LEN..].copy_from_slice(right);
+    sha256(&buf)
 }
 
 /// Largest power of two strictly below `n` (the RFC 6962 split point `k`).
