@@ -53,7 +53,7 @@ pub struct RequestCtx {
     pub route: Option<Arc<str>>,
     pub route_index: Option<usize>,
     pub upstream: Option<Arc<str>>,
-    pub endpoint: Option<String>,
+    pub endpoint: Option<Arc<str>>,
     pub attempts: u32,
     pub error: Option<(&'static str, Option<String>)>,
     /// The verified caller, once authentication has run (None: anonymous route).
@@ -255,7 +255,7 @@ async fn proxy(
     let answer = pool.send(out).await;
     ctx.upstream_us = Some(sent.elapsed().as_micros() as u64);
     let answer = answer?;
-    ctx.endpoint = Some(answer.endpoint.addr.to_string());
+    ctx.endpoint = Some(answer.endpoint.label.clone());
     ctx.attempts = answer.attempts;
     let mut rsp = answer.response;
     if rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
@@ -625,7 +625,7 @@ pub mod audit_stage {
         };
         r.route = ctx.route.as_deref().map(str::to_string);
         r.upstream = ctx.upstream.as_deref().map(str::to_string);
-        r.endpoint = ctx.endpoint.clone();
+        r.endpoint = ctx.endpoint.as_deref().map(str::to_string);
         r.method = Some(ctx.method.to_string());
         r.set_path(&ctx.path);
         r.status = Some(status);

@@ -28,6 +28,9 @@ pub fn now_ms() -> u64 {
 
 pub struct Endpoint {
     pub addr: EndpointAddr,
+    /// `addr` as text (`scheme://host:port`), made once: every proxied request names
+    /// its endpoint in the access log and the audit record.
+    pub label: Arc<str>,
     /// The lean HTTP/1.1 connection pool of this endpoint (None for HTTP/2 pools,
     /// which use the multiplexing client).
     conn: Option<conn_pool::ConnPool>,
@@ -259,6 +262,7 @@ impl Pool {
                 Ok(Arc::new(Endpoint {
                     conn,
                     addr: e.clone(),
+                    label: e.to_string().into(),
                     scheme: if e.https {
                         http::uri::Scheme::HTTPS
                     } else {
