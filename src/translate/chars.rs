@@ -269,6 +269,48 @@ const fn json_escape_table() -> [u8; 256] {
 
 static JSON_ESC: [u8; 256] = json_escape_table();
 
+/// [`attr_value_class`] bit: the byte changes under attribute-value normalisation (or is
+/// refused there): `&`, `<`, TAB, LF, CR.
+pub const ATTR_NORMALISE: u8 = 1;
+/// [`attr_value_class`] bit: the byte needs JSON escaping.
+pub const ATTR_JSON_ESCAPE: u8 = 2;
+
+const fn attr_class_table() -> [u8; 256] {
+    let esc = json_escape_table();
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        if esc[i] != 0 {
+            t[i] |= ATTR_JSON_ESCAPE;
+        }
+        i += 1;
+    }
+    t[b'&' as usize] |= ATTR_NORMALISE;
+    t[b'<' as usize] |= ATTR_NORMALISE;
+    t[b'\t' as usize] |= ATTR_NORMALISE;
+    t[b'\n' as usize] |= ATTR_NORMALISE;
+    t[b'\r' as usize] |= ATTR_NORMALISE;
+    t
+}
+
+static ATTR_CLASS: [u8; 256] = attr_class_table();
+
+/// Finds the closing `quote` of an attribute value and classifies the value on the way, so
+/// that the value is read once instead of three times (quote search, normalisation check,
+/// JSON escaping check). Returns the value's length and the OR of the
+/// [`ATTR_NORMALISE`]/[`ATTR_JSON_ESCAPE`] bits of its bytes, or None if the quote is missing.
+#[inline]
+pub fn attr_value_class(s: &[u8], quote: u8) -> Option<(usize, u8)> {
+    let mut class = 0u8;
+    for (i, &c) in s.iter().enumerate() {
+        if c == quote {
+            return Some((i, class));
+        }
+        class |= ATTR_CLASS[c as usize];
+    }
+    None
+}
+
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Length of the leading run of `s` that JSON needs no escape for and that contains no `>`

@@ -15,9 +15,11 @@
 //!   values that need normalisation and for namespace URIs with references.
 
 use super::chars::{
-    all_ws, ascii_name_run, escape_json, escape_xml_text_to_json, find_forbidden_char, is_ncname,
-    is_ws, needs_json_escape, resolve_reference, same, same_bytes, split_ascii_qname, split_qname,
+    all_ws, ascii_name_run, attr_value_class, escape_json, escape_xml_text_to_json,
+    find_forbidden_char, is_ncname, is_ws, needs_json_escape, resolve_reference, same, same_bytes,
+    split_ascii_qname, split_qname,
 };
+use super::chars::{ATTR_JSON_ESCAPE, ATTR_NORMALISE};
 use super::error::{invalid, malformed, too_large, unsupported, TranslateError};
 use super::{XmlToJsonOptions, XMLNS_NS, XML_NS, XSI_NS};
 use quick_xml::events::Event;
@@ -102,6 +104,8 @@ struct RawAttr<'a> {
     is_decl: bool,
     /// The name consists of ASCII NameChars only (checked while scanning the tag).
     ascii: bool,
+    /// The value needs no JSON escaping (found while scanning the tag).
+    json_plain: bool,
 }
 
 struct Frame<'a> {
@@ -468,7 +472,7 @@ impl<'a, 'o> Conv<'a, 'o> {
             }
             let q = b[i];
             let v_start = i + 1;
-            let Some(len) = b[v_start..].iter().position(|&c| c == q) else {
+            let Some((len, class)) = attr_value_class(&b[v_start..], q) else {
                 return Err(self.err_at(malformed("unterminated attribute value"), off + i));
             };
             let v_end = v_start + len;
@@ -491,7 +495,15 @@ impl<'a, 'o> Conv<'a, 'o> {
                     off + n_start,
                 ));
             }
-            let value = self.decode_attr(&content[v_start..v_end], off + v_start)?;
+            let raw = &content[v_start..v_end];
+            // Normalisation is rare: the value is then built anew and rescanned for escaping.
+            let (value, json_plain) = if class & ATTR_NORMALISE == 0 {
+                (Cow::Borrowed(raw), class & ATTR_JSON_ESCAPE == 0)
+            } else {
+                let v = self.decode_attr(raw, off + v_start)?;
+                let plain = !needs_json_escape(v.as_bytes());
+                (Cow::Owned(v), plain)
+            };
             self.attrs.push(RawAttr {
                 qname: aname,
                 value,
@@ -501,22 +513,17 @@ impl<'a, 'o> Conv<'a, 'o> {
                 local: aname,
                 is_decl: false,
                 ascii: a_ascii,
+                json_plain,
             });
         }
         Ok((qname, ascii))
     }
 
     /// Attribute-value normalisation (XML 1.0 §3.3.3) for CDATA attributes: references are
-    /// resolved, literal TAB/LF/CR (and CRLF) become one space each. Borrowed when nothing
-    /// needs changing, which is the common case.
-    fn decode_attr(&self, raw: &'a str, off: usize) -> Result<Cow<'a, str>, TranslateError> {
+    /// resolved, literal TAB/LF/CR (and CRLF) become one space each. Only called for values
+    /// that contain one of these (see [`attr_value_class`]); the others are borrowed as is.
+    fn decode_attr(&self, raw: &str, off: usize) -> Result<String, TranslateError> {
         let b = raw.as_bytes();
-        if !b
-            .iter()
-            .any(|&c| matches!(c, b'&' | b'<' | b'\t' | b'\n' | b'\r'))
-        {
-            return Ok(Cow::Borrowed(raw));
-        }
         let mut s = String::with_capacity(raw.len());
         let mut i = 0;
         while i < b.len() {
@@ -557,7 +564,7 @@ impl<'a, 'o> Conv<'a, 'o> {
             }
             i += 1;
         }
-        Ok(Cow::Owned(s))
+        Ok(s)
     }
 
     fn lookup(&self, prefix: &str) -> Option<usize> {
@@ -853,7 +860,7 @@ impl<'a, 'o> Conv<'a, 'o> {
             if a.is_decl {
                 continue;
             }
-            if a.local == "nil" && self.ns_uri(a.ns) == XSI_NS {
+            if same(a.local, "nil") && self.ns_uri(a.ns) == XSI_NS {
                 let v = a
                     .value
                     .trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r'));
@@ -896,7 +903,11 @@ impl<'a, 'o> Conv<'a, 'o> {
                 self.key.clear();
                 self.out.push(b'"');
             }
-            escape_json(self.out, a.value.as_bytes());
+            if a.json_plain {
+                self.out.extend_from_slice(a.value.as_bytes());
+            } else {
+                escape_json(self.out, a.value.as_bytes());
+            }
             self.out.push(b'"');
         }
         frame.members = n;
