@@ -31,10 +31,10 @@ PAIRS="$ROUNDS"
 for i in $(seq "$PAIRS"); do
   echo "== pair $i/$PAIRS: audit off" >&2
   ROUNDS=1 EXTRA_CONFIG="" GATEWAY_NAME=audit-off TARGETS=audit-off GATEWAY_PATH=/json \
-    "$SHARED/bench/proxy-compare.sh" | grep ' round ' | tee -a "$WORK/rounds" || true
+    "$SHARED/bench/proxy-compare.sh" 2>&1 | grep ' round ' | tee -a "$WORK/rounds" || true
   echo "== pair $i/$PAIRS: audit on (fail-open)$([ "${AA:-0}" = 1 ] && echo ', A/A: audit off again')" >&2
   ROUNDS=1 EXTRA_CONFIG="$ON_CONFIG" GATEWAY_NAME=audit-on TARGETS=audit-on GATEWAY_PATH=/json \
-    "$SHARED/bench/proxy-compare.sh" | grep ' round ' | tee -a "$WORK/rounds" || true
+    "$SHARED/bench/proxy-compare.sh" 2>&1 | grep ' round ' | tee -a "$WORK/rounds" || true
 done
 # Ratios of each pair, in order: how far single pairs scatter around the medians.
 awk '{ for (i = 1; i < NF; i++) { if ($i == "req/s") r = $(i - 1); if ($(i + 1) == "us/req") c = $i }
