@@ -37,16 +37,60 @@ static NAME_CHAR_256: [bool; 256] = ascii_name_char_table();
 
 /// Length of the leading run of ASCII NameChars (colons included) in `b`. The start-tag
 /// scanner uses it to find the end of a name and to validate its characters in one pass.
-#[inline]
+#[cfg(test)]
 pub fn ascii_name_run(b: &[u8]) -> usize {
     b.iter()
         .position(|&c| !NAME_CHAR_256[c as usize])
         .unwrap_or(b.len())
 }
 
+/// No colon in the run (see [`ascii_qname_run`]).
+pub const NO_COLON: usize = usize::MAX;
+/// More than one colon in the run (see [`ascii_qname_run`]).
+pub const COLONS: usize = usize::MAX - 1;
+
+/// `ascii_name_run` that also locates colons, so that splitting the name needs no second
+/// scan: returns the run's length and the position of its only colon, [`NO_COLON`] or
+/// [`COLONS`].
+#[inline]
+pub fn ascii_qname_run(b: &[u8]) -> (usize, usize) {
+    let mut colon = NO_COLON;
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if !NAME_CHAR_256[c as usize] {
+            break;
+        }
+        if c == b':' {
+            colon = if colon == NO_COLON { i } else { COLONS };
+        }
+        i += 1;
+    }
+    (i, colon)
+}
+
+/// `split_ascii_qname` with the colon already located by [`ascii_qname_run`].
+#[inline]
+pub fn split_ascii_qname_at(s: &str, colon: usize) -> Option<(&str, &str)> {
+    let b = s.as_bytes();
+    let starts_name = |i: usize| {
+        b.get(i)
+            .is_some_and(|&c| ASCII_NAME[c as usize] & NAME_START != 0)
+    };
+    if !starts_name(0) {
+        return None;
+    }
+    match colon {
+        NO_COLON => Some(("", s)),
+        COLONS => None,
+        i if i == 0 || !starts_name(i + 1) => None,
+        i => Some((&s[..i], &s[i + 1..])),
+    }
+}
+
 /// [`split_qname`] for a name known to consist of ASCII NameChars only (see
 /// [`ascii_name_run`]): only the colon and the start-character rules remain to be checked.
-#[inline]
+#[cfg(test)]
 pub fn split_ascii_qname(s: &str) -> Option<(&str, &str)> {
     let b = s.as_bytes();
     let starts_name = |i: usize| {
@@ -178,32 +222,45 @@ pub fn is_xml_char(c: u32) -> bool {
 /// of the first offending character. The input is already valid UTF-8, so surrogates cannot
 /// occur; what remains are C0 controls and U+FFFE / U+FFFF (UTF-8 `EF BF BE` / `EF BF BF`).
 pub fn find_forbidden_char(s: &str) -> Option<usize> {
+    // Branch-free screening of 64-byte blocks into one byte accumulator (vectorises to about
+    // one instruction per byte); only blocks that contain a suspicious byte are examined
+    // byte by byte.
+    const BLOCK: usize = 64;
     let b = s.as_bytes();
     let mut i = 0;
-    while i < b.len() {
-        // Branch-free screening of 32-byte blocks (vectorises); only blocks that contain a
-        // suspicious byte are examined byte by byte.
-        let end = (i + 32).min(b.len());
-        let suspicious = b[i..end].iter().fold(false, |acc, &c| {
-            acc | ((c < 0x20) & (c != b'\t') & (c != b'\n') & (c != b'\r')) | (c == 0xEF)
-        });
-        if suspicious {
-            for j in i..end {
-                let c = b[j];
-                if c < 0x20 {
-                    if c != b'\t' && c != b'\n' && c != b'\r' {
-                        return Some(j);
-                    }
-                } else if c == 0xEF
-                    && j + 2 < b.len()
-                    && b[j + 1] == 0xBF
-                    && (b[j + 2] & 0xFE) == 0xBE
-                {
-                    return Some(j);
-                }
+    for block in b.chunks_exact(BLOCK) {
+        let mut m = 0u8;
+        for &c in block {
+            m |= forbidden_screen(c);
+        }
+        if m != 0 {
+            if let Some(j) = find_forbidden_in(b, i, i + BLOCK) {
+                return Some(j);
             }
         }
-        i = end;
+        i += BLOCK;
+    }
+    find_forbidden_in(b, i, b.len())
+}
+
+/// 1 for a C0 control other than TAB/LF/CR, and for 0xEF (lead byte of U+FFFE / U+FFFF).
+/// `(c | 4) == 13` holds exactly for TAB (9) and CR (13).
+#[inline]
+fn forbidden_screen(c: u8) -> u8 {
+    (((c < 0x20) & ((c | 4) != 13) & (c != b'\n')) | (c == 0xEF)) as u8
+}
+
+/// Byte-by-byte check of `b[from..to]`; U+FFFE / U+FFFF may extend past `to`.
+fn find_forbidden_in(b: &[u8], from: usize, to: usize) -> Option<usize> {
+    for j in from..to {
+        let c = b[j];
+        if c < 0x20 {
+            if c != b'\t' && c != b'\n' && c != b'\r' {
+                return Some(j);
+            }
+        } else if c == 0xEF && j + 2 < b.len() && b[j + 1] == 0xBF && (b[j + 2] & 0xFE) == 0xBE {
+            return Some(j);
+        }
     }
     None
 }
@@ -477,6 +534,39 @@ pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
 mod tests {
     use super::*;
 
+    #[test]
+    fn forbidden_char_blocks_match_char_by_char() {
+        fn reference(s: &str) -> Option<usize> {
+            s.char_indices()
+                .find(|&(_, c)| {
+                    (c < ' ' && !matches!(c, '\t' | '\n' | '\r'))
+                        || c == '\u{FFFE}'
+                        || c == '\u{FFFF}'
+                })
+                .map(|(i, _)| i)
+        }
+        for c in 0u8..0x80 {
+            assert_eq!(
+                forbidden_screen(c) != 0,
+                reference(&(c as char).to_string()).is_some()
+            );
+        }
+        let base = "ab\tc\r\nd\u{FFFD}\u{FEFF}\u{EFBF}ệ x".repeat(12);
+        let inserts = [
+            "\u{0}", "\u{1}", "\u{8}", "\u{B}", "\u{C}", "\u{E}", "\u{1F}", "\t", "\n", "\r",
+            "\u{7F}", "\u{FFFE}", "\u{FFFF}", "\u{FFFD}", "\u{FFEF}", "\u{F8FF}", "",
+        ];
+        let cuts: Vec<usize> = base.char_indices().map(|(i, _)| i).collect();
+        for (ki, &k) in cuts.iter().enumerate() {
+            for ins in inserts {
+                for end in [base.len(), cuts[(ki + cuts.len()) / 2]] {
+                    let s = format!("{}{}{}", &base[..k], ins, &base[k..end]);
+                    assert_eq!(find_forbidden_char(&s), reference(&s), "{s:?}");
+                }
+            }
+        }
+    }
+
     /// Byte-at-a-time reference for the chunked escapers.
     fn reference(s: &[u8], xml_text: bool) -> Result<Vec<u8>, usize> {
         let mut out = Vec::new();
@@ -512,8 +602,11 @@ mod tests {
         ];
         for n in names {
             let run = ascii_name_run(n.as_bytes());
+            let (run2, colon) = ascii_qname_run(n.as_bytes());
+            assert_eq!(run, run2, "{n:?}");
             if run == n.len() {
                 assert_eq!(split_ascii_qname(n), split_qname(n), "{n:?}");
+                assert_eq!(split_ascii_qname_at(n, colon), split_qname(n), "{n:?}");
             } else {
                 // the fast path stops before a byte that is not an ASCII NameChar
                 let c = n.as_bytes()[run];
@@ -533,6 +626,9 @@ mod tests {
             if let Ok(n) = std::str::from_utf8(&s) {
                 if run == 3 {
                     assert_eq!(split_ascii_qname(n), split_qname(n), "{n:?}");
+                    let (run2, colon) = ascii_qname_run(&s);
+                    assert_eq!(run2, 3);
+                    assert_eq!(split_ascii_qname_at(n, colon), split_qname(n), "{n:?}");
                 }
             }
         }

@@ -15,9 +15,9 @@
 //!   values that need normalisation and for namespace URIs with references.
 
 use super::chars::{
-    all_ws, ascii_name_run, attr_value_class, escape_json, escape_xml_text_to_json,
+    all_ws, ascii_qname_run, attr_value_class, escape_json, escape_xml_text_to_json,
     find_forbidden_char, is_ncname, is_ws, needs_json_escape, resolve_reference, same, same_bytes,
-    split_ascii_qname, split_qname,
+    split_ascii_qname_at, split_qname,
 };
 use super::chars::{ATTR_JSON_ESCAPE, ATTR_NORMALISE};
 use super::error::{invalid, malformed, too_large, unsupported, TranslateError};
@@ -104,6 +104,8 @@ struct RawAttr<'a> {
     is_decl: bool,
     /// The name consists of ASCII NameChars only (checked while scanning the tag).
     ascii: bool,
+    /// Where the colon of an `ascii` name is (see [`ascii_qname_run`]).
+    colon: usize,
     /// The value needs no JSON escaping (found while scanning the tag).
     json_plain: bool,
 }
@@ -412,18 +414,19 @@ impl<'a, 'o> Conv<'a, 'o> {
 
     // ------------------------------------------------------------------ start tags
 
-    /// Splits a start tag into its name and `attrs`. Returns the name and whether it consists
-    /// of ASCII NameChars only (then [`split_ascii_qname`] is enough to check it).
+    /// Splits a start tag into its name and `attrs`. Returns the name, whether it consists
+    /// of ASCII NameChars only (then [`split_ascii_qname_at`] is enough to check it) and
+    /// where its colon is (see [`ascii_qname_run`]).
     fn parse_tag(
         &mut self,
         content: &'a str,
         off: usize,
-    ) -> Result<(&'a str, bool), TranslateError> {
+    ) -> Result<(&'a str, bool, usize), TranslateError> {
         let limits = &self.opts.limits;
         let b = content.as_bytes();
         // Names end at whitespace. Almost all are ASCII: one scan finds the end and checks
         // the characters; anything else is left to the general scan and `split_qname`.
-        let run = ascii_name_run(b);
+        let (run, colon) = ascii_qname_run(b);
         let ascii = run == b.len() || is_ws(b[run]);
         let name_end = if ascii {
             run
@@ -451,7 +454,8 @@ impl<'a, 'o> Conv<'a, 'o> {
                 return Err(self.err_at(malformed("whitespace required before attribute"), off + i));
             }
             let n_start = i;
-            i += ascii_name_run(&b[i..]);
+            let (a_run, a_colon) = ascii_qname_run(&b[i..]);
+            i += a_run;
             let a_ascii = i == b.len() || is_ws(b[i]) || b[i] == b'=';
             while i < b.len() && !is_ws(b[i]) && b[i] != b'=' {
                 i += 1;
@@ -513,10 +517,11 @@ impl<'a, 'o> Conv<'a, 'o> {
                 local: aname,
                 is_decl: false,
                 ascii: a_ascii,
+                colon: a_colon,
                 json_plain,
             });
         }
-        Ok((qname, ascii))
+        Ok((qname, ascii, colon))
     }
 
     /// Attribute-value normalisation (XML 1.0 §3.3.3) for CDATA attributes: references are
@@ -568,7 +573,11 @@ impl<'a, 'o> Conv<'a, 'o> {
     }
 
     fn lookup(&self, prefix: &str) -> Option<usize> {
-        self.bindings.iter().rposition(|b| same(b.prefix, prefix))
+        // Prefixes are short: a byte loop costs less than a `memcmp` call.
+        let p = prefix.as_bytes();
+        self.bindings.iter().rposition(|b| {
+            b.prefix.len() == p.len() && b.prefix.bytes().zip(p).all(|(x, &y)| x == y)
+        })
     }
 
     /// Applies namespace declarations and resolves attribute names. Returns the binding
@@ -577,13 +586,14 @@ impl<'a, 'o> Conv<'a, 'o> {
         &mut self,
         qname: &'a str,
         ascii: bool,
+        colon: usize,
         off: usize,
     ) -> Result<(Option<usize>, &'a str), TranslateError> {
         // Declarations first: they are in scope for the element's own name and attributes.
         for idx in 0..self.attrs.len() {
             let a = &self.attrs[idx];
             let split = if a.ascii {
-                split_ascii_qname(a.qname)
+                split_ascii_qname_at(a.qname, a.colon)
             } else {
                 split_qname(a.qname)
             };
@@ -667,7 +677,7 @@ impl<'a, 'o> Conv<'a, 'o> {
             }
         }
         let split = if ascii {
-            split_ascii_qname(qname)
+            split_ascii_qname_at(qname, colon)
         } else {
             split_qname(qname)
         };
@@ -707,34 +717,20 @@ impl<'a, 'o> Conv<'a, 'o> {
             return Err(self.err_at(malformed("more than one root element"), ev_start));
         }
         let ns_len = self.bindings.len();
-        let (qname, ascii) = self.parse_tag(content, off)?;
-        let (ns, local) = self.resolve(qname, ascii, off)?;
+        let (qname, ascii, colon) = self.parse_tag(content, off)?;
+        let (ns, local) = self.resolve(qname, ascii, colon, off)?;
 
         let parent_mode = self.frames.last().map(|f| f.mode);
         let path_len = self.path.len();
-        let mut frame = Frame {
-            qname,
-            input_start: ev_start,
-            ns_len,
-            path_len,
-            seen_start: self.seen.len(),
-            keys_len: self.keys.len(),
-            value_start: 0,
-            mode: Mode::Pending,
-            wrap_close: false,
-            is_root: false,
-            text_open: false,
-            text_nonws: false,
-            text_start: 0,
-            text_len: 0,
-            members: 0,
-            had_child: false,
-            run_key: None,
-            run_array: false,
-            run_value_start: 0,
-            seen_bits: 0,
-            big: None,
-        };
+        // The frame is built in place at the end (moving a finished frame into the stack
+        // costs a copy of the whole struct); these are the fields decided on the way.
+        let mut mode = Mode::Pending;
+        let mut wrap_close = false;
+        let mut frame_root = false;
+        let mut members = 0;
+        let mut seen_start = self.seen.len();
+        let mut keys_len = self.keys.len();
+        let mut value_start = 0;
 
         // Decide whether this element is rendered, and how it attaches to its parent.
         let mut render = true;
@@ -742,7 +738,7 @@ impl<'a, 'o> Conv<'a, 'o> {
         match (self.capture, parent_mode) {
             (_, Some(Mode::Skip)) => {
                 render = false;
-                frame.mode = Mode::Skip;
+                mode = Mode::Skip;
             }
             (Capture::SoapBody, None) => {
                 let uri = self.ns_uri(ns);
@@ -758,20 +754,20 @@ impl<'a, 'o> Conv<'a, 'o> {
                 }
                 self.outcome.soap_ns = Some(v);
                 render = false;
-                frame.mode = Mode::Transparent;
+                mode = Mode::Transparent;
             }
             (Capture::SoapBody, Some(Mode::Transparent)) if depth == 1 => {
                 let same = self.ns_uri(ns) == self.outcome.soap_ns.unwrap_or("");
                 render = false;
                 if same && local == "Header" && !self.header_seen && !self.body_seen {
                     self.header_seen = true;
-                    frame.mode = Mode::Skip;
+                    mode = Mode::Skip;
                 } else if same && local == "Body" && !self.body_seen {
                     self.body_seen = true;
-                    frame.mode = Mode::Transparent;
+                    mode = Mode::Transparent;
                 } else if self.body_seen {
                     // SOAP 1.1 tolerates trailing elements after Body; they carry no payload.
-                    frame.mode = Mode::Skip;
+                    mode = Mode::Skip;
                 } else {
                     return Err(self.err_at(
                         invalid(format!("unexpected element <{qname}> in SOAP Envelope")),
@@ -782,7 +778,7 @@ impl<'a, 'o> Conv<'a, 'o> {
             (Capture::SoapBody, Some(Mode::Transparent)) => {
                 if self.root_started {
                     render = false;
-                    frame.mode = Mode::Skip;
+                    mode = Mode::Skip;
                 } else {
                     is_root = true;
                     self.outcome.fault =
@@ -805,8 +801,8 @@ impl<'a, 'o> Conv<'a, 'o> {
             let restart = match self.restart_at {
                 Some((at, wrap, root)) if at == ev_start => {
                     self.restart_at = None;
-                    frame.wrap_close = wrap;
-                    frame.is_root = root;
+                    wrap_close = wrap;
+                    frame_root = root;
                     true
                 }
                 _ => false,
@@ -814,7 +810,7 @@ impl<'a, 'o> Conv<'a, 'o> {
             if !restart {
                 if is_root {
                     self.root_started = true;
-                    frame.is_root = true;
+                    frame_root = true;
                     self.out.push(b'{');
                     put_key(self.out, &self.path.as_bytes()[key_start..], plain);
                 } else {
@@ -825,19 +821,41 @@ impl<'a, 'o> Conv<'a, 'o> {
                             return Ok(());
                         }
                         Attach::Plain => {}
-                        Attach::Wrapped => frame.wrap_close = true,
+                        Attach::Wrapped => wrap_close = true,
                     }
                 }
             }
             // The parent's bookkeeping for this child is done: this element's own children
             // start after it (popping this frame must not erase the parent's entry).
-            frame.seen_start = self.seen.len();
-            frame.keys_len = self.keys.len();
-            frame.value_start = self.out.len();
-            self.write_value_start(&mut frame, ns_len)?;
+            seen_start = self.seen.len();
+            keys_len = self.keys.len();
+            value_start = self.out.len();
+            (mode, members) = self.write_value_start(ev_start)?;
             self.check_out()?;
         }
-        self.frames.push(frame);
+        self.frames.push(Frame {
+            qname,
+            input_start: ev_start,
+            ns_len,
+            path_len,
+            seen_start,
+            keys_len,
+            value_start,
+            mode,
+            wrap_close,
+            is_root: frame_root,
+            text_open: false,
+            text_nonws: false,
+            text_start: 0,
+            text_len: 0,
+            members,
+            had_child: false,
+            run_key: None,
+            run_array: false,
+            run_value_start: 0,
+            seen_bits: 0,
+            big: None,
+        });
         if empty {
             self.finish_element();
         }
@@ -845,14 +863,10 @@ impl<'a, 'o> Conv<'a, 'o> {
     }
 
     /// Writes the beginning of an element's value according to its attributes.
-    fn write_value_start(
-        &mut self,
-        frame: &mut Frame<'a>,
-        _ns_len: usize,
-    ) -> Result<(), TranslateError> {
+    /// Returns the element's mode and its number of JSON members so far.
+    fn write_value_start(&mut self, input_start: usize) -> Result<(Mode, usize), TranslateError> {
         if self.attrs.is_empty() && self.mixed_starts.is_empty() {
-            frame.mode = Mode::Pending;
-            return Ok(());
+            return Ok((Mode::Pending, 0));
         }
         let mut nil = false;
         let mut others = 0;
@@ -872,15 +886,13 @@ impl<'a, 'o> Conv<'a, 'o> {
                 others += 1;
             }
         }
-        let mixed = !self.mixed_starts.is_empty() && self.mixed_starts.contains(&frame.input_start);
+        let mixed = !self.mixed_starts.is_empty() && self.mixed_starts.contains(&input_start);
         if nil && others == 0 && !mixed {
             self.out.extend_from_slice(b"null");
-            frame.mode = Mode::Nil { obj: false };
-            return Ok(());
+            return Ok((Mode::Nil { obj: false }, 0));
         }
         if others == 0 && !mixed && !nil {
-            frame.mode = Mode::Pending;
-            return Ok(());
+            return Ok((Mode::Pending, 0));
         }
         self.out.push(b'{');
         let mut n = 0;
@@ -910,20 +922,17 @@ impl<'a, 'o> Conv<'a, 'o> {
             }
             self.out.push(b'"');
         }
-        frame.members = n;
         if mixed {
             if n > 0 {
                 self.out.push(b',');
             }
             self.out.extend_from_slice(b"\"#mixed\":[");
-            frame.members = 0;
-            frame.mode = Mode::Mixed;
+            Ok((Mode::Mixed, 0))
         } else if nil {
-            frame.mode = Mode::Nil { obj: true };
+            Ok((Mode::Nil { obj: true }, n))
         } else {
-            frame.mode = Mode::Object;
+            Ok((Mode::Object, n))
         }
-        Ok(())
     }
 
     /// Attaches a rendered child to the parent frame: closes the parent's pending text,
@@ -1149,9 +1158,23 @@ impl<'a, 'o> Conv<'a, 'o> {
     }
 
     fn finish_element(&mut self) {
-        let Some(f) = self.frames.pop() else {
+        // Read in place: moving the whole frame out of the stack costs more than the few
+        // fields needed here.
+        let Some(f) = self.frames.last() else {
             return;
         };
+        let f = FrameEnd {
+            mode: f.mode,
+            text_open: f.text_open,
+            run_array: f.run_array,
+            wrap_close: f.wrap_close,
+            is_root: f.is_root,
+            ns_len: f.ns_len,
+            path_len: f.path_len,
+            seen_start: f.seen_start,
+            keys_len: f.keys_len,
+        };
+        self.frames.truncate(self.frames.len() - 1);
         match f.mode {
             Mode::Pending => {
                 if f.text_open {
@@ -1197,6 +1220,19 @@ impl<'a, 'o> Conv<'a, 'o> {
             self.doc_root_done = true;
         }
     }
+}
+
+/// What [`Conv::finish_element`] needs of the closed frame.
+struct FrameEnd {
+    mode: Mode,
+    text_open: bool,
+    run_array: bool,
+    wrap_close: bool,
+    is_root: bool,
+    ns_len: usize,
+    path_len: usize,
+    seen_start: usize,
+    keys_len: usize,
 }
 
 enum Attach {
