@@ -543,18 +543,9 @@ fn profile_loop(a: &[String]) {
         a.get(2).expect(usage),
     );
     let secs: f64 = a.get(3).and_then(|v| v.parse().ok()).unwrap_or(5.0);
-    let target = if size == "1MB" {
-        1024 * 1024
-    } else {
-        10 * 1024
-    };
     let kinds = kinds();
     let k = kinds.iter().find(|k| k.name == doc).expect(usage);
-    let xml = if k.name == "persons" {
-        persons_doc(target)
-    } else {
-        dossier_doc(target)
-    };
+    let xml = sized_doc(k.name, size);
     let mut json = Vec::new();
     translate::xml_to_json(xml.as_bytes(), &k.x2j, &mut json).unwrap();
     let input: &[u8] = if dir == "x2j" { xml.as_bytes() } else { &json };
@@ -577,6 +568,20 @@ fn profile_loop(a: &[String]) {
     );
 }
 
+/// The `persons` or `dossier` document of about 10 KB, or 1 MiB for `size == "1MB"`.
+fn sized_doc(name: &str, size: &str) -> String {
+    let target = if size == "1MB" {
+        1024 * 1024
+    } else {
+        10 * 1024
+    };
+    if name == "persons" {
+        persons_doc(target)
+    } else {
+        dossier_doc(target)
+    }
+}
+
 /// The measured part of `--count`: kept out of line so that callgrind can count it alone.
 #[inline(never)]
 fn counted_runs(n: usize, f: &mut dyn FnMut() -> usize) -> usize {
@@ -594,18 +599,9 @@ fn count_runs(a: &[String]) {
         a.get(2).expect(usage),
     );
     let n: usize = a.get(3).and_then(|v| v.parse().ok()).expect(usage);
-    let target = if size == "1MB" {
-        1024 * 1024
-    } else {
-        10 * 1024
-    };
     let kinds = kinds();
     let k = kinds.iter().find(|k| k.name == doc).expect(usage);
-    let xml = if k.name == "persons" {
-        persons_doc(target)
-    } else {
-        dossier_doc(target)
-    };
+    let xml = sized_doc(k.name, size);
     let xml = xml.as_bytes();
     let mut out = Vec::with_capacity(xml.len() * 2);
     let mut f: Box<dyn FnMut() -> usize> = match op.as_str() {

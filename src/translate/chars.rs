@@ -35,8 +35,8 @@ const fn ascii_name_char_table() -> [bool; 256] {
 
 static NAME_CHAR_256: [bool; 256] = ascii_name_char_table();
 
-/// Length of the leading run of ASCII NameChars (colons included) in `b`. The start-tag
-/// scanner uses it to find the end of a name and to validate its characters in one pass.
+/// Length of the leading run of ASCII NameChars (colons included) in `b`: the plain
+/// reference the tests hold [`ascii_qname_run`]'s run length against.
 #[cfg(test)]
 pub fn ascii_name_run(b: &[u8]) -> usize {
     b.iter()
@@ -69,7 +69,8 @@ pub fn ascii_qname_run(b: &[u8]) -> (usize, usize) {
     (i, colon)
 }
 
-/// `split_ascii_qname` with the colon already located by [`ascii_qname_run`].
+/// [`split_qname`] for a name known to consist of ASCII NameChars only, with its colon
+/// already located by [`ascii_qname_run`]: only the colon and start-character rules remain.
 #[inline]
 pub fn split_ascii_qname_at(s: &str, colon: usize) -> Option<(&str, &str)> {
     let b = s.as_bytes();
@@ -85,35 +86,6 @@ pub fn split_ascii_qname_at(s: &str, colon: usize) -> Option<(&str, &str)> {
         COLONS => None,
         i if i == 0 || !starts_name(i + 1) => None,
         i => Some((&s[..i], &s[i + 1..])),
-    }
-}
-
-/// [`split_qname`] for a name known to consist of ASCII NameChars only (see
-/// [`ascii_name_run`]): only the colon and the start-character rules remain to be checked.
-#[cfg(test)]
-pub fn split_ascii_qname(s: &str) -> Option<(&str, &str)> {
-    let b = s.as_bytes();
-    let starts_name = |i: usize| {
-        b.get(i)
-            .is_some_and(|&c| ASCII_NAME[c as usize] & NAME_START != 0)
-    };
-    if !starts_name(0) {
-        return None;
-    }
-    // A plain loop: names are short, and `memchr` calls cost more than they save here.
-    let mut colon = None;
-    for (i, &c) in b.iter().enumerate() {
-        if c == b':' {
-            if colon.is_some() {
-                return None;
-            }
-            colon = Some(i);
-        }
-    }
-    match colon {
-        None => Some(("", s)),
-        Some(i) if i == 0 || !starts_name(i + 1) => None,
-        Some(i) => Some((&s[..i], &s[i + 1..])),
     }
 }
 
@@ -591,7 +563,7 @@ mod tests {
         Ok(out)
     }
 
-    /// The start-tag fast path (scan with `ascii_name_run`, split with `split_ascii_qname`)
+    /// The start-tag fast path (scan with `ascii_qname_run`, split with `split_ascii_qname_at`)
     /// must agree with `split_qname` on every name it accepts, and leave the rest to it.
     #[test]
     fn ascii_qname_fast_path_matches_split_qname() {
@@ -605,7 +577,6 @@ mod tests {
             let (run2, colon) = ascii_qname_run(n.as_bytes());
             assert_eq!(run, run2, "{n:?}");
             if run == n.len() {
-                assert_eq!(split_ascii_qname(n), split_qname(n), "{n:?}");
                 assert_eq!(split_ascii_qname_at(n, colon), split_qname(n), "{n:?}");
             } else {
                 // the fast path stops before a byte that is not an ASCII NameChar
@@ -625,7 +596,6 @@ mod tests {
             );
             if let Ok(n) = std::str::from_utf8(&s) {
                 if run == 3 {
-                    assert_eq!(split_ascii_qname(n), split_qname(n), "{n:?}");
                     let (run2, colon) = ascii_qname_run(&s);
                     assert_eq!(run2, 3);
                     assert_eq!(split_ascii_qname_at(n, colon), split_qname(n), "{n:?}");
