@@ -338,25 +338,15 @@ impl AuditRecord {
         w.int(self.bytes_in);
         w.raw(b",\"bytes_out\":");
         w.int(self.bytes_out);
-        w.opt_str(
-            b",\"request_sha256\":",
-            self.request_sha256.as_ref().map(Sha256Hex::as_str),
-        );
-        w.opt_str(
+        w.opt_digest(b",\"request_sha256\":", &self.request_sha256);
+        w.opt_digest(
             b",\"request_translated_sha256\":",
-            self.request_translated_sha256
-                .as_ref()
-                .map(Sha256Hex::as_str),
+            &self.request_translated_sha256,
         );
-        w.opt_str(
-            b",\"response_sha256\":",
-            self.response_sha256.as_ref().map(Sha256Hex::as_str),
-        );
-        w.opt_str(
+        w.opt_digest(b",\"response_sha256\":", &self.response_sha256);
+        w.opt_digest(
             b",\"response_translated_sha256\":",
-            self.response_translated_sha256
-                .as_ref()
-                .map(Sha256Hex::as_str),
+            &self.response_translated_sha256,
         );
         w.opt_str(b",\"dossier\":", self.dossier.as_deref());
         if let Some(a) = &self.adapter {
@@ -416,6 +406,11 @@ impl JsonOut {
             self.raw(key);
             self.str(v);
         }
+    }
+
+    #[inline]
+    fn opt_digest(&mut self, key: &[u8], d: &Option<Sha256Hex>) {
+        self.opt_str(key, d.as_ref().map(Sha256Hex::as_str));
     }
 
     #[inline]
