@@ -2374,6 +2374,10 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
+        let page: i64 = raw_conn(&dir.db())
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(page, 65536, "a new database gets large pages");
         // A segment that overlaps stored records fails the whole batch.
         let mut s = Store::open(&dir.db(), ORIGIN, &key()).unwrap();
         let seg = |r: std::ops::Range<u64>| {
@@ -2388,6 +2392,29 @@ mod tests {
         assert!(s.append_batch(&seg(1..3), &[]).is_err());
         assert!(s.append_batch(&seg(0..1), &[]).is_err());
         assert_eq!(s.count().unwrap(), 2);
+    }
+
+    #[test]
+    fn store_keeps_the_page_size_of_an_existing_database() {
+        let dir = TempDir::new();
+        {
+            let c = raw_conn(&dir.db());
+            let mode: String = c
+                .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(mode, "wal");
+            c.execute("CREATE TABLE t (x)", []).unwrap();
+        }
+        let mut s = Store::open(&dir.db(), ORIGIN, &key()).unwrap();
+        let mut seg = NewSegment::new(0);
+        encode_frame_into(&mut seg.frames, 0, &rec(0).to_json()).unwrap();
+        seg.cols.push(IndexColumns::of(&rec(0)));
+        s.append_batch(&seg, &[]).unwrap();
+        assert_eq!(s.count().unwrap(), 1);
+        let page: i64 = raw_conn(&dir.db())
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(page, 4096, "an existing database keeps its page size");
     }
 
     #[test]

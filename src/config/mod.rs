@@ -1104,9 +1104,9 @@ impl Validator {
             batch_linger_fail_open: match &a.batch_linger_fail_open {
                 Some(d) => parse_duration(d).unwrap_or_else(|e| {
                     self.problems.push("audit.batch_linger_fail_open", e);
-                    Duration::from_millis(20)
+                    Duration::from_millis(100)
                 }),
-                None => Duration::from_millis(20),
+                None => Duration::from_millis(100),
             },
             checkpoint_every_records: a.checkpoint_every_records.unwrap_or(10_000).max(1),
             checkpoint_every: self.duration(

@@ -132,9 +132,11 @@ pub struct RawAudit {
     /// After the first record of a batch, wait this long for more before committing
     /// (default 2ms): fewer fsyncs under load for a little fail-closed latency.
     pub batch_linger: Option<String>,
-    /// How long a batch holding only fail-open records may wait for more (default 20ms):
-    /// nobody waits on those, and bigger batches rewrite fewer pages and fsync less. A
-    /// fail-closed record arriving meanwhile brings the commit forward to `batch_linger`.
+    /// How long a batch holding only fail-open records may wait for more (default 100ms):
+    /// nobody waits on those, and bigger batches rewrite fewer pages and fsync less (a
+    /// crash loses at most this much of fail-open traffic's records, which fail-open
+    /// accepts). A fail-closed record arriving meanwhile brings the commit forward to
+    /// `batch_linger`.
     pub batch_linger_fail_open: Option<String>,
     /// Sign a checkpoint after this many records (default 10000) ...
     pub checkpoint_every_records: Option<u64>,
