@@ -400,6 +400,14 @@ impl JsonOut {
         self.0.push(b'"');
     }
 
+    /// A string known to need no escaping (digest hex, the canonical time).
+    #[inline]
+    fn plain_str(&mut self, s: &str) {
+        self.0.push(b'"');
+        self.0.extend_from_slice(s.as_bytes());
+        self.0.push(b'"');
+    }
+
     #[inline]
     fn opt_str(&mut self, key: &[u8], v: Option<&str>) {
         if let Some(v) = v {
@@ -410,7 +418,10 @@ impl JsonOut {
 
     #[inline]
     fn opt_digest(&mut self, key: &[u8], d: &Option<Sha256Hex>) {
-        self.opt_str(key, d.as_ref().map(Sha256Hex::as_str));
+        if let Some(d) = d {
+            self.raw(key);
+            self.plain_str(d.as_str());
+        }
     }
 
     #[inline]
@@ -462,11 +473,45 @@ pub fn format_rfc3339_ms(t: SystemTime) -> String {
 
 /// Same as [`format_rfc3339_ms`] from milliseconds since the epoch.
 pub fn format_epoch_ms(ms: u64) -> String {
-    let secs = (ms / 1000) as i64;
+    let secs = ms / 1000;
+    // One record per request is stamped, mostly many within the same second: the
+    // date and time of day are formatted once per second and thread, then reused.
+    let mut out = LAST_SECOND.with(|last| {
+        let (cached, text) = last.get();
+        if cached == secs && secs != u64::MAX {
+            return text;
+        }
+        let text = format_second(secs);
+        // Past year 9999 the text is clamped and would not parse back to `secs`.
+        if secs < 253_402_300_800 {
+            last.set((secs, text));
+        }
+        text
+    });
+    let mut v = ms % 1000;
+    for i in (20..23).rev() {
+        out[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    std::str::from_utf8(&out)
+        .expect("digits and separators are ASCII")
+        .to_owned()
+}
+
+thread_local! {
+    /// The last second [`format_epoch_ms`] formatted (`u64::MAX`: none yet) and its
+    /// text; the same text up to the seconds is what [`parse_rfc3339_ms`] recognises
+    /// without re-checking the calendar.
+    static LAST_SECOND: std::cell::Cell<(u64, [u8; 24])> =
+        const { std::cell::Cell::new((u64::MAX, [0; 24])) };
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.000Z` for the second `secs` after the epoch, written digit
+/// by digit (the formatting machinery costs more than the rest of this).
+fn format_second(secs: u64) -> [u8; 24] {
+    let secs = secs as i64;
     let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
     let sod = secs.rem_euclid(86_400);
-    // Written digit by digit: one record per request is stamped, and the
-    // formatting machinery costs more than the rest of this function.
     let mut out = *b"0000-00-00T00:00:00.000Z";
     let mut put = |at: usize, width: usize, mut v: u64| {
         for i in (at..at + width).rev() {
@@ -480,8 +525,7 @@ pub fn format_epoch_ms(ms: u64) -> String {
     put(11, 2, (sod / 3600) as u64);
     put(14, 2, ((sod / 60) % 60) as u64);
     put(17, 2, (sod % 60) as u64);
-    put(20, 3, ms % 1000);
-    String::from_utf8(out.to_vec()).expect("digits and separators are ASCII")
+    out
 }
 
 /// Parse exactly the form [`format_rfc3339_ms`] writes. Anything else
@@ -490,6 +534,18 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
     let b = s.as_bytes();
     if b.len() != 24 {
         return None;
+    }
+    // A time this thread just formatted (the request path indexes the record it
+    // stamped): the part up to the seconds is known to be valid.
+    let (secs, text) = LAST_SECOND.with(std::cell::Cell::get);
+    if secs != u64::MAX && b[..20] == text[..20] && b[23] == b'Z' {
+        let ms = &b[20..23];
+        if ms.iter().all(u8::is_ascii_digit) {
+            let ms = ms
+                .iter()
+                .fold(0u64, |acc, c| acc * 10 + u64::from(c - b'0'));
+            return Some(secs * 1000 + ms);
+        }
     }
     let num = |r: std::ops::Range<usize>| -> Option<u32> {
         let part = &b[r];
@@ -962,6 +1018,24 @@ mod tests {
             assert_eq!(parse_rfc3339_ms(&format_epoch_ms(ms)), Some(ms));
         }
         assert_eq!(parse_rfc3339_ms("2024-04-31T00:00:00.000Z"), None);
+        // The per-thread cache of the last second formatted gives what the full parse
+        // gives (a fresh thread has no cache), and still refuses a bad ending.
+        for ms in [0, 999, 1_717_171_717_171, 1_717_171_717_999, 4_102_444_799_000] {
+            let text = format_epoch_ms(ms);
+            assert_eq!(parse_rfc3339_ms(&text), Some(ms));
+            let t = text.clone();
+            let uncached = std::thread::spawn(move || parse_rfc3339_ms(&t))
+                .join()
+                .unwrap();
+            assert_eq!(uncached, Some(ms));
+            for bad in [
+                format!("{}1x1Z", &text[..20]),
+                format!("{}Z", &text[..23].replace('.', ",")),
+                format!("{}+", &text[..23]),
+            ] {
+                assert_eq!(parse_rfc3339_ms(&bad), None, "{bad}");
+            }
+        }
         assert_eq!(parse_rfc3339_ms("2024-05-31T16:08:37Z"), None);
         assert_eq!(parse_rfc3339_ms("2024-05-31T16:08:37.171+07:00"), None);
     }
