@@ -20,27 +20,37 @@ const fn ascii_name_table() -> [u8; 128] {
 
 static ASCII_NAME: [u8; 128] = ascii_name_table();
 
-/// [`ASCII_NAME`]'s `NAME_CHAR` bit for every byte value (0 for non-ASCII bytes), so that the
-/// start-tag scanner needs one load and one test per byte.
-const fn ascii_name_char_table() -> [bool; 256] {
+/// [`QNAME_CLASS`] of an ASCII NameChar other than `:`.
+const QN_PLAIN: u8 = 0;
+/// [`QNAME_CLASS`] of `:`.
+const QN_COLON: u8 = 1;
+/// [`QNAME_CLASS`] of every other byte (non-ASCII bytes included).
+const QN_OTHER: u8 = 0x80;
+
+/// One class per byte value, so that the name scanners need one load and one test per byte
+/// (the colon, at most once per name, is the rare case).
+const fn qname_class_table() -> [u8; 256] {
     let ascii = ascii_name_table();
-    let mut t = [false; 256];
+    let mut t = [QN_OTHER; 256];
     let mut i = 0;
     while i < 128 {
-        t[i] = ascii[i] & NAME_CHAR != 0;
+        if ascii[i] & NAME_CHAR != 0 {
+            t[i] = QN_PLAIN;
+        }
         i += 1;
     }
+    t[b':' as usize] = QN_COLON;
     t
 }
 
-static NAME_CHAR_256: [bool; 256] = ascii_name_char_table();
+static QNAME_CLASS: [u8; 256] = qname_class_table();
 
 /// Length of the leading run of ASCII NameChars (colons included) in `b`: the plain
 /// reference the tests hold [`ascii_qname_run`]'s run length against.
 #[cfg(test)]
 pub fn ascii_name_run(b: &[u8]) -> usize {
     b.iter()
-        .position(|&c| !NAME_CHAR_256[c as usize])
+        .position(|&c| QNAME_CLASS[c as usize] == QN_OTHER)
         .unwrap_or(b.len())
 }
 
@@ -56,17 +66,31 @@ pub const COLONS: usize = usize::MAX - 1;
 pub fn ascii_qname_run(b: &[u8]) -> (usize, usize) {
     let mut colon = NO_COLON;
     let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
-        if !NAME_CHAR_256[c as usize] {
-            break;
-        }
-        if c == b':' {
-            colon = if colon == NO_COLON { i } else { COLONS };
+    while let Some(&c) = b.get(i) {
+        match QNAME_CLASS[c as usize] {
+            QN_PLAIN => {}
+            QN_COLON => colon = if colon == NO_COLON { i } else { COLONS },
+            _ => break,
         }
         i += 1;
     }
     (i, colon)
+}
+
+/// [`ascii_qname_run`] for a name whose end is already known (quick-xml finds it): None
+/// unless every byte is an ASCII NameChar, else the colon as there (128 colons or more also
+/// give None: the general path rejects such names too). Without an early exit the loop is a
+/// branch-free sum: colons count in its low bits, any other byte adds [`QN_OTHER`], so 0 and
+/// 1 are the only sums of names with at most one colon.
+#[inline]
+pub fn ascii_qname_colon(b: &[u8]) -> Option<usize> {
+    let sum: usize = b.iter().map(|&c| QNAME_CLASS[c as usize] as usize).sum();
+    match sum {
+        0 => Some(NO_COLON),
+        1 => b.iter().position(|&c| c == b':'),
+        s if s < QN_OTHER as usize => Some(COLONS),
+        _ => None,
+    }
 }
 
 /// [`split_qname`] for a name known to consist of ASCII NameChars only, with its colon
@@ -348,25 +372,42 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 /// a byte's high bit where the byte was zero, `x - 0x20..20` where it was below 0x20 (the
 /// `& !x` masks out bytes of 0x80 and above). A borrow can only flag bytes *after* a true
 /// match, so the lowest flagged byte is always a real one.
+///
+/// A tail shorter than eight bytes is checked as the last eight bytes of `s` when there are
+/// that many: the overlap was found plain already, so no flag can come from it.
 #[inline]
 fn json_plain_run(s: &[u8]) -> usize {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
     let zero = |x: u64| x.wrapping_sub(LO) & !x & HI;
+    let flags = |c: &[u8]| {
+        let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        (w.wrapping_sub(LO * 0x20) & !w & HI)
+            | zero(w ^ (LO * b'"' as u64))
+            | zero(w ^ (LO * b'\\' as u64))
+            | zero(w ^ (LO * b'>' as u64))
+    };
     let mut chunks = s.chunks_exact(8);
     let mut i = 0;
     for c in &mut chunks {
-        let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        let m = (w.wrapping_sub(LO * 0x20) & !w & HI)
-            | zero(w ^ (LO * b'"' as u64))
-            | zero(w ^ (LO * b'\\' as u64))
-            | zero(w ^ (LO * b'>' as u64));
+        let m = flags(c);
         if m != 0 {
             return i + (m.trailing_zeros() / 8) as usize;
         }
         i += 8;
     }
     let tail = chunks.remainder();
+    if tail.is_empty() {
+        return i;
+    }
+    if let Some(last) = s.len().checked_sub(8) {
+        let m = flags(&s[last..]);
+        return if m == 0 {
+            s.len()
+        } else {
+            last + (m.trailing_zeros() / 8) as usize
+        };
+    }
     i + tail
         .iter()
         .position(|&b| b == b'>' || JSON_ESC[b as usize] != 0)
@@ -576,6 +617,9 @@ mod tests {
             let run = ascii_name_run(n.as_bytes());
             let (run2, colon) = ascii_qname_run(n.as_bytes());
             assert_eq!(run, run2, "{n:?}");
+            // the known-length variant agrees on whole names
+            let whole = (run == n.len()).then_some(colon);
+            assert_eq!(ascii_qname_colon(n.as_bytes()), whole, "{n:?}");
             if run == n.len() {
                 assert_eq!(split_ascii_qname_at(n, colon), split_qname(n), "{n:?}");
             } else {
@@ -594,10 +638,14 @@ mod tests {
                 run == 3,
                 c < 0x80 && ASCII_NAME[c as usize] & NAME_CHAR != 0
             );
+            if run != 3 {
+                assert_eq!(ascii_qname_colon(&s), None);
+            }
             if let Ok(n) = std::str::from_utf8(&s) {
                 if run == 3 {
                     let (run2, colon) = ascii_qname_run(&s);
                     assert_eq!(run2, 3);
+                    assert_eq!(ascii_qname_colon(&s), Some(colon));
                     assert_eq!(split_ascii_qname_at(n, colon), split_qname(n), "{n:?}");
                 }
             }

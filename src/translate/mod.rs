@@ -160,7 +160,7 @@ impl ArrayPaths {
     }
 
     pub fn matches(&self, path: &str) -> bool {
-        self.matches_last(path, path.rsplit('/').next().unwrap_or_default())
+        self.matches_segment(path, path.rsplit('/').next().unwrap_or_default())
     }
 
     /// [`ArrayPaths::matches`] for `path` = `…/key`, without scanning the whole path for
@@ -171,6 +171,12 @@ impl ArrayPaths {
             Some(i) => &key[i + 1..],
             None => key,
         };
+        self.matches_segment(path, last)
+    }
+
+    /// [`ArrayPaths::matches`] for `path` = `…/last` where the caller knows that `last`
+    /// holds no `/`.
+    pub(crate) fn matches_segment(&self, path: &str, last: &str) -> bool {
         let bit = last_segment_bit(last);
         if self.last_filter[bit / 64] & (1 << (bit % 64)) == 0 {
             return false;

@@ -15,9 +15,9 @@
 //!   values that need normalisation and for namespace URIs with references.
 
 use super::chars::{
-    all_ws, ascii_qname_run, attr_value_class, escape_json, escape_xml_text_to_json,
-    find_forbidden_char, is_ncname, is_ws, needs_json_escape, resolve_reference, same, same_bytes,
-    split_ascii_qname_at, split_qname,
+    all_ws, ascii_qname_colon, ascii_qname_run, attr_value_class, escape_json,
+    escape_xml_text_to_json, find_forbidden_char, is_ncname, is_ws, needs_json_escape,
+    resolve_reference, same, same_bytes, split_ascii_qname_at, split_qname, NO_COLON,
 };
 use super::chars::{ATTR_JSON_ESCAPE, ATTR_NORMALISE};
 use super::error::{invalid, malformed, too_large, unsupported, TranslateError};
@@ -73,21 +73,25 @@ struct Binding<'a, 'o> {
     json: JsonNs<'o>,
     /// Keys of names in this namespace need no JSON escaping (see [`push_key`]).
     plain: bool,
+    /// Keys of names in this namespace may contain a `/` (then the array mapping has to look
+    /// for the key's last path segment).
+    slash: bool,
 }
 
 impl<'a, 'o> Binding<'a, 'o> {
     fn new(prefix: &'a str, uri: Cow<'a, str>, opts: &'o XmlToJsonOptions) -> Self {
         let json = json_ns(opts, &uri);
-        let plain = match json {
-            JsonNs::NoNs => true,
-            JsonNs::Prefix(p) => !needs_json_escape(p.as_bytes()),
-            JsonNs::Unmapped => false,
+        let (plain, slash) = match json {
+            JsonNs::NoNs => (true, false),
+            JsonNs::Prefix(p) => (!needs_json_escape(p.as_bytes()), p.contains('/')),
+            JsonNs::Unmapped => (false, uri.contains('/')),
         };
         Binding {
             prefix,
             uri,
             json,
             plain,
+            slash,
         }
     }
 }
@@ -300,6 +304,19 @@ impl<'a, 'o> Conv<'a, 'o> {
         }
     }
 
+    /// [`Conv::sub`] for the events that hand out their slice: it already borrows from the
+    /// document, so only its offset is computed (no bounds and character boundary checks).
+    #[inline]
+    fn borrowed(&self, s: Cow<'a, str>) -> Result<(usize, &'a str), TranslateError> {
+        match s {
+            Cow::Borrowed(s) => {
+                let start = (s.as_ptr() as usize).wrapping_sub(self.doc.as_ptr() as usize);
+                Ok((start, s))
+            }
+            Cow::Owned(_) => Err(malformed("internal: tokenizer returned a copied buffer")),
+        }
+    }
+
     fn run(&mut self) -> Result<(), TranslateError> {
         loop {
             let ev_start = self.base + self.reader.buffer_position() as usize;
@@ -315,26 +332,25 @@ impl<'a, 'o> Conv<'a, 'o> {
             match ev {
                 Event::Start(e) => {
                     let (off, content) = self.sub(&e)?;
-                    self.start(content, off, ev_start, false)?;
+                    self.start(content, e.name().as_ref().len(), off, ev_start, false)?;
                 }
                 Event::Empty(e) => {
                     let (off, content) = self.sub(&e)?;
-                    self.start(content, off, ev_start, true)?;
+                    self.start(content, e.name().as_ref().len(), off, ev_start, true)?;
                 }
-                Event::End(e) => {
-                    let (_, name) = self.sub(&e)?;
-                    self.end(name, ev_start)?;
-                }
+                // The end tag's name is only compared, never kept: no need to re-borrow it
+                // from the document.
+                Event::End(e) => self.end(&e, ev_start)?,
                 Event::Text(t) => {
-                    let (off, s) = self.sub(&t)?;
+                    let (off, s) = self.borrowed(t.into_inner())?;
                     self.text(s.as_bytes(), off, TextKind::Text)?;
                 }
                 Event::CData(t) => {
-                    let (off, s) = self.sub(&t)?;
+                    let (off, s) = self.borrowed(t.into_inner())?;
                     self.text(s.as_bytes(), off, TextKind::CData)?;
                 }
                 Event::GeneralRef(r) => {
-                    let (off, name) = self.sub(&r)?;
+                    let (off, name) = self.borrowed(r.into_inner())?;
                     let ch = resolve_reference(name)
                         .map_err(|m| self.err_at(malformed(m), off.saturating_sub(1)))?;
                     let mut buf = [0u8; 4];
@@ -414,29 +430,26 @@ impl<'a, 'o> Conv<'a, 'o> {
 
     // ------------------------------------------------------------------ start tags
 
-    /// Splits a start tag into its name and `attrs`. Returns the name, whether it consists
+    /// Splits a start tag into its name (the first `name_len` bytes, up to the first
+    /// whitespace: quick-xml has found it) and `attrs`. Returns the name, whether it consists
     /// of ASCII NameChars only (then [`split_ascii_qname_at`] is enough to check it) and
     /// where its colon is (see [`ascii_qname_run`]).
     fn parse_tag(
         &mut self,
         content: &'a str,
+        name_len: usize,
         off: usize,
     ) -> Result<(&'a str, bool, usize), TranslateError> {
         let limits = &self.opts.limits;
         let b = content.as_bytes();
-        // Names end at whitespace. Almost all are ASCII: one scan finds the end and checks
-        // the characters; anything else is left to the general scan and `split_qname`.
-        let (run, colon) = ascii_qname_run(b);
-        let ascii = run == b.len() || is_ws(b[run]);
-        let name_end = if ascii {
-            run
-        } else {
-            b[run..]
-                .iter()
-                .position(|&c| is_ws(c))
-                .map_or(b.len(), |p| run + p)
-        };
+        let name_end = name_len.min(b.len());
         let qname = &content[..name_end];
+        // Almost all names are ASCII: checked in one pass over the known length; anything
+        // else is left to `split_qname`.
+        let (ascii, colon) = match ascii_qname_colon(qname.as_bytes()) {
+            Some(colon) => (true, colon),
+            None => (false, NO_COLON),
+        };
         if qname.len() > limits.max_name_len {
             return Err(self.err_at(too_large("element name longer than max_name_len"), off));
         }
@@ -705,6 +718,7 @@ impl<'a, 'o> Conv<'a, 'o> {
     fn start(
         &mut self,
         content: &'a str,
+        name_len: usize,
         off: usize,
         ev_start: usize,
         empty: bool,
@@ -717,7 +731,7 @@ impl<'a, 'o> Conv<'a, 'o> {
             return Err(self.err_at(malformed("more than one root element"), ev_start));
         }
         let ns_len = self.bindings.len();
-        let (qname, ascii, colon) = self.parse_tag(content, off)?;
+        let (qname, ascii, colon) = self.parse_tag(content, name_len, off)?;
         let (ns, local) = self.resolve(qname, ascii, colon, off)?;
 
         let parent_mode = self.frames.last().map(|f| f.mode);
@@ -814,7 +828,8 @@ impl<'a, 'o> Conv<'a, 'o> {
                     self.out.push(b'{');
                     put_key(self.out, &self.path.as_bytes()[key_start..], plain);
                 } else {
-                    match self.attach_child(key_start, plain)? {
+                    let slash = ns.is_some_and(|i| self.bindings[i].slash);
+                    match self.attach_child(key_start, plain, slash)? {
                         Attach::Restarted => {
                             // The parent is being re-read from its start tag; discard this one.
                             self.bindings.truncate(self.bindings.len().min(ns_len));
@@ -937,8 +952,13 @@ impl<'a, 'o> Conv<'a, 'o> {
 
     /// Attaches a rendered child to the parent frame: closes the parent's pending text,
     /// detects repeats and writes the child's key. The key is the last segment of `path`,
-    /// from `key_start`.
-    fn attach_child(&mut self, key_start: usize, plain: bool) -> Result<Attach, TranslateError> {
+    /// from `key_start`; `slash`: the key may contain a `/`.
+    fn attach_child(
+        &mut self,
+        key_start: usize,
+        plain: bool,
+        slash: bool,
+    ) -> Result<Attach, TranslateError> {
         let pi = self.frames.len() - 1;
         let strict = self.opts.strict_repeats;
         match self.frames[pi].mode {
@@ -1018,11 +1038,15 @@ impl<'a, 'o> Conv<'a, 'o> {
             return Ok(Attach::Restarted);
         };
         // Keys are valid UTF-8 (built from names and strings) and `key_start` follows a '/'.
-        let declared = !self.opts.arrays.is_empty()
-            && self
-                .opts
-                .arrays
-                .matches_last(&self.path, &self.path[key_start..]);
+        let declared = !self.opts.arrays.is_empty() && {
+            let (arrays, key) = (&self.opts.arrays, &self.path[key_start..]);
+            // Most keys are one path segment: no need to look for a `/` in them.
+            if slash {
+                arrays.matches_last(&self.path, key)
+            } else {
+                arrays.matches_segment(&self.path, key)
+            }
+        };
         if f.members > 0 {
             self.out.push(b',');
         }
