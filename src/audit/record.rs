@@ -1020,7 +1020,13 @@ mod tests {
         assert_eq!(parse_rfc3339_ms("2024-04-31T00:00:00.000Z"), None);
         // The per-thread cache of the last second formatted gives what the full parse
         // gives (a fresh thread has no cache), and still refuses a bad ending.
-        for ms in [0, 999, 1_717_171_717_171, 1_717_171_717_999, 4_102_444_799_000] {
+        for ms in [
+            0,
+            999,
+            1_717_171_717_171,
+            1_717_171_717_999,
+            4_102_444_799_000,
+        ] {
             let text = format_epoch_ms(ms);
             assert_eq!(parse_rfc3339_ms(&text), Some(ms));
             let t = text.clone();
