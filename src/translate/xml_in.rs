@@ -1101,7 +1101,6 @@ impl<'a, 'o> Conv<'a, 'o> {
     /// discards it, anything else writes it first ([`Conv::flush_ws`]).
     #[inline(always)]
     fn text(&mut self, s: &[u8], off: usize, kind: TextKind) -> Result<(), TranslateError> {
-        let max = self.opts.limits.max_text_len;
         let ws = all_ws(s);
         if ws {
             if let Some(f) = self.frames.last_mut() {
@@ -1112,7 +1111,7 @@ impl<'a, 'o> Conv<'a, 'o> {
                             && !f.text_open
                             && f.ws_len == 0
                             && !s.is_empty()
-                            && s.len() <= max =>
+                            && s.len() <= self.opts.limits.max_text_len =>
                     {
                         f.ws_at = off;
                         f.ws_len = s.len();
