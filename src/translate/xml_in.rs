@@ -425,11 +425,19 @@ impl<'a, 'o> Conv<'a, 'o> {
         Ok(())
     }
 
+    /// Inlined (twice per element), with the error built out of line.
+    #[inline]
     fn check_out(&self) -> Result<(), TranslateError> {
         if self.out.len() - self.out_base > self.opts.limits.max_output_bytes {
-            return Err(self.err_path(too_large("translated output exceeds max_output_bytes")));
+            return Err(self.out_too_large());
         }
         Ok(())
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn out_too_large(&self) -> TranslateError {
+        self.err_path(too_large("translated output exceeds max_output_bytes"))
     }
 
     // ------------------------------------------------------------------ start tags
