@@ -1263,6 +1263,9 @@ impl<'a, 'o> Conv<'a, 'o> {
         self.check_out()
     }
 
+    // Inlined into `end` and `start`: a call per element, whose register saving costs more
+    // than the call itself.
+    #[inline(always)]
     fn finish_element(&mut self) {
         // Read in place: moving the whole frame out of the stack costs more than the few
         // fields needed here.
