@@ -129,6 +129,10 @@ struct Frame<'a> {
     text_nonws: bool,
     text_start: usize,
     text_len: usize,
+    /// Whitespace-only text before the first child, not written yet (see [`Conv::text`]):
+    /// its offset in the document and its length (0 = none).
+    ws_at: usize,
+    ws_len: usize,
     members: usize,
     had_child: bool,
     run_key: Option<(usize, usize)>,
@@ -421,11 +425,19 @@ impl<'a, 'o> Conv<'a, 'o> {
         Ok(())
     }
 
+    /// Inlined (twice per element), with the error built out of line.
+    #[inline]
     fn check_out(&self) -> Result<(), TranslateError> {
         if self.out.len() - self.out_base > self.opts.limits.max_output_bytes {
-            return Err(self.err_path(too_large("translated output exceeds max_output_bytes")));
+            return Err(self.out_too_large());
         }
         Ok(())
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn out_too_large(&self) -> TranslateError {
+        self.err_path(too_large("translated output exceeds max_output_bytes"))
     }
 
     // ------------------------------------------------------------------ start tags
@@ -863,6 +875,8 @@ impl<'a, 'o> Conv<'a, 'o> {
             text_nonws: false,
             text_start: 0,
             text_len: 0,
+            ws_at: 0,
+            ws_len: 0,
             members,
             had_child: false,
             run_key: None,
@@ -982,6 +996,7 @@ impl<'a, 'o> Conv<'a, 'o> {
             }
             Mode::Pending => {
                 let f = &mut self.frames[pi];
+                f.ws_len = 0;
                 if f.text_open && f.text_nonws {
                     self.restart(pi)?;
                     return Ok(Attach::Restarted);
@@ -995,6 +1010,7 @@ impl<'a, 'o> Conv<'a, 'o> {
             }
             Mode::Object => {
                 let f = &mut self.frames[pi];
+                f.ws_len = 0;
                 if f.text_open {
                     if f.text_nonws {
                         self.restart(pi)?;
@@ -1087,15 +1103,61 @@ impl<'a, 'o> Conv<'a, 'o> {
 
     // ------------------------------------------------------------------ text
 
+    /// Character data of the current element. Indentation is the commonest text, so it is
+    /// handled here without the general path ([`Conv::text_slow`]): between children it is
+    /// dropped, and before the first child it is only recorded (`ws_at`/`ws_len`): a child
+    /// discards it, anything else writes it first ([`Conv::flush_ws`]).
+    #[inline(always)]
     fn text(&mut self, s: &[u8], off: usize, kind: TextKind) -> Result<(), TranslateError> {
+        let ws = all_ws(s);
+        if ws {
+            if let Some(f) = self.frames.last_mut() {
+                match f.mode {
+                    Mode::Object if f.had_child => return Ok(()),
+                    Mode::Pending | Mode::Object
+                        if matches!(kind, TextKind::Text)
+                            && !f.text_open
+                            && f.ws_len == 0
+                            && !s.is_empty()
+                            && s.len() <= self.opts.limits.max_text_len =>
+                    {
+                        f.ws_at = off;
+                        f.ws_len = s.len();
+                        return Ok(());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.text_slow(s, off, kind, ws)
+    }
+
+    /// Writes the whitespace [`Conv::text`] held back in frame `pi`.
+    #[cold]
+    fn flush_ws(&mut self, pi: usize) -> Result<(), TranslateError> {
+        let f = &mut self.frames[pi];
+        let (at, len) = (f.ws_at, f.ws_len);
+        f.ws_len = 0;
+        let doc = self.doc.as_bytes();
+        self.write_text(pi, &doc[at..at + len], at, TextKind::Text, true)
+    }
+
+    /// [`Conv::text`] for all but indentation; `ws`: `s` is whitespace only.
+    #[inline(never)]
+    fn text_slow(
+        &mut self,
+        s: &[u8],
+        off: usize,
+        kind: TextKind,
+        ws: bool,
+    ) -> Result<(), TranslateError> {
         let Some(pi) = self.frames.len().checked_sub(1) else {
-            if matches!(kind, TextKind::Text) && all_ws(s) {
+            if matches!(kind, TextKind::Text) && ws {
                 return Ok(());
             }
             return Err(self.err_at(malformed("text outside the root element"), off));
         };
         let mode = self.frames[pi].mode;
-        let ws = all_ws(s);
         match mode {
             Mode::Transparent | Mode::Skip | Mode::Nil { .. } => {
                 if !ws && matches!(kind, TextKind::Text) {
@@ -1123,6 +1185,23 @@ impl<'a, 'o> Conv<'a, 'o> {
             }
             _ => {}
         }
+        if self.frames[pi].ws_len != 0 {
+            self.flush_ws(pi)?;
+        }
+        self.write_text(pi, s, off, kind, ws)
+    }
+
+    /// Appends text to frame `pi`'s value, opening its JSON string first if needed.
+    #[inline(always)]
+    fn write_text(
+        &mut self,
+        pi: usize,
+        s: &[u8],
+        off: usize,
+        kind: TextKind,
+        ws: bool,
+    ) -> Result<(), TranslateError> {
+        let mode = self.frames[pi].mode;
         let f = &mut self.frames[pi];
         if !f.text_open {
             f.text_start = self.out.len();
@@ -1177,10 +1256,16 @@ impl<'a, 'o> Conv<'a, 'o> {
             );
             return Err(self.err_at(malformed(m), ev_start));
         }
+        if f.ws_len != 0 {
+            self.flush_ws(self.frames.len() - 1)?;
+        }
         self.finish_element();
         self.check_out()
     }
 
+    // Inlined into `end` and `start`: a call per element, whose register saving costs more
+    // than the call itself.
+    #[inline(always)]
     fn finish_element(&mut self) {
         // Read in place: moving the whole frame out of the stack costs more than the few
         // fields needed here.
