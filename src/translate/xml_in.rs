@@ -853,7 +853,11 @@ impl<'a, 'o> Conv<'a, 'o> {
             // start after it (popping this frame must not erase the parent's entry).
             seen_start = self.seen.len();
             value_start = self.out.len();
-            (mode, members) = self.write_value_start(ev_start)?;
+            // Most elements have no attributes: their value starts as a string, decided here
+            // without a call.
+            if !(self.attrs.is_empty() && self.mixed_starts.is_empty()) {
+                (mode, members) = self.write_value_start(ev_start)?;
+            }
             self.check_out()?;
         }
         self.frames.push(Frame {
@@ -888,10 +892,8 @@ impl<'a, 'o> Conv<'a, 'o> {
 
     /// Writes the beginning of an element's value according to its attributes.
     /// Returns the element's mode and its number of JSON members so far.
+    /// Only called for elements with attributes or after a restart (see [`Conv::start`]).
     fn write_value_start(&mut self, input_start: usize) -> Result<(Mode, usize), TranslateError> {
-        if self.attrs.is_empty() && self.mixed_starts.is_empty() {
-            return Ok((Mode::Pending, 0));
-        }
         let mut nil = false;
         let mut others = 0;
         for a in &self.attrs {
