@@ -1113,33 +1113,39 @@ impl<'a, 'o> Conv<'a, 'o> {
 
     // ------------------------------------------------------------------ text
 
-    /// Character data of the current element. Indentation is the commonest text, so it is
-    /// handled here without the general path ([`Conv::text_slow`]): between children it is
-    /// dropped, and before the first child it is only recorded (`ws_at`/`ws_len`): a child
-    /// discards it, anything else writes it first ([`Conv::flush_ws`]).
+    /// Character data of the current element. Indentation and a leaf's text are the commonest
+    /// texts, so they are handled here without the general path ([`Conv::text_slow`]).
+    /// Indentation between children is dropped, and before the first child it is only
+    /// recorded (`ws_at`/`ws_len`): a child discards it, anything else writes it first
+    /// ([`Conv::flush_ws`]).
     #[inline(always)]
     fn text(&mut self, s: &[u8], off: usize, kind: TextKind) -> Result<(), TranslateError> {
         let ws = all_ws(s);
-        if ws {
-            if let Some(f) = self.frames.last_mut() {
-                match f.mode {
-                    Mode::Object if f.had_child => return Ok(()),
-                    Mode::Pending | Mode::Object
-                        if matches!(kind, TextKind::Text)
-                            && !f.text_open
-                            && f.ws_len == 0
-                            && !s.is_empty()
-                            && s.len() <= self.opts.limits.max_text_len =>
-                    {
-                        f.ws_at = off;
-                        f.ws_len = s.len();
-                        return Ok(());
-                    }
-                    _ => {}
-                }
+        let Some(f) = self.frames.last_mut() else {
+            return self.text_slow(s, off, kind, ws);
+        };
+        match f.mode {
+            Mode::Object if ws && f.had_child => Ok(()),
+            Mode::Pending | Mode::Object
+                if ws
+                    && matches!(kind, TextKind::Text)
+                    && !f.text_open
+                    && f.ws_len == 0
+                    && !s.is_empty()
+                    && s.len() <= self.opts.limits.max_text_len =>
+            {
+                f.ws_at = off;
+                f.ws_len = s.len();
+                Ok(())
             }
+            // A leaf's text, with no whitespace held back: what `text_slow` does for it,
+            // without the call.
+            Mode::Pending if f.ws_len == 0 => {
+                let pi = self.frames.len() - 1;
+                self.write_text(pi, s, off, kind, ws)
+            }
+            _ => self.text_slow(s, off, kind, ws),
         }
-        self.text_slow(s, off, kind, ws)
     }
 
     /// Writes the whitespace [`Conv::text`] held back in frame `pi`.
