@@ -66,15 +66,18 @@ pub const COLONS: usize = usize::MAX - 1;
 pub fn ascii_qname_run(b: &[u8]) -> (usize, usize) {
     let mut colon = NO_COLON;
     let mut i = 0;
-    while let Some(&c) = b.get(i) {
-        match QNAME_CLASS[c as usize] {
-            QN_PLAIN => {}
-            QN_COLON => colon = if colon == NO_COLON { i } else { COLONS },
-            _ => break,
+    loop {
+        // Colons are rare: a tight loop over the other NameChars, then one step per colon.
+        i += b[i..]
+            .iter()
+            .position(|&c| QNAME_CLASS[c as usize] != QN_PLAIN)
+            .unwrap_or(b.len() - i);
+        if b.get(i) != Some(&b':') {
+            return (i, colon);
         }
+        colon = if colon == NO_COLON { i } else { COLONS };
         i += 1;
     }
-    (i, colon)
 }
 
 /// [`ascii_qname_run`] for a name whose end is already known (quick-xml finds it): None
