@@ -66,15 +66,18 @@ pub const COLONS: usize = usize::MAX - 1;
 pub fn ascii_qname_run(b: &[u8]) -> (usize, usize) {
     let mut colon = NO_COLON;
     let mut i = 0;
-    while let Some(&c) = b.get(i) {
-        match QNAME_CLASS[c as usize] {
-            QN_PLAIN => {}
-            QN_COLON => colon = if colon == NO_COLON { i } else { COLONS },
-            _ => break,
+    loop {
+        // Colons are rare: a tight loop over the other NameChars, then one step per colon.
+        i += b[i..]
+            .iter()
+            .position(|&c| QNAME_CLASS[c as usize] != QN_PLAIN)
+            .unwrap_or(b.len() - i);
+        if b.get(i) != Some(&b':') {
+            return (i, colon);
         }
+        colon = if colon == NO_COLON { i } else { COLONS };
         i += 1;
     }
-    (i, colon)
 }
 
 /// [`ascii_qname_run`] for a name whose end is already known (quick-xml finds it): None
@@ -542,12 +545,54 @@ pub fn same(a: &str, b: &str) -> bool {
 /// [`same`] for byte strings.
 #[inline]
 pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && (a.is_empty() || (a[0] == b[0] && a == b))
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    // Names are mostly 4 to 16 bytes long: two overlapping word loads each instead of a
+    // `memcmp` call.
+    if (8..=16).contains(&n) {
+        word8(a, 0) == word8(b, 0) && word8(a, n - 8) == word8(b, n - 8)
+    } else if (4..8).contains(&n) {
+        word4(a, 0) == word4(b, 0) && word4(a, n - 4) == word4(b, n - 4)
+    } else {
+        n == 0 || (a[0] == b[0] && a == b)
+    }
+}
+
+#[inline]
+fn word8(s: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&s[at..at + 8]);
+    u64::from_ne_bytes(w)
+}
+
+#[inline]
+fn word4(s: &[u8], at: usize) -> u32 {
+    let mut w = [0u8; 4];
+    w.copy_from_slice(&s[at..at + 4]);
+    u32::from_ne_bytes(w)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn same_bytes_is_slice_equality() {
+        for n in 0..24 {
+            let a: Vec<u8> = (0..n as u8).map(|i| b'a' + i).collect();
+            assert!(same_bytes(&a, &a.clone()));
+            for i in 0..n {
+                let mut b = a.clone();
+                b[i] ^= 0x20;
+                assert!(!same_bytes(&a, &b), "len {n}, difference at {i}");
+            }
+            if n > 0 {
+                assert!(!same_bytes(&a, &a[..n - 1]));
+            }
+        }
+    }
 
     #[test]
     fn forbidden_char_blocks_match_char_by_char() {

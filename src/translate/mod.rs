@@ -115,6 +115,7 @@ pub struct ArrayPaths {
 }
 
 /// Filter bit of a path's last segment, from its length and last byte.
+#[inline]
 fn last_segment_bit(last: &str) -> usize {
     let b = last.as_bytes();
     (b.len().wrapping_mul(31) + b.last().map_or(0, |&c| c as usize)) & 255
@@ -175,12 +176,16 @@ impl ArrayPaths {
     }
 
     /// [`ArrayPaths::matches`] for `path` = `…/last` where the caller knows that `last`
-    /// holds no `/`.
+    /// holds no `/`. Inlined: it runs for every element, and the filter alone rejects most.
+    #[inline]
     pub(crate) fn matches_segment(&self, path: &str, last: &str) -> bool {
         let bit = last_segment_bit(last);
-        if self.last_filter[bit / 64] & (1 << (bit % 64)) == 0 {
-            return false;
-        }
+        self.last_filter[bit / 64] & (1 << (bit % 64)) != 0 && self.matches_filtered(path, last)
+    }
+
+    /// [`ArrayPaths::matches_segment`] for a `last` segment that passed the filter.
+    #[inline(never)]
+    fn matches_filtered(&self, path: &str, last: &str) -> bool {
         if !self.absolute.is_empty() && self.absolute.contains(path) {
             return true;
         }

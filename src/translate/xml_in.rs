@@ -120,7 +120,6 @@ struct Frame<'a> {
     ns_len: usize,
     path_len: usize,
     seen_start: usize,
-    keys_len: usize,
     value_start: usize,
     mode: Mode,
     wrap_close: bool,
@@ -135,6 +134,7 @@ struct Frame<'a> {
     ws_len: usize,
     members: usize,
     had_child: bool,
+    /// Range in `out` of the last child's key (see [`seen_insert`]).
     run_key: Option<(usize, usize)>,
     run_array: bool,
     run_value_start: usize,
@@ -172,9 +172,8 @@ struct Conv<'a, 'o> {
     bindings: Vec<Binding<'a, 'o>>,
     attrs: Vec<RawAttr<'a>>,
     path: String,
-    /// Scratch buffer for attribute keys that need JSON escaping.
-    key: String,
-    keys: Vec<u8>,
+    /// Scratch buffer for keys that need JSON escaping.
+    key: Vec<u8>,
     seen: Vec<(usize, usize)>,
     mixed_starts: HashSet<usize>,
     restart_at: Option<(usize, bool, bool)>,
@@ -252,8 +251,7 @@ pub(crate) fn convert(
         bindings: Vec::with_capacity(8),
         attrs: Vec::with_capacity(8),
         path: String::with_capacity(128),
-        key: String::with_capacity(64),
-        keys: Vec::with_capacity(256),
+        key: Vec::with_capacity(64),
         seen: Vec::with_capacity(32),
         mixed_starts: HashSet::new(),
         restart_at: None,
@@ -755,7 +753,6 @@ impl<'a, 'o> Conv<'a, 'o> {
         let mut frame_root = false;
         let mut members = 0;
         let mut seen_start = self.seen.len();
-        let mut keys_len = self.keys.len();
         let mut value_start = 0;
 
         // Decide whether this element is rendered, and how it attaches to its parent.
@@ -855,9 +852,12 @@ impl<'a, 'o> Conv<'a, 'o> {
             // The parent's bookkeeping for this child is done: this element's own children
             // start after it (popping this frame must not erase the parent's entry).
             seen_start = self.seen.len();
-            keys_len = self.keys.len();
             value_start = self.out.len();
-            (mode, members) = self.write_value_start(ev_start)?;
+            // Most elements have no attributes: their value starts as a string, decided here
+            // without a call.
+            if !(self.attrs.is_empty() && self.mixed_starts.is_empty()) {
+                (mode, members) = self.write_value_start(ev_start)?;
+            }
             self.check_out()?;
         }
         self.frames.push(Frame {
@@ -866,7 +866,6 @@ impl<'a, 'o> Conv<'a, 'o> {
             ns_len,
             path_len,
             seen_start,
-            keys_len,
             value_start,
             mode,
             wrap_close,
@@ -893,10 +892,8 @@ impl<'a, 'o> Conv<'a, 'o> {
 
     /// Writes the beginning of an element's value according to its attributes.
     /// Returns the element's mode and its number of JSON members so far.
+    /// Only called for elements with attributes or after a restart (see [`Conv::start`]).
     fn write_value_start(&mut self, input_start: usize) -> Result<(Mode, usize), TranslateError> {
-        if self.attrs.is_empty() && self.mixed_starts.is_empty() {
-            return Ok((Mode::Pending, 0));
-        }
         let mut nil = false;
         let mut others = 0;
         for a in &self.attrs {
@@ -939,9 +936,9 @@ impl<'a, 'o> Conv<'a, 'o> {
                 push_key(self.out, &self.bindings, true, a.ns, a.local);
                 self.out.extend_from_slice(b"\":\"");
             } else {
-                let plain = push_key(&mut self.key, &self.bindings, true, a.ns, a.local);
-                put_key(self.out, self.key.as_bytes(), plain);
                 self.key.clear();
+                let plain = push_key(&mut self.key, &self.bindings, true, a.ns, a.local);
+                put_key(self.out, &self.key, plain);
                 self.out.push(b'"');
             }
             if a.json_plain {
@@ -1022,10 +1019,19 @@ impl<'a, 'o> Conv<'a, 'o> {
             }
         }
         let key = &self.path.as_bytes()[key_start..];
+        // Siblings' keys are compared in the form written to `out` (escaping is one-to-one),
+        // where they stay until the parent is closed or restarted: no copy of them is kept.
+        let json_key: &[u8] = if plain {
+            key
+        } else {
+            self.key.clear();
+            escape_json(&mut self.key, key);
+            &self.key
+        };
         let f = &mut self.frames[pi];
         f.had_child = true;
         let same_run = match f.run_key {
-            Some((s, e)) => same_bytes(&self.keys[s..e], key),
+            Some((s, e)) => same_bytes(&self.out[s..e], json_key),
             None => false,
         };
         if same_run {
@@ -1044,7 +1050,9 @@ impl<'a, 'o> Conv<'a, 'o> {
         if f.run_array {
             self.out.push(b']');
         }
-        let Some(range) = seen_insert(f, &mut self.seen, &mut self.keys, key) else {
+        // Where the key will be written: after the comma and the opening quote.
+        let at = self.out.len() + usize::from(f.members > 0) + 1;
+        let Some(range) = seen_insert(f, &mut self.seen, self.out, json_key, at) else {
             if strict {
                 return Err(self.err_path(invalid(
                     "element repeats after other siblings; not representable as a JSON object in strict mode",
@@ -1069,7 +1077,10 @@ impl<'a, 'o> Conv<'a, 'o> {
         f.members += 1;
         f.run_key = Some(range);
         f.run_array = declared;
-        put_key(self.out, key, plain);
+        self.out.push(b'"');
+        self.out.extend_from_slice(json_key);
+        self.out.extend_from_slice(b"\":");
+        debug_assert_eq!(&self.out[range.0..range.1], json_key);
         if declared {
             self.out.push(b'[');
         }
@@ -1094,7 +1105,6 @@ impl<'a, 'o> Conv<'a, 'o> {
         self.bindings.truncate(f.ns_len);
         self.path.truncate(f.path_len);
         self.seen.truncate(f.seen_start);
-        self.keys.truncate(f.keys_len);
         self.frames.truncate(pi);
         self.reader = make_reader(self.doc, at);
         self.base = at;
@@ -1103,33 +1113,39 @@ impl<'a, 'o> Conv<'a, 'o> {
 
     // ------------------------------------------------------------------ text
 
-    /// Character data of the current element. Indentation is the commonest text, so it is
-    /// handled here without the general path ([`Conv::text_slow`]): between children it is
-    /// dropped, and before the first child it is only recorded (`ws_at`/`ws_len`): a child
-    /// discards it, anything else writes it first ([`Conv::flush_ws`]).
+    /// Character data of the current element. Indentation and a leaf's text are the commonest
+    /// texts, so they are handled here without the general path ([`Conv::text_slow`]).
+    /// Indentation between children is dropped, and before the first child it is only
+    /// recorded (`ws_at`/`ws_len`): a child discards it, anything else writes it first
+    /// ([`Conv::flush_ws`]).
     #[inline(always)]
     fn text(&mut self, s: &[u8], off: usize, kind: TextKind) -> Result<(), TranslateError> {
         let ws = all_ws(s);
-        if ws {
-            if let Some(f) = self.frames.last_mut() {
-                match f.mode {
-                    Mode::Object if f.had_child => return Ok(()),
-                    Mode::Pending | Mode::Object
-                        if matches!(kind, TextKind::Text)
-                            && !f.text_open
-                            && f.ws_len == 0
-                            && !s.is_empty()
-                            && s.len() <= self.opts.limits.max_text_len =>
-                    {
-                        f.ws_at = off;
-                        f.ws_len = s.len();
-                        return Ok(());
-                    }
-                    _ => {}
-                }
+        let Some(f) = self.frames.last_mut() else {
+            return self.text_slow(s, off, kind, ws);
+        };
+        match f.mode {
+            Mode::Object if ws && f.had_child => Ok(()),
+            Mode::Pending | Mode::Object
+                if ws
+                    && matches!(kind, TextKind::Text)
+                    && !f.text_open
+                    && f.ws_len == 0
+                    && !s.is_empty()
+                    && s.len() <= self.opts.limits.max_text_len =>
+            {
+                f.ws_at = off;
+                f.ws_len = s.len();
+                Ok(())
             }
+            // A leaf's text, with no whitespace held back: what `text_slow` does for it,
+            // without the call.
+            Mode::Pending if f.ws_len == 0 => {
+                let pi = self.frames.len() - 1;
+                self.write_text(pi, s, off, kind, ws)
+            }
+            _ => self.text_slow(s, off, kind, ws),
         }
-        self.text_slow(s, off, kind, ws)
     }
 
     /// Writes the whitespace [`Conv::text`] held back in frame `pi`.
@@ -1281,7 +1297,6 @@ impl<'a, 'o> Conv<'a, 'o> {
             ns_len: f.ns_len,
             path_len: f.path_len,
             seen_start: f.seen_start,
-            keys_len: f.keys_len,
         };
         self.frames.truncate(self.frames.len() - 1);
         match f.mode {
@@ -1324,7 +1339,6 @@ impl<'a, 'o> Conv<'a, 'o> {
         self.bindings.truncate(f.ns_len);
         self.path.truncate(f.path_len);
         self.seen.truncate(f.seen_start);
-        self.keys.truncate(f.keys_len);
         if self.frames.is_empty() {
             self.doc_root_done = true;
         }
@@ -1341,7 +1355,6 @@ struct FrameEnd {
     ns_len: usize,
     path_len: usize,
     seen_start: usize,
-    keys_len: usize,
 }
 
 enum Attach {
@@ -1419,15 +1432,16 @@ fn put_key(out: &mut Vec<u8>, key: &[u8], plain: bool) {
     out.extend_from_slice(b"\":");
 }
 
-/// Records `key` among the children of frame `f`. Returns the key's range in the `keys` arena,
-/// or None if the parent already had a child with this key.
+/// Records `key` among the children of frame `f`; the key is about to be written to `out` at
+/// `at`, and the ranges in `seen` are those of the earlier siblings' keys in `out`. Returns the
+/// key's range, or None if the parent already had a child with this key.
 fn seen_insert(
     f: &mut Frame<'_>,
     seen: &mut Vec<(usize, usize)>,
-    keys: &mut Vec<u8>,
+    out: &[u8],
     key: &[u8],
+    at: usize,
 ) -> Option<(usize, usize)> {
-    let start = keys.len();
     if let Some(big) = &mut f.big {
         if !big.insert(key.into()) {
             return None;
@@ -1439,7 +1453,7 @@ fn seen_insert(
         // comparison is a libc call.
         if f.seen_bits & bit != 0
             && seen[f.seen_start..].iter().any(|&(s, e)| {
-                e - s == key.len() && keys[s..e].last().copied() == last && &keys[s..e] == key
+                e - s == key.len() && out[s..e].last().copied() == last && &out[s..e] == key
             })
         {
             return None;
@@ -1448,16 +1462,15 @@ fn seen_insert(
         if seen.len() - f.seen_start >= SEEN_LINEAR_MAX {
             let mut set: HashSet<Box<[u8]>> = seen[f.seen_start..]
                 .iter()
-                .map(|&(s, e)| Box::from(&keys[s..e]))
+                .map(|&(s, e)| Box::from(&out[s..e]))
                 .collect();
             set.insert(key.into());
             f.big = Some(Box::new(set));
         } else {
-            seen.push((start, start + key.len()));
+            seen.push((at, at + key.len()));
         }
     }
-    keys.extend_from_slice(key);
-    Some((start, start + key.len()))
+    Some((at, at + key.len()))
 }
 
 fn check_cdata_end(s: &[u8]) -> Result<(), usize> {
