@@ -67,15 +67,14 @@ pub enum MerkleError {
     },
 }
 
+/// One-shot SHA-256 over one contiguous buffer: a streaming context costs a heap
+/// allocation and the EVP set-up and tear-down, which for a two-block node hash is more
+/// work than the hashing itself.
 fn sha256(data: &[u8]) -> Hash {
     let mut out = [0u8; HASH_LEN];
     out.copy_from_slice(digest::digest(&digest::SHA256, data).as_ref());
     out
 }
-
-// Hashes go through the one-shot digest over one contiguous buffer: a streaming context
-// costs a heap allocation and the EVP set-up and tear-down, which for a two-block node
-// hash is more work than the hashing itself.
 
 /// Root of the empty tree: `SHA-256("")` (RFC 6962 §2.1).
 pub fn empty_root() -> Hash {

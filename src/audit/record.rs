@@ -478,7 +478,7 @@ pub fn format_epoch_ms(ms: u64) -> String {
     // date and time of day are formatted once per second and thread, then reused.
     let mut out = LAST_SECOND.with(|last| {
         let (cached, text) = last.get();
-        if cached == secs && secs != u64::MAX {
+        if cached == secs {
             return text;
         }
         let text = format_second(secs);

@@ -178,15 +178,15 @@ fn open_sqlite(path: &Path, writable: bool) -> Result<Connection, AuditError> {
     // rather than failing.
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     if writable {
-        // journal_mode answers with the mode actually in force; a database
-        // on a filesystem without shared memory would silently stay in
-        // rollback mode, so check.
         // Large pages for a new database (an existing one keeps its size): a batch is
         // one row whose frames blob spans many overflow pages, and every page is a WAL
         // frame, i.e. two `pwrite`s and later a checkpoint copy. 64 KiB pages make
         // those system calls 16 times fewer than the 4 KiB default (the writer's kernel
         // time per record fell by about a third).
         conn.pragma_update(None, "page_size", 65536)?;
+        // journal_mode answers with the mode actually in force; a database
+        // on a filesystem without shared memory would silently stay in
+        // rollback mode, so check.
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(AuditError::Storage(format!(

@@ -184,11 +184,9 @@ pub fn append_via(h: &mut HeaderMap, version: http::Version, via: &crate::config
         _ => "1.1",
     };
     let mut value = String::new();
-    if let Some(prev) = h.get(header::VIA).and_then(|v| v.to_str().ok()) {
-        if !prev.is_empty() {
-            value.push_str(prev);
-            value.push_str(", ");
-        }
+    if let Some(prev) = prev.filter(|p| !p.is_empty()) {
+        value.push_str(prev);
+        value.push_str(", ");
     }
     value.push_str(proto);
     value.push(' ');
