@@ -382,6 +382,12 @@ fn insert_segment(tx: &rusqlite::Transaction<'_>, seg: &NewSegment) -> Result<()
         .iter()
         .filter_map(|c| c.status.map(|s| s.to_string()))
         .collect();
+    let frames_len = i32::try_from(seg.frames.len()).map_err(|_| {
+        AuditError::InvalidArgument(format!(
+            "a segment of {} bytes of frames is too large for one row",
+            seg.frames.len()
+        ))
+    })?;
     tx.prepare_cached(
         "INSERT INTO audit_segments
          (first_idx, count, min_time_ms, max_time_ms, kinds, routes, agencies, statuses, frames)
@@ -396,8 +402,20 @@ fn insert_segment(tx: &rusqlite::Transaction<'_>, seg: &NewSegment) -> Result<()
         distinct(seg.cols.iter().map(|c| c.route.as_deref())),
         distinct(seg.cols.iter().map(|c| c.agency.as_deref())),
         distinct(statuses.iter().map(|s| Some(s.as_str()))),
-        seg.frames,
+        rusqlite::blob::ZeroBlob(frames_len),
     ])?;
+    // The frames go straight into the row's pages through incremental blob I/O.
+    // Binding them as a value would make SQLite copy the batch twice more (its own
+    // copy of the parameter, then the assembled record), each into a fresh
+    // allocation of the batch's size, whose pages fault in anew on every commit.
+    tx.blob_open(
+        rusqlite::MAIN_DB,
+        c"audit_segments",
+        c"frames",
+        to_i64(seg.first_idx)?,
+        false,
+    )?
+    .write_at(&seg.frames, 0)?;
     let mut dossier =
         tx.prepare_cached("INSERT INTO audit_dossiers (dossier, idx) VALUES (?1, ?2)")?;
     for (i, c) in seg.cols.iter().enumerate() {

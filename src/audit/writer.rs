@@ -257,6 +257,9 @@ impl AuditWriter {
             depth: depth.clone(),
             counters: counters.clone(),
             frames_buf: Vec::new(),
+            batch_buf: Vec::new(),
+            cols_buf: Vec::new(),
+            acks_buf: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
@@ -496,6 +499,11 @@ struct Worker {
     /// The last batch's frame buffer, reused: a batch is often hundreds of
     /// KiB, and a fresh allocation that size costs page faults every time.
     frames_buf: Vec<u8>,
+    /// Likewise the batch and the per-record vectors a commit builds: they grow to
+    /// `batch_max` entries, and allocating them afresh costs page faults per batch.
+    batch_buf: Vec<Pending>,
+    cols_buf: Vec<IndexColumns>,
+    acks_buf: Vec<Option<Ack<u64>>>,
 }
 
 impl Worker {
@@ -517,9 +525,11 @@ impl Worker {
             let control = match msg {
                 Msg::Record { json, cols, ack } => {
                     self.depth.fetch_sub(1, Ordering::AcqRel);
-                    let mut batch = vec![Pending { json, cols, ack }];
+                    let mut batch = std::mem::take(&mut self.batch_buf);
+                    batch.push(Pending { json, cols, ack });
                     let control = self.collect(&mut batch);
-                    self.commit(batch);
+                    self.commit(&mut batch);
+                    self.batch_buf = batch;
                     control
                 }
                 other => Some(other),
@@ -620,7 +630,7 @@ impl Worker {
             if batch.is_empty() {
                 break;
             }
-            self.commit(batch);
+            self.commit(&mut batch);
         }
         if self.frontier.size() > self.last_cp_size {
             self.write_checkpoint()?;
@@ -683,7 +693,8 @@ impl Worker {
     }
 
     /// Frame, commit and acknowledge one batch.
-    fn commit(&mut self, batch: Vec<Pending>) {
+    /// Commit `batch`, leaving it empty.
+    fn commit(&mut self, batch: &mut Vec<Pending>) {
         let start = self.frontier.size();
         let mut tentative = self.frontier.clone();
         let mut segment = NewSegment::new(start);
@@ -692,14 +703,18 @@ impl Worker {
         segment
             .frames
             .reserve(batch.iter().map(|p| frame_len(p.json.len())).sum());
-        segment.cols = Vec::with_capacity(batch.len());
-        let mut acks: Vec<Option<Ack<u64>>> = Vec::with_capacity(batch.len());
+        segment.cols = std::mem::take(&mut self.cols_buf);
+        segment.cols.clear();
+        segment.cols.reserve(batch.len());
+        let mut acks = std::mem::take(&mut self.acks_buf);
+        acks.clear();
+        acks.reserve(batch.len());
         // Count-based checkpoints land on exact multiples of the interval
         // (several may fall in one batch); all commit with the batch. A
         // signing failure only postpones a checkpoint, never the records.
         let mut cps: Vec<(SignedCheckpoint, CompactRange)> = Vec::new();
         let mut last_cp = self.last_cp_size;
-        for (i, p) in batch.into_iter().enumerate() {
+        for (i, p) in batch.drain(..).enumerate() {
             let idx = start + i as u64;
             // Sizes were checked at submission, so framing cannot fail; if
             // it somehow does, fail the batch rather than skip an index.
@@ -736,6 +751,8 @@ impl Worker {
         let res = self.store.append_batch(&segment, &cp_refs);
         let n = segment.cols.len() as u64;
         self.frames_buf = segment.frames;
+        segment.cols.clear();
+        self.cols_buf = segment.cols;
         self.counters
             .last_commit_latency_us
             .store(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -752,7 +769,7 @@ impl Worker {
                 self.counters
                     .next_index
                     .store(self.frontier.size(), Ordering::Relaxed);
-                for (i, a) in acks.into_iter().enumerate() {
+                for (i, a) in acks.drain(..).enumerate() {
                     if let Some(a) = a {
                         let _ = a.send(Ok(start + i as u64));
                     }
@@ -762,11 +779,12 @@ impl Worker {
                 // Nothing was committed: the indices are reused by the next
                 // batch, and every waiter learns its record is not durable.
                 self.counters.failures.fetch_add(1, Ordering::Relaxed);
-                for a in acks.into_iter().flatten() {
+                for a in acks.drain(..).flatten() {
                     let _ = a.send(Err(e.clone()));
                 }
             }
         }
+        self.acks_buf = acks;
     }
 
     fn prune(&mut self, target: PruneTarget) -> Result<PruneOutcome, AuditError> {
