@@ -40,7 +40,9 @@
 //! The SQL is deliberately plain (no `INSERT OR ...`, no `RETURNING`, no
 //! JSON functions) so a PostgreSQL backend can reuse it with `BIGINT` /
 //! `BYTEA` column types. Everything SQLite-specific — file opening, PRAGMAs,
-//! the DDL type names — is in the "SQLite specifics" section below.
+//! the DDL type names — is in the "SQLite specifics" section below, except
+//! that `insert_segment` writes a segment's frames with SQLite's incremental
+//! blob I/O (PostgreSQL would bind them as a parameter).
 //!
 //! # Durability
 //!
