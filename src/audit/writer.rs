@@ -692,8 +692,8 @@ impl Worker {
         }
     }
 
-    /// Frame, commit and acknowledge one batch.
-    /// Commit `batch`, leaving it empty.
+    /// Frame, commit and acknowledge one batch, leaving `batch` empty (its
+    /// allocation is kept for the next one).
     fn commit(&mut self, batch: &mut Vec<Pending>) {
         let start = self.frontier.size();
         let mut tentative = self.frontier.clone();
