@@ -703,11 +703,10 @@ impl Worker {
         segment
             .frames
             .reserve(batch.iter().map(|p| frame_len(p.json.len())).sum());
+        // Both come back empty: cleared after the last commit, drained by it.
         segment.cols = std::mem::take(&mut self.cols_buf);
-        segment.cols.clear();
         segment.cols.reserve(batch.len());
         let mut acks = std::mem::take(&mut self.acks_buf);
-        acks.clear();
         acks.reserve(batch.len());
         // Count-based checkpoints land on exact multiples of the interval
         // (several may fall in one batch); all commit with the batch. A
