@@ -136,13 +136,8 @@ impl Sha256Hex {
     }
 
     fn from_bytes(raw: &[u8]) -> Self {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut s = vec![0u8; raw.len() * 2];
-        for (pair, b) in s.chunks_exact_mut(2).zip(raw) {
-            pair[0] = HEX[(b >> 4) as usize];
-            pair[1] = HEX[(b & 15) as usize];
-        }
-        Self(String::from_utf8(s).expect("hex digits are ASCII"))
+        let raw: &[u8; 32] = raw.try_into().expect("SHA-256 digests are 32 bytes");
+        Self(ascii(&hex32(raw)).to_owned())
     }
 
     pub fn as_str(&self) -> &str {
@@ -287,45 +282,166 @@ impl AuditRecord {
         self.path = Some(RecordPath::new(raw));
     }
 
-    /// The JSON bytes that become the Merkle leaf.
+    /// The JSON bytes that become the Merkle leaf: `serde_json::to_vec(self)`,
+    /// byte for byte, written by [`RecordView::write_json`].
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(512);
+        self.view().write_json(&mut out);
+        out
+    }
+
+    /// The record borrowed as a [`RecordView`].
+    pub fn view(&self) -> RecordView<'_> {
+        fn digest(d: &Option<Sha256Hex>) -> Option<DigestRef<'_>> {
+            d.as_ref().map(|d| DigestRef::Hex(d.as_str()))
+        }
+        RecordView {
+            time: TimeRef::Text(&self.time),
+            request_id: &self.request_id,
+            kind: self.kind,
+            listener: &self.listener,
+            caller: self.caller.as_ref().map(|c| CallerView {
+                agency: &c.agency,
+                subject: c.subject.as_deref(),
+                cert_s256: c.cert_s256.as_deref(),
+            }),
+            route: self.route.as_deref(),
+            upstream: self.upstream.as_deref(),
+            endpoint: self.endpoint.as_deref(),
+            method: self.method.as_deref(),
+            path: self.path.as_ref(),
+            status: self.status,
+            error: self
+                .error
+                .as_ref()
+                .map(|e| (e.kind.as_str(), e.code.as_deref())),
+            latency_us: self.latency_us,
+            upstream_latency_us: self.upstream_latency_us,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            request_sha256: digest(&self.request_sha256),
+            request_translated_sha256: digest(&self.request_translated_sha256),
+            response_sha256: digest(&self.response_sha256),
+            response_translated_sha256: digest(&self.response_translated_sha256),
+            dossier: self.dossier.as_deref(),
+            adapter: self.adapter.as_ref(),
+            detail: self.detail.as_deref(),
+            body: self
+                .body
+                .as_ref()
+                .map(|b| (b.request.as_deref(), b.response.as_deref())),
+        }
+    }
+
+    /// Milliseconds since the epoch of `time`, if it is in canonical form.
+    pub fn time_ms(&self) -> Option<u64> {
+        parse_rfc3339_ms(&self.time)
+    }
+}
+
+/// A digest as [`RecordView`] holds it: the hex text of a stored record, or the raw
+/// bytes the request path computed (written as hex without an allocation).
+#[derive(Debug, Clone, Copy)]
+pub enum DigestRef<'a> {
+    Hex(&'a str),
+    Raw(&'a [u8; 32]),
+}
+
+/// The time of a [`RecordView`]: stored text, or milliseconds since the epoch
+/// (formatted as [`format_epoch_ms`] would, straight into the output).
+#[derive(Debug, Clone, Copy)]
+pub enum TimeRef<'a> {
+    Text(&'a str),
+    EpochMs(u64),
+}
+
+/// The caller of a [`RecordView`].
+#[derive(Debug, Clone, Copy)]
+pub struct CallerView<'a> {
+    pub agency: &'a str,
+    pub subject: Option<&'a str>,
+    pub cert_s256: Option<&'a str>,
+}
+
+/// An audit record as borrowed parts: what [`AuditRecord::to_json`] writes, and
+/// what the request path fills from its own state (shared route names, raw
+/// digests) so that recording a request does not first copy each of them into a
+/// fresh [`AuditRecord`]. Both give the same bytes for the same record.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordView<'a> {
+    pub time: TimeRef<'a>,
+    pub request_id: &'a str,
+    pub kind: RecordKind,
+    pub listener: &'a str,
+    pub caller: Option<CallerView<'a>>,
+    pub route: Option<&'a str>,
+    pub upstream: Option<&'a str>,
+    pub endpoint: Option<&'a str>,
+    pub method: Option<&'a str>,
+    /// Masked by construction (see [`RecordPath`]).
+    pub path: Option<&'a RecordPath>,
+    pub status: Option<u16>,
+    /// Error kind and code.
+    pub error: Option<(&'a str, Option<&'a str>)>,
+    pub latency_us: u64,
+    pub upstream_latency_us: Option<u64>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub request_sha256: Option<DigestRef<'a>>,
+    pub request_translated_sha256: Option<DigestRef<'a>>,
+    pub response_sha256: Option<DigestRef<'a>>,
+    pub response_translated_sha256: Option<DigestRef<'a>>,
+    pub dossier: Option<&'a str>,
+    pub adapter: Option<&'a Adapter>,
+    pub detail: Option<&'a str>,
+    /// Kept request and response bodies.
+    pub body: Option<(Option<&'a str>, Option<&'a str>)>,
+}
+
+impl RecordView<'_> {
+    /// Append the record's JSON (the Merkle leaf data) to `out`.
     ///
     /// Written by hand rather than through serde: this runs once per audited
     /// request, and serde_json's byte-at-a-time string escaping was the
     /// largest single cost of building a record. The output is byte for byte
-    /// what `serde_json::to_vec(self)` gives (same member order, same omitted
-    /// members, same escapes); `to_json_matches_serde` checks that on random
-    /// records, and stored records from earlier versions keep verifying
-    /// because the verifier hashes the stored bytes, never a re-serialisation.
-    pub fn to_json(&self) -> Vec<u8> {
-        let mut w = JsonOut(Vec::with_capacity(512));
+    /// what `serde_json::to_vec` of the equivalent [`AuditRecord`] gives (same
+    /// member order, same omitted members, same escapes);
+    /// `to_json_matches_serde` checks that on random records, and stored
+    /// records from earlier versions keep verifying because the verifier
+    /// hashes the stored bytes, never a re-serialisation.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        let mut w = JsonOut(out);
         w.raw(b"{\"time\":");
-        w.str(&self.time);
+        match self.time {
+            TimeRef::Text(t) => w.str(t),
+            TimeRef::EpochMs(ms) => w.plain_str(ascii(&format_epoch_ms_bytes(ms))),
+        }
         w.raw(b",\"request_id\":");
-        w.str(&self.request_id);
+        w.str(self.request_id);
         w.raw(b",\"kind\":\"");
         w.raw(self.kind.as_str().as_bytes());
         w.raw(b"\",\"listener\":");
-        w.str(&self.listener);
+        w.str(self.listener);
         if let Some(c) = &self.caller {
             w.raw(b",\"caller\":{\"agency\":");
-            w.str(&c.agency);
-            w.opt_str(b",\"subject\":", c.subject.as_deref());
-            w.opt_str(b",\"cert_s256\":", c.cert_s256.as_deref());
+            w.str(c.agency);
+            w.opt_str(b",\"subject\":", c.subject);
+            w.opt_str(b",\"cert_s256\":", c.cert_s256);
             w.raw(b"}");
         }
-        w.opt_str(b",\"route\":", self.route.as_deref());
-        w.opt_str(b",\"upstream\":", self.upstream.as_deref());
-        w.opt_str(b",\"endpoint\":", self.endpoint.as_deref());
-        w.opt_str(b",\"method\":", self.method.as_deref());
-        w.opt_str(b",\"path\":", self.path.as_ref().map(RecordPath::as_str));
+        w.opt_str(b",\"route\":", self.route);
+        w.opt_str(b",\"upstream\":", self.upstream);
+        w.opt_str(b",\"endpoint\":", self.endpoint);
+        w.opt_str(b",\"method\":", self.method);
+        w.opt_str(b",\"path\":", self.path.map(RecordPath::as_str));
         if let Some(s) = self.status {
             w.raw(b",\"status\":");
             w.int(u64::from(s));
         }
-        if let Some(e) = &self.error {
+        if let Some((kind, code)) = self.error {
             w.raw(b",\"error\":{\"kind\":");
-            w.str(&e.kind);
-            w.opt_str(b",\"code\":", e.code.as_deref());
+            w.str(kind);
+            w.opt_str(b",\"code\":", code);
             w.raw(b"}");
         }
         w.raw(b",\"latency_us\":");
@@ -338,34 +454,34 @@ impl AuditRecord {
         w.int(self.bytes_in);
         w.raw(b",\"bytes_out\":");
         w.int(self.bytes_out);
-        w.opt_digest(b",\"request_sha256\":", &self.request_sha256);
+        w.opt_digest(b",\"request_sha256\":", self.request_sha256);
         w.opt_digest(
             b",\"request_translated_sha256\":",
-            &self.request_translated_sha256,
+            self.request_translated_sha256,
         );
-        w.opt_digest(b",\"response_sha256\":", &self.response_sha256);
+        w.opt_digest(b",\"response_sha256\":", self.response_sha256);
         w.opt_digest(
             b",\"response_translated_sha256\":",
-            &self.response_translated_sha256,
+            self.response_translated_sha256,
         );
-        w.opt_str(b",\"dossier\":", self.dossier.as_deref());
-        if let Some(a) = &self.adapter {
+        w.opt_str(b",\"dossier\":", self.dossier);
+        if let Some(a) = self.adapter {
             w.raw(b",\"adapter\":{\"id\":");
             w.str(&a.id);
             w.raw(b",\"version\":");
             w.str(&a.version);
             w.raw(b"}");
         }
-        w.opt_str(b",\"detail\":", self.detail.as_deref());
-        if let Some(b) = &self.body {
+        w.opt_str(b",\"detail\":", self.detail);
+        if let Some((request, response)) = self.body {
             w.raw(b",\"body\":{");
             let mut sep: &[u8] = b"";
-            if let Some(r) = &b.request {
+            if let Some(r) = request {
                 w.raw(b"\"request\":");
                 w.str(r);
                 sep = b",";
             }
-            if let Some(r) = &b.response {
+            if let Some(r) = response {
                 w.raw(sep);
                 w.raw(b"\"response\":");
                 w.str(r);
@@ -373,21 +489,15 @@ impl AuditRecord {
             w.raw(b"}");
         }
         w.raw(b"}");
-        w.0
-    }
-
-    /// Milliseconds since the epoch of `time`, if it is in canonical form.
-    pub fn time_ms(&self) -> Option<u64> {
-        parse_rfc3339_ms(&self.time)
     }
 }
 
-/// The JSON writer behind [`AuditRecord::to_json`]: raw bytes, strings with
+/// The JSON writer behind [`RecordView::write_json`]: raw bytes, strings with
 /// serde_json's escapes (the translation engine's chunked escaper, which
 /// emits exactly those), and unsigned integers.
-struct JsonOut(Vec<u8>);
+struct JsonOut<'a>(&'a mut Vec<u8>);
 
-impl JsonOut {
+impl JsonOut<'_> {
     #[inline]
     fn raw(&mut self, b: &[u8]) {
         self.0.extend_from_slice(b);
@@ -396,7 +506,7 @@ impl JsonOut {
     #[inline]
     fn str(&mut self, s: &str) {
         self.0.push(b'"');
-        crate::translate::escape_json(&mut self.0, s.as_bytes());
+        crate::translate::escape_json(self.0, s.as_bytes());
         self.0.push(b'"');
     }
 
@@ -417,10 +527,19 @@ impl JsonOut {
     }
 
     #[inline]
-    fn opt_digest(&mut self, key: &[u8], d: &Option<Sha256Hex>) {
-        if let Some(d) = d {
-            self.raw(key);
-            self.plain_str(d.as_str());
+    fn opt_digest(&mut self, key: &[u8], d: Option<DigestRef<'_>>) {
+        match d {
+            Some(DigestRef::Hex(h)) => {
+                self.raw(key);
+                self.plain_str(h);
+            }
+            Some(DigestRef::Raw(raw)) => {
+                self.raw(key);
+                self.0.push(b'"');
+                self.0.extend_from_slice(&hex32(raw));
+                self.0.push(b'"');
+            }
+            None => {}
         }
     }
 
@@ -473,6 +592,27 @@ pub fn format_rfc3339_ms(t: SystemTime) -> String {
 
 /// Same as [`format_rfc3339_ms`] from milliseconds since the epoch.
 pub fn format_epoch_ms(ms: u64) -> String {
+    ascii(&format_epoch_ms_bytes(ms)).to_owned()
+}
+
+/// 64 lowercase hex digits of a SHA-256 digest.
+pub(crate) fn hex32(raw: &[u8; 32]) -> [u8; 64] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 64];
+    for (pair, b) in out.chunks_exact_mut(2).zip(raw) {
+        pair[0] = HEX[(b >> 4) as usize];
+        pair[1] = HEX[(b & 15) as usize];
+    }
+    out
+}
+
+/// Text this module formatted from ASCII digits and separators.
+fn ascii(b: &[u8]) -> &str {
+    std::str::from_utf8(b).expect("formatted text is ASCII")
+}
+
+/// [`format_epoch_ms`] without the allocation.
+fn format_epoch_ms_bytes(ms: u64) -> [u8; 24] {
     let secs = ms / 1000;
     // One record per request is stamped, mostly many within the same second: the
     // date and time of day are formatted once per second and thread, then reused.
@@ -493,9 +633,7 @@ pub fn format_epoch_ms(ms: u64) -> String {
         out[i] = b'0' + (v % 10) as u8;
         v /= 10;
     }
-    std::str::from_utf8(&out)
-        .expect("digits and separators are ASCII")
-        .to_owned()
+    out
 }
 
 thread_local! {
@@ -888,6 +1026,32 @@ mod tests {
         assert!(!json.contains("079201001234"));
         assert!(!json.contains("123456789"));
         assert!(json.contains("/dan-cu/**********34?cmnd=*******89"));
+    }
+
+    #[test]
+    fn raw_digests_and_epoch_time_write_what_the_owned_record_does() {
+        let d1 = [0xabu8; 32];
+        let d2: [u8; 32] = std::array::from_fn(|i| i as u8);
+        let ms = 1_764_201_600_123;
+        let mut owned = AuditRecord::new(RecordKind::Proxy, "req-1");
+        owned.time = format_epoch_ms(ms);
+        owned.request_sha256 = Sha256Hex::from_digest(&d1);
+        owned.response_sha256 = Sha256Hex::from_digest(&d2);
+        owned.status = Some(200);
+        let mut view = owned.view();
+        view.time = TimeRef::EpochMs(ms);
+        view.request_sha256 = Some(DigestRef::Raw(&d1));
+        view.response_sha256 = Some(DigestRef::Raw(&d2));
+        let mut out = Vec::new();
+        view.write_json(&mut out);
+        assert_eq!(out, serde_json::to_vec(&owned).unwrap());
+        assert_eq!(out, owned.to_json());
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("\"time\":\"2025-11-27T00:00:00.123Z\""),
+            "{text}"
+        );
+        assert!(text.contains(&"ab".repeat(32)), "{text}");
     }
 
     #[test]

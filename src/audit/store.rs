@@ -251,7 +251,7 @@ fn migrate_record_rows(conn: &mut Connection) -> Result<(), AuditError> {
                     .map(RecordKind::as_str),
                 dossier: row.get(4)?,
                 agency: row.get(5)?,
-                route: row.get(6)?,
+                route: row.get::<_, Option<String>>(6)?.map(Into::into),
                 status: row.get(7)?,
             };
             let full = seg
@@ -289,7 +289,9 @@ pub struct IndexColumns {
     pub kind: Option<&'static str>,
     pub dossier: Option<String>,
     pub agency: Option<String>,
-    pub route: Option<String>,
+    /// Shared with the configuration on the request path (route names are `Arc<str>`
+    /// there), so indexing a proxied request copies no route name.
+    pub route: Option<std::sync::Arc<str>>,
     pub status: Option<u16>,
 }
 
@@ -302,7 +304,7 @@ impl IndexColumns {
             kind: Some(rec.kind.as_str()),
             dossier: rec.dossier,
             agency: rec.caller.map(|c| c.agency),
-            route: rec.route,
+            route: rec.route.map(Into::into),
             status: rec.status,
         }
     }
@@ -313,7 +315,7 @@ impl IndexColumns {
             kind: Some(rec.kind.as_str()),
             dossier: rec.dossier.clone(),
             agency: rec.caller.as_ref().map(|c| c.agency.clone()),
-            route: rec.route.clone(),
+            route: rec.route.as_deref().map(Into::into),
             status: rec.status,
         }
     }

@@ -212,6 +212,10 @@ pub struct AuditWriter {
     capacity: usize,
     counters: Arc<Counters>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The writer thread, to cut its linger short: it naps between drains of the
+    /// queue, and only a message somebody waits on (a fail-closed record, a
+    /// control) unparks it. Fail-open records never wake it.
+    waker: std::thread::Thread,
 }
 
 impl std::fmt::Debug for AuditWriter {
@@ -269,12 +273,22 @@ impl AuditWriter {
             depth,
             capacity,
             counters,
+            waker: thread.thread().clone(),
             thread: Mutex::new(Some(thread)),
         })
     }
 
     fn enqueue(&self, rec: AuditRecord, ack: Option<Ack<u64>>) -> Result<(), AuditError> {
         let json = rec.to_json();
+        self.enqueue_json(json, IndexColumns::from_record(rec), ack)
+    }
+
+    fn enqueue_json(
+        &self,
+        json: Vec<u8>,
+        cols: IndexColumns,
+        ack: Option<Ack<u64>>,
+    ) -> Result<(), AuditError> {
         if json.len() > MAX_RECORD_LEN {
             return Err(AuditError::InvalidArgument(format!(
                 "audit record of {} bytes exceeds the limit",
@@ -292,14 +306,14 @@ impl AuditWriter {
             self.counters.queue_full.fetch_add(1, Ordering::Relaxed);
             return Err(AuditError::QueueFull);
         }
-        let msg = Msg::Record {
-            json,
-            cols: IndexColumns::from_record(rec),
-            ack,
-        };
+        let waited_on = ack.is_some();
+        let msg = Msg::Record { json, cols, ack };
         if self.tx.send(msg).is_err() {
             self.depth.fetch_sub(1, Ordering::AcqRel);
             return Err(AuditError::WriterStopped);
+        }
+        if waited_on {
+            self.waker.unpark();
         }
         Ok(())
     }
@@ -315,6 +329,21 @@ impl AuditWriter {
     /// blocks.
     pub fn submit_nowait(&self, rec: AuditRecord) -> Result<(), AuditError> {
         self.enqueue(rec, None)
+    }
+
+    /// [`AuditWriter::submit`] of a record already serialised by
+    /// [`RecordView::write_json`](super::record::RecordView::write_json), with its
+    /// index columns (the request path builds both from its own state).
+    pub fn submit_json(&self, json: Vec<u8>, cols: IndexColumns) -> Result<Ticket, AuditError> {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue_json(json, cols, Some(tx))?;
+        Ok(Ticket { rx })
+    }
+
+    /// [`AuditWriter::submit_nowait`] of a serialised record (see
+    /// [`AuditWriter::submit_json`]).
+    pub fn submit_json_nowait(&self, json: Vec<u8>, cols: IndexColumns) -> Result<(), AuditError> {
+        self.enqueue_json(json, cols, None)
     }
 
     pub fn stats(&self) -> WriterStats {
@@ -336,6 +365,7 @@ impl AuditWriter {
         self.tx
             .send(make(tx))
             .map_err(|_| AuditError::WriterStopped)?;
+        self.waker.unpark();
         rx.await.unwrap_or(Err(AuditError::WriterStopped))
     }
 
@@ -379,6 +409,7 @@ impl Drop for AuditWriter {
     fn drop(&mut self) {
         let (tx, _rx) = oneshot::channel();
         let _ = self.tx.send(Msg::Shutdown(tx));
+        self.waker.unpark();
         if let Some(h) = self.thread.get_mut().ok().and_then(Option::take) {
             let _ = h.join();
         }
@@ -563,11 +594,12 @@ impl Worker {
                     if left.is_zero() {
                         return None;
                     }
-                    // Sleep, then drain, rather than block on the channel: a blocked
+                    // Nap, then drain, rather than block on the channel: a blocked
                     // receiver is woken by every send, which costs a context switch per
-                    // record when the writer shares a core with the request path. Naps are
-                    // at most `batch_linger` long so a fail-closed arrival is seen in time.
-                    std::thread::sleep(left.min(self.batch_linger.max(Duration::from_millis(1))));
+                    // record when the writer shares a core with the request path. A
+                    // fail-closed record or a control unparks the nap (see `waker`), so
+                    // the nap can last the whole linger: one wake-up per batch.
+                    std::thread::park_timeout(left);
                     continue;
                 }
                 Err(TryRecvError::Disconnected) => return None,
@@ -1706,6 +1738,23 @@ mod tests {
             .expect("the fail-closed record committed without waiting out the 30 s linger")
             .unwrap();
         assert_eq!(idx, 1);
+        w.shutdown().await.unwrap();
+    }
+
+    /// Controls wake a writer napping through a long fail-open linger too.
+    #[tokio::test]
+    async fn flush_cuts_a_fail_open_linger_short() {
+        let dir = TempDir::new();
+        let mut c = cfg(&dir.db());
+        c.batch_linger_fail_open = Duration::from_secs(30);
+        let w = AuditWriter::start(c).unwrap();
+        w.submit_nowait(rec(0)).unwrap();
+        w.submit_nowait(rec(1)).unwrap();
+        let size = tokio::time::timeout(Duration::from_secs(10), w.flush())
+            .await
+            .expect("the flush was answered without waiting out the 30 s linger")
+            .unwrap();
+        assert_eq!(size, 2);
         w.shutdown().await.unwrap();
     }
 

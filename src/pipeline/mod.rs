@@ -548,7 +548,8 @@ pub mod audit_stage {
     //! size) and never wait on disk; fail-closed routes read the response, wait until
     //! the record is durable, and answer 503 instead if it cannot be.
     use super::*;
-    use crate::audit::record::{self, AuditRecord, RecordKind, Sha256Hex};
+    use crate::audit::record::{self, RecordKind};
+    use crate::audit::store::IndexColumns;
     use crate::audit::Auditor;
     use crate::body::{sha256, Tap};
     use crate::config::AuditPolicy;
@@ -568,7 +569,8 @@ pub mod audit_stage {
     /// request without a body has no digest (its record says `bytes_in: 0`).
     pub fn tap_request(ctx: &mut RequestCtx, body: Body) -> Body {
         if matches!(body, Body::Empty) {
-            ctx.request_digest = Some(Arc::new(Mutex::new(Some((None, 0)))));
+            // Nothing to hash: no slot is the same record (`bytes_in: 0`, no digest).
+            ctx.request_digest = None;
             return body;
         }
         let slot: DigestSlot = Arc::new(Mutex::new(None));
@@ -599,67 +601,143 @@ pub mod audit_stage {
         }
     }
 
-    fn base(ctx: &RequestCtx, status: u16) -> AuditRecord {
-        let mut r = AuditRecord::new(kind(ctx, status), ctx.request_id_str());
-        r.listener = ctx.conn.listener.to_string();
-        let cert = ctx
-            .conn
-            .tls
-            .as_ref()
-            .and_then(|t| t.client_cert_sha256.clone());
-        r.caller = match &ctx.caller {
-            Some(c) => Some(record::Caller {
-                agency: c
-                    .agency
+    /// What a request's record needs from its context, taken when the response
+    /// headers are known. Names shared with the configuration stay shared (`Arc`
+    /// clones), digests stay raw: the record is serialised straight from this (see
+    /// [`record::RecordView`]) once the response body has gone out, without an
+    /// [`AuditRecord`] of owned copies in between.
+    struct Draft {
+        time_ms: u64,
+        kind: RecordKind,
+        request_id: http::HeaderValue,
+        listener: Arc<str>,
+        caller: Option<Arc<crate::auth::caller::Caller>>,
+        cert_s256: Option<String>,
+        route: Option<Arc<str>>,
+        upstream: Option<Arc<str>>,
+        endpoint: Option<Arc<str>>,
+        method: Method,
+        path: record::RecordPath,
+        status: u16,
+        error: Option<&'static str>,
+        upstream_us: Option<u64>,
+        dossier: Option<String>,
+        adapter: Option<record::Adapter>,
+        request_translated: Option<[u8; 32]>,
+        response_received: Option<[u8; 32]>,
+        start: std::time::Instant,
+        request_slot: Option<DigestSlot>,
+    }
+
+    /// What is known once the response body has been sent (or read).
+    struct Outcome<'a> {
+        sent: Option<[u8; 32]>,
+        bytes_out: u64,
+        body: Option<(Option<&'a str>, Option<&'a str>)>,
+    }
+
+    impl Draft {
+        fn new(ctx: &RequestCtx, status: u16) -> Self {
+            Draft {
+                time_ms: record::epoch_ms(std::time::SystemTime::now()),
+                kind: kind(ctx, status),
+                request_id: ctx.request_id.clone(),
+                listener: ctx.conn.listener.clone(),
+                caller: ctx.caller.clone(),
+                cert_s256: ctx
+                    .conn
+                    .tls
                     .as_ref()
-                    .map(|a| a.as_str().to_string())
-                    .unwrap_or_default(),
-                subject: Some(c.subject.clone()),
-                cert_s256: cert,
-            }),
-            None => cert.map(|c| record::Caller {
-                agency: String::new(),
-                subject: None,
-                cert_s256: Some(c),
-            }),
-        };
-        r.route = ctx.route.as_deref().map(str::to_string);
-        r.upstream = ctx.upstream.as_deref().map(str::to_string);
-        r.endpoint = ctx.endpoint.as_deref().map(str::to_string);
-        r.method = Some(ctx.method.to_string());
-        r.set_path(&ctx.path);
-        r.status = Some(status);
-        r.error = ctx.error.as_ref().map(|(code, _)| record::ErrorInfo {
-            kind: code.to_string(),
-            code: None,
-        });
-        r.upstream_latency_us = ctx.upstream_us;
-        r.dossier.clone_from(&ctx.dossier);
-        r.adapter.clone_from(&ctx.adapter);
-        r.request_translated_sha256 = ctx
-            .request_translated
-            .and_then(|d| Sha256Hex::from_digest(&d));
-        r
-    }
-
-    /// The body sent to the client is the translated one when a translation ran; the
-    /// upstream's own answer then goes in `response_sha256`.
-    fn fill_response(r: &mut AuditRecord, received: Option<[u8; 32]>, sent: Option<[u8; 32]>) {
-        match received {
-            Some(raw) => {
-                r.response_sha256 = Sha256Hex::from_digest(&raw);
-                r.response_translated_sha256 = sent.and_then(|d| Sha256Hex::from_digest(&d));
+                    .and_then(|t| t.client_cert_sha256.clone()),
+                route: ctx.route.clone(),
+                upstream: ctx.upstream.clone(),
+                endpoint: ctx.endpoint.clone(),
+                method: ctx.method.clone(),
+                path: record::RecordPath::new(&ctx.path),
+                status,
+                error: ctx.error.as_ref().map(|(code, _)| *code),
+                upstream_us: ctx.upstream_us,
+                dossier: ctx.dossier.clone(),
+                adapter: ctx.adapter.clone(),
+                request_translated: ctx.request_translated,
+                response_received: ctx.response_received,
+                start: ctx.start,
+                request_slot: ctx.request_digest.clone(),
             }
-            None => r.response_sha256 = sent.and_then(|d| Sha256Hex::from_digest(&d)),
         }
-    }
 
-    fn fill_request(r: &mut AuditRecord, slot: &Option<DigestSlot>) {
-        if let Some(slot) = slot {
-            if let Some((d, n)) = *slot.lock().unwrap_or_else(|e| e.into_inner()) {
-                r.bytes_in = n;
-                r.request_sha256 = d.and_then(|d| Sha256Hex::from_digest(&d));
-            }
+        /// The record's JSON and index columns. The body sent to the client is the
+        /// translated one when a translation ran; the upstream's own answer then goes
+        /// in `response_sha256`.
+        fn finish(&self, out: &Outcome<'_>) -> (Vec<u8>, IndexColumns) {
+            let request = self
+                .request_slot
+                .as_ref()
+                .and_then(|s| *s.lock().unwrap_or_else(|e| e.into_inner()));
+            let (request_sha256, bytes_in) = match &request {
+                Some((d, n)) => (d.as_ref(), *n),
+                None => (None, 0),
+            };
+            let (response, response_translated) = match &self.response_received {
+                Some(raw) => (Some(raw), out.sent.as_ref()),
+                None => (out.sent.as_ref(), None),
+            };
+            let agency = self
+                .caller
+                .as_ref()
+                .map(|c| c.agency.as_ref().map_or("", |a| a.as_str()));
+            let view = record::RecordView {
+                time: record::TimeRef::EpochMs(self.time_ms),
+                request_id: self.request_id.to_str().unwrap_or_default(),
+                kind: self.kind,
+                listener: &self.listener,
+                caller: match (&self.caller, &self.cert_s256) {
+                    (Some(c), cert) => Some(record::CallerView {
+                        agency: agency.unwrap_or_default(),
+                        subject: Some(&c.subject),
+                        cert_s256: cert.as_deref(),
+                    }),
+                    (None, Some(cert)) => Some(record::CallerView {
+                        agency: "",
+                        subject: None,
+                        cert_s256: Some(cert),
+                    }),
+                    (None, None) => None,
+                },
+                route: self.route.as_deref(),
+                upstream: self.upstream.as_deref(),
+                endpoint: self.endpoint.as_deref(),
+                method: Some(self.method.as_str()),
+                path: Some(&self.path),
+                status: Some(self.status),
+                error: self.error.map(|k| (k, None)),
+                latency_us: self.start.elapsed().as_micros() as u64,
+                upstream_latency_us: self.upstream_us,
+                bytes_in,
+                bytes_out: out.bytes_out,
+                request_sha256: request_sha256.map(record::DigestRef::Raw),
+                request_translated_sha256: self
+                    .request_translated
+                    .as_ref()
+                    .map(record::DigestRef::Raw),
+                response_sha256: response.map(record::DigestRef::Raw),
+                response_translated_sha256: response_translated.map(record::DigestRef::Raw),
+                dossier: self.dossier.as_deref(),
+                adapter: self.adapter.as_ref(),
+                detail: None,
+                body: out.body,
+            };
+            let mut json = Vec::with_capacity(512);
+            view.write_json(&mut json);
+            let cols = IndexColumns {
+                time_ms: Some(self.time_ms),
+                kind: Some(self.kind.as_str()),
+                dossier: self.dossier.clone(),
+                agency: agency.map(str::to_owned),
+                route: self.route.clone(),
+                status: Some(self.status),
+            };
+            (json, cols)
         }
     }
 
@@ -676,19 +754,19 @@ pub mod audit_stage {
             None => route.map_or(AuditPolicy::FailOpen, |r| r.audit),
         };
         let keep_bodies = route.is_some_and(|r| r.audit_bodies);
-        let mut rec = base(ctx, status);
+        let mut draft = Draft::new(ctx, status);
         let (parts, body) = rsp.into_parts();
         if policy == AuditPolicy::FailOpen && !keep_bodies {
             let w = a.clone();
-            let slot = ctx.request_digest.clone();
-            let start = ctx.start;
-            let received = ctx.response_received;
+            // Boxed once here, so the tap's closure moves a pointer, not the draft.
+            let draft = Box::new(draft);
             let body = body.with_tap(Tap::new(move |d, n| {
-                fill_response(&mut rec, received, d);
-                rec.bytes_out = n;
-                fill_request(&mut rec, &slot);
-                rec.latency_us = start.elapsed().as_micros() as u64;
-                if w.writer.submit_nowait(rec).is_err() {
+                let (json, cols) = draft.finish(&Outcome {
+                    sent: d,
+                    bytes_out: n,
+                    body: None,
+                });
+                if w.writer.submit_json_nowait(json, cols).is_err() {
                     metrics::counter!("lienthong_audit_dropped_total").increment(1);
                 }
             }));
@@ -705,33 +783,36 @@ pub mod audit_stage {
                     "the upstream failed to answer",
                 )
                 .with_detail(e);
-                rec.status = Some(502);
-                rec.error = Some(record::ErrorInfo {
-                    kind: ge.code.into(),
-                    code: None,
+                draft.status = 502;
+                draft.error = Some(ge.code);
+                let (json, cols) = draft.finish(&Outcome {
+                    sent: None,
+                    bytes_out: 0,
+                    body: None,
                 });
-                let _ = a.writer.submit_nowait(rec);
+                let _ = a.writer.submit_json_nowait(json, cols);
                 return respond::error_response(&ge, ctx.request_id_str());
             }
         };
-        fill_response(&mut rec, ctx.response_received, Some(sha256(&bytes)));
-        rec.bytes_out = bytes.len() as u64;
-        fill_request(&mut rec, &ctx.request_digest);
-        if keep_bodies {
-            rec.body = Some(record::Bodies {
-                request: ctx.kept_request_body.as_deref().map(text),
-                response: Some(text(&bytes)),
-            });
-        }
-        rec.latency_us = ctx.start.elapsed().as_micros() as u64;
+        let kept = keep_bodies.then(|| {
+            (
+                ctx.kept_request_body.as_deref().map(text),
+                Some(text(&bytes)),
+            )
+        });
+        let (json, cols) = draft.finish(&Outcome {
+            sent: Some(sha256(&bytes)),
+            bytes_out: bytes.len() as u64,
+            body: kept.as_ref().map(|(q, r)| (q.as_deref(), r.as_deref())),
+        });
         let rsp = Response::from_parts(parts, Body::full(bytes));
         if policy == AuditPolicy::FailOpen {
-            if a.writer.submit_nowait(rec).is_err() {
+            if a.writer.submit_json_nowait(json, cols).is_err() {
                 metrics::counter!("lienthong_audit_dropped_total").increment(1);
             }
             return rsp;
         }
-        let durable = match a.writer.submit(rec) {
+        let durable = match a.writer.submit_json(json, cols) {
             Ok(ticket) => ticket.durable().await.map(|_| ()),
             Err(e) => Err(e),
         };
