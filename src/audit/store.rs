@@ -1,13 +1,17 @@
-//! Durable storage of the audit log in one SQLite database.
+//! Durable storage of the audit log in one SQLite database and, for the
+//! records themselves, append-only frame files beside it (see `FrameFiles`).
 //!
 //! # Layout
 //!
 //! * `audit_segments(first_idx, count, min_time_ms, max_time_ms, kinds,
-//!   routes, agencies, statuses, frames)` — one row per committed batch.
-//!   `frames` is the batch's records as consecutive
+//!   routes, agencies, statuses, frames, chunk, off, len)` — one row per
+//!   committed batch. The batch's records are consecutive
 //!   `verify::encode_frame(idx, json)` frames, indices `first_idx ..
 //!   first_idx + count`, so every record carries its own leaf hash and the
 //!   offline verifier applies the very checks it applies to a framed export.
+//!   They are `len` bytes at `off` of frame file `chunk`; rows written before
+//!   frame files (and rows migrated from per-record rows) hold them inline in
+//!   `frames` instead, with `chunk` NULL.
 //!   One row per batch instead of one per record is what keeps the writer
 //!   cheap: a B-tree insert and its index entries per record cost more than
 //!   hashing and framing the record itself. The other columns are a *zone
@@ -41,11 +45,17 @@
 //! JSON functions) so a PostgreSQL backend can reuse it with `BIGINT` /
 //! `BYTEA` column types. Everything SQLite-specific — file opening, PRAGMAs,
 //! the DDL type names — is in the "SQLite specifics" section below, except
-//! that `insert_segment` writes a segment's frames with SQLite's incremental
-//! blob I/O (PostgreSQL would bind them as a parameter).
+//! that `insert_segment` writes inline frames with SQLite's incremental
+//! blob I/O (PostgreSQL would bind them as a parameter). Frame files are a
+//! single-node device: a PostgreSQL backend shared by several nodes keeps the
+//! frames in the row (`BYTEA`), as the inline form here does.
 //!
 //! # Durability
 //!
+//! A batch's frames are written to its frame file and `fdatasync`ed before
+//! the row that makes them part of the log commits; bytes past the last
+//! committed row are cut when the writer next opens the store (a torn or
+//! uncommitted batch is detected and cut, never kept). The database is in
 //! WAL mode with `synchronous=FULL`: a transaction is on stable storage when
 //! `COMMIT` returns (the WAL is fsynced on every commit), so a record
 //! acknowledged after its batch committed survives a process kill or power
@@ -146,7 +156,10 @@ const SCHEMA: &[&str] = &[
         routes TEXT NOT NULL,
         agencies TEXT NOT NULL,
         statuses TEXT NOT NULL,
-        frames BLOB NOT NULL)",
+        frames BLOB NOT NULL,
+        chunk INTEGER,
+        off INTEGER,
+        len INTEGER)",
     "CREATE INDEX IF NOT EXISTS audit_segments_time ON audit_segments (max_time_ms)",
     "CREATE TABLE IF NOT EXISTS audit_dossiers (
         dossier TEXT NOT NULL,
@@ -205,6 +218,20 @@ fn open_sqlite(path: &Path, writable: bool) -> Result<Connection, AuditError> {
         for ddl in SCHEMA {
             conn.execute(ddl, [])?;
         }
+        // Databases from before frame files keep their inline frames; their segment
+        // table gains the location columns (NULL for those rows).
+        let has_chunk: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('audit_segments') WHERE name = 'chunk'",
+            [],
+            |r| r.get(0),
+        )?;
+        if has_chunk == 0 {
+            conn.execute_batch(
+                "ALTER TABLE audit_segments ADD COLUMN chunk INTEGER;
+                 ALTER TABLE audit_segments ADD COLUMN off INTEGER;
+                 ALTER TABLE audit_segments ADD COLUMN len INTEGER;",
+            )?;
+        }
         // Checkpoint the WAL at about 4 MiB whatever the page size (SQLite counts pages;
         // its default of 1000 assumes 4 KiB pages).
         let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
@@ -259,7 +286,7 @@ fn migrate_record_rows(conn: &mut Connection) -> Result<(), AuditError> {
                 .is_some_and(|s| s.cols.len() >= MIGRATION_SEGMENT || s.next_idx() != idx);
             if full {
                 if let Some(done) = seg.take() {
-                    insert_segment(&tx, &done)?;
+                    insert_segment(&tx, &done, None)?;
                 }
             }
             let s = seg.get_or_insert_with(|| NewSegment::new(idx));
@@ -267,7 +294,7 @@ fn migrate_record_rows(conn: &mut Connection) -> Result<(), AuditError> {
             s.cols.push(cols);
         }
         if let Some(done) = seg {
-            insert_segment(&tx, &done)?;
+            insert_segment(&tx, &done, None)?;
         }
     }
     tx.execute("DROP TABLE audit_records", [])?;
@@ -360,7 +387,14 @@ fn zone_has(column: &str, want: &str) -> bool {
     serde_json::from_str::<Vec<String>>(column).map_or(true, |v| v.iter().any(|x| x == want))
 }
 
-fn insert_segment(tx: &rusqlite::Transaction<'_>, seg: &NewSegment) -> Result<(), AuditError> {
+/// Insert a segment row. With `at` (chunk, offset) its frames are already in that
+/// frame file and the row only locates them; without, they go inline in the row
+/// (databases migrated from per-record rows).
+fn insert_segment(
+    tx: &rusqlite::Transaction<'_>,
+    seg: &NewSegment,
+    at: Option<(u64, u64)>,
+) -> Result<(), AuditError> {
     if seg.cols.is_empty() {
         return Ok(());
     }
@@ -392,10 +426,20 @@ fn insert_segment(tx: &rusqlite::Transaction<'_>, seg: &NewSegment) -> Result<()
             seg.frames.len()
         ))
     })?;
+    let (chunk, off, len, inline) = match at {
+        Some((chunk, off)) => (
+            Some(to_i64(chunk)?),
+            Some(to_i64(off)?),
+            Some(to_i64(seg.frames.len() as u64)?),
+            0,
+        ),
+        None => (None, None, None, frames_len),
+    };
     tx.prepare_cached(
         "INSERT INTO audit_segments
-         (first_idx, count, min_time_ms, max_time_ms, kinds, routes, agencies, statuses, frames)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+         (first_idx, count, min_time_ms, max_time_ms, kinds, routes, agencies, statuses, frames,
+          chunk, off, len)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?
     .execute(params![
         to_i64(seg.first_idx)?,
@@ -406,20 +450,23 @@ fn insert_segment(tx: &rusqlite::Transaction<'_>, seg: &NewSegment) -> Result<()
         distinct(seg.cols.iter().map(|c| c.route.as_deref())),
         distinct(seg.cols.iter().map(|c| c.agency.as_deref())),
         distinct(statuses.iter().map(|s| Some(s.as_str()))),
-        rusqlite::blob::ZeroBlob(frames_len),
+        rusqlite::blob::ZeroBlob(inline),
+        chunk,
+        off,
+        len,
     ])?;
-    // The frames go straight into the row's pages through incremental blob I/O.
-    // Binding them as a value would make SQLite copy the batch twice more (its own
-    // copy of the parameter, then the assembled record), each into a fresh
-    // allocation of the batch's size, whose pages fault in anew on every commit.
-    tx.blob_open(
-        rusqlite::MAIN_DB,
-        c"audit_segments",
-        c"frames",
-        to_i64(seg.first_idx)?,
-        false,
-    )?
-    .write_at(&seg.frames, 0)?;
+    if at.is_none() {
+        // Inline frames go straight into the row's pages through incremental blob I/O
+        // rather than being bound as a value (which SQLite would copy twice more).
+        tx.blob_open(
+            rusqlite::MAIN_DB,
+            c"audit_segments",
+            c"frames",
+            to_i64(seg.first_idx)?,
+            false,
+        )?
+        .write_at(&seg.frames, 0)?;
+    }
     let mut dossier =
         tx.prepare_cached("INSERT INTO audit_dossiers (dossier, idx) VALUES (?1, ?2)")?;
     for (i, c) in seg.cols.iter().enumerate() {
@@ -442,6 +489,35 @@ fn frames_column<'r>(
             index: first,
             reason: "segment frames are not a blob".into(),
         })
+}
+
+/// The frames of a segment row whose `frames` column is `col`, followed by
+/// `chunk`, `off` and `len`: inline, or read from its frame file.
+fn segment_frames<'r>(
+    files: &FrameFiles,
+    row: &'r rusqlite::Row<'_>,
+    col: usize,
+    first: u64,
+) -> Result<std::borrow::Cow<'r, [u8]>, AuditError> {
+    let chunk: Option<i64> = row.get(col + 1)?;
+    match chunk {
+        None => Ok(std::borrow::Cow::Borrowed(frames_column(row, col, first)?)),
+        Some(chunk) => {
+            let off: Option<i64> = row.get(col + 2)?;
+            let len: Option<i64> = row.get(col + 3)?;
+            let (Some(off), Some(len)) = (off, len) else {
+                return Err(AuditError::Corrupt {
+                    index: first,
+                    reason: "segment row has a frame file but no offset or length".into(),
+                });
+            };
+            Ok(std::borrow::Cow::Owned(files.read(
+                to_u64(chunk)?,
+                to_u64(off)?,
+                to_u64(len)?,
+            )))
+        }
+    }
 }
 
 /// Calls `f(idx, frame)` for each frame of a segment's blob, in order. Frames are
@@ -557,6 +633,214 @@ pub fn decode_record(idx: u64, frame: &[u8]) -> Result<AuditRecord, AuditError> 
 }
 
 // ---------------------------------------------------------------------------
+// Frame files
+// ---------------------------------------------------------------------------
+
+/// A frame file is rolled over once it holds this much.
+const CHUNK_BYTES: u64 = 64 << 20;
+
+/// The append-only files that hold the segments' frames, in the directory
+/// `<database>-frames/` beside the database. A file is named after the first
+/// record index it holds (`{first_idx:020}.frames`); its segments follow one
+/// another, each located by its row (`chunk`, `off`, `len`).
+///
+/// Why not in the row: SQLite writes every page of a row twice (to the WAL,
+/// then to the database at a WAL checkpoint, reading it back in between) and
+/// checksums it on the way. A frame file is written once, with one `pwrite`
+/// and one `fdatasync` per batch; the row that makes the batch part of the log
+/// is then committed as before. The frames carry their own index and leaf
+/// hash, so the file needs no trust beyond the row's: verification checks
+/// every frame read from it exactly as it checked frames read from a row.
+///
+/// Crash safety: a batch's frames are durable before the row that points at
+/// them commits. Bytes past the last committed row of the newest file (a torn
+/// or uncommitted batch) are cut when the writer opens the store, and a newer
+/// file no committed row points to is removed.
+#[derive(Debug)]
+struct FrameFiles {
+    dir: std::path::PathBuf,
+    /// The file batches are appended to (writers only): chunk id, file, end.
+    current: Option<(u64, std::fs::File, u64)>,
+    /// The file last read from, kept open for the next read.
+    reading: std::cell::RefCell<Option<(u64, std::fs::File)>>,
+}
+
+impl FrameFiles {
+    fn dir_for(db: &Path) -> std::path::PathBuf {
+        let mut name = db.as_os_str().to_owned();
+        name.push("-frames");
+        name.into()
+    }
+
+    fn path(&self, chunk: u64) -> std::path::PathBuf {
+        self.dir.join(format!("{chunk:020}.frames"))
+    }
+
+    fn reader(db: &Path) -> Self {
+        Self {
+            dir: Self::dir_for(db),
+            current: None,
+            reading: std::cell::RefCell::new(None),
+        }
+    }
+
+    /// The writer's view: resume appending after the last committed segment,
+    /// cutting whatever follows it.
+    fn open_for_append(db: &Path, conn: &Connection) -> Result<Self, AuditError> {
+        let mut ff = Self::reader(db);
+        std::fs::create_dir_all(&ff.dir)?;
+        let last: Option<(i64, i64, i64)> = conn
+            .query_row(
+                "SELECT chunk, off + len, first_idx FROM audit_segments WHERE chunk IS NOT NULL
+                 ORDER BY first_idx DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let last = match last {
+            Some((chunk, end, first)) => Some((to_u64(chunk)?, to_u64(end)?, to_u64(first)?)),
+            None => None,
+        };
+        // Files newer than the last committed one only hold uncommitted batches.
+        for entry in std::fs::read_dir(&ff.dir)? {
+            let name = entry?.file_name();
+            let id = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".frames"))
+                .and_then(|n| n.parse::<u64>().ok());
+            if let Some(id) = id {
+                if last.is_none_or(|(chunk, _, _)| id > chunk) {
+                    std::fs::remove_file(ff.dir.join(&name))?;
+                }
+            }
+        }
+        if let Some((chunk, end, first)) = last {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(ff.path(chunk))
+                .map_err(|e| AuditError::Corrupt {
+                    index: first,
+                    reason: format!("frame file {chunk:020}.frames: {e}"),
+                })?;
+            if file.metadata()?.len() > end {
+                file.set_len(end)?;
+                file.sync_all()?;
+            }
+            ff.current = Some((chunk, file, end));
+        }
+        Ok(ff)
+    }
+
+    /// Write a batch's frames and make them durable; returns (chunk, offset).
+    /// The caller commits the row; until then the end does not move, so a
+    /// failed batch's bytes are overwritten by the next one.
+    fn append(&mut self, first_idx: u64, frames: &[u8]) -> Result<(u64, u64), AuditError> {
+        use std::os::unix::fs::FileExt;
+        let full = self
+            .current
+            .as_ref()
+            .is_none_or(|(_, _, end)| *end >= CHUNK_BYTES);
+        if full {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(self.path(first_idx))?;
+            // The new name must survive a crash as well as the bytes.
+            std::fs::File::open(&self.dir)?.sync_all()?;
+            self.current = Some((first_idx, file, 0));
+        }
+        let (chunk, file, end) = self.current.as_ref().expect("set above");
+        file.write_all_at(frames, *end)?;
+        file.sync_data()?;
+        Ok((*chunk, *end))
+    }
+
+    /// The batch at (chunk, off) committed.
+    fn committed(&mut self, len: u64) {
+        if let Some((_, _, end)) = &mut self.current {
+            *end += len;
+        }
+    }
+
+    /// `len` bytes at `off` of a chunk. A missing or short file gives what is
+    /// there: the frames that are not are reported where they should have been.
+    fn read(&self, chunk: u64, off: u64, len: u64) -> Vec<u8> {
+        use std::os::unix::fs::FileExt;
+        let mut reading = self.reading.borrow_mut();
+        if reading.as_ref().is_none_or(|(c, _)| *c != chunk) {
+            *reading = std::fs::File::open(self.path(chunk))
+                .ok()
+                .map(|f| (chunk, f));
+        }
+        let Some((_, file)) = reading.as_ref() else {
+            return Vec::new();
+        };
+        let mut buf = vec![0u8; len as usize];
+        let mut got = 0;
+        while got < buf.len() {
+            match file.read_at(&mut buf[got..], off + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        buf.truncate(got);
+        buf
+    }
+
+    /// After a retention deletion: files no row points to any more go, and the
+    /// deleted front of the oldest remaining file is overwritten with zeros.
+    fn forget_before(&mut self, conn: &Connection) -> Result<(), AuditError> {
+        use std::os::unix::fs::FileExt;
+        let oldest: Option<(i64, i64)> = conn
+            .query_row(
+                "SELECT chunk, off FROM audit_segments WHERE chunk IS NOT NULL
+                 ORDER BY first_idx LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let (keep_from, zero_to) = match oldest {
+            Some((chunk, off)) => (to_u64(chunk)?, to_u64(off)?),
+            None => match &self.current {
+                // Everything went: the current file stays (the next batch goes there).
+                Some((chunk, _, end)) => (*chunk, *end),
+                None => return Ok(()),
+            },
+        };
+        for entry in std::fs::read_dir(&self.dir)? {
+            let name = entry?.file_name();
+            let id = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".frames"))
+                .and_then(|n| n.parse::<u64>().ok());
+            if id.is_some_and(|id| id < keep_from) {
+                std::fs::remove_file(self.dir.join(&name))?;
+            }
+        }
+        *self.reading.borrow_mut() = None;
+        if zero_to > 0 {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(self.path(keep_from))?;
+            let zeros = vec![0u8; 1 << 20];
+            let mut at = 0;
+            while at < zero_to {
+                let n = (zero_to - at).min(zeros.len() as u64) as usize;
+                file.write_all_at(&zeros[..n], at)?;
+                at += n as u64;
+            }
+            file.sync_data()?;
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
 // The store
 // ---------------------------------------------------------------------------
 
@@ -566,6 +850,7 @@ pub struct Store {
     conn: Connection,
     origin: String,
     verifier_key: String,
+    frames: FrameFiles,
 }
 
 impl std::fmt::Debug for Store {
@@ -611,10 +896,12 @@ impl Store {
             }
         }
         tx.commit()?;
+        let frames = FrameFiles::open_for_append(path, &conn)?;
         Ok(Self {
             conn,
             origin: origin.to_string(),
             verifier_key: key_text,
+            frames,
         })
     }
 
@@ -640,6 +927,7 @@ impl Store {
             conn,
             origin,
             verifier_key,
+            frames: FrameFiles::reader(path),
         })
     }
 
@@ -664,14 +952,22 @@ impl Store {
         segment: &NewSegment,
         checkpoints: &[(&SignedCheckpoint, &CompactRange)],
     ) -> Result<(), AuditError> {
+        let at = if segment.cols.is_empty() {
+            None
+        } else {
+            Some(self.frames.append(segment.first_idx, &segment.frames)?)
+        };
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        insert_segment(&tx, segment)?;
+        insert_segment(&tx, segment, at)?;
         for (cp, frontier) in checkpoints {
             insert_checkpoint(&tx, cp, Some(frontier))?;
         }
         tx.commit()?;
+        if at.is_some() {
+            self.frames.committed(segment.frames.len() as u64);
+        }
         Ok(())
     }
 
@@ -713,16 +1009,16 @@ impl Store {
         let to = to.unwrap_or(u64::MAX);
         let start = self.segment_start(from)?;
         let mut stmt = self.conn.prepare_cached(
-            "SELECT first_idx, frames FROM audit_segments
+            "SELECT first_idx, frames, chunk, off, len FROM audit_segments
              WHERE first_idx >= ?1 AND first_idx < ?2 ORDER BY first_idx",
         )?;
         let end = i64::try_from(to).unwrap_or(i64::MAX);
         let mut rows = stmt.query(params![start, end])?;
         while let Some(row) = rows.next()? {
             let first = to_u64(row.get(0)?)?;
-            let blob = frames_column(row, 1, first)?;
+            let blob = segment_frames(&self.frames, row, 1, first)?;
             let mut done = false;
-            split_segment(first, blob, &mut |idx, frame| {
+            split_segment(first, &blob, &mut |idx, frame| {
                 if done || idx < from {
                     return Ok(());
                 }
@@ -747,6 +1043,18 @@ impl Store {
             .prepare_cached("SELECT MAX(first_idx) FROM audit_segments WHERE first_idx <= ?1")?
             .query_row([to_i64(idx)?], |r| r.get(0))?;
         start.map_or_else(|| to_i64(idx), Ok)
+    }
+
+    /// The frames of the segment that starts at `first`.
+    fn segment(&self, first: u64) -> Result<Vec<u8>, AuditError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT frames, chunk, off, len FROM audit_segments WHERE first_idx = ?1",
+        )?;
+        let mut rows = stmt.query([to_i64(first)?])?;
+        let row = rows
+            .next()?
+            .ok_or_else(|| AuditError::NotFound(format!("segment at {first}")))?;
+        Ok(segment_frames(&self.frames, row, 0, first)?.into_owned())
     }
 
     /// Highest stored index.
@@ -883,11 +1191,7 @@ impl Store {
         let Some(first) = first.map(to_u64).transpose()? else {
             return Ok(None);
         };
-        let blob: Vec<u8> = self.conn.query_row(
-            "SELECT frames FROM audit_segments WHERE first_idx = ?1",
-            [to_i64(first)?],
-            |r| r.get(0),
-        )?;
+        let blob = self.segment(first)?;
         let mut found = None;
         split_segment(first, &blob, &mut |idx, frame| {
             if found.is_none() && decode_record(idx, frame)?.time_ms().is_some_and(|x| x >= t) {
@@ -948,13 +1252,18 @@ impl Store {
             "INSERT INTO audit_prunes (size, peaks, admin_idx, pruned_at_ms) VALUES (?1, ?2, ?3, ?4)",
             params![to_i64(size)?, peaks, to_i64(admin_idx)?, to_i64(now)?],
         )?;
-        let deleted = delete_segments_before(&tx, size)?;
+        let deleted = delete_segments_before(&tx, &self.frames, size)?;
         // Frontiers below the prune point can never be resumed from again.
         tx.execute(
             "DELETE FROM audit_frontiers WHERE size < ?1",
             [to_i64(size)?],
         )?;
         tx.commit()?;
+        // The rows are gone; now their bytes. A failure here leaves unreachable
+        // bytes behind (retried by the next deletion), never a broken log.
+        if let Err(e) = self.frames.forget_before(&self.conn) {
+            tracing::warn!(error = %e, "audit retention: deleted records' frame bytes not yet removed");
+        }
         Ok(deleted)
     }
 
@@ -1032,7 +1341,7 @@ impl Store {
         let start = self.segment_start(from_index)?;
         let mut stmt = self.conn.prepare_cached(
             "SELECT first_idx, count, min_time_ms, max_time_ms, kinds, routes, agencies, statuses,
-                    frames
+                    frames, chunk, off, len
              FROM audit_segments
              WHERE first_idx >= ?1 AND (?2 IS NULL OR max_time_ms >= ?2)
              ORDER BY first_idx",
@@ -1046,8 +1355,8 @@ impl Store {
                 continue;
             }
             let first = to_u64(row.get(0)?)?;
-            let blob = frames_column(row, 8, first)?;
-            split_segment(first, blob, &mut |idx, frame| {
+            let blob = segment_frames(&self.frames, row, 8, first)?;
+            split_segment(first, &blob, &mut |idx, frame| {
                 if idx < from_index {
                     return Ok(());
                 }
@@ -1061,7 +1370,11 @@ impl Store {
 /// Delete records `[0, size)`: whole segments below `size`, and the front of
 /// the segment that straddles it (rewritten to start at `size`; its zone map
 /// is kept, a superset of what remains). Returns how many records went.
-fn delete_segments_before(tx: &rusqlite::Transaction<'_>, size: u64) -> Result<u64, AuditError> {
+fn delete_segments_before(
+    tx: &rusqlite::Transaction<'_>,
+    files: &FrameFiles,
+    size: u64,
+) -> Result<u64, AuditError> {
     let end = to_i64(size)?;
     let whole: i64 = tx.query_row(
         "SELECT COALESCE(SUM(count), 0) FROM audit_segments WHERE first_idx + count <= ?1",
@@ -1072,15 +1385,31 @@ fn delete_segments_before(tx: &rusqlite::Transaction<'_>, size: u64) -> Result<u
         "DELETE FROM audit_segments WHERE first_idx + count <= ?1",
         [end],
     )?;
-    let straddling: Option<(i64, i64, Vec<u8>)> = tx
-        .query_row(
-            "SELECT first_idx, count, frames FROM audit_segments WHERE first_idx < ?1",
-            [end],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .optional()?;
+    /// The segment holding record `size`: first index, count, frames, and the
+    /// frames' offset in their frame file (None: inline).
+    struct Straddling(i64, i64, Vec<u8>, Option<i64>);
+    let straddling: Option<Straddling> = {
+        let mut stmt = tx.prepare(
+            "SELECT first_idx, count, frames, chunk, off, len FROM audit_segments
+             WHERE first_idx < ?1",
+        )?;
+        let mut rows = stmt.query([end])?;
+        match rows.next()? {
+            Some(row) => {
+                let first = to_u64(row.get(0)?)?;
+                let chunk: Option<i64> = row.get(3)?;
+                Some(Straddling(
+                    row.get(0)?,
+                    row.get(1)?,
+                    segment_frames(files, row, 2, first)?.into_owned(),
+                    chunk.and(row.get(4)?),
+                ))
+            }
+            None => None,
+        }
+    };
     let mut deleted = to_u64(whole)?;
-    if let Some((first, count, frames)) = straddling {
+    if let Some(Straddling(first, count, frames, off)) = straddling {
         let first = to_u64(first)?;
         let mut cut_at = frames.len();
         let mut seen = 0usize;
@@ -1092,16 +1421,30 @@ fn delete_segments_before(tx: &rusqlite::Transaction<'_>, size: u64) -> Result<u
             Ok(())
         })?;
         let gone = size - first;
-        tx.execute(
-            "UPDATE audit_segments SET first_idx = ?1, count = ?2, frames = ?3
-             WHERE first_idx = ?4",
-            params![
-                end,
-                count - to_i64(gone)?,
-                &frames[cut_at..],
-                to_i64(first)?
-            ],
-        )?;
+        match off {
+            // In a frame file: the row now starts further in.
+            Some(off) => tx.execute(
+                "UPDATE audit_segments SET first_idx = ?1, count = ?2, off = ?3, len = ?4
+                 WHERE first_idx = ?5",
+                params![
+                    end,
+                    count - to_i64(gone)?,
+                    off + to_i64(cut_at as u64)?,
+                    to_i64((frames.len() - cut_at) as u64)?,
+                    to_i64(first)?
+                ],
+            )?,
+            None => tx.execute(
+                "UPDATE audit_segments SET first_idx = ?1, count = ?2, frames = ?3
+                 WHERE first_idx = ?4",
+                params![
+                    end,
+                    count - to_i64(gone)?,
+                    &frames[cut_at..],
+                    to_i64(first)?
+                ],
+            )?,
+        };
         deleted += gone;
     }
     tx.execute("DELETE FROM audit_dossiers WHERE idx < ?1", [end])?;
@@ -1162,12 +1505,20 @@ pub mod tamper {
 
     /// The segment holding record `idx`: its first index and its frames.
     fn load(conn: &Connection, idx: u64) -> (u64, Vec<Vec<u8>>) {
+        let db = conn.path().expect("a database file");
+        let files = FrameFiles::reader(Path::new(db));
         let (first, blob): (i64, Vec<u8>) = conn
             .query_row(
-                "SELECT first_idx, frames FROM audit_segments WHERE first_idx <= ?1
-                 ORDER BY first_idx DESC LIMIT 1",
+                "SELECT first_idx, frames, chunk, off, len FROM audit_segments
+                 WHERE first_idx <= ?1 ORDER BY first_idx DESC LIMIT 1",
                 [idx as i64],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| {
+                    let first: i64 = r.get(0)?;
+                    let bytes = segment_frames(&files, r, 1, first as u64)
+                        .map(|b| b.into_owned())
+                        .expect("segment frames readable");
+                    Ok((first, bytes))
+                },
             )
             .expect("a segment holds the record");
         let mut frames = Vec::new();
@@ -1179,9 +1530,11 @@ pub mod tamper {
         (first as u64, frames)
     }
 
+    /// Rewrites a segment, inline in its row.
     fn store(conn: &Connection, first: u64, frames: &[Vec<u8>]) {
         conn.execute(
-            "UPDATE audit_segments SET frames = ?1, count = ?2 WHERE first_idx = ?3",
+            "UPDATE audit_segments SET frames = ?1, count = ?2, chunk = NULL, off = NULL,
+             len = NULL WHERE first_idx = ?3",
             params![frames.concat(), frames.len() as i64, first as i64],
         )
         .expect("segment updated");
@@ -1200,6 +1553,45 @@ pub mod tamper {
         let (first, mut frames) = load(&conn, idx);
         frames[(idx - first) as usize] = frame.to_vec();
         store(&conn, first, &frames);
+    }
+
+    /// Flips one byte of record `idx`'s payload where it is stored in its frame
+    /// file (someone editing the file rather than the database).
+    pub fn flip_in_frame_file(db: &Path, idx: u64) {
+        use std::os::unix::fs::FileExt;
+        let conn = Connection::open(db).expect("open");
+        let (first, chunk, off): (i64, i64, i64) = conn
+            .query_row(
+                "SELECT first_idx, chunk, off FROM audit_segments WHERE first_idx <= ?1
+                 ORDER BY first_idx DESC LIMIT 1",
+                [idx as i64],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .expect("a segment in a frame file holds the record");
+        let (_, frames) = load(&conn, idx);
+        let before: usize = frames[..(idx - first as u64) as usize]
+            .iter()
+            .map(Vec::len)
+            .sum();
+        let at = off as u64 + before as u64 + crate::audit::verify::FRAME_HEADER_LEN as u64;
+        let files = FrameFiles::reader(db);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(files.path(chunk as u64))
+            .expect("frame file");
+        let mut b = [0u8; 1];
+        file.read_exact_at(&mut b, at).expect("read");
+        file.write_all_at(&[b[0] ^ 1], at).expect("write");
+    }
+
+    /// The frame files of the log in `db`, oldest first.
+    pub fn frame_files(db: &Path) -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(FrameFiles::dir_for(db))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
     }
 
     /// Removes record `idx` from the middle of the log.

@@ -1922,6 +1922,70 @@ mod tests {
         assert_eq!(legacy, 0);
     }
 
+    /// Frames live in a frame file beside the database; an edit there is named like an
+    /// edit in the database.
+    #[tokio::test]
+    async fn frames_are_in_a_frame_file_and_an_edit_there_is_named() {
+        let dir = TempDir::new();
+        let w = AuditWriter::start(cfg(&dir.db())).unwrap();
+        write_range(&w, 0..30).await;
+        w.shutdown().await.unwrap();
+        let files = crate::audit::store::tamper::frame_files(&dir.db());
+        assert_eq!(files.len(), 1, "{files:?}");
+        let inline: i64 = rusqlite::Connection::open(dir.db())
+            .unwrap()
+            .query_row(
+                "SELECT COALESCE(SUM(length(frames)), 0) FROM audit_segments",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(inline, 0, "no frames inline in the rows");
+        let on_disk = std::fs::metadata(&files[0]).unwrap().len();
+        let framed: u64 = (0..30)
+            .map(|i| frame_len(rec(i).to_json().len()) as u64)
+            .sum();
+        assert_eq!(on_disk, framed);
+        assert!(verify_db(&dir.db(), &key(), ORIGIN).unwrap().is_ok());
+
+        crate::audit::store::tamper::flip_in_frame_file(&dir.db(), 23);
+        let r = verify_db(&dir.db(), &key(), ORIGIN).unwrap();
+        assert_eq!(r.first_bad, Some((23, Problem::HashMismatch)), "{r:?}");
+    }
+
+    /// A crash between a batch's frame write and its commit leaves bytes past the last
+    /// committed row (and maybe a new, empty frame file): the writer cuts them on open
+    /// and appends from the committed end.
+    #[tokio::test]
+    async fn uncommitted_frame_bytes_are_cut_on_open() {
+        let dir = TempDir::new();
+        let w = AuditWriter::start(cfg(&dir.db())).unwrap();
+        write_range(&w, 0..12).await;
+        w.shutdown().await.unwrap();
+        let files = crate::audit::store::tamper::frame_files(&dir.db());
+        let committed = std::fs::metadata(&files[0]).unwrap().len();
+        {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&files[0])
+                .unwrap();
+            let torn = encode_frame(12, &rec(12).to_json()).unwrap();
+            f.write_all(&torn[..torn.len() / 2]).unwrap();
+        }
+        let orphan = files[0].with_file_name(format!("{:020}.frames", 12));
+        std::fs::write(&orphan, b"uncommitted").unwrap();
+
+        let w = AuditWriter::start(cfg(&dir.db())).unwrap();
+        assert_eq!(std::fs::metadata(&files[0]).unwrap().len(), committed);
+        assert!(!orphan.exists(), "a frame file no row points to is removed");
+        assert_eq!(write_range(&w, 12..20).await, (12..20).collect::<Vec<_>>());
+        w.shutdown().await.unwrap();
+        let r = verify_db(&dir.db(), &key(), ORIGIN).unwrap();
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(r.records, 20);
+    }
+
     #[tokio::test]
     async fn tampered_row_is_named_by_verify_db() {
         let dir = TempDir::new();
@@ -2151,6 +2215,28 @@ mod tests {
             .unwrap();
         assert_eq!(first, 21);
         assert_eq!(stored_indices(&store), (21..51).collect::<Vec<u64>>());
+        // The deleted records' bytes are gone from the frame file too: zeros up to
+        // where record 21 starts.
+        let (off, file) = raw_conn(&dir.db())
+            .query_row(
+                "SELECT off, chunk FROM audit_segments WHERE first_idx = 21",
+                [],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+            )
+            .unwrap();
+        let files = crate::audit::store::tamper::frame_files(&dir.db());
+        assert_eq!(files.len(), 1);
+        assert!(files[0].ends_with(format!("{file:020}.frames")));
+        let bytes = std::fs::read(&files[0]).unwrap();
+        let deleted: u64 = (0..21)
+            .map(|i| frame_len(rec(i).to_json().len()) as u64)
+            .sum();
+        assert_eq!(off as u64, deleted);
+        assert!(bytes[..deleted as usize].iter().all(|b| *b == 0));
+        assert_eq!(
+            &bytes[deleted as usize..][..4],
+            &crate::audit::verify::FRAME_MAGIC
+        );
         let admin = query(
             &dir.db(),
             &Filter {
