@@ -98,10 +98,10 @@ fn persons_record(i: usize, s: &mut String) {
         street,
         city,
         postcode,
-        if i % 5 == 0 { "pending" } else { "active" },
+        if i.is_multiple_of(5) { "pending" } else { "active" },
         amount1,
         i % 400,
-        i % 7 != 0
+        !i.is_multiple_of(7)
     )
     .unwrap();
 }

@@ -663,6 +663,9 @@ struct FrameFiles {
     current: Option<(u64, std::fs::File, u64)>,
     /// The file last read from, kept open for the next read.
     reading: std::cell::RefCell<Option<(u64, std::fs::File)>>,
+    /// Writers hold an exclusive lock on `<dir>/lock` for as long as they live: two
+    /// writers appending at the same offsets would overwrite each other's frames.
+    _lock: Option<std::fs::File>,
 }
 
 impl FrameFiles {
@@ -681,6 +684,7 @@ impl FrameFiles {
             dir: Self::dir_for(db),
             current: None,
             reading: std::cell::RefCell::new(None),
+            _lock: None,
         }
     }
 
@@ -689,6 +693,21 @@ impl FrameFiles {
     fn open_for_append(db: &Path, conn: &Connection) -> Result<Self, AuditError> {
         let mut ff = Self::reader(db);
         std::fs::create_dir_all(&ff.dir)?;
+        let lock = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(ff.dir.join("lock"))?;
+        match lock.try_lock() {
+            Ok(()) => ff._lock = Some(lock),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(AuditError::Storage(format!(
+                    "the audit log {} is in use by another writer (another lienthong?)",
+                    db.display()
+                )))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
         let last: Option<(i64, i64, i64)> = conn
             .query_row(
                 "SELECT chunk, off + len, first_idx FROM audit_segments WHERE chunk IS NOT NULL
@@ -1588,7 +1607,12 @@ pub mod tamper {
     /// The frame files of the log in `db`, oldest first.
     pub fn frame_files(db: &Path) -> Vec<std::path::PathBuf> {
         let mut v: Vec<_> = std::fs::read_dir(FrameFiles::dir_for(db))
-            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "frames"))
+                    .collect()
+            })
             .unwrap_or_default();
         v.sort();
         v

@@ -1673,7 +1673,14 @@ mod tests {
             subject: Some("svc".into()),
             cert_s256: None,
         });
-        r.route = Some(if i % 2 == 0 { "dan-cu" } else { "doanh-nghiep" }.into());
+        r.route = Some(
+            if i.is_multiple_of(2) {
+                "dan-cu"
+            } else {
+                "doanh-nghiep"
+            }
+            .into(),
+        );
         r.method = Some("GET".into());
         r.set_path(&format!("/dan-cu/0792010{:05}?ky=2024", i));
         r.status = Some(if i % 4 == 3 { 404 } else { 200 });
@@ -1951,6 +1958,25 @@ mod tests {
         crate::audit::store::tamper::flip_in_frame_file(&dir.db(), 23);
         let r = verify_db(&dir.db(), &key(), ORIGIN).unwrap();
         assert_eq!(r.first_bad, Some((23, Problem::HashMismatch)), "{r:?}");
+    }
+
+    /// One writer per log: a second one (another process on the same database) would
+    /// append its frames over the first one's.
+    #[tokio::test]
+    async fn a_second_writer_on_the_same_log_is_refused() {
+        let dir = TempDir::new();
+        let w = AuditWriter::start(cfg(&dir.db())).unwrap();
+        let err = AuditWriter::start(cfg(&dir.db())).unwrap_err();
+        assert!(
+            err.to_string().contains("in use by another writer"),
+            "{err}"
+        );
+        write_range(&w, 0..3).await;
+        w.shutdown().await.unwrap();
+        // Once the first is gone, the log opens again.
+        let w = AuditWriter::start(cfg(&dir.db())).unwrap();
+        w.shutdown().await.unwrap();
+        assert!(verify_db(&dir.db(), &key(), ORIGIN).unwrap().is_ok());
     }
 
     /// A crash between a batch's frame write and its commit leaves bytes past the last

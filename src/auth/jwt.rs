@@ -2256,7 +2256,7 @@ mod vector_tests {
     }
 
     fn hex(s: &str) -> Vec<u8> {
-        assert!(s.len() % 2 == 0, "odd hex");
+        assert!(s.len().is_multiple_of(2), "odd hex");
         (0..s.len())
             .step_by(2)
             .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
