@@ -721,18 +721,7 @@ impl FrameFiles {
             None => None,
         };
         // Files newer than the last committed one only hold uncommitted batches.
-        for entry in std::fs::read_dir(&ff.dir)? {
-            let name = entry?.file_name();
-            let id = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(".frames"))
-                .and_then(|n| n.parse::<u64>().ok());
-            if let Some(id) = id {
-                if last.is_none_or(|(chunk, _, _)| id > chunk) {
-                    std::fs::remove_file(ff.dir.join(&name))?;
-                }
-            }
-        }
+        ff.remove_chunks(|id| last.is_none_or(|(chunk, _, _)| id > chunk))?;
         if let Some((chunk, end, first)) = last {
             let file = std::fs::OpenOptions::new()
                 .read(true)
@@ -749,6 +738,21 @@ impl FrameFiles {
             ff.current = Some((chunk, file, end));
         }
         Ok(ff)
+    }
+
+    /// Remove the frame files whose chunk id `doomed` picks.
+    fn remove_chunks(&self, doomed: impl Fn(u64) -> bool) -> Result<(), AuditError> {
+        for entry in std::fs::read_dir(&self.dir)? {
+            let name = entry?.file_name();
+            let id = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".frames"))
+                .and_then(|n| n.parse::<u64>().ok());
+            if id.is_some_and(&doomed) {
+                std::fs::remove_file(self.dir.join(&name))?;
+            }
+        }
+        Ok(())
     }
 
     /// Write a batch's frames and make them durable; returns (chunk, offset).
@@ -831,16 +835,7 @@ impl FrameFiles {
                 None => return Ok(()),
             },
         };
-        for entry in std::fs::read_dir(&self.dir)? {
-            let name = entry?.file_name();
-            let id = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(".frames"))
-                .and_then(|n| n.parse::<u64>().ok());
-            if id.is_some_and(|id| id < keep_from) {
-                std::fs::remove_file(self.dir.join(&name))?;
-            }
-        }
+        self.remove_chunks(|id| id < keep_from)?;
         *self.reading.borrow_mut() = None;
         if zero_to > 0 {
             let file = std::fs::OpenOptions::new()
