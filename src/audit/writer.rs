@@ -1958,6 +1958,12 @@ mod tests {
         crate::audit::store::tamper::flip_in_frame_file(&dir.db(), 23);
         let r = verify_db(&dir.db(), &key(), ORIGIN).unwrap();
         assert_eq!(r.first_bad, Some((23, Problem::HashMismatch)), "{r:?}");
+
+        // A deleted frame file loses its records; the verifier names the first.
+        std::fs::remove_file(&files[0]).unwrap();
+        let r = verify_db(&dir.db(), &key(), ORIGIN).unwrap();
+        assert!(!r.is_ok(), "{r:?}");
+        assert_eq!(r.first_bad.as_ref().map(|b| b.0), Some(0), "{r:?}");
     }
 
     /// One writer per log: a second one (another process on the same database) would
