@@ -69,7 +69,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBeha
 
 use super::checkpoint::{CheckpointError, SignedCheckpoint, VerifierKey};
 use super::merkle::{CompactRange, MerkleError};
-use super::record::{epoch_ms, AuditRecord, RecordKind};
+use super::record::{epoch_ms, parse_rfc3339_ms, AuditRecord, RecordKind, RecordView, TimeRef};
 use super::verify::{frame_extent, scan_frames, FrameError};
 
 /// Everything that can go wrong in the audit subsystem. `Clone` so one
@@ -337,13 +337,23 @@ impl IndexColumns {
     }
 
     pub fn of(rec: &AuditRecord) -> Self {
+        Self::of_view(&rec.view(), rec.route.as_deref().map(Into::into))
+    }
+
+    /// The columns of a record given as a view; `route` is the view's route, passed
+    /// shared when the caller has it as an `Arc<str>` (the request path does).
+    pub fn of_view(v: &RecordView<'_>, route: Option<std::sync::Arc<str>>) -> Self {
+        debug_assert_eq!(route.as_deref(), v.route);
         Self {
-            time_ms: rec.time_ms(),
-            kind: Some(rec.kind.as_str()),
-            dossier: rec.dossier.clone(),
-            agency: rec.caller.as_ref().map(|c| c.agency.clone()),
-            route: rec.route.as_deref().map(Into::into),
-            status: rec.status,
+            time_ms: match v.time {
+                TimeRef::EpochMs(ms) => Some(ms),
+                TimeRef::Text(t) => parse_rfc3339_ms(t),
+            },
+            kind: Some(v.kind.as_str()),
+            dossier: v.dossier.map(str::to_owned),
+            agency: v.caller.map(|c| c.agency.to_owned()),
+            route,
+            status: v.status,
         }
     }
 }

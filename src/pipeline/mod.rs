@@ -682,10 +682,6 @@ pub mod audit_stage {
                 Some(raw) => (Some(raw), out.sent.as_ref()),
                 None => (out.sent.as_ref(), None),
             };
-            let agency = self
-                .caller
-                .as_ref()
-                .map(|c| c.agency.as_ref().map_or("", |a| a.as_str()));
             let view = record::RecordView {
                 time: record::TimeRef::EpochMs(self.time_ms),
                 request_id: self.request_id.to_str().unwrap_or_default(),
@@ -693,7 +689,7 @@ pub mod audit_stage {
                 listener: &self.listener,
                 caller: match (&self.caller, &self.cert_s256) {
                     (Some(c), cert) => Some(record::CallerView {
-                        agency: agency.unwrap_or_default(),
+                        agency: c.agency.as_ref().map_or("", |a| a.as_str()),
                         subject: Some(&c.subject),
                         cert_s256: cert.as_deref(),
                     }),
@@ -729,15 +725,7 @@ pub mod audit_stage {
             };
             let mut json = Vec::with_capacity(512);
             view.write_json(&mut json);
-            let cols = IndexColumns {
-                time_ms: Some(self.time_ms),
-                kind: Some(self.kind.as_str()),
-                dossier: self.dossier.clone(),
-                agency: agency.map(str::to_owned),
-                route: self.route.clone(),
-                status: Some(self.status),
-            };
-            (json, cols)
+            (json, IndexColumns::of_view(&view, self.route.clone()))
         }
     }
 
