@@ -18,11 +18,20 @@
 //! * [`AuditWriter::submit_nowait`] (fail-open routes) skips the
 //!   acknowledgement channel entirely.
 //!
-//! Both are non-blocking and fail with [`AuditError::QueueFull`] when the
-//! queue holds `queue_capacity` records. The queue is an unbounded std
-//! channel with an atomic depth counter enforcing the bound, rather than a
-//! `sync_channel`: control messages (flush, prune, shutdown) must never be
-//! refused or block behind a full queue, and the depth is needed for stats.
+//! Both are non-blocking and fail with [`AuditError::QueueFull`] when
+//! `queue_capacity` records wait.
+//!
+//! The queue is one shared buffer, the *lane* ([`Lane`]): a request thread
+//! serialises its record into a thread-local scratch buffer and appends it,
+//! with its index columns (and, fail-closed, its acknowledgement), under a
+//! short lock. The writer swaps the whole lane for an empty one when it
+//! commits. A record thus costs the request thread one copy into a warm
+//! buffer, with no allocation, channel message or cross-thread free, and the
+//! log keeps the order in which records were submitted. Control messages
+//! (flush, checkpoint, prune, shutdown) go through a std channel, so they are
+//! never refused or blocked behind a full lane; whatever is in the lane when
+//! the writer takes a control commits before the control is answered, so a
+//! flush covers every record submitted before it.
 //!
 //! # Recovery
 //!
@@ -41,11 +50,12 @@
 //! admin record. The frontier at the prune point is stored, and verification
 //! and proofs of the remainder start from it.
 
+use std::cell::RefCell;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, TryRecvError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -59,8 +69,8 @@ use super::merkle::{hash_to_base64, CompactRange, Hash, InclusionProof, MerkleEr
 use super::record::{epoch_ms, format_epoch_ms, AuditRecord, RecordKind};
 use super::store::{decode_row, AuditError, Filter, IndexColumns, NewSegment, Store};
 use super::verify::{
-    encode_frame_into, frame_len, scan_frames, Frame, FrameError, LogVerifier, Problem,
-    VerifyReport, FRAME_HEADER_LEN, FRAME_TRAILER_LEN, MAX_RECORD_LEN,
+    encode_frame_into, scan_frames, Frame, FrameError, LogVerifier, Problem, VerifyReport,
+    FRAME_HEADER_LEN, FRAME_TRAILER_LEN, MAX_RECORD_LEN,
 };
 
 // ---------------------------------------------------------------------------
@@ -157,12 +167,8 @@ struct Counters {
 
 type Ack<T> = oneshot::Sender<Result<T, AuditError>>;
 
+/// Control messages to the writer thread.
 enum Msg {
-    Record {
-        json: Vec<u8>,
-        cols: IndexColumns,
-        ack: Option<Ack<u64>>,
-    },
     Flush(Ack<u64>),
     Checkpoint(Ack<SignedCheckpoint>),
     Prune(PruneTarget, Ack<PruneOutcome>),
@@ -205,11 +211,41 @@ pub struct PruneOutcome {
     pub anchor_checkpoint: String,
 }
 
+/// Fail-open records waiting for the writer, serialised back to back. The
+/// writer swaps the whole lane for an empty one (the previous batch's, so both
+/// buffers keep their capacity) and frames the records from it.
+#[derive(Default)]
+struct Lane {
+    bytes: Vec<u8>,
+    /// Each record's length in `bytes`, in order, its index columns and, for a
+    /// fail-closed record, who waits on it.
+    recs: Vec<(usize, IndexColumns, Option<Ack<u64>>)>,
+    /// A fail-closed record is among `recs`: the batch commits within
+    /// `batch_linger`, not `batch_linger_fail_open`.
+    waited_on: bool,
+    /// Set by the writer thread when it stops taking records (shutdown).
+    closed: bool,
+}
+
+fn lock_lane(lane: &Mutex<Lane>) -> MutexGuard<'_, Lane> {
+    // The lane's invariants hold between statements (a push adds bytes and their
+    // length together), so a panic elsewhere leaves it usable.
+    lane.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+thread_local! {
+    /// Where a request thread serialises a fail-open record before copying it into
+    /// the lane: the lock is held for the copy only, not for the serialisation.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
 /// Handle to the writer thread. `Sync`: share it behind an `Arc`.
 pub struct AuditWriter {
+    /// Control messages only; records go through the lane.
     tx: mpsc::Sender<Msg>,
-    depth: Arc<AtomicUsize>,
+    lane: Arc<Mutex<Lane>>,
     capacity: usize,
+    batch_max: usize,
     counters: Arc<Counters>,
     thread: Mutex<Option<JoinHandle<()>>>,
     /// The writer thread, to cut its linger short: it naps between drains of the
@@ -241,9 +277,10 @@ impl AuditWriter {
         counters
             .next_index
             .store(frontier.size(), Ordering::Relaxed);
-        let depth = Arc::new(AtomicUsize::new(0));
+        let lane = Arc::new(Mutex::new(Lane::default()));
         let (tx, rx) = mpsc::channel();
         let capacity = cfg.queue_capacity;
+        let batch_max = cfg.batch_max;
         let mut worker = Worker {
             store,
             key,
@@ -258,10 +295,10 @@ impl AuditWriter {
             every_records: cfg.checkpoint_every_records,
             every: cfg.checkpoint_every,
             rx,
-            depth: depth.clone(),
+            lane: lane.clone(),
+            lane_buf: Lane::default(),
             counters: counters.clone(),
             frames_buf: Vec::new(),
-            batch_buf: Vec::new(),
             cols_buf: Vec::new(),
             acks_buf: Vec::new(),
         };
@@ -270,49 +307,52 @@ impl AuditWriter {
             .spawn(move || worker.run())?;
         Ok(AuditWriter {
             tx,
-            depth,
+            lane,
             capacity,
+            batch_max,
             counters,
             waker: thread.thread().clone(),
             thread: Mutex::new(Some(thread)),
         })
     }
 
-    fn enqueue(&self, rec: AuditRecord, ack: Option<Ack<u64>>) -> Result<(), AuditError> {
-        let json = rec.to_json();
-        self.enqueue_json(json, IndexColumns::from_record(rec), ack)
-    }
-
-    fn enqueue_json(
-        &self,
-        json: Vec<u8>,
-        cols: IndexColumns,
-        ack: Option<Ack<u64>>,
-    ) -> Result<(), AuditError> {
+    fn check_len(json: &[u8]) -> Result<(), AuditError> {
         if json.len() > MAX_RECORD_LEN {
             return Err(AuditError::InvalidArgument(format!(
                 "audit record of {} bytes exceeds the limit",
                 json.len()
             )));
         }
-        // Reserve a queue slot first; the writer releases it on receipt.
-        if self
-            .depth
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
-                (d < self.capacity).then_some(d + 1)
-            })
-            .is_err()
-        {
+        Ok(())
+    }
+
+    /// Append a record to the lane. A fail-closed record (`ack`) always wakes the
+    /// writer; fail-open ones wake it for the first record of a batch (it may be
+    /// idle, waiting for work) and when a full batch is ready, and in between it
+    /// lingers on its own.
+    fn enqueue(
+        &self,
+        json: &[u8],
+        cols: IndexColumns,
+        ack: Option<Ack<u64>>,
+    ) -> Result<(), AuditError> {
+        Self::check_len(json)?;
+        let mut lane = lock_lane(&self.lane);
+        if lane.closed {
+            return Err(AuditError::WriterStopped);
+        }
+        if lane.recs.len() >= self.capacity {
+            drop(lane);
             self.counters.queue_full.fetch_add(1, Ordering::Relaxed);
             return Err(AuditError::QueueFull);
         }
         let waited_on = ack.is_some();
-        let msg = Msg::Record { json, cols, ack };
-        if self.tx.send(msg).is_err() {
-            self.depth.fetch_sub(1, Ordering::AcqRel);
-            return Err(AuditError::WriterStopped);
-        }
-        if waited_on {
+        lane.waited_on |= waited_on;
+        lane.bytes.extend_from_slice(json);
+        lane.recs.push((json.len(), cols, ack));
+        let n = lane.recs.len();
+        drop(lane);
+        if waited_on || n == 1 || n == self.batch_max {
             self.waker.unpark();
         }
         Ok(())
@@ -320,15 +360,17 @@ impl AuditWriter {
 
     /// Queue a record and get a ticket for its durability. Never blocks.
     pub fn submit(&self, rec: AuditRecord) -> Result<Ticket, AuditError> {
-        let (tx, rx) = oneshot::channel();
-        self.enqueue(rec, Some(tx))?;
-        Ok(Ticket { rx })
+        let json = rec.to_json();
+        self.submit_json(json, IndexColumns::from_record(rec))
     }
 
     /// Queue a record without any acknowledgement (fail-open routes). Never
     /// blocks.
     pub fn submit_nowait(&self, rec: AuditRecord) -> Result<(), AuditError> {
-        self.enqueue(rec, None)
+        self.submit_nowait_with(|buf| {
+            rec.view().write_json(buf);
+            IndexColumns::from_record(rec)
+        })
     }
 
     /// [`AuditWriter::submit`] of a record already serialised by
@@ -336,14 +378,28 @@ impl AuditWriter {
     /// index columns (the request path builds both from its own state).
     pub fn submit_json(&self, json: Vec<u8>, cols: IndexColumns) -> Result<Ticket, AuditError> {
         let (tx, rx) = oneshot::channel();
-        self.enqueue_json(json, cols, Some(tx))?;
+        self.enqueue(&json, cols, Some(tx))?;
         Ok(Ticket { rx })
     }
 
-    /// [`AuditWriter::submit_nowait`] of a serialised record (see
-    /// [`AuditWriter::submit_json`]).
-    pub fn submit_json_nowait(&self, json: Vec<u8>, cols: IndexColumns) -> Result<(), AuditError> {
-        self.enqueue_json(json, cols, None)
+    /// [`AuditWriter::submit_nowait`] of a record that `write` serialises (with
+    /// [`RecordView::write_json`](super::record::RecordView::write_json)) into the
+    /// buffer it is given, returning the record's index columns. The buffer is this
+    /// thread's scratch, reused from record to record; `write` must not submit.
+    pub fn submit_nowait_with(
+        &self,
+        write: impl FnOnce(&mut Vec<u8>) -> IndexColumns,
+    ) -> Result<(), AuditError> {
+        SCRATCH.with_borrow_mut(|buf| {
+            buf.clear();
+            let cols = write(buf);
+            let res = self.enqueue(buf, cols, None);
+            // A rare large record (kept bodies) does not pin its buffer forever.
+            if buf.capacity() > 64 << 10 {
+                *buf = Vec::new();
+            }
+            res
+        })
     }
 
     pub fn stats(&self) -> WriterStats {
@@ -352,7 +408,7 @@ impl AuditWriter {
             records_written: c.records_written.load(Ordering::Relaxed),
             batches: c.batches.load(Ordering::Relaxed),
             checkpoints: c.checkpoints.load(Ordering::Relaxed),
-            queue_depth: self.depth.load(Ordering::Relaxed),
+            queue_depth: lock_lane(&self.lane).recs.len(),
             queue_full: c.queue_full.load(Ordering::Relaxed),
             last_commit_latency_us: c.last_commit_latency_us.load(Ordering::Relaxed),
             failures: c.failures.load(Ordering::Relaxed),
@@ -504,12 +560,6 @@ fn parse_checkpoints(store: &Store) -> Result<Vec<SignedCheckpoint>, AuditError>
 // The writer thread
 // ---------------------------------------------------------------------------
 
-struct Pending {
-    json: Vec<u8>,
-    cols: IndexColumns,
-    ack: Option<Ack<u64>>,
-}
-
 struct Worker {
     store: Store,
     key: VerifierKey,
@@ -525,14 +575,15 @@ struct Worker {
     every_records: u64,
     every: Duration,
     rx: mpsc::Receiver<Msg>,
-    depth: Arc<AtomicUsize>,
+    lane: Arc<Mutex<Lane>>,
+    /// The lane taken by the last commit, emptied: swapped in for the full one.
+    lane_buf: Lane,
     counters: Arc<Counters>,
     /// The last batch's frame buffer, reused: a batch is often hundreds of
     /// KiB, and a fresh allocation that size costs page faults every time.
     frames_buf: Vec<u8>,
-    /// Likewise the batch and the per-record vectors a commit builds: they grow to
-    /// `batch_max` entries, and allocating them afresh costs page faults per batch.
-    batch_buf: Vec<Pending>,
+    /// Likewise the per-record vectors a commit builds: they grow to `batch_max`
+    /// entries, and allocating them afresh costs page faults per batch.
     cols_buf: Vec<IndexColumns>,
     acks_buf: Vec<Option<Ack<u64>>>,
 }
@@ -540,31 +591,26 @@ struct Worker {
 impl Worker {
     fn run(&mut self) {
         loop {
-            let msg = match self.rx.recv_timeout(self.until_checkpoint_due()) {
-                Ok(m) => m,
-                Err(RecvTimeoutError::Timeout) => {
-                    if self.checkpoint_due() {
-                        let _ = self.write_checkpoint();
-                    }
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => {
+            let control = match self.rx.try_recv() {
+                Ok(control) => Some(control),
+                Err(TryRecvError::Disconnected) => {
                     let _ = self.finish();
                     return;
                 }
-            };
-            let control = match msg {
-                Msg::Record { json, cols, ack } => {
-                    self.depth.fetch_sub(1, Ordering::AcqRel);
-                    let mut batch = std::mem::take(&mut self.batch_buf);
-                    batch.push(Pending { json, cols, ack });
-                    let control = self.collect(&mut batch);
-                    self.commit(&mut batch);
-                    self.batch_buf = batch;
-                    control
+                Err(TryRecvError::Empty) if self.lane_state().0 > 0 => self.collect(),
+                Err(TryRecvError::Empty) => {
+                    // Idle. A control or the lane's first record unparks the writer;
+                    // otherwise it wakes when a checkpoint falls due.
+                    if self.checkpoint_due() {
+                        let _ = self.write_checkpoint();
+                    }
+                    std::thread::park_timeout(self.until_checkpoint_due());
+                    continue;
                 }
-                other => Some(other),
             };
+            // Everything submitted before a control commits before it is handled: a
+            // flush answers once the records before it are durable.
+            self.commit();
             if let Some(c) = control {
                 if self.handle_control(c) {
                     return;
@@ -573,53 +619,50 @@ impl Worker {
         }
     }
 
-    /// Gather more queued records into `batch`; stop at `batch_max`, an
-    /// empty queue (after the linger time) or a control message, which is
-    /// returned to be handled after this batch commits.
-    fn collect(&mut self, batch: &mut Vec<Pending>) -> Option<Msg> {
+    /// Records in the lane, and whether one of them is waited on.
+    fn lane_state(&self) -> (usize, bool) {
+        let lane = lock_lane(&self.lane);
+        (lane.recs.len(), lane.waited_on)
+    }
+
+    /// Let the batch in the lane grow: until it holds `batch_max` records, the
+    /// linger time has passed, or a control message arrives, which is returned
+    /// to be handled after this batch commits.
+    fn collect(&mut self) -> Option<Msg> {
         let start = Instant::now();
-        // Somebody waits on a fail-closed record: commit within `batch_linger`. A batch of
-        // fail-open records only may collect for longer (fewer commits, fewer fsyncs).
-        let mut waited_on = batch.iter().any(|p| p.ack.is_some());
-        while batch.len() < self.batch_max {
-            let next = match self.rx.try_recv() {
-                Ok(m) => m,
-                Err(TryRecvError::Empty) => {
-                    let linger = if waited_on {
-                        self.batch_linger
-                    } else {
-                        self.batch_linger_fail_open
-                    };
-                    let left = (start + linger).saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return None;
-                    }
-                    // Nap, then drain, rather than block on the channel: a blocked
-                    // receiver is woken by every send, which costs a context switch per
-                    // record when the writer shares a core with the request path. A
-                    // fail-closed record or a control unparks the nap (see `waker`), so
-                    // the nap can last the whole linger: one wake-up per batch.
-                    std::thread::park_timeout(left);
-                    continue;
-                }
+        loop {
+            match self.rx.try_recv() {
+                Ok(control) => return Some(control),
                 Err(TryRecvError::Disconnected) => return None,
-            };
-            match next {
-                Msg::Record { json, cols, ack } => {
-                    self.depth.fetch_sub(1, Ordering::AcqRel);
-                    waited_on |= ack.is_some();
-                    batch.push(Pending { json, cols, ack });
-                }
-                control => return Some(control),
+                Err(TryRecvError::Empty) => {}
             }
+            let (queued, waited_on) = self.lane_state();
+            if queued >= self.batch_max {
+                return None;
+            }
+            // Somebody waits on a fail-closed record: commit within `batch_linger`. A
+            // batch of fail-open records only may collect for longer (fewer commits,
+            // fewer fsyncs).
+            let linger = if waited_on {
+                self.batch_linger
+            } else {
+                self.batch_linger_fail_open
+            };
+            let left = (start + linger).saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            // Nap rather than wake per record: a wake-up per record costs a context
+            // switch each when the writer shares a core with the request path. A
+            // fail-closed record, a control or a full batch unparks the nap (see
+            // `waker`), so it can last the whole linger: one wake-up per batch.
+            std::thread::park_timeout(left);
         }
-        None
     }
 
     /// Returns true when the thread should exit.
     fn handle_control(&mut self, msg: Msg) -> bool {
         match msg {
-            Msg::Record { .. } => unreachable!("records are batched, not controls"),
             Msg::Flush(ack) => {
                 let _ = ack.send(Ok(self.frontier.size()));
                 false
@@ -643,27 +686,11 @@ impl Worker {
         }
     }
 
-    /// Drain whatever is still queued, then write a final checkpoint.
+    /// Commit whatever is still queued, then write a final checkpoint.
     fn finish(&mut self) -> Result<(), AuditError> {
-        loop {
-            let mut batch = Vec::new();
-            while batch.len() < self.batch_max {
-                match self.rx.try_recv() {
-                    Ok(Msg::Record { json, cols, ack }) => {
-                        self.depth.fetch_sub(1, Ordering::AcqRel);
-                        batch.push(Pending { json, cols, ack });
-                    }
-                    // Anything else arriving during shutdown is answered by
-                    // dropping its sender: the caller sees WriterStopped.
-                    Ok(_) => {}
-                    Err(_) => break,
-                }
-            }
-            if batch.is_empty() {
-                break;
-            }
-            self.commit(&mut batch);
-        }
+        // No record enters the lane from now on.
+        lock_lane(&self.lane).closed = true;
+        self.commit();
         if self.frontier.size() > self.last_cp_size {
             self.write_checkpoint()?;
         }
@@ -724,32 +751,59 @@ impl Worker {
         }
     }
 
-    /// Frame, commit and acknowledge one batch, leaving `batch` empty (its
-    /// allocation is kept for the next one).
-    fn commit(&mut self, batch: &mut Vec<Pending>) {
+    /// Frame, commit and acknowledge what is in the lane, in commits of at most
+    /// `batch_max` records. An empty lane is a no-op.
+    fn commit(&mut self) {
+        let mut lane = std::mem::take(&mut self.lane_buf);
+        {
+            // The records change places; the `closed` flag stays with the shared lane.
+            let mut shared = lock_lane(&self.lane);
+            std::mem::swap(&mut shared.bytes, &mut lane.bytes);
+            std::mem::swap(&mut shared.recs, &mut lane.recs);
+            shared.waited_on = false;
+        }
+        let bytes = &lane.bytes;
+        let mut off = 0;
+        let mut recs = lane
+            .recs
+            .drain(..)
+            .map(|(len, cols, ack)| {
+                let json = &bytes[off..off + len];
+                off += len;
+                (json, cols, ack)
+            })
+            .peekable();
+        while recs.peek().is_some() {
+            self.commit_chunk(&mut recs);
+        }
+        drop(recs);
+        lane.bytes.clear();
+        self.lane_buf = lane;
+    }
+
+    /// Frame, commit and acknowledge up to `batch_max` records from `recs`.
+    fn commit_chunk<'a>(
+        &mut self,
+        recs: &mut impl Iterator<Item = (&'a [u8], IndexColumns, Option<Ack<u64>>)>,
+    ) {
         let start = self.frontier.size();
         let mut tentative = self.frontier.clone();
         let mut segment = NewSegment::new(start);
         segment.frames = std::mem::take(&mut self.frames_buf);
         segment.frames.clear();
-        segment
-            .frames
-            .reserve(batch.iter().map(|p| frame_len(p.json.len())).sum());
         // Both come back empty: cleared after the last commit, drained by it.
         segment.cols = std::mem::take(&mut self.cols_buf);
-        segment.cols.reserve(batch.len());
         let mut acks = std::mem::take(&mut self.acks_buf);
-        acks.reserve(batch.len());
         // Count-based checkpoints land on exact multiples of the interval
         // (several may fall in one batch); all commit with the batch. A
         // signing failure only postpones a checkpoint, never the records.
         let mut cps: Vec<(SignedCheckpoint, CompactRange)> = Vec::new();
         let mut last_cp = self.last_cp_size;
-        for (i, p) in batch.drain(..).enumerate() {
+        for (i, (json, cols, ack)) in recs.by_ref().take(self.batch_max).enumerate() {
             let idx = start + i as u64;
             // Sizes were checked at submission, so framing cannot fail; if
             // it somehow does, fail the batch rather than skip an index.
-            match encode_frame_into(&mut segment.frames, idx, &p.json) {
+            match encode_frame_into(&mut segment.frames, idx, json) {
                 Ok(leaf) => {
                     tentative.append(leaf);
                     if tentative.size() - last_cp >= self.every_records {
@@ -762,14 +816,14 @@ impl Worker {
                 Err(e) => {
                     let err = AuditError::from(e);
                     self.counters.failures.fetch_add(1, Ordering::Relaxed);
-                    for a in acks.into_iter().chain([p.ack]).flatten() {
+                    for a in acks.into_iter().chain([ack]).flatten() {
                         let _ = a.send(Err(err.clone()));
                     }
                     return;
                 }
             }
-            segment.cols.push(p.cols);
-            acks.push(p.ack);
+            segment.cols.push(cols);
+            acks.push(ack);
         }
         if tentative.size() > last_cp && self.last_cp_time.elapsed() >= self.every {
             if let Ok(cp) = self.sign(&tentative) {
@@ -1612,7 +1666,7 @@ mod tests {
 
     use super::super::merkle::{verify_inclusion, MerkleTree};
     use super::super::record::{contains_secret_like, Caller};
-    use super::super::verify::encode_frame;
+    use super::super::verify::{encode_frame, frame_len};
     use super::*;
 
     const ORIGIN: &str = "lienthong.test/audit";
@@ -1763,6 +1817,56 @@ mod tests {
             .unwrap();
         assert_eq!(size, 2);
         w.shutdown().await.unwrap();
+    }
+
+    /// A lane that outgrew `batch_max` (the writer was busy or lingering) commits in
+    /// batches of at most `batch_max`, in submission order across fail-open and
+    /// fail-closed records.
+    #[tokio::test]
+    async fn a_long_lane_commits_in_batches_of_batch_max_in_order() {
+        let dir = TempDir::new();
+        let mut c = cfg(&dir.db());
+        c.batch_max = 4;
+        c.batch_linger_fail_open = Duration::from_secs(30);
+        let w = AuditWriter::start(c).unwrap();
+        // Hold the database so the first commit blocks and the lane backs up.
+        let blocker = raw_conn(&dir.db());
+        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        for i in 0..4 {
+            w.submit_nowait(rec(i)).unwrap();
+        }
+        let mut tickets = Vec::new();
+        for i in 4..10 {
+            if i % 3 == 0 {
+                tickets.push((i, w.submit(rec(i)).unwrap()));
+            } else {
+                w.submit_nowait(rec(i)).unwrap();
+            }
+        }
+        blocker.execute_batch("ROLLBACK").unwrap();
+        for (i, t) in tickets {
+            assert_eq!(t.durable().await.unwrap(), i);
+        }
+        assert_eq!(w.flush().await.unwrap(), 10);
+        assert_eq!(w.stats().records_written, 10);
+        w.shutdown().await.unwrap();
+        let largest: i64 = raw_conn(&dir.db())
+            .query_row("SELECT max(count) FROM audit_segments", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(largest, 4);
+        let store = Store::open_read_only(&dir.db()).unwrap();
+        let mut ids = Vec::new();
+        store
+            .for_each_frame(0, None, |idx, f| {
+                let json: serde_json::Value = serde_json::from_slice(&decode_row(idx, f)?.0)?;
+                ids.push(json["request_id"].as_str().unwrap().to_string());
+                Ok(())
+            })
+            .unwrap();
+        let want: Vec<String> = (0..10).map(|i| format!("req-{i}")).collect();
+        assert_eq!(ids, want);
+        let r = verify_db(&dir.db(), &key(), ORIGIN).unwrap();
+        assert!(r.is_ok(), "{r:?}");
     }
 
     #[tokio::test]

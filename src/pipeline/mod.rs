@@ -670,6 +670,13 @@ pub mod audit_stage {
         /// translated one when a translation ran; the upstream's own answer then goes
         /// in `response_sha256`.
         fn finish(&self, out: &Outcome<'_>) -> (Vec<u8>, IndexColumns) {
+            let mut json = Vec::with_capacity(512);
+            let cols = self.finish_into(out, &mut json);
+            (json, cols)
+        }
+
+        /// [`Draft::finish`] into a buffer the caller has (the writer's lane scratch).
+        fn finish_into(&self, out: &Outcome<'_>, json: &mut Vec<u8>) -> IndexColumns {
             let request = self
                 .request_slot
                 .as_ref()
@@ -723,9 +730,8 @@ pub mod audit_stage {
                 detail: None,
                 body: out.body,
             };
-            let mut json = Vec::with_capacity(512);
-            view.write_json(&mut json);
-            (json, IndexColumns::of_view(&view, self.route.clone()))
+            view.write_json(json);
+            IndexColumns::of_view(&view, self.route.clone())
         }
     }
 
@@ -749,12 +755,15 @@ pub mod audit_stage {
             // Boxed once here, so the tap's closure moves a pointer, not the draft.
             let draft = Box::new(draft);
             let body = body.with_tap(Tap::new(move |d, n| {
-                let (json, cols) = draft.finish(&Outcome {
+                let out = Outcome {
                     sent: d,
                     bytes_out: n,
                     body: None,
-                });
-                if w.writer.submit_json_nowait(json, cols).is_err() {
+                };
+                if w.writer
+                    .submit_nowait_with(|buf| draft.finish_into(&out, buf))
+                    .is_err()
+                {
                     metrics::counter!("lienthong_audit_dropped_total").increment(1);
                 }
             }));
@@ -773,12 +782,14 @@ pub mod audit_stage {
                 .with_detail(e);
                 draft.status = 502;
                 draft.error = Some(ge.code);
-                let (json, cols) = draft.finish(&Outcome {
+                let out = Outcome {
                     sent: None,
                     bytes_out: 0,
                     body: None,
-                });
-                let _ = a.writer.submit_json_nowait(json, cols);
+                };
+                let _ = a
+                    .writer
+                    .submit_nowait_with(|buf| draft.finish_into(&out, buf));
                 return respond::error_response(&ge, ctx.request_id_str());
             }
         };
@@ -788,18 +799,22 @@ pub mod audit_stage {
                 Some(text(&bytes)),
             )
         });
-        let (json, cols) = draft.finish(&Outcome {
+        let out = Outcome {
             sent: Some(sha256(&bytes)),
             bytes_out: bytes.len() as u64,
             body: kept.as_ref().map(|(q, r)| (q.as_deref(), r.as_deref())),
-        });
-        let rsp = Response::from_parts(parts, Body::full(bytes));
+        };
         if policy == AuditPolicy::FailOpen {
-            if a.writer.submit_json_nowait(json, cols).is_err() {
+            if a.writer
+                .submit_nowait_with(|buf| draft.finish_into(&out, buf))
+                .is_err()
+            {
                 metrics::counter!("lienthong_audit_dropped_total").increment(1);
             }
-            return rsp;
+            return Response::from_parts(parts, Body::full(bytes));
         }
+        let (json, cols) = draft.finish(&out);
+        let rsp = Response::from_parts(parts, Body::full(bytes));
         let durable = match a.writer.submit_json(json, cols) {
             Ok(ticket) => ticket.durable().await.map(|_| ()),
             Err(e) => Err(e),
