@@ -676,6 +676,15 @@ struct FrameFiles {
     /// Writers hold an exclusive lock on `<dir>/lock` for as long as they live: two
     /// writers appending at the same offsets would overwrite each other's frames.
     _lock: Option<std::fs::File>,
+    /// Readers hold a shared lock on `<dir>/readers` for as long as they live, taken
+    /// before their first read: a reader's SQLite snapshot may still list rows that
+    /// a retention deletion has since removed, so their bytes must stay until it is
+    /// gone. The writer erases deleted bytes only while it can take this lock
+    /// exclusively (see [`FrameFiles::forget_before`]).
+    _reading: Option<std::fs::File>,
+    /// A retention deletion committed but its bytes are not erased yet (a reader was
+    /// open); retried after every commit until it succeeds.
+    erase_pending: bool,
 }
 
 impl FrameFiles {
@@ -689,19 +698,40 @@ impl FrameFiles {
         self.dir.join(format!("{chunk:020}.frames"))
     }
 
+    /// A reader's view, holding the shared `readers` lock (see `_reading`). Without
+    /// a frame directory (a database with inline frames only) or where the lock file
+    /// cannot be created (a read-only copy), there is no writer to guard against and
+    /// no lock is taken.
     fn reader(db: &Path) -> Self {
+        let mut ff = Self::unlocked(db);
+        let path = ff.dir.join("readers");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .or_else(|_| std::fs::File::open(&path));
+        // Blocks only while a writer erases deleted bytes (milliseconds).
+        ff._reading = file.ok().filter(|f| f.lock_shared().is_ok());
+        ff
+    }
+
+    fn unlocked(db: &Path) -> Self {
         Self {
             dir: Self::dir_for(db),
             current: None,
             reading: std::cell::RefCell::new(None),
             _lock: None,
+            _reading: None,
+            erase_pending: false,
         }
     }
 
     /// The writer's view: resume appending after the last committed segment,
     /// cutting whatever follows it.
     fn open_for_append(db: &Path, conn: &Connection) -> Result<Self, AuditError> {
-        let mut ff = Self::reader(db);
+        let mut ff = Self::unlocked(db);
         std::fs::create_dir_all(&ff.dir)?;
         let lock = std::fs::OpenOptions::new()
             .write(true)
@@ -718,6 +748,13 @@ impl FrameFiles {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
         }
+        // Created here, so that readers without write access to the directory can
+        // still take their shared lock on it.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(ff.dir.join("readers"))?;
         let last: Option<(i64, i64, i64)> = conn
             .query_row(
                 "SELECT chunk, off + len, first_idx FROM audit_segments WHERE chunk IS NOT NULL
@@ -747,19 +784,61 @@ impl FrameFiles {
             }
             ff.current = Some((chunk, file, end));
         }
+        // A deletion whose erasure was still pending when the last writer stopped
+        // completes after the first commit.
+        ff.erase_pending = ff.front_not_erased(conn)?;
         Ok(ff)
     }
 
-    /// Remove the frame files whose chunk id `doomed` picks.
-    fn remove_chunks(&self, doomed: impl Fn(u64) -> bool) -> Result<(), AuditError> {
+    /// Deleted records' bytes are still there: a file older than the oldest one a
+    /// row points to, or frames before that row's offset in its file.
+    fn front_not_erased(&self, conn: &Connection) -> Result<bool, AuditError> {
+        use std::os::unix::fs::FileExt;
+        let oldest: Option<(i64, i64)> = conn
+            .query_row(
+                "SELECT chunk, off FROM audit_segments WHERE chunk IS NOT NULL
+                 ORDER BY first_idx LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((chunk, off)) = oldest else {
+            return Ok(false);
+        };
+        let chunk = to_u64(chunk)?;
+        if self.chunks()?.iter().any(|(id, _)| *id < chunk) {
+            return Ok(true);
+        }
+        // Erasure zeroes everything before `off`, so the bytes just before it (the
+        // previous frame's 32-byte leaf hash when it is still there) tell.
+        let off = to_u64(off)?;
+        let n = off.min(32);
+        let mut tail = vec![0u8; n as usize];
+        let file = std::fs::File::open(self.path(chunk))?;
+        Ok(file.read_exact_at(&mut tail, off - n).is_ok() && tail.iter().any(|b| *b != 0))
+    }
+
+    /// The frame files in the directory: chunk id and file name.
+    fn chunks(&self) -> Result<Vec<(u64, std::ffi::OsString)>, AuditError> {
+        let mut found = Vec::new();
         for entry in std::fs::read_dir(&self.dir)? {
             let name = entry?.file_name();
             let id = name
                 .to_str()
                 .and_then(|n| n.strip_suffix(".frames"))
                 .and_then(|n| n.parse::<u64>().ok());
-            if id.is_some_and(&doomed) {
-                std::fs::remove_file(self.dir.join(&name))?;
+            if let Some(id) = id {
+                found.push((id, name));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Remove the frame files whose chunk id `doomed` picks.
+    fn remove_chunks(&self, doomed: impl Fn(u64) -> bool) -> Result<(), AuditError> {
+        for (id, name) in self.chunks()? {
+            if doomed(id) {
+                std::fs::remove_file(self.dir.join(name))?;
             }
         }
         Ok(())
@@ -826,8 +905,34 @@ impl FrameFiles {
     }
 
     /// After a retention deletion: files no row points to any more go, and the
-    /// deleted front of the oldest remaining file is overwritten with zeros.
+    /// deleted front of the oldest remaining file is overwritten with zeros. Only
+    /// while no reader is open (the `readers` lock, taken exclusively for the
+    /// erasure): otherwise the erasure is left pending and retried after the next
+    /// commits, so a reader whose snapshot predates the deletion never reads erased
+    /// bytes.
     fn forget_before(&mut self, conn: &Connection) -> Result<(), AuditError> {
+        let guard = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.dir.join("readers"))?;
+        match guard.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                self.erase_pending = true;
+                return Ok(());
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                self.erase_pending = true;
+                return Err(e.into());
+            }
+        }
+        let res = self.erase_before(conn);
+        self.erase_pending = res.is_err();
+        res
+    }
+
+    fn erase_before(&mut self, conn: &Connection) -> Result<(), AuditError> {
         use std::os::unix::fs::FileExt;
         let oldest: Option<(i64, i64)> = conn
             .query_row(
@@ -935,6 +1040,8 @@ impl Store {
         if !path.exists() {
             return Err(AuditError::NotFound(path.display().to_string()));
         }
+        // The readers lock comes before the first read (see `FrameFiles::_reading`).
+        let frames = FrameFiles::reader(path);
         let conn = open_sqlite(path, false)?;
         let meta = |name: &str| -> Result<String, AuditError> {
             conn.query_row(
@@ -951,7 +1058,7 @@ impl Store {
             conn,
             origin,
             verifier_key,
-            frames: FrameFiles::reader(path),
+            frames,
         })
     }
 
@@ -991,6 +1098,11 @@ impl Store {
         tx.commit()?;
         if at.is_some() {
             self.frames.committed(segment.frames.len() as u64);
+        }
+        if self.frames.erase_pending {
+            if let Err(e) = self.frames.forget_before(&self.conn) {
+                tracing::warn!(error = %e, "audit retention: deleted records' frame bytes not yet removed");
+            }
         }
         Ok(())
     }
@@ -1530,7 +1642,7 @@ pub mod tamper {
     /// The segment holding record `idx`: its first index and its frames.
     fn load(conn: &Connection, idx: u64) -> (u64, Vec<Vec<u8>>) {
         let db = conn.path().expect("a database file");
-        let files = FrameFiles::reader(Path::new(db));
+        let files = FrameFiles::unlocked(Path::new(db));
         let (first, blob): (i64, Vec<u8>) = conn
             .query_row(
                 "SELECT first_idx, frames, chunk, off, len FROM audit_segments
@@ -1598,7 +1710,7 @@ pub mod tamper {
             .map(Vec::len)
             .sum();
         let at = off as u64 + before as u64 + crate::audit::verify::FRAME_HEADER_LEN as u64;
-        let files = FrameFiles::reader(db);
+        let files = FrameFiles::unlocked(db);
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
