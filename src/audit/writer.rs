@@ -112,7 +112,7 @@ impl WriterConfig {
             db_path: db_path.into(),
             origin: origin.into(),
             signer,
-            batch_max: 1024,
+            batch_max: 4096,
             batch_linger: Duration::ZERO,
             batch_linger_fail_open: Duration::ZERO,
             checkpoint_every_records: 4096,

@@ -1093,7 +1093,7 @@ impl Validator {
             db,
             origin: a.origin.unwrap_or_else(|| "lienthong/audit".into()),
             key,
-            batch_max: a.batch_max.unwrap_or(1024).max(1),
+            batch_max: a.batch_max.unwrap_or(4096).max(1),
             batch_linger: match &a.batch_linger {
                 Some(d) => parse_duration(d).unwrap_or_else(|e| {
                     self.problems.push("audit.batch_linger", e);

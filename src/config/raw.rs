@@ -127,7 +127,8 @@ pub struct RawAudit {
     pub origin: Option<String>,
     /// Ed25519 private key (PKCS#8 PEM) that signs checkpoints.
     pub key: Option<String>,
-    /// Most records in one commit (default 1024).
+    /// Most records in one commit (default 4096). Under load a batch of fail-open records
+    /// fills within its linger; bigger batches mean fewer commits, each with its fsyncs.
     pub batch_max: Option<usize>,
     /// After the first record of a batch, wait this long for more before committing
     /// (default 2ms): fewer fsyncs under load for a little fail-closed latency.
