@@ -687,6 +687,22 @@ struct FrameFiles {
     erase_pending: bool,
 }
 
+/// Where the oldest row kept in a frame file starts: chunk id and offset.
+fn oldest_in_files(conn: &Connection) -> Result<Option<(u64, u64)>, AuditError> {
+    let oldest: Option<(i64, i64)> = conn
+        .query_row(
+            "SELECT chunk, off FROM audit_segments WHERE chunk IS NOT NULL
+             ORDER BY first_idx LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    match oldest {
+        Some((chunk, off)) => Ok(Some((to_u64(chunk)?, to_u64(off)?))),
+        None => Ok(None),
+    }
+}
+
 impl FrameFiles {
     fn dir_for(db: &Path) -> std::path::PathBuf {
         let mut name = db.as_os_str().to_owned();
@@ -794,24 +810,14 @@ impl FrameFiles {
     /// row points to, or frames before that row's offset in its file.
     fn front_not_erased(&self, conn: &Connection) -> Result<bool, AuditError> {
         use std::os::unix::fs::FileExt;
-        let oldest: Option<(i64, i64)> = conn
-            .query_row(
-                "SELECT chunk, off FROM audit_segments WHERE chunk IS NOT NULL
-                 ORDER BY first_idx LIMIT 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        let Some((chunk, off)) = oldest else {
+        let Some((chunk, off)) = oldest_in_files(conn)? else {
             return Ok(false);
         };
-        let chunk = to_u64(chunk)?;
         if self.chunks()?.iter().any(|(id, _)| *id < chunk) {
             return Ok(true);
         }
         // Erasure zeroes everything before `off`, so the bytes just before it (the
         // previous frame's 32-byte leaf hash when it is still there) tell.
-        let off = to_u64(off)?;
         let n = off.min(32);
         let mut tail = vec![0u8; n as usize];
         let file = std::fs::File::open(self.path(chunk))?;
@@ -934,16 +940,8 @@ impl FrameFiles {
 
     fn erase_before(&mut self, conn: &Connection) -> Result<(), AuditError> {
         use std::os::unix::fs::FileExt;
-        let oldest: Option<(i64, i64)> = conn
-            .query_row(
-                "SELECT chunk, off FROM audit_segments WHERE chunk IS NOT NULL
-                 ORDER BY first_idx LIMIT 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        let (keep_from, zero_to) = match oldest {
-            Some((chunk, off)) => (to_u64(chunk)?, to_u64(off)?),
+        let (keep_from, zero_to) = match oldest_in_files(conn)? {
+            Some(at) => at,
             None => match &self.current {
                 // Everything went: the current file stays (the next batch goes there).
                 Some((chunk, _, end)) => (*chunk, *end),

@@ -16,9 +16,12 @@
 //!   [`Ticket::durable`] resolves with the record's index once its batch has
 //!   committed (fail-closed routes answer only after that, or 503 on error);
 //! * [`AuditWriter::submit_nowait`] (fail-open routes) skips the
-//!   acknowledgement channel entirely.
+//!   acknowledgement entirely.
 //!
-//! Both are non-blocking and fail with [`AuditError::QueueFull`] when
+//! Each has a `_with` form ([`AuditWriter::submit_with`],
+//! [`AuditWriter::submit_nowait_with`]) that serialises the record straight
+//! into the thread's scratch buffer, used by the request path. All are
+//! non-blocking and fail with [`AuditError::QueueFull`] when
 //! `queue_capacity` records wait.
 //!
 //! The queue is one shared buffer, the *lane* ([`Lane`]): a request thread
@@ -211,9 +214,9 @@ pub struct PruneOutcome {
     pub anchor_checkpoint: String,
 }
 
-/// Fail-open records waiting for the writer, serialised back to back. The
-/// writer swaps the whole lane for an empty one (the previous batch's, so both
-/// buffers keep their capacity) and frames the records from it.
+/// Records waiting for the writer, serialised back to back. The writer swaps
+/// the whole lane for an empty one (the previous batch's, so both buffers keep
+/// their capacity) and frames the records from it.
 #[derive(Default)]
 struct Lane {
     bytes: Vec<u8>,
@@ -234,8 +237,8 @@ fn lock_lane(lane: &Mutex<Lane>) -> MutexGuard<'_, Lane> {
 }
 
 thread_local! {
-    /// Where a request thread serialises a fail-open record before copying it into
-    /// the lane: the lock is held for the copy only, not for the serialisation.
+    /// Where a request thread serialises a record before copying it into the lane:
+    /// the lock is held for the copy only, not for the serialisation.
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -360,8 +363,10 @@ impl AuditWriter {
 
     /// Queue a record and get a ticket for its durability. Never blocks.
     pub fn submit(&self, rec: AuditRecord) -> Result<Ticket, AuditError> {
-        let json = rec.to_json();
-        self.submit_json(json, IndexColumns::from_record(rec))
+        self.submit_with(|buf| {
+            rec.view().write_json(buf);
+            IndexColumns::from_record(rec)
+        })
     }
 
     /// Queue a record without any acknowledgement (fail-open routes). Never
@@ -373,27 +378,37 @@ impl AuditWriter {
         })
     }
 
-    /// [`AuditWriter::submit`] of a record already serialised by
-    /// [`RecordView::write_json`](super::record::RecordView::write_json), with its
-    /// index columns (the request path builds both from its own state).
-    pub fn submit_json(&self, json: Vec<u8>, cols: IndexColumns) -> Result<Ticket, AuditError> {
+    /// [`AuditWriter::submit`] of a record that `write` serialises (with
+    /// [`RecordView::write_json`](super::record::RecordView::write_json)) into the
+    /// buffer it is given, returning the record's index columns: the request path
+    /// builds both from its own state. The buffer is this thread's scratch, reused
+    /// from record to record; `write` must not submit.
+    pub fn submit_with(
+        &self,
+        write: impl FnOnce(&mut Vec<u8>) -> IndexColumns,
+    ) -> Result<Ticket, AuditError> {
         let (tx, rx) = oneshot::channel();
-        self.enqueue(&json, cols, Some(tx))?;
+        Self::in_scratch(write, |json, cols| self.enqueue(json, cols, Some(tx)))?;
         Ok(Ticket { rx })
     }
 
-    /// [`AuditWriter::submit_nowait`] of a record that `write` serialises (with
-    /// [`RecordView::write_json`](super::record::RecordView::write_json)) into the
-    /// buffer it is given, returning the record's index columns. The buffer is this
-    /// thread's scratch, reused from record to record; `write` must not submit.
+    /// [`AuditWriter::submit_nowait`] of a record that `write` serialises (see
+    /// [`AuditWriter::submit_with`]).
     pub fn submit_nowait_with(
         &self,
         write: impl FnOnce(&mut Vec<u8>) -> IndexColumns,
     ) -> Result<(), AuditError> {
+        Self::in_scratch(write, |json, cols| self.enqueue(json, cols, None))
+    }
+
+    fn in_scratch<T>(
+        write: impl FnOnce(&mut Vec<u8>) -> IndexColumns,
+        then: impl FnOnce(&[u8], IndexColumns) -> T,
+    ) -> T {
         SCRATCH.with_borrow_mut(|buf| {
             buf.clear();
             let cols = write(buf);
-            let res = self.enqueue(buf, cols, None);
+            let res = then(buf, cols);
             // A rare large record (kept bodies) does not pin its buffer forever.
             if buf.capacity() > 64 << 10 {
                 *buf = Vec::new();

@@ -666,17 +666,10 @@ pub mod audit_stage {
             }
         }
 
-        /// The record's JSON and index columns. The body sent to the client is the
-        /// translated one when a translation ran; the upstream's own answer then goes
-        /// in `response_sha256`.
-        fn finish(&self, out: &Outcome<'_>) -> (Vec<u8>, IndexColumns) {
-            let mut json = Vec::with_capacity(512);
-            let cols = self.finish_into(out, &mut json);
-            (json, cols)
-        }
-
-        /// [`Draft::finish`] into a buffer the caller has (the writer's lane scratch).
-        fn finish_into(&self, out: &Outcome<'_>, json: &mut Vec<u8>) -> IndexColumns {
+        /// Write the record's JSON into `json` (the writer's scratch buffer) and return
+        /// its index columns. The body sent to the client is the translated one when a
+        /// translation ran; the upstream's own answer then goes in `response_sha256`.
+        fn finish(&self, out: &Outcome<'_>, json: &mut Vec<u8>) -> IndexColumns {
             let request = self
                 .request_slot
                 .as_ref()
@@ -761,7 +754,7 @@ pub mod audit_stage {
                     body: None,
                 };
                 if w.writer
-                    .submit_nowait_with(|buf| draft.finish_into(&out, buf))
+                    .submit_nowait_with(|buf| draft.finish(&out, buf))
                     .is_err()
                 {
                     metrics::counter!("lienthong_audit_dropped_total").increment(1);
@@ -787,9 +780,7 @@ pub mod audit_stage {
                     bytes_out: 0,
                     body: None,
                 };
-                let _ = a
-                    .writer
-                    .submit_nowait_with(|buf| draft.finish_into(&out, buf));
+                let _ = a.writer.submit_nowait_with(|buf| draft.finish(&out, buf));
                 return respond::error_response(&ge, ctx.request_id_str());
             }
         };
@@ -806,16 +797,16 @@ pub mod audit_stage {
         };
         if policy == AuditPolicy::FailOpen {
             if a.writer
-                .submit_nowait_with(|buf| draft.finish_into(&out, buf))
+                .submit_nowait_with(|buf| draft.finish(&out, buf))
                 .is_err()
             {
                 metrics::counter!("lienthong_audit_dropped_total").increment(1);
             }
             return Response::from_parts(parts, Body::full(bytes));
         }
-        let (json, cols) = draft.finish(&out);
+        let ticket = a.writer.submit_with(|buf| draft.finish(&out, buf));
         let rsp = Response::from_parts(parts, Body::full(bytes));
-        let durable = match a.writer.submit_json(json, cols) {
+        let durable = match ticket {
             Ok(ticket) => ticket.durable().await.map(|_| ()),
             Err(e) => Err(e),
         };
