@@ -24,7 +24,7 @@
 //! non-blocking and fail with [`AuditError::QueueFull`] when
 //! `queue_capacity` records wait.
 //!
-//! The queue is one shared buffer, the *lane* ([`Lane`]): a request thread
+//! The queue is one shared buffer, the *lane* (`Lane`): a request thread
 //! serialises its record into a thread-local scratch buffer and appends it,
 //! with its index columns (and, fail-closed, its acknowledgement), under a
 //! short lock. The writer swaps the whole lane for an empty one when it
