@@ -720,17 +720,22 @@ impl FrameFiles {
     /// no lock is taken.
     fn reader(db: &Path) -> Self {
         let mut ff = Self::unlocked(db);
-        let path = ff.dir.join("readers");
-        let file = std::fs::OpenOptions::new()
+        let file = ff
+            .lock_file("readers")
+            .or_else(|_| std::fs::File::open(ff.dir.join("readers")));
+        // Blocks only while a writer erases deleted bytes (milliseconds).
+        ff._reading = file.ok().filter(|f| f.lock_shared().is_ok());
+        ff
+    }
+
+    /// A lock file in the frame directory (`lock`, `readers`), created if missing.
+    fn lock_file(&self, name: &str) -> std::io::Result<std::fs::File> {
+        std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .open(&path)
-            .or_else(|_| std::fs::File::open(&path));
-        // Blocks only while a writer erases deleted bytes (milliseconds).
-        ff._reading = file.ok().filter(|f| f.lock_shared().is_ok());
-        ff
+            .open(self.dir.join(name))
     }
 
     fn unlocked(db: &Path) -> Self {
@@ -749,11 +754,7 @@ impl FrameFiles {
     fn open_for_append(db: &Path, conn: &Connection) -> Result<Self, AuditError> {
         let mut ff = Self::unlocked(db);
         std::fs::create_dir_all(&ff.dir)?;
-        let lock = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(ff.dir.join("lock"))?;
+        let lock = ff.lock_file("lock")?;
         match lock.try_lock() {
             Ok(()) => ff._lock = Some(lock),
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -766,11 +767,7 @@ impl FrameFiles {
         }
         // Created here, so that readers without write access to the directory can
         // still take their shared lock on it.
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(ff.dir.join("readers"))?;
+        ff.lock_file("readers")?;
         let last: Option<(i64, i64, i64)> = conn
             .query_row(
                 "SELECT chunk, off + len, first_idx FROM audit_segments WHERE chunk IS NOT NULL
@@ -917,11 +914,7 @@ impl FrameFiles {
     /// commits, so a reader whose snapshot predates the deletion never reads erased
     /// bytes.
     fn forget_before(&mut self, conn: &Connection) -> Result<(), AuditError> {
-        let guard = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(self.dir.join("readers"))?;
+        let guard = self.lock_file("readers")?;
         match guard.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
