@@ -56,7 +56,7 @@ LUA
 
 run() { # name extra-config
   local PORT; PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  rm -f "$WORK"/exchange.db* "$WORK"/audit.db*
+  rm -rf "$WORK"/exchange.db* "$WORK"/audit.db*
   cat >"$WORK/lt.toml" <<TOML
 [server]
 worker_threads = 1

@@ -1097,9 +1097,9 @@ impl Validator {
             batch_linger: match &a.batch_linger {
                 Some(d) => parse_duration(d).unwrap_or_else(|e| {
                     self.problems.push("audit.batch_linger", e);
-                    Duration::from_millis(2)
+                    Duration::ZERO
                 }),
-                None => Duration::from_millis(2),
+                None => Duration::ZERO,
             },
             batch_linger_fail_open: match &a.batch_linger_fail_open {
                 Some(d) => parse_duration(d).unwrap_or_else(|e| {

@@ -130,8 +130,10 @@ pub struct RawAudit {
     /// Most records in one commit (default 4096). Under load a batch of fail-open records
     /// fills within its linger; bigger batches mean fewer commits, each with its fsyncs.
     pub batch_max: Option<usize>,
-    /// After the first record of a batch, wait this long for more before committing
-    /// (default 2ms): fewer fsyncs under load for a little fail-closed latency.
+    /// When a fail-closed record is waiting, wait this long for more records before
+    /// committing (default 0: commit at once; under load records queue up during the
+    /// previous commit anyway, so batches still form, and a closed-loop client is not
+    /// held for the linger).
     pub batch_linger: Option<String>,
     /// How long a batch holding only fail-open records may wait for more (default 100ms):
     /// nobody waits on those, and bigger batches rewrite fewer pages and fsync less (a
