@@ -1796,6 +1796,27 @@ mod tests {
         rusqlite::Connection::open(db).unwrap()
     }
 
+    /// The `request_id` of each stored record in `[from, to)`, in index order.
+    fn stored_request_ids(db: &Path, from: u64, to: Option<u64>) -> Vec<String> {
+        let mut ids = Vec::new();
+        Store::open_read_only(db)
+            .unwrap()
+            .for_each_frame(from, to, |idx, f| {
+                let json: serde_json::Value = serde_json::from_slice(&decode_row(idx, f)?.0)?;
+                ids.push(json["request_id"].as_str().unwrap().to_string());
+                Ok(())
+            })
+            .unwrap();
+        ids
+    }
+
+    /// Records in the largest committed segment (batch).
+    fn largest_segment(db: &Path) -> i64 {
+        raw_conn(db)
+            .query_row("SELECT max(count) FROM audit_segments", [], |r| r.get(0))
+            .unwrap()
+    }
+
     use crate::audit::store::tamper::{frame_of, set_frame};
 
     /// A batch of fail-open records may linger long; a fail-closed record that joins it
@@ -1868,33 +1889,18 @@ mod tests {
                     }
                     for (n, ticket) in tickets {
                         let idx = rt.block_on(ticket.durable()).unwrap();
-                        let store = Store::open_read_only(&dir.db()).unwrap();
-                        let mut id = String::new();
-                        store
-                            .for_each_frame(idx, Some(idx + 1), |i, f| {
-                                let json: serde_json::Value =
-                                    serde_json::from_slice(&decode_row(i, f)?.0)?;
-                                id = json["request_id"].as_str().unwrap().to_string();
-                                Ok(())
-                            })
-                            .unwrap();
-                        assert_eq!(id, format!("req-{n}"), "ticket of record {n}");
+                        let id = stored_request_ids(&dir.db(), idx, Some(idx + 1));
+                        assert_eq!(id, [format!("req-{n}")], "ticket of record {n}");
                     }
                 });
             }
         });
         assert_eq!(rt.block_on(w.flush()).unwrap(), THREADS * EACH);
         rt.block_on(w.shutdown()).unwrap();
-        let store = Store::open_read_only(&dir.db()).unwrap();
-        let mut seen = Vec::new();
-        store
-            .for_each_frame(0, None, |idx, f| {
-                let json: serde_json::Value = serde_json::from_slice(&decode_row(idx, f)?.0)?;
-                let id = json["request_id"].as_str().unwrap();
-                seen.push(id.strip_prefix("req-").unwrap().parse::<u64>().unwrap());
-                Ok(())
-            })
-            .unwrap();
+        let seen: Vec<u64> = stored_request_ids(&dir.db(), 0, None)
+            .iter()
+            .map(|id| id.strip_prefix("req-").unwrap().parse().unwrap())
+            .collect();
         assert_eq!(seen.len() as u64, THREADS * EACH);
         let mut sorted = seen.clone();
         sorted.sort_unstable();
@@ -1907,9 +1913,7 @@ mod tests {
                 "thread {t} out of order"
             );
         }
-        let largest: i64 = raw_conn(&dir.db())
-            .query_row("SELECT max(count) FROM audit_segments", [], |r| r.get(0))
-            .unwrap();
+        let largest = largest_segment(&dir.db());
         assert!(largest <= 64, "a commit of {largest} records");
         let r = verify_db(&dir.db(), &key(), ORIGIN).unwrap();
         assert!(r.is_ok(), "{r:?}");
@@ -1946,21 +1950,9 @@ mod tests {
         assert_eq!(w.flush().await.unwrap(), 10);
         assert_eq!(w.stats().records_written, 10);
         w.shutdown().await.unwrap();
-        let largest: i64 = raw_conn(&dir.db())
-            .query_row("SELECT max(count) FROM audit_segments", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(largest, 4);
-        let store = Store::open_read_only(&dir.db()).unwrap();
-        let mut ids = Vec::new();
-        store
-            .for_each_frame(0, None, |idx, f| {
-                let json: serde_json::Value = serde_json::from_slice(&decode_row(idx, f)?.0)?;
-                ids.push(json["request_id"].as_str().unwrap().to_string());
-                Ok(())
-            })
-            .unwrap();
+        assert_eq!(largest_segment(&dir.db()), 4);
         let want: Vec<String> = (0..10).map(|i| format!("req-{i}")).collect();
-        assert_eq!(ids, want);
+        assert_eq!(stored_request_ids(&dir.db(), 0, None), want);
         let r = verify_db(&dir.db(), &key(), ORIGIN).unwrap();
         assert!(r.is_ok(), "{r:?}");
     }
