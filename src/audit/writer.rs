@@ -319,16 +319,6 @@ impl AuditWriter {
         })
     }
 
-    fn check_len(json: &[u8]) -> Result<(), AuditError> {
-        if json.len() > MAX_RECORD_LEN {
-            return Err(AuditError::InvalidArgument(format!(
-                "audit record of {} bytes exceeds the limit",
-                json.len()
-            )));
-        }
-        Ok(())
-    }
-
     /// Append a record to the lane. A fail-closed record (`ack`) always wakes the
     /// writer; fail-open ones wake it for the first record of a batch (it may be
     /// idle, waiting for work) and when a full batch is ready, and in between it
@@ -339,7 +329,12 @@ impl AuditWriter {
         cols: IndexColumns,
         ack: Option<Ack<u64>>,
     ) -> Result<(), AuditError> {
-        Self::check_len(json)?;
+        if json.len() > MAX_RECORD_LEN {
+            return Err(AuditError::InvalidArgument(format!(
+                "audit record of {} bytes exceeds the limit",
+                json.len()
+            )));
+        }
         let mut lane = lock_lane(&self.lane);
         if lane.closed {
             return Err(AuditError::WriterStopped);
@@ -363,19 +358,21 @@ impl AuditWriter {
 
     /// Queue a record and get a ticket for its durability. Never blocks.
     pub fn submit(&self, rec: AuditRecord) -> Result<Ticket, AuditError> {
-        self.submit_with(|buf| {
-            rec.view().write_json(buf);
-            IndexColumns::from_record(rec)
-        })
+        self.submit_with(Self::writing(rec))
     }
 
     /// Queue a record without any acknowledgement (fail-open routes). Never
     /// blocks.
     pub fn submit_nowait(&self, rec: AuditRecord) -> Result<(), AuditError> {
-        self.submit_nowait_with(|buf| {
+        self.submit_nowait_with(Self::writing(rec))
+    }
+
+    /// The `write` of [`AuditWriter::submit_with`] for an owned record.
+    fn writing(rec: AuditRecord) -> impl FnOnce(&mut Vec<u8>) -> IndexColumns {
+        move |buf| {
             rec.view().write_json(buf);
             IndexColumns::from_record(rec)
-        })
+        }
     }
 
     /// [`AuditWriter::submit`] of a record that `write` serialises (with
