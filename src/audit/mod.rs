@@ -8,11 +8,14 @@
 //!   that a record is included (`InclusionProof`) and that the log only grew (`ConsistencyProof`).
 //! - Stored records are framed (`verify`): magic, length, inverted length, index, payload
 //!   and its leaf hash, so a torn or edited record is detected and the first bad index named.
+//! - A checkpoint's note can also be time-stamped by an RFC 3161 authority (`timestamp`);
+//!   tokens are checked against the one TSA certificate configured, never a chain they carry.
 
 pub mod checkpoint;
 pub mod merkle;
 pub mod record;
 pub mod store;
+pub mod timestamp;
 pub mod verify;
 pub mod writer;
 
