@@ -12,7 +12,6 @@
 pub mod checkpoint;
 pub mod merkle;
 pub mod record;
-pub mod store;
 pub mod verify;
 pub mod writer;
 
