@@ -190,7 +190,8 @@ fn verifier(
 }
 
 fn audit_command(cmd: AuditCommand) -> Result<bool, String> {
-    use crate::audit::{store::Filter, writer};
+    use crate::audit::writer;
+    use crate::store::audit::Filter;
     match cmd {
         AuditCommand::Verify { config, db } => {
             let a = audit_cfg(&config)?;

@@ -17,10 +17,10 @@
 use crate::body::Body;
 use crate::config::Config;
 use crate::exchange::dossier::{TrangThaiHoSo, VnDateTime};
-use crate::exchange::store::ExchangeStore;
 use crate::runtime::Gateway;
 use crate::sandbox::{Mode, Sandbox};
 use crate::server::Server;
+use crate::store::exchange::ExchangeStore;
 use http::{header, Method, Request};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;

@@ -14,8 +14,9 @@
 //! - [`translate`] — the streaming XML↔JSON engine and SOAP envelopes; knows nothing about HTTP.
 //! - [`adapter`]   — per-system adapters as data (`adapters/<system>/`): operations = format → mapping → format, fixtures run at load.
 //! - [`cache`]     — lookup data in moka (coalescing, refresh-ahead, serve-stale) and the GET response cache.
-//! - [`exchange`]  — dossier model and validation, durable store with group commit, outbox delivery engine (not yet routed).
-//! - [`audit`]     — the tamper-evident audit log: Merkle tree, signed checkpoints, framed records, verifier.
+//! - [`exchange`]  — dossier model and validation, the intake channel, outbox delivery engine.
+//! - [`audit`]     — the tamper-evident audit log: Merkle tree, signed checkpoints, framed records, writer, verifier.
+//! - [`store`]     — persistence of exchange and audit behind one module: SQLite (WAL, `synchronous=FULL`, versioned schemas), one writer thread per store.
 //! - [`sandbox`]   — simulated counterparts (DVCQG-like portal, SOAP agency) switchable ok/slow/failing/down.
 //! - [`demo`]      — `lienthong demo`: gateway + sandbox in one process, a scripted dossier exchange with an outage, a readable trace.
 //! - [`observe`]   — metrics recorder and logging; one access-log line per request.
@@ -54,5 +55,6 @@ pub mod pipeline;
 pub mod runtime;
 pub mod sandbox;
 pub mod server;
+pub mod store;
 pub mod translate;
 pub mod upstream;

@@ -252,7 +252,7 @@ async fn handle(gw: &Gateway, tls: &[Arc<TlsState>], req: Request<Incoming>) -> 
                         .find_map(|kv| kv.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
                         .map(str::to_string)
                 };
-                let filter = crate::audit::store::Filter {
+                let filter = crate::store::audit::Filter {
                     dossier: get("dossier"),
                     agency: get("agency"),
                     route: get("route"),
@@ -306,7 +306,7 @@ async fn handle(gw: &Gateway, tls: &[Arc<TlsState>], req: Request<Incoming>) -> 
         },
         (&Method::GET, "/admin/exchange/outbox") => match gw.runtime().exchange.clone() {
             Some(x) => {
-                use crate::exchange::store::{ExchangeStore, OutboxState};
+                use crate::store::exchange::{ExchangeStore, OutboxState};
                 let q = req.uri().query().unwrap_or("");
                 let state = q
                     .split('&')
@@ -339,7 +339,7 @@ async fn handle(gw: &Gateway, tls: &[Arc<TlsState>], req: Request<Incoming>) -> 
         (&Method::POST, p) if p.starts_with("/admin/exchange/outbox/") => {
             match gw.runtime().exchange.clone() {
                 Some(x) => {
-                    use crate::exchange::store::ExchangeStore;
+                    use crate::store::exchange::ExchangeStore;
                     let rest = &p["/admin/exchange/outbox/".len()..];
                     let now = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)

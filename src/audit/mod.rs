@@ -14,7 +14,6 @@
 pub mod checkpoint;
 pub mod merkle;
 pub mod record;
-pub mod store;
 pub mod timestamp;
 pub mod verify;
 pub mod writer;

@@ -70,11 +70,11 @@ use super::checkpoint::{
 };
 use super::merkle::{hash_to_base64, CompactRange, Hash, InclusionProof, MerkleError};
 use super::record::{epoch_ms, format_epoch_ms, AuditRecord, RecordKind};
-use super::store::{decode_row, AuditError, Filter, IndexColumns, NewSegment, Store};
 use super::verify::{
     encode_frame_into, scan_frames, Frame, FrameError, LogVerifier, Problem, VerifyReport,
     FRAME_HEADER_LEN, FRAME_TRAILER_LEN, MAX_RECORD_LEN,
 };
+use crate::store::audit::{decode_row, AuditError, Filter, IndexColumns, NewSegment, Store};
 
 // ---------------------------------------------------------------------------
 // Configuration
@@ -1814,7 +1814,7 @@ mod tests {
             .unwrap()
     }
 
-    use crate::audit::store::tamper::{frame_of, set_frame};
+    use crate::store::audit::tamper::{frame_of, set_frame};
 
     /// A batch of fail-open records may linger long; a fail-closed record that joins it
     /// brings the commit forward, so its waiter is not held by the long linger.
@@ -2060,7 +2060,7 @@ mod tests {
         // A gap in the tail is named too.
         let good = encode_frame(12, &rec(12).to_json()).unwrap();
         set_frame(&dir.db(), 12, &good);
-        crate::audit::store::tamper::delete_record(&dir.db(), 11);
+        crate::store::audit::tamper::delete_record(&dir.db(), 11);
         match AuditWriter::start(cfg(&dir.db())) {
             Err(AuditError::Corrupt { index: 11, .. }) => {}
             other => panic!("expected a gap at 11, got {other:?}"),
@@ -2126,7 +2126,7 @@ mod tests {
         let w = AuditWriter::start(cfg(&dir.db())).unwrap();
         write_range(&w, 0..30).await;
         w.shutdown().await.unwrap();
-        let files = crate::audit::store::tamper::frame_files(&dir.db());
+        let files = crate::store::audit::tamper::frame_files(&dir.db());
         assert_eq!(files.len(), 1, "{files:?}");
         let inline: i64 = rusqlite::Connection::open(dir.db())
             .unwrap()
@@ -2144,7 +2144,7 @@ mod tests {
         assert_eq!(on_disk, framed);
         assert!(verify_db(&dir.db(), &key(), ORIGIN).unwrap().is_ok());
 
-        crate::audit::store::tamper::flip_in_frame_file(&dir.db(), 23);
+        crate::store::audit::tamper::flip_in_frame_file(&dir.db(), 23);
         let r = verify_db(&dir.db(), &key(), ORIGIN).unwrap();
         assert_eq!(r.first_bad, Some((23, Problem::HashMismatch)), "{r:?}");
 
@@ -2183,7 +2183,7 @@ mod tests {
         let w = AuditWriter::start(cfg(&dir.db())).unwrap();
         write_range(&w, 0..12).await;
         w.shutdown().await.unwrap();
-        let files = crate::audit::store::tamper::frame_files(&dir.db());
+        let files = crate::store::audit::tamper::frame_files(&dir.db());
         let committed = std::fs::metadata(&files[0]).unwrap().len();
         {
             use std::io::Write;
@@ -2282,7 +2282,7 @@ mod tests {
         let w = AuditWriter::start(cfg(&dir.db())).unwrap();
         write_range(&w, 0..30).await;
         w.shutdown().await.unwrap();
-        crate::audit::store::tamper::delete_record(&dir.db(), 7);
+        crate::store::audit::tamper::delete_record(&dir.db(), 7);
         let r = verify_db(&dir.db(), &key(), ORIGIN).unwrap();
         assert_eq!(
             r.first_bad,
@@ -2300,7 +2300,7 @@ mod tests {
         let w = AuditWriter::start(cfg(&dir2.db())).unwrap();
         write_range(&w, 0..30).await;
         w.shutdown().await.unwrap();
-        crate::audit::store::tamper::truncate(&dir2.db(), 28);
+        crate::store::audit::tamper::truncate(&dir2.db(), 28);
         let r = verify_db(&dir2.db(), &key(), ORIGIN).unwrap();
         assert_eq!(
             r.first_bad,
@@ -2412,7 +2412,7 @@ mod tests {
                 |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
             )
             .unwrap();
-        let files = crate::audit::store::tamper::frame_files(db);
+        let files = crate::store::audit::tamper::frame_files(db);
         let file = files
             .iter()
             .find(|f| f.ends_with(format!("{chunk:020}.frames")))
@@ -2446,7 +2446,7 @@ mod tests {
         let (front, erased) = front_erased(&dir.db());
         assert!(front > 0 && !erased, "erased under an open reader");
         // The snapshot still reads its rows' frames, intact.
-        let files = crate::audit::store::tamper::frame_files(&dir.db());
+        let files = crate::store::audit::tamper::frame_files(&dir.db());
         let file = files
             .iter()
             .find(|f| f.ends_with(format!("{chunk:020}.frames")))
@@ -2520,7 +2520,7 @@ mod tests {
                 |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
             )
             .unwrap();
-        let files = crate::audit::store::tamper::frame_files(&dir.db());
+        let files = crate::store::audit::tamper::frame_files(&dir.db());
         assert_eq!(files.len(), 1);
         assert!(files[0].ends_with(format!("{file:020}.frames")));
         let bytes = std::fs::read(&files[0]).unwrap();

@@ -1648,6 +1648,19 @@ impl Validator {
                 routes.push(self.route(&path, i, raw, &upstreams, &listeners));
             }
         }
+        // Each durable store has its own writer thread; on one file their group commits
+        // would queue behind each other's write lock (see `store`).
+        if let (Some(a), Some(x)) = (&audit, &exchange) {
+            if !a.db.as_os_str().is_empty() && normal_path(&a.db) == normal_path(&x.db) {
+                self.problems.push(
+                    "exchange.db",
+                    format!(
+                        "same file as audit.db ({}): the exchange and the audit log need separate databases",
+                        a.db.display()
+                    ),
+                );
+            }
+        }
         let mut seen = BTreeMap::new();
         for (i, r) in routes.iter().enumerate() {
             if let Some(j) = seen.insert(r.name.clone(), i) {
@@ -2480,9 +2493,49 @@ pub(crate) fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
+/// A path with `.` and `..` components resolved lexically (files need not exist yet).
+fn normal_path(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if out.file_name().is_some() => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exchange_and_audit_need_separate_databases() {
+        let text = r#"
+[audit]
+db = "data/./gw.db"
+origin = "t/audit"
+key = "k.pem"
+[exchange]
+db = "data/x/../gw.db"
+"#;
+        let err = Config::parse(text, Path::new("/tmp")).unwrap_err();
+        let msg = err
+            .0
+            .iter()
+            .find(|p| p.path == "exchange.db")
+            .map(|p| p.message.clone());
+        assert!(
+            msg.as_deref()
+                .is_some_and(|m| m.contains("same file as audit.db")),
+            "{:?}",
+            err.0
+        );
+    }
 
     #[test]
     fn durations_need_units() {

@@ -1,6 +1,6 @@
 //! One intake channel (issue #6): the canonical dossier (hồ sơ) model and its
 //! validation (`dossier`), the durable store with group commit, idempotency and the
-//! per-destination outbox (`store`), and the delivery engine (`outbox`).
+//! per-destination outbox (`crate::store::exchange`), and the delivery engine (`outbox`).
 //!
 //! Design constraints (what is promised):
 //! - A dossier is committed (WAL, `synchronous=FULL`, one fsync shared by every intake
@@ -13,13 +13,9 @@
 //!   full jitter and a cap; dead letter after N attempts or a permanent refusal.
 //! - States: outbox rows go `pending → sending (leased) → delivered | retrying | dead`;
 //!   a lease that expires (crash, SIGKILL) makes the row claimable again.
-//!
-//! Not yet on the request path: the HTTP intake API, routing of deliveries from config
-//! and the sandbox counterparts follow.
 
 pub mod dossier;
 pub mod outbox;
-pub mod store;
 
 use crate::auth::rules::AccessRule;
 use crate::body::Body;
@@ -35,7 +31,7 @@ use std::time::Duration;
 /// The running intake channel: its store, who may use it, and the delivery loop's stop switch.
 pub struct Exchange {
     pub cfg: ExchangeCfg,
-    pub store: Arc<store::SqliteStore>,
+    pub store: Arc<crate::store::exchange::SqliteStore>,
     pub rule: Option<AccessRule>,
     stop: tokio::sync::watch::Sender<bool>,
 }
@@ -80,7 +76,7 @@ fn judge_answer(step: &crate::adapter::Step, body: &[u8], dest: &str) -> Deliver
 /// `None`: the destination does not take this item.
 fn operation_for<'a>(
     a: &'a crate::config::DeliveryAdapter,
-    item: &store::OutboxItem,
+    item: &crate::store::exchange::OutboxItem,
 ) -> Option<&'a Arc<crate::adapter::Operation>> {
     if item.is_creation() {
         return Some(&a.dossier);
@@ -98,7 +94,7 @@ impl Deliverer for HttpDeliverer {
     fn deliver(
         &self,
         dest: &str,
-        item: &store::OutboxItem,
+        item: &crate::store::exchange::OutboxItem,
     ) -> Pin<Box<dyn Future<Output = DeliveryOutcome> + Send + '_>> {
         let target = self.targets.get(dest).cloned();
         let adapter_cfg = self.adapters.get(dest);
@@ -256,12 +252,14 @@ impl Exchange {
         if let Some(dir) = cfg.db.parent() {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
-        let opts = store::SqliteOptions {
+        let opts = crate::store::exchange::SqliteOptions {
             spool_capacity: cfg.spool_capacity,
             retry_after_secs: cfg.retry_after.as_secs().max(1),
             ..Default::default()
         };
-        let store = Arc::new(store::SqliteStore::open(&cfg.db, opts).map_err(|e| e.to_string())?);
+        let store = Arc::new(
+            crate::store::exchange::SqliteStore::open(&cfg.db, opts).map_err(|e| e.to_string())?,
+        );
         let rule = cfg.auth.as_ref().and_then(|a| {
             AccessRule::from_config(a.anonymous, &a.agencies, &a.roles, &a.scopes).ok()
         });
@@ -293,9 +291,9 @@ impl Exchange {
             ..Default::default()
         };
         let engine = outbox::OutboxEngine::new(
-            self.store.clone() as Arc<dyn store::ExchangeStore>,
+            self.store.clone() as Arc<dyn crate::store::exchange::ExchangeStore>,
             deliverer,
-            Arc::new(store::SystemClock),
+            Arc::new(crate::store::exchange::SystemClock),
             cfg,
         );
         let stop = self.stop.subscribe();

@@ -21,7 +21,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::store::{Clock, Completion, ExchangeStore, OutboxItem, StoreError};
+use crate::store::exchange::{Clock, Completion, ExchangeStore, OutboxItem, StoreError};
 
 /// Result of one delivery attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -354,9 +354,9 @@ mod tests {
 
     use super::super::dossier::tests::sample_dossier;
     use super::super::dossier::{Event, StatusChange, TrangThaiHoSo};
-    use super::super::store::tests::{open_with, TempDir, T0};
-    use super::super::store::{ManualClock, OutboxState, SqliteStore};
     use super::*;
+    use crate::store::exchange::tests::{open_with, TempDir, T0};
+    use crate::store::exchange::{ManualClock, OutboxState, SqliteStore};
 
     const HOUR: i64 = 3_600_000;
 

@@ -549,10 +549,10 @@ pub mod audit_stage {
     //! the record is durable, and answer 503 instead if it cannot be.
     use super::*;
     use crate::audit::record::{self, RecordKind};
-    use crate::audit::store::IndexColumns;
     use crate::audit::Auditor;
     use crate::body::{sha256, Tap};
     use crate::config::AuditPolicy;
+    use crate::store::audit::IndexColumns;
     use std::sync::Mutex;
 
     pub type DigestSlot = Arc<Mutex<Option<(Option<[u8; 32]>, u64)>>>;
@@ -1286,7 +1286,8 @@ pub mod local {
     ) -> Result<Response<Body>, GatewayError> {
         use crate::audit::record::RecordKind;
         use crate::config::AuditPolicy;
-        use crate::exchange::{dossier, store::ExchangeStore, store::IntakeError};
+        use crate::exchange::dossier;
+        use crate::store::exchange::{ExchangeStore, IntakeError};
         ctx.route = Some(Arc::from("exchange:intake"));
         // Intake is fail-closed: no receipt without its audit record.
         ctx.audit_as = Some((RecordKind::Intake, AuditPolicy::FailClosed));

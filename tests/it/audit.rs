@@ -4,7 +4,7 @@
 
 use crate::support::*;
 use lienthong::audit::record::{AuditRecord, RecordKind};
-use lienthong::audit::store::Filter;
+use lienthong::store::audit::Filter;
 use std::collections::BTreeSet;
 use std::process::Command;
 use std::sync::Arc;
@@ -333,10 +333,10 @@ async fn cli_verifies_proves_and_names_a_tampered_record() {
     );
     // Someone with database access edits record 5: verify names it.
     let db = config.parent().unwrap().join("audit.db");
-    let mut frame = lienthong::audit::store::tamper::frame_of(&db, 5);
+    let mut frame = lienthong::store::audit::tamper::frame_of(&db, 5);
     let at = frame.len() / 2;
     frame[at] ^= 0x01;
-    lienthong::audit::store::tamper::set_frame(&db, 5, &frame);
+    lienthong::store::audit::tamper::set_frame(&db, 5, &frame);
     let out = run(&["audit", "verify"]);
     assert!(!out.status.success());
     assert!(

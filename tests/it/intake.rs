@@ -169,7 +169,7 @@ async fn intake_gives_durable_idempotent_receipts() {
     let db = gw.config_path.parent().unwrap().join("audit.db");
     let recs = lienthong::audit::writer::query(
         &db,
-        &lienthong::audit::store::Filter {
+        &lienthong::store::audit::Filter {
             dossier: Some(code.clone()),
             limit: Some(100),
             ..Default::default()

@@ -327,7 +327,7 @@ async fn audit_survives_sigkill_under_load() {
         let db = dir.join("audit.db");
         let recs = lienthong::audit::writer::query(
             &db,
-            &lienthong::audit::store::Filter {
+            &lienthong::store::audit::Filter {
                 limit: Some(1_000_000),
                 ..Default::default()
             },
@@ -434,7 +434,7 @@ key = "{repo}/config/dev/audit-signing.key.pem"
     assert!(log.contains("\"access\""), "access lines are logged");
     let recs = lienthong::audit::writer::query(
         &dir.join("audit.db"),
-        &lienthong::audit::store::Filter {
+        &lienthong::store::audit::Filter {
             limit: Some(1000),
             ..Default::default()
         },

@@ -31,7 +31,10 @@ use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, Transact
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use super::dossier::{
+use super::sqlite::{self, Schema, Tuning};
+pub use super::StoreError;
+
+use crate::exchange::dossier::{
     assign_code, can_transition, content_hash, validate, validate_event, Dossier, Event,
     FieldError, NoCatalogue, ProcedureCatalogue, TrangThaiHoSo, VnDate, VnDateTime,
 };
@@ -193,16 +196,6 @@ pub enum IntakeError {
     NotFound(String),
     #[error("storage: {0}")]
     Storage(String),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("storage: {0}")]
-pub struct StoreError(pub String);
-
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError(e.to_string())
-    }
 }
 
 impl From<rusqlite::Error> for IntakeError {
@@ -491,7 +484,11 @@ impl Default for SqliteOptions {
     }
 }
 
-const SCHEMA: &str = "
+/// Version 1: dossiers, events, daily sequences, outbox, attempts.
+const SCHEMA: Schema = Schema {
+    component: "exchange",
+    version: 1,
+    ddl: "
 CREATE TABLE IF NOT EXISTS dossiers (
     code            TEXT PRIMARY KEY,
     idempotency_key TEXT UNIQUE,
@@ -549,7 +546,8 @@ CREATE TABLE IF NOT EXISTS attempts (
     detail      TEXT
 );
 CREATE INDEX IF NOT EXISTS attempts_by_item ON attempts (outbox_id, attempt);
-";
+",
+};
 
 const OUTBOX_COLS: &str = "id, destination, dossier_code, event_seq, payload, state, attempts, \
      next_attempt_at, lease_owner, lease_until, last_error, created_at, updated_at";
@@ -713,17 +711,13 @@ impl Drop for SqliteStore {
 }
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path)?;
-    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreError(format!("journal_mode WAL refused (got {mode})")));
-    }
-    // FULL: the WAL is fsynced at every commit, so a committed intake survives power loss.
-    conn.execute_batch(
-        "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;",
-    )?;
-    conn.execute_batch(SCHEMA)?;
-    Ok(conn)
+    // WAL with synchronous=FULL: the WAL is fsynced at every commit, so a committed intake
+    // survives power loss (`store::sqlite::open_writer` checks both are in force).
+    let tuning = Tuning {
+        busy_timeout: std::time::Duration::from_secs(5),
+        ..Tuning::default()
+    };
+    Ok(sqlite::open_writer(path, &SCHEMA, &tuning)?.0)
 }
 
 fn writer_loop(
@@ -1416,9 +1410,9 @@ impl ExchangeStore for SqliteStore {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use super::super::dossier::tests::sample_dossier;
-    use super::super::dossier::{Evaluation, ProcessingStep, StatusChange};
     use super::*;
+    use crate::exchange::dossier::tests::sample_dossier;
+    use crate::exchange::dossier::{Evaluation, ProcessingStep, StatusChange};
 
     /// Unique scratch directory under the system temp dir, removed on drop.
     pub(crate) struct TempDir(pub PathBuf);

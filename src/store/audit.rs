@@ -1,4 +1,4 @@
-//! Durable storage of the audit log in one SQLite database and, for the
+//! Durable storage of the audit log (`crate::audit`) in one SQLite database and, for the
 //! records themselves, append-only frame files beside it (see `FrameFiles`).
 //!
 //! # Layout
@@ -43,10 +43,10 @@
 //!
 //! The SQL is deliberately plain (no `INSERT OR ...`, no `RETURNING`, no
 //! JSON functions) so a PostgreSQL backend can reuse it with `BIGINT` /
-//! `BYTEA` column types. Everything SQLite-specific — file opening, PRAGMAs,
-//! the DDL type names — is in the "SQLite specifics" section below, except
-//! that `insert_segment` writes inline frames with SQLite's incremental
-//! blob I/O (PostgreSQL would bind them as a parameter). Frame files are a
+//! `BYTEA` column types. What is SQLite-specific is opening the file (in
+//! `store::sqlite`, shared with the exchange), the DDL type names, and
+//! `insert_segment` writing inline frames with SQLite's incremental blob I/O
+//! (PostgreSQL would bind them as a parameter). Frame files are a
 //! single-node device: a PostgreSQL backend shared by several nodes keeps the
 //! frames in the row (`BYTEA`), as the inline form here does.
 //!
@@ -65,12 +65,17 @@
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::checkpoint::{CheckpointError, SignedCheckpoint, VerifierKey};
-use super::merkle::{CompactRange, MerkleError};
-use super::record::{epoch_ms, parse_rfc3339_ms, AuditRecord, RecordKind, RecordView, TimeRef};
-use super::verify::{frame_extent, scan_frames, FrameError};
+use super::sqlite::{self, Schema, Tuning};
+use super::StoreError;
+
+use crate::audit::checkpoint::{CheckpointError, SignedCheckpoint, VerifierKey};
+use crate::audit::merkle::{CompactRange, MerkleError};
+use crate::audit::record::{
+    epoch_ms, parse_rfc3339_ms, AuditRecord, RecordKind, RecordView, TimeRef,
+};
+use crate::audit::verify::{frame_extent, scan_frames, FrameError};
 
 /// Everything that can go wrong in the audit subsystem. `Clone` so one
 /// failed batch can report the same error to every waiting submitter.
@@ -110,6 +115,12 @@ pub enum AuditError {
     InvalidArgument(String),
 }
 
+impl From<StoreError> for AuditError {
+    fn from(e: StoreError) -> Self {
+        AuditError::Storage(e.0)
+    }
+}
+
 impl From<rusqlite::Error> for AuditError {
     fn from(e: rusqlite::Error) -> Self {
         AuditError::Storage(e.to_string())
@@ -143,11 +154,14 @@ fn to_u64(v: i64) -> Result<u64, AuditError> {
 // ---------------------------------------------------------------------------
 
 /// DDL. Type names are SQLite's; PostgreSQL would use BIGINT and BYTEA.
-const SCHEMA: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS audit_meta (
+/// Version 2: segments with frame-file locations (`chunk`, `off`, `len`).
+const SCHEMA: Schema = Schema {
+    component: "audit",
+    version: 2,
+    ddl: "CREATE TABLE IF NOT EXISTS audit_meta (
         name TEXT PRIMARY KEY,
-        value TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS audit_segments (
+        value TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS audit_segments (
         first_idx INTEGER PRIMARY KEY,
         count INTEGER NOT NULL,
         min_time_ms INTEGER,
@@ -159,67 +173,43 @@ const SCHEMA: &[&str] = &[
         frames BLOB NOT NULL,
         chunk INTEGER,
         off INTEGER,
-        len INTEGER)",
-    "CREATE INDEX IF NOT EXISTS audit_segments_time ON audit_segments (max_time_ms)",
-    "CREATE TABLE IF NOT EXISTS audit_dossiers (
+        len INTEGER);
+    CREATE INDEX IF NOT EXISTS audit_segments_time ON audit_segments (max_time_ms);
+    CREATE TABLE IF NOT EXISTS audit_dossiers (
         dossier TEXT NOT NULL,
         idx INTEGER NOT NULL,
-        PRIMARY KEY (dossier, idx))",
-    "CREATE TABLE IF NOT EXISTS audit_checkpoints (
+        PRIMARY KEY (dossier, idx));
+    CREATE TABLE IF NOT EXISTS audit_checkpoints (
         size INTEGER PRIMARY KEY,
-        note TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS audit_frontiers (
+        note TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS audit_frontiers (
         size INTEGER PRIMARY KEY,
-        peaks TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS audit_prunes (
+        peaks TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS audit_prunes (
         size INTEGER PRIMARY KEY,
         peaks TEXT NOT NULL,
         admin_idx INTEGER NOT NULL,
-        pruned_at_ms INTEGER NOT NULL)",
-];
+        pruned_at_ms INTEGER NOT NULL);",
+};
 
-/// Open (and for writers create) the database file with the settings the
-/// durability promise depends on.
-fn open_sqlite(path: &Path, writable: bool) -> Result<Connection, AuditError> {
-    let flags = if writable {
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-    } else {
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
-    };
-    let mut conn = Connection::open_with_flags(path, flags)?;
-    // Readers wait for a writer's brief exclusive moments (WAL checkpoints)
-    // rather than failing.
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    if writable {
+/// Open (and create, migrate) the database for the writer, with the settings the
+/// durability promise depends on (`store::sqlite::open_writer`).
+fn open_writer(path: &Path) -> Result<Connection, AuditError> {
+    let tuning = Tuning {
         // Large pages for a new database (an existing one keeps its size): a batch is
         // one row whose frames blob spans many overflow pages, and every page is a WAL
         // frame, i.e. two `pwrite`s and later a checkpoint copy. 64 KiB pages make
         // those system calls 16 times fewer than the 4 KiB default (the writer's kernel
         // time per record fell by about a third).
-        conn.pragma_update(None, "page_size", 65536)?;
-        // journal_mode answers with the mode actually in force; a database
-        // on a filesystem without shared memory would silently stay in
-        // rollback mode, so check.
-        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(AuditError::Storage(format!(
-                "could not enable WAL mode (got {mode})"
-            )));
-        }
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        let sync: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
-        if sync != 2 {
-            return Err(AuditError::Storage(format!(
-                "could not set synchronous=FULL (got {sync})"
-            )));
-        }
-        for ddl in SCHEMA {
-            conn.execute(ddl, [])?;
-        }
-        // Databases from before frame files keep their inline frames; their segment
-        // table gains the location columns (NULL for those rows).
+        page_size: Some(65536),
+        ..Tuning::default()
+    };
+    let (mut conn, _previous) = sqlite::open_writer(path, &SCHEMA, &tuning)?;
+    // Structural migrations, checked at every open (cheap, and safe whatever version
+    // `store_schema` recorded before a crash): databases from before frame files keep
+    // their inline frames, and their segment table gains the location columns (NULL
+    // for those rows).
+    {
         let has_chunk: i64 = conn.query_row(
             "SELECT COUNT(*) FROM pragma_table_info('audit_segments') WHERE name = 'chunk'",
             [],
@@ -232,14 +222,6 @@ fn open_sqlite(path: &Path, writable: bool) -> Result<Connection, AuditError> {
                  ALTER TABLE audit_segments ADD COLUMN len INTEGER;",
             )?;
         }
-        // Checkpoint the WAL at about 4 MiB whatever the page size (SQLite counts pages;
-        // its default of 1000 assumes 4 KiB pages).
-        let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-        conn.pragma_update(
-            None,
-            "wal_autocheckpoint",
-            ((4 << 20) / page.max(512)).max(1),
-        )?;
         migrate_record_rows(&mut conn)?;
     }
     Ok(conn)
@@ -987,7 +969,7 @@ impl Store {
     /// database created for another origin or key is refused: appending to
     /// it would mix two logs' records under one set of checkpoints.
     pub fn open(path: &Path, origin: &str, key: &VerifierKey) -> Result<Self, AuditError> {
-        let mut conn = open_sqlite(path, true)?;
+        let mut conn = open_writer(path)?;
         let key_text = key.to_string();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         for (name, configured) in [(META_ORIGIN, origin), (META_KEY, key_text.as_str())] {
@@ -1033,7 +1015,7 @@ impl Store {
         }
         // The readers lock comes before the first read (see `FrameFiles::_reading`).
         let frames = FrameFiles::reader(path);
-        let conn = open_sqlite(path, false)?;
+        let conn = sqlite::open_reader(path, std::time::Duration::from_secs(10))?;
         let meta = |name: &str| -> Result<String, AuditError> {
             conn.query_row(
                 "SELECT value FROM audit_meta WHERE name = ?1",
