@@ -97,12 +97,16 @@ pub enum Command {
 #[derive(Subcommand, Debug)]
 pub enum AuditCommand {
     /// Check every record and checkpoint of the audit database; names the first bad record.
+    /// Checkpoints' RFC 3161 time-stamp tokens are checked too, against the TSA certificate.
     Verify {
         #[arg(long, short, default_value = "config/lienthong.toml")]
         config: PathBuf,
         /// Database file (default: the config's [audit].db).
         #[arg(long)]
         db: Option<PathBuf>,
+        /// TSA certificate, PEM (default: the config's [audit.timestamp].cert).
+        #[arg(long)]
+        tsa_cert: Option<PathBuf>,
     },
     /// Print an inclusion proof of record INDEX against a signed checkpoint, as JSON.
     Prove {
@@ -143,6 +147,9 @@ pub enum AuditCommand {
         file: PathBuf,
         #[arg(long)]
         key: Option<String>,
+        /// TSA certificate (PEM) to check the export's time-stamp token with.
+        #[arg(long)]
+        tsa_cert: Option<PathBuf>,
         #[arg(long, short, default_value = "config/lienthong.toml")]
         config: PathBuf,
     },
@@ -176,6 +183,24 @@ fn audit_cfg(config: &std::path::Path) -> Result<crate::config::AuditCfg, String
         .ok_or_else(|| "this config has no [audit] section".to_string())
 }
 
+/// The TSA certificate: the one named, else the config's `[audit.timestamp].cert`.
+fn tsa_cert(
+    named: Option<&std::path::Path>,
+    a: Option<&crate::config::AuditCfg>,
+) -> Result<Option<crate::audit::timestamp::TsaCert>, String> {
+    let path = match named {
+        Some(p) => p.to_path_buf(),
+        None => match a.and_then(|a| a.timestamp.as_ref()) {
+            Some(t) => t.cert.clone(),
+            None => return Ok(None),
+        },
+    };
+    let pem = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    crate::audit::timestamp::TsaCert::from_pem(&pem)
+        .map(Some)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
 fn verifier(
     config: &std::path::Path,
     key: Option<String>,
@@ -193,10 +218,15 @@ fn audit_command(cmd: AuditCommand) -> Result<bool, String> {
     use crate::audit::writer;
     use crate::store::audit::Filter;
     match cmd {
-        AuditCommand::Verify { config, db } => {
+        AuditCommand::Verify {
+            config,
+            db,
+            tsa_cert: named_tsa,
+        } => {
             let a = audit_cfg(&config)?;
             let key = verifier(&config, None)?;
             let path = db.unwrap_or(a.db.clone());
+            let tsa = tsa_cert(named_tsa.as_deref(), Some(&a))?;
             let report = writer::verify_db(&path, &key, &a.origin).map_err(|e| e.to_string())?;
             match &report.first_bad {
                 None => {
@@ -206,6 +236,39 @@ fn audit_command(cmd: AuditCommand) -> Result<bool, String> {
                         report.checkpoints_ok,
                         crate::audit::merkle::hash_to_base64(&report.root)
                     );
+                    match tsa {
+                        Some(tsa) => {
+                            let t = writer::verify_timestamps(&path, &tsa)
+                                .map_err(|e| e.to_string())?;
+                            if let Some((size, why)) = &t.first_bad {
+                                println!(
+                                    "FAILED: time-stamp token of checkpoint {size}: {why} ({} tokens verified before it)",
+                                    t.ok.len()
+                                );
+                                return Ok(false);
+                            }
+                            match t.ok.last() {
+                                Some((size, gen)) => println!(
+                                    "ok: {} time-stamp tokens verified (TSA {}); latest: checkpoint {size} at {}",
+                                    t.ok.len(),
+                                    tsa.fingerprint_hex(),
+                                    crate::audit::record::format_epoch_ms(*gen)
+                                ),
+                                None => println!("no time-stamp tokens stored"),
+                            }
+                        }
+                        None => {
+                            let n = crate::store::audit::Store::open_read_only(&path)
+                                .and_then(|s| s.timestamps())
+                                .map_err(|e| e.to_string())?
+                                .len();
+                            if n > 0 {
+                                println!(
+                                    "{n} time-stamp tokens not checked: give --tsa-cert or [audit.timestamp].cert"
+                                );
+                            }
+                        }
+                    }
                     Ok(true)
                 }
                 Some((index, problem)) => {
@@ -292,7 +355,18 @@ fn audit_command(cmd: AuditCommand) -> Result<bool, String> {
             eprintln!("{s:?}");
             Ok(true)
         }
-        AuditCommand::VerifyExport { file, key, config } => {
+        AuditCommand::VerifyExport {
+            file,
+            key,
+            tsa_cert: named_tsa,
+            config,
+        } => {
+            let tsa = match &named_tsa {
+                Some(p) => tsa_cert(Some(p), None)?,
+                None => audit_cfg(&config)
+                    .ok()
+                    .and_then(|a| tsa_cert(None, Some(&a)).ok().flatten()),
+            };
             let key = verifier(&config, key)?;
             let f = std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
             let r = writer::verify_export(std::io::BufReader::new(f), &key)
@@ -303,6 +377,23 @@ fn audit_command(cmd: AuditCommand) -> Result<bool, String> {
                         "ok: {} records verified against checkpoint {} of {}",
                         r.records_ok, r.checkpoint_size, r.origin
                     );
+                    match (tsa, r.timestamp_token.is_some()) {
+                        (_, false) => {}
+                        (None, true) => println!(
+                            "the checkpoint's time-stamp token is not checked: give --tsa-cert"
+                        ),
+                        (Some(tsa), true) => match r.check_timestamp(&tsa) {
+                            Some(Ok(t)) => println!(
+                                "ok: checkpoint timestamped by the TSA at {}",
+                                crate::audit::record::format_epoch_ms(t.gen_time_ms)
+                            ),
+                            Some(Err(e)) => {
+                                println!("FAILED: the checkpoint's time-stamp token: {e}");
+                                return Ok(false);
+                            }
+                            None => {}
+                        },
+                    }
                     Ok(true)
                 }
                 Some((line, why)) => {

@@ -205,6 +205,9 @@ impl Gateway {
         if let Some(x) = exchange {
             x.start_delivery(Arc::downgrade(&gw));
         }
+        if let Some(a) = &gw.runtime().audit {
+            a.start_timestamping(Arc::downgrade(&gw));
+        }
         Ok(gw)
     }
 

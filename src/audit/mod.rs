@@ -8,8 +8,15 @@
 //!   that a record is included (`InclusionProof`) and that the log only grew (`ConsistencyProof`).
 //! - Stored records are framed (`verify`): magic, length, inverted length, index, payload
 //!   and its leaf hash, so a torn or edited record is detected and the first bad index named.
-//! - A checkpoint's note can also be time-stamped by an RFC 3161 authority (`timestamp`);
-//!   tokens are checked against the one TSA certificate configured, never a chain they carry.
+//! - With `[audit.timestamp]`, every checkpoint is timestamped by an RFC 3161 authority
+//!   (`timestamp`): the token signs SHA-256 of the checkpoint's note, so it proves the
+//!   log had that root by the TSA's time, independently of lienthong's own clock and key.
+//!   Tokens are stored beside the checkpoints (`crate::store::audit`) and checked by
+//!   `lienthong audit verify` against the one configured TSA certificate (never a chain a
+//!   token carries). A TSA that is down delays a timestamp (retried with backoff, and the
+//!   next checkpoint is timestamped anyway); it never holds up records. TSA calls are not
+//!   themselves audit records: each would cause the next checkpoint, and that another call.
+//! - Persistence is `crate::store::audit` (the store module the exchange uses too).
 
 pub mod checkpoint;
 pub mod merkle;
@@ -20,7 +27,7 @@ pub mod writer;
 
 use crate::config::AuditCfg;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 /// Loads the checkpoint signing key: an Ed25519 PKCS#8 key, PEM or DER.
@@ -69,6 +76,141 @@ impl Auditor {
             writer,
             verifier,
         }))
+    }
+
+    /// Timestamps each new checkpoint at the configured TSA (`[audit.timestamp]`),
+    /// from the latest one found at start on. A failure is logged and counted and
+    /// retried with backoff until it succeeds or a newer checkpoint supersedes it.
+    pub fn start_timestamping(self: &Arc<Self>, gw: Weak<crate::runtime::Gateway>) {
+        let Some(cfg) = self.cfg.timestamp.clone() else {
+            return;
+        };
+        let tsa = match std::fs::read(&cfg.cert)
+            .map_err(|e| e.to_string())
+            .and_then(|pem| timestamp::TsaCert::from_pem(&pem).map_err(|e| e.to_string()))
+        {
+            Ok(t) => Arc::new(t),
+            Err(e) => {
+                tracing::error!(cert = %cfg.cert.display(), error = %e, "audit timestamping disabled");
+                return;
+            }
+        };
+        let weak = Arc::downgrade(self);
+        let mut sizes = self.writer.checkpoints();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_secs(2);
+            loop {
+                let size = *sizes.borrow_and_update();
+                let mut retry = None;
+                if size > 0 {
+                    let Some(me) = weak.upgrade() else { return };
+                    match me.timestamp_checkpoint(size, &cfg, &tsa, &gw).await {
+                        Ok(Some(t)) => {
+                            metrics::counter!("lienthong_audit_timestamps_total", "outcome" => "ok")
+                                .increment(1);
+                            tracing::info!(size, gen_time_ms = t.gen_time_ms, serial = %t.serial, "audit checkpoint timestamped");
+                            backoff = Duration::from_secs(2);
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            metrics::counter!("lienthong_audit_timestamps_total", "outcome" => "failed")
+                                .increment(1);
+                            tracing::warn!(size, error = %e, retry_in = ?backoff, "audit checkpoint timestamp failed");
+                            retry = Some(backoff);
+                            backoff = (backoff * 2).min(Duration::from_secs(300));
+                        }
+                    }
+                }
+                match retry {
+                    None => {
+                        if sizes.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(wait) => {
+                        tokio::select! {
+                            changed = sizes.changed() => if changed.is_err() { return },
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// One RFC 3161 exchange for the stored checkpoint of `size`: `None` when it
+    /// already has a token. The response is verified (status, imprint, nonce, the
+    /// TSA's signature) before the token is stored.
+    async fn timestamp_checkpoint(
+        &self,
+        size: u64,
+        cfg: &crate::config::AuditTimestampCfg,
+        tsa: &timestamp::TsaCert,
+        gw: &Weak<crate::runtime::Gateway>,
+    ) -> Result<Option<timestamp::Timestamp>, String> {
+        let db = self.cfg.db.clone();
+        let note = tokio::task::spawn_blocking(move || -> Result<Option<String>, String> {
+            let store =
+                crate::store::audit::Store::open_read_only(&db).map_err(|e| e.to_string())?;
+            if store
+                .timestamp_at(size)
+                .map_err(|e| e.to_string())?
+                .is_some()
+            {
+                return Ok(None);
+            }
+            let cp = store.checkpoint_at(size).map_err(|e| e.to_string())?;
+            Ok(cp.map(|c| c.to_text()))
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let Some(note) = note else { return Ok(None) };
+        let digest = timestamp::checkpoint_digest(&note);
+        let mut nonce = [0u8; 8];
+        aws_lc_rs::rand::fill(&mut nonce).map_err(|_| "no randomness for the nonce")?;
+        let nonce = u64::from_be_bytes(nonce);
+        let gw = gw.upgrade().ok_or("gateway stopping")?;
+        let pool = gw
+            .runtime()
+            .pools
+            .get(&cfg.upstream)
+            .cloned()
+            .ok_or_else(|| format!("upstream {} is not configured", cfg.upstream))?;
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/timestamp-query"),
+        );
+        headers.insert(
+            http::header::ACCEPT,
+            http::HeaderValue::from_static("application/timestamp-reply"),
+        );
+        let req = crate::upstream::OutboundRequest {
+            method: http::Method::POST,
+            path_and_query: cfg.path.parse().map_err(|_| "bad TSA path".to_string())?,
+            headers,
+            body: crate::body::Body::full(timestamp::request(&digest, nonce)),
+            // A time-stamp request has no side effect worth protecting: resending is safe.
+            idempotent: true,
+            timeout: cfg.timeout,
+            host_from_endpoint: true,
+        };
+        let answer = pool.send(req).await.map_err(|e| e.to_string())?;
+        let status = answer.response.status();
+        if !status.is_success() {
+            return Err(format!("TSA answered {status}"));
+        }
+        let body =
+            crate::body::collect_capped(answer.response.into_body(), timestamp::MAX_RESPONSE_BYTES)
+                .await
+                .map_err(|e| e.to_string())?;
+        let t =
+            timestamp::verify_response(&body, &digest, nonce, tsa).map_err(|e| e.to_string())?;
+        self.writer
+            .store_timestamp(size, t.gen_time_ms, t.token.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Some(t))
     }
 
     /// Deletes records past the retention period once an hour; the deletion itself is

@@ -246,6 +246,19 @@ fn int_from_u64(n: u64) -> Result<Int, der::Error> {
 // Request
 // ---------------------------------------------------------------------------
 
+/// The largest TimeStampResp accepted from a TSA (a token with a certificate
+/// chain is a few KiB).
+pub const MAX_RESPONSE_BYTES: u64 = 64 * 1024;
+
+/// What a checkpoint's time-stamp token signs: SHA-256 of its signed note text
+/// (`SignedCheckpoint::to_text`), so the token covers the root and the log's
+/// own signature.
+pub fn checkpoint_digest(note: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest::digest(&digest::SHA256, note.as_bytes()).as_ref());
+    out
+}
+
 /// DER `TimeStampReq` (RFC 3161 §2.4.1) for a SHA-256 digest: version 1, the
 /// imprint, `nonce` as a positive INTEGER, certReq = TRUE, no policy and no
 /// extensions. The nonce should be random (e.g. from `aws_lc_rs::rand`) so a

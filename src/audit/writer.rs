@@ -62,6 +62,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
@@ -70,6 +71,7 @@ use super::checkpoint::{
 };
 use super::merkle::{hash_to_base64, CompactRange, Hash, InclusionProof, MerkleError};
 use super::record::{epoch_ms, format_epoch_ms, AuditRecord, RecordKind};
+use super::timestamp::{self, TsaCert};
 use super::verify::{
     encode_frame_into, scan_frames, Frame, FrameError, LogVerifier, Problem, VerifyReport,
     FRAME_HEADER_LEN, FRAME_TRAILER_LEN, MAX_RECORD_LEN,
@@ -175,6 +177,13 @@ enum Msg {
     Flush(Ack<u64>),
     Checkpoint(Ack<SignedCheckpoint>),
     Prune(PruneTarget, Ack<PruneOutcome>),
+    /// Store a verified RFC 3161 token for the checkpoint of this size.
+    Timestamp {
+        size: u64,
+        gen_time_ms: u64,
+        token: Vec<u8>,
+        ack: Ack<()>,
+    },
     Shutdown(Ack<()>),
 }
 
@@ -250,6 +259,9 @@ pub struct AuditWriter {
     capacity: usize,
     batch_max: usize,
     counters: Arc<Counters>,
+    /// Size of the latest stored checkpoint, for whoever publishes or
+    /// timestamps checkpoints.
+    checkpoints: tokio::sync::watch::Receiver<u64>,
     thread: Mutex<Option<JoinHandle<()>>>,
     /// The writer thread, to cut its linger short: it naps between drains of the
     /// queue, and only a message somebody waits on (a fail-closed record, a
@@ -282,6 +294,7 @@ impl AuditWriter {
             .store(frontier.size(), Ordering::Relaxed);
         let lane = Arc::new(Mutex::new(Lane::default()));
         let (tx, rx) = mpsc::channel();
+        let (checkpoints_tx, checkpoints) = tokio::sync::watch::channel(last_cp_size);
         let capacity = cfg.queue_capacity;
         let batch_max = cfg.batch_max;
         let mut worker = Worker {
@@ -291,6 +304,7 @@ impl AuditWriter {
             origin: cfg.origin,
             frontier,
             last_cp_size,
+            checkpoints: checkpoints_tx,
             last_cp_time: Instant::now(),
             batch_max: cfg.batch_max,
             batch_linger: cfg.batch_linger,
@@ -314,6 +328,7 @@ impl AuditWriter {
             capacity,
             batch_max,
             counters,
+            checkpoints,
             waker: thread.thread().clone(),
             thread: Mutex::new(Some(thread)),
         })
@@ -449,6 +464,30 @@ impl AuditWriter {
         self.control(Msg::Checkpoint).await
     }
 
+    /// Follows the size of the latest stored checkpoint (starting with the one
+    /// found at open, 0 for none).
+    pub fn checkpoints(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.checkpoints.clone()
+    }
+
+    /// Store an RFC 3161 time-stamp token for the stored checkpoint of `size`.
+    /// The caller has verified it against that checkpoint's note; the writer
+    /// is the database's only writer, hence the detour.
+    pub async fn store_timestamp(
+        &self,
+        size: u64,
+        gen_time_ms: u64,
+        token: Vec<u8>,
+    ) -> Result<(), AuditError> {
+        self.control(|ack| Msg::Timestamp {
+            size,
+            gen_time_ms,
+            token,
+            ack,
+        })
+        .await
+    }
+
     /// Retention: delete the oldest records (see the module docs).
     pub async fn prune(&self, target: PruneTarget) -> Result<PruneOutcome, AuditError> {
         self.control(|ack| Msg::Prune(target, ack)).await
@@ -580,6 +619,7 @@ struct Worker {
     /// Frontier of the committed log.
     frontier: CompactRange,
     last_cp_size: u64,
+    checkpoints: tokio::sync::watch::Sender<u64>,
     last_cp_time: Instant,
     batch_max: usize,
     batch_linger: Duration,
@@ -691,6 +731,15 @@ impl Worker {
                 let _ = ack.send(res);
                 false
             }
+            Msg::Timestamp {
+                size,
+                gen_time_ms,
+                token,
+                ack,
+            } => {
+                let _ = ack.send(self.store.put_timestamp(size, gen_time_ms, &token));
+                false
+            }
             Msg::Shutdown(ack) => {
                 let _ = ack.send(self.finish());
                 true
@@ -736,6 +785,7 @@ impl Worker {
 
     fn note_checkpoint(&mut self, size: u64) {
         self.last_cp_size = size;
+        self.checkpoints.send_replace(size);
         self.last_cp_time = Instant::now();
         self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
     }
@@ -1505,6 +1555,9 @@ struct ExportHeader {
     format: String,
     origin: String,
     checkpoint: String,
+    /// The checkpoint's RFC 3161 token (base64 DER), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    timestamp: Option<String>,
 }
 
 /// One record line. `record` is a JSON *string* holding the stored record
@@ -1546,6 +1599,9 @@ pub fn export_jsonl(
         format: EXPORT_FORMAT.into(),
         origin: cp.checkpoint().origin.clone(),
         checkpoint: cp.to_text(),
+        timestamp: store
+            .timestamp_at(size)?
+            .map(|t| base64::engine::general_purpose::STANDARD.encode(t)),
     };
     serde_json::to_writer(&mut out, &header)?;
     out.write_all(b"\n")?;
@@ -1591,12 +1647,72 @@ pub struct ExportReport {
     pub records_ok: u64,
     /// First record line that did not verify: (line number, 1-based; why).
     pub first_bad: Option<(u64, String)>,
+    /// The header's checkpoint note and its RFC 3161 token, if the export has one
+    /// (see [`ExportReport::check_timestamp`]).
+    pub checkpoint_note: String,
+    pub timestamp_token: Option<Vec<u8>>,
 }
 
 impl ExportReport {
     pub fn is_ok(&self) -> bool {
         self.first_bad.is_none()
     }
+
+    /// Checks the export's time-stamp token against the TSA's certificate:
+    /// `None` when the export has none.
+    pub fn check_timestamp(
+        &self,
+        tsa: &TsaCert,
+    ) -> Option<Result<timestamp::Timestamp, timestamp::TimestampError>> {
+        let token = self.timestamp_token.as_ref()?;
+        let digest = timestamp::checkpoint_digest(&self.checkpoint_note);
+        Some(timestamp::verify_token(token, &digest, tsa))
+    }
+}
+
+/// What `verify_timestamps` found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TimestampReport {
+    /// Tokens that verified: (checkpoint size, the TSA's time in Unix ms).
+    pub ok: Vec<(u64, u64)>,
+    /// The first token that did not: (checkpoint size, why).
+    pub first_bad: Option<(u64, String)>,
+}
+
+/// Checks every stored RFC 3161 token against the stored checkpoint note it
+/// claims to timestamp and the TSA's certificate, and that the TSA's time is
+/// not before the checkpoint's own time (more than a minute of clock skew
+/// apart). Run beside `verify_db`, which checks the checkpoints themselves.
+pub fn verify_timestamps(path: &Path, tsa: &TsaCert) -> Result<TimestampReport, AuditError> {
+    let store = Store::open_read_only(path)?;
+    let mut report = TimestampReport::default();
+    for (size, token) in store.timestamps()? {
+        let check = || -> Result<u64, String> {
+            let cp = store
+                .checkpoint_at(size)
+                .map_err(|e| e.to_string())?
+                .ok_or("no checkpoint of this size")?;
+            let digest = timestamp::checkpoint_digest(&cp.to_text());
+            let t = timestamp::verify_token(&token, &digest, tsa).map_err(|e| e.to_string())?;
+            let signed_at = cp.checkpoint().timestamp_ms;
+            if t.gen_time_ms + 60_000 < signed_at {
+                return Err(format!(
+                    "the TSA's time {} is before the checkpoint's {}",
+                    format_epoch_ms(t.gen_time_ms),
+                    format_epoch_ms(signed_at)
+                ));
+            }
+            Ok(t.gen_time_ms)
+        };
+        match check() {
+            Ok(gen) => report.ok.push((size, gen)),
+            Err(why) => {
+                report.first_bad = Some((size, why));
+                break;
+            }
+        }
+    }
+    Ok(report)
 }
 
 /// Check an export with nothing but the log's public key: the header's
@@ -1624,11 +1740,21 @@ pub fn verify_export(reader: impl BufRead, key: &VerifierKey) -> Result<ExportRe
         }
         .into());
     }
+    let timestamp_token = match &header.timestamp {
+        None => None,
+        Some(b64) => Some(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|_| AuditError::InvalidArgument("timestamp is not base64".into()))?,
+        ),
+    };
     let mut report = ExportReport {
         origin: cp.origin.clone(),
         checkpoint_size: cp.size,
         records_ok: 0,
         first_bad: None,
+        checkpoint_note: header.checkpoint.clone(),
+        timestamp_token,
     };
     let mut last_index: Option<u64> = None;
     for (n, line) in lines.enumerate() {

@@ -516,6 +516,17 @@ pub struct AuditCfg {
     pub queue_capacity: usize,
     #[serde(with = "opt_dur")]
     pub retention: Option<Duration>,
+    pub timestamp: Option<AuditTimestampCfg>,
+}
+
+/// `[audit.timestamp]`: where checkpoints are timestamped (RFC 3161).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditTimestampCfg {
+    pub upstream: String,
+    pub path: String,
+    pub cert: PathBuf,
+    #[serde(with = "dur")]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -1089,7 +1100,50 @@ impl Validator {
                 PathBuf::new()
             }
         };
+        let timestamp = a.timestamp.map(|t| {
+            let path = t.path.unwrap_or_else(|| "/".into());
+            if !path.starts_with('/') {
+                self.problems
+                    .push("audit.timestamp.path", "must start with '/'");
+            }
+            let cert = match &t.cert {
+                Some(c) => {
+                    let full = self.file_path("audit.timestamp.cert", c);
+                    if full.is_file() {
+                        let checked =
+                            std::fs::read(&full)
+                                .map_err(|e| e.to_string())
+                                .and_then(|pem| {
+                                    crate::audit::timestamp::TsaCert::from_pem(&pem)
+                                        .map_err(|e| e.to_string())
+                                });
+                        if let Err(e) = checked {
+                            self.problems.push("audit.timestamp.cert", e);
+                        }
+                    }
+                    full
+                }
+                None => {
+                    self.problems.push(
+                        "audit.timestamp.cert",
+                        "required: the TSA certificate (PEM) that verifies its tokens",
+                    );
+                    PathBuf::new()
+                }
+            };
+            AuditTimestampCfg {
+                upstream: t.upstream.unwrap_or_default(),
+                path,
+                cert,
+                timeout: self.duration(
+                    "audit.timestamp.timeout",
+                    t.timeout.as_ref(),
+                    Duration::from_secs(10),
+                ),
+            }
+        });
         AuditCfg {
+            timestamp,
             db,
             origin: a.origin.unwrap_or_else(|| "lienthong/audit".into()),
             key,
@@ -1573,6 +1627,14 @@ impl Validator {
         }
 
         let auth = self.auth(raw_auth, &upstreams);
+        if let Some(t) = audit.as_ref().and_then(|a| a.timestamp.as_ref()) {
+            if !upstreams.contains_key(&t.upstream) {
+                self.problems.push(
+                    "audit.timestamp.upstream",
+                    format!("unknown upstream {:?}", t.upstream),
+                );
+            }
+        }
         if let Some(x) = &exchange {
             for (name, (up, path)) in &x.deliveries {
                 if !upstreams.contains_key(up) {

@@ -149,6 +149,20 @@ pub struct RawAudit {
     pub queue_capacity: Option<usize>,
     /// Delete records older than this (the deletion is itself recorded and checkpointed).
     pub retention: Option<String>,
+    /// Have every checkpoint timestamped by an RFC 3161 Time-Stamp Authority.
+    pub timestamp: Option<RawAuditTimestamp>,
+}
+
+/// `[audit.timestamp]`: the TSA is reached through a configured upstream pool
+/// (`POST path`, `application/timestamp-query`); its certificate verifies the tokens.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuditTimestamp {
+    pub upstream: Option<String>,
+    pub path: Option<String>,
+    /// The TSA's certificate (PEM); its extended key usage must be timeStamping.
+    pub cert: Option<String>,
+    pub timeout: Option<String>,
 }
 
 /// `[[lookups]]`: reference data served at `/lookups/NAME[/KEY]` from one cache.

@@ -36,6 +36,9 @@
 //! * `audit_prunes(size, peaks, admin_idx, pruned_at_ms)` — one row per
 //!   retention deletion: records `[0, size)` are gone and `peaks` is the
 //!   frontier at `size`, from which verification of the remainder starts.
+//! * `audit_timestamps(size, gen_time_ms, token)` — RFC 3161 time-stamp tokens
+//!   (DER) over the checkpoint note of that size (`audit::timestamp`); like
+//!   checkpoints they are kept after a retention deletion.
 //! * `audit_meta(name, value)` — the log's origin and checkpoint verifier
 //!   key; opening a database configured for another log is refused.
 //!
@@ -155,9 +158,10 @@ fn to_u64(v: i64) -> Result<u64, AuditError> {
 
 /// DDL. Type names are SQLite's; PostgreSQL would use BIGINT and BYTEA.
 /// Version 2: segments with frame-file locations (`chunk`, `off`, `len`).
+/// Version 3: `audit_timestamps`.
 const SCHEMA: Schema = Schema {
     component: "audit",
-    version: 2,
+    version: 3,
     ddl: "CREATE TABLE IF NOT EXISTS audit_meta (
         name TEXT PRIMARY KEY,
         value TEXT NOT NULL);
@@ -189,7 +193,11 @@ const SCHEMA: Schema = Schema {
         size INTEGER PRIMARY KEY,
         peaks TEXT NOT NULL,
         admin_idx INTEGER NOT NULL,
-        pruned_at_ms INTEGER NOT NULL);",
+        pruned_at_ms INTEGER NOT NULL);
+    CREATE TABLE IF NOT EXISTS audit_timestamps (
+        size INTEGER PRIMARY KEY,
+        gen_time_ms INTEGER NOT NULL,
+        token BLOB NOT NULL);",
 };
 
 /// Open (and create, migrate) the database for the writer, with the settings the
@@ -1095,6 +1103,62 @@ impl Store {
         insert_checkpoint(&tx, cp, frontier)?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Store a time-stamp token for the checkpoint of `size` (verified by the
+    /// caller). A second token for the same checkpoint is ignored: the first
+    /// already proves the time.
+    pub fn put_timestamp(
+        &mut self,
+        size: u64,
+        gen_time_ms: u64,
+        token: &[u8],
+    ) -> Result<(), AuditError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let exists = tx
+            .query_row(
+                "SELECT 1 FROM audit_timestamps WHERE size = ?1",
+                [to_i64(size)?],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if !exists {
+            tx.execute(
+                "INSERT INTO audit_timestamps (size, gen_time_ms, token) VALUES (?1, ?2, ?3)",
+                params![to_i64(size)?, to_i64(gen_time_ms)?, token],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every stored time-stamp token: (checkpoint size, DER token), by size.
+    pub fn timestamps(&self) -> Result<Vec<(u64, Vec<u8>)>, AuditError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT size, token FROM audit_timestamps ORDER BY size")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (size, token) = row?;
+            out.push((to_u64(size)?, token));
+        }
+        Ok(out)
+    }
+
+    /// The time-stamp token of the checkpoint of `size`, if it has one.
+    pub fn timestamp_at(&self, size: u64) -> Result<Option<Vec<u8>>, AuditError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT token FROM audit_timestamps WHERE size = ?1",
+                [to_i64(size)?],
+                |r| r.get(0),
+            )
+            .optional()?)
     }
 
     /// Frames with `from <= idx < to`, in index order.

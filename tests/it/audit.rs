@@ -345,3 +345,226 @@ async fn cli_verifies_proves_and_names_a_tampered_record() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// A TSA certificate as RFC 3161 §2.3 wants it (critical extendedKeyUsage with only
+/// id-kp-timeStamping; rcgen's own EKU support marks it non-critical) and its PKCS#8 key.
+fn tsa_identity(cn: &str) -> (rcgen::Certificate, rcgen::KeyPair) {
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    // SEQUENCE { OID 1.3.6.1.5.5.7.3.8 }
+    let eku = vec![
+        0x30, 0x0a, 0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x08,
+    ];
+    let mut ext = rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 37], eku);
+    ext.set_criticality(true);
+    p.custom_extensions.push(ext);
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    (p.self_signed(&key).unwrap(), key)
+}
+
+#[tokio::test]
+async fn checkpoints_are_timestamped_by_the_tsa_and_verified_offline() {
+    use lienthong::audit::timestamp::TestTsa;
+    let (cert, key) = tsa_identity("lienthong test TSA");
+    let tsa = Arc::new(TestTsa::new(cert.der().to_vec(), &key.serialize_der()).unwrap());
+    let t2 = tsa.clone();
+    let tsa_up = MockUpstream::start(Arc::new(move |s: &Seen| {
+        let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(
+            t2.respond(&s.body),
+        )));
+        r.headers_mut().insert(
+            "content-type",
+            "application/timestamp-reply".parse().unwrap(),
+        );
+        Action::Respond(r)
+    }))
+    .await;
+    let up = MockUpstream::start(echo("up")).await;
+    let dir = scratch_dir();
+    let cert_path = dir.join("tsa.pem");
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    let cfg = base_config(&format!(
+        r#"
+[audit.timestamp]
+upstream = "tsa"
+path = "/tsr"
+cert = "{cert}"
+[upstreams.tsa]
+endpoints = ["{tsa_url}"]
+[upstreams.up]
+endpoints = ["{url}"]
+[[routes]]
+name = "r"
+path_prefix = "/"
+upstream = "up"
+auth = {{ anonymous = true }}
+"#,
+        cert = cert_path.display(),
+        tsa_url = tsa_up.url(),
+        url = up.url()
+    ));
+    let mut gw = TestGateway::start(&cfg).await;
+    for i in 0..5 {
+        assert_eq!(raw_get(gw.addr(), &format!("/x/{i}")).await.status, 200);
+    }
+    let cp = admin_post(&gw, "/admin/audit/checkpoint").await;
+    assert_eq!(cp.0, 200);
+    // Timestamps are taken in the background. With no more traffic the checkpoints
+    // stop (the admin call's own record gets one more); wait until the latest one has
+    // its token.
+    let db = db_of(&gw);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let size = loop {
+        let db = db.clone();
+        let latest = tokio::task::spawn_blocking(move || {
+            let s = lienthong::store::audit::Store::open_read_only(&db).unwrap();
+            let size = s.latest_checkpoint().unwrap().map(|c| c.checkpoint().size);
+            size.filter(|n| s.timestamp_at(*n).unwrap().is_some())
+        })
+        .await
+        .unwrap();
+        if let Some(size) = latest {
+            break size;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint was timestamped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    {
+        let seen = tsa_up.seen.lock().unwrap();
+        assert_eq!(seen[0].method, "POST");
+        assert_eq!(seen[0].uri, "/tsr");
+        assert_eq!(
+            seen[0].header("content-type"),
+            Some("application/timestamp-query")
+        );
+    }
+    let config = gw.config_path.clone();
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    // An export of the timestamped checkpoint carries its token and verifies offline.
+    let (ok, export) = run(&["audit", "export"]);
+    assert!(ok);
+    let header: serde_json::Value = serde_json::from_str(export.lines().next().unwrap()).unwrap();
+    assert!(header["timestamp"].is_string(), "{header}");
+    let ef = dir.join("export.jsonl");
+    std::fs::write(&ef, &export).unwrap();
+    let (ok, out) = run(&[
+        "audit",
+        "verify-export",
+        ef.to_str().unwrap(),
+        "--tsa-cert",
+        cert_path.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    assert!(out.contains("timestamped by the TSA"), "{out}");
+    tokio::time::timeout(Duration::from_secs(10), gw.shutdown())
+        .await
+        .unwrap()
+        .unwrap();
+    drop(gw);
+    let (ok, out) = run(&["audit", "verify"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("time-stamp tokens verified"), "{out}");
+    // Another TSA's certificate does not vouch for these tokens.
+    let (other, _) = tsa_identity("another TSA");
+    let other_path = dir.join("other-tsa.pem");
+    std::fs::write(&other_path, other.pem()).unwrap();
+    let (ok, out) = run(&[
+        "audit",
+        "verify",
+        "--tsa-cert",
+        other_path.to_str().unwrap(),
+    ]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("time-stamp token of checkpoint"), "{out}");
+    // Someone with database access swaps a byte of a stored token: verify names it.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let mut token: Vec<u8> = conn
+        .query_row(
+            "SELECT token FROM audit_timestamps WHERE size = ?1",
+            [size as i64],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let at = token.len() - 10;
+    token[at] ^= 0x01;
+    conn.execute(
+        "UPDATE audit_timestamps SET token = ?1 WHERE size = ?2",
+        rusqlite::params![token, size as i64],
+    )
+    .unwrap();
+    drop(conn);
+    let (ok, out) = run(&["audit", "verify"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!("time-stamp token of checkpoint {size}")),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn a_refusing_tsa_stores_nothing_and_holds_up_nothing() {
+    use lienthong::audit::timestamp::TestTsa;
+    let (cert, key) = tsa_identity("lienthong test TSA");
+    let tsa = Arc::new(TestTsa::new(cert.der().to_vec(), &key.serialize_der()).unwrap());
+    let t2 = tsa.clone();
+    // A TSA that answers every request with a refusal (PKIStatus 2, rejection).
+    let tsa_up = MockUpstream::start(Arc::new(move |s: &Seen| {
+        Action::Respond(http::Response::new(http_body_util::Full::new(
+            bytes::Bytes::from(t2.reject(&s.body, 2)),
+        )))
+    }))
+    .await;
+    let up = MockUpstream::start(echo("up")).await;
+    let dir = scratch_dir();
+    let cert_path = dir.join("tsa.pem");
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    let cfg = base_config(&format!(
+        "[audit.timestamp]\nupstream = \"tsa\"\ncert = \"{}\"\n[upstreams.tsa]\nendpoints = [\"{}\"]\n[upstreams.up]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"up\"\naudit = \"fail_closed\"\nauth = {{ anonymous = true }}\n",
+        cert_path.display(),
+        tsa_up.url(),
+        up.url()
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    assert_eq!(raw_get(gw.addr(), "/a").await.status, 200);
+    assert_eq!(admin_post(&gw, "/admin/audit/checkpoint").await.0, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, metrics) = admin_get(&gw, "/metrics").await;
+        if metrics
+            .lines()
+            .any(|l| l.starts_with("lienthong_audit_timestamps_total{outcome=\"failed\"}"))
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no failure counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Fail-closed traffic goes on while the TSA refuses; nothing unverified is stored.
+    for i in 0..5 {
+        assert_eq!(raw_get(gw.addr(), &format!("/b/{i}")).await.status, 200);
+    }
+    let db = db_of(&gw);
+    let tokens = tokio::task::spawn_blocking(move || {
+        lienthong::store::audit::Store::open_read_only(&db)
+            .and_then(|s| s.timestamps())
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(tokens.is_empty(), "{} tokens stored", tokens.len());
+    assert!(!tsa_up.seen.lock().unwrap().is_empty());
+}
