@@ -187,7 +187,7 @@ fn audit_cfg(config: &std::path::Path) -> Result<crate::config::AuditCfg, String
 fn tsa_cert(
     named: Option<&std::path::Path>,
     a: Option<&crate::config::AuditCfg>,
-) -> Result<Option<crate::audit::timestamp::TsaCert>, String> {
+) -> Result<Option<crate::audit::timestamp::TsaCerts>, String> {
     let path = match named {
         Some(p) => p.to_path_buf(),
         None => match a.and_then(|a| a.timestamp.as_ref()) {
@@ -196,7 +196,7 @@ fn tsa_cert(
         },
     };
     let pem = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    crate::audit::timestamp::TsaCert::from_pem(&pem)
+    crate::audit::timestamp::TsaCerts::from_pem(&pem)
         .map(Some)
         .map_err(|e| format!("{}: {e}", path.display()))
 }
@@ -249,12 +249,17 @@ fn audit_command(cmd: AuditCommand) -> Result<bool, String> {
                             }
                             match t.ok.last() {
                                 Some((size, gen)) => println!(
-                                    "ok: {} time-stamp tokens verified (TSA {}); latest: checkpoint {size} at {}",
+                                    "ok: {} time-stamp tokens verified for {} checkpoints (TSA {}); records up to {size} existed by {}; {} later records not yet covered by a token",
                                     t.ok.len(),
-                                    tsa.fingerprint_hex(),
-                                    crate::audit::record::format_epoch_ms(*gen)
+                                    t.checkpoints,
+                                    tsa.fingerprints(),
+                                    crate::audit::record::format_epoch_ms(*gen),
+                                    t.uncovered
                                 ),
-                                None => println!("no time-stamp tokens stored"),
+                                None => println!(
+                                    "no time-stamp tokens stored for the {} checkpoints",
+                                    t.checkpoints
+                                ),
                             }
                         }
                         None => {
@@ -378,7 +383,14 @@ fn audit_command(cmd: AuditCommand) -> Result<bool, String> {
                         r.records_ok, r.checkpoint_size, r.origin
                     );
                     match (tsa, r.timestamp_token.is_some()) {
-                        (_, false) => {}
+                        (None, false) => {}
+                        (Some(_), false) if named_tsa.is_some() => {
+                            println!("FAILED: the export's checkpoint has no time-stamp token");
+                            return Ok(false);
+                        }
+                        (Some(_), false) => {
+                            println!("the export's checkpoint has no time-stamp token")
+                        }
                         (None, true) => println!(
                             "the checkpoint's time-stamp token is not checked: give --tsa-cert"
                         ),

@@ -87,7 +87,7 @@ impl Auditor {
         };
         let tsa = match std::fs::read(&cfg.cert)
             .map_err(|e| e.to_string())
-            .and_then(|pem| timestamp::TsaCert::from_pem(&pem).map_err(|e| e.to_string()))
+            .and_then(|pem| timestamp::TsaCerts::from_pem(&pem).map_err(|e| e.to_string()))
         {
             Ok(t) => Arc::new(t),
             Err(e) => {
@@ -99,9 +99,13 @@ impl Auditor {
         let mut sizes = self.writer.checkpoints();
         tokio::spawn(async move {
             let mut backoff = Duration::from_secs(2);
+            // Calls are spaced by `min_interval` after a success (under load checkpoints
+            // come every few seconds, and public TSAs limit their callers) and by the
+            // backoff after a failure; either way the latest checkpoint is the one sent.
+            let mut not_before = tokio::time::Instant::now();
             loop {
+                tokio::time::sleep_until(not_before).await;
                 let size = *sizes.borrow_and_update();
-                let mut retry = None;
                 if size > 0 {
                     let Some(me) = weak.upgrade() else { return };
                     match me.timestamp_checkpoint(size, &cfg, &tsa, &gw).await {
@@ -110,29 +114,21 @@ impl Auditor {
                                 .increment(1);
                             tracing::info!(size, gen_time_ms = t.gen_time_ms, serial = %t.serial, "audit checkpoint timestamped");
                             backoff = Duration::from_secs(2);
+                            not_before = tokio::time::Instant::now() + cfg.min_interval;
                         }
-                        Ok(None) => {}
+                        Ok(None) => backoff = Duration::from_secs(2),
                         Err(e) => {
                             metrics::counter!("lienthong_audit_timestamps_total", "outcome" => "failed")
                                 .increment(1);
                             tracing::warn!(size, error = %e, retry_in = ?backoff, "audit checkpoint timestamp failed");
-                            retry = Some(backoff);
+                            not_before = tokio::time::Instant::now() + backoff;
                             backoff = (backoff * 2).min(Duration::from_secs(300));
+                            continue;
                         }
                     }
                 }
-                match retry {
-                    None => {
-                        if sizes.changed().await.is_err() {
-                            return;
-                        }
-                    }
-                    Some(wait) => {
-                        tokio::select! {
-                            changed = sizes.changed() => if changed.is_err() { return },
-                            _ = tokio::time::sleep(wait) => {}
-                        }
-                    }
+                if sizes.changed().await.is_err() {
+                    return;
                 }
             }
         });
@@ -145,7 +141,7 @@ impl Auditor {
         &self,
         size: u64,
         cfg: &crate::config::AuditTimestampCfg,
-        tsa: &timestamp::TsaCert,
+        tsa: &timestamp::TsaCerts,
         gw: &Weak<crate::runtime::Gateway>,
     ) -> Result<Option<timestamp::Timestamp>, String> {
         let db = self.cfg.db.clone();
@@ -195,17 +191,24 @@ impl Auditor {
             timeout: cfg.timeout,
             host_from_endpoint: true,
         };
-        let answer = pool.send(req).await.map_err(|e| e.to_string())?;
-        let status = answer.response.status();
-        if !status.is_success() {
-            return Err(format!("TSA answered {status}"));
-        }
-        let body =
+        // One deadline for the whole exchange: the pool's timeout ends at the
+        // response head, and a TSA that stalls in its body must not stall this task.
+        let exchange = async {
+            let answer = pool.send(req).await.map_err(|e| e.to_string())?;
+            let status = answer.response.status();
+            if !status.is_success() {
+                return Err(format!("TSA answered {status}"));
+            }
             crate::body::collect_capped(answer.response.into_body(), timestamp::MAX_RESPONSE_BYTES)
                 .await
-                .map_err(|e| e.to_string())?;
-        let t =
-            timestamp::verify_response(&body, &digest, nonce, tsa).map_err(|e| e.to_string())?;
+                .map_err(|e| e.to_string())
+        };
+        let body = tokio::time::timeout(cfg.timeout, exchange)
+            .await
+            .map_err(|_| format!("TSA did not answer within {:?}", cfg.timeout))??;
+        let t = tsa
+            .verify_response(&body, &digest, nonce)
+            .map_err(|e| e.to_string())?;
         self.writer
             .store_timestamp(size, t.gen_time_ms, t.token.clone())
             .await

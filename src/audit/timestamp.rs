@@ -599,6 +599,72 @@ pub fn verify_token(
     verify_token_inner(token, digest, tsa).map(|(ts, _)| ts)
 }
 
+/// The TSA certificates a log trusts: the current one and those it was renewed
+/// from, so tokens issued under an earlier certificate still verify. A token is
+/// accepted when one of them verifies it.
+#[derive(Debug, Clone)]
+pub struct TsaCerts(pub Vec<TsaCert>);
+
+impl TsaCerts {
+    /// Every CERTIFICATE block of a PEM bundle; each must be a TSA certificate.
+    pub fn from_pem(pem: &[u8]) -> Result<Self, TimestampError> {
+        use rustls_pki_types::pem::PemObject as _;
+        let mut certs = Vec::new();
+        for der in rustls_pki_types::CertificateDer::pem_slice_iter(pem) {
+            let der =
+                der.map_err(|_| TimestampError::BadCertificate("unreadable PEM block".into()))?;
+            certs.push(TsaCert::from_der(&der)?);
+        }
+        if certs.is_empty() {
+            return Err(TimestampError::BadCertificate(
+                "no PEM CERTIFICATE block found".into(),
+            ));
+        }
+        Ok(TsaCerts(certs))
+    }
+
+    /// SHA-256 fingerprints (hex), comma-separated.
+    pub fn fingerprints(&self) -> String {
+        let f: Vec<String> = self.0.iter().map(TsaCert::fingerprint_hex).collect();
+        f.join(",")
+    }
+
+    /// [`verify_token`] against each certificate; the error reported is one
+    /// from a certificate the token names as its signer, if any does.
+    pub fn verify_token(
+        &self,
+        token: &[u8],
+        digest: &[u8; 32],
+    ) -> Result<Timestamp, TimestampError> {
+        self.first_ok(|c| verify_token(token, digest, c))
+    }
+
+    /// [`verify_response`] against each certificate, likewise.
+    pub fn verify_response(
+        &self,
+        resp: &[u8],
+        digest: &[u8; 32],
+        nonce: u64,
+    ) -> Result<Timestamp, TimestampError> {
+        self.first_ok(|c| verify_response(resp, digest, nonce, c))
+    }
+
+    fn first_ok(
+        &self,
+        f: impl Fn(&TsaCert) -> Result<Timestamp, TimestampError>,
+    ) -> Result<Timestamp, TimestampError> {
+        let mut err = TimestampError::WrongSigner;
+        for c in &self.0 {
+            match f(c) {
+                Ok(t) => return Ok(t),
+                Err(TimestampError::WrongSigner) => {}
+                Err(e) => err = e,
+            }
+        }
+        Err(err)
+    }
+}
+
 fn verify_token_inner(
     token: &[u8],
     digest: &[u8; 32],
@@ -678,18 +744,28 @@ fn verify_token_inner(
             "message-digest does not match the TSTInfo",
         ));
     }
-    if let Some(v) = single_attr(
+    // RFC 3161 §2.4.2: the ESS signing-certificate attribute (v1, or v2 per
+    // RFC 5816) is required; it binds the signature to the certificate, not
+    // just its key.
+    let ess_v2 = single_attr(
         attrs,
         ID_SIGNING_CERT_V2,
         "signing-certificate-v2 must occur once",
-    )? {
-        check_ess(v, tsa, true)?;
-    }
-    if let Some(v) = single_attr(
+    )?;
+    let ess_v1 = single_attr(
         attrs,
         ID_SIGNING_CERT,
         "signing-certificate must occur once",
-    )? {
+    )?;
+    if ess_v1.is_none() && ess_v2.is_none() {
+        return Err(TimestampError::BadSignedAttributes(
+            "ESS signing-certificate attribute missing",
+        ));
+    }
+    if let Some(v) = ess_v2 {
+        check_ess(v, tsa, true)?;
+    }
+    if let Some(v) = ess_v1 {
         check_ess(v, tsa, false)?;
     }
 
@@ -1032,7 +1108,8 @@ impl TsaCert {
             return Err(TimestampError::NotTimeStamping);
         };
         let purposes = ExtendedKeyUsage::from_der(eku_ext.extn_value.as_bytes()).map_err(bad)?;
-        if !eku_ext.critical || !purposes.0.contains(&ID_KP_TIME_STAMPING) {
+        // RFC 3161 §2.3: critical, and id-kp-timeStamping as its only purpose.
+        if !eku_ext.critical || purposes.0 != [ID_KP_TIME_STAMPING] {
             return Err(TimestampError::NotTimeStamping);
         }
 
@@ -1125,6 +1202,8 @@ pub struct TestTsa {
     key: TestKey,
     /// Name the signer by subjectKeyIdentifier instead of issuer and serial.
     sid_by_key_id: bool,
+    /// Leave out the ESS signing-certificate attribute (tests of its absence).
+    without_ess: bool,
     serial: AtomicU64,
     policy: ObjectIdentifier,
     rng: SystemRandom,
@@ -1181,6 +1260,7 @@ impl TestTsa {
             cert,
             key,
             sid_by_key_id: false,
+            without_ess: false,
             serial: AtomicU64::new(1),
             policy: ObjectIdentifier::new_unwrap(TEST_TSA_POLICY),
             rng: SystemRandom::new(),
@@ -1198,6 +1278,13 @@ impl TestTsa {
         if let TestKey::Rsa(_, pss) = &mut self.key {
             *pss = true;
         }
+        self
+    }
+
+    /// Signs without the ESS signing-certificate attribute RFC 3161 requires.
+    #[cfg(test)]
+    fn without_ess(mut self) -> Self {
+        self.without_ess = true;
         self
     }
 
@@ -1312,14 +1399,17 @@ impl TestTsa {
                 cert_hash: OctetString::new(Hash::Sha256.digest(&self.cert.der))?,
             }],
         };
-        let signed_attrs = SetOfVec::try_from(vec![
+        let mut attrs = vec![
             attr(ID_CONTENT_TYPE, Any::encode_from(&ID_CT_TST_INFO)?)?,
             attr(
                 ID_MESSAGE_DIGEST,
                 Any::encode_from(&OctetString::new(digest_alg.digest(&tst_der))?)?,
             )?,
-            attr(ID_SIGNING_CERT_V2, Any::encode_from(&ess)?)?,
-        ])?;
+        ];
+        if !self.without_ess {
+            attrs.push(attr(ID_SIGNING_CERT_V2, Any::encode_from(&ess)?)?);
+        }
+        let signed_attrs = SetOfVec::try_from(attrs)?;
         let to_sign = signed_attrs.to_der()?;
         let signature = self
             .sign(&to_sign)
@@ -1808,10 +1898,62 @@ mod tests {
             );
             assert!(TestTsa::new(m.cert_der, &m.key_der).is_err());
         }
+        // Critical and timeStamping, but not only timeStamping (RFC 3161 §2.3).
+        let mut p = params("two purposes", Eku::Absent);
+        // SEQUENCE { id-kp-timeStamping, id-kp-serverAuth }
+        let both = vec![
+            0x30, 0x14, 0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x08, 0x06, 0x08,
+            0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01,
+        ];
+        let mut e = CustomExtension::from_oid_content(&[2, 5, 29, 37], both);
+        e.set_criticality(true);
+        p.custom_extensions.push(e);
+        let m = make_with(&rcgen::PKCS_ECDSA_P256_SHA256, p);
+        assert_eq!(
+            TsaCert::from_der(&m.cert_der).unwrap_err(),
+            TimestampError::NotTimeStamping
+        );
         let m = make(&rcgen::PKCS_ECDSA_P256_SHA256, Eku::TimeStamping);
         let c = TsaCert::from_pem(m.cert_pem.as_bytes()).unwrap();
         assert_eq!(c.der(), m.cert_der);
         assert_eq!(c.fingerprint_hex(), hex(&sha256(&m.cert_der)));
+    }
+
+    #[test]
+    fn token_without_ess_signing_certificate_is_rejected() {
+        let m = make(&rcgen::PKCS_ECDSA_P256_SHA256, Eku::TimeStamping);
+        let tsa = TestTsa::new(m.cert_der, &m.key_der).unwrap().without_ess();
+        let digest = sha256(b"note");
+        let resp = tsa.respond(&request(&digest, 7));
+        assert_eq!(
+            verify_response(&resp, &digest, 7, tsa.cert()).unwrap_err(),
+            TimestampError::BadSignedAttributes("ESS signing-certificate attribute missing")
+        );
+    }
+
+    #[test]
+    fn a_bundle_verifies_tokens_of_each_certificate() {
+        let old = make(&rcgen::PKCS_ECDSA_P256_SHA256, Eku::TimeStamping);
+        let new = make(&rcgen::PKCS_ECDSA_P384_SHA384, Eku::TimeStamping);
+        let stranger = make(&rcgen::PKCS_ECDSA_P256_SHA256, Eku::TimeStamping);
+        let bundle =
+            TsaCerts::from_pem(format!("{}{}", old.cert_pem, new.cert_pem).as_bytes()).unwrap();
+        assert_eq!(bundle.0.len(), 2);
+        let digest = sha256(b"note");
+        for m in [&old, &new] {
+            let tsa = TestTsa::new(m.cert_der.clone(), &m.key_der).unwrap();
+            let resp = tsa.respond(&request(&digest, 9));
+            let t = bundle.verify_response(&resp, &digest, 9).unwrap();
+            assert!(bundle.verify_token(&t.token, &digest).is_ok());
+            assert!(bundle.verify_token(&t.token, &sha256(b"other")).is_err());
+        }
+        let tsa = TestTsa::new(stranger.cert_der, &stranger.key_der).unwrap();
+        let resp = tsa.respond(&request(&digest, 9));
+        assert_eq!(
+            bundle.verify_response(&resp, &digest, 9).unwrap_err(),
+            TimestampError::WrongSigner
+        );
+        assert!(TsaCerts::from_pem(b"no certificates here").is_err());
     }
 
     #[test]

@@ -71,7 +71,7 @@ use super::checkpoint::{
 };
 use super::merkle::{hash_to_base64, CompactRange, Hash, InclusionProof, MerkleError};
 use super::record::{epoch_ms, format_epoch_ms, AuditRecord, RecordKind};
-use super::timestamp::{self, TsaCert};
+use super::timestamp::{self, TsaCerts};
 use super::verify::{
     encode_frame_into, scan_frames, Frame, FrameError, LogVerifier, Problem, VerifyReport,
     FRAME_HEADER_LEN, FRAME_TRAILER_LEN, MAX_RECORD_LEN,
@@ -1660,32 +1660,63 @@ impl ExportReport {
 
     /// Checks the export's time-stamp token against the TSA's certificate:
     /// `None` when the export has none.
-    pub fn check_timestamp(
-        &self,
-        tsa: &TsaCert,
-    ) -> Option<Result<timestamp::Timestamp, timestamp::TimestampError>> {
+    pub fn check_timestamp(&self, tsa: &TsaCerts) -> Option<Result<timestamp::Timestamp, String>> {
         let token = self.timestamp_token.as_ref()?;
         let digest = timestamp::checkpoint_digest(&self.checkpoint_note);
-        Some(timestamp::verify_token(token, &digest, tsa))
+        let checked = tsa.verify_token(token, &digest).map_err(|e| e.to_string());
+        Some(checked.and_then(|t| {
+            let signed_at = SignedCheckpoint::parse(&self.checkpoint_note)
+                .map_err(|e| e.to_string())?
+                .checkpoint()
+                .timestamp_ms;
+            tsa_time_after_checkpoint(&t, signed_at).map(|()| t)
+        }))
     }
 }
 
-/// What `verify_timestamps` found.
+/// A TSA cannot have seen a checkpoint before it was signed: its time may
+/// precede the checkpoint's own by clock skew (a minute) at most.
+fn tsa_time_after_checkpoint(t: &timestamp::Timestamp, signed_at_ms: u64) -> Result<(), String> {
+    if t.gen_time_ms + 60_000 < signed_at_ms {
+        return Err(format!(
+            "the TSA's time {} is before the checkpoint's {}",
+            format_epoch_ms(t.gen_time_ms),
+            format_epoch_ms(signed_at_ms)
+        ));
+    }
+    Ok(())
+}
+
+/// What `verify_timestamps` found. A checkpoint without a token is not an
+/// error (the TSA may have been down, or a later checkpoint superseded it):
+/// a token proves that the records up to its checkpoint existed by the TSA's
+/// time, and `uncovered` says how many records no token covers yet.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TimestampReport {
     /// Tokens that verified: (checkpoint size, the TSA's time in Unix ms).
     pub ok: Vec<(u64, u64)>,
     /// The first token that did not: (checkpoint size, why).
     pub first_bad: Option<(u64, String)>,
+    /// Stored checkpoints, with or without a token.
+    pub checkpoints: u64,
+    /// Records after the largest verified timestamped checkpoint, up to the
+    /// latest checkpoint.
+    pub uncovered: u64,
 }
 
 /// Checks every stored RFC 3161 token against the stored checkpoint note it
 /// claims to timestamp and the TSA's certificate, and that the TSA's time is
 /// not before the checkpoint's own time (more than a minute of clock skew
 /// apart). Run beside `verify_db`, which checks the checkpoints themselves.
-pub fn verify_timestamps(path: &Path, tsa: &TsaCert) -> Result<TimestampReport, AuditError> {
+pub fn verify_timestamps(path: &Path, tsa: &TsaCerts) -> Result<TimestampReport, AuditError> {
     let store = Store::open_read_only(path)?;
-    let mut report = TimestampReport::default();
+    let sizes: Vec<u64> = store.checkpoint_texts()?.iter().map(|(s, _)| *s).collect();
+    let mut report = TimestampReport {
+        checkpoints: sizes.len() as u64,
+        ..TimestampReport::default()
+    };
+    let latest = sizes.last().copied().unwrap_or(0);
+    report.uncovered = latest;
     for (size, token) in store.timestamps()? {
         let check = || -> Result<u64, String> {
             let cp = store
@@ -1693,19 +1724,17 @@ pub fn verify_timestamps(path: &Path, tsa: &TsaCert) -> Result<TimestampReport, 
                 .map_err(|e| e.to_string())?
                 .ok_or("no checkpoint of this size")?;
             let digest = timestamp::checkpoint_digest(&cp.to_text());
-            let t = timestamp::verify_token(&token, &digest, tsa).map_err(|e| e.to_string())?;
-            let signed_at = cp.checkpoint().timestamp_ms;
-            if t.gen_time_ms + 60_000 < signed_at {
-                return Err(format!(
-                    "the TSA's time {} is before the checkpoint's {}",
-                    format_epoch_ms(t.gen_time_ms),
-                    format_epoch_ms(signed_at)
-                ));
-            }
+            let t = tsa
+                .verify_token(&token, &digest)
+                .map_err(|e| e.to_string())?;
+            tsa_time_after_checkpoint(&t, cp.checkpoint().timestamp_ms)?;
             Ok(t.gen_time_ms)
         };
         match check() {
-            Ok(gen) => report.ok.push((size, gen)),
+            Ok(gen) => {
+                report.ok.push((size, gen));
+                report.uncovered = latest.saturating_sub(size);
+            }
             Err(why) => {
                 report.first_bad = Some((size, why));
                 break;

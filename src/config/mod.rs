@@ -527,6 +527,8 @@ pub struct AuditTimestampCfg {
     pub cert: PathBuf,
     #[serde(with = "dur")]
     pub timeout: Duration,
+    #[serde(with = "dur")]
+    pub min_interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -1102,9 +1104,9 @@ impl Validator {
         };
         let timestamp = a.timestamp.map(|t| {
             let path = t.path.unwrap_or_else(|| "/".into());
-            if !path.starts_with('/') {
+            if !path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err() {
                 self.problems
-                    .push("audit.timestamp.path", "must start with '/'");
+                    .push("audit.timestamp.path", "must be a path starting with '/'");
             }
             let cert = match &t.cert {
                 Some(c) => {
@@ -1114,7 +1116,7 @@ impl Validator {
                             std::fs::read(&full)
                                 .map_err(|e| e.to_string())
                                 .and_then(|pem| {
-                                    crate::audit::timestamp::TsaCert::from_pem(&pem)
+                                    crate::audit::timestamp::TsaCerts::from_pem(&pem)
                                         .map_err(|e| e.to_string())
                                 });
                         if let Err(e) = checked {
@@ -1139,6 +1141,11 @@ impl Validator {
                     "audit.timestamp.timeout",
                     t.timeout.as_ref(),
                     Duration::from_secs(10),
+                ),
+                min_interval: self.duration(
+                    "audit.timestamp.min_interval",
+                    t.min_interval.as_ref(),
+                    Duration::from_secs(60),
                 ),
             }
         });

@@ -160,9 +160,14 @@ pub struct RawAudit {
 pub struct RawAuditTimestamp {
     pub upstream: Option<String>,
     pub path: Option<String>,
-    /// The TSA's certificate (PEM); its extended key usage must be timeStamping.
+    /// The TSA's certificate (PEM; several for a TSA that renewed its certificate);
+    /// the extended key usage must be timeStamping, critical.
     pub cert: Option<String>,
+    /// One exchange with the TSA, connection to last byte (default 10s).
     pub timeout: Option<String>,
+    /// At most one call per this interval after a success (default 60s); each call
+    /// timestamps the latest checkpoint.
+    pub min_interval: Option<String>,
 }
 
 /// `[[lookups]]`: reference data served at `/lookups/NAME[/KEY]` from one cache.

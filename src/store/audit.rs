@@ -1135,8 +1135,25 @@ impl Store {
         Ok(())
     }
 
+    /// Whether the file has the timestamp table: read-only tools may open a
+    /// database from before it (a writer of this version adds it at open).
+    fn has_timestamps(&self) -> Result<bool, AuditError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit_timestamps'",
+                [],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
     /// Every stored time-stamp token: (checkpoint size, DER token), by size.
     pub fn timestamps(&self) -> Result<Vec<(u64, Vec<u8>)>, AuditError> {
+        if !self.has_timestamps()? {
+            return Ok(Vec::new());
+        }
         let mut stmt = self
             .conn
             .prepare("SELECT size, token FROM audit_timestamps ORDER BY size")?;
@@ -1151,6 +1168,9 @@ impl Store {
 
     /// The time-stamp token of the checkpoint of `size`, if it has one.
     pub fn timestamp_at(&self, size: u64) -> Result<Option<Vec<u8>>, AuditError> {
+        if !self.has_timestamps()? {
+            return Ok(None);
+        }
         Ok(self
             .conn
             .query_row(

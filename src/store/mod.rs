@@ -12,8 +12,10 @@
 //!   neither's group commit waits behind the other's write lock; configuring both on one
 //!   file is refused by `lienthong check`.
 //! - **Schemas are versioned per component** in `store_schema`: a database written by a newer
-//!   lienthong is refused instead of being half-understood; older ones are migrated in place
-//!   at open, in one transaction.
+//!   lienthong is refused instead of being half-understood; older ones are brought up to date
+//!   at open (new tables in the same transaction as the version; structural migrations, such
+//!   as the audit store's, check the structure itself at every open, so a crash between them
+//!   and the version bump is harmless).
 //! - **Plain SQL.** No SQLite-only statement forms in the stores' queries (no `INSERT OR …`,
 //!   no JSON functions), so the PostgreSQL backend reuses the statements with `BIGINT`/`BYTEA`
 //!   DDL; what is SQLite-specific (opening, PRAGMAs, incremental blob I/O, the audit's
