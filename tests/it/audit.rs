@@ -600,4 +600,3 @@ async fn refused_or_foreign_tokens_are_counted_and_never_stored() {
     .unwrap();
     assert!(tokens.is_empty(), "{} tokens stored", tokens.len());
 }
-
