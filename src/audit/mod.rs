@@ -8,13 +8,14 @@
 //!   that a record is included (`InclusionProof`) and that the log only grew (`ConsistencyProof`).
 //! - Stored records are framed (`verify`): magic, length, inverted length, index, payload
 //!   and its leaf hash, so a torn or edited record is detected and the first bad index named.
-//! - With `[audit.timestamp]`, every checkpoint is timestamped by an RFC 3161 authority
-//!   (`timestamp`): the token signs SHA-256 of the checkpoint's note, so it proves the
-//!   log had that root by the TSA's time, independently of lienthong's own clock and key.
-//!   Tokens are stored beside the checkpoints (`crate::store::audit`) and checked by
-//!   `lienthong audit verify` against the one configured TSA certificate (never a chain a
-//!   token carries). A TSA that is down delays a timestamp (retried with backoff, and the
-//!   next checkpoint is timestamped anyway); it never holds up records. TSA calls are not
+//! - With `[audit.timestamp]`, the latest checkpoint is timestamped by an RFC 3161 authority
+//!   (`timestamp`), at most once per `min_interval`: the token signs SHA-256 of the
+//!   checkpoint's note, so it proves the log had that root (and every record under it) by
+//!   the TSA's time, independently of lienthong's own clock and key. Tokens are stored
+//!   beside the checkpoints (`crate::store::audit`) and checked by `lienthong audit verify`
+//!   against the configured TSA certificate(s) (never a chain a token carries). A TSA that
+//!   is down delays a timestamp (retried with backoff; whatever checkpoint is latest by then
+//!   is sent); it never holds up records. TSA calls are not
 //!   themselves audit records: each would cause the next checkpoint, and that another call.
 //! - Persistence is `crate::store::audit` (the store module the exchange uses too).
 
@@ -78,9 +79,9 @@ impl Auditor {
         }))
     }
 
-    /// Timestamps each new checkpoint at the configured TSA (`[audit.timestamp]`),
-    /// from the latest one found at start on. A failure is logged and counted and
-    /// retried with backoff until it succeeds or a newer checkpoint supersedes it.
+    /// Timestamps the latest checkpoint at the configured TSA (`[audit.timestamp]`)
+    /// whenever there is a new one, at most once per `min_interval`, from the one
+    /// found at start on. A failure is logged, counted and retried with backoff.
     pub fn start_timestamping(self: &Arc<Self>, gw: Weak<crate::runtime::Gateway>) {
         let Some(cfg) = self.cfg.timestamp.clone() else {
             return;
