@@ -362,24 +362,15 @@ fn tsa_identity(cn: &str) -> (rcgen::Certificate, rcgen::KeyPair) {
     (p.self_signed(&key).unwrap(), key)
 }
 
-#[tokio::test]
-async fn checkpoints_are_timestamped_by_the_tsa_and_verified_offline() {
-    use lienthong::audit::timestamp::TestTsa;
-    let (cert, key) = tsa_identity("lienthong test TSA");
-    let tsa = Arc::new(TestTsa::new(cert.der().to_vec(), &key.serialize_der()).unwrap());
-    let t2 = tsa.clone();
-    let tsa_up = MockUpstream::start(Arc::new(move |s: &Seen| {
-        let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(
-            t2.respond(&s.body),
-        )));
-        r.headers_mut().insert(
-            "content-type",
-            "application/timestamp-reply".parse().unwrap(),
-        );
-        Action::Respond(r)
-    }))
-    .await;
-    let up = MockUpstream::start(echo("up")).await;
+/// A gateway config whose checkpoints are timestamped by `tsa` (certificate `cert`,
+/// written to the scratch folder) and one route to `up` with `route_extra`; returns
+/// the config, the scratch folder and the certificate's path.
+fn tsa_gateway_config(
+    cert: &rcgen::Certificate,
+    tsa: &MockUpstream,
+    up: &MockUpstream,
+    route_extra: &str,
+) -> (String, std::path::PathBuf, std::path::PathBuf) {
     let dir = scratch_dir();
     let cert_path = dir.join("tsa.pem");
     std::fs::write(&cert_path, cert.pem()).unwrap();
@@ -399,11 +390,34 @@ name = "r"
 path_prefix = "/"
 upstream = "up"
 auth = {{ anonymous = true }}
+{route_extra}
 "#,
         cert = cert_path.display(),
-        tsa_url = tsa_up.url(),
+        tsa_url = tsa.url(),
         url = up.url()
     ));
+    (cfg, dir, cert_path)
+}
+
+#[tokio::test]
+async fn checkpoints_are_timestamped_by_the_tsa_and_verified_offline() {
+    use lienthong::audit::timestamp::TestTsa;
+    let (cert, key) = tsa_identity("lienthong test TSA");
+    let tsa = Arc::new(TestTsa::new(cert.der().to_vec(), &key.serialize_der()).unwrap());
+    let t2 = tsa.clone();
+    let tsa_up = MockUpstream::start(Arc::new(move |s: &Seen| {
+        let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(
+            t2.respond(&s.body),
+        )));
+        r.headers_mut().insert(
+            "content-type",
+            "application/timestamp-reply".parse().unwrap(),
+        );
+        Action::Respond(r)
+    }))
+    .await;
+    let up = MockUpstream::start(echo("up")).await;
+    let (cfg, dir, cert_path) = tsa_gateway_config(&cert, &tsa_up, &up, "");
     let mut gw = TestGateway::start(&cfg).await;
     for i in 0..5 {
         assert_eq!(raw_get(gw.addr(), &format!("/x/{i}")).await.status, 200);
@@ -554,15 +568,7 @@ async fn refused_or_foreign_tokens_are_counted_and_never_stored() {
     }))
     .await;
     let up = MockUpstream::start(echo("up")).await;
-    let dir = scratch_dir();
-    let cert_path = dir.join("tsa.pem");
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    let cfg = base_config(&format!(
-        "[audit.timestamp]\nupstream = \"tsa\"\ncert = \"{}\"\n[upstreams.tsa]\nendpoints = [\"{}\"]\n[upstreams.up]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"up\"\naudit = \"fail_closed\"\nauth = {{ anonymous = true }}\n",
-        cert_path.display(),
-        tsa_up.url(),
-        up.url()
-    ));
+    let (cfg, _, _) = tsa_gateway_config(&cert, &tsa_up, &up, "audit = \"fail_closed\"");
     let gw = TestGateway::start(&cfg).await;
     assert_eq!(raw_get(gw.addr(), "/a").await.status, 200);
     assert_eq!(admin_post(&gw, "/admin/audit/checkpoint").await.0, 200);
