@@ -212,26 +212,24 @@ fn open_writer(path: &Path) -> Result<Connection, AuditError> {
         page_size: Some(65536),
         ..Tuning::default()
     };
-    let (mut conn, _previous) = sqlite::open_writer(path, &SCHEMA, &tuning)?;
+    let mut conn = sqlite::open_writer(path, &SCHEMA, &tuning)?;
     // Structural migrations, checked at every open (cheap, and safe whatever version
     // `store_schema` recorded before a crash): databases from before frame files keep
     // their inline frames, and their segment table gains the location columns (NULL
     // for those rows).
-    {
-        let has_chunk: i64 = conn.query_row(
-            "SELECT COUNT(*) FROM pragma_table_info('audit_segments') WHERE name = 'chunk'",
-            [],
-            |r| r.get(0),
+    let has_chunk: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('audit_segments') WHERE name = 'chunk'",
+        [],
+        |r| r.get(0),
+    )?;
+    if has_chunk == 0 {
+        conn.execute_batch(
+            "ALTER TABLE audit_segments ADD COLUMN chunk INTEGER;
+             ALTER TABLE audit_segments ADD COLUMN off INTEGER;
+             ALTER TABLE audit_segments ADD COLUMN len INTEGER;",
         )?;
-        if has_chunk == 0 {
-            conn.execute_batch(
-                "ALTER TABLE audit_segments ADD COLUMN chunk INTEGER;
-                 ALTER TABLE audit_segments ADD COLUMN off INTEGER;
-                 ALTER TABLE audit_segments ADD COLUMN len INTEGER;",
-            )?;
-        }
-        migrate_record_rows(&mut conn)?;
     }
+    migrate_record_rows(&mut conn)?;
     Ok(conn)
 }
 

@@ -717,7 +717,7 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
         busy_timeout: std::time::Duration::from_secs(5),
         ..Tuning::default()
     };
-    Ok(sqlite::open_writer(path, &SCHEMA, &tuning)?.0)
+    sqlite::open_writer(path, &SCHEMA, &tuning)
 }
 
 fn writer_loop(

@@ -46,14 +46,12 @@ impl Default for Tuning {
 /// `synchronous=FULL` (a transaction is on stable storage when `COMMIT` returns; both are
 /// read back and refused if not in force, e.g. on a file system without shared memory),
 /// foreign keys on, then the component's schema, refusing a file whose recorded version
-/// for this component is newer than this build's. Returns the connection and the version
-/// found before (`None` for a new file or a component first seen), for the caller's
-/// migrations.
+/// for this component is newer than this build's.
 pub fn open_writer(
     path: &Path,
     schema: &Schema,
     tuning: &Tuning,
-) -> Result<(Connection, Option<i64>), StoreError> {
+) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -84,7 +82,7 @@ pub fn open_writer(
     let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
     let pages = (tuning.wal_autocheckpoint_bytes as i64 / page.max(512)).max(1);
     conn.pragma_update(None, "wal_autocheckpoint", pages)?;
-    let previous = apply_schema(&conn, schema).map_err(|e| match e {
+    apply_schema(&conn, schema).map_err(|e| match e {
         SchemaError::Sql(e) => StoreError(format!("{}: {e}", path.display())),
         SchemaError::Newer(v) => StoreError(format!(
             "{}: written by a newer lienthong ({} schema version {v}, this build knows {}); \
@@ -94,7 +92,7 @@ pub fn open_writer(
             schema.version
         )),
     })?;
-    Ok((conn, previous))
+    Ok(conn)
 }
 
 /// Opens an existing database for reading only (queries, exports, offline verification);
@@ -125,7 +123,7 @@ impl From<rusqlite::Error> for SchemaError {
 
 /// Records the component's version in `store_schema` and creates its tables, in one
 /// transaction, unless the file is from a newer build.
-fn apply_schema(conn: &Connection, schema: &Schema) -> Result<Option<i64>, SchemaError> {
+fn apply_schema(conn: &Connection, schema: &Schema) -> Result<(), SchemaError> {
     conn.execute(
         "CREATE TABLE IF NOT EXISTS store_schema (
             component TEXT PRIMARY KEY,
@@ -157,7 +155,7 @@ fn apply_schema(conn: &Connection, schema: &Schema) -> Result<Option<i64>, Schem
         )?;
     }
     tx.commit()?;
-    Ok(previous)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -181,8 +179,7 @@ mod tests {
     #[test]
     fn writer_connection_is_durable_and_versioned() {
         let path = temp_db("durable");
-        let (conn, prev) = open_writer(&path, &TEST_SCHEMA, &Tuning::default()).unwrap();
-        assert_eq!(prev, None);
+        let conn = open_writer(&path, &TEST_SCHEMA, &Tuning::default()).unwrap();
         let mode: String = conn
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
@@ -195,15 +192,23 @@ mod tests {
             .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
             .unwrap();
         assert_eq!(fk, 1);
+        let version: i64 = conn
+            .query_row(
+                "SELECT version FROM store_schema WHERE component = 'test'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(version, 2);
         drop(conn);
-        let (_conn, prev) = open_writer(&path, &TEST_SCHEMA, &Tuning::default()).unwrap();
-        assert_eq!(prev, Some(2));
+        // Reopening the same version is fine.
+        assert!(open_writer(&path, &TEST_SCHEMA, &Tuning::default()).is_ok());
     }
 
     #[test]
     fn newer_schema_is_refused() {
         let path = temp_db("newer");
-        let (conn, _) = open_writer(&path, &TEST_SCHEMA, &Tuning::default()).unwrap();
+        let conn = open_writer(&path, &TEST_SCHEMA, &Tuning::default()).unwrap();
         conn.execute(
             "UPDATE store_schema SET version = 7 WHERE component = 'test'",
             [],
