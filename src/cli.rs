@@ -264,9 +264,8 @@ fn audit_command(cmd: AuditCommand) -> Result<bool, String> {
                         }
                         None => {
                             let n = crate::store::audit::Store::open_read_only(&path)
-                                .and_then(|s| s.timestamps())
-                                .map_err(|e| e.to_string())?
-                                .len();
+                                .and_then(|s| s.timestamp_count())
+                                .map_err(|e| e.to_string())?;
                             if n > 0 {
                                 println!(
                                     "{n} time-stamp tokens not checked: give --tsa-cert or [audit.timestamp].cert"

@@ -1710,22 +1710,23 @@ pub struct TimestampReport {
 /// apart). Run beside `verify_db`, which checks the checkpoints themselves.
 pub fn verify_timestamps(path: &Path, tsa: &TsaCerts) -> Result<TimestampReport, AuditError> {
     let store = Store::open_read_only(path)?;
-    let sizes: Vec<u64> = store.checkpoint_texts()?.iter().map(|(s, _)| *s).collect();
+    let (checkpoints, latest) = store.checkpoint_count_and_latest()?;
     let mut report = TimestampReport {
-        checkpoints: sizes.len() as u64,
+        checkpoints,
+        uncovered: latest,
         ..TimestampReport::default()
     };
-    let latest = sizes.last().copied().unwrap_or(0);
-    report.uncovered = latest;
-    for (size, token) in store.timestamps()? {
+    // Tokens are streamed one at a time; the first bad one ends the scan.
+    store.for_each_timestamp(|size, token| {
         let check = || -> Result<u64, String> {
-            let cp = store
-                .checkpoint_at(size)
-                .map_err(|e| e.to_string())?
-                .ok_or("no checkpoint of this size")?;
+            let cp = match store.checkpoint_at(size) {
+                Ok(Some(cp)) => cp,
+                Ok(None) => return Err("no checkpoint of this size".into()),
+                Err(e) => return Err(e.to_string()),
+            };
             let digest = timestamp::checkpoint_digest(&cp.to_text());
             let t = tsa
-                .verify_token(&token, &digest)
+                .verify_token(token, &digest)
                 .map_err(|e| e.to_string())?;
             tsa_time_after_checkpoint(&t, cp.checkpoint().timestamp_ms)?;
             Ok(t.gen_time_ms)
@@ -1734,13 +1735,14 @@ pub fn verify_timestamps(path: &Path, tsa: &TsaCerts) -> Result<TimestampReport,
             Ok(gen) => {
                 report.ok.push((size, gen));
                 report.uncovered = latest.saturating_sub(size);
+                true
             }
             Err(why) => {
                 report.first_bad = Some((size, why));
-                break;
+                false
             }
         }
-    }
+    })?;
     Ok(report)
 }
 
@@ -2995,6 +2997,38 @@ mod tests {
         assert!(s.append_batch(&seg(1..3), &[]).is_err());
         assert!(s.append_batch(&seg(0..1), &[]).is_err());
         assert_eq!(s.count().unwrap(), 2);
+    }
+
+    #[test]
+    fn timestamps_are_streamed_in_size_order_and_the_scan_can_stop() {
+        let dir = TempDir::new();
+        let mut s = Store::open(&dir.db(), ORIGIN, &key()).unwrap();
+        assert_eq!(s.timestamp_count().unwrap(), 0);
+        for size in [30u64, 10, 20] {
+            s.put_timestamp(size, size * 1000, &[size as u8; 3])
+                .unwrap();
+        }
+        // A second token for a size keeps the first.
+        s.put_timestamp(10, 1, b"other").unwrap();
+        assert_eq!(s.timestamp_count().unwrap(), 3);
+        let mut seen = Vec::new();
+        s.for_each_timestamp(|size, token| {
+            seen.push((size, token.to_vec()));
+            true
+        })
+        .unwrap();
+        assert_eq!(
+            seen,
+            vec![(10, vec![10; 3]), (20, vec![20; 3]), (30, vec![30; 3])]
+        );
+        let mut first = Vec::new();
+        s.for_each_timestamp(|size, _| {
+            first.push(size);
+            false
+        })
+        .unwrap();
+        assert_eq!(first, vec![10]);
+        assert_eq!(s.checkpoint_count_and_latest().unwrap(), (0, 0));
     }
 
     #[test]

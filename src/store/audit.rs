@@ -1147,21 +1147,39 @@ impl Store {
             .is_some())
     }
 
-    /// Every stored time-stamp token: (checkpoint size, DER token), by size.
-    pub fn timestamps(&self) -> Result<Vec<(u64, Vec<u8>)>, AuditError> {
+    /// Every stored time-stamp token, by checkpoint size, streamed: `f` gets
+    /// (checkpoint size, DER token) one at a time (a year of tokens at one a
+    /// minute is about a gigabyte), and stops the scan by returning `false`.
+    pub fn for_each_timestamp<F>(&self, mut f: F) -> Result<(), AuditError>
+    where
+        F: FnMut(u64, &[u8]) -> bool,
+    {
         if !self.has_timestamps()? {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let mut stmt = self
             .conn
             .prepare("SELECT size, token FROM audit_timestamps ORDER BY size")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (size, token) = row?;
-            out.push((to_u64(size)?, token));
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let size = to_u64(row.get::<_, i64>(0)?)?;
+            let token = row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
+            if !f(size, token) {
+                break;
+            }
         }
-        Ok(out)
+        Ok(())
+    }
+
+    /// How many time-stamp tokens are stored.
+    pub fn timestamp_count(&self) -> Result<u64, AuditError> {
+        if !self.has_timestamps()? {
+            return Ok(0);
+        }
+        let n: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM audit_timestamps", [], |r| r.get(0))?;
+        to_u64(n)
     }
 
     /// The time-stamp token of the checkpoint of `size`, if it has one.
@@ -1283,6 +1301,16 @@ impl Store {
             out.push((to_u64(size)?, note));
         }
         Ok(out)
+    }
+
+    /// How many checkpoints are stored, and the largest one's size (0 when none).
+    pub fn checkpoint_count_and_latest(&self) -> Result<(u64, u64), AuditError> {
+        let (n, latest): (i64, i64) = self.conn.query_row(
+            "SELECT COUNT(*), COALESCE(MAX(size), 0) FROM audit_checkpoints",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok((to_u64(n)?, to_u64(latest)?))
     }
 
     /// The checkpoint with the largest size (parsed, not verified).
