@@ -1,52 +1,192 @@
 #!/usr/bin/env bash
 # Audit cost: the same plain proxy route with the audit log off and on (fail-open, the
-# default), through the shared harness (../shared/bench/proxy-compare.sh) with the same
-# budget (one core for the whole gateway, writer thread included). The two alternate,
-# off/on, for ROUNDS pairs of one harness round each, so drift on a shared machine hits
-# both alike; medians over the rounds. Prints req/s and proxy CPU µs per request for both,
-# the ratios, and how many records the writer committed.
+# default), each gateway with the budget of ../shared/bench/proxy-compare.sh (one core for
+# the whole process, writer thread included; the load generator and the harness's
+# upstream share the other core).
+#
+# Both gateways run side by side, and the load alternates between them in short slices
+# (off/on, then on/off, ...). A slow drift of a shared machine then hits both rows of a
+# pair alike, which separate processes started minutes apart (the harness's way) do not
+# give: that method's single pairs scattered by ±30% here. Halfway through, both are
+# restarted with their places swapped, because in A/A runs the process started first ran
+# 2-6% faster than its twin whichever config it had. Prints every pair, the medians of
+# the pair ratios (the verdict) and the pooled totals, how many records the writer
+# committed and its own CPU per record.
+#
+#   benches/audit.sh                  # SLICES=20 SLICE=3 (seconds)
+#   AA=1 benches/audit.sh             # A/A: both gateways without the audit log; the
+#                                     # spread of the ratios is this machine's noise floor
+#   LIENTHONG_BIN=path benches/audit.sh   # skip the build
+#
+# Needs: apt-get install -y wrk
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SHARED="${LIENTHONG_SHARED:-$HERE/../shared}"
-# LIENTHONG_BIN=path skips the build (e.g. to run several scripts on one binary).
+[ -d "$SHARED/bench/upstream" ] || { echo "audit.sh: no harness at $SHARED/bench" >&2; exit 1; }
+command -v wrk >/dev/null || { echo "audit.sh: needs wrk (apt-get install -y wrk)" >&2; exit 1; }
 [ -n "${LIENTHONG_BIN:-}" ] || (cd "$HERE" && cargo build --release --locked --bin lienthong)
-LIENTHONG_BIN="${LIENTHONG_BIN:-$HERE/target/release/lienthong}"
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/lienthong-auditbench.XXXXXX")"
-trap 'rm -rf "$WORK"' EXIT
-export LIENTHONG_BIN="${LIENTHONG_BIN:-$HERE/target/release/lienthong}" GATEWAY_CMD="$HERE/benches/gateway-for-bench.sh"
-export GATEWAY_PORT="${GATEWAY_PORT:-18083}" RESULTS_DIR="$WORK/results" LATENCY="${LATENCY:-0}"
-export ROUNDS="${ROUNDS:-3}" DURATION="${DURATION:-5}"
-mkdir -p "$RESULTS_DIR"
-AUDIT_CONFIG="
-[audit]
-db = \"$WORK/audit.db\"
-origin = \"bench/audit\"
-key = \"$HERE/config/dev/audit-signing.key.pem\"
-"
-# AA=1: an A/A calibration. The "on" rounds run without the audit log too, so the
-# spread of their ratios is this machine's noise floor for the comparison.
-ON_CONFIG="$AUDIT_CONFIG"
-[ "${AA:-0}" = 1 ] && ON_CONFIG=""
-PAIRS="$ROUNDS"
-for i in $(seq "$PAIRS"); do
-  echo "== pair $i/$PAIRS: audit off" >&2
-  ROUNDS=1 EXTRA_CONFIG="" GATEWAY_NAME=audit-off TARGETS=audit-off GATEWAY_PATH=/json \
-    "$SHARED/bench/proxy-compare.sh" 2>&1 | grep ' round ' | tee -a "$WORK/rounds" || true
-  echo "== pair $i/$PAIRS: audit on (fail-open)$([ "${AA:-0}" = 1 ] && echo ', A/A: audit off again')" >&2
-  ROUNDS=1 EXTRA_CONFIG="$ON_CONFIG" GATEWAY_NAME=audit-on TARGETS=audit-on GATEWAY_PATH=/json \
-    "$SHARED/bench/proxy-compare.sh" 2>&1 | grep ' round ' | tee -a "$WORK/rounds" || true
-done
-# Ratios of each pair, in order: how far single pairs scatter around the medians.
-awk '{ for (i = 1; i < NF; i++) { if ($i == "req/s") r = $(i - 1); if ($(i + 1) == "us/req") c = $i }
-       if ($3 == "audit-off") { r0 = r; c0 = c } else if (c0 > 0) { n++; rr[n] = r / r0; cr[n] = c / c0
-         printf "pair %d: req/s %.2fx, CPU/req %.2fx\n", n, rr[n], cr[n] } }
-     function med(a, n,   i, j, t) { for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] > a[j]; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
-       return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
-     END { if (n) printf "median of the pair ratios: req/s %.3fx, CPU/req %.3fx\n", med(rr, n), med(cr, n) }' "$WORK/rounds"
-python3 "$HERE/benches/compare.py" "$RESULTS_DIR" audit-off audit-on
-if [ "${AA:-0}" = 1 ]; then
-  echo "A/A calibration: both rows ran without the audit log"
-else
-  RECORDS=$(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select coalesce(sum(count),0) from audit_segments').fetchone()[0])" "$WORK/audit.db")
-  echo "records committed: $RECORDS (every request of the audit-on row, warm-up included)"
+export LIENTHONG_BIN="${LIENTHONG_BIN:-$HERE/target/release/lienthong}"
+# The harness's upstream, built where the harness builds it.
+BENCH_WORK="${BENCH_WORK:-${TMPDIR:-/tmp}/lienthong-bench}"
+UP_BIN="${CARGO_TARGET_DIR:-$BENCH_WORK/target}/release/upstream"
+if [ ! -x "$UP_BIN" ]; then
+  (cd "$SHARED/bench/upstream" && CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$BENCH_WORK/target}" \
+    cargo build --release --locked --bin upstream -q)
 fi
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/lienthong-auditbench.XXXXXX")"
+export WORK UP_BIN HERE
+trap 'rm -rf "$WORK"' EXIT
+python3 - <<'PY'
+import os, re, signal, statistics, subprocess, sys, time, urllib.request
+
+env = os.environ
+HERE, WORK, UP_BIN = env["HERE"], env["WORK"], env["UP_BIN"]
+SLICES, SLICE = int(env.get("SLICES", "20")), env.get("SLICE", "3")
+CONNS, AA = env.get("CONNS", "64"), env.get("AA", "0") == "1"
+UP, FIRST, SECOND = 18080, 18083, 18084
+ncpu = os.cpu_count() or 1
+LOAD_CPUS = env.get("LOAD_CPUS", "0")
+PROXY_CPUS = env.get("PROXY_CPUS", "1" if ncpu >= 2 else "0")
+TCK = os.sysconf("SC_CLK_TCK")
+procs = []
+
+def stop(*_):
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
+
+def busy(port):
+    import socket
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+def wait_up(port, path="/json"):
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1).read()
+            return
+        except Exception:
+            time.sleep(0.1)
+    stop()
+    sys.exit(f"audit.sh: nothing answers on port {port} (logs in {WORK})")
+
+def gateway(name, port, audit):
+    d = f"{WORK}/{name}"
+    os.makedirs(d)
+    extra = ""
+    if audit:
+        extra = (f'[audit]\ndb = "{d}/audit.db"\norigin = "bench/audit"\n'
+                 f'key = "{HERE}/config/dev/audit-signing.key.pem"\n')
+    e = dict(env, BENCH_RUNDIR=d, GATEWAY_PORT=str(port), PROXY_WORKERS="1",
+             UPSTREAM_ADDR=f"127.0.0.1:{UP}", EXTRA_CONFIG=extra)
+    log = open(f"{d}/gateway.log", "w")
+    return subprocess.Popen(["taskset", "-c", PROXY_CPUS, f"{HERE}/benches/gateway-for-bench.sh"],
+                            env=e, stdout=log, stderr=log)
+
+def ticks(pid, comm=None):
+    """utime+stime of a process, or of its threads named `comm`."""
+    def one(path):
+        s = open(path).read()
+        f = s[s.rindex(")") + 2:].split()
+        return s[s.index("(") + 1:s.rindex(")")], int(f[11]) + int(f[12])
+    if comm is None:
+        return one(f"/proc/{pid}/stat")[1]
+    tot = 0
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            c, n = one(f"/proc/{pid}/task/{t}/stat")
+        except OSError:
+            continue
+        tot += n if c == comm else 0
+    return tot
+
+def load(proc, port, secs):
+    t0, w0 = ticks(proc.pid), ticks(proc.pid, "audit-writer")
+    out = subprocess.run(["taskset", "-c", LOAD_CPUS, "wrk", "-t1", f"-c{CONNS}", f"-d{secs}",
+                          f"http://127.0.0.1:{port}/json"], capture_output=True, text=True).stdout
+    t1, w1 = ticks(proc.pid), ticks(proc.pid, "audit-writer")
+    n = int(re.search(r"(\d+) requests in", out).group(1))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errs = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errs += sum(map(int, m.groups())) if m else 0
+    return dict(n=n, rps=rps, cpu=(t1 - t0) / TCK, writer=(w1 - w0) / TCK, errs=errs)
+
+for p in (UP, FIRST, SECOND):
+    if busy(p):
+        sys.exit(f"audit.sh: port {p} already in use")
+label = "on (A/A: audit off too)" if AA else "on"
+pairs, dbs = [], []
+try:
+    procs.append(subprocess.Popen(["taskset", "-c", LOAD_CPUS, UP_BIN, f"127.0.0.1:{UP}"],
+                                  env=dict(env, UPSTREAM_THREADS="1"),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    wait_up(UP, "/health")
+    # Two halves with the gateways' places swapped: the process started first (on the
+    # first port) ran a few percent faster than its twin in A/A runs, whichever
+    # config it had, so each config gets that place for half of the pairs.
+    for half in (0, 1):
+        first, second = ("off", "on") if half == 0 else ("on", "off")
+        rows = {}
+        for k, port in ((first, FIRST), (second, SECOND)):
+            name = f"audit-{k}-{half + 1}"
+            p = gateway(name, port, k == "on" and not AA)
+            procs.append(p)
+            wait_up(port)
+            rows[k] = (p, port)
+            if k == "on" and not AA:
+                dbs.append(f"{WORK}/{name}/audit.db")
+        for k in rows:  # warm-up, untimed
+            load(*rows[k], "2s")
+        n = SLICES // 2 if half == 0 else SLICES - SLICES // 2
+        for i in range(n):
+            order = ["off", "on"] if i % 2 == 0 else ["on", "off"]
+            r = {k: load(*rows[k], f"{SLICE}s") for k in order}
+            a, b = r["off"], r["on"]
+            pairs.append((a, b))
+            print(f"pair {len(pairs):2} (on started {'second' if half == 0 else 'first'}): "
+                  f"off {a['rps']:8.0f} req/s {a['cpu'] * 1e6 / a['n']:6.2f} us/req | "
+                  f"{label} {b['rps']:8.0f} req/s {b['cpu'] * 1e6 / b['n']:6.2f} us/req | "
+                  f"req/s {b['rps'] / a['rps']:.3f}x, CPU/req {(b['cpu'] / b['n']) / (a['cpu'] / a['n']):.3f}x",
+                  flush=True)
+        for k in rows:
+            p = rows[k][0]
+            p.terminate()
+            p.wait(timeout=30)
+            procs.remove(p)
+finally:
+    stop()
+
+rr = [b["rps"] / a["rps"] for a, b in pairs]
+cr = [(b["cpu"] / b["n"]) / (a["cpu"] / a["n"]) for a, b in pairs]
+tot = {k: {f: sum(p[j][f] for p in pairs) for f in ("n", "cpu", "writer", "errs")}
+       for j, k in ((0, "off"), (1, "on"))}
+print()
+print(f"median of {len(pairs)} pair ratios (audit on / off): req/s {statistics.median(rr):.3f}x, "
+      f"CPU/req {statistics.median(cr):.3f}x   (pairs: req/s {min(rr):.2f}-{max(rr):.2f}x, "
+      f"CPU/req {min(cr):.2f}-{max(cr):.2f}x)")
+for k in ("off", "on"):
+    t = tot[k]
+    print(f"  {k:3}: {t['n']} requests, {t['cpu'] * 1e6 / t['n']:.2f} us CPU/req pooled, errors {t['errs']}")
+print(f"  pooled: req {tot['on']['n'] / tot['off']['n']:.3f}x, CPU/req "
+      f"{(tot['on']['cpu'] / tot['on']['n']) / (tot['off']['cpu'] / tot['off']['n']):.3f}x")
+if AA:
+    print("A/A calibration: both gateways ran without the audit log")
+else:
+    import sqlite3
+    recs = sum(sqlite3.connect(db).execute("select coalesce(sum(count), 0) from audit_segments")
+               .fetchone()[0] for db in dbs)
+    on_secs = len(pairs) * float(SLICE)
+    print(f"records committed: {recs} (every request of the audit-on gateways, warm-ups included); "
+          f"in the timed slices the writer kept up with {tot['on']['n'] / on_secs:.0f} records/s, "
+          f"its own thread using {tot['on']['writer'] * 1e6 / max(tot['on']['n'], 1):.2f} us CPU/record")
+if tot["off"]["errs"] or tot["on"]["errs"]:
+    sys.exit("audit.sh: errors during the run")
+PY
