@@ -291,6 +291,39 @@ pub fn cut_torn_tail(buf: &mut Vec<u8>) -> Result<Option<TornTail>, TornTail> {
 // Verification
 // ---------------------------------------------------------------------------
 
+/// What is wrong, if anything, with a record that claims `index` arriving at
+/// `position` (the number of records before it) with leaf hash `h`, against the
+/// hash stored beside it: the record index to name and the problem. Shared by
+/// the offline verifier and the writer's resumed verification.
+pub(crate) fn leaf_problem(
+    position: u64,
+    index: u64,
+    h: &Hash,
+    stored: Option<&Hash>,
+) -> Option<(u64, Problem)> {
+    if index > position {
+        Some((
+            position,
+            Problem::MissingIndex {
+                expected: position,
+                found: index,
+            },
+        ))
+    } else if index < position {
+        Some((
+            index,
+            Problem::RepeatedIndex {
+                expected: position,
+                found: index,
+            },
+        ))
+    } else if stored.is_some_and(|s| s != h) {
+        Some((position, Problem::HashMismatch))
+    } else {
+        None
+    }
+}
+
 /// The first thing found wrong, attached to a record index in the report.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Problem {
@@ -461,27 +494,8 @@ impl LogVerifier {
     }
 
     fn push_leaf(&mut self, index: u64, h: Hash, stored_hash: Option<&Hash>) {
-        let position = self.tree.size();
-        if self.first_bad.is_none() {
-            if index > position {
-                self.fail(
-                    position,
-                    Problem::MissingIndex {
-                        expected: position,
-                        found: index,
-                    },
-                );
-            } else if index < position {
-                self.fail(
-                    index,
-                    Problem::RepeatedIndex {
-                        expected: position,
-                        found: index,
-                    },
-                );
-            } else if stored_hash.is_some_and(|s| *s != h) {
-                self.fail(position, Problem::HashMismatch);
-            }
+        if let Some((at, p)) = leaf_problem(self.tree.size(), index, &h, stored_hash) {
+            self.fail(at, p);
         }
         self.tree.append(h);
         self.check_checkpoints_here();

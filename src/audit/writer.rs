@@ -1171,25 +1171,8 @@ impl ResumedVerifier {
     }
 
     fn push_leaf(&mut self, index: u64, h: Hash, stored: Option<&Hash>) {
-        let position = self.tree.size();
-        if index > position {
-            self.fail(
-                position,
-                Problem::MissingIndex {
-                    expected: position,
-                    found: index,
-                },
-            );
-        } else if index < position {
-            self.fail(
-                index,
-                Problem::RepeatedIndex {
-                    expected: position,
-                    found: index,
-                },
-            );
-        } else if stored.is_some_and(|s| *s != h) {
-            self.fail(position, Problem::HashMismatch);
+        if let Some((at, p)) = super::verify::leaf_problem(self.tree.size(), index, &h, stored) {
+            self.fail(at, p);
         }
         self.tree.append(h);
         self.check_here();
