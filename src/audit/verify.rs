@@ -406,8 +406,21 @@ impl LogVerifier {
     /// checkpoints naming another origin are rejected so that a validly
     /// signed checkpoint of another lienthong log cannot be replayed here.
     pub fn new(key: &VerifierKey, origin: &str, checkpoints: &[SignedCheckpoint]) -> Self {
+        Self::resume(key, origin, checkpoints, CompactRange::new())
+    }
+
+    /// A verifier that starts after the records `start` covers (the stored
+    /// frontier of a pruned log) instead of at record 0. Checkpoints below
+    /// `start` cannot be checked against records any more and are left out.
+    pub(crate) fn resume(
+        key: &VerifierKey,
+        origin: &str,
+        checkpoints: &[SignedCheckpoint],
+        start: CompactRange,
+    ) -> Self {
         let mut cps: Vec<(u64, Result<Hash, CheckpointError>)> = checkpoints
             .iter()
+            .filter(|sc| sc.checkpoint().size >= start.size())
             .map(|sc| {
                 let cp = sc.checkpoint();
                 let checked = sc.verify(key).and_then(|cp| {
@@ -427,8 +440,8 @@ impl LogVerifier {
         let mut v = Self {
             checkpoints: cps,
             next_checkpoint: 0,
-            vouched: 0,
-            tree: CompactRange::new(),
+            vouched: start.size(),
+            tree: start,
             checkpoints_ok: 0,
             first_bad: None,
         };

@@ -73,7 +73,7 @@ use super::merkle::{hash_to_base64, CompactRange, Hash, InclusionProof, MerkleEr
 use super::record::{epoch_ms, format_epoch_ms, AuditRecord, RecordKind};
 use super::timestamp::{self, TsaCerts};
 use super::verify::{
-    encode_frame_into, scan_frames, Frame, FrameError, LogVerifier, Problem, VerifyReport,
+    encode_frame_into, scan_frames, FrameError, LogVerifier, Problem, VerifyReport,
     FRAME_HEADER_LEN, FRAME_TRAILER_LEN, MAX_RECORD_LEN,
 };
 use crate::store::audit::{decode_row, AuditError, Filter, IndexColumns, NewSegment, Store};
@@ -1055,168 +1055,10 @@ impl Worker {
 // Offline verification
 // ---------------------------------------------------------------------------
 
-/// What `verify_db` feeds records into: the crate's `LogVerifier` for a log
-/// that starts at record 0, [`ResumedVerifier`] for a pruned one.
-trait RecordSink {
-    fn push(&mut self, index: u64, payload: &[u8], stored: Option<&Hash>);
-    fn push_frame(&mut self, frame: &Frame<'_>);
-    fn push_corrupt(&mut self, error: FrameError);
-    fn finish(self) -> VerifyReport;
-}
-
-impl RecordSink for LogVerifier {
-    fn push(&mut self, index: u64, payload: &[u8], stored: Option<&Hash>) {
-        LogVerifier::push(self, index, payload, stored)
-    }
-    fn push_frame(&mut self, frame: &Frame<'_>) {
-        LogVerifier::push_frame(self, frame)
-    }
-    fn push_corrupt(&mut self, error: FrameError) {
-        LogVerifier::push_corrupt(self, error)
-    }
-    fn finish(self) -> VerifyReport {
-        LogVerifier::finish(self, None)
-    }
-}
-
-/// The same checks as `verify::LogVerifier`, starting from a stored
-/// frontier instead of the empty tree. `LogVerifier` has no way to start
-/// mid-log, so this mirrors its logic; the two are cross-checked by a test
-/// on unpruned logs, where they must produce identical reports.
-struct ResumedVerifier {
-    checkpoints: Vec<(u64, Result<Hash, CheckpointError>)>,
-    next_checkpoint: usize,
-    vouched: u64,
-    tree: CompactRange,
-    checkpoints_ok: usize,
-    first_bad: Option<(u64, Problem)>,
-}
-
-impl ResumedVerifier {
-    fn new(key: &VerifierKey, origin: &str, cps: &[SignedCheckpoint], start: CompactRange) -> Self {
-        let mut checkpoints: Vec<(u64, Result<Hash, CheckpointError>)> = cps
-            .iter()
-            // Checkpoints of the deleted prefix cannot be checked against
-            // records any more; they stay in the database as history.
-            .filter(|sc| sc.checkpoint().size >= start.size())
-            .map(|sc| {
-                let checked = sc.verify(key).and_then(|cp| {
-                    if cp.origin == origin {
-                        Ok(cp.root)
-                    } else {
-                        Err(CheckpointError::OriginMismatch {
-                            expected: origin.to_string(),
-                            got: cp.origin.clone(),
-                        })
-                    }
-                });
-                (sc.checkpoint().size, checked)
-            })
-            .collect();
-        checkpoints.sort_by_key(|(s, _)| *s);
-        let mut v = Self {
-            checkpoints,
-            next_checkpoint: 0,
-            vouched: start.size(),
-            tree: start,
-            checkpoints_ok: 0,
-            first_bad: None,
-        };
-        v.check_here();
-        v
-    }
-
-    fn fail(&mut self, index: u64, p: Problem) {
-        if self.first_bad.is_none() {
-            self.first_bad = Some((index, p));
-        }
-    }
-
-    fn check_here(&mut self) {
-        let size = self.tree.size();
-        while let Some((cp_size, checked)) = self.checkpoints.get(self.next_checkpoint).cloned() {
-            if cp_size != size {
-                break;
-            }
-            self.next_checkpoint += 1;
-            if self.first_bad.is_some() {
-                continue;
-            }
-            match checked {
-                Err(error) => {
-                    let at = self.vouched;
-                    self.fail(
-                        at,
-                        Problem::CheckpointInvalid {
-                            checkpoint_size: size,
-                            error,
-                        },
-                    )
-                }
-                Ok(root) if root != self.tree.root() => {
-                    let at = self.vouched;
-                    self.fail(
-                        at,
-                        Problem::CheckpointRootMismatch {
-                            checkpoint_size: size,
-                        },
-                    )
-                }
-                Ok(_) => {
-                    self.checkpoints_ok += 1;
-                    self.vouched = size;
-                }
-            }
-        }
-    }
-
-    fn push_leaf(&mut self, index: u64, h: Hash, stored: Option<&Hash>) {
-        if let Some((at, p)) = super::verify::leaf_problem(self.tree.size(), index, &h, stored) {
-            self.fail(at, p);
-        }
-        self.tree.append(h);
-        self.check_here();
-    }
-}
-
-impl RecordSink for ResumedVerifier {
-    fn push(&mut self, index: u64, payload: &[u8], stored: Option<&Hash>) {
-        let h = super::merkle::leaf_hash(payload);
-        self.push_leaf(index, h, stored);
-    }
-    fn push_frame(&mut self, frame: &Frame<'_>) {
-        self.push_leaf(frame.index, frame.leaf_hash, None);
-    }
-    fn push_corrupt(&mut self, error: FrameError) {
-        let at = self.tree.size();
-        self.fail(at, Problem::CorruptFrame(error));
-    }
-    fn finish(mut self) -> VerifyReport {
-        let records = self.tree.size();
-        if let Some((cp_size, _)) = self.checkpoints.get(self.next_checkpoint) {
-            let cp_size = *cp_size;
-            self.fail(
-                records,
-                Problem::MissingRecords {
-                    checkpoint_size: cp_size,
-                    records,
-                },
-            );
-        }
-        VerifyReport {
-            records,
-            checkpoints_ok: self.checkpoints_ok,
-            first_bad: self.first_bad,
-            root: self.tree.root(),
-            torn_tail: None,
-        }
-    }
-}
-
 /// Feed one stored row. A frame whose only fault is its hash is fed with
 /// its stored hash so the report says `HashMismatch` at that index (more
 /// precise than "corrupt frame"); any other damage is a corrupt frame.
-fn feed_row<S: RecordSink>(sink: &mut S, frame: &[u8]) {
+fn feed_row(sink: &mut LogVerifier, frame: &[u8]) {
     let (frames, _, tail) = scan_frames(frame);
     match (frames.as_slice(), tail) {
         ([f], None) => sink.push_frame(f),
@@ -1261,24 +1103,19 @@ pub fn verify_db(path: &Path, key: &VerifierKey, origin: &str) -> Result<VerifyR
             }
         }
     }
-    let mut report = match store.prune_point()? {
-        None => {
-            let mut v = LogVerifier::new(key, origin, &parsed);
-            store.for_each_frame(0, None, |_, f| {
-                feed_row(&mut v, f);
-                Ok(())
-            })?;
-            RecordSink::finish(v)
-        }
-        Some(p) => {
-            let mut v = ResumedVerifier::new(key, origin, &parsed, p.frontier);
-            store.for_each_frame(p.size, None, |_, f| {
-                feed_row(&mut v, f);
-                Ok(())
-            })?;
-            v.finish()
-        }
+    // A pruned log is verified from its stored prune-point frontier.
+    let (mut v, from) = match store.prune_point()? {
+        None => (LogVerifier::new(key, origin, &parsed), 0),
+        Some(p) => (
+            LogVerifier::resume(key, origin, &parsed, p.frontier),
+            p.size,
+        ),
     };
+    store.for_each_frame(from, None, |_, f| {
+        feed_row(&mut v, f);
+        Ok(())
+    })?;
+    let mut report = v.finish(None);
     if let Some((size, error)) = unreadable {
         // The unreadable checkpoint vouched for records below it; name the
         // start of the window it was meant to cover.
@@ -3075,15 +2912,20 @@ mod tests {
     }
 
     #[test]
-    fn resumed_verifier_agrees_with_log_verifier() {
-        // On logs that start at 0 the two must give identical reports, for
-        // intact and for damaged logs.
+    fn a_verifier_resumed_mid_log_finds_what_a_full_one_finds() {
+        // Resumed from the frontier after record 10 (a pruned log), a verifier
+        // must report what one that read the log from record 0 reports, for
+        // an intact log and for damage after the resume point.
         let s = signer();
         let payloads: Vec<Vec<u8>> = (0..24u64).map(|i| rec(i).to_json()).collect();
         let mut full = CompactRange::new();
+        let mut at10 = None;
         let mut cps = Vec::new();
         for (i, p) in payloads.iter().enumerate() {
             full.append_data(p);
+            if full.size() == 10 {
+                at10 = Some(full.clone());
+            }
             if (i + 1) % 5 == 0 {
                 let cp = Checkpoint {
                     origin: ORIGIN.into(),
@@ -3094,6 +2936,7 @@ mod tests {
                 cps.push(s.sign(&cp).unwrap());
             }
         }
+        let at10 = at10.unwrap();
         let frames = |mutate: &dyn Fn(&mut Vec<Vec<u8>>)| {
             let mut f: Vec<Vec<u8>> = payloads
                 .iter()
@@ -3103,25 +2946,44 @@ mod tests {
             mutate(&mut f);
             f
         };
-        let cases: Vec<Vec<Vec<u8>>> = vec![
-            frames(&|_| {}),
-            frames(&|f| f[7][FRAME_HEADER_LEN] ^= 1),
-            frames(&|f| {
-                f.remove(12);
-            }),
-            frames(&|f| f.swap(3, 4)),
-            frames(&|f| f[9] = encode_frame(9, b"{}").unwrap()),
-            frames(&|f| f.truncate(21)),
-            frames(&|f| f[2][0] = b'X'),
+        let cases: Vec<(Vec<Vec<u8>>, Option<u64>)> = vec![
+            (frames(&|_| {}), None),
+            (frames(&|f| f[12][FRAME_HEADER_LEN] ^= 1), Some(12)),
+            (
+                frames(&|f| {
+                    f.remove(12);
+                }),
+                Some(12),
+            ),
+            (frames(&|f| f.swap(13, 14)), Some(13)),
+            (
+                frames(&|f| f[19] = encode_frame(19, b"{}").unwrap()),
+                Some(15),
+            ),
+            (frames(&|f| f.truncate(18)), Some(18)),
         ];
-        for (n, case) in cases.iter().enumerate() {
-            let mut a = LogVerifier::new(&key(), ORIGIN, &cps);
-            let mut b = ResumedVerifier::new(&key(), ORIGIN, &cps, CompactRange::new());
-            for f in case {
-                feed_row(&mut a, f);
-                feed_row(&mut b, f);
+        for (n, (case, bad)) in cases.iter().enumerate() {
+            let mut whole = LogVerifier::new(&key(), ORIGIN, &cps);
+            let mut resumed = LogVerifier::resume(&key(), ORIGIN, &cps, at10.clone());
+            for (i, f) in case.iter().enumerate() {
+                feed_row(&mut whole, f);
+                if i >= 10 {
+                    feed_row(&mut resumed, f);
+                }
             }
-            assert_eq!(RecordSink::finish(a), b.finish(), "case {n}");
+            let (w, r) = (whole.finish(None), resumed.finish(None));
+            assert_eq!(
+                w.first_bad.as_ref().map(|(i, _)| *i),
+                *bad,
+                "case {n}: {w:?}"
+            );
+            assert_eq!(w.first_bad, r.first_bad, "case {n}");
+            assert_eq!((w.records, w.root), (r.records, r.root), "case {n}");
+            // The checkpoint at 5 lies in the pruned prefix: only the whole
+            // log's verifier can check it.
+            if bad.is_none() {
+                assert_eq!((w.checkpoints_ok, r.checkpoints_ok), (4, 3), "case {n}");
+            }
         }
     }
 
