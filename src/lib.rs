@@ -20,6 +20,7 @@
 //! - [`sandbox`]   — simulated counterparts (DVCQG-like portal, SOAP agency) switchable ok/slow/failing/down.
 //! - [`demo`]      — `lienthong demo`: gateway + sandbox in one process, a scripted dossier exchange with an outage, a readable trace.
 //! - [`observe`]   — metrics recorder and logging; one access-log line per request.
+//! - [`clock`]     — the one injectable clock (monotonic + wall) behind every expiry, freshness and retry policy.
 //!
 //! ## Invariants that hold across modules
 //! - On the public listeners only `pipeline::respond` maps errors to status codes and
@@ -46,6 +47,7 @@ pub mod auth;
 pub mod body;
 pub mod cache;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod error;

@@ -574,7 +574,7 @@ impl Authenticator {
             return Err(unauth(reason::TOKEN_TOO_LARGE, "token exceeds size cap"));
         }
         let key = token_hash(token);
-        let now = self.clock.now().as_secs();
+        let now = self.clock.since_epoch().as_secs();
         if let Some(hit) = self.cache.get(&key) {
             if now < hit.valid_until {
                 self.hits.fetch_add(1, Ordering::Relaxed);
@@ -584,7 +584,7 @@ impl Authenticator {
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         let caller = Arc::new(self.verify_uncached(token).await?);
-        let now = self.clock.now().as_secs();
+        let now = self.clock.since_epoch().as_secs();
         let valid_until = caller
             .expires_at
             .min(now.saturating_add(self.options.cache_max_ttl.as_secs()));
@@ -638,7 +638,7 @@ impl Authenticator {
             .await?;
         verify_signature(&jws, &key)?;
 
-        let now = self.clock.now().as_secs();
+        let now = self.clock.since_epoch().as_secs();
         let times = validate_time_claims(
             &claims,
             now,
@@ -1176,7 +1176,7 @@ mod tests {
 
     impl Env {
         fn now(&self) -> u64 {
-            self.clock.now().as_secs()
+            self.clock.since_epoch().as_secs()
         }
         async fn reason(&self, token: &str) -> &'static str {
             let e = self
@@ -1191,7 +1191,7 @@ mod tests {
     }
 
     fn env_with(issuers: Vec<IssuerConfig>, jwks_body: Option<Vec<u8>>) -> Env {
-        let clock = Arc::new(ManualClock::new(Duration::from_secs(NOW)));
+        let clock = Arc::new(ManualClock::at(Duration::from_secs(NOW)));
         let fetcher = Arc::new(match jwks_body {
             Some(b) => CountingFetcher::new(b),
             None => CountingFetcher::default(),
@@ -2081,7 +2081,7 @@ mod tests {
                 vec![cfg],
                 AuthOptions::default(),
                 Arc::new(CountingFetcher::default()),
-                Arc::new(ManualClock::new(Duration::from_secs(NOW))),
+                Arc::new(ManualClock::at(Duration::from_secs(NOW))),
             )
             .unwrap_err()
             .to_string()
@@ -2143,7 +2143,7 @@ mod tests {
             }],
             AuthOptions::default(),
             Arc::new(CountingFetcher::default()),
-            Arc::new(ManualClock::new(Duration::from_secs(NOW))),
+            Arc::new(ManualClock::at(Duration::from_secs(NOW))),
         )
         .unwrap_err();
         assert!(dup.to_string().contains("same iss"), "{dup}");
@@ -2531,7 +2531,7 @@ mod vector_tests {
     }
     impl NowSecs for SystemClock {
         fn now_secs(&self) -> u64 {
-            self.now().as_secs()
+            self.since_epoch().as_secs()
         }
     }
     use super::super::keys::SystemClock;

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use aws_lc_rs::signature::{
     ParsedPublicKey, ECDSA_P256_SHA256_FIXED, ECDSA_P384_SHA384_FIXED, ED25519,
@@ -41,45 +41,7 @@ const MAX_JWKS_KEYS: usize = 64;
 /// A `kid` longer than this cannot be one of ours; rejected before lookup.
 pub const MAX_KID_LEN: usize = 256;
 
-/// Source of "now" (wall clock, since the Unix epoch). Injectable so that
-/// expiry and refresh policies are tested without sleeping.
-pub trait Clock: Send + Sync + fmt::Debug {
-    fn now(&self) -> Duration;
-}
-
-/// The real clock.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> Duration {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO)
-    }
-}
-
-/// A clock that only moves when told to (tests, simulations).
-#[derive(Debug, Default)]
-pub struct ManualClock(AtomicU64);
-
-impl ManualClock {
-    pub fn new(now: Duration) -> Self {
-        ManualClock(AtomicU64::new(now.as_millis() as u64))
-    }
-    pub fn set(&self, now: Duration) {
-        self.0.store(now.as_millis() as u64, Ordering::SeqCst);
-    }
-    pub fn advance(&self, by: Duration) {
-        self.0.fetch_add(by.as_millis() as u64, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> Duration {
-        Duration::from_millis(self.0.load(Ordering::SeqCst))
-    }
-}
+pub use crate::clock::{Clock, ManualClock, SystemClock};
 
 /// The type of a verification key; decides which algorithms may use it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -721,7 +683,9 @@ impl JwksState {
             fetches: self.fetches.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
             keys: s.keys.len(),
-            age: s.fetched_at.map(|t| self.clock.now().saturating_sub(t)),
+            age: s
+                .fetched_at
+                .map(|t| self.clock.since_epoch().saturating_sub(t)),
         }
     }
 
@@ -742,7 +706,7 @@ impl JwksState {
     /// made within `min_refetch_interval` (it may have been made by a task we
     /// waited behind: then its result is already in the snapshot).
     async fn fetch_locked(&self, force: bool) -> Result<(), String> {
-        let now = self.clock.now();
+        let now = self.clock.since_epoch();
         let cur = self.current();
         if !force {
             if let Some(t) = cur.attempted_at {
@@ -811,7 +775,7 @@ impl JwksState {
         kid: Option<&str>,
         alg: Algorithm,
     ) -> Result<Arc<VerifyingKey>, AuthError> {
-        let now = self.clock.now();
+        let now = self.clock.since_epoch();
         let mut snap = self.current();
         let age = snap.fetched_at.map(|t| now.saturating_sub(t));
         match age {
@@ -829,7 +793,7 @@ impl JwksState {
         }
         let fresh_enough = |s: &Snapshot| {
             s.fetched_at
-                .is_some_and(|t| self.clock.now().saturating_sub(t) < self.policy.max_stale)
+                .is_some_and(|t| self.clock.since_epoch().saturating_sub(t) < self.policy.max_stale)
         };
         if !fresh_enough(&snap) {
             return Err(self.unavailable(&snap));

@@ -184,61 +184,7 @@ pub trait LookupSource: Send + Sync {
 // Clock
 // ---------------------------------------------------------------------------------------
 
-/// Time as the cache sees it. `now` decides freshness (monotonic); `wall` is only reported.
-pub trait Clock: Send + Sync {
-    fn now(&self) -> Instant;
-    fn wall(&self) -> SystemTime;
-}
-
-/// The real clock.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> Instant {
-        Instant::now()
-    }
-    fn wall(&self) -> SystemTime {
-        SystemTime::now()
-    }
-}
-
-/// A clock that only moves when told to; for tests (here and in the gateway's).
-#[derive(Debug)]
-pub struct ManualClock {
-    start: Instant,
-    start_wall: SystemTime,
-    offset: Mutex<Duration>,
-}
-
-impl ManualClock {
-    pub fn new() -> Self {
-        ManualClock {
-            start: Instant::now(),
-            start_wall: SystemTime::now(),
-            offset: Mutex::new(Duration::ZERO),
-        }
-    }
-
-    pub fn advance(&self, by: Duration) {
-        *lock(&self.offset) += by;
-    }
-}
-
-impl Default for ManualClock {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> Instant {
-        self.start + *lock(&self.offset)
-    }
-    fn wall(&self) -> SystemTime {
-        self.start_wall + *lock(&self.offset)
-    }
-}
+pub use crate::clock::{Clock, ManualClock, SystemClock};
 
 /// Locks a std mutex, ignoring poisoning: every value guarded here stays consistent even
 /// if a holder panicked (they are plain stores of small values).

@@ -476,7 +476,7 @@ mod tests {
                 None => return,
                 Some(t) => {
                     assert!(t <= limit_ms, "still queued at the simulation limit");
-                    clock.set(t.max(clock.now_ms()));
+                    clock.set_ms(t.max(clock.now_ms()));
                 }
             }
         }
@@ -581,7 +581,7 @@ mod tests {
     #[tokio::test]
     async fn engine_schedules_retries_inside_the_backoff_window() {
         let dir = TempDir::new("window");
-        let clock = Arc::new(ManualClock::new(T0));
+        let clock = Arc::new(ManualClock::at_ms(T0));
         let store = open_with(&dir, clock.clone(), 1_000);
         let sim = Sim::new(clock.clone());
         sim.down_until
@@ -596,7 +596,7 @@ mod tests {
         let eng = engine(&store, &sim, &clock, "w", policy);
         accept_n(&store, 1, false).await;
         for attempt in 1..=7u32 {
-            clock.set(store.next_due().await.unwrap().unwrap().max(clock.now_ms()));
+            clock.set_ms(store.next_due().await.unwrap().unwrap().max(clock.now_ms()));
             let now = clock.now_ms();
             let r = eng.run_once().await.unwrap();
             assert!(r.retried >= 1);
@@ -610,7 +610,7 @@ mod tests {
                 it.next_attempt_at >= now && it.next_attempt_at <= now + policy.ceiling_ms(attempt)
             );
         }
-        clock.set(store.next_due().await.unwrap().unwrap().max(clock.now_ms()));
+        clock.set_ms(store.next_due().await.unwrap().unwrap().max(clock.now_ms()));
         assert_eq!(eng.run_once().await.unwrap().dead, 1);
         let dead = store
             .list_outbox(Some(OutboxState::Dead), 0, 10)
@@ -627,7 +627,7 @@ mod tests {
     #[tokio::test]
     async fn update_never_overtakes_creation() {
         let dir = TempDir::new("order");
-        let clock = Arc::new(ManualClock::new(T0));
+        let clock = Arc::new(ManualClock::at_ms(T0));
         let store = open_with(&dir, clock.clone(), 10_000);
         let sim = Sim::new(clock.clone());
         let codes = accept_n(&store, 5, true).await;
@@ -651,7 +651,7 @@ mod tests {
             .iter()
             .all(|i| !(i.destination == "dvcqg" && i.dossier_code == codes[0] && i.event_seq > 0)));
         // Let the probe's 1 ms leases lapse, then run to completion.
-        clock.advance(HOUR + 10);
+        clock.advance_ms(HOUR + 10);
         drain(&eng, &store, &clock, T0 + 24 * HOUR).await;
         let calls = sim.calls();
         assert_in_order(&calls);
@@ -672,7 +672,7 @@ mod tests {
     #[tokio::test]
     async fn counterpart_down_for_long_then_everything_delivered() {
         let dir = TempDir::new("outage");
-        let clock = Arc::new(ManualClock::new(T0));
+        let clock = Arc::new(ManualClock::at_ms(T0));
         let store = open_with(&dir, clock.clone(), 10_000);
         let sim = Sim::new(clock.clone());
         // DVCQG is down for 30 simulated hours; EMC is up.
@@ -689,7 +689,7 @@ mod tests {
         let eng = engine(&store, &sim, &clock, "w", policy);
         // More intake arrives during the outage.
         eng.run_once().await.unwrap();
-        clock.advance(5 * HOUR);
+        clock.advance_ms(5 * HOUR);
         for (i, code) in codes.iter().enumerate().take(5) {
             store
                 .append_event(
@@ -745,7 +745,7 @@ mod tests {
     #[tokio::test]
     async fn permanent_4xx_goes_to_dead_letter() {
         let dir = TempDir::new("permanent");
-        let clock = Arc::new(ManualClock::new(T0));
+        let clock = Arc::new(ManualClock::at_ms(T0));
         let store = open_with(&dir, clock.clone(), 1_000);
         let sim = Sim::new(clock.clone());
         let codes = accept_n(&store, 2, true).await;
@@ -818,7 +818,7 @@ mod tests {
     #[tokio::test]
     async fn dead_letter_retry_from_admin() {
         let dir = TempDir::new("admin");
-        let clock = Arc::new(ManualClock::new(T0));
+        let clock = Arc::new(ManualClock::at_ms(T0));
         let store = open_with(&dir, clock.clone(), 1_000);
         let sim = Sim::new(clock.clone());
         let codes = accept_n(&store, 2, true).await;
@@ -837,7 +837,7 @@ mod tests {
 
         // The integrator fixes the procedure mapping; an admin re-queues the dead letter.
         sim.refused.lock().unwrap().clear();
-        clock.advance(HOUR);
+        clock.advance_ms(HOUR);
         assert!(store.retry_dead(id, clock.now_ms()).await.unwrap());
         assert!(
             !store.retry_dead(id, clock.now_ms()).await.unwrap(),
@@ -900,7 +900,7 @@ mod tests {
     #[tokio::test]
     async fn crash_after_commit_redelivers_after_restart() {
         let dir = TempDir::new("crash");
-        let clock = Arc::new(ManualClock::new(T0));
+        let clock = Arc::new(ManualClock::at_ms(T0));
         let id;
         {
             let store = open_with(&dir, clock.clone(), 1_000);
@@ -970,7 +970,7 @@ mod tests {
     #[tokio::test]
     async fn worker_loop_stops_on_shutdown() {
         let dir = TempDir::new("loop");
-        let clock = Arc::new(ManualClock::new(T0));
+        let clock = Arc::new(ManualClock::at_ms(T0));
         let store = open_with(&dir, clock.clone(), 1_000);
         let sim = Sim::new(clock.clone());
         accept_n(&store, 3, false).await;

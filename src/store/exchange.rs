@@ -22,7 +22,7 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
@@ -43,42 +43,7 @@ use crate::exchange::dossier::{
 // Clock
 // ---------------------------------------------------------------------------------------------
 
-/// Wall clock in Unix milliseconds, injectable so tests run hours of retries in simulated time.
-pub trait Clock: Send + Sync {
-    fn now_ms(&self) -> i64;
-}
-
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> i64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0)
-    }
-}
-
-/// Manually driven clock for tests and simulations.
-pub struct ManualClock(AtomicI64);
-
-impl ManualClock {
-    pub fn new(start_ms: i64) -> Self {
-        ManualClock(AtomicI64::new(start_ms))
-    }
-    pub fn set(&self, ms: i64) {
-        self.0.store(ms, Ordering::SeqCst);
-    }
-    pub fn advance(&self, ms: i64) {
-        self.0.fetch_add(ms, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
+pub use crate::clock::{Clock, ManualClock, SystemClock};
 
 // ---------------------------------------------------------------------------------------------
 // Pending: async-agnostic reply handle
@@ -1484,7 +1449,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn same_content_same_receipt() {
         let dir = TempDir::new("same");
-        let clock = Arc::new(ManualClock::new(T0));
+        let clock = Arc::new(ManualClock::at_ms(T0));
         let store = open_with(&dir, clock.clone(), 1000);
         let first = store
             .accept_dossier(sample_dossier(), None, dests())
@@ -1493,7 +1458,7 @@ pub(crate) mod tests {
         assert!(!first.replayed);
         assert_eq!(first.receipt.dossier_code, "000.00.01.H22-250715-0001");
         assert_eq!(first.receipt.received_at, "2025-07-15T08:30:00+07:00");
-        clock.advance(60_000);
+        clock.advance_ms(60_000);
         // Resent with the national spelling of "absent" fields: same content.
         let mut again = sample_dossier();
         again.note = Some(String::new());
@@ -1528,7 +1493,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn different_content_is_conflict() {
         let dir = TempDir::new("conflict");
-        let store = open_with(&dir, Arc::new(ManualClock::new(T0)), 1000);
+        let store = open_with(&dir, Arc::new(ManualClock::at_ms(T0)), 1000);
         store
             .accept_dossier(sample_dossier(), Some("key-A".into()), dests())
             .await
@@ -1565,7 +1530,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn concurrent_resubmission_yields_one_dossier() {
         let dir = TempDir::new("concurrent");
-        let store = open_with(&dir, Arc::new(ManualClock::new(T0)), 10_000);
+        let store = open_with(&dir, Arc::new(ManualClock::at_ms(T0)), 10_000);
         let mut no_code = sample_dossier();
         no_code.code = None;
         let mut tasks = Vec::new();
@@ -1607,7 +1572,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn code_sequence_survives_restart() {
         let dir = TempDir::new("seq");
-        let clock = Arc::new(ManualClock::new(T0));
+        let clock = Arc::new(ManualClock::at_ms(T0));
         let mut d = sample_dossier();
         d.code = None;
         let mut codes = Vec::new();
@@ -1652,7 +1617,7 @@ pub(crate) mod tests {
                 .dossier_code,
         );
         // Next Vietnam day restarts at 0001 (17:00 UTC = midnight in Hà Nội).
-        clock.set(T0 + 16 * 3_600_000);
+        clock.set_ms(T0 + 16 * 3_600_000);
         let mut x = d.clone();
         x.note = Some("next day".into());
         codes.push(
@@ -1679,7 +1644,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn invalid_dossier_is_refused_before_storage() {
         let dir = TempDir::new("invalid");
-        let store = open_with(&dir, Arc::new(ManualClock::new(T0)), 1000);
+        let store = open_with(&dir, Arc::new(ManualClock::at_ms(T0)), 1000);
         let mut d = sample_dossier();
         d.applicant.identifiers[0].number = "12345".into();
         match store.accept_dossier(d, None, dests()).await {
@@ -1716,7 +1681,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn status_transitions_are_enforced() {
         let dir = TempDir::new("transitions");
-        let store = open_with(&dir, Arc::new(ManualClock::new(T0)), 1000);
+        let store = open_with(&dir, Arc::new(ManualClock::at_ms(T0)), 1000);
         let code = store
             .accept_dossier(sample_dossier(), None, dests())
             .await
@@ -1781,7 +1746,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn spool_full_refuses_instead_of_false_accept() {
         let dir = TempDir::new("spool");
-        let clock = Arc::new(ManualClock::new(T0));
+        let clock = Arc::new(ManualClock::at_ms(T0));
         let store = open_with(&dir, clock.clone(), 3);
         let first = store
             .accept_dossier(sample_dossier(), None, dests())
@@ -1830,7 +1795,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn group_commit_shares_fsyncs() {
         let dir = TempDir::new("group");
-        let store = open_with(&dir, Arc::new(ManualClock::new(T0)), 1_000_000);
+        let store = open_with(&dir, Arc::new(ManualClock::at_ms(T0)), 1_000_000);
         let n = 200;
         let mut tasks = Vec::new();
         for i in 0..n {
