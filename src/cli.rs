@@ -101,7 +101,7 @@ pub enum AuditCommand {
     Verify {
         #[arg(long, short, default_value = "config/lienthong.toml")]
         config: PathBuf,
-        /// Database file (default: the config's [audit].db).
+        /// Database file (default: the config's `[audit].db`).
         #[arg(long)]
         db: Option<PathBuf>,
         /// TSA certificate, PEM (default: the config's [audit.timestamp].cert).

@@ -302,7 +302,7 @@ impl MerkleTree {
             .expect("current size is always in range")
     }
 
-    /// Root of the first `size` leaves (MTH(D[0:size])).
+    /// Root of the first `size` leaves (`MTH(D[0:size])`).
     pub fn root_at(&self, size: u64) -> Result<Hash, MerkleError> {
         self.check_size(size)?;
         if size == 0 {
@@ -671,7 +671,7 @@ pub fn hash_to_base64(h: &Hash) -> String {
     base64::engine::general_purpose::STANDARD.encode(h)
 }
 
-/// Serde helper: a [`Hash`] as standard base64 (`#[serde(with = "b64_hash")]`).
+/// Serde helper: a [`Hash`](type@Hash) as standard base64 (`#[serde(with = "b64_hash")]`).
 pub mod b64_hash {
     use super::Hash;
     use serde::{de::Error as _, Deserialize, Deserializer, Serializer};

@@ -27,7 +27,7 @@ const MAX_ITEM_LEN: usize = 512;
 ///
 /// Format per domain brief §9.1 (QĐ 20/2020/QĐ-TTg, QCVN 102:2016 SĐ1:2022):
 /// `NNN.NN.NN.XNN`, e.g. `000.00.00.G22` (Văn phòng Chính phủ), `000.00.01.H22`.
-/// The brief's regex is `^\d{3}\.\d{2}\.\d{2}\.[A-Z]\d{2}$` (tagged [I]: inferred).
+/// The brief's regex is `^\d{3}\.\d{2}\.\d{2}\.[A-Z]\d{2}$` (tagged \[I\]: inferred).
 /// The last group is the level-1 unit (`G` + 2 digits: ministries/central bodies,
 /// `H` + 2 digits: provinces); the numeric groups read right to left are levels
 /// 2, 3, 4, and `000.00.00.` denotes the level-1 body itself.
@@ -37,7 +37,7 @@ const MAX_ITEM_LEN: usize = 512;
 /// conventions, not the QĐ 20 format, so an access rule keyed on agencies must not
 /// silently compare such strings with real identifiers. The letter class is kept
 /// at `[A-Z]` as in the brief rather than `[GH]`: other organisation classes exist
-/// (QĐ 20/2020 arts. 5-6, tagged [C]) and rejecting them would be a guess.
+/// (QĐ 20/2020 arts. 5-6, tagged \[C\]) and rejecting them would be a guess.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AgencyCode(String);
 

@@ -3,7 +3,7 @@
 //! (`rules`) and the credentials lienthong presents upstream (`credentials`).
 //!
 //! [`AuthRuntime`] is the compiled form of `[auth]` plus every route's `auth` table;
-//! the pipeline calls [`AuthRuntime::check`] between route selection and forwarding.
+//! the pipeline calls [`AuthRuntime::check_rule`] between route selection and forwarding.
 
 pub mod caller;
 pub mod credentials;

@@ -572,7 +572,7 @@ impl TrangThaiHoSo {
     }
 
     /// Allowed successors. The brief gives the code list but no normative state machine, so this
-    /// is our reading of the one-stop-shop flow (tag [I]); a province that needs another edge
+    /// is our reading of the one-stop-shop flow (tag \[I\]); a province that needs another edge
     /// should get it through configuration, not by loosening this table silently:
     /// * 1 (online, not yet accepted) → 2 accept, 3 refuse, 5 ask for papers before accepting,
     ///   7 withdrawn.

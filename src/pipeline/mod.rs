@@ -1,4 +1,4 @@
-//! The request path, top to bottom in [`handle`] and [`proxy`]:
+//! The request path, top to bottom in [`handle`] and `proxy`:
 //!
 //! ```text
 //! ctx    = RequestCtx::new(conn, &req)            request id, start time, peer, TLS identity

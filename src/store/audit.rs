@@ -1210,7 +1210,7 @@ impl Store {
     /// Stream frames with `idx >= from` (and `< to`) in index order without
     /// loading them all; `f` may stop the scan by returning an error. A frame
     /// whose header is broken reaches `f` as the rest of its segment (see
-    /// [`split_segment`]), so a verifier sees the damage where it is.
+    /// `split_segment`), so a verifier sees the damage where it is.
     pub fn for_each_frame<F>(&self, from: u64, to: Option<u64>, mut f: F) -> Result<(), AuditError>
     where
         F: FnMut(u64, &[u8]) -> Result<(), AuditError>,

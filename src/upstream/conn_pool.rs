@@ -13,7 +13,7 @@
 //! own `poll`, because the readiness flag is raised by the request receiver that the
 //! connection owns. That gives a cheap hand-back protocol with no extra task:
 //!
-//! * every connection has a [`Slot`] shared by the requester and the connection task;
+//! * every connection has a `Slot` shared by the requester and the connection task;
 //! * after the response head arrives, the requester locks the slot and either returns
 //!   the sender to the idle list at once (already ready: typical for small bodies, which
 //!   hyper reads in the same poll as the head) or parks it in the slot;
