@@ -448,26 +448,34 @@ impl Pool {
                     None => Body::full(replay.clone().unwrap_or_default()),
                 }
             };
-            let uri = http::Uri::builder()
-                .scheme(ep.scheme.clone())
-                .authority(ep.authority.clone())
-                .path_and_query(path_and_query.clone())
-                .build()
-                .map_err(GatewayError::internal)?;
+            // An HTTP/1.1 connection is sent the origin form as it is; the HTTP/2
+            // client needs the absolute form (scheme and authority make the
+            // pseudo-headers).
+            let uri = if ep.conn.is_some() {
+                http::Uri::from(path_and_query.clone())
+            } else {
+                http::Uri::builder()
+                    .scheme(ep.scheme.clone())
+                    .authority(ep.authority.clone())
+                    .path_and_query(path_and_query.clone())
+                    .build()
+                    .map_err(GatewayError::internal)?
+            };
             if host_from_endpoint {
                 if let Ok(v) = http::HeaderValue::from_str(ep.authority.as_str()) {
                     headers.insert(http::header::HOST, v);
                 }
             }
-            let mut builder = http::Request::builder().method(method.clone()).uri(uri);
-            if let Some(h) = builder.headers_mut() {
-                if keep_copy {
-                    *h = headers.clone();
-                } else {
-                    *h = std::mem::take(&mut headers);
-                }
-            }
-            let up_req = builder.body(this_body).map_err(GatewayError::internal)?;
+            // Set field by field rather than through `Request::builder`, which moves
+            // the whole head at every step.
+            let mut up_req = http::Request::new(this_body);
+            *up_req.method_mut() = method.clone();
+            *up_req.uri_mut() = uri;
+            *up_req.headers_mut() = if keep_copy {
+                headers.clone()
+            } else {
+                std::mem::take(&mut headers)
+            };
             ep.outstanding.fetch_add(1, Ordering::Relaxed);
             let guard = Outstanding(ep.clone());
             let result = self.dispatch(&ep, up_req).await;
