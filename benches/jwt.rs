@@ -6,7 +6,8 @@ use jsonwebtoken::Algorithm;
 use lienthong::auth::jwt::{
     bench_verify, mint, AuthOptions, Authenticator, IssuerConfig, KeySource,
 };
-use lienthong::auth::keys::{CountingFetcher, KeySet, SystemClock, VerifyingKey};
+use lienthong::auth::keys::{CountingFetcher, KeySet, VerifyingKey};
+use lienthong::clock::SystemClock;
 use std::process::Command;
 use std::sync::Arc;
 

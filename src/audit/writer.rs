@@ -1539,11 +1539,10 @@ pub fn verify_timestamps(path: &Path, tsa: &TsaCerts) -> Result<TimestampReport,
     // Tokens are streamed one at a time; the first bad one ends the scan.
     store.for_each_timestamp(|size, token| {
         let check = || -> Result<u64, String> {
-            let cp = match store.checkpoint_at(size) {
-                Ok(Some(cp)) => cp,
-                Ok(None) => return Err("no checkpoint of this size".into()),
-                Err(e) => return Err(e.to_string()),
-            };
+            let cp = store
+                .checkpoint_at(size)
+                .map_err(|e| e.to_string())?
+                .ok_or("no checkpoint of this size")?;
             let digest = timestamp::checkpoint_digest(&cp.to_text());
             let t = tsa
                 .verify_token(token, &digest)

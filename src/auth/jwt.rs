@@ -39,9 +39,10 @@ use serde_json::{Map, Value};
 
 use super::caller::{Caller, ClaimMapping};
 use super::keys::{
-    lookup_error, Clock, JwksFetcher, JwksPolicy, JwksState, KeyKind, KeySet, VerifyingKey,
-    MAX_KID_LEN, MIN_HMAC_SECRET_BYTES,
+    lookup_error, JwksFetcher, JwksPolicy, JwksState, KeyKind, KeySet, VerifyingKey, MAX_KID_LEN,
+    MIN_HMAC_SECRET_BYTES,
 };
+use crate::clock::Clock;
 
 /// Reason codes (`&'static str`, low cardinality) for metrics and logs.
 pub mod reason {
@@ -1082,8 +1083,9 @@ pub async fn bench_verify(
 mod tests {
     use super::super::caller::check_cert_binding;
     use super::super::keys::testkit::{self, jwks, TestKey};
-    use super::super::keys::{CountingFetcher, ManualClock};
+    use super::super::keys::CountingFetcher;
     use super::*;
+    use crate::clock::ManualClock;
     use serde_json::json;
 
     const NOW: u64 = 1_760_000_000;
@@ -2534,5 +2536,5 @@ mod vector_tests {
             self.since_epoch().as_secs()
         }
     }
-    use super::super::keys::SystemClock;
+    use crate::clock::SystemClock;
 }

@@ -41,7 +41,7 @@ const MAX_JWKS_KEYS: usize = 64;
 /// A `kid` longer than this cannot be one of ours; rejected before lookup.
 pub const MAX_KID_LEN: usize = 256;
 
-pub use crate::clock::{Clock, ManualClock, SystemClock};
+use crate::clock::Clock;
 
 /// The type of a verification key; decides which algorithms may use it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

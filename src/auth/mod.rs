@@ -11,12 +11,13 @@ pub mod jwt;
 pub mod keys;
 pub mod rules;
 
+use crate::clock::SystemClock;
 use crate::config::{Config, IssuerKeysCfg, Problem};
 use crate::error::{ErrorKind, GatewayError};
 use crate::upstream::{OutboundRequest, Pool};
 use caller::Caller;
 use jwt::{AuthError, AuthErrorKind, AuthOptions, Authenticator, IssuerConfig, KeySource};
-use keys::{JwksFetcher, JwksPolicy, KeySet, SystemClock, VerifyingKey};
+use keys::{JwksFetcher, JwksPolicy, KeySet, VerifyingKey};
 use rules::AccessRule;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;

@@ -184,7 +184,7 @@ pub trait LookupSource: Send + Sync {
 // Clock
 // ---------------------------------------------------------------------------------------
 
-pub use crate::clock::{Clock, ManualClock, SystemClock};
+use crate::clock::{Clock, SystemClock};
 
 /// Locks a std mutex, ignoring poisoning: every value guarded here stays consistent even
 /// if a holder panicked (they are plain stores of small values).
@@ -408,7 +408,7 @@ impl Lookup {
         Self::with_clock(spec, source, Arc::new(SystemClock))
     }
 
-    /// A lookup on the given clock (tests use [`ManualClock`]).
+    /// A lookup on the given clock (tests use [`ManualClock`](crate::clock::ManualClock)).
     pub fn with_clock(
         spec: LookupSpec,
         source: Arc<dyn LookupSource>,
@@ -887,7 +887,7 @@ pub mod response {
     use bytes::Bytes;
     use moka::future::Cache;
 
-    use super::{Clock, SystemClock};
+    use crate::clock::{Clock, SystemClock};
 
     /// Read access to a header list. `name` is lowercase.
     pub trait HeaderView {
@@ -1302,8 +1302,8 @@ pub mod response {
 
     #[cfg(test)]
     mod tests {
-        use super::super::ManualClock;
         use super::*;
+        use crate::clock::ManualClock;
 
         fn h(list: &[(&str, &str)]) -> Vec<(String, Bytes)> {
             list.iter()
@@ -1556,6 +1556,7 @@ pub mod response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::ManualClock;
 
     const SEC: Duration = Duration::from_secs(1);
 

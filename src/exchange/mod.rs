@@ -293,7 +293,7 @@ impl Exchange {
         let engine = outbox::OutboxEngine::new(
             self.store.clone() as Arc<dyn crate::store::exchange::ExchangeStore>,
             deliverer,
-            Arc::new(crate::store::exchange::SystemClock),
+            Arc::new(crate::clock::SystemClock),
             cfg,
         );
         let stop = self.stop.subscribe();

@@ -21,7 +21,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::store::exchange::{Clock, Completion, ExchangeStore, OutboxItem, StoreError};
+use crate::clock::Clock;
+use crate::store::exchange::{Completion, ExchangeStore, OutboxItem, StoreError};
 
 /// Result of one delivery attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -355,8 +356,9 @@ mod tests {
     use super::super::dossier::tests::sample_dossier;
     use super::super::dossier::{Event, StatusChange, TrangThaiHoSo};
     use super::*;
+    use crate::clock::ManualClock;
     use crate::store::exchange::tests::{open_with, TempDir, T0};
-    use crate::store::exchange::{ManualClock, OutboxState, SqliteStore};
+    use crate::store::exchange::{OutboxState, SqliteStore};
 
     const HOUR: i64 = 3_600_000;
 

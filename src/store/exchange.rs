@@ -43,7 +43,7 @@ use crate::exchange::dossier::{
 // Clock
 // ---------------------------------------------------------------------------------------------
 
-pub use crate::clock::{Clock, ManualClock, SystemClock};
+use crate::clock::{Clock, SystemClock};
 
 // ---------------------------------------------------------------------------------------------
 // Pending: async-agnostic reply handle
@@ -1376,6 +1376,7 @@ impl ExchangeStore for SqliteStore {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::clock::ManualClock;
     use crate::exchange::dossier::tests::sample_dossier;
     use crate::exchange::dossier::{Evaluation, ProcessingStep, StatusChange};
 
