@@ -79,7 +79,7 @@ impl ManualClock {
 
     /// Starting at Unix millisecond `ms` (negative: the epoch).
     pub fn at_ms(ms: i64) -> Self {
-        Self::at(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
+        Self::at(millis(ms))
     }
 
     pub fn advance(&self, by: Duration) {
@@ -90,7 +90,7 @@ impl ManualClock {
 
     /// [`ManualClock::advance`] by `ms` milliseconds (negative: not at all).
     pub fn advance_ms(&self, ms: i64) {
-        self.advance(Duration::from_millis(u64::try_from(ms).unwrap_or(0)));
+        self.advance(millis(ms));
     }
 
     /// Sets the wall clock to `since_epoch`.
@@ -103,12 +103,17 @@ impl ManualClock {
 
     /// Sets the wall clock to Unix millisecond `ms`.
     pub fn set_ms(&self, ms: i64) {
-        self.set(Duration::from_millis(u64::try_from(ms).unwrap_or(0)));
+        self.set(millis(ms));
     }
 
     fn lock(&self) -> MutexGuard<'_, ManualState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// `ms` milliseconds as a duration; a negative count is none.
+fn millis(ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
 impl Default for ManualClock {
