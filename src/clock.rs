@@ -6,6 +6,9 @@
 //! One trait serves them all: `now` is monotonic (intervals, freshness), `wall` is the
 //! calendar (token `exp`/`nbf`, timestamps stored or reported); the Unix forms are derived
 //! from `wall`.
+//!
+//! [`mono_ms`] is the request path's cheap millisecond clock (idle stamps, pool ages,
+//! breaker and budget windows): read on every proxied request, not simulated.
 use std::fmt;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -28,6 +31,31 @@ pub trait Clock: Send + Sync + fmt::Debug {
     fn now_ms(&self) -> i64 {
         i64::try_from(self.since_epoch().as_millis()).unwrap_or(i64::MAX)
     }
+}
+
+/// Milliseconds on a monotonic clock, never 0 (so that 0 can stand for "never"): the
+/// request path's own millisecond bookkeeping — connection idle stamps, pool idle ages,
+/// breaker and retry-budget windows, passive ejections. Only differences of its
+/// readings mean anything.
+///
+/// On Linux it is the kernel's coarse clock (`CLOCK_MONOTONIC_COARSE`), which moves in
+/// ticks of 1–4 ms and is read without the timestamp counter: a proxied request takes
+/// about ten of these readings, and each precise one cost ~25 ns on the benchmark VM
+/// (`__vdso_clock_gettime` was 6% of the gateway's user time). Everything measured in
+/// microseconds (latencies in logs, metrics and audit records) uses [`Instant`].
+#[cfg(target_os = "linux")]
+pub fn mono_ms() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    let ms = u64::try_from(t.tv_sec).unwrap_or(0) * 1000
+        + u64::try_from(t.tv_nsec).unwrap_or(0) / 1_000_000;
+    ms + 1
+}
+
+/// Milliseconds on a monotonic clock, never 0 (see the Linux version).
+#[cfg(not(target_os = "linux"))]
+pub fn mono_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
 /// The real clock.

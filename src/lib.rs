@@ -20,7 +20,7 @@
 //! - [`sandbox`]   — simulated counterparts (DVCQG-like portal, SOAP agency) switchable ok/slow/failing/down.
 //! - [`demo`]      — `lienthong demo`: gateway + sandbox in one process, a scripted dossier exchange with an outage, a readable trace.
 //! - [`observe`]   — metrics recorder and logging; one access-log line per request.
-//! - [`clock`]     — the one injectable clock (monotonic + wall) behind every expiry, freshness and retry policy.
+//! - [`clock`]     — the one injectable clock (monotonic + wall) behind every expiry, freshness and retry policy; `mono_ms`, the request path's coarse millisecond clock.
 //!
 //! ## Invariants that hold across modules
 //! - On the public listeners only `pipeline::respond` maps errors to status codes and

@@ -9,6 +9,7 @@ pub mod conn_pool;
 pub mod tls_util;
 
 use crate::body::{is_too_large, Body, BodyGuard};
+use crate::clock::mono_ms;
 use crate::config::{Balance, EndpointAddr, UpstreamConfig};
 use crate::error::{ErrorKind, GatewayError};
 use hyper::body::Incoming;
@@ -16,15 +17,9 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
-
-/// Milliseconds since the process started: a cheap monotonic clock for atomics.
-pub fn now_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
-}
 
 pub struct Endpoint {
     pub addr: EndpointAddr,
@@ -50,7 +45,7 @@ impl Endpoint {
     }
 
     pub fn is_healthy(&self) -> bool {
-        self.available(now_ms())
+        self.available(mono_ms())
     }
 
     pub fn outstanding(&self) -> usize {
@@ -129,7 +124,7 @@ impl Breaker {
 
     pub fn is_open(&self) -> bool {
         let until = self.open_until_ms.load(Ordering::Relaxed);
-        until != 0 && now_ms() < until
+        until != 0 && mono_ms() < until
     }
 }
 
@@ -291,7 +286,7 @@ impl Pool {
             budget: RetryBudget {
                 percent: cfg.retry.budget_percent as u64,
                 floor: cfg.retry.min_per_second as u64,
-                window_start_ms: AtomicU64::new(now_ms()),
+                window_start_ms: AtomicU64::new(mono_ms()),
                 requests: AtomicU64::new(0),
                 retries: AtomicU64::new(0),
             },
@@ -332,7 +327,7 @@ impl Pool {
     }
 
     fn pick(&self, exclude: Option<&Arc<Endpoint>>) -> Option<Arc<Endpoint>> {
-        let now = now_ms();
+        let now = mono_ms();
         let n = self.endpoints.len();
         let start = self.rr.fetch_add(1, Ordering::Relaxed);
         let ok = |e: &Arc<Endpoint>| e.available(now) && exclude.is_none_or(|x| !Arc::ptr_eq(x, e));
@@ -364,7 +359,7 @@ impl Pool {
         let n = ep.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         let threshold = self.cfg.passive.consecutive_failures;
         if threshold > 0 && n >= threshold {
-            let until = now_ms() + self.cfg.passive.ejection_time.as_millis() as u64;
+            let until = mono_ms() + self.cfg.passive.ejection_time.as_millis() as u64;
             ep.ejected_until_ms.store(until, Ordering::Relaxed);
             ep.consecutive_failures.store(0, Ordering::Relaxed);
             metrics::counter!("lienthong_upstream_ejections_total", "upstream" => self.cfg.name.clone())
@@ -381,7 +376,7 @@ impl Pool {
         match tokio::time::timeout_at(deadline, self.send_inner(req)).await {
             Ok(r) => r,
             Err(_) => {
-                self.breaker.record(false, false, now_ms());
+                self.breaker.record(false, false, mono_ms());
                 Err(GatewayError::new(
                     ErrorKind::GatewayTimeout,
                     "upstream_timeout",
@@ -392,7 +387,7 @@ impl Pool {
     }
 
     async fn send_inner(&self, req: OutboundRequest) -> Result<Answer, GatewayError> {
-        let now = now_ms();
+        let now = mono_ms();
         self.budget.on_request(now);
         let probe = match self.breaker.admit(now) {
             Ok(p) => p,
@@ -417,7 +412,7 @@ impl Pool {
         let max_attempts = self.cfg.retry.attempts.max(1);
         let creds = self.credentials.get();
         if let Some(c) = creds {
-            if let Err(e) = c.apply(&mut headers).await {
+            if let Err(e) = Box::pin(c.apply(&mut headers)).await {
                 self.breaker_release(probe);
                 return Err(e);
             }
@@ -487,7 +482,7 @@ impl Pool {
                             reauth_left = false;
                             if c.invalidate(headers.get(http::header::AUTHORIZATION)) {
                                 drop(guard);
-                                if let Err(e) = c.apply(&mut headers).await {
+                                if let Err(e) = Box::pin(c.apply(&mut headers)).await {
                                     self.breaker_release(probe);
                                     return Err(e);
                                 }
@@ -505,7 +500,7 @@ impl Pool {
                         last = Some(ep);
                         continue;
                     }
-                    self.breaker.record(!failed, probe, now_ms());
+                    self.breaker.record(!failed, probe, mono_ms());
                     let rsp =
                         rsp.map(|b: Incoming| Body::stream(b, None).with_guard(Box::new(guard)));
                     return Ok(Answer {
@@ -533,7 +528,7 @@ impl Pool {
                         last = Some(ep);
                         continue;
                     }
-                    self.breaker.record(false, probe, now_ms());
+                    self.breaker.record(false, probe, mono_ms());
                     let detail = error_chain(e.error.as_ref());
                     return Err(if connect {
                         GatewayError::new(
@@ -572,10 +567,14 @@ impl Pool {
                 connect: e.is_connect(),
                 error: Box::new(e),
             }),
-            None => self.client.request(req).await.map_err(|e| DispatchError {
-                connect: e.is_connect(),
-                error: Box::new(e),
-            }),
+            // Boxed: the HTTP/2 client's state would otherwise enlarge the future of
+            // every HTTP/1 exchange too.
+            None => Box::pin(self.client.request(req))
+                .await
+                .map_err(|e| DispatchError {
+                    connect: e.is_connect(),
+                    error: Box::new(e),
+                }),
         }
     }
 
