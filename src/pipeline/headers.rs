@@ -64,15 +64,14 @@ pub fn strip_gateway_owned(h: &mut HeaderMap) {
 /// too unless `keep_upgrade` (a tunnel the route allows), in which case
 /// `Connection: upgrade` is put back.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    // Most messages carry none of these: one pass over the names present is cheaper
-    // than hashing each of the nine for a removal. Without `Connection` no other field
-    // can have been named for removal.
-    if !h
-        .keys()
-        .any(|k| k == header::UPGRADE || HOP_BY_HOP.contains(k))
-    {
-        return;
+    if Present::survey(h).hop_by_hop {
+        strip_present_hop_by_hop(h, keep_upgrade);
     }
+}
+
+/// [`strip_hop_by_hop`] of a message that [`Present::survey`] found carries some.
+/// Without `Connection` no other field can have been named for removal.
+pub fn strip_present_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     // Collect names first: `Connection` may list any field, possibly in several lines.
     let mut named: Vec<HeaderName> = Vec::new();
     for v in h.get_all(header::CONNECTION) {
@@ -103,7 +102,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
 
 /// What the forwarding fields say about one connection, computed once when it is
 /// accepted rather than on every request.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Forwarding {
     /// `X-Forwarded-For`: the peer address.
     pub for_value: HeaderValue,
@@ -111,6 +110,23 @@ pub struct Forwarding {
     pub proto: HeaderValue,
     /// `Forwarded` up to the host part: `for=…;proto=…` (RFC 7239).
     pub forwarded: String,
+    /// The fields of the `Host` value the last request carried: a client sends the
+    /// same one on every request of a connection, and working them out (parse,
+    /// lower-case, three header values) cost more than the lookup.
+    last_host: std::sync::Mutex<Option<std::sync::Arc<HostFields>>>,
+}
+
+/// What one `Host` value (or HTTP/2 `:authority`) means on one connection.
+#[derive(Debug)]
+pub struct HostFields {
+    /// As the client wrote it, port included.
+    pub raw: String,
+    /// For routing: lower case, without the port and a trailing dot.
+    pub host: String,
+    /// `raw` as a header value: `X-Forwarded-Host`, and `Host` where a route keeps it.
+    pub value: HeaderValue,
+    /// The connection's `Forwarded` value with `host=` this host.
+    pub forwarded: Option<HeaderValue>,
 }
 
 impl Forwarding {
@@ -125,7 +141,46 @@ impl Forwarding {
             for_value: HeaderValue::from_str(&ip).expect("an IP address is a header value"),
             proto: HeaderValue::from_static(proto),
             forwarded,
+            last_host: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The fields of the Host value `raw`; None if it is not a valid authority
+    /// (userinfo included) or not a valid header value.
+    pub fn host(&self, raw: &str) -> Option<std::sync::Arc<HostFields>> {
+        let mut last = self
+            .last_host
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(f) = last.as_ref().filter(|f| f.raw == raw) {
+            return Some(f.clone());
+        }
+        let a: http::uri::Authority = raw.parse().ok()?;
+        if a.as_str().contains('@') {
+            return None;
+        }
+        let fields = std::sync::Arc::new(HostFields {
+            raw: raw.to_string(),
+            host: a.host().trim_end_matches('.').to_ascii_lowercase(),
+            value: HeaderValue::from_str(raw).ok()?,
+            forwarded: HeaderValue::from_str(&self.forwarded_with_host(raw)).ok(),
+        });
+        *last = Some(fields.clone());
+        Some(fields)
+    }
+
+    /// `Forwarded` for this connection with `host=` (quoted where it is not a token).
+    fn forwarded_with_host(&self, host: &str) -> String {
+        let mut fwd = self.forwarded.clone();
+        if host.bytes().all(crate::config::is_token_byte) {
+            fwd.push_str(";host=");
+            fwd.push_str(host);
+        } else {
+            fwd.push_str(";host=\"");
+            fwd.push_str(host);
+            fwd.push('"');
+        }
+        fwd
     }
 }
 
@@ -137,38 +192,88 @@ static FORWARDING: [&HeaderName; 5] = [
     &header::FORWARDED,
 ];
 
-/// Drops client-sent forwarding fields and sets the gateway's own.
-pub fn set_forwarded(h: &mut HeaderMap, conn: &Forwarding, host: Option<&str>) {
-    if h.keys().any(|k| FORWARDING.contains(&k)) {
+/// Drops client-sent forwarding fields (when `present` says there are some) and
+/// sets the gateway's own.
+pub fn set_forwarded(
+    h: &mut HeaderMap,
+    conn: &Forwarding,
+    host: Option<&HostFields>,
+    present: &Present,
+) {
+    if present.forwarding {
         for n in FORWARDING {
             h.remove(n);
         }
     }
     h.insert(X_FORWARDED_FOR.clone(), conn.for_value.clone());
     h.insert(X_FORWARDED_PROTO.clone(), conn.proto.clone());
-    let mut fwd = conn.forwarded.clone();
-    if let Some(host) = host {
-        if let Ok(v) = HeaderValue::from_str(host) {
-            h.insert(X_FORWARDED_HOST.clone(), v);
+    let forwarded = match host {
+        Some(f) => {
+            h.insert(X_FORWARDED_HOST.clone(), f.value.clone());
+            f.forwarded.clone()
         }
-        // A host is a token unless it carries characters that need quoting.
-        if host.bytes().all(crate::config::is_token_byte) {
-            fwd.push_str(";host=");
-            fwd.push_str(host);
-        } else {
-            fwd.push_str(";host=\"");
-            fwd.push_str(host);
-            fwd.push('"');
-        }
-    }
-    if let Ok(v) = HeaderValue::from_str(&fwd) {
+        None => HeaderValue::from_str(&conn.forwarded).ok(),
+    };
+    if let Some(v) = forwarded {
         h.insert(header::FORWARDED, v);
+    }
+}
+
+/// Which of the fields the gateway removes or replaces a message carries: one
+/// pass over its names, so that each removal that follows is made only where
+/// there is something to remove (most messages carry none of them).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Present {
+    /// Hop-by-hop fields, `Upgrade` included.
+    pub hop_by_hop: bool,
+    /// Client-sent forwarding fields.
+    pub forwarding: bool,
+    /// `x-lienthong-*` fields.
+    pub gateway_owned: bool,
+    pub content_length: bool,
+    pub authorization: bool,
+    pub via: bool,
+}
+
+impl Present {
+    pub fn survey(h: &HeaderMap) -> Present {
+        let mut p = Present::default();
+        for k in h.keys() {
+            if k == header::CONTENT_LENGTH {
+                p.content_length = true;
+            } else if k == header::AUTHORIZATION {
+                p.authorization = true;
+            } else if k == header::VIA {
+                p.via = true;
+            } else if k == header::UPGRADE || HOP_BY_HOP.contains(k) {
+                p.hop_by_hop = true;
+            } else if FORWARDING.contains(&k) {
+                p.forwarding = true;
+            } else if k.as_str().starts_with("x-lienthong-") {
+                p.gateway_owned = true;
+            }
+        }
+        p
     }
 }
 
 /// Appends this gateway to `Via` (RFC 9110 §7.6.3).
 pub fn append_via(h: &mut HeaderMap, version: http::Version, via: &crate::config::ViaName) {
-    let prev = h.get(header::VIA).and_then(|v| v.to_str().ok());
+    append_present_via(h, version, via, true);
+}
+
+/// [`append_via`], told by [`Present::survey`] whether the message has a `Via`.
+pub fn append_present_via(
+    h: &mut HeaderMap,
+    version: http::Version,
+    via: &crate::config::ViaName,
+    has_via: bool,
+) {
+    let prev = if has_via {
+        h.get(header::VIA).and_then(|v| v.to_str().ok())
+    } else {
+        None
+    };
     if prev.is_none_or(str::is_empty) {
         if let Some(v) = via.value(version) {
             h.insert(header::VIA, v.clone());
@@ -259,12 +364,62 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
         h.insert(header::FORWARDED, HeaderValue::from_static("for=6.6.6.6"));
         let conn = Forwarding::new("::1".parse().unwrap(), true);
-        set_forwarded(&mut h, &conn, Some("a.gov.vn"));
+        let host = conn.host("a.gov.vn").unwrap();
+        let present = Present::survey(&h);
+        set_forwarded(&mut h, &conn, Some(&host), &present);
         assert_eq!(h.get("x-forwarded-for").unwrap(), "::1");
         assert_eq!(
             h.get(header::FORWARDED).unwrap(),
             "for=\"[::1]\";proto=https;host=a.gov.vn"
         );
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
+    }
+
+    #[test]
+    fn host_fields_are_worked_out_once_per_value() {
+        use std::sync::Arc;
+        let conn = Forwarding::new("10.0.0.1".parse().unwrap(), false);
+        let a = conn.host("Portal.Gov.VN.:8443").unwrap();
+        assert_eq!(a.host, "portal.gov.vn");
+        assert_eq!(a.value, "Portal.Gov.VN.:8443");
+        assert_eq!(
+            a.forwarded.as_ref().unwrap(),
+            "for=10.0.0.1;proto=http;host=\"Portal.Gov.VN.:8443\""
+        );
+        assert!(Arc::ptr_eq(&a, &conn.host("Portal.Gov.VN.:8443").unwrap()));
+        let b = conn.host("b.gov.vn").unwrap();
+        assert_eq!(b.host, "b.gov.vn");
+        assert_eq!(
+            b.forwarded.as_ref().unwrap(),
+            "for=10.0.0.1;proto=http;host=b.gov.vn"
+        );
+        assert!(!Arc::ptr_eq(&a, &b));
+        assert!(conn.host("user@b.gov.vn").is_none());
+        assert!(conn.host("bad host").is_none());
+        // The last value is the cached one: the first comes back worked out anew.
+        assert!(!Arc::ptr_eq(&a, &conn.host("Portal.Gov.VN.:8443").unwrap()));
+    }
+
+    #[test]
+    fn the_survey_names_what_is_there() {
+        let mut h = HeaderMap::new();
+        let p = Present::survey(&h);
+        assert!(!(p.hop_by_hop || p.forwarding || p.gateway_owned));
+        assert!(!(p.content_length || p.authorization || p.via));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-real-ip", HeaderValue::from_static("6.6.6.6"));
+        h.insert(
+            "x-lienthong-caller-subject",
+            HeaderValue::from_static("forged"),
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
+        h.insert(header::VIA, HeaderValue::from_static("1.1 a"));
+        let p = Present::survey(&h);
+        assert!(p.hop_by_hop && p.forwarding && p.gateway_owned);
+        assert!(p.content_length && p.authorization && p.via);
+        let mut u = HeaderMap::new();
+        u.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(Present::survey(&u).hop_by_hop);
     }
 }

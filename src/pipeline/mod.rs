@@ -17,7 +17,8 @@
 //! rsp    = respond::upstream(answer)             hop-by-hop, Via, request id, Content-Length
 //! rsp    = respond::finish(ctx, result)          the ONE place that maps errors to status codes
 //!          observe::record(ctx, &rsp)            metrics and the access log, for every request
-//! rsp    = audit_stage::record(ctx, rsp)         one audit record per request (fail-open or fail-closed)
+//! rsp    = audit_stage::record_streamed(ctx, rsp) one audit record per request: fail-open when the body has gone out,
+//!          audit_stage::record(...)              fail-closed before the response is sent
 //! ```
 //!
 //! Each stage is a plain function that can be tested alone. The whole request runs
@@ -114,6 +115,13 @@ fn request_id(h: &http::HeaderMap) -> HeaderValue {
     HeaderValue::from_maybe_shared(bytes::Bytes::from(id)).expect("hex is a valid header value")
 }
 
+impl Target {
+    /// The host for routing: lower case, without port or trailing dot ("" for none).
+    pub fn host(&self) -> &str {
+        self.host_fields.as_ref().map_or("", |f| f.host.as_str())
+    }
+}
+
 impl RequestCtx {
     pub fn new(conn: Arc<ConnInfo>, req: &Request<Incoming>) -> Self {
         RequestCtx {
@@ -158,7 +166,14 @@ pub async fn handle(
     let rsp = respond::finish(&rt, &mut ctx, result);
     crate::observe::record(&rt, &ctx, &rsp);
     match &rt.audit {
-        Some(a) => audit_stage::record(a, &rt, &ctx, rsp).await,
+        Some(a) => match audit_stage::record_streamed(a, &rt, &ctx, rsp) {
+            audit_stage::Streamed::Sent(rsp) => rsp,
+            // Fail-closed routes and routes that keep bodies wait for the record: a
+            // rarer path, boxed so that its state does not enlarge every request's.
+            audit_stage::Streamed::Waits(pending, rsp) => {
+                Box::pin(audit_stage::record(a, &ctx, *pending, rsp)).await
+            }
+        },
         None => rsp,
     }
 }
@@ -172,7 +187,7 @@ async fn proxy(
         .listener(&ctx.conn.listener)
         .ok_or_else(|| GatewayError::internal("listener missing from the running config"))?;
     let (mut parts, body) = req.into_parts();
-    let target = intake::check(listener, &parts)?;
+    let target = intake::check(listener, &ctx.conn.forwarding, &parts)?;
     ctx.path.clone_from(&target.path);
     if let Some(rsp) = local::respond(rt, ctx, &parts, &target).await {
         return rsp;
@@ -180,13 +195,13 @@ async fn proxy(
     if rt.exchange.is_some()
         && (target.path == "/v1/dossiers" || target.path.starts_with("/v1/dossiers/"))
     {
-        return local::intake(rt, ctx, &parts, &target, body).await;
+        return Box::pin(local::intake(rt, ctx, &parts, &target, body)).await;
     }
     let (idx, route) = route::select(
         &rt.config.routes,
         &rt.route_order,
         &ctx.conn.listener,
-        &target.host,
+        target.host(),
         &target.path,
         parts.method.as_str(),
     )?;
@@ -243,7 +258,14 @@ async fn proxy(
         body = audit_stage::tap_request(ctx, body);
     }
     if let Some(t) = &route.translate {
-        body = translate_stage::request(rt, ctx, t, &mut parts.headers, body).await?;
+        body = Box::pin(translate_stage::request(
+            rt,
+            ctx,
+            t,
+            &mut parts.headers,
+            body,
+        ))
+        .await?;
     }
     let client_upgrade = if upgrade {
         parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
@@ -264,7 +286,7 @@ async fn proxy(
         }
     }
     if let Some(t) = &route.translate {
-        rsp = translate_stage::response(rt, ctx, t, rsp).await?;
+        rsp = Box::pin(translate_stage::response(rt, ctx, t, rsp)).await?;
     }
     if let Some((c, (pairs, who))) = &cache {
         rsp = cached::maybe_store(c, &cached::req(&target, pairs, who.as_deref()), rsp).await?;
@@ -728,12 +750,30 @@ pub mod audit_stage {
         }
     }
 
-    pub async fn record(
+    /// What [`record()`] needs to finish a request's record.
+    pub struct Pending {
+        draft: Draft,
+        policy: AuditPolicy,
+        keep_bodies: bool,
+    }
+
+    /// What [`record_streamed`] did with a response.
+    pub enum Streamed {
+        /// Sent on, its record to follow when its body has gone out.
+        Sent(Response<Body>),
+        /// Handed back: [`record()`] finishes the record and the response.
+        Waits(Box<Pending>, Response<Body>),
+    }
+
+    /// The record of a fail-open route that keeps no bodies is submitted when the
+    /// response body has gone out (a tap on it): the response is returned at once.
+    /// Other routes get their response back with what [`record()`] needs.
+    pub fn record_streamed(
         a: &Arc<Auditor>,
         rt: &Runtime,
         ctx: &RequestCtx,
         rsp: Response<Body>,
-    ) -> Response<Body> {
+    ) -> Streamed {
         let status = rsp.status().as_u16();
         let route = ctx.route_index.map(|i| &rt.config.routes[i]);
         let policy = match ctx.audit_as {
@@ -741,29 +781,49 @@ pub mod audit_stage {
             None => route.map_or(AuditPolicy::FailOpen, |r| r.audit),
         };
         let keep_bodies = route.is_some_and(|r| r.audit_bodies);
-        let mut draft = Draft::new(ctx, status);
-        let (parts, body) = rsp.into_parts();
-        if policy == AuditPolicy::FailOpen && !keep_bodies {
-            let w = a.clone();
-            // Boxed once here, so the tap's closure moves a pointer, not the draft.
-            let draft = Box::new(draft);
-            let body = body.with_tap(Tap::new(move |d, n| {
-                let out = Outcome {
-                    sent: d,
-                    bytes_out: n,
-                    body: None,
-                };
-                if w.writer
-                    .submit_nowait_with(|buf| draft.finish(&out, buf))
-                    .is_err()
-                {
-                    metrics::counter!("lienthong_audit_dropped_total").increment(1);
-                }
-            }));
-            return Response::from_parts(parts, body);
+        let draft = Draft::new(ctx, status);
+        if policy != AuditPolicy::FailOpen || keep_bodies {
+            let pending = Pending {
+                draft,
+                policy,
+                keep_bodies,
+            };
+            return Streamed::Waits(Box::new(pending), rsp);
         }
-        // Fail-closed (or bodies kept): the response is read so the record can carry
-        // it, and it is sent only once the record is durable.
+        let w = a.clone();
+        let (parts, body) = rsp.into_parts();
+        // The closure holds the draft: one allocation (the tap's) carries both.
+        let body = body.with_tap(Tap::new(move |d, n| {
+            let out = Outcome {
+                sent: d,
+                bytes_out: n,
+                body: None,
+            };
+            if w.writer
+                .submit_nowait_with(|buf| draft.finish(&out, buf))
+                .is_err()
+            {
+                metrics::counter!("lienthong_audit_dropped_total").increment(1);
+            }
+        }));
+        Streamed::Sent(Response::from_parts(parts, body))
+    }
+
+    /// Fail-closed routes (and routes that keep bodies): the response is read so
+    /// the record can carry it, and a fail-closed one is sent only once its record
+    /// is durable.
+    pub async fn record(
+        a: &Arc<Auditor>,
+        ctx: &RequestCtx,
+        pending: Pending,
+        rsp: Response<Body>,
+    ) -> Response<Body> {
+        let Pending {
+            mut draft,
+            policy,
+            keep_bodies,
+        } = pending;
+        let (parts, body) = rsp.into_parts();
         let bytes = match crate::body::collect_capped(body, 16 << 20).await {
             Ok(b) => b,
             Err(e) => {
@@ -946,9 +1006,8 @@ async fn authenticate(
 
 /// What intake learned about the request target.
 pub struct Target {
-    pub host: String,
-    /// Host as the client wrote it (with port), for `X-Forwarded-Host`.
-    pub raw_host: Option<String>,
+    /// What the Host (or `:authority`) says; None when the request has none.
+    pub host_fields: Option<Arc<headers::HostFields>>,
     pub path: String,
     pub query: Option<String>,
     pub absolute_form: bool,
@@ -958,7 +1017,11 @@ pub mod intake {
     //! Checks on the request head before routing, and the body cap.
     use super::*;
 
-    pub fn check(l: &ListenerConfig, parts: &http::request::Parts) -> Result<Target, GatewayError> {
+    pub fn check(
+        l: &ListenerConfig,
+        fwd: &headers::Forwarding,
+        parts: &http::request::Parts,
+    ) -> Result<Target, GatewayError> {
         if parts.method == Method::CONNECT {
             return Err(GatewayError::method_not_allowed(
                 "connect_not_allowed",
@@ -1020,12 +1083,10 @@ pub mod intake {
                 "more than one Host header",
             ));
         }
-        let raw_host: Option<String> = if absolute_form || !is_h1 {
-            uri.authority().map(|a| a.as_str().to_string()).or_else(|| {
-                host_header
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_string)
-            })
+        let raw_host: Option<&str> = if absolute_form || !is_h1 {
+            uri.authority()
+                .map(http::uri::Authority::as_str)
+                .or_else(|| host_header.and_then(|h| h.to_str().ok()))
         } else {
             match host_header {
                 None if parts.version == http::Version::HTTP_11 => {
@@ -1035,35 +1096,21 @@ pub mod intake {
                     ))
                 }
                 None => None,
-                Some(h) => Some(
-                    h.to_str()
-                        .map_err(|_| {
-                            GatewayError::bad_request("bad_host", "the Host header is not valid")
-                        })?
-                        .to_string(),
-                ),
+                Some(h) => Some(h.to_str().map_err(|_| {
+                    GatewayError::bad_request("bad_host", "the Host header is not valid")
+                })?),
             }
         };
-        let host = match &raw_host {
-            Some(h) => {
-                let a: http::uri::Authority = h.parse().map_err(|_| {
-                    GatewayError::bad_request("bad_host", "the Host header is not valid")
-                })?;
-                if a.as_str().contains('@') {
-                    return Err(GatewayError::bad_request(
-                        "bad_host",
-                        "the Host header is not valid",
-                    ));
-                }
-                a.host().trim_end_matches('.').to_ascii_lowercase()
-            }
-            None => String::new(),
+        let host_fields = match raw_host {
+            Some(h) => Some(fwd.host(h).ok_or_else(|| {
+                GatewayError::bad_request("bad_host", "the Host header is not valid")
+            })?),
+            None => None,
         };
         let path = normalize::normalize_path(uri.path())
             .map_err(|e| GatewayError::bad_request("bad_path", e.to_string()))?;
         Ok(Target {
-            host,
-            raw_host,
+            host_fields,
             path,
             query: uri.query().map(str::to_string),
             absolute_form,
@@ -1152,7 +1199,8 @@ pub mod local {
     ) -> Option<Result<Response<Body>, GatewayError>> {
         if let Some((name, key)) = crate::cache::serve::parse_path(&target.path) {
             let l = rt.lookups.get(name)?;
-            return Some(lookup(rt, ctx, parts, target, l, key).await);
+            // Boxed: a lookup's state would otherwise enlarge every request's future.
+            return Some(Box::pin(lookup(rt, ctx, parts, target, l, key)).await);
         }
         jwks(rt, parts, target).map(Ok)
     }
@@ -1569,14 +1617,22 @@ pub mod forward {
         upgrade: bool,
     ) -> Result<OutboundRequest, GatewayError> {
         let mut h = std::mem::take(&mut parts.headers);
-        headers::strip_hop_by_hop(&mut h, upgrade);
+        let present = headers::Present::survey(&h);
+        if present.hop_by_hop {
+            headers::strip_present_hop_by_hop(&mut h, upgrade);
+        }
         // The length is derived from the body actually sent (hyper sets it from the
         // body's exact size, or uses chunked framing), never copied from the client.
-        h.remove(header::CONTENT_LENGTH);
-        headers::set_forwarded(&mut h, &ctx.conn.forwarding, target.raw_host.as_deref());
+        if present.content_length {
+            h.remove(header::CONTENT_LENGTH);
+        }
+        let host = target.host_fields.as_deref();
+        headers::set_forwarded(&mut h, &ctx.conn.forwarding, host, &present);
         h.insert(headers::X_REQUEST_ID.clone(), ctx.request_id.clone());
-        headers::strip_gateway_owned(&mut h);
-        if !rt.auth.forward_token[ctx.route_index.unwrap_or(0)] {
+        if present.gateway_owned {
+            headers::strip_gateway_owned(&mut h);
+        }
+        if present.authorization && !rt.auth.forward_token[ctx.route_index.unwrap_or(0)] {
             h.remove(header::AUTHORIZATION);
         }
         if let Some(c) = &ctx.caller {
@@ -1592,13 +1648,16 @@ pub mod forward {
                 h.insert(headers::X_CLIENT_CERT_S256.clone(), v);
             }
         }
-        headers::append_via(&mut h, parts.version, &rt.config.server.via_name);
+        headers::append_present_via(
+            &mut h,
+            parts.version,
+            &rt.config.server.via_name,
+            present.via,
+        );
         match &route.host_header {
             HostHeader::Preserve => {
-                if let Some(raw) = &target.raw_host {
-                    if let Ok(v) = HeaderValue::from_str(raw) {
-                        h.insert(header::HOST, v);
-                    }
+                if let Some(f) = host {
+                    h.insert(header::HOST, f.value.clone());
                 }
             }
             HostHeader::Literal(l) => {
@@ -1608,14 +1667,25 @@ pub mod forward {
             }
             HostHeader::Upstream => {}
         }
-        let mut pq = route::upstream_path(route, &target.path);
-        if let Some(q) = &target.query {
-            pq.push('?');
-            pq.push_str(q);
-        }
-        let path_and_query: http::uri::PathAndQuery = pq.parse().map_err(|_| {
-            GatewayError::bad_request("bad_target", "the request target is not valid")
-        })?;
+        // Where the route leaves the path alone and normalising did not change it,
+        // the client's target goes on as it is (a reference, not a copy).
+        let as_sent = parts
+            .uri
+            .path_and_query()
+            .filter(|pq| route::keeps_path(route) && pq.path() == target.path);
+        let path_and_query = match as_sent {
+            Some(pq) => pq.clone(),
+            None => {
+                let mut pq = route::upstream_path(route, &target.path);
+                if let Some(q) = &target.query {
+                    pq.push('?');
+                    pq.push_str(q);
+                }
+                pq.parse().map_err(|_| {
+                    GatewayError::bad_request("bad_target", "the request target is not valid")
+                })?
+            }
+        };
         let method = parts.method.clone();
         let idempotent = route.retry_non_idempotent || method.is_idempotent();
         Ok(OutboundRequest {

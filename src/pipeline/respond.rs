@@ -101,15 +101,18 @@ pub fn upstream(
 ) -> Response<Body> {
     let switching = upgrade && rsp.status() == StatusCode::SWITCHING_PROTOCOLS;
     let version = rsp.version();
+    let keep_length = ctx.method == http::Method::HEAD || rsp.status() == StatusCode::NOT_MODIFIED;
     let h = rsp.headers_mut();
-    headers::strip_hop_by_hop(h, switching);
+    let present = headers::Present::survey(h);
+    if present.hop_by_hop {
+        headers::strip_present_hop_by_hop(h, switching);
+    }
     // Keep the upstream's length only where there is no body to derive it from
     // (HEAD, 304); otherwise the server derives it from the body it streams.
-    if ctx.method != http::Method::HEAD && rsp.status() != StatusCode::NOT_MODIFIED {
-        rsp.headers_mut().remove(header::CONTENT_LENGTH);
+    if present.content_length && !keep_length {
+        h.remove(header::CONTENT_LENGTH);
     }
-    let h = rsp.headers_mut();
-    headers::append_via(h, version, &rt.config.server.via_name);
+    headers::append_present_via(h, version, &rt.config.server.via_name, present.via);
     h.insert(headers::X_REQUEST_ID.clone(), ctx.request_id.clone());
     rsp
 }

@@ -96,9 +96,14 @@ pub fn select<'a>(
     }
 }
 
+/// Whether the route sends the matched path upstream unchanged.
+pub fn keeps_path(r: &RouteConfig) -> bool {
+    r.path_prefix == "/" && r.rewrite_prefix.is_none()
+}
+
 /// The path the upstream receives: the matched prefix stripped or rewritten.
 pub fn upstream_path(r: &RouteConfig, path: &str) -> String {
-    if r.path_prefix == "/" && r.rewrite_prefix.is_none() {
+    if keeps_path(r) {
         return path.to_string();
     }
     let rest = if r.path_prefix == "/" {
