@@ -16,6 +16,14 @@
 #   benches/audit.sh                  # SLICES=20 SLICE=3 (seconds)
 #   AA=1 benches/audit.sh             # A/A: both gateways without the audit log; the
 #                                     # spread of the ratios is this machine's noise floor
+#   THREADED_OFF=1 benches/audit.sh   # decomposition: the audit-off gateway gets one idle
+#                                     # extra thread (an LD_PRELOADed constructor), so the
+#                                     # ratio leaves out what any second thread costs a
+#                                     # process (glibc's cancellable syscall wrappers and the
+#                                     # kernel's shared-fd-table refcounts, on every socket
+#                                     # call); the audit's writer thread brings that cost to
+#                                     # a single-worker gateway, and a gateway with two or
+#                                     # more worker threads pays it with or without the audit
 #   LIENTHONG_BIN=path benches/audit.sh   # skip the build
 #
 # Needs: apt-get install -y wrk
@@ -36,6 +44,19 @@ fi
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/lienthong-auditbench.XXXXXX")"
 export WORK UP_BIN HERE
 trap 'rm -rf "$WORK"' EXIT
+if [ "${THREADED_OFF:-0}" = 1 ]; then
+  command -v cc >/dev/null || { echo "audit.sh: THREADED_OFF=1 needs a C compiler" >&2; exit 1; }
+  cat >"$WORK/idle-thread.c" <<'C'
+#include <pthread.h>
+#include <unistd.h>
+static void *idle(void *arg) { (void)arg; for (;;) pause(); return 0; }
+__attribute__((constructor)) static void start(void) {
+  pthread_t t;
+  if (pthread_create(&t, 0, idle, 0) == 0) pthread_detach(t);
+}
+C
+  cc -shared -fPIC -O2 -o "$WORK/idle-thread.so" "$WORK/idle-thread.c" -lpthread
+fi
 python3 - <<'PY'
 import os, re, signal, statistics, subprocess, sys, time, urllib.request
 
@@ -43,6 +64,7 @@ env = os.environ
 HERE, WORK, UP_BIN = env["HERE"], env["WORK"], env["UP_BIN"]
 SLICES, SLICE = int(env.get("SLICES", "20")), env.get("SLICE", "3")
 CONNS, AA = env.get("CONNS", "64"), env.get("AA", "0") == "1"
+THREADED_OFF = env.get("THREADED_OFF", "0") == "1"
 UP, FIRST, SECOND = 18080, 18083, 18084
 ncpu = os.cpu_count() or 1
 LOAD_CPUS = env.get("LOAD_CPUS", "0")
@@ -76,7 +98,7 @@ def wait_up(port, path="/json"):
     stop()
     sys.exit(f"audit.sh: nothing answers on port {port} (logs in {WORK})")
 
-def gateway(name, port, audit):
+def gateway(name, port, audit, idle_thread=False):
     d = f"{WORK}/{name}"
     os.makedirs(d)
     extra = ""
@@ -85,6 +107,8 @@ def gateway(name, port, audit):
                  f'key = "{HERE}/config/dev/audit-signing.key.pem"\n')
     e = dict(env, BENCH_RUNDIR=d, GATEWAY_PORT=str(port), PROXY_WORKERS="1",
              UPSTREAM_ADDR=f"127.0.0.1:{UP}", EXTRA_CONFIG=extra)
+    if idle_thread:
+        e["LD_PRELOAD"] = f"{WORK}/idle-thread.so"
     log = open(f"{d}/gateway.log", "w")
     return subprocess.Popen(["taskset", "-c", PROXY_CPUS, f"{HERE}/benches/gateway-for-bench.sh"],
                             env=e, stdout=log, stderr=log)
@@ -137,7 +161,7 @@ try:
         rows = {}
         for k, port in ((first, FIRST), (second, SECOND)):
             name = f"audit-{k}-{half + 1}"
-            p = gateway(name, port, k == "on" and not AA)
+            p = gateway(name, port, k == "on" and not AA, THREADED_OFF and k == "off")
             procs.append(p)
             wait_up(port)
             rows[k] = (p, port)
@@ -177,6 +201,8 @@ for k in ("off", "on"):
     print(f"  {k:3}: {t['n']} requests, {t['cpu'] * 1e6 / t['n']:.2f} us CPU/req pooled, errors {t['errs']}")
 print(f"  pooled: req {tot['on']['n'] / tot['off']['n']:.3f}x, CPU/req "
       f"{(tot['on']['cpu'] / tot['on']['n']) / (tot['off']['cpu'] / tot['off']['n']):.3f}x")
+if THREADED_OFF:
+    print("decomposition: the audit-off gateway ran with one idle extra thread")
 if AA:
     print("A/A calibration: both gateways ran without the audit log")
 else:
