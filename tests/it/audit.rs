@@ -143,6 +143,52 @@ auth = {{ anonymous = true }}
 }
 
 #[tokio::test]
+async fn a_record_is_dated_when_its_request_arrived() {
+    // The upstream answers after 600 ms; the record's time is the request's
+    // arrival, and its latency covers the wait.
+    let up = MockUpstream::start(Arc::new(|_: &Seen| {
+        Action::Delay(
+            Duration::from_millis(600),
+            json_response(200, serde_json::json!({"ok": true})),
+        )
+    }))
+    .await;
+    let cfg = base_config(&format!(
+        r#"
+[upstreams.up]
+endpoints = ["{url}"]
+[[routes]]
+name = "slow"
+path_prefix = "/slow"
+upstream = "up"
+auth = {{ anonymous = true }}
+"#,
+        url = up.url()
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    let sent = lienthong::audit::record::epoch_ms(std::time::SystemTime::now());
+    let r = raw_get(gw.addr(), "/slow").await;
+    let answered = lienthong::audit::record::epoch_ms(std::time::SystemTime::now());
+    assert_eq!(r.status, 200);
+    assert!(
+        answered >= sent + 600,
+        "the upstream's delay did not happen"
+    );
+    let recs = records(&gw).await;
+    let (_, rec) = recs
+        .iter()
+        .find(|(_, r)| r.route.as_deref() == Some("slow"))
+        .expect("the request's record");
+    let t = rec.time_ms().expect("a parsable time");
+    // Milliseconds on both sides: allow one for the rounding.
+    assert!(
+        t + 1 >= sent && t + 300 < answered,
+        "record time {t} not at the request's arrival (sent {sent}, answered {answered})"
+    );
+    assert!(rec.latency_us >= 600_000, "latency {} µs", rec.latency_us);
+}
+
+#[tokio::test]
 async fn fail_closed_route_answers_only_after_the_record_is_durable() {
     let up = MockUpstream::start(echo("up")).await;
     let cfg = base_config(&format!(
