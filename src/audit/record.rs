@@ -719,6 +719,14 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
     Some(secs as u64 * 1000 + u64::from(ms))
 }
 
+/// The wall-clock time of a monotonic instant in the past: what a record is dated
+/// with, since a record's `time` is when its exchange started, and the record is
+/// built when the exchange is over.
+pub fn wall_time_of(start: std::time::Instant) -> SystemTime {
+    let now = SystemTime::now();
+    now.checked_sub(start.elapsed()).unwrap_or(now)
+}
+
 /// Milliseconds since the epoch (0 for earlier times).
 pub fn epoch_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -987,6 +995,18 @@ fn looks_like_jwt(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_wall_time_of_an_instant_is_that_long_ago() {
+        let start = std::time::Instant::now() - Duration::from_millis(500);
+        let before = epoch_ms(SystemTime::now());
+        let t = epoch_ms(wall_time_of(start));
+        let after = epoch_ms(SystemTime::now());
+        assert!(
+            t + 500 >= before && t + 500 <= after + 1,
+            "{before} {t} {after}"
+        );
+    }
 
     #[test]
     fn path_masking_hides_citizen_ids() {

@@ -219,6 +219,10 @@ impl Deliverer for HttpDeliverer {
                     crate::audit::record::RecordKind::Delivery,
                     key.clone(),
                 );
+                // Dated when the attempt started, not when its answer came.
+                r.time = crate::audit::record::format_rfc3339_ms(
+                    crate::audit::record::wall_time_of(started),
+                );
                 r.listener = "delivery".into();
                 r.route = Some(format!("exchange:{dest}"));
                 r.upstream = Some(up.clone());

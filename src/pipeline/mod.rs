@@ -660,12 +660,9 @@ pub mod audit_stage {
 
     impl Draft {
         fn new(ctx: &RequestCtx, status: u16) -> Self {
-            // A record is dated when its exchange started (`AuditRecord::time`), not
-            // when the answer came: the wall clock now, less the request's age.
-            let now = std::time::SystemTime::now();
-            let started = now.checked_sub(ctx.start.elapsed()).unwrap_or(now);
             Draft {
-                time_ms: record::epoch_ms(started),
+                // When the request arrived, not when its answer came.
+                time_ms: record::epoch_ms(record::wall_time_of(ctx.start)),
                 kind: kind(ctx, status),
                 request_id: ctx.request_id.clone(),
                 listener: ctx.conn.listener.clone(),
