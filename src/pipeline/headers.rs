@@ -63,15 +63,10 @@ pub fn strip_gateway_owned(h: &mut HeaderMap) {
 /// Removes hop-by-hop fields and those named in `Connection`. `Upgrade` is removed
 /// too unless `keep_upgrade` (a tunnel the route allows), in which case
 /// `Connection: upgrade` is put back.
+///
+/// Callers run it only where [`Present::survey`] found some (most messages carry
+/// none). Without `Connection` no other field can have been named for removal.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    if Present::survey(h).hop_by_hop {
-        strip_present_hop_by_hop(h, keep_upgrade);
-    }
-}
-
-/// [`strip_hop_by_hop`] of a message that [`Present::survey`] found carries some.
-/// Without `Connection` no other field can have been named for removal.
-pub fn strip_present_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     // Collect names first: `Connection` may list any field, possibly in several lines.
     let mut named: Vec<HeaderName> = Vec::new();
     for v in h.get_all(header::CONNECTION) {
@@ -257,13 +252,9 @@ impl Present {
     }
 }
 
-/// Appends this gateway to `Via` (RFC 9110 §7.6.3).
-pub fn append_via(h: &mut HeaderMap, version: http::Version, via: &crate::config::ViaName) {
-    append_present_via(h, version, via, true);
-}
-
-/// [`append_via`], told by [`Present::survey`] whether the message has a `Via`.
-pub fn append_present_via(
+/// Appends this gateway to `Via` (RFC 9110 §7.6.3); `has_via` is what
+/// [`Present::survey`] found.
+pub fn append_via(
     h: &mut HeaderMap,
     version: http::Version,
     via: &crate::config::ViaName,
@@ -331,7 +322,7 @@ mod tests {
             if let Some(p) = prev {
                 h.insert(header::VIA, HeaderValue::from_static(p));
             }
-            append_via(&mut h, version, &via);
+            append_via(&mut h, version, &via, prev.is_some());
             assert_eq!(h.get_all(header::VIA).iter().count(), 1);
             assert_eq!(h.get(header::VIA).unwrap(), want, "{version:?} {prev:?}");
         }
@@ -349,6 +340,7 @@ mod tests {
         h.insert("x-keep", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(Present::survey(&h).hop_by_hop);
         strip_hop_by_hop(&mut h, false);
         assert!(h.get("x-foo").is_none());
         assert!(h.get("x-bar").is_none());

@@ -1620,7 +1620,7 @@ pub mod forward {
         let mut h = std::mem::take(&mut parts.headers);
         let present = headers::Present::survey(&h);
         if present.hop_by_hop {
-            headers::strip_present_hop_by_hop(&mut h, upgrade);
+            headers::strip_hop_by_hop(&mut h, upgrade);
         }
         // The length is derived from the body actually sent (hyper sets it from the
         // body's exact size, or uses chunked framing), never copied from the client.
@@ -1649,7 +1649,7 @@ pub mod forward {
                 h.insert(headers::X_CLIENT_CERT_S256.clone(), v);
             }
         }
-        headers::append_present_via(
+        headers::append_via(
             &mut h,
             parts.version,
             &rt.config.server.via_name,

@@ -105,14 +105,14 @@ pub fn upstream(
     let h = rsp.headers_mut();
     let present = headers::Present::survey(h);
     if present.hop_by_hop {
-        headers::strip_present_hop_by_hop(h, switching);
+        headers::strip_hop_by_hop(h, switching);
     }
     // Keep the upstream's length only where there is no body to derive it from
     // (HEAD, 304); otherwise the server derives it from the body it streams.
     if present.content_length && !keep_length {
         h.remove(header::CONTENT_LENGTH);
     }
-    headers::append_present_via(h, version, &rt.config.server.via_name, present.via);
+    headers::append_via(h, version, &rt.config.server.via_name, present.via);
     h.insert(headers::X_REQUEST_ID.clone(), ctx.request_id.clone());
     rsp
 }
