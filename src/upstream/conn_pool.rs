@@ -310,10 +310,10 @@ impl Inner {
     fn checkout(&self) -> Option<Pooled> {
         let mut idle = lock(&self.idle);
         let oldest = idle.first()?;
-        if self.expired(oldest, crate::clock::mono_ms()) {
+        let now = crate::clock::mono_ms();
+        if self.expired(oldest, now) {
             // Rare path; dropping a sender only flags its connection task, so doing
             // it under the lock is cheap.
-            let now = crate::clock::mono_ms();
             let n = idle.partition_point(|i| self.expired(i, now));
             idle.drain(..n);
         }
