@@ -24,15 +24,34 @@ pub struct BodyTooLarge {
 /// A guard kept alive for as long as a response body is being streamed.
 pub trait BodyGuard: Send + Sync {}
 
-type TapDone = Box<dyn FnOnce(Option<[u8; 32]>, u64) + Send + Sync>;
-
 /// Watches a streamed body go by: counts its bytes and hashes them (SHA-256), and
 /// reports both when the body ends — or, with no digest, when it is dropped before
 /// its end (a client that went away, a failed upstream). Used by the audit stage.
-pub struct Tap {
+///
+/// One allocation holds the tap's state and its report closure (a fail-open audit
+/// record's draft, on every proxied request).
+pub struct Tap(Box<TapState<dyn Report>>);
+
+/// The closure a [`Tap`] reports to, called at most once.
+trait Report: Send + Sync {
+    fn report(&mut self, digest: Option<[u8; 32]>, bytes: u64);
+}
+
+struct Once<F>(Option<F>);
+
+impl<F: FnOnce(Option<[u8; 32]>, u64) + Send + Sync> Report for Once<F> {
+    fn report(&mut self, digest: Option<[u8; 32]>, bytes: u64) {
+        if let Some(f) = self.0.take() {
+            f(digest, bytes);
+        }
+    }
+}
+
+struct TapState<R: ?Sized> {
     hashed: Hashed,
     bytes: u64,
-    done: Option<TapDone>,
+    reported: bool,
+    report: R,
 }
 
 /// What a [`Tap`] has seen so far. Most bodies the gateway relays arrive in one chunk; that
@@ -47,19 +66,21 @@ enum Hashed {
 
 impl Tap {
     pub fn new(done: impl FnOnce(Option<[u8; 32]>, u64) + Send + Sync + 'static) -> Tap {
-        Tap {
+        Tap(Box::new(TapState {
             hashed: Hashed::Nothing,
             bytes: 0,
-            done: Some(Box::new(done)),
-        }
+            reported: false,
+            report: Once(Some(done)),
+        }))
     }
 
     fn update(&mut self, data: &Bytes) {
         if data.is_empty() {
             return;
         }
-        self.bytes += data.len() as u64;
-        self.hashed = match std::mem::replace(&mut self.hashed, Hashed::Nothing) {
+        let t = &mut *self.0;
+        t.bytes += data.len() as u64;
+        t.hashed = match std::mem::replace(&mut t.hashed, Hashed::Nothing) {
             Hashed::Nothing => Hashed::One(data.clone()),
             Hashed::One(first) => {
                 let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
@@ -75,25 +96,30 @@ impl Tap {
     }
 
     fn finish(&mut self) {
-        if let Some(done) = self.done.take() {
-            let out = match std::mem::replace(&mut self.hashed, Hashed::Nothing) {
-                Hashed::Nothing => sha256(&[]),
-                Hashed::One(b) => sha256(&b),
-                Hashed::Streaming(ctx) => {
-                    let mut out = [0u8; 32];
-                    out.copy_from_slice(ctx.finish().as_ref());
-                    out
-                }
-            };
-            done(Some(out), self.bytes);
+        let t = &mut *self.0;
+        if t.reported {
+            return;
         }
+        t.reported = true;
+        let out = match std::mem::replace(&mut t.hashed, Hashed::Nothing) {
+            Hashed::Nothing => sha256(&[]),
+            Hashed::One(b) => sha256(&b),
+            Hashed::Streaming(ctx) => {
+                let mut out = [0u8; 32];
+                out.copy_from_slice(ctx.finish().as_ref());
+                out
+            }
+        };
+        t.report.report(Some(out), t.bytes);
     }
 }
 
 impl Drop for Tap {
     fn drop(&mut self) {
-        if let Some(done) = self.done.take() {
-            done(None, self.bytes);
+        let t = &mut *self.0;
+        if !t.reported {
+            t.reported = true;
+            t.report.report(None, t.bytes);
         }
     }
 }
@@ -115,7 +141,7 @@ pub enum Body {
         remaining: u64,
         limit: u64,
         guard: Option<Box<dyn BodyGuard>>,
-        tap: Option<Box<Tap>>,
+        tap: Option<Tap>,
     },
 }
 
@@ -147,7 +173,7 @@ impl Body {
     /// Attaches a tap to a streamed body. A buffered body is reported at once.
     pub fn with_tap(mut self, t: Tap) -> Self {
         match &mut self {
-            Body::Stream { tap, .. } => *tap = Some(Box::new(t)),
+            Body::Stream { tap, .. } => *tap = Some(t),
             Body::Empty => {
                 let mut t = t;
                 t.finish();

@@ -170,6 +170,16 @@ impl RecordPath {
         Self(mask_path(raw))
     }
 
+    /// [`RecordPath::new`] of a target the caller no longer needs: a path with
+    /// nothing to mask (most) is kept as it is, without a copy.
+    pub fn from_owned(raw: String) -> Self {
+        if needs_masking(&raw) {
+            Self(mask_path(&raw))
+        } else {
+            Self(raw)
+        }
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -719,13 +729,39 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
     Some(secs as u64 * 1000 + u64::from(ms))
 }
 
-/// The wall-clock time of a monotonic instant in the past: what a record is dated
-/// with, since a record's `time` is when its exchange started, and the record is
-/// built when the exchange is over.
+/// The wall-clock time of a monotonic instant: what a record is dated with, since a
+/// record's `time` is when its exchange started, and the record is built when the
+/// exchange is over.
+///
+/// It is worked out from an anchor, a pair of readings of both clocks taken on this
+/// thread at most [`WALL_ANCHOR_MS`] ago, so that dating a record reads neither clock
+/// (the coarse clock that ages the anchor costs no timestamp-counter read). A step of
+/// the wall clock therefore reaches records within that second; a slew changes the
+/// result by well under a millisecond over it.
 pub fn wall_time_of(start: std::time::Instant) -> SystemTime {
-    let now = SystemTime::now();
-    now.checked_sub(start.elapsed()).unwrap_or(now)
+    use std::cell::Cell;
+    use std::time::Instant;
+    thread_local! {
+        static ANCHOR: Cell<Option<(Instant, SystemTime, u64)>> = const { Cell::new(None) };
+    }
+    let coarse = crate::clock::mono_ms();
+    let (at, wall, _) = ANCHOR.with(|a| match a.get() {
+        Some(anchor) if coarse.saturating_sub(anchor.2) < WALL_ANCHOR_MS => anchor,
+        _ => {
+            let fresh = (Instant::now(), SystemTime::now(), coarse);
+            a.set(Some(fresh));
+            fresh
+        }
+    });
+    let t = match start.checked_duration_since(at) {
+        Some(after) => wall.checked_add(after),
+        None => wall.checked_sub(at.duration_since(start)),
+    };
+    t.unwrap_or(wall)
 }
+
+/// How long a thread's clock anchor for [`wall_time_of`] is used before it is read again.
+pub const WALL_ANCHOR_MS: u64 = 1000;
 
 /// Milliseconds since the epoch (0 for earlier times).
 pub fn epoch_ms(t: SystemTime) -> u64 {
@@ -768,19 +804,7 @@ pub const MASK_KEEP_LAST: usize = 2;
 /// `-` does not join groups, so dates and dossier codes such as
 /// `000.00.01.H01-240101-0001` stay readable.
 pub fn mask_path(raw: &str) -> String {
-    // Most paths have nothing to decode or mask: no `%`, no `#` and no run of
-    // digits long enough to be an identifier (counting the separators that
-    // join groups as digits only over-approximates).
-    let mut run = 0;
-    let plain = raw.bytes().all(|b| {
-        run = if b.is_ascii_digit() || matches!(b, b'.' | b' ' | b'+') {
-            run + 1
-        } else {
-            0
-        };
-        b != b'%' && b != b'#' && run < MASK_MIN_DIGITS
-    });
-    if plain {
+    if !needs_masking(raw) {
         return raw.to_string();
     }
     let raw = raw.split('#').next().unwrap_or("");
@@ -794,6 +818,21 @@ pub fn mask_path(raw: &str) -> String {
             out
         }
     }
+}
+
+/// Whether [`mask_path`] could change `raw`. Most paths have nothing to decode or
+/// mask: no `%`, no `#` and no run of digits long enough to be an identifier
+/// (counting the separators that join groups as digits only over-approximates).
+fn needs_masking(raw: &str) -> bool {
+    let mut run = 0;
+    !raw.bytes().all(|b| {
+        run = if b.is_ascii_digit() || matches!(b, b'.' | b' ' | b'+') {
+            run + 1
+        } else {
+            0
+        };
+        b != b'%' && b != b'#' && run < MASK_MIN_DIGITS
+    })
 }
 
 fn is_unreserved(b: u8) -> bool {
@@ -1006,6 +1045,15 @@ mod tests {
             t + 500 >= before && t + 500 <= after + 1,
             "{before} {t} {after}"
         );
+        // Once the thread has an anchor, an instant after it is dated forwards from it.
+        let later = std::time::Instant::now() + Duration::from_millis(250);
+        let before = epoch_ms(SystemTime::now());
+        let t = epoch_ms(wall_time_of(later));
+        let after = epoch_ms(SystemTime::now());
+        assert!(
+            t >= before + 250 && t <= after + 251,
+            "{before} {t} {after}"
+        );
     }
 
     #[test]
@@ -1037,6 +1085,7 @@ mod tests {
         ];
         for (raw, want) in cases {
             assert_eq!(mask_path(raw), want, "masking {raw:?}");
+            assert_eq!(RecordPath::from_owned(raw.to_string()).as_str(), want);
             // Idempotent: masked output has no long digit runs left.
             assert_eq!(mask_path(want), want);
         }

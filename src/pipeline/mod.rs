@@ -166,7 +166,7 @@ pub async fn handle(
     let rsp = respond::finish(&rt, &mut ctx, result);
     crate::observe::record(&rt, &ctx, &rsp);
     match &rt.audit {
-        Some(a) => match audit_stage::record_streamed(a, &rt, &ctx, rsp) {
+        Some(a) => match audit_stage::record_streamed(a, &rt, &mut ctx, rsp) {
             audit_stage::Streamed::Sent(rsp) => rsp,
             // Fail-closed routes and routes that keep bodies wait for the record: a
             // rarer path, boxed so that its state does not enlarge every request's.
@@ -623,18 +623,19 @@ pub mod audit_stage {
         }
     }
 
-    /// What a request's record needs from its context, taken when the response
-    /// headers are known. Names shared with the configuration stay shared (`Arc`
-    /// clones), digests stay raw: the record is serialised straight from this (see
+    /// What a request's record needs from its context, taken (moved out of it) when
+    /// the response headers are known: the context is not used after the audit
+    /// stage but by [`record()`], which needs only its request id and kept body.
+    /// Digests stay raw: the record is serialised straight from this (see
     /// [`record::RecordView`]) once the response body has gone out, without an
-    /// [`AuditRecord`] of owned copies in between.
+    /// [`AuditRecord`] of owned copies in between. What plain proxying never has
+    /// sits in a box of its own, so the common draft stays small.
     struct Draft {
         time_ms: u64,
         kind: RecordKind,
         request_id: http::HeaderValue,
         listener: Arc<str>,
         caller: Option<Arc<crate::auth::caller::Caller>>,
-        cert_s256: Option<String>,
         route: Option<Arc<str>>,
         upstream: Option<Arc<str>>,
         endpoint: Option<Arc<str>>,
@@ -643,12 +644,18 @@ pub mod audit_stage {
         status: u16,
         error: Option<&'static str>,
         upstream_us: Option<u64>,
+        start: std::time::Instant,
+        request_slot: Option<DigestSlot>,
+        rare: Option<Box<Rare>>,
+    }
+
+    /// The parts of a draft that a plain proxied request does not have.
+    struct Rare {
+        cert_s256: Option<String>,
         dossier: Option<String>,
         adapter: Option<record::Adapter>,
         request_translated: Option<[u8; 32]>,
         response_received: Option<[u8; 32]>,
-        start: std::time::Instant,
-        request_slot: Option<DigestSlot>,
     }
 
     /// What is known once the response body has been sent (or read).
@@ -659,33 +666,42 @@ pub mod audit_stage {
     }
 
     impl Draft {
-        fn new(ctx: &RequestCtx, status: u16) -> Self {
+        fn new(ctx: &mut RequestCtx, status: u16) -> Self {
+            let cert_s256 = ctx
+                .conn
+                .tls
+                .as_ref()
+                .and_then(|t| t.client_cert_sha256.clone());
+            let rare = Rare {
+                cert_s256,
+                dossier: ctx.dossier.take(),
+                adapter: ctx.adapter.take(),
+                request_translated: ctx.request_translated,
+                response_received: ctx.response_received,
+            };
+            let any = rare.cert_s256.is_some()
+                || rare.dossier.is_some()
+                || rare.adapter.is_some()
+                || rare.request_translated.is_some()
+                || rare.response_received.is_some();
             Draft {
                 // When the request arrived, not when its answer came.
                 time_ms: record::epoch_ms(record::wall_time_of(ctx.start)),
                 kind: kind(ctx, status),
                 request_id: ctx.request_id.clone(),
                 listener: ctx.conn.listener.clone(),
-                caller: ctx.caller.clone(),
-                cert_s256: ctx
-                    .conn
-                    .tls
-                    .as_ref()
-                    .and_then(|t| t.client_cert_sha256.clone()),
-                route: ctx.route.clone(),
-                upstream: ctx.upstream.clone(),
-                endpoint: ctx.endpoint.clone(),
-                method: ctx.method.clone(),
-                path: record::RecordPath::new(&ctx.path),
+                caller: ctx.caller.take(),
+                route: ctx.route.take(),
+                upstream: ctx.upstream.take(),
+                endpoint: ctx.endpoint.take(),
+                method: std::mem::take(&mut ctx.method),
+                path: record::RecordPath::from_owned(std::mem::take(&mut ctx.path)),
                 status,
                 error: ctx.error.as_ref().map(|(code, _)| *code),
                 upstream_us: ctx.upstream_us,
-                dossier: ctx.dossier.clone(),
-                adapter: ctx.adapter.clone(),
-                request_translated: ctx.request_translated,
-                response_received: ctx.response_received,
                 start: ctx.start,
-                request_slot: ctx.request_digest.clone(),
+                request_slot: ctx.request_digest.take(),
+                rare: any.then(|| Box::new(rare)),
             }
         }
 
@@ -701,7 +717,15 @@ pub mod audit_stage {
                 Some((d, n)) => (d.as_ref(), *n),
                 None => (None, 0),
             };
-            let (response, response_translated) = match &self.response_received {
+            static NONE: Rare = Rare {
+                cert_s256: None,
+                dossier: None,
+                adapter: None,
+                request_translated: None,
+                response_received: None,
+            };
+            let rare = self.rare.as_deref().unwrap_or(&NONE);
+            let (response, response_translated) = match &rare.response_received {
                 Some(raw) => (Some(raw), out.sent.as_ref()),
                 None => (out.sent.as_ref(), None),
             };
@@ -710,7 +734,7 @@ pub mod audit_stage {
                 request_id: self.request_id.to_str().unwrap_or_default(),
                 kind: self.kind,
                 listener: &self.listener,
-                caller: match (&self.caller, &self.cert_s256) {
+                caller: match (&self.caller, &rare.cert_s256) {
                     (Some(c), cert) => Some(record::CallerView {
                         agency: c.agency.as_ref().map_or("", |a| a.as_str()),
                         subject: Some(&c.subject),
@@ -735,14 +759,14 @@ pub mod audit_stage {
                 bytes_in,
                 bytes_out: out.bytes_out,
                 request_sha256: request_sha256.map(record::DigestRef::Raw),
-                request_translated_sha256: self
+                request_translated_sha256: rare
                     .request_translated
                     .as_ref()
                     .map(record::DigestRef::Raw),
                 response_sha256: response.map(record::DigestRef::Raw),
                 response_translated_sha256: response_translated.map(record::DigestRef::Raw),
-                dossier: self.dossier.as_deref(),
-                adapter: self.adapter.as_ref(),
+                dossier: rare.dossier.as_deref(),
+                adapter: rare.adapter.as_ref(),
                 detail: None,
                 body: out.body,
             };
@@ -772,7 +796,7 @@ pub mod audit_stage {
     pub fn record_streamed(
         a: &Arc<Auditor>,
         rt: &Runtime,
-        ctx: &RequestCtx,
+        ctx: &mut RequestCtx,
         rsp: Response<Body>,
     ) -> Streamed {
         let status = rsp.status().as_u16();

@@ -413,10 +413,14 @@ fn insert_segment(
     let times = seg.cols.iter().filter_map(|c| c.time_ms);
     let min_time = times.clone().min().map(to_i64).transpose()?;
     let max_time = times.max().map(to_i64).transpose()?;
+    // The distinct codes first: a batch has thousands of records and a handful of codes.
     let statuses: Vec<String> = seg
         .cols
         .iter()
-        .filter_map(|c| c.status.map(|s| s.to_string()))
+        .filter_map(|c| c.status)
+        .collect::<std::collections::BTreeSet<u16>>()
+        .into_iter()
+        .map(|s| s.to_string())
         .collect();
     let frames_len = i32::try_from(seg.frames.len()).map_err(|_| {
         AuditError::InvalidArgument(format!(
