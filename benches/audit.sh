@@ -24,6 +24,13 @@
 #                                     # call); the audit's writer thread brings that cost to
 #                                     # a single-worker gateway, and a gateway with two or
 #                                     # more worker threads pays it with or without the audit
+#   CONCURRENT=1 benches/audit.sh     # both gateways loaded at the same time, sharing the
+#                                     # one core (each in a session of its own, so the
+#                                     # kernel's autogroups give each process half of it,
+#                                     # writer thread included): both rows of a pair see
+#                                     # the same moment of a noisy machine. Each slice is
+#                                     # then one simultaneous pair, and req/s compares two
+#                                     # processes given equal CPU time
 #   LIENTHONG_BIN=path benches/audit.sh   # skip the build
 #
 # Needs: apt-get install -y wrk
@@ -65,6 +72,15 @@ HERE, WORK, UP_BIN = env["HERE"], env["WORK"], env["UP_BIN"]
 SLICES, SLICE = int(env.get("SLICES", "20")), env.get("SLICE", "3")
 CONNS, AA = env.get("CONNS", "64"), env.get("AA", "0") == "1"
 THREADED_OFF = env.get("THREADED_OFF", "0") == "1"
+CONCURRENT = env.get("CONCURRENT", "0") == "1"
+if CONCURRENT:
+    try:
+        autogroup = open("/proc/sys/kernel/sched_autogroup_enabled").read().strip() == "1"
+    except OSError:
+        autogroup = False
+    if not autogroup:
+        sys.exit("audit.sh: CONCURRENT=1 needs the kernel's autogroup scheduling "
+                 "(/proc/sys/kernel/sched_autogroup_enabled = 1)")
 UP, FIRST, SECOND = 18080, 18083, 18084
 ncpu = os.cpu_count() or 1
 LOAD_CPUS = env.get("LOAD_CPUS", "0")
@@ -111,7 +127,7 @@ def gateway(name, port, audit, idle_thread=False):
         e["LD_PRELOAD"] = f"{WORK}/idle-thread.so"
     log = open(f"{d}/gateway.log", "w")
     return subprocess.Popen(["taskset", "-c", PROXY_CPUS, f"{HERE}/benches/gateway-for-bench.sh"],
-                            env=e, stdout=log, stderr=log)
+                            env=e, stdout=log, stderr=log, start_new_session=CONCURRENT)
 
 def ticks(pid, comm=None):
     """utime+stime of a process, or of its threads named `comm`."""
@@ -130,10 +146,15 @@ def ticks(pid, comm=None):
         tot += n if c == comm else 0
     return tot
 
-def load(proc, port, secs):
+def start_load(proc, port, secs):
     t0, w0 = ticks(proc.pid), ticks(proc.pid, "audit-writer")
-    out = subprocess.run(["taskset", "-c", LOAD_CPUS, "wrk", "-t1", f"-c{CONNS}", f"-d{secs}",
-                          f"http://127.0.0.1:{port}/json"], capture_output=True, text=True).stdout
+    w = subprocess.Popen(["taskset", "-c", LOAD_CPUS, "wrk", "-t1", f"-c{CONNS}", f"-d{secs}",
+                          f"http://127.0.0.1:{port}/json"], stdout=subprocess.PIPE, text=True)
+    return proc, w, t0, w0
+
+def finish_load(started):
+    proc, w, t0, w0 = started
+    out = w.communicate()[0]
     t1, w1 = ticks(proc.pid), ticks(proc.pid, "audit-writer")
     n = int(re.search(r"(\d+) requests in", out).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -142,6 +163,15 @@ def load(proc, port, secs):
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     errs += sum(map(int, m.groups())) if m else 0
     return dict(n=n, rps=rps, cpu=(t1 - t0) / TCK, writer=(w1 - w0) / TCK, errs=errs)
+
+def load(proc, port, secs):
+    return finish_load(start_load(proc, port, secs))
+
+def load_both(rows, secs):
+    """Both gateways at once (CONCURRENT=1); the CPU ticks of each are read around its
+    own wrk, which run over the same seconds."""
+    started = {k: start_load(*rows[k], secs) for k in rows}
+    return {k: finish_load(started[k]) for k in started}
 
 for p in (UP, FIRST, SECOND):
     if busy(p):
@@ -167,12 +197,17 @@ try:
             rows[k] = (p, port)
             if k == "on" and not AA:
                 dbs.append(f"{WORK}/{name}/audit.db")
+        if CONCURRENT:
+            load_both(rows, "2s")  # warm-up, untimed
         for k in rows:  # warm-up, untimed
             load(*rows[k], "2s")
         n = SLICES // 2 if half == 0 else SLICES - SLICES // 2
         for i in range(n):
             order = ["off", "on"] if i % 2 == 0 else ["on", "off"]
-            r = {k: load(*rows[k], f"{SLICE}s") for k in order}
+            if CONCURRENT:
+                r = load_both(rows, f"{SLICE}s")
+            else:
+                r = {k: load(*rows[k], f"{SLICE}s") for k in order}
             a, b = r["off"], r["on"]
             pairs.append((a, b))
             print(f"pair {len(pairs):2} (on started {'second' if half == 0 else 'first'}): "
@@ -203,6 +238,8 @@ print(f"  pooled: req {tot['on']['n'] / tot['off']['n']:.3f}x, CPU/req "
       f"{(tot['on']['cpu'] / tot['on']['n']) / (tot['off']['cpu'] / tot['off']['n']):.3f}x")
 if THREADED_OFF:
     print("decomposition: the audit-off gateway ran with one idle extra thread")
+if CONCURRENT:
+    print("concurrent: both gateways were loaded at the same time, sharing one core")
 if AA:
     print("A/A calibration: both gateways ran without the audit log")
 else:
