@@ -1037,21 +1037,24 @@ mod tests {
 
     #[test]
     fn the_wall_time_of_an_instant_is_that_long_ago() {
-        let start = std::time::Instant::now() - Duration::from_millis(500);
+        // Each instant is taken after `before` is read and before `after` is, so its
+        // wall time lies between them; 1 ms of slack covers the truncation to whole
+        // milliseconds and the gap between the anchor's two clock readings.
         let before = epoch_ms(SystemTime::now());
+        let start = std::time::Instant::now() - Duration::from_millis(500);
         let t = epoch_ms(wall_time_of(start));
         let after = epoch_ms(SystemTime::now());
         assert!(
-            t + 500 >= before && t + 500 <= after + 1,
+            t + 500 + 1 >= before && t + 500 <= after + 1,
             "{before} {t} {after}"
         );
         // Once the thread has an anchor, an instant after it is dated forwards from it.
-        let later = std::time::Instant::now() + Duration::from_millis(250);
         let before = epoch_ms(SystemTime::now());
+        let later = std::time::Instant::now() + Duration::from_millis(250);
         let t = epoch_ms(wall_time_of(later));
         let after = epoch_ms(SystemTime::now());
         assert!(
-            t >= before + 250 && t <= after + 251,
+            t + 1 >= before + 250 && t <= after + 250 + 1,
             "{before} {t} {after}"
         );
     }
