@@ -34,12 +34,18 @@ pub struct Tap(Box<TapState<dyn Report>>);
 
 /// The closure a [`Tap`] reports to, called at most once.
 trait Report: Send + Sync {
+    /// Not called yet.
+    fn pending(&self) -> bool;
     fn report(&mut self, digest: Option<[u8; 32]>, bytes: u64);
 }
 
 struct Once<F>(Option<F>);
 
 impl<F: FnOnce(Option<[u8; 32]>, u64) + Send + Sync> Report for Once<F> {
+    fn pending(&self) -> bool {
+        self.0.is_some()
+    }
+
     fn report(&mut self, digest: Option<[u8; 32]>, bytes: u64) {
         if let Some(f) = self.0.take() {
             f(digest, bytes);
@@ -50,7 +56,6 @@ impl<F: FnOnce(Option<[u8; 32]>, u64) + Send + Sync> Report for Once<F> {
 struct TapState<R: ?Sized> {
     hashed: Hashed,
     bytes: u64,
-    reported: bool,
     report: R,
 }
 
@@ -69,7 +74,6 @@ impl Tap {
         Tap(Box::new(TapState {
             hashed: Hashed::Nothing,
             bytes: 0,
-            reported: false,
             report: Once(Some(done)),
         }))
     }
@@ -97,10 +101,9 @@ impl Tap {
 
     fn finish(&mut self) {
         let t = &mut *self.0;
-        if t.reported {
+        if !t.report.pending() {
             return;
         }
-        t.reported = true;
         let out = match std::mem::replace(&mut t.hashed, Hashed::Nothing) {
             Hashed::Nothing => sha256(&[]),
             Hashed::One(b) => sha256(&b),
@@ -117,10 +120,7 @@ impl Tap {
 impl Drop for Tap {
     fn drop(&mut self) {
         let t = &mut *self.0;
-        if !t.reported {
-            t.reported = true;
-            t.report.report(None, t.bytes);
-        }
+        t.report.report(None, t.bytes);
     }
 }
 
