@@ -199,8 +199,9 @@ try:
                 dbs.append(f"{WORK}/{name}/audit.db")
         if CONCURRENT:
             load_both(rows, "2s")  # warm-up, untimed
-        for k in rows:  # warm-up, untimed
-            load(*rows[k], "2s")
+        else:
+            for k in rows:  # warm-up, untimed
+                load(*rows[k], "2s")
         n = SLICES // 2 if half == 0 else SLICES - SLICES // 2
         for i in range(n):
             order = ["off", "on"] if i % 2 == 0 else ["on", "off"]
