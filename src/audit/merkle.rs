@@ -42,7 +42,7 @@ pub const HASH_LEN: usize = 32;
 pub type Hash = [u8; HASH_LEN];
 
 /// Domain-separation prefix for leaf hashes (RFC 6962 §2.1).
-const LEAF_PREFIX: u8 = 0x00;
+pub(crate) const LEAF_PREFIX: u8 = 0x00;
 /// Domain-separation prefix for interior node hashes (RFC 6962 §2.1).
 const NODE_PREFIX: u8 = 0x01;
 
@@ -70,7 +70,7 @@ pub enum MerkleError {
 /// One-shot SHA-256 over one contiguous buffer: a streaming context costs a heap
 /// allocation and the EVP set-up and tear-down, which for a two-block node hash is more
 /// work than the hashing itself.
-fn sha256(data: &[u8]) -> Hash {
+pub(crate) fn sha256(data: &[u8]) -> Hash {
     let mut out = [0u8; HASH_LEN];
     out.copy_from_slice(digest::digest(&digest::SHA256, data).as_ref());
     out

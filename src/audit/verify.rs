@@ -44,7 +44,7 @@
 //! report names the start of that window.
 
 use super::checkpoint::{CheckpointError, SignedCheckpoint, VerifierKey};
-use super::merkle::{leaf_hash, CompactRange, Hash, HASH_LEN};
+use super::merkle::{leaf_hash, sha256, CompactRange, Hash, HASH_LEN, LEAF_PREFIX};
 
 /// Magic bytes at the start of every frame.
 pub const FRAME_MAGIC: [u8; 4] = *b"LTA1";
@@ -87,15 +87,29 @@ pub fn encode_frame_into(
     }
     // Checked above: the length fits in u32.
     let n = payload.len() as u32;
-    let h = leaf_hash(payload);
     out.reserve(frame_len(payload.len()));
+    let at = out.len();
     out.extend_from_slice(&FRAME_MAGIC);
     out.extend_from_slice(&n.to_be_bytes());
     out.extend_from_slice(&(!n).to_be_bytes());
     out.extend_from_slice(&index.to_be_bytes());
     out.extend_from_slice(payload);
+    // The leaf hash is over the prefix byte and the payload: hash them where they
+    // now lie (in cache), the index's last byte standing in for the prefix for the
+    // moment, rather than copying the payload once more behind a prefix.
+    let before = at + FRAME_HEADER_LEN - 1;
+    let kept = std::mem::replace(&mut out[before], LEAF_PREFIX);
+    let h = sha256(&out[before..]);
+    out[before] = kept;
     out.extend_from_slice(&h);
     Ok(h)
+}
+
+/// Rewrite the index of the frame at the start of `frame` (the writer renumbers the
+/// frames of records queued behind a batch whose commit failed: their indices go to
+/// the next records). The leaf hash does not cover the index, so it stays valid.
+pub fn set_frame_index(frame: &mut [u8], index: u64) {
+    frame[FRAME_HEADER_LEN - 8..FRAME_HEADER_LEN].copy_from_slice(&index.to_be_bytes());
 }
 
 /// One frame as a fresh buffer.
@@ -1085,6 +1099,34 @@ mod tests {
         // And the untouched one still verifies.
         let r = verify_records(recs, std::slice::from_ref(good), &key, ORIGIN);
         assert!(r.is_ok());
+    }
+
+    /// Frames appended to a buffer carry their index and the leaf hash of their
+    /// payload alone (hashed in place, behind a borrowed prefix byte that is then
+    /// restored); renumbering one rewrites only its index.
+    #[test]
+    fn frames_carry_their_index_and_payload_leaf_hash_and_can_be_renumbered() {
+        let payloads: [&[u8]; 3] = [b"{\"a\":1}", b"", &[0xff; 200]];
+        let mut buf = Vec::new();
+        let mut ends = Vec::new();
+        for (i, p) in payloads.iter().enumerate() {
+            let idx = 0x0102_0304_0506_0700 + i as u64;
+            assert_eq!(encode_frame_into(&mut buf, idx, p).unwrap(), leaf_hash(p));
+            ends.push(buf.len());
+        }
+        let (frames, valid, tail) = scan_frames(&buf);
+        assert_eq!((frames.len(), valid, tail), (3, buf.len(), None));
+        for (i, f) in frames.iter().enumerate() {
+            assert_eq!(f.index, 0x0102_0304_0506_0700 + i as u64);
+            assert_eq!(f.payload, payloads[i]);
+            assert_eq!(f.leaf_hash, leaf_hash(payloads[i]));
+        }
+        set_frame_index(&mut buf[ends[0]..ends[1]], 7);
+        let (frames, _, tail) = scan_frames(&buf);
+        assert_eq!(tail, None);
+        let indices: Vec<u64> = frames.iter().map(|f| f.index).collect();
+        assert_eq!(indices, [0x0102_0304_0506_0700, 7, 0x0102_0304_0506_0702]);
+        assert_eq!(frames[1].payload, payloads[1]);
     }
 
     #[test]

@@ -73,8 +73,8 @@ use super::merkle::{hash_to_base64, CompactRange, Hash, InclusionProof, MerkleEr
 use super::record::{epoch_ms, format_epoch_ms, AuditRecord, RecordKind};
 use super::timestamp::{self, TsaCerts};
 use super::verify::{
-    encode_frame_into, scan_frames, FrameError, LogVerifier, Problem, VerifyReport,
-    FRAME_HEADER_LEN, FRAME_TRAILER_LEN, MAX_RECORD_LEN,
+    encode_frame_into, scan_frames, set_frame_index, FrameError, LogVerifier, Problem,
+    VerifyReport, FRAME_HEADER_LEN, FRAME_TRAILER_LEN, MAX_RECORD_LEN,
 };
 use crate::store::audit::{decode_row, AuditError, Filter, IndexColumns, NewSegment, Store};
 
@@ -326,11 +326,10 @@ impl AuditWriter {
             every: cfg.checkpoint_every,
             rx,
             lane: lane.clone(),
-            batch: Lane::default(),
+            spare: Lane::default(),
+            framed: Framed::new(),
+            overflow: Framed::new(),
             counters: counters.clone(),
-            frames_buf: Vec::new(),
-            cols_buf: Vec::new(),
-            acks_buf: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
@@ -642,17 +641,84 @@ struct Worker {
     every: Duration,
     rx: mpsc::Receiver<Msg>,
     lane: Arc<Mutex<Lane>>,
-    /// The batch being collected: the lane's records, taken every
-    /// [`TAKE_EVERY`] records and at the commit. Its buffers keep their capacity.
-    batch: Lane,
+    /// The lane's other pair of buffers: a take swaps them with the lane's under
+    /// the lock (so request threads never wait on the framing) and frames the
+    /// records from here.
+    spare: Lane,
+    /// The batch being collected, framed and leaf-hashed as it was taken.
+    framed: Framed,
+    /// Where the records beyond `batch_max` wait while a commit runs (empty
+    /// otherwise; it swaps places with `framed` after the commit).
+    overflow: Framed,
     counters: Arc<Counters>,
-    /// The last batch's frame buffer, reused: a batch is often hundreds of
-    /// KiB, and a fresh allocation that size costs page faults every time.
-    frames_buf: Vec<u8>,
-    /// Likewise the per-record vectors a commit builds: they grow to `batch_max`
-    /// entries, and allocating them afresh costs page faults per batch.
-    cols_buf: Vec<IndexColumns>,
-    acks_buf: Vec<Option<Ack<u64>>>,
+}
+
+/// Records taken from the lane, framed (indices from `seg.first_idx`, in order) and
+/// leaf-hashed, waiting for their commit. Each is framed as it is taken (every
+/// [`TAKE_EVERY`] records), while it is still in cache, straight from the lane's
+/// bytes. The buffers keep their capacity from batch to batch: a batch is often
+/// hundreds of KiB, and a fresh allocation that size costs page faults every time.
+struct Framed {
+    seg: NewSegment,
+    /// Where each record's frame ends in `seg.frames`.
+    ends: Vec<usize>,
+    leaves: Vec<Hash>,
+    /// Who waits on each record (fail-closed ones).
+    acks: Vec<Option<Ack<u64>>>,
+    /// A fail-closed record is among them: commit within `batch_linger`.
+    waited_on: bool,
+}
+
+impl Framed {
+    fn new() -> Self {
+        Framed {
+            seg: NewSegment::new(0),
+            ends: Vec::new(),
+            leaves: Vec::new(),
+            acks: Vec::new(),
+            waited_on: false,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.leaves.len()
+    }
+
+    fn clear(&mut self) {
+        self.seg.frames.clear();
+        self.seg.cols.clear();
+        self.ends.clear();
+        self.leaves.clear();
+        self.acks.clear();
+        self.waited_on = false;
+    }
+
+    /// Give the frames indices from `first` on (their records' places in the log
+    /// moved: a commit before them failed, and its indices go to them).
+    fn renumber(&mut self, first: u64) {
+        let mut at = 0;
+        for (k, &end) in self.ends.iter().enumerate() {
+            set_frame_index(&mut self.seg.frames[at..end], first + k as u64);
+            at = end;
+        }
+        self.seg.first_idx = first;
+    }
+
+    /// Move the records from the `n`th on to `to` (empty), whose buffers, like
+    /// these, keep their capacity: a batch overshoots `batch_max` at almost every
+    /// commit under load, and fresh buffers of that size cost page faults each time.
+    fn move_tail(&mut self, n: usize, to: &mut Framed) {
+        debug_assert!(to.leaves.is_empty());
+        let cut = self.ends[n - 1];
+        to.seg.first_idx = self.seg.first_idx + n as u64;
+        to.seg.frames.extend_from_slice(&self.seg.frames[cut..]);
+        self.seg.frames.truncate(cut);
+        to.seg.cols.extend(self.seg.cols.drain(n..));
+        to.ends.extend(self.ends.drain(n..).map(|e| e - cut));
+        to.leaves.extend(self.leaves.drain(n..));
+        to.acks.extend(self.acks.drain(n..));
+        to.waited_on = self.waited_on;
+    }
 }
 
 impl Worker {
@@ -691,22 +757,61 @@ impl Worker {
         lock_lane(&self.lane).recs.len()
     }
 
-    /// Moves the lane's records into the batch. They are copied, so that the
-    /// lane keeps its own small buffers, warm in the cache of the threads that
-    /// append to it. `collecting` tells request threads whether the first record
-    /// of the lane must wake the writer (it must once the batch is committed).
-    /// Returns how many records the batch holds and whether one is waited on.
+    /// Moves the lane's records into the batch: swaps the lane's buffers for the
+    /// spare pair under the lock, then frames and hashes the records outside it.
+    /// `collecting` tells request threads whether the first record of the lane
+    /// must wake the writer (it must once the batch is committed). Returns how
+    /// many records the batch holds and whether one is waited on.
     fn take(&mut self, collecting: bool) -> (usize, bool) {
-        let mut lane = lock_lane(&self.lane);
-        lane.collecting = collecting;
-        if !lane.recs.is_empty() {
-            self.batch.bytes.extend_from_slice(&lane.bytes);
-            self.batch.recs.append(&mut lane.recs);
-            lane.bytes.clear();
-            self.batch.waited_on |= lane.waited_on;
-            lane.waited_on = false;
+        {
+            let mut lane = lock_lane(&self.lane);
+            lane.collecting = collecting;
+            if !lane.recs.is_empty() {
+                std::mem::swap(&mut lane.bytes, &mut self.spare.bytes);
+                std::mem::swap(&mut lane.recs, &mut self.spare.recs);
+                self.framed.waited_on |= lane.waited_on;
+                lane.waited_on = false;
+            }
         }
-        (self.batch.recs.len(), self.batch.waited_on)
+        self.frame_taken();
+        (self.framed.len(), self.framed.waited_on)
+    }
+
+    /// Frame the records in `spare` onto the batch, each with the next index.
+    fn frame_taken(&mut self) {
+        let Worker {
+            spare,
+            framed,
+            frontier,
+            counters,
+            ..
+        } = self;
+        if framed.leaves.is_empty() {
+            framed.seg.first_idx = frontier.size();
+        }
+        let mut off = 0;
+        for (len, cols, ack) in spare.recs.drain(..) {
+            let json = &spare.bytes[off..off + len];
+            off += len;
+            let idx = framed.seg.first_idx + framed.leaves.len() as u64;
+            match encode_frame_into(&mut framed.seg.frames, idx, json) {
+                Ok(leaf) => {
+                    framed.leaves.push(leaf);
+                    framed.ends.push(framed.seg.frames.len());
+                    framed.seg.cols.push(cols);
+                    framed.acks.push(ack);
+                }
+                // Sizes were checked at submission, so this cannot happen; if it
+                // somehow does, the record is refused before it has an index.
+                Err(e) => {
+                    counters.failures.fetch_add(1, Ordering::Relaxed);
+                    if let Some(a) = ack {
+                        let _ = a.send(Err(AuditError::from(e)));
+                    }
+                }
+            }
+        }
+        spare.bytes.clear();
     }
 
     /// Let the batch grow, taking the lane's records as they come: until it
@@ -845,75 +950,42 @@ impl Worker {
         }
     }
 
-    /// Frame, commit and acknowledge what is in the lane, in commits of at most
-    /// `batch_max` records. An empty lane is a no-op.
+    /// Commit and acknowledge what is in the lane and the batch, in commits of at
+    /// most `batch_max` records. Nothing queued is a no-op.
     fn commit(&mut self) {
         // From here on, the lane's first record wakes the writer again.
         self.take(false);
-        let mut batch = std::mem::take(&mut self.batch);
-        let bytes = &batch.bytes;
-        let mut off = 0;
-        let mut recs = batch
-            .recs
-            .drain(..)
-            .map(|(len, cols, ack)| {
-                let json = &bytes[off..off + len];
-                off += len;
-                (json, cols, ack)
-            })
-            .peekable();
-        while recs.peek().is_some() {
-            self.commit_chunk(&mut recs);
+        while self.framed.len() > 0 {
+            self.commit_chunk();
         }
-        drop(recs);
-        batch.bytes.clear();
-        batch.waited_on = false;
-        self.batch = batch;
+        self.framed.waited_on = false;
     }
 
-    /// Frame, commit and acknowledge up to `batch_max` records from `recs`.
-    fn commit_chunk<'a>(
-        &mut self,
-        recs: &mut impl Iterator<Item = (&'a [u8], IndexColumns, Option<Ack<u64>>)>,
-    ) {
+    /// Commit and acknowledge up to `batch_max` records of the batch.
+    fn commit_chunk(&mut self) {
         let start = self.frontier.size();
+        if self.framed.seg.first_idx != start {
+            self.framed.renumber(start);
+        }
+        // Records beyond `batch_max` wait for the next commit, in the overflow.
+        let over = self.framed.len() > self.batch_max;
+        if over {
+            self.framed.move_tail(self.batch_max, &mut self.overflow);
+        }
         let mut tentative = self.frontier.clone();
-        let mut segment = NewSegment::new(start);
-        segment.frames = std::mem::take(&mut self.frames_buf);
-        segment.frames.clear();
-        // Both come back empty: cleared after the last commit, drained by it.
-        segment.cols = std::mem::take(&mut self.cols_buf);
-        let mut acks = std::mem::take(&mut self.acks_buf);
         // Count-based checkpoints land on exact multiples of the interval
         // (several may fall in one batch); all commit with the batch. A
         // signing failure only postpones a checkpoint, never the records.
         let mut cps: Vec<(SignedCheckpoint, CompactRange)> = Vec::new();
         let mut last_cp = self.last_cp_size;
-        for (i, (json, cols, ack)) in recs.by_ref().take(self.batch_max).enumerate() {
-            let idx = start + i as u64;
-            // Sizes were checked at submission, so framing cannot fail; if
-            // it somehow does, fail the batch rather than skip an index.
-            match encode_frame_into(&mut segment.frames, idx, json) {
-                Ok(leaf) => {
-                    tentative.append(leaf);
-                    if tentative.size() - last_cp >= self.every_records {
-                        if let Ok(cp) = self.sign(&tentative) {
-                            cps.push((cp, tentative.clone()));
-                            last_cp = tentative.size();
-                        }
-                    }
-                }
-                Err(e) => {
-                    let err = AuditError::from(e);
-                    self.counters.failures.fetch_add(1, Ordering::Relaxed);
-                    for a in acks.into_iter().chain([ack]).flatten() {
-                        let _ = a.send(Err(err.clone()));
-                    }
-                    return;
+        for &leaf in &self.framed.leaves {
+            tentative.append(leaf);
+            if tentative.size() - last_cp >= self.every_records {
+                if let Ok(cp) = self.sign(&tentative) {
+                    cps.push((cp, tentative.clone()));
+                    last_cp = tentative.size();
                 }
             }
-            segment.cols.push(cols);
-            acks.push(ack);
         }
         if tentative.size() > last_cp && self.last_cp_time.elapsed() >= self.every {
             if let Ok(cp) = self.sign(&tentative) {
@@ -923,11 +995,8 @@ impl Worker {
         let t0 = Instant::now();
         let cp_refs: Vec<(&SignedCheckpoint, &CompactRange)> =
             cps.iter().map(|(c, f)| (c, f)).collect();
-        let res = self.store.append_batch(&segment, &cp_refs);
-        let n = segment.cols.len() as u64;
-        self.frames_buf = segment.frames;
-        segment.cols.clear();
-        self.cols_buf = segment.cols;
+        let res = self.store.append_batch(&self.framed.seg, &cp_refs);
+        let n = self.framed.len() as u64;
         self.counters
             .last_commit_latency_us
             .store(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -944,22 +1013,27 @@ impl Worker {
                 self.counters
                     .next_index
                     .store(self.frontier.size(), Ordering::Relaxed);
-                for (i, a) in acks.drain(..).enumerate() {
+                for (i, a) in self.framed.acks.drain(..).enumerate() {
                     if let Some(a) = a {
                         let _ = a.send(Ok(start + i as u64));
                     }
                 }
             }
             Err(e) => {
-                // Nothing was committed: the indices are reused by the next
-                // batch, and every waiter learns its record is not durable.
+                // Nothing was committed: the indices go to the next records (the
+                // next commit renumbers them), and every waiter learns its record is
+                // not durable.
                 self.counters.failures.fetch_add(1, Ordering::Relaxed);
-                for a in acks.drain(..).flatten() {
+                for a in self.framed.acks.drain(..).flatten() {
                     let _ = a.send(Err(e.clone()));
                 }
             }
         }
-        self.acks_buf = acks;
+        self.framed.clear();
+        if over {
+            // The records beyond this commit go back (the buffers swap).
+            std::mem::swap(&mut self.framed, &mut self.overflow);
+        }
     }
 
     fn prune(&mut self, target: PruneTarget) -> Result<PruneOutcome, AuditError> {
@@ -1854,6 +1928,45 @@ mod tests {
             .unwrap();
         assert_eq!(size, 2);
         w.shutdown().await.unwrap();
+    }
+
+    /// A commit that fails gives its indices to the records queued behind it: the
+    /// writer frames records as it takes them, so their frames are renumbered before
+    /// they commit. Here the first two-record commit is refused (a trigger stands in
+    /// for a failing disk); the third record, framed as index 3 behind them, is
+    /// stored as index 1, and the log verifies.
+    #[tokio::test]
+    async fn records_behind_a_failed_commit_take_its_indices() {
+        let dir = TempDir::new();
+        let mut c = cfg(&dir.db());
+        c.batch_max = 2;
+        c.batch_linger_fail_open = Duration::from_secs(30);
+        let w = AuditWriter::start(c).unwrap();
+        w.submit_nowait(rec(0)).unwrap();
+        assert_eq!(w.flush().await.unwrap(), 1);
+        raw_conn(&dir.db())
+            .execute_batch(
+                "CREATE TRIGGER fail_once BEFORE INSERT ON audit_segments
+                 WHEN NEW.first_idx = 1 AND NEW.count = 2
+                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+            )
+            .unwrap();
+        for i in 1..=3 {
+            w.submit_nowait(rec(i)).unwrap();
+        }
+        assert_eq!(w.flush().await.unwrap(), 2, "records 1 and 2 were refused");
+        assert!(w.stats().failures >= 1);
+        w.submit_nowait(rec(4)).unwrap();
+        assert_eq!(w.flush().await.unwrap(), 3);
+        w.shutdown().await.unwrap();
+        assert_eq!(
+            stored_request_ids(&dir.db(), 0, None),
+            ["req-0", "req-3", "req-4"]
+        );
+        let store = Store::open_read_only(&dir.db()).unwrap();
+        assert_eq!(stored_indices(&store), [0, 1, 2]);
+        let r = verify_db(&dir.db(), &key(), ORIGIN).unwrap();
+        assert!(r.is_ok(), "{r:?}");
     }
 
     /// Several threads submitting at once, fail-open and fail-closed mixed, with small

@@ -871,6 +871,19 @@ impl FrameFiles {
         let (chunk, file, end) = self.current.as_ref().expect("set above");
         file.write_all_at(frames, *end)?;
         file.sync_data()?;
+        // The frames are written once and read back only by the offline tools and
+        // queries: drop them from the page cache now that they are on disk. Every
+        // batch then writes into pages the kernel just freed, instead of taking
+        // fresh ones (on the benchmark VM the copy into fresh pages was a quarter of
+        // the writer's CPU), and the log does not push the gateway's working memory
+        // out of the cache. Advisory: a failure changes nothing but the cost.
+        #[cfg(target_os = "linux")]
+        let _ = rustix::fs::fadvise(
+            file,
+            *end,
+            std::num::NonZeroU64::new(frames.len() as u64),
+            rustix::fs::Advice::DontNeed,
+        );
         Ok((*chunk, *end))
     }
 
