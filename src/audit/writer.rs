@@ -27,11 +27,12 @@
 //! The queue is one shared buffer, the *lane* (`Lane`): a request thread
 //! serialises its record into a thread-local scratch buffer and appends it,
 //! with its index columns (and, fail-closed, its acknowledgement), under a
-//! short lock. The writer swaps the whole lane for an empty one when it
-//! commits. A record thus costs the request thread one copy into a warm
-//! buffer, with no allocation, channel message or cross-thread free, and the
-//! log keeps the order in which records were submitted. Control messages
-//! (flush, checkpoint, prune, shutdown) go through a std channel, so they are
+//! short lock. The writer swaps the lane's buffers for an empty pair when it
+//! takes the records (every `TAKE_EVERY` records and at the commit), then frames
+//! and hashes them outside the lock. A record thus costs the request thread one
+//! copy into a warm buffer, with no allocation, channel message or cross-thread
+//! free, and the log keeps the order in which records were submitted. Control
+//! messages (flush, checkpoint, prune, shutdown) go through a std channel, so they are
 //! never refused or blocked behind a full lane; whatever is in the lane when
 //! the writer takes a control commits before the control is answered, so a
 //! flush covers every record submitted before it.
