@@ -1,0 +1,208 @@
+#!/usr/bin/env bash
+# Plain proxy, lienthong against nginx loaded in the same seconds: the companion of
+# benches/proxy.sh for noisy machines. proxy.sh (the shared harness) measures one proxy
+# after the other, and on a VM whose speed moves by 30% or more from one slice to the next
+# its medians can land anywhere (one run here had nginx's rounds between 49k and 90k
+# req/s). Here both proxies share the one proxy core at the same time, each in a session
+# of its own, so the kernel's autogroups give each process half of it; every slice is one
+# simultaneous pair, and the pair's ratios compare the two proxies at the same moment of
+# the machine. Same budget as the harness: one core for the proxies, one worker each
+# (nginx's master and worker share its half), nginx configured from the harness's own
+# template; the load generators and the harness's upstream share the other core.
+#
+# Prints every pair, the medians of the pair ratios (lienthong / nginx: req/s and proxy
+# CPU per request) and the pooled totals. No fixed-rate latency here: proxy.sh measures
+# that. Both proxies together ask more of the load core than one does: the script prints
+# how busy the load core was, and a pair where it was saturated says little about req/s
+# (CPU per request still holds).
+#
+#   benches/proxy-concurrent.sh            # SLICES=20 SLICE=3 (seconds) CONNS=64
+#   LIENTHONG_BIN=path benches/proxy-concurrent.sh   # skip the build
+#   AA=1 benches/proxy-concurrent.sh       # A/A: a second nginx in lienthong's place; the
+#                                          # spread of its ratios is the method's noise floor
+#
+# Needs: apt-get install -y wrk nginx; kernel autogroups (the default on most kernels).
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SHARED="${LIENTHONG_SHARED:-$HERE/../shared}"
+[ -f "$SHARED/bench/conf/nginx.conf.in" ] || { echo "proxy-concurrent.sh: no harness at $SHARED/bench" >&2; exit 1; }
+for c in wrk nginx; do
+  command -v "$c" >/dev/null || { echo "proxy-concurrent.sh: needs $c (apt-get install -y wrk nginx)" >&2; exit 1; }
+done
+[ -n "${LIENTHONG_BIN:-}" ] || (cd "$HERE" && cargo build --release --locked --bin lienthong)
+export LIENTHONG_BIN="${LIENTHONG_BIN:-$HERE/target/release/lienthong}"
+BENCH_WORK="${BENCH_WORK:-${TMPDIR:-/tmp}/lienthong-bench}"
+UP_BIN="${CARGO_TARGET_DIR:-$BENCH_WORK/target}/release/upstream"
+if [ ! -x "$UP_BIN" ]; then
+  (cd "$SHARED/bench/upstream" && CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$BENCH_WORK/target}" \
+    cargo build --release --locked --bin upstream -q)
+fi
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/lienthong-proxyconc.XXXXXX")"
+chmod 755 "$WORK"
+export WORK UP_BIN HERE SHARED
+trap 'rm -rf "$WORK"' EXIT
+python3 - <<'PY'
+import os, re, signal, statistics, subprocess, sys, time, urllib.request
+
+env = os.environ
+HERE, WORK, UP_BIN, SHARED = env["HERE"], env["WORK"], env["UP_BIN"], env["SHARED"]
+SLICES, SLICE, CONNS = int(env.get("SLICES", "20")), env.get("SLICE", "3"), env.get("CONNS", "64")
+AA = env.get("AA", "0") == "1"
+try:
+    autogroup = open("/proc/sys/kernel/sched_autogroup_enabled").read().strip() == "1"
+except OSError:
+    autogroup = False
+if not autogroup:
+    sys.exit("proxy-concurrent.sh: needs the kernel's autogroup scheduling "
+             "(/proc/sys/kernel/sched_autogroup_enabled = 1)")
+UP, NGINX, GW = 18080, 18081, 18083
+ncpu = os.cpu_count() or 1
+LOAD_CPUS = env.get("LOAD_CPUS", "0")
+PROXY_CPUS = env.get("PROXY_CPUS", "1" if ncpu >= 2 else "0")
+TCK = os.sysconf("SC_CLK_TCK")
+procs = []
+
+def stop():
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
+
+def busy(port):
+    import socket
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+def wait_up(port, path="/json"):
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1).read()
+            return
+        except Exception:
+            time.sleep(0.1)
+    stop()
+    sys.exit(f"proxy-concurrent.sh: nothing answers on port {port} (logs in {WORK})")
+
+def session_ticks(sid):
+    """utime+stime of every process in session `sid` (nginx: master and worker)."""
+    tot = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            s = open(f"/proc/{pid}/stat").read()
+        except OSError:
+            continue
+        f = s[s.rindex(")") + 2:].split()
+        if int(f[3]) == sid:
+            tot += int(f[11]) + int(f[12])
+    return tot
+
+def cpu_ticks(cpu):
+    """Busy ticks of one CPU (everything but idle and iowait), for the load core's load."""
+    for line in open("/proc/stat"):
+        f = line.split()
+        if f[0] == f"cpu{cpu}":
+            v = list(map(int, f[1:]))
+            return sum(v) - v[3] - v[4], sum(v)
+    return 0, 1
+
+for p in (UP, NGINX, GW):
+    if busy(p):
+        sys.exit(f"proxy-concurrent.sh: port {p} already in use")
+rows = {}
+try:
+    procs.append(subprocess.Popen(["taskset", "-c", LOAD_CPUS, UP_BIN, f"127.0.0.1:{UP}"],
+                                  env=dict(env, UPSTREAM_THREADS="1"),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    wait_up(UP, "/health")
+    def nginx(name, port):
+        d = f"{WORK}/{name}"
+        os.makedirs(d)
+        conf = open(f"{SHARED}/bench/conf/nginx.conf.in").read()
+        for k, v in {"@RUNDIR@": d, "@WORKERS@": "1", "@UPSTREAM@": f"127.0.0.1:{UP}",
+                     "@LISTEN@": f"127.0.0.1:{port}"}.items():
+            conf = conf.replace(k, v)
+        open(f"{d}/nginx.conf", "w").write(conf)
+        log = open(f"{d}/nginx.log", "w")
+        return subprocess.Popen(["taskset", "-c", PROXY_CPUS, "nginx", "-p", d, "-c",
+                                 f"{d}/nginx.conf", "-e", f"{d}/nginx-error.log"],
+                                stdout=log, stderr=log, start_new_session=True)
+
+    p = nginx("nginx", NGINX)
+    procs.append(p)
+    wait_up(NGINX)
+    rows["nginx"] = (p, NGINX)
+    if AA:
+        p = nginx("nginx-aa", GW)
+    else:
+        os.makedirs(f"{WORK}/lienthong")
+        log = open(f"{WORK}/lienthong/gateway.log", "w")
+        p = subprocess.Popen(["taskset", "-c", PROXY_CPUS, f"{HERE}/benches/gateway-for-bench.sh"],
+                             env=dict(env, BENCH_RUNDIR=f"{WORK}/lienthong", GATEWAY_PORT=str(GW),
+                                      PROXY_WORKERS="1", UPSTREAM_ADDR=f"127.0.0.1:{UP}"),
+                             stdout=log, stderr=log, start_new_session=True)
+    procs.append(p)
+    wait_up(GW)
+    rows["lienthong"] = (p, GW)
+
+    def load_both(secs):
+        started = {}
+        for k, (proc, port) in rows.items():
+            t0 = session_ticks(proc.pid)
+            w = subprocess.Popen(["taskset", "-c", LOAD_CPUS, "wrk", "-t1", f"-c{CONNS}", f"-d{secs}",
+                                  f"http://127.0.0.1:{port}/json"], stdout=subprocess.PIPE, text=True)
+            started[k] = (proc, w, t0)
+        l0 = cpu_ticks(LOAD_CPUS.split(",")[0])
+        out = {}
+        for k, (proc, w, t0) in started.items():
+            text = w.communicate()[0]
+            t1 = session_ticks(proc.pid)
+            n = int(re.search(r"(\d+) requests in", text).group(1))
+            rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+            m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+            errs = int(m.group(1)) if m else 0
+            m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+            errs += sum(map(int, m.groups())) if m else 0
+            out[k] = dict(n=n, rps=rps, cpu=(t1 - t0) / TCK, errs=errs)
+        l1 = cpu_ticks(LOAD_CPUS.split(",")[0])
+        out["load"] = (l1[0] - l0[0]) / max(1, l1[1] - l0[1])
+        return out
+
+    load_both(2)  # warm-up, both at once
+    pairs = []
+    for i in range(SLICES):
+        r = load_both(SLICE)
+        g, n = r["lienthong"], r["nginx"]
+        us = lambda x: x["cpu"] * 1e6 / max(1, x["n"])
+        pairs.append(r)
+        print(f"pair {i + 1:2}: nginx {n['rps']:8.0f} req/s {us(n):6.2f} us/req | lienthong "
+              f"{g['rps']:8.0f} req/s {us(g):6.2f} us/req | req/s {g['rps'] / n['rps']:.3f}x, "
+              f"CPU/req {us(g) / us(n):.3f}x | load core busy {r['load'] * 100:3.0f}%", flush=True)
+finally:
+    stop()
+
+us = lambda x: x["cpu"] * 1e6 / max(1, x["n"])
+rr = [p["lienthong"]["rps"] / p["nginx"]["rps"] for p in pairs]
+cr = [us(p["lienthong"]) / us(p["nginx"]) for p in pairs]
+print()
+if AA:
+    print("A/A: the 'lienthong' row is a second nginx")
+print(f"median of {len(pairs)} pair ratios (lienthong / nginx): req/s {statistics.median(rr):.3f}x, "
+      f"CPU/req {statistics.median(cr):.3f}x   (pairs: req/s {min(rr):.2f}-{max(rr):.2f}x, "
+      f"CPU/req {min(cr):.2f}-{max(cr):.2f}x)")
+for k in ("nginx", "lienthong"):
+    n = sum(p[k]["n"] for p in pairs)
+    c = sum(p[k]["cpu"] for p in pairs)
+    e = sum(p[k]["errs"] for p in pairs)
+    print(f"  {k:9}: {n} requests, {c * 1e6 / n:.2f} us CPU/req pooled, errors {e}")
+busy_load = statistics.median(p["load"] for p in pairs)
+print(f"load core busy (median): {busy_load * 100:.0f}%"
+      + ("  -- saturated: req/s ratios are capped by the load generator, CPU/req still holds"
+         if busy_load > 0.97 else ""))
+PY
