@@ -65,54 +65,29 @@ C
   cc -shared -fPIC -O2 -o "$WORK/idle-thread.so" "$WORK/idle-thread.c" -lpthread
 fi
 python3 - <<'PY'
-import os, re, signal, statistics, subprocess, sys, time, urllib.request
+import os, signal, statistics, subprocess, sys
 
 env = os.environ
 HERE, WORK, UP_BIN = env["HERE"], env["WORK"], env["UP_BIN"]
+sys.path.insert(0, f"{HERE}/benches")
+from benchlib import Procs, busy, need_autogroups, wait_up as wait_port, wrk_result
 SLICES, SLICE = int(env.get("SLICES", "20")), env.get("SLICE", "3")
 CONNS, AA = env.get("CONNS", "64"), env.get("AA", "0") == "1"
 THREADED_OFF = env.get("THREADED_OFF", "0") == "1"
 CONCURRENT = env.get("CONCURRENT", "0") == "1"
 if CONCURRENT:
-    try:
-        autogroup = open("/proc/sys/kernel/sched_autogroup_enabled").read().strip() == "1"
-    except OSError:
-        autogroup = False
-    if not autogroup:
-        sys.exit("audit.sh: CONCURRENT=1 needs the kernel's autogroup scheduling "
-                 "(/proc/sys/kernel/sched_autogroup_enabled = 1)")
+    need_autogroups("audit.sh: CONCURRENT=1")
 UP, FIRST, SECOND = 18080, 18083, 18084
 ncpu = os.cpu_count() or 1
 LOAD_CPUS = env.get("LOAD_CPUS", "0")
 PROXY_CPUS = env.get("PROXY_CPUS", "1" if ncpu >= 2 else "0")
 TCK = os.sysconf("SC_CLK_TCK")
-procs = []
-
-def stop(*_):
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-    for p in procs:
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
+procs = Procs()
+stop = procs.stop
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
 
-def busy(port):
-    import socket
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
 def wait_up(port, path="/json"):
-    for _ in range(200):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1).read()
-            return
-        except Exception:
-            time.sleep(0.1)
-    stop()
-    sys.exit(f"audit.sh: nothing answers on port {port} (logs in {WORK})")
+    wait_port(port, procs, "audit.sh", WORK, path)
 
 def gateway(name, port, audit, idle_thread=False):
     d = f"{WORK}/{name}"
@@ -156,12 +131,7 @@ def finish_load(started):
     proc, w, t0, w0 = started
     out = w.communicate()[0]
     t1, w1 = ticks(proc.pid), ticks(proc.pid, "audit-writer")
-    n = int(re.search(r"(\d+) requests in", out).group(1))
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    errs = int(m.group(1)) if m else 0
-    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    errs += sum(map(int, m.groups())) if m else 0
+    n, rps, errs = wrk_result(out)
     return dict(n=n, rps=rps, cpu=(t1 - t0) / TCK, writer=(w1 - w0) / TCK, errs=errs)
 
 def load(proc, port, secs):

@@ -42,51 +42,26 @@ chmod 755 "$WORK"
 export WORK UP_BIN HERE SHARED
 trap 'rm -rf "$WORK"' EXIT
 python3 - <<'PY'
-import os, re, signal, statistics, subprocess, sys, time, urllib.request
+import os, signal, statistics, subprocess, sys
 
 env = os.environ
 HERE, WORK, UP_BIN, SHARED = env["HERE"], env["WORK"], env["UP_BIN"], env["SHARED"]
+sys.path.insert(0, f"{HERE}/benches")
+from benchlib import Procs, busy, need_autogroups, wait_up as wait_port, wrk_result
 SLICES, SLICE, CONNS = int(env.get("SLICES", "20")), env.get("SLICE", "3"), env.get("CONNS", "64")
 AA = env.get("AA", "0") == "1"
-try:
-    autogroup = open("/proc/sys/kernel/sched_autogroup_enabled").read().strip() == "1"
-except OSError:
-    autogroup = False
-if not autogroup:
-    sys.exit("proxy-concurrent.sh: needs the kernel's autogroup scheduling "
-             "(/proc/sys/kernel/sched_autogroup_enabled = 1)")
+need_autogroups("proxy-concurrent.sh")
 UP, NGINX, GW = 18080, 18081, 18083
 ncpu = os.cpu_count() or 1
 LOAD_CPUS = env.get("LOAD_CPUS", "0")
 PROXY_CPUS = env.get("PROXY_CPUS", "1" if ncpu >= 2 else "0")
 TCK = os.sysconf("SC_CLK_TCK")
-procs = []
-
-def stop():
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-    for p in procs:
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
+procs = Procs()
+stop = procs.stop
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
 
-def busy(port):
-    import socket
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
 def wait_up(port, path="/json"):
-    for _ in range(200):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1).read()
-            return
-        except Exception:
-            time.sleep(0.1)
-    stop()
-    sys.exit(f"proxy-concurrent.sh: nothing answers on port {port} (logs in {WORK})")
+    wait_port(port, procs, "proxy-concurrent.sh", WORK, path)
 
 def session_ticks(sid):
     """utime+stime of every process in session `sid` (nginx: master and worker)."""
@@ -163,12 +138,7 @@ try:
         for k, (proc, w, t0) in started.items():
             text = w.communicate()[0]
             t1 = session_ticks(proc.pid)
-            n = int(re.search(r"(\d+) requests in", text).group(1))
-            rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-            m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-            errs = int(m.group(1)) if m else 0
-            m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-            errs += sum(map(int, m.groups())) if m else 0
+            n, rps, errs = wrk_result(text)
             out[k] = dict(n=n, rps=rps, cpu=(t1 - t0) / TCK, errs=errs)
         l1 = cpu_ticks(LOAD_CPUS.split(",")[0])
         out["load"] = (l1[0] - l0[0]) / max(1, l1[1] - l0[1])

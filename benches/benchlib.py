@@ -1,0 +1,62 @@
+"""Helpers shared by the Python inside the benchmark scripts (audit.sh, proxy-concurrent.sh):
+the processes a run started, waiting for a server, autogroup scheduling, wrk's summary."""
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+
+def need_autogroups(what):
+    """Exit unless the kernel's autogroups are on: the concurrent modes rely on them to give
+    each process (started in a session of its own) an equal share of the shared core."""
+    try:
+        on = open("/proc/sys/kernel/sched_autogroup_enabled").read().strip() == "1"
+    except OSError:
+        on = False
+    if not on:
+        sys.exit(f"{what} needs the kernel's autogroup scheduling "
+                 "(/proc/sys/kernel/sched_autogroup_enabled = 1)")
+
+
+class Procs(list):
+    """The processes a run started: `stop()` ends them all (TERM, then KILL after 10 s)."""
+
+    def stop(self):
+        for p in self:
+            if p.poll() is None:
+                p.terminate()
+        for p in self:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def busy(port):
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_up(port, procs, script, logs, path="/json"):
+    """Wait until a GET of `path` on `port` answers; else stop everything and exit."""
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1).read()
+            return
+        except Exception:
+            time.sleep(0.1)
+    procs.stop()
+    sys.exit(f"{script}: nothing answers on port {port} (logs in {logs})")
+
+
+def wrk_result(out):
+    """Requests, req/s and errors (non-2xx/3xx answers and socket errors) of a wrk run."""
+    n = int(re.search(r"(\d+) requests in", out).group(1))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errs = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errs += sum(map(int, m.groups())) if m else 0
+    return n, rps, errs
