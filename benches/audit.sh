@@ -65,12 +65,12 @@ C
   cc -shared -fPIC -O2 -o "$WORK/idle-thread.so" "$WORK/idle-thread.c" -lpthread
 fi
 python3 - <<'PY'
-import os, signal, statistics, subprocess, sys
+import os, statistics, subprocess, sys
 
 env = os.environ
 HERE, WORK, UP_BIN = env["HERE"], env["WORK"], env["UP_BIN"]
 sys.path.insert(0, f"{HERE}/benches")
-from benchlib import Procs, busy, need_autogroups, wait_up as wait_port, wrk_result
+from benchlib import Rig, need_autogroups, wrk_result
 SLICES, SLICE = int(env.get("SLICES", "20")), env.get("SLICE", "3")
 CONNS, AA = env.get("CONNS", "64"), env.get("AA", "0") == "1"
 THREADED_OFF = env.get("THREADED_OFF", "0") == "1"
@@ -78,16 +78,9 @@ CONCURRENT = env.get("CONCURRENT", "0") == "1"
 if CONCURRENT:
     need_autogroups("audit.sh: CONCURRENT=1")
 UP, FIRST, SECOND = 18080, 18083, 18084
-ncpu = os.cpu_count() or 1
-LOAD_CPUS = env.get("LOAD_CPUS", "0")
-PROXY_CPUS = env.get("PROXY_CPUS", "1" if ncpu >= 2 else "0")
-TCK = os.sysconf("SC_CLK_TCK")
-procs = Procs()
-stop = procs.stop
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
-
-def wait_up(port, path="/json"):
-    wait_port(port, procs, "audit.sh", WORK, path)
+rig = Rig("audit.sh", WORK, env)
+LOAD_CPUS, PROXY_CPUS, TCK = rig.load_cpus, rig.proxy_cpus, rig.tck
+procs, stop, wait_up = rig.procs, rig.stop, rig.wait_up
 
 def gateway(name, port, audit, idle_thread=False):
     d = f"{WORK}/{name}"
@@ -143,16 +136,11 @@ def load_both(rows, secs):
     started = {k: start_load(*rows[k], secs) for k in rows}
     return {k: finish_load(started[k]) for k in started}
 
-for p in (UP, FIRST, SECOND):
-    if busy(p):
-        sys.exit(f"audit.sh: port {p} already in use")
+rig.need_free(UP, FIRST, SECOND)
 label = "on (A/A: audit off too)" if AA else "on"
 pairs, dbs = [], []
 try:
-    procs.append(subprocess.Popen(["taskset", "-c", LOAD_CPUS, UP_BIN, f"127.0.0.1:{UP}"],
-                                  env=dict(env, UPSTREAM_THREADS="1"),
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    wait_up(UP, "/health")
+    rig.start_upstream(UP_BIN, UP)
     # Two halves with the gateways' places swapped: the process started first (on the
     # first port) ran a few percent faster than its twin in A/A runs, whichever
     # config it had, so each config gets that place for half of the pairs.

@@ -1,6 +1,8 @@
 """Helpers shared by the Python inside the benchmark scripts (audit.sh, proxy-concurrent.sh):
 the processes a run started, waiting for a server, autogroup scheduling, wrk's summary."""
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +34,39 @@ class Procs(list):
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+class Rig:
+    """One run's set-up: the harness's pinning (the proxies on their own core, the load
+    generator and the upstream on the other), the processes started, the upstream."""
+
+    def __init__(self, script, work, env):
+        ncpu = os.cpu_count() or 1
+        self.load_cpus = env.get("LOAD_CPUS", "0")
+        self.proxy_cpus = env.get("PROXY_CPUS", "1" if ncpu >= 2 else "0")
+        self.tck = os.sysconf("SC_CLK_TCK")
+        self.procs = Procs()
+        self.script, self.work, self.env = script, work, env
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
+
+    def stop(self):
+        self.procs.stop()
+
+    def need_free(self, *ports):
+        for p in ports:
+            if busy(p):
+                sys.exit(f"{self.script}: port {p} already in use")
+
+    def wait_up(self, port, path="/json"):
+        wait_up(port, self.procs, self.script, self.work, path)
+
+    def start_upstream(self, up_bin, port):
+        """The harness's upstream, one thread, on the load core."""
+        self.procs.append(subprocess.Popen(
+            ["taskset", "-c", self.load_cpus, up_bin, f"127.0.0.1:{port}"],
+            env=dict(self.env, UPSTREAM_THREADS="1"),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        self.wait_up(port, "/health")
 
 
 def busy(port):

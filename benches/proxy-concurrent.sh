@@ -42,26 +42,19 @@ chmod 755 "$WORK"
 export WORK UP_BIN HERE SHARED
 trap 'rm -rf "$WORK"' EXIT
 python3 - <<'PY'
-import os, signal, statistics, subprocess, sys
+import os, statistics, subprocess, sys
 
 env = os.environ
 HERE, WORK, UP_BIN, SHARED = env["HERE"], env["WORK"], env["UP_BIN"], env["SHARED"]
 sys.path.insert(0, f"{HERE}/benches")
-from benchlib import Procs, busy, need_autogroups, wait_up as wait_port, wrk_result
+from benchlib import Rig, need_autogroups, wrk_result
 SLICES, SLICE, CONNS = int(env.get("SLICES", "20")), env.get("SLICE", "3"), env.get("CONNS", "64")
 AA = env.get("AA", "0") == "1"
 need_autogroups("proxy-concurrent.sh")
 UP, NGINX, GW = 18080, 18081, 18083
-ncpu = os.cpu_count() or 1
-LOAD_CPUS = env.get("LOAD_CPUS", "0")
-PROXY_CPUS = env.get("PROXY_CPUS", "1" if ncpu >= 2 else "0")
-TCK = os.sysconf("SC_CLK_TCK")
-procs = Procs()
-stop = procs.stop
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
-
-def wait_up(port, path="/json"):
-    wait_port(port, procs, "proxy-concurrent.sh", WORK, path)
+rig = Rig("proxy-concurrent.sh", WORK, env)
+LOAD_CPUS, PROXY_CPUS, TCK = rig.load_cpus, rig.proxy_cpus, rig.tck
+procs, stop, wait_up = rig.procs, rig.stop, rig.wait_up
 
 def session_ticks(sid):
     """utime+stime of every process in session `sid` (nginx: master and worker)."""
@@ -87,15 +80,10 @@ def cpu_ticks(cpu):
             return sum(v) - v[3] - v[4], sum(v)
     return 0, 1
 
-for p in (UP, NGINX, GW):
-    if busy(p):
-        sys.exit(f"proxy-concurrent.sh: port {p} already in use")
+rig.need_free(UP, NGINX, GW)
 rows = {}
 try:
-    procs.append(subprocess.Popen(["taskset", "-c", LOAD_CPUS, UP_BIN, f"127.0.0.1:{UP}"],
-                                  env=dict(env, UPSTREAM_THREADS="1"),
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    wait_up(UP, "/health")
+    rig.start_upstream(UP_BIN, UP)
     def nginx(name, port):
         d = f"{WORK}/{name}"
         os.makedirs(d)
