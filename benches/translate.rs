@@ -42,7 +42,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: lienthong::alloc::MiMalloc = lienthong::alloc::MiMalloc;
 
 const HS_NS: &str = "urn:lienthong:bench:dvcqg:hoso:1.0";
 const TT_NS: &str = "urn:lienthong:bench:dvcqg:thutuc:1.0";

@@ -20,6 +20,7 @@
 //! - [`sandbox`]   — simulated counterparts (DVCQG-like portal, SOAP agency) switchable ok/slow/failing/down.
 //! - [`demo`]      — `lienthong demo`: gateway + sandbox in one process, a scripted dossier exchange with an outage, a readable trace.
 //! - [`observe`]   — metrics recorder and logging; one access-log line per request.
+//! - [`alloc`]     — the global allocator (mimalloc, asked for plain `mi_malloc` where the alignment allows); the crate's only `unsafe`.
 //! - [`clock`]     — the one injectable clock (monotonic + wall) behind every expiry, freshness and retry policy; `mono_ms`, the request path's coarse millisecond clock.
 //!
 //! ## Invariants that hold across modules
@@ -42,6 +43,7 @@
 
 pub mod adapter;
 pub mod admin;
+pub mod alloc;
 pub mod audit;
 pub mod auth;
 pub mod body;

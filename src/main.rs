@@ -1,8 +1,6 @@
-// mimalloc: the request path allocates many small, short-lived objects (header maps,
-// buffers); glibc malloc showed up at ~11% of proxy CPU in profiles, mimalloc is
-// markedly cheaper for that pattern.
+// The allocator is the library's (see `lienthong::alloc`), so the benchmarks share it.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: lienthong::alloc::MiMalloc = lienthong::alloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     lienthong::cli::main()
