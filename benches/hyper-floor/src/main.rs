@@ -10,8 +10,11 @@ use std::{cell::RefCell, rc::Rc};
 use hyper::{body::Incoming, client::conn::http1::SendRequest, Request, Response};
 use hyper_util::rt::TokioIo;
 
+// The same allocator as lienthong: its wrapper of mimalloc, compiled from its source.
+#[path = "../../../src/alloc.rs"]
+mod alloc;
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: alloc::MiMalloc = alloc::MiMalloc;
 
 type Pool = Rc<RefCell<Vec<SendRequest<Incoming>>>>;
 
