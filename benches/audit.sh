@@ -114,6 +114,7 @@ def gateway(name, port, audit, idle_thread=False):
                             env=e, stdout=log, stderr=log, start_new_session=CONCURRENT)
 
 def threads(pid, comm):
+    """The ids of a process's threads named `comm`."""
     out = []
     for t in os.listdir(f"/proc/{pid}/task"):
         try:
@@ -141,12 +142,11 @@ def ticks(pid, comm=None):
     if comm is None:
         return one(f"/proc/{pid}/stat")[1]
     tot = 0
-    for t in os.listdir(f"/proc/{pid}/task"):
+    for t in threads(pid, comm):
         try:
-            c, n = one(f"/proc/{pid}/task/{t}/stat")
+            tot += one(f"/proc/{pid}/task/{t}/stat")[1]
         except OSError:
             continue
-        tot += n if c == comm else 0
     return tot
 
 def start_load(proc, port, secs):
