@@ -19,8 +19,10 @@
 # do not give: that method's single pairs scattered by ±30% here. Halfway through, all
 # are restarted in the reverse order, because in A/A runs the process started first ran
 # 2-6% faster than its twin whichever config it had. Prints every slice, the medians of
-# the per-slice ratios against the audit-off row (the verdict) and the pooled totals, how
-# many records the writers committed and their own CPU per record.
+# the per-slice ratios against the audit-off row (the verdict) with a distribution-free 95%
+# confidence interval and whether it meets the target (req/s >= 0.9x, CPU/req <=
+# 1.15x), lies beyond it or straddles it ("inconclusive": run more slices), the pooled
+# totals, how many records the writers committed and their own CPU per record.
 #
 #   benches/audit.sh                  # SLICES=20 SLICE=3 (seconds)
 #   AA=1 benches/audit.sh             # A/A: both gateways without the audit log; the
@@ -83,7 +85,7 @@ import os, statistics, subprocess, sys
 env = os.environ
 HERE, WORK, UP_BIN = env["HERE"], env["WORK"], env["UP_BIN"]
 sys.path.insert(0, f"{HERE}/benches")
-from benchlib import Rig, need_autogroups, wrk_result
+from benchlib import Rig, median_line, need_autogroups, wrk_result
 SLICES, SLICE = int(env.get("SLICES", "20")), env.get("SLICE", "3")
 CONNS, AA = env.get("CONNS", "64"), env.get("AA", "0") == "1"
 THREADED_OFF = env.get("THREADED_OFF", "0") == "1"
@@ -238,6 +240,7 @@ for k in KEYS[1:]:
           f"(slices: req/s {min(rr):.2f}-{max(rr):.2f}x, CPU/req {min(cr):.2f}-{max(cr):.2f}x; "
           f"pooled: req {tot[k]['n'] / tot['off']['n']:.3f}x, CPU/req "
           f"{(tot[k]['cpu'] / tot[k]['n']) / (tot['off']['cpu'] / tot['off']['n']):.3f}x)")
+    print(f"    {median_line('req/s', rr, 0.9, True)}; {median_line('CPU/req', cr, 1.15, False)}")
 if THREADED_OFF:
     print("decomposition: the audit-off gateway ran with one idle extra thread")
 if CONCURRENT:

@@ -1,9 +1,11 @@
 """Helpers shared by the Python inside the benchmark scripts (audit.sh, proxy-concurrent.sh):
 the processes a run started, waiting for a server, autogroup scheduling, wrk's summary."""
+import math
 import os
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -95,3 +97,39 @@ def wrk_result(out):
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     errs += sum(map(int, m.groups())) if m else 0
     return n, rps, errs
+
+
+def median_ci(xs, level=0.95):
+    """Distribution-free confidence interval of the median of `xs`: the order statistics
+    x(j) and x(n+1-j), for the largest j whose interval covers the median with at least
+    `level` probability (the count of values below the median is Binomial(n, 1/2); nothing
+    is assumed about the shape of the noise). None when there are too few values (n < 6)."""
+    s = sorted(xs)
+    n = len(s)
+    below = 0  # P(B <= j - 1) for B ~ Binomial(n, 1/2), accumulated as j grows
+    best = None
+    for j in range(1, n // 2 + 1):
+        below += math.comb(n, j - 1) / 2 ** n
+        if 1 - 2 * below < level:
+            break
+        best = (s[j - 1], s[n - j])
+    return best
+
+
+def against(ci, target, at_least):
+    """Verdict of a median's confidence interval against a target: 'meets' or 'misses' when
+    the whole interval is on one side, 'inconclusive' when it straddles the target."""
+    if ci is None:
+        return "too few values for a verdict"
+    lo, hi = ci
+    ok_all, ok_none = (lo >= target, hi < target) if at_least else (hi <= target, lo > target)
+    return "meets" if ok_all else "misses" if ok_none else "inconclusive"
+
+
+def median_line(name, xs, target, at_least):
+    """'req/s 0.907x (95% CI 0.880-0.931x; target >= 0.9x: inconclusive)'."""
+    ci = median_ci(xs)
+    span = f"95% CI {ci[0]:.3f}-{ci[1]:.3f}x" if ci else "no CI"
+    sign = ">=" if at_least else "<="
+    return (f"{name} {statistics.median(xs):.3f}x ({span}; target {sign} {target}x: "
+            f"{against(ci, target, at_least)})")

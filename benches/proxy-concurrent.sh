@@ -11,7 +11,9 @@
 # template; the load generators and the harness's upstream share the other core.
 #
 # Prints every pair, the medians of the pair ratios (lienthong / nginx: req/s and proxy
-# CPU per request) and the pooled totals. No fixed-rate latency here: proxy.sh measures
+# CPU per request) with a distribution-free 95% confidence interval and a verdict against
+# the target (>= 1.0x, <= 1.0x: meets, misses, or inconclusive when the interval
+# straddles it), and the pooled totals. No fixed-rate latency here: proxy.sh measures
 # that. Both proxies together ask more of the load core than one does: the script prints
 # how busy the load core was, and a pair where it was saturated says little about req/s
 # (CPU per request still holds).
@@ -47,7 +49,7 @@ import os, statistics, subprocess, sys
 env = os.environ
 HERE, WORK, UP_BIN, SHARED = env["HERE"], env["WORK"], env["UP_BIN"], env["SHARED"]
 sys.path.insert(0, f"{HERE}/benches")
-from benchlib import Rig, need_autogroups, wrk_result
+from benchlib import Rig, median_line, need_autogroups, wrk_result
 SLICES, SLICE, CONNS = int(env.get("SLICES", "20")), env.get("SLICE", "3"), env.get("CONNS", "64")
 AA = env.get("AA", "0") == "1"
 need_autogroups("proxy-concurrent.sh")
@@ -154,6 +156,7 @@ if AA:
 print(f"median of {len(pairs)} pair ratios (lienthong / nginx): req/s {statistics.median(rr):.3f}x, "
       f"CPU/req {statistics.median(cr):.3f}x   (pairs: req/s {min(rr):.2f}-{max(rr):.2f}x, "
       f"CPU/req {min(cr):.2f}-{max(cr):.2f}x)")
+print(f"    {median_line('req/s', rr, 1.0, True)}; {median_line('CPU/req', cr, 1.0, False)}")
 for k in ("nginx", "lienthong"):
     n = sum(p[k]["n"] for p in pairs)
     c = sum(p[k]["cpu"] for p in pairs)
