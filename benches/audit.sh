@@ -85,7 +85,7 @@ import os, statistics, subprocess, sys
 env = os.environ
 HERE, WORK, UP_BIN = env["HERE"], env["WORK"], env["UP_BIN"]
 sys.path.insert(0, f"{HERE}/benches")
-from benchlib import Rig, median_line, need_autogroups, wrk_result
+from benchlib import Rig, median_line, need_autogroups, proc_ticks, wrk_result
 SLICES, SLICE = int(env.get("SLICES", "20")), env.get("SLICE", "3")
 CONNS, AA = env.get("CONNS", "64"), env.get("AA", "0") == "1"
 THREADED_OFF = env.get("THREADED_OFF", "0") == "1"
@@ -137,16 +137,12 @@ def move_writer(pid):
 
 def ticks(pid, comm=None):
     """utime+stime of a process, or of its threads named `comm`."""
-    def one(path):
-        s = open(path).read()
-        f = s[s.rindex(")") + 2:].split()
-        return s[s.index("(") + 1:s.rindex(")")], int(f[11]) + int(f[12])
     if comm is None:
-        return one(f"/proc/{pid}/stat")[1]
+        return proc_ticks(pid)
     tot = 0
     for t in threads(pid, comm):
         try:
-            tot += one(f"/proc/{pid}/task/{t}/stat")[1]
+            tot += proc_ticks(f"{pid}/task/{t}")
         except OSError:
             continue
     return tot

@@ -1,5 +1,6 @@
-"""Helpers shared by the Python inside the benchmark scripts (audit.sh, proxy-concurrent.sh):
-the processes a run started, waiting for a server, autogroup scheduling, wrk's summary."""
+"""Helpers shared by the Python inside the benchmark scripts (audit.sh, proxy-concurrent.sh,
+pgo.sh): the processes a run started, waiting for a server, autogroup scheduling, a process's
+CPU ticks, wrk's summary, and the medians' confidence intervals and verdicts."""
 import math
 import os
 import re
@@ -86,6 +87,20 @@ def wait_up(port, procs, script, logs, path="/json"):
             time.sleep(0.1)
     procs.stop()
     sys.exit(f"{script}: nothing answers on port {port} (logs in {logs})")
+
+
+def stat_fields(proc):
+    """The fields of /proc/<proc>/stat after the command name (`proc` is a pid, or
+    "<pid>/task/<tid>" for one thread): state, ppid, pgrp, session, ...; [11] and [12] are
+    utime and stime."""
+    s = open(f"/proc/{proc}/stat").read()
+    return s[s.rindex(")") + 2:].split()
+
+
+def proc_ticks(proc):
+    """utime+stime of a process (every thread) or of one thread, in clock ticks."""
+    f = stat_fields(proc)
+    return int(f[11]) + int(f[12])
 
 
 def wrk_result(out):

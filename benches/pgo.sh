@@ -97,7 +97,7 @@ import os, subprocess, sys
 env = os.environ
 HERE, WORK = env["HERE"], env["WORK"]
 sys.path.insert(0, f"{HERE}/benches")
-from benchlib import Rig, median_line, need_autogroups, wrk_result
+from benchlib import Rig, median_line, need_autogroups, proc_ticks, wrk_result
 SLICES, SLICE = int(env.get("SLICES", "16")), env.get("SLICE", "3")
 CONCURRENT = env.get("CONCURRENT", "1") == "1"
 if CONCURRENT:
@@ -119,20 +119,15 @@ def gateway(name, port, binary):
     rig.wait_up(port)
     return p
 
-def ticks(pid):
-    s = open(f"/proc/{pid}/stat").read()
-    f = s[s.rindex(")") + 2:].split()
-    return int(f[11]) + int(f[12])
-
 def start(p, port, secs):
     w = subprocess.Popen(["taskset", "-c", rig.load_cpus, "wrk", "-t1", "-c64", f"-d{secs}s",
                           f"http://127.0.0.1:{port}/json"], stdout=subprocess.PIPE, text=True)
-    return p, w, ticks(p.pid)
+    return p, w, proc_ticks(p.pid)
 
 def finish(started):
     p, w, t0 = started
     out = w.communicate()[0]
-    cpu = (ticks(p.pid) - t0) / rig.tck
+    cpu = (proc_ticks(p.pid) - t0) / rig.tck
     n, rps, errs = wrk_result(out)
     return dict(n=n, rps=rps, us=cpu * 1e6 / max(n, 1), errs=errs)
 

@@ -49,7 +49,7 @@ import os, statistics, subprocess, sys
 env = os.environ
 HERE, WORK, UP_BIN, SHARED = env["HERE"], env["WORK"], env["UP_BIN"], env["SHARED"]
 sys.path.insert(0, f"{HERE}/benches")
-from benchlib import Rig, median_line, need_autogroups, wrk_result
+from benchlib import Rig, median_line, need_autogroups, stat_fields, wrk_result
 SLICES, SLICE, CONNS = int(env.get("SLICES", "20")), env.get("SLICE", "3"), env.get("CONNS", "64")
 AA = env.get("AA", "0") == "1"
 need_autogroups("proxy-concurrent.sh")
@@ -65,10 +65,9 @@ def session_ticks(sid):
         if not pid.isdigit():
             continue
         try:
-            s = open(f"/proc/{pid}/stat").read()
+            f = stat_fields(pid)
         except OSError:
             continue
-        f = s[s.rindex(")") + 2:].split()
         if int(f[3]) == sid:
             tot += int(f[11]) + int(f[12])
     return tot
