@@ -57,12 +57,8 @@ command -v wrk >/dev/null || { echo "audit.sh: needs wrk (apt-get install -y wrk
 [ -n "${LIENTHONG_BIN:-}" ] || (cd "$HERE" && cargo build --release --locked --bin lienthong)
 export LIENTHONG_BIN="${LIENTHONG_BIN:-$HERE/target/release/lienthong}"
 # The harness's upstream, built where the harness builds it.
-BENCH_WORK="${BENCH_WORK:-${TMPDIR:-/tmp}/lienthong-bench}"
-UP_BIN="${CARGO_TARGET_DIR:-$BENCH_WORK/target}/release/upstream"
-if [ ! -x "$UP_BIN" ]; then
-  (cd "$SHARED/bench/upstream" && CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$BENCH_WORK/target}" \
-    cargo build --release --locked --bin upstream -q)
-fi
+. "$HERE/benches/benchlib.sh"
+harness_upstream
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/lienthong-auditbench.XXXXXX")"
 export WORK UP_BIN HERE
 trap 'rm -rf "$WORK"' EXIT

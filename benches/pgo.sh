@@ -30,13 +30,10 @@ command -v wrk >/dev/null || { echo "pgo.sh: needs wrk (apt-get install -y wrk)"
 PROFDATA="${LLVM_PROFDATA:-$(command -v llvm-profdata-19 || command -v llvm-profdata || true)}"
 [ -n "$PROFDATA" ] || { echo "pgo.sh: needs llvm-profdata (apt-get install -y llvm-19)" >&2; exit 1; }
 HOST="$(rustc -vV | sed -n 's/^host: //p')"
-BENCH_WORK="${BENCH_WORK:-${TMPDIR:-/tmp}/lienthong-bench}"
+# The harness's upstream, built where the harness builds it; sets BENCH_WORK too.
+. "$HERE/benches/benchlib.sh"
+harness_upstream
 PGO_TARGET="${PGO_TARGET:-$BENCH_WORK/pgo}"
-UP_BIN="${CARGO_TARGET_DIR:-$BENCH_WORK/target}/release/upstream"
-if [ ! -x "$UP_BIN" ]; then
-  (cd "$SHARED/bench/upstream" && CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$BENCH_WORK/target}" \
-    cargo build --release --locked --bin upstream -q)
-fi
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/lienthong-pgo.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 cd "$HERE"

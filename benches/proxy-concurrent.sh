@@ -33,12 +33,9 @@ for c in wrk nginx; do
 done
 [ -n "${LIENTHONG_BIN:-}" ] || (cd "$HERE" && cargo build --release --locked --bin lienthong)
 export LIENTHONG_BIN="${LIENTHONG_BIN:-$HERE/target/release/lienthong}"
-BENCH_WORK="${BENCH_WORK:-${TMPDIR:-/tmp}/lienthong-bench}"
-UP_BIN="${CARGO_TARGET_DIR:-$BENCH_WORK/target}/release/upstream"
-if [ ! -x "$UP_BIN" ]; then
-  (cd "$SHARED/bench/upstream" && CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$BENCH_WORK/target}" \
-    cargo build --release --locked --bin upstream -q)
-fi
+# The harness's upstream, built where the harness builds it.
+. "$HERE/benches/benchlib.sh"
+harness_upstream
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/lienthong-proxyconc.XXXXXX")"
 chmod 755 "$WORK"
 export WORK UP_BIN HERE SHARED
