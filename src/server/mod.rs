@@ -350,18 +350,18 @@ async fn serve_http<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let in_flight = Arc::new(AtomicUsize::new(0));
+    let exchanges = Arc::new(Exchanges::new());
     let svc = {
-        let in_flight = in_flight.clone();
+        let exchanges = exchanges.clone();
         service_fn(move |req| {
             let gw = gw.clone();
             let conn = conn.clone();
-            let guard = InFlight::new(in_flight.clone());
+            let open = Open::new(exchanges.clone());
             async move {
                 let rt = gw.runtime();
                 let rsp = crate::pipeline::handle(rt, conn, req).await;
-                drop(guard);
-                Ok::<_, std::convert::Infallible>(rsp)
+                // The exchange stays open until its response body has been sent.
+                Ok::<_, std::convert::Infallible>(rsp.map(|body| Tracked { body, open }))
             }
         })
     };
@@ -375,19 +375,21 @@ async fn serve_http<I>(
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(20));
         let c = b.serve_connection(io, svc);
-        drive(c, idle, activity, in_flight, &mut stop, |c| {
+        drive(c, idle, activity, exchanges, None, &mut stop, |c| {
             c.graceful_shutdown()
         })
         .await;
     } else {
+        // No timer for hyper: the header-read timeout is the watchdog's (`drive`), which
+        // spares every request a tokio timer of its own.
         let mut b = hyper::server::conn::http1::Builder::new();
-        b.timer(TokioTimer::new())
-            .header_read_timeout(l.header_read_timeout)
+        b.header_read_timeout(None::<Duration>)
             .max_headers(l.max_headers.saturating_mul(2))
             .max_header_size(l.max_header_bytes.saturating_mul(2))
             .keep_alive(true);
         let c = b.serve_connection(io, svc).with_upgrades();
-        drive(c, idle, activity, in_flight, &mut stop, |c| {
+        let head = Some(l.header_read_timeout);
+        drive(c, idle, activity, exchanges, head, &mut stop, |c| {
             c.graceful_shutdown()
         })
         .await;
@@ -395,7 +397,13 @@ async fn serve_http<I>(
 }
 
 /// Runs a connection until it ends, asking it to shut down gracefully on gateway
-/// shutdown or when it has been idle (no bytes, no request) for `idle`.
+/// shutdown or when it has been idle (no bytes, no request) for `idle`, and cutting
+/// it off when `head` (HTTP/1's header-read timeout) has passed since its last
+/// exchange ended, or since it began, without a new request head being complete.
+/// That bound covers both a slow client's head and a keep-alive connection waiting
+/// for its next request, as hyper's own header-read timer would; hyper's timer was a
+/// tokio timer of its own per request (about 1.2k instructions each, callgrind),
+/// where this one is the connection's single watchdog timer.
 ///
 /// The connection future is polled on every wake-up of its task (a request, an
 /// upstream answer, a body chunk); the shutdown signal and the idle timer only
@@ -408,7 +416,8 @@ async fn drive<C, E>(
     conn: C,
     idle: Duration,
     activity: Arc<AtomicU64>,
-    in_flight: Arc<AtomicUsize>,
+    exchanges: Arc<Exchanges>,
+    head: Option<Duration>,
     stop: &mut watch::Receiver<bool>,
     shutdown: impl Fn(Pin<&mut C>),
 ) where
@@ -416,17 +425,26 @@ async fn drive<C, E>(
     E: std::fmt::Display,
 {
     let idle_ms = idle.as_millis() as u64;
-    // When the connection may next be idle for `idle`, from its last activity.
-    let next_check = |last: u64| {
-        tokio::time::Instant::now()
-            + Duration::from_millis((last + idle_ms).saturating_sub(crate::clock::mono_ms()))
+    let head_ms = head.map(|h| h.as_millis() as u64);
+    // When the watchdog next has something to look at: the connection may have been
+    // idle for `idle` since its last activity, or, with no exchange open, its next
+    // head may be overdue. Heads that start later have later deadlines, so requests
+    // coming and going never move the timer; it fires at most once per period.
+    let next_check = || {
+        let now = crate::clock::mono_ms();
+        let mut at = activity.load(Ordering::Relaxed) + idle_ms;
+        if let Some(h) = head_ms {
+            at = at.min(match exchanges.idle_since() {
+                Some(since) => since + h,
+                None => now + h,
+            });
+        }
+        tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(now))
     };
     let mut probe = stop.clone();
     let mut conn = std::pin::pin!(conn);
     let mut stopped = std::pin::pin!(stop.wait_for(|s| *s));
-    let mut timer = std::pin::pin!(tokio::time::sleep_until(next_check(
-        activity.load(Ordering::Relaxed)
-    )));
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(next_check()));
     let mut draining = false;
     let mut first = true;
     std::future::poll_fn(|cx| loop {
@@ -436,7 +454,9 @@ async fn drive<C, E>(
             }
             return Poll::Ready(());
         }
-        if draining {
+        // Draining, only the header-read timeout is still watched: a head that never
+        // completes is not an exchange to wait for.
+        if draining && head_ms.is_none() {
             return Poll::Pending;
         }
         // Both side futures are polled on the first turn, to register.
@@ -444,7 +464,7 @@ async fn drive<C, E>(
         // Shutdown: looked at when the channel changed (a closed channel counts
         // as a shutdown, as `wait_for` reports it). The change is marked seen
         // before the poll, so one that comes after it shows on the next wake-up.
-        if all || probe.has_changed().unwrap_or(true) {
+        if !draining && (all || probe.has_changed().unwrap_or(true)) {
             probe.borrow_and_update();
             if stopped.as_mut().poll(cx).is_ready() {
                 draining = true;
@@ -454,8 +474,18 @@ async fn drive<C, E>(
         }
         if (all || timer.is_elapsed()) && timer.as_mut().poll(cx).is_ready() {
             let now = crate::clock::mono_ms();
-            let busy = in_flight.load(Ordering::Relaxed) > 0;
-            if !busy && now.saturating_sub(activity.load(Ordering::Relaxed)) >= idle_ms {
+            let since = exchanges.idle_since();
+            if let (Some(h), Some(since)) = (head_ms, since) {
+                if now.saturating_sub(since) >= h {
+                    // A head not complete in time (a slow or silent client): the
+                    // connection is closed, as hyper closes it on its own timeout.
+                    tracing::debug!("request head not received in time; connection closed");
+                    return Poll::Ready(());
+                }
+            }
+            let busy = since.is_none();
+            if !draining && !busy && now.saturating_sub(activity.load(Ordering::Relaxed)) >= idle_ms
+            {
                 draining = true;
                 shutdown(conn.as_mut());
                 continue;
@@ -464,9 +494,7 @@ async fn drive<C, E>(
                 // A long request is not idleness; look again a full period later.
                 activity.store(now, Ordering::Relaxed);
             }
-            timer
-                .as_mut()
-                .reset(next_check(activity.load(Ordering::Relaxed)));
+            timer.as_mut().reset(next_check());
             // Registers the new deadline (a deadline already past makes the
             // next turn of the loop see it elapsed).
             if timer.as_mut().poll(cx).is_ready() {
@@ -478,16 +506,81 @@ async fn drive<C, E>(
     .await
 }
 
-struct InFlight(Arc<AtomicUsize>);
-impl InFlight {
-    fn new(c: Arc<AtomicUsize>) -> InFlight {
-        c.fetch_add(1, Ordering::Relaxed);
-        InFlight(c)
+/// A connection's exchanges, as its watchdog (`drive`) sees them.
+struct Exchanges {
+    /// Exchanges begun (request head complete) whose response has not ended yet.
+    open: AtomicUsize,
+    /// When the last one ended, or the connection began (`clock::mono_ms`).
+    ended: AtomicU64,
+}
+
+impl Exchanges {
+    fn new() -> Exchanges {
+        Exchanges {
+            open: AtomicUsize::new(0),
+            ended: AtomicU64::new(crate::clock::mono_ms()),
+        }
+    }
+
+    /// Since when no exchange has been open; None while one is.
+    fn idle_since(&self) -> Option<u64> {
+        // `ended` is stored before `open` drops to zero (see `Open::drop`).
+        if self.open.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        Some(self.ended.load(Ordering::Relaxed))
     }
 }
-impl Drop for InFlight {
+
+/// One open exchange: from its request head to the end of its response body.
+struct Open(Arc<Exchanges>);
+
+impl Open {
+    fn new(e: Arc<Exchanges>) -> Open {
+        e.open.fetch_add(1, Ordering::Relaxed);
+        Open(e)
+    }
+}
+
+impl Drop for Open {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0
+            .ended
+            .store(crate::clock::mono_ms(), Ordering::Relaxed);
+        self.0.open.fetch_sub(1, Ordering::Release);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its exchange open until hyper has taken all of it
+    /// (or dropped it: the client went away).
+    struct Tracked {
+        #[pin]
+        body: crate::body::Body,
+        open: Open,
+    }
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = <crate::body::Body as http_body::Body>::Error;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    #[inline]
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    #[inline]
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -187,3 +187,115 @@ async fn connection_limit_holds_extra_connections_back() {
         .unwrap();
     assert_eq!(r.status, 200);
 }
+
+/// An upstream that answers every request on its one connection with a chunked body
+/// sent in `chunks` pieces, `gap` apart (a slow stream, not a synchronisation).
+async fn slow_streaming_upstream(chunks: usize, gap: Duration) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "gateway closed before its request was complete");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        s.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        for _ in 0..chunks {
+            s.write_all(b"5\r\nhello\r\n").await.unwrap();
+            tokio::time::sleep(gap).await;
+        }
+        s.write_all(b"0\r\n\r\n").await.unwrap();
+        // Keep the connection until the gateway lets go of it.
+        let _ = s.read(&mut chunk).await;
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_response_streaming_longer_than_the_header_timeout_is_not_cut_off() {
+    // The header-read timeout bounds the wait for a request head; a response body that
+    // takes longer than it to stream is not such a wait.
+    let up = slow_streaming_upstream(6, Duration::from_millis(250)).await;
+    let cfg = format!(
+        r#"
+[log]
+access_log = false
+[admin]
+enabled = false
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:0"
+header_read_timeout = "500ms"
+[upstreams.u]
+endpoints = ["http://{up}"]
+[[routes]]
+auth.anonymous = true
+name = "r"
+path_prefix = "/"
+upstream = "u"
+"#
+    );
+    let gw = TestGateway::start(&cfg).await;
+    let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return false; // closed before the body's end
+            }
+            got.extend_from_slice(&buf[..n]);
+            if got.ends_with(b"0\r\n\r\n") {
+                return true;
+            }
+        }
+    })
+    .await
+    .expect("the response did not end");
+    let text = String::from_utf8_lossy(&got);
+    assert!(ended, "connection closed mid-body: {text}");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(text.matches("hello").count(), 6, "{text}");
+    assert!(start.elapsed() >= Duration::from_millis(1000));
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_is_cut_off_when_its_next_head_is_late() {
+    let (gw, _up) = setup("header_read_timeout = \"500ms\"\nidle_timeout = \"60s\"").await;
+    let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(parse_complete(&buf[..n]).is_some_and(|r| r.status == 200));
+    // The start of a second head, never finished.
+    let start = Instant::now();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: t\r\n")
+        .await
+        .unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "connection with a late head was not closed: {r:?}"
+    );
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(400),
+        "closed after {waited:?}"
+    );
+    // Others are still served.
+    assert_eq!(raw_get(gw.addr(), "/x").await.status, 200);
+}
