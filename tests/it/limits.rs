@@ -7,6 +7,13 @@ use tokio::net::TcpStream;
 
 async fn setup(listener_extra: &str) -> (TestGateway, MockUpstream) {
     let up = MockUpstream::start(echo("up")).await;
+    let gw = gateway(listener_extra, &up.url()).await;
+    (gw, up)
+}
+
+/// A gateway with one listener (`listener_extra` added to it) and two routes to
+/// `upstream`: `/small` with a 1000-byte body cap, and everything else.
+async fn gateway(listener_extra: &str, upstream: &str) -> TestGateway {
     let cfg = format!(
         r#"
 [log]
@@ -18,7 +25,7 @@ name = "public"
 listen = "127.0.0.1:0"
 {listener_extra}
 [upstreams.u]
-endpoints = ["{}"]
+endpoints = ["{upstream}"]
 [[routes]]
 auth.anonymous = true
 name = "small"
@@ -30,10 +37,9 @@ auth.anonymous = true
 name = "r"
 path_prefix = "/"
 upstream = "u"
-"#,
-        up.url()
+"#
     );
-    (TestGateway::start(&cfg).await, up)
+    TestGateway::start(&cfg).await
 }
 
 #[tokio::test]
@@ -223,26 +229,7 @@ async fn a_response_streaming_longer_than_the_header_timeout_is_not_cut_off() {
     // The header-read timeout bounds the wait for a request head; a response body that
     // takes longer than it to stream is not such a wait.
     let up = slow_streaming_upstream(6, Duration::from_millis(250)).await;
-    let cfg = format!(
-        r#"
-[log]
-access_log = false
-[admin]
-enabled = false
-[[listeners]]
-name = "public"
-listen = "127.0.0.1:0"
-header_read_timeout = "500ms"
-[upstreams.u]
-endpoints = ["http://{up}"]
-[[routes]]
-auth.anonymous = true
-name = "r"
-path_prefix = "/"
-upstream = "u"
-"#
-    );
-    let gw = TestGateway::start(&cfg).await;
+    let gw = gateway("header_read_timeout = \"500ms\"", &format!("http://{up}")).await;
     let mut s = TcpStream::connect(gw.addr()).await.unwrap();
     s.write_all(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n")
         .await
