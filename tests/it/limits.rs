@@ -141,10 +141,8 @@ async fn slow_header_clients_are_cut_off_while_others_are_served() {
     assert_eq!(raw_get(gw.addr(), "/x").await.status, 200);
 }
 
-#[tokio::test]
-async fn idle_keep_alive_connections_are_closed() {
-    let (gw, _up) =
-        setup("idle_timeout = \"300ms\"\nheader_read_timeout = \"10s\"\nh2c = false").await;
+/// A keep-alive connection to the gateway that has had one exchange (`GET /x`, 200).
+async fn after_one_exchange(gw: &TestGateway) -> TcpStream {
     let mut s = TcpStream::connect(gw.addr()).await.unwrap();
     s.write_all(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
         .await
@@ -152,8 +150,24 @@ async fn idle_keep_alive_connections_are_closed() {
     let mut buf = vec![0u8; 4096];
     let n = s.read(&mut buf).await.unwrap();
     assert!(parse_complete(&buf[..n]).is_some_and(|r| r.status == 200));
+    s
+}
+
+/// The connection's next read, given at most 5 s (`Ok(Ok(0))`: closed by the gateway).
+async fn next_read(
+    s: &mut TcpStream,
+) -> Result<std::io::Result<usize>, tokio::time::error::Elapsed> {
+    let mut buf = vec![0u8; 4096];
+    tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed() {
+    let (gw, _up) =
+        setup("idle_timeout = \"300ms\"\nheader_read_timeout = \"10s\"\nh2c = false").await;
+    let mut s = after_one_exchange(&gw).await;
     let start = Instant::now();
-    let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+    let r = next_read(&mut s).await;
     assert!(
         matches!(r, Ok(Ok(0)) | Ok(Err(_))),
         "idle connection was not closed"
@@ -261,19 +275,13 @@ async fn a_response_streaming_longer_than_the_header_timeout_is_not_cut_off() {
 #[tokio::test]
 async fn a_keep_alive_connection_is_cut_off_when_its_next_head_is_late() {
     let (gw, _up) = setup("header_read_timeout = \"500ms\"\nidle_timeout = \"60s\"").await;
-    let mut s = TcpStream::connect(gw.addr()).await.unwrap();
-    s.write_all(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = s.read(&mut buf).await.unwrap();
-    assert!(parse_complete(&buf[..n]).is_some_and(|r| r.status == 200));
+    let mut s = after_one_exchange(&gw).await;
     // The start of a second head, never finished.
     let start = Instant::now();
     s.write_all(b"GET /x HTTP/1.1\r\nHost: t\r\n")
         .await
         .unwrap();
-    let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+    let r = next_read(&mut s).await;
     assert!(
         matches!(r, Ok(Ok(0)) | Ok(Err(_))),
         "connection with a late head was not closed: {r:?}"
