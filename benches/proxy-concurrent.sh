@@ -22,6 +22,11 @@
 #   LIENTHONG_BIN=path benches/proxy-concurrent.sh   # skip the build
 #   AA=1 benches/proxy-concurrent.sh       # A/A: a second nginx in lienthong's place; the
 #                                          # spread of its ratios is the method's noise floor
+#   FLOOR=task benches/proxy-concurrent.sh # the bare hyper proxy (benches/hyper-floor) in
+#   FLOOR=in-task ...                      # lienthong's place, with its upstream connections
+#                                          # on tasks of their own (hyper's and lienthong's
+#                                          # way) or driven in the client connection's task;
+#                                          # the rows keep the name "lienthong"
 #
 # Needs: apt-get install -y wrk nginx; kernel autogroups (the default on most kernels).
 set -euo pipefail
@@ -31,8 +36,19 @@ SHARED="${LIENTHONG_SHARED:-$HERE/../shared}"
 for c in wrk nginx; do
   command -v "$c" >/dev/null || { echo "proxy-concurrent.sh: needs $c (apt-get install -y wrk nginx)" >&2; exit 1; }
 done
-[ -n "${LIENTHONG_BIN:-}" ] || (cd "$HERE" && cargo build --release --locked --bin lienthong)
-export LIENTHONG_BIN="${LIENTHONG_BIN:-$HERE/target/release/lienthong}"
+case "${FLOOR:-}" in
+  "")
+    [ -n "${LIENTHONG_BIN:-}" ] || (cd "$HERE" && cargo build --release --locked --bin lienthong)
+    export LIENTHONG_BIN="${LIENTHONG_BIN:-$HERE/target/release/lienthong}" ;;
+  task | in-task)
+    # Built as benches/hyper-floor.sh builds it: against lienthong's lockfile.
+    FLOOR_TARGET="${FLOOR_TARGET:-${TMPDIR:-/tmp}/lienthong-bench/hyper-floor}"
+    cp "$HERE/Cargo.lock" "$HERE/benches/hyper-floor/Cargo.lock"
+    (cd "$HERE/benches/hyper-floor" && CARGO_TARGET_DIR="$FLOOR_TARGET" cargo build --release -q)
+    rm -f "$HERE/benches/hyper-floor/Cargo.lock"
+    export FLOOR_BIN="$FLOOR_TARGET/release/hyper-floor" ;;
+  *) echo "proxy-concurrent.sh: FLOOR is task or in-task" >&2; exit 1 ;;
+esac
 # The harness's upstream, built where the harness builds it.
 . "$HERE/benches/benchlib.sh"
 harness_upstream
@@ -49,6 +65,7 @@ sys.path.insert(0, f"{HERE}/benches")
 from benchlib import Rig, median_line, need_autogroups, stat_fields, wrk_result
 SLICES, SLICE, CONNS = int(env.get("SLICES", "20")), env.get("SLICE", "3"), env.get("CONNS", "64")
 AA = env.get("AA", "0") == "1"
+FLOOR = env.get("FLOOR", "")
 need_autogroups("proxy-concurrent.sh")
 UP, NGINX, GW = 18080, 18081, 18083
 rig = Rig("proxy-concurrent.sh", WORK, env)
@@ -101,6 +118,13 @@ try:
     rows["nginx"] = (p, NGINX)
     if AA:
         p = nginx("nginx-aa", GW)
+    elif FLOOR:
+        os.makedirs(f"{WORK}/floor")
+        log = open(f"{WORK}/floor/floor.log", "w")
+        mode = ["in-task"] if FLOOR == "in-task" else []
+        p = subprocess.Popen(["taskset", "-c", PROXY_CPUS, env["FLOOR_BIN"], f"127.0.0.1:{GW}",
+                              f"127.0.0.1:{UP}"] + mode,
+                             stdout=log, stderr=log, start_new_session=True)
     else:
         os.makedirs(f"{WORK}/lienthong")
         log = open(f"{WORK}/lienthong/gateway.log", "w")
@@ -149,6 +173,8 @@ cr = [us(p["lienthong"]) / us(p["nginx"]) for p in pairs]
 print()
 if AA:
     print("A/A: the 'lienthong' row is a second nginx")
+if FLOOR:
+    print(f"FLOOR={FLOOR}: the 'lienthong' row is the bare hyper proxy (benches/hyper-floor)")
 print(f"median of {len(pairs)} pair ratios (lienthong / nginx): req/s {statistics.median(rr):.3f}x, "
       f"CPU/req {statistics.median(cr):.3f}x   (pairs: req/s {min(rr):.2f}-{max(rr):.2f}x, "
       f"CPU/req {min(cr):.2f}-{max(cr):.2f}x)")
