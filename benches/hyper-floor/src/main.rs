@@ -52,11 +52,9 @@ async fn proxy(
     let mut sender = match pooled {
         Some(s) => s,
         None => {
-            let tcp = tokio::net::TcpStream::connect(upstream).await?;
-            tcp.set_nodelay(true)?;
-            let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-            tokio::task::spawn_local(conn);
-            s
+            let up = connect(upstream).await?;
+            tokio::task::spawn_local(up.conn);
+            up.tx
         }
     };
     let rsp = sender.send_request(req).await;
@@ -66,13 +64,21 @@ async fn proxy(
     Ok(rsp?)
 }
 
-/// An upstream connection of the `in-task` mode: its sender and the connection itself,
-/// which whoever holds the pair polls.
+/// An upstream connection: its sender and the connection itself, which the default mode
+/// spawns as a task and the `in-task` mode polls wherever the pair is held.
 struct Upstream {
     tx: SendRequest<Incoming>,
     conn: Connection<TokioIo<tokio::net::TcpStream>, Incoming>,
 }
 type InTaskPool = Rc<RefCell<Vec<Upstream>>>;
+
+/// A new upstream connection and its sender; the caller decides who polls it.
+async fn connect(upstream: &str) -> Result<Upstream, BoxError> {
+    let tcp = tokio::net::TcpStream::connect(upstream).await?;
+    tcp.set_nodelay(true)?;
+    let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    Ok(Upstream { tx, conn })
+}
 
 /// A response body that polls its upstream connection whenever it is polled (the
 /// connection reads the body into it) and puts the connection back in the pool once
@@ -133,12 +139,7 @@ async fn proxy_in_task(
     let pooled = pool.borrow_mut().pop();
     let mut up = match pooled {
         Some(u) => u,
-        None => {
-            let tcp = tokio::net::TcpStream::connect(upstream).await?;
-            tcp.set_nodelay(true)?;
-            let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-            Upstream { tx, conn }
-        }
+        None => connect(upstream).await?,
     };
     let Upstream { tx, conn } = &mut up;
     // Until the connection is ready for this request, then until the response head:
