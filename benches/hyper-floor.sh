@@ -9,11 +9,8 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SHARED="${LIENTHONG_SHARED:-$HERE/../shared}"
 [ -x "$SHARED/bench/proxy-compare.sh" ] || { echo "hyper-floor.sh: no harness at $SHARED/bench" >&2; exit 1; }
-# Built against lienthong's lockfile, so the versions are the ones lienthong runs.
-FLOOR_TARGET="${FLOOR_TARGET:-${TMPDIR:-/tmp}/lienthong-bench/hyper-floor}"
-cp "$HERE/Cargo.lock" "$HERE/benches/hyper-floor/Cargo.lock"
-trap 'rm -f "$HERE/benches/hyper-floor/Cargo.lock"' EXIT
-(cd "$HERE/benches/hyper-floor" && CARGO_TARGET_DIR="$FLOOR_TARGET" cargo build --release -q)
-export GATEWAY_CMD="$FLOOR_TARGET/release/hyper-floor 127.0.0.1:\$GATEWAY_PORT \$UPSTREAM_ADDR"
+. "$HERE/benches/benchlib.sh"
+build_hyper_floor
+export GATEWAY_CMD="$FLOOR_BIN 127.0.0.1:\$GATEWAY_PORT \$UPSTREAM_ADDR"
 export GATEWAY_NAME="${GATEWAY_NAME:-hyper-floor}" GATEWAY_PORT="${GATEWAY_PORT:-18083}"
 "$SHARED/bench/proxy-compare.sh"

@@ -36,21 +36,15 @@ SHARED="${LIENTHONG_SHARED:-$HERE/../shared}"
 for c in wrk nginx; do
   command -v "$c" >/dev/null || { echo "proxy-concurrent.sh: needs $c (apt-get install -y wrk nginx)" >&2; exit 1; }
 done
+. "$HERE/benches/benchlib.sh"
 case "${FLOOR:-}" in
   "")
     [ -n "${LIENTHONG_BIN:-}" ] || (cd "$HERE" && cargo build --release --locked --bin lienthong)
     export LIENTHONG_BIN="${LIENTHONG_BIN:-$HERE/target/release/lienthong}" ;;
-  task | in-task)
-    # Built as benches/hyper-floor.sh builds it: against lienthong's lockfile.
-    FLOOR_TARGET="${FLOOR_TARGET:-${TMPDIR:-/tmp}/lienthong-bench/hyper-floor}"
-    cp "$HERE/Cargo.lock" "$HERE/benches/hyper-floor/Cargo.lock"
-    (cd "$HERE/benches/hyper-floor" && CARGO_TARGET_DIR="$FLOOR_TARGET" cargo build --release -q)
-    rm -f "$HERE/benches/hyper-floor/Cargo.lock"
-    export FLOOR_BIN="$FLOOR_TARGET/release/hyper-floor" ;;
+  task | in-task) build_hyper_floor; export FLOOR_BIN ;;
   *) echo "proxy-concurrent.sh: FLOOR is task or in-task" >&2; exit 1 ;;
 esac
 # The harness's upstream, built where the harness builds it.
-. "$HERE/benches/benchlib.sh"
 harness_upstream
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/lienthong-proxyconc.XXXXXX")"
 chmod 755 "$WORK"

@@ -131,6 +131,14 @@ impl Body for InTaskBody {
     }
 }
 
+/// The error of an exchange whose upstream connection ended under it.
+fn ended(r: Result<(), hyper::Error>) -> BoxError {
+    match r {
+        Ok(()) => "upstream connection closed".into(),
+        Err(e) => e.into(),
+    }
+}
+
 async fn proxy_in_task(
     pool: InTaskPool,
     upstream: &'static str,
@@ -146,10 +154,7 @@ async fn proxy_in_task(
     // the connection is polled here, in this task, alongside.
     poll_fn(|cx| {
         if let Poll::Ready(r) = Pin::new(&mut *conn).poll(cx) {
-            return Poll::Ready(Err::<(), BoxError>(match r {
-                Ok(()) => "upstream connection closed".into(),
-                Err(e) => e.into(),
-            }));
+            return Poll::Ready(Err(ended(r)));
         }
         tx.poll_ready(cx).map_err(Into::into)
     })
@@ -163,10 +168,7 @@ async fn proxy_in_task(
             // The connection ended: the exchange has its answer or its error now.
             return match exchange.as_mut().poll(cx) {
                 Poll::Ready(x) => Poll::Ready(x.map_err(Into::into)),
-                Poll::Pending => Poll::Ready(Err(match r {
-                    Ok(()) => "upstream connection closed".into(),
-                    Err(e) => e.into(),
-                })),
+                Poll::Pending => Poll::Ready(Err(ended(r))),
             };
         }
         exchange.as_mut().poll(cx).map_err(Into::into)
