@@ -128,6 +128,29 @@ impl Breaker {
     }
 }
 
+/// The half-open breaker's one probe, held by the exchange that is it. However that
+/// exchange ends — recorded by [`ProbeTicket::record`], refused before it was sent,
+/// timed out or dropped with its client — the probe slot is given back, so the breaker
+/// can never stay half-open with nobody probing (which would refuse every request
+/// until a restart).
+struct ProbeTicket<'a>(Option<&'a Breaker>);
+
+impl ProbeTicket<'_> {
+    /// Records the exchange's outcome in the breaker (as the probe's, if it is one).
+    fn record(&mut self, ok: bool, breaker: &Breaker) {
+        let probe = self.0.take().is_some();
+        breaker.record(ok, probe, mono_ms());
+    }
+}
+
+impl Drop for ProbeTicket<'_> {
+    fn drop(&mut self) {
+        if let Some(b) = self.0 {
+            b.probing.store(false, Ordering::Release);
+        }
+    }
+}
+
 /// Retries may add at most `percent` of the requests seen in the current 10 s window,
 /// plus `min_per_second`, so that a failing upstream is not hit by a retry storm.
 struct RetryBudget {
@@ -373,9 +396,18 @@ impl Pool {
     /// bounded by `req.timeout`.
     pub async fn send(&self, req: OutboundRequest) -> Result<Answer, GatewayError> {
         let deadline = tokio::time::Instant::now() + req.timeout;
-        match tokio::time::timeout_at(deadline, self.send_inner(req)).await {
+        // The endpoint of the attempt in flight, if any, when the deadline passes: a
+        // timeout is that endpoint's failure too (passive ejection counts it).
+        let mut in_flight = None;
+        match tokio::time::timeout_at(deadline, self.send_inner(req, &mut in_flight)).await {
             Ok(r) => r,
             Err(_) => {
+                if let Some(ep) = in_flight {
+                    self.record(&ep, false);
+                }
+                // A probe that timed out has given its slot back (`ProbeTicket`);
+                // the failure reopens the breaker, whose failure count is still at
+                // its threshold.
                 self.breaker.record(false, false, mono_ms());
                 Err(GatewayError::new(
                     ErrorKind::GatewayTimeout,
@@ -386,11 +418,15 @@ impl Pool {
         }
     }
 
-    async fn send_inner(&self, req: OutboundRequest) -> Result<Answer, GatewayError> {
+    async fn send_inner(
+        &self,
+        req: OutboundRequest,
+        in_flight: &mut Option<Arc<Endpoint>>,
+    ) -> Result<Answer, GatewayError> {
         let now = mono_ms();
         self.budget.on_request(now);
-        let probe = match self.breaker.admit(now) {
-            Ok(p) => p,
+        let mut probe = match self.breaker.admit(now) {
+            Ok(p) => ProbeTicket(p.then_some(&self.breaker)),
             Err(secs) => {
                 return Err(GatewayError::unavailable(
                     "circuit_open",
@@ -412,10 +448,8 @@ impl Pool {
         let max_attempts = self.cfg.retry.attempts.max(1);
         let creds = self.credentials.get();
         if let Some(c) = creds {
-            if let Err(e) = Box::pin(c.apply(&mut headers)).await {
-                self.breaker_release(probe);
-                return Err(e);
-            }
+            // An error here returns with the probe ticket, which gives the slot back.
+            Box::pin(c.apply(&mut headers)).await?;
         }
         // One re-authentication when the upstream refuses our credential (401), if
         // the body can be sent again.
@@ -426,7 +460,6 @@ impl Pool {
         loop {
             attempt += 1;
             let Some(ep) = self.pick(last.as_ref()) else {
-                self.breaker_release(probe);
                 return Err(GatewayError::unavailable(
                     "no_healthy_endpoint",
                     "no healthy upstream endpoint is available",
@@ -473,7 +506,9 @@ impl Pool {
             };
             ep.outstanding.fetch_add(1, Ordering::Relaxed);
             let guard = Outstanding(ep.clone());
+            *in_flight = Some(ep.clone());
             let result = self.dispatch(&ep, up_req).await;
+            *in_flight = None;
             match result {
                 Ok(rsp) => {
                     let status = rsp.status();
@@ -482,10 +517,7 @@ impl Pool {
                             reauth_left = false;
                             if c.invalidate(headers.get(http::header::AUTHORIZATION)) {
                                 drop(guard);
-                                if let Err(e) = Box::pin(c.apply(&mut headers)).await {
-                                    self.breaker_release(probe);
-                                    return Err(e);
-                                }
+                                Box::pin(c.apply(&mut headers)).await?;
                                 attempt -= 1;
                                 last = None;
                                 continue;
@@ -500,7 +532,7 @@ impl Pool {
                         last = Some(ep);
                         continue;
                     }
-                    self.breaker.record(!failed, probe, mono_ms());
+                    probe.record(!failed, &self.breaker);
                     let rsp =
                         rsp.map(|b: Incoming| Body::stream(b, None).with_guard(Box::new(guard)));
                     return Ok(Answer {
@@ -512,7 +544,6 @@ impl Pool {
                 Err(e) => {
                     drop(guard);
                     if is_too_large(e.error.as_ref()) {
-                        self.breaker_release(probe);
                         return Err(GatewayError::new(
                             ErrorKind::PayloadTooLarge,
                             "body_too_large",
@@ -528,7 +559,7 @@ impl Pool {
                         last = Some(ep);
                         continue;
                     }
-                    self.breaker.record(false, probe, mono_ms());
+                    probe.record(false, &self.breaker);
                     let detail = error_chain(e.error.as_ref());
                     return Err(if connect {
                         GatewayError::new(
@@ -575,12 +606,6 @@ impl Pool {
                     connect: e.is_connect(),
                     error: Box::new(e),
                 }),
-        }
-    }
-
-    fn breaker_release(&self, probe: bool) {
-        if probe {
-            self.breaker.probing.store(false, Ordering::Release);
         }
     }
 

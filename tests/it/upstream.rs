@@ -222,6 +222,70 @@ async fn circuit_breaker_opens_and_fails_fast() {
     assert_eq!(bad.count(), 3, "the open breaker sent nothing upstream");
 }
 
+/// Hangs on `/hang`, answers everything else.
+fn hangs_on_hang() -> Handler {
+    Arc::new(|s| {
+        if s.uri == "/hang" {
+            Action::Hang
+        } else {
+            Action::Respond(json_response(200, serde_json::json!({})))
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_half_open_probe_that_times_out_does_not_wedge_the_breaker() {
+    let up = MockUpstream::start(hangs_on_hang()).await;
+    let cfg = base_config(
+        &(pool(
+            "u",
+            &[up.url()],
+            "[upstreams.u.passive]\nconsecutive_failures = 0\n[upstreams.u.retry]\nattempts = 1\n[upstreams.u.circuit_breaker]\nconsecutive_failures = 1\nopen_for = \"200ms\"\n",
+        ) + &route("u", "timeout = \"200ms\"")),
+    );
+    let gw = TestGateway::start(&cfg).await;
+    assert_error(&raw_get(gw.addr(), "/hang").await, 504, "upstream_timeout");
+    assert_error(&raw_get(gw.addr(), "/ok").await, 503, "circuit_open");
+    // Once the breaker is half-open, a request that hangs is its probe, and times out.
+    eventually("a probe that times out", Duration::from_secs(10), || async {
+        let r = raw_get(gw.addr(), "/hang").await;
+        r.status == 504
+    })
+    .await;
+    // The probe's slot was given back: after the breaker's next open period a request
+    // is let through again (it was refused as circuit_open forever before).
+    eventually("the breaker lets a request through", Duration::from_secs(10), || async {
+        raw_get(gw.addr(), "/ok").await.status == 200
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn timeouts_count_towards_passive_ejection() {
+    let hanging = MockUpstream::start(Arc::new(|_| Action::Hang)).await;
+    let good = MockUpstream::start(echo("good")).await;
+    let cfg = base_config(
+        &(pool(
+            "u",
+            &[hanging.url(), good.url()],
+            "[upstreams.u.passive]\nconsecutive_failures = 2\nejection_time = \"60s\"\n[upstreams.u.retry]\nattempts = 1\n[upstreams.u.circuit_breaker]\nconsecutive_failures = 0\n",
+        ) + &route("u", "timeout = \"200ms\"")),
+    );
+    let gw = TestGateway::start(&cfg).await;
+    let mut timeouts = 0;
+    for _ in 0..12 {
+        let r = raw_get(gw.addr(), "/x").await;
+        if r.status == 504 {
+            timeouts += 1;
+        } else {
+            assert_eq!(r.status, 200);
+        }
+    }
+    assert_eq!(timeouts, 2, "ejected after two consecutive timeouts");
+    assert_eq!(hanging.count(), 2);
+    assert_eq!(good.count(), 10);
+}
+
 #[tokio::test]
 async fn least_outstanding_avoids_the_busy_endpoint() {
     let h: Handler = Arc::new(|s| {
