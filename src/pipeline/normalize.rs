@@ -93,14 +93,10 @@ pub fn normalize_path(path: &str) -> Result<String, PathError> {
                 b'/' => return Err(PathError::EncodedSlash),
                 b'\\' => return Err(PathError::Backslash),
                 0..=0x1f | 0x7f => return Err(PathError::ControlChar),
-                b'%' => {
-                    if bytes.get(i + 3).and_then(|&c| hex(c)).is_some()
-                        && bytes.get(i + 4).and_then(|&c| hex(c)).is_some()
-                    {
-                        return Err(PathError::DoubleEncoding);
-                    }
-                    decoded.push_str("%25");
-                }
+                // Double encoding is looked for in the decoded path, once it is
+                // complete: the two digits after an encoded `%` may themselves be
+                // escapes (`%25%32%65` decodes to `%252e`).
+                b'%' => decoded.push_str("%25"),
                 v if is_unreserved(v) => decoded.push(v as char),
                 v => {
                     const HEX: &[u8; 16] = b"0123456789ABCDEF";
@@ -123,6 +119,9 @@ pub fn normalize_path(path: &str) -> Result<String, PathError> {
         }
         decoded.push(b as char);
         i += 1;
+    }
+    if has_double_encoding(decoded.as_bytes()) {
+        return Err(PathError::DoubleEncoding);
     }
     // Pass 2: collapse slashes and resolve dot segments.
     let trailing_slash = decoded.len() > 1 && decoded.ends_with('/');
@@ -161,6 +160,13 @@ pub fn normalize_path(path: &str) -> Result<String, PathError> {
         result.push('/');
     }
     Ok(result)
+}
+
+/// An encoded `%` followed by two hex digits: an escape meant to be decoded twice.
+fn has_double_encoding(decoded: &[u8]) -> bool {
+    decoded.windows(5).any(|w| {
+        w[..3] == *b"%25" && hex(w[3]).is_some() && hex(w[4]).is_some()
+    })
 }
 
 /// True when the path has nothing to normalise: only plain path bytes, no `%`,
@@ -233,6 +239,13 @@ mod tests {
         assert_eq!(n("/a%00").unwrap_err(), PathError::ControlChar);
         assert_eq!(n("/a%0a").unwrap_err(), PathError::ControlChar);
         assert_eq!(n("/%252e%252e/").unwrap_err(), PathError::DoubleEncoding);
+        // The digits after the encoded `%` spelled as escapes themselves.
+        assert_eq!(n("/p/%25%32%65%25%32%65/a").unwrap_err(), PathError::DoubleEncoding);
+        assert_eq!(n("/p/%25%32%66").unwrap_err(), PathError::DoubleEncoding);
+        assert_eq!(n("/p/%25%32e").unwrap_err(), PathError::DoubleEncoding);
+        // An encoded `%` before anything but two hex digits stays a literal `%`.
+        assert_eq!(n("/p/%25%C3%A1").unwrap(), "/p/%25%C3%A1");
+        assert_eq!(n("/p/%25x%61").unwrap(), "/p/%25xa");
         assert_eq!(n("/%2").unwrap_err(), PathError::BadEscape);
         assert_eq!(n("/%zz").unwrap_err(), PathError::BadEscape);
         assert_eq!(n("/a/..;/b").unwrap_err(), PathError::DotWithParameter);

@@ -97,6 +97,7 @@ async fn no_spelling_escapes_its_route() {
         ("/public/..;/admin", Status(400)),
         ("/public/.;x/../admin", Status(400)),
         ("/public/%252e%252e/admin", Status(400)),
+        ("/public/%25%32%65%25%32%65/admin", Status(400)),
         ("/public/%00/admin", Status(400)),
         ("/public/%2", Status(400)),
         ("/public/../../admin", Status(400)),
