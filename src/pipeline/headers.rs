@@ -69,16 +69,16 @@ pub fn strip_gateway_owned(h: &mut HeaderMap) {
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     // Collect names first: `Connection` may list any field, possibly in several lines.
     let mut named: Vec<HeaderName> = Vec::new();
+    // Split as bytes: a token that is not text (obs-text) must not keep the valid
+    // names beside it from being removed.
     for v in h.get_all(header::CONNECTION) {
-        if let Ok(s) = v.to_str() {
-            for tok in s.split(',') {
-                let tok = tok.trim();
-                if tok.is_empty() || (keep_upgrade && tok.eq_ignore_ascii_case("upgrade")) {
-                    continue;
-                }
-                if let Ok(n) = HeaderName::from_bytes(tok.as_bytes()) {
-                    named.push(n);
-                }
+        for tok in v.as_bytes().split(|&b| b == b',') {
+            let tok = tok.trim_ascii();
+            if tok.is_empty() || (keep_upgrade && tok.eq_ignore_ascii_case(b"upgrade")) {
+                continue;
+            }
+            if let Ok(n) = HeaderName::from_bytes(tok) {
+                named.push(n);
             }
         }
     }
@@ -179,13 +179,37 @@ impl Forwarding {
     }
 }
 
-static FORWARDING: [&HeaderName; 5] = [
-    &X_FORWARDED_FOR,
-    &X_FORWARDED_PROTO,
-    &X_FORWARDED_HOST,
-    &X_REAL_IP,
-    &header::FORWARDED,
+/// Client-sent fields that say where a request came from or what it asked for, which
+/// upstreams behind a proxy may trust: the gateway sets its own forwarding fields and
+/// removes every one of these (a forged `X-Original-URL` or `X-Forwarded-Prefix` would
+/// make an IIS, Symfony or Spring upstream act on a path the route's rules never saw).
+static FORWARDING: [HeaderName; 16] = [
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-real-ip"),
+    header::FORWARDED,
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("x-forwarded-ssl"),
+    HeaderName::from_static("x-forwarded-scheme"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-original-forwarded-for"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("x-cluster-client-ip"),
+    HeaderName::from_static("true-client-ip"),
 ];
+
+/// One of [`FORWARDING`]; most names are ruled out by their first bytes.
+fn is_forwarding(k: &HeaderName) -> bool {
+    if k == header::FORWARDED {
+        return true;
+    }
+    let s = k.as_str();
+    (s.starts_with("x-") || s.starts_with("true-")) && FORWARDING.iter().any(|n| n == k)
+}
 
 /// Drops client-sent forwarding fields (when `present` says there are some) and
 /// sets the gateway's own.
@@ -196,7 +220,7 @@ pub fn set_forwarded(
     present: &Present,
 ) {
     if present.forwarding {
-        for n in FORWARDING {
+        for n in &FORWARDING {
             h.remove(n);
         }
     }
@@ -242,7 +266,7 @@ impl Present {
                 p.via = true;
             } else if k == header::UPGRADE || HOP_BY_HOP.contains(k) {
                 p.hop_by_hop = true;
-            } else if FORWARDING.contains(&k) {
+            } else if is_forwarding(k) {
                 p.forwarding = true;
             } else if k.as_str().starts_with("x-lienthong-") {
                 p.gateway_owned = true;
@@ -253,41 +277,41 @@ impl Present {
 }
 
 /// Appends this gateway to `Via` (RFC 9110 §7.6.3); `has_via` is what
-/// [`Present::survey`] found.
+/// [`Present::survey`] found. Earlier hops may come in several field lines: they are
+/// kept, in order, joined into the one line this hop is added to.
 pub fn append_via(
     h: &mut HeaderMap,
     version: http::Version,
     via: &crate::config::ViaName,
     has_via: bool,
 ) {
-    let prev = if has_via {
-        h.get(header::VIA).and_then(|v| v.to_str().ok())
-    } else {
-        None
-    };
-    if prev.is_none_or(str::is_empty) {
+    let mut value: Vec<u8> = Vec::new();
+    if has_via {
+        for prev in h.get_all(header::VIA) {
+            let prev = prev.as_bytes().trim_ascii();
+            if !prev.is_empty() {
+                value.extend_from_slice(prev);
+                value.extend_from_slice(b", ");
+            }
+        }
+    }
+    if value.is_empty() {
         if let Some(v) = via.value(version) {
             h.insert(header::VIA, v.clone());
             return;
         }
     }
-    let name = via.as_str();
-    let proto = match version {
-        http::Version::HTTP_09 => "0.9",
-        http::Version::HTTP_10 => "1.0",
-        http::Version::HTTP_2 => "2",
-        http::Version::HTTP_3 => "3",
-        _ => "1.1",
+    let proto: &[u8] = match version {
+        http::Version::HTTP_09 => b"0.9",
+        http::Version::HTTP_10 => b"1.0",
+        http::Version::HTTP_2 => b"2",
+        http::Version::HTTP_3 => b"3",
+        _ => b"1.1",
     };
-    let mut value = String::new();
-    if let Some(prev) = prev.filter(|p| !p.is_empty()) {
-        value.push_str(prev);
-        value.push_str(", ");
-    }
-    value.push_str(proto);
-    value.push(' ');
-    value.push_str(name);
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    value.extend_from_slice(proto);
+    value.push(b' ');
+    value.extend_from_slice(via.as_str().as_bytes());
+    if let Ok(v) = HeaderValue::from_bytes(&value) {
         h.insert(header::VIA, v);
     }
 }
@@ -326,8 +350,30 @@ mod tests {
             assert_eq!(h.get_all(header::VIA).iter().count(), 1);
             assert_eq!(h.get(header::VIA).unwrap(), want, "{version:?} {prev:?}");
         }
+        // Earlier hops in two field lines: both kept, in order.
+        let mut h = HeaderMap::new();
+        h.append(header::VIA, HeaderValue::from_static("1.1 a"));
+        h.append(header::VIA, HeaderValue::from_static("1.0 b"));
+        append_via(&mut h, http::Version::HTTP_11, &via, true);
+        assert_eq!(h.get_all(header::VIA).iter().count(), 1);
+        assert_eq!(h.get(header::VIA).unwrap(), "1.1 a, 1.0 b, 1.1 gw-1");
         assert!(crate::config::ViaName::new("bad name".into()).is_none());
         assert!(crate::config::ViaName::new(String::new()).is_none());
+    }
+
+    #[test]
+    fn connection_names_beside_a_non_text_token_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"x-hop, caf\xe9").unwrap(),
+        );
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get("x-hop").is_none());
+        assert!(h.get(header::CONNECTION).is_none());
+        assert!(h.get("x-keep").is_some());
     }
 
     #[test]

@@ -72,11 +72,23 @@ async fn forwarding_fields_are_the_gateways_own() {
         gw.addr(),
         b"GET /p/x HTTP/1.1\r\nHost: test.local\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\n\
 X-Forwarded-Host: evil\r\nForwarded: for=6.6.6.6;host=evil\r\nX-Real-IP: 6.6.6.6\r\n\
-X-Lienthong-Client-Cert-S256: forged\r\nConnection: close\r\n\r\n",
+X-Lienthong-Client-Cert-S256: forged\r\nX-Original-URL: /admin\r\nX-Rewrite-URL: /admin\r\n\
+X-Forwarded-Prefix: /admin\r\nX-Forwarded-Port: 443\r\nTrue-Client-IP: 6.6.6.6\r\n\
+X-Keep: yes\r\nConnection: close\r\n\r\n",
     )
     .await;
     assert_eq!(r.status, 200);
     let seen = up.last();
+    for forged in [
+        "x-original-url",
+        "x-rewrite-url",
+        "x-forwarded-prefix",
+        "x-forwarded-port",
+        "true-client-ip",
+    ] {
+        assert!(seen.header(forged).is_none(), "{forged} reached the upstream");
+    }
+    assert_eq!(seen.header("x-keep"), Some("yes"));
     assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
     assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
     assert_eq!(seen.header("x-forwarded-host"), Some("test.local"));
