@@ -253,6 +253,25 @@ struct Lane {
 /// the wake-ups (about 200 a second at 50,000 records/s) cost little.
 const TAKE_EVERY: usize = 256;
 
+/// Closes the lane when the writer thread ends, however it ends (a panic included):
+/// no record is accepted after, and records still in the lane are refused, those whose
+/// requests wait on them (fail-closed) with `WriterStopped`, so that no request waits
+/// for a durability that will never come. A normal stop has emptied the lane already.
+struct CloseLaneOnExit(Arc<Mutex<Lane>>);
+
+impl Drop for CloseLaneOnExit {
+    fn drop(&mut self) {
+        let mut lane = lock_lane(&self.0);
+        lane.closed = true;
+        lane.bytes.clear();
+        let waiting: Vec<Ack<u64>> = lane.recs.drain(..).filter_map(|(_, _, a)| a).collect();
+        drop(lane);
+        for ack in waiting {
+            let _ = ack.send(Err(AuditError::WriterStopped));
+        }
+    }
+}
+
 fn lock_lane(lane: &Mutex<Lane>) -> MutexGuard<'_, Lane> {
     // The lane's invariants hold between statements (a push adds bytes and their
     // length together), so a panic elsewhere leaves it usable.
@@ -332,9 +351,13 @@ impl AuditWriter {
             overflow: Framed::new(),
             counters: counters.clone(),
         };
+        let closer = CloseLaneOnExit(lane.clone());
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || worker.run())?;
+            .spawn(move || {
+                let _closer = closer;
+                worker.run();
+            })?;
         Ok(AuditWriter {
             tx,
             lane,
@@ -514,8 +537,10 @@ impl AuditWriter {
         let handle = self.thread.lock().map(|mut h| h.take()).unwrap_or(None);
         if let Some(h) = handle {
             // The thread has already answered, so it is exiting; this join
-            // is brief.
-            let _ = h.join();
+            // is brief. A thread that ended in a panic did not stop cleanly.
+            if h.join().is_err() {
+                return Err(AuditError::Storage("the audit writer thread panicked".into()));
+            }
         }
         match res {
             Err(AuditError::WriterStopped) => Ok(()),
@@ -1894,6 +1919,24 @@ mod tests {
     }
 
     use crate::store::audit::tamper::{frame_of, set_frame};
+
+    #[tokio::test]
+    async fn a_writer_that_dies_refuses_records_and_releases_their_waiters() {
+        let dir = TempDir::new();
+        let mut c = cfg(&dir.db());
+        // A linger this long overflows the writer's clock arithmetic: its thread
+        // panics on the first batch, standing in for any bug that kills it.
+        c.batch_linger = Duration::MAX;
+        c.batch_linger_fail_open = Duration::MAX;
+        let w = AuditWriter::start(c).unwrap();
+        let ticket = w.submit(rec(0)).unwrap();
+        let durable = tokio::time::timeout(Duration::from_secs(10), ticket.durable())
+            .await
+            .expect("the waiter is released, not left hanging");
+        assert!(matches!(durable, Err(AuditError::WriterStopped)), "{durable:?}");
+        assert!(matches!(w.submit_nowait(rec(1)), Err(AuditError::WriterStopped)));
+        assert!(w.shutdown().await.is_err(), "a panicked writer is reported");
+    }
 
     /// A batch of fail-open records may linger long; a fail-closed record that joins it
     /// brings the commit forward, so its waiter is not held by the long linger.
