@@ -749,8 +749,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             ))
         }
     };
+    // Beyond any sensible setting, and far enough below what `Instant` arithmetic
+    // overflows on that deadlines built from it never panic.
+    if d > MAX_DURATION {
+        return Err(format!("duration {s:?} is longer than 100 years"));
+    }
     Ok(d)
 }
+
+/// The longest duration a setting may have (100 years).
+const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 const METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE",
@@ -2613,6 +2621,9 @@ db = "data/x/../gw.db"
         assert!(parse_duration("30").is_err());
         assert!(parse_duration("3x").is_err());
         assert!(parse_duration("s").is_err());
+        assert_eq!(parse_duration("876000h").unwrap(), MAX_DURATION);
+        assert!(parse_duration("876001h").is_err());
+        assert!(parse_duration("18446744073709551615s").is_err());
     }
 
     #[test]
