@@ -586,26 +586,36 @@ impl Pool {
         ep: &Endpoint,
         mut req: http::Request<Body>,
     ) -> Result<http::Response<Incoming>, DispatchError> {
-        // An HTTP/1.1 upstream needs a Host; a client that sent none (HTTP/1.0) gets
-        // the endpoint's.
-        if !req.headers().contains_key(http::header::HOST) {
-            if let Ok(v) = http::HeaderValue::from_str(ep.authority.as_str()) {
-                req.headers_mut().insert(http::header::HOST, v);
-            }
-        }
         match &ep.conn {
-            Some(c) => c.send(req).await.map_err(|e| DispatchError {
-                connect: e.is_connect(),
-                error: Box::new(e),
-            }),
-            // Boxed: the HTTP/2 client's state would otherwise enlarge the future of
-            // every HTTP/1 exchange too.
-            None => Box::pin(self.client.request(req))
-                .await
-                .map_err(|e| DispatchError {
+            Some(c) => {
+                // An HTTP/1.1 upstream needs a Host; a client that sent none (HTTP/1.0)
+                // gets the endpoint's.
+                if !req.headers().contains_key(http::header::HOST) {
+                    if let Ok(v) = http::HeaderValue::from_str(ep.authority.as_str()) {
+                        req.headers_mut().insert(http::header::HOST, v);
+                    }
+                }
+                c.send(req).await.map_err(|e| DispatchError {
                     connect: e.is_connect(),
                     error: Box::new(e),
-                }),
+                })
+            }
+            // HTTP/2: the authority travels as `:authority`, the endpoint's (what the
+            // connection dials and its certificate is checked against). A `Host` field
+            // beside it that differs makes the request malformed (RFC 9113 §8.3.1), and
+            // some servers refuse any `Host` at all, so none is sent: `host_header`
+            // shapes HTTP/1.1 requests only.
+            None => {
+                req.headers_mut().remove(http::header::HOST);
+                // Boxed: the HTTP/2 client's state would otherwise enlarge the future
+                // of every HTTP/1 exchange too.
+                Box::pin(self.client.request(req))
+                    .await
+                    .map_err(|e| DispatchError {
+                        connect: e.is_connect(),
+                        error: Box::new(e),
+                    })
+            }
         }
     }
 

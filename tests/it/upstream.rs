@@ -222,6 +222,23 @@ async fn circuit_breaker_opens_and_fails_fast() {
     assert_eq!(bad.count(), 3, "the open breaker sent nothing upstream");
 }
 
+#[tokio::test]
+async fn http2_upstreams_get_the_authority_as_a_pseudo_header_only() {
+    let up = MockUpstream::start(echo("up")).await;
+    let cfg = base_config(&(pool("u", &[up.url()], "http2 = true") + &route("u", "")));
+    let gw = TestGateway::start(&cfg).await;
+    let r = raw(
+        gw.addr(),
+        b"GET /x HTTP/1.1\r\nHost: portal.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let seen = up.last();
+    assert_eq!(seen.version, http::Version::HTTP_2);
+    assert_eq!(seen.uri, format!("{}/x", up.url()), ":authority is the endpoint's");
+    assert!(seen.header("host").is_none(), "no Host beside :authority");
+}
+
 /// Hangs on `/hang`, answers everything else.
 fn hangs_on_hang() -> Handler {
     Arc::new(|s| {
