@@ -282,7 +282,7 @@ async fn proxy(
     let mut rsp = answer.response;
     if rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client) = client_upgrade {
-            forward::tunnel(client, &mut rsp);
+            forward::tunnel(&ctx.conn, client, &mut rsp);
         }
     }
     if let Some(t) = &route.translate {
@@ -1728,9 +1728,13 @@ pub mod forward {
 
     /// Joins the client's and the upstream's upgraded connections and copies bytes
     /// both ways until either side closes.
-    pub fn tunnel(client: hyper::upgrade::OnUpgrade, upstream_rsp: &mut Response<Body>) {
+    pub fn tunnel(
+        conn: &crate::server::ConnInfo,
+        client: hyper::upgrade::OnUpgrade,
+        upstream_rsp: &mut Response<Body>,
+    ) {
         let upstream = hyper::upgrade::on(&mut *upstream_rsp);
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let (Ok(c), Ok(u)) = (client.await, upstream.await) else {
                 return;
             };
@@ -1738,6 +1742,10 @@ pub mod forward {
             let mut u = hyper_util::rt::TokioIo::new(u);
             let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
         });
+        // The connection waits for it (see `ConnInfo::tunnel`).
+        if let Ok(mut t) = conn.tunnel.lock() {
+            *t = Some(task);
+        }
     }
 }
 

@@ -39,6 +39,20 @@ pub struct ConnInfo {
     pub tls: Option<TlsInfo>,
     /// The forwarding fields for requests on this connection.
     pub forwarding: Forwarding,
+    /// The tunnel an upgraded exchange became (see `pipeline::forward::tunnel`): the
+    /// connection, with its place under `max_connections`, its gauge and the drain
+    /// on shutdown, lasts until the tunnel ends, not only until the upgrade.
+    pub tunnel: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl ConnInfo {
+    /// Waits for the connection's tunnel, if an exchange became one.
+    async fn tunnel_ended(&self) {
+        let tunnel = self.tunnel.lock().map(|mut t| t.take()).unwrap_or(None);
+        if let Some(t) = tunnel {
+            let _ = t.await;
+        }
+    }
 }
 
 /// The verified TLS facts of a connection.
@@ -283,9 +297,11 @@ async fn serve_conn(
                 local,
                 tls: Some(info),
                 forwarding: Forwarding::new(peer.ip(), true),
+                tunnel: Default::default(),
             });
             let io = ConnIo::new(tls_stream, None, activity.clone());
-            serve_http(gw, conn, &lcfg, io, h2, activity, stop).await;
+            serve_http(gw, conn.clone(), &lcfg, io, h2, activity, stop).await;
+            conn.tunnel_ended().await;
         }
         None => {
             let mut stream = stream;
@@ -303,9 +319,11 @@ async fn serve_conn(
                 local,
                 tls: None,
                 forwarding: Forwarding::new(peer.ip(), false),
+                tunnel: Default::default(),
             });
             let io = ConnIo::new(stream, Some(prefix), activity.clone());
-            serve_http(gw, conn, &lcfg, io, h2, activity, stop).await;
+            serve_http(gw, conn.clone(), &lcfg, io, h2, activity, stop).await;
+            conn.tunnel_ended().await;
         }
     }
 }

@@ -257,8 +257,12 @@ async fn upgrade_tunnels_where_the_route_allows_it() {
             s.write_all(&buf[..n]).await.unwrap();
         }
     });
+    let plain = MockUpstream::start(echo("plain")).await;
+    // One connection at a time on the listener: the tunnel keeps its place.
     let cfg = base_config(&format!(
-        "[upstreams.ws]\nendpoints = [\"http://{up_addr}\"]\n[[routes]]\nname = \"ws\"\npath_prefix = \"/ws\"\nupstream = \"ws\"\nallow_upgrade = true\nauth = {{ anonymous = true }}\n"
+        "max_connections = 1\n[upstreams.ws]\nendpoints = [\"http://{up_addr}\"]\n[[routes]]\nname = \"ws\"\npath_prefix = \"/ws\"\nupstream = \"ws\"\nallow_upgrade = true\nauth = {{ anonymous = true }}\n\
+[upstreams.plain]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"plain\"\npath_prefix = \"/plain\"\nupstream = \"plain\"\nauth = {{ anonymous = true }}\n",
+        plain.url()
     ));
     let gw = TestGateway::start(&cfg).await;
     let mut c = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
@@ -285,4 +289,21 @@ async fn upgrade_tunnels_where_the_route_allows_it() {
         .expect("echo through the tunnel")
         .unwrap();
     assert_eq!(&got, b"xin chao");
+    // The tunnel still holds the listener's one connection: another is not served...
+    let addr = gw.addr();
+    let second = tokio::spawn(async move { raw_get(addr, "/plain/x").await });
+    let waited = tokio::time::timeout(std::time::Duration::from_millis(300), async {
+        while !second.is_finished() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_err(), "a connection was served beyond the limit during a tunnel");
+    // ...until the tunnel ends.
+    drop(c);
+    let r = tokio::time::timeout(std::time::Duration::from_secs(5), second)
+        .await
+        .expect("served once the tunnel ended")
+        .unwrap();
+    assert_eq!(r.status, 200);
 }
