@@ -50,7 +50,43 @@ pub fn host_matches(m: &Option<HostMatch>, host: &str) -> bool {
 }
 
 /// Picks the route for a request. `host` is lower-case without port; `path` is normalised.
+///
+/// A path whose segments carry parameters (`/admin;x/users`) must pick the route its
+/// parameter-less spelling picks: servlet containers (Tomcat, Spring) drop `;...` from
+/// each segment before they route, so where the two spellings part, the upstream would
+/// serve `/admin/users` under another route's rules. Such a request is refused (400).
 pub fn select<'a>(
+    routes: &'a [RouteConfig],
+    order: &[usize],
+    listener: &str,
+    host: &str,
+    path: &str,
+    method: &str,
+) -> Result<(usize, &'a RouteConfig), GatewayError> {
+    let picked = select_exact(routes, order, listener, host, path, method)?;
+    if path.contains(';') {
+        let bare = without_parameters(path);
+        if let Ok((other, _)) = select_exact(routes, order, listener, host, &bare, method) {
+            if other != picked.0 {
+                return Err(GatewayError::bad_request(
+                    "ambiguous_path",
+                    "path parameters (';') would take this path to another route",
+                ));
+            }
+        }
+    }
+    Ok(picked)
+}
+
+/// The path with each segment's parameters (from its first `;`) removed.
+fn without_parameters(path: &str) -> String {
+    path.split('/')
+        .map(|seg| seg.split_once(';').map_or(seg, |(name, _)| name))
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn select_exact<'a>(
     routes: &'a [RouteConfig],
     order: &[usize],
     listener: &str,
@@ -191,6 +227,22 @@ mod tests {
         assert_eq!(pick("a.gov.vn", "/api", "GET"), "host");
         assert_eq!(pick("b.gov.vn", "/api", "GET"), "wild");
         assert_eq!(pick("gov.vn", "/api", "GET"), "api-get");
+    }
+
+    #[test]
+    fn path_parameters_cannot_move_a_path_to_another_route() {
+        let routes = vec![r("any", None, "/", None), r("admin", None, "/admin", None)];
+        let o = match_order(&routes);
+        let pick = |p: &str| select(&routes, &o, "l", "h", p, "GET").map(|r| r.1.name.clone());
+        // A servlet upstream would serve /admin/users for this, under `any`'s rules.
+        let e = pick("/admin;x/users").unwrap_err();
+        assert_eq!((e.kind, e.code), (ErrorKind::BadRequest, "ambiguous_path"));
+        assert_eq!(pick("/admin;jsessionid=1").unwrap_err().code, "ambiguous_path");
+        // Parameters that keep the path on its route are fine.
+        assert_eq!(pick("/admin/users;v=2").unwrap(), "admin");
+        assert_eq!(pick("/admin/a;b/c").unwrap(), "admin");
+        assert_eq!(pick("/other;x/y").unwrap(), "any");
+        assert_eq!(without_parameters("/a;1/b;2;3/c"), "/a/b/c");
     }
 
     #[test]
