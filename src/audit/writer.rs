@@ -247,6 +247,9 @@ struct Lane {
     collecting: bool,
 }
 
+/// The frame bytes at which a collecting batch commits whatever its record count.
+const BATCH_BYTES: usize = 64 << 20;
+
 /// How many records a collecting writer lets the lane gather before it takes
 /// them into its batch (the request thread wakes it at this count). Small enough
 /// that the lane's buffers stay in cache (~110 KB of records), large enough that
@@ -402,7 +405,10 @@ impl AuditWriter {
         let n = lane.recs.len();
         let idle = !lane.collecting;
         drop(lane);
-        if waited_on || (n == 1 && idle) || n == TAKE_EVERY.min(self.batch_max) {
+        // (A lane capped below `TAKE_EVERY` wakes the writer when it is full, or it
+        // would refuse records for the rest of a linger.)
+        if waited_on || (n == 1 && idle) || n == TAKE_EVERY.min(self.batch_max).min(self.capacity)
+        {
             self.waker.unpark();
         }
         Ok(())
@@ -753,7 +759,10 @@ impl Worker {
             let control = match self.rx.try_recv() {
                 Ok(control) => Some(control),
                 Err(TryRecvError::Disconnected) => {
-                    let _ = self.finish();
+                    let failures = self.counters.failures.load(Ordering::Relaxed);
+                    if let Err(e) = self.finish(failures) {
+                        tracing::error!(error = %e, "audit writer stopped uncleanly");
+                    }
                     return;
                 }
                 Err(TryRecvError::Empty) if self.queued() > 0 => self.collect(),
@@ -769,9 +778,10 @@ impl Worker {
             };
             // Everything submitted before a control commits before it is handled: a
             // flush answers once the records before it are durable.
+            let failures = self.counters.failures.load(Ordering::Relaxed);
             self.commit();
             if let Some(c) = control {
-                if self.handle_control(c) {
+                if self.handle_control(c, failures) {
                     return;
                 }
             }
@@ -852,7 +862,9 @@ impl Worker {
                 Err(TryRecvError::Empty) => {}
             }
             let (queued, waited_on) = self.take(true);
-            if queued >= self.batch_max {
+            // Records that keep bodies can be large: a batch also commits once its
+            // frames reach `BATCH_BYTES`, so its memory stays bounded.
+            if queued >= self.batch_max || self.framed.seg.frames.len() >= BATCH_BYTES {
                 return None;
             }
             // Somebody waits on a fail-closed record: commit within `batch_linger`. A
@@ -876,7 +888,8 @@ impl Worker {
     }
 
     /// Returns true when the thread should exit.
-    fn handle_control(&mut self, msg: Msg) -> bool {
+    /// `failures` is the failure count before the commit that preceded the control.
+    fn handle_control(&mut self, msg: Msg, failures: u64) -> bool {
         match msg {
             Msg::Flush(ack) => {
                 let _ = ack.send(Ok(self.frontier.size()));
@@ -904,17 +917,25 @@ impl Worker {
                 false
             }
             Msg::Shutdown(ack) => {
-                let _ = ack.send(self.finish());
+                let _ = ack.send(self.finish(failures));
                 true
             }
         }
     }
 
     /// Commit whatever is still queued, then write a final checkpoint.
-    fn finish(&mut self) -> Result<(), AuditError> {
+    /// `failures` is the failure count before the last records were committed: a
+    /// commit that failed since then lost records, and the stop is not clean.
+    fn finish(&mut self, failures: u64) -> Result<(), AuditError> {
         // No record enters the lane from now on.
         lock_lane(&self.lane).closed = true;
         self.commit();
+        if self.counters.failures.load(Ordering::Relaxed) != failures {
+            // The last records are lost (their waiters were told): the stop is not clean.
+            return Err(AuditError::Storage(
+                "the final commit failed; the records queued at shutdown were not written".into(),
+            ));
+        }
         if self.frontier.size() > self.last_cp_size {
             self.write_checkpoint()?;
         }
@@ -2011,6 +2032,48 @@ mod tests {
         assert_eq!(stored_indices(&store), [0, 1, 2]);
         let r = verify_db(&dir.db(), &key(), ORIGIN).unwrap();
         assert!(r.is_ok(), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_final_commit_makes_shutdown_fail() {
+        let dir = TempDir::new();
+        let mut c = cfg(&dir.db());
+        c.batch_linger_fail_open = Duration::from_secs(30);
+        let w = AuditWriter::start(c).unwrap();
+        w.submit_nowait(rec(0)).unwrap();
+        assert_eq!(w.flush().await.unwrap(), 1);
+        raw_conn(&dir.db())
+            .execute_batch(
+                "CREATE TRIGGER fail_always BEFORE INSERT ON audit_segments
+                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+            )
+            .unwrap();
+        w.submit_nowait(rec(1)).unwrap();
+        let e = w.shutdown().await.unwrap_err();
+        assert!(e.to_string().contains("final commit failed"), "{e}");
+        assert_eq!(stored_request_ids(&dir.db(), 0, None), ["req-0"]);
+    }
+
+    #[tokio::test]
+    async fn a_lane_smaller_than_a_take_wakes_the_writer_when_full() {
+        let dir = TempDir::new();
+        let mut c = cfg(&dir.db());
+        c.queue_capacity = 8;
+        c.batch_linger_fail_open = Duration::from_secs(30);
+        let w = AuditWriter::start(c).unwrap();
+        for i in 0..8 {
+            w.submit_nowait(rec(i)).unwrap();
+        }
+        // Taken by the writer long before its 30 s linger is up: the lane has room again.
+        let start = Instant::now();
+        while w.stats().queue_depth > 0 {
+            assert!(start.elapsed() < Duration::from_secs(10), "the full lane was not taken");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for i in 8..16 {
+            w.submit_nowait(rec(i)).unwrap();
+        }
+        assert_eq!(w.flush().await.unwrap(), 16);
     }
 
     /// Several threads submitting at once, fail-open and fail-closed mixed, with small

@@ -431,12 +431,6 @@ fn insert_segment(
         .into_iter()
         .map(|s| s.to_string())
         .collect();
-    let frames_len = i32::try_from(seg.frames.len()).map_err(|_| {
-        AuditError::InvalidArgument(format!(
-            "a segment of {} bytes of frames is too large for one row",
-            seg.frames.len()
-        ))
-    })?;
     let (chunk, off, len, inline) = match at {
         Some((chunk, off)) => (
             Some(to_i64(chunk)?),
@@ -444,7 +438,16 @@ fn insert_segment(
             Some(to_i64(seg.frames.len() as u64)?),
             0,
         ),
-        None => (None, None, None, frames_len),
+        // Only frames kept in the row itself are bound by SQLite's blob size.
+        None => {
+            let inline = i32::try_from(seg.frames.len()).map_err(|_| {
+                AuditError::InvalidArgument(format!(
+                    "a segment of {} bytes of frames is too large for one row",
+                    seg.frames.len()
+                ))
+            })?;
+            (None, None, None, inline)
+        }
     };
     tx.prepare_cached(
         "INSERT INTO audit_segments
@@ -754,7 +757,14 @@ impl FrameFiles {
     /// cutting whatever follows it.
     fn open_for_append(db: &Path, conn: &Connection) -> Result<Self, AuditError> {
         let mut ff = Self::unlocked(db);
-        std::fs::create_dir_all(&ff.dir)?;
+        if !ff.dir.is_dir() {
+            std::fs::create_dir_all(&ff.dir)?;
+            // The new directory's own entry is made durable too, so that committed rows
+            // never point into a directory a power cut took back.
+            if let Some(parent) = ff.dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::File::open(parent)?.sync_all()?;
+            }
+        }
         let lock = ff.lock_file("lock")?;
         match lock.try_lock() {
             Ok(()) => ff._lock = Some(lock),
