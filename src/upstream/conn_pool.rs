@@ -378,7 +378,8 @@ impl Inner {
 
     async fn connect(self: &Arc<Self>) -> Result<Pooled, SendError> {
         self.start_sweeper();
-        let io = match tokio::time::timeout(self.connect_timeout, self.open()).await {
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        let io = match tokio::time::timeout_at(deadline, self.open(deadline)).await {
             Ok(r) => r.map_err(SendError::Connect)?,
             Err(_) => {
                 return Err(SendError::Connect(io::Error::new(
@@ -430,19 +431,32 @@ impl Inner {
         Ok(Pooled { sender, slot })
     }
 
-    async fn open(&self) -> io::Result<Stream> {
+    /// Opens a connection to the target by `deadline` (the caller's bound). A name's
+    /// addresses are tried in turn, each with an equal share of the time left, so an
+    /// unreachable first address (an IPv6 one on an IPv4-only network) does not take
+    /// all of it from a working second.
+    async fn open(&self, deadline: tokio::time::Instant) -> io::Result<Stream> {
         let tcp = match &self.target {
             Target::Addr(a) => TcpStream::connect(*a).await?,
             Target::HostPort(hp) => {
                 let mut last = None;
                 let mut found = None;
-                for addr in tokio::net::lookup_host(hp.as_str()).await? {
-                    match TcpStream::connect(addr).await {
-                        Ok(s) => {
+                let addrs: Vec<SocketAddr> = tokio::net::lookup_host(hp.as_str()).await?.collect();
+                for (k, addr) in addrs.iter().enumerate() {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    let share = left / (addrs.len() - k) as u32;
+                    match tokio::time::timeout(share, TcpStream::connect(addr)).await {
+                        Ok(Ok(s)) => {
                             found = Some(s);
                             break;
                         }
-                        Err(e) => last = Some(e),
+                        Ok(Err(e)) => last = Some(e),
+                        Err(_) => {
+                            last = Some(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                format!("connecting to {addr} timed out"),
+                            ))
+                        }
                     }
                 }
                 match found {

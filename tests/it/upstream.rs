@@ -239,6 +239,17 @@ async fn http2_upstreams_get_the_authority_as_a_pseudo_header_only() {
     assert!(seen.header("host").is_none(), "no Host beside :authority");
 }
 
+#[tokio::test]
+async fn endpoints_named_by_host_name_are_resolved_and_reached() {
+    let up = MockUpstream::start(echo("named")).await;
+    let named = format!("http://localhost:{}", up.addr.port());
+    let cfg = base_config(&(pool("u", &[named], "") + &route("u", "")));
+    let gw = TestGateway::start(&cfg).await;
+    let r = raw_get(gw.addr(), "/x").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["upstream"], "named");
+}
+
 /// Hangs on `/hang`, answers everything else.
 fn hangs_on_hang() -> Handler {
     Arc::new(|s| {
