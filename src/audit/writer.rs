@@ -407,8 +407,7 @@ impl AuditWriter {
         drop(lane);
         // (A lane capped below `TAKE_EVERY` wakes the writer when it is full, or it
         // would refuse records for the rest of a linger.)
-        if waited_on || (n == 1 && idle) || n == TAKE_EVERY.min(self.batch_max).min(self.capacity)
-        {
+        if waited_on || (n == 1 && idle) || n == TAKE_EVERY.min(self.batch_max).min(self.capacity) {
             self.waker.unpark();
         }
         Ok(())
@@ -545,7 +544,9 @@ impl AuditWriter {
             // The thread has already answered, so it is exiting; this join
             // is brief. A thread that ended in a panic did not stop cleanly.
             if h.join().is_err() {
-                return Err(AuditError::Storage("the audit writer thread panicked".into()));
+                return Err(AuditError::Storage(
+                    "the audit writer thread panicked".into(),
+                ));
             }
         }
         match res {
@@ -1954,8 +1955,14 @@ mod tests {
         let durable = tokio::time::timeout(Duration::from_secs(10), ticket.durable())
             .await
             .expect("the waiter is released, not left hanging");
-        assert!(matches!(durable, Err(AuditError::WriterStopped)), "{durable:?}");
-        assert!(matches!(w.submit_nowait(rec(1)), Err(AuditError::WriterStopped)));
+        assert!(
+            matches!(durable, Err(AuditError::WriterStopped)),
+            "{durable:?}"
+        );
+        assert!(matches!(
+            w.submit_nowait(rec(1)),
+            Err(AuditError::WriterStopped)
+        ));
         assert!(w.shutdown().await.is_err(), "a panicked writer is reported");
     }
 
@@ -2067,7 +2074,10 @@ mod tests {
         // Taken by the writer long before its 30 s linger is up: the lane has room again.
         let start = Instant::now();
         while w.stats().queue_depth > 0 {
-            assert!(start.elapsed() < Duration::from_secs(10), "the full lane was not taken");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the full lane was not taken"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         for i in 8..16 {

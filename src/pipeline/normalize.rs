@@ -164,9 +164,9 @@ pub fn normalize_path(path: &str) -> Result<String, PathError> {
 
 /// An encoded `%` followed by two hex digits: an escape meant to be decoded twice.
 fn has_double_encoding(decoded: &[u8]) -> bool {
-    decoded.windows(5).any(|w| {
-        w[..3] == *b"%25" && hex(w[3]).is_some() && hex(w[4]).is_some()
-    })
+    decoded
+        .windows(5)
+        .any(|w| w[..3] == *b"%25" && hex(w[3]).is_some() && hex(w[4]).is_some())
 }
 
 /// True when the path has nothing to normalise: only plain path bytes, no `%`,
@@ -240,7 +240,10 @@ mod tests {
         assert_eq!(n("/a%0a").unwrap_err(), PathError::ControlChar);
         assert_eq!(n("/%252e%252e/").unwrap_err(), PathError::DoubleEncoding);
         // The digits after the encoded `%` spelled as escapes themselves.
-        assert_eq!(n("/p/%25%32%65%25%32%65/a").unwrap_err(), PathError::DoubleEncoding);
+        assert_eq!(
+            n("/p/%25%32%65%25%32%65/a").unwrap_err(),
+            PathError::DoubleEncoding
+        );
         assert_eq!(n("/p/%25%32%66").unwrap_err(), PathError::DoubleEncoding);
         assert_eq!(n("/p/%25%32e").unwrap_err(), PathError::DoubleEncoding);
         // An encoded `%` before anything but two hex digits stays a literal `%`.

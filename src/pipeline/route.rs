@@ -237,7 +237,10 @@ mod tests {
         // A servlet upstream would serve /admin/users for this, under `any`'s rules.
         let e = pick("/admin;x/users").unwrap_err();
         assert_eq!((e.kind, e.code), (ErrorKind::BadRequest, "ambiguous_path"));
-        assert_eq!(pick("/admin;jsessionid=1").unwrap_err().code, "ambiguous_path");
+        assert_eq!(
+            pick("/admin;jsessionid=1").unwrap_err().code,
+            "ambiguous_path"
+        );
         // Parameters that keep the path on its route are fine.
         assert_eq!(pick("/admin/users;v=2").unwrap(), "admin");
         assert_eq!(pick("/admin/a;b/c").unwrap(), "admin");

@@ -86,7 +86,10 @@ X-Keep: yes\r\nConnection: close\r\n\r\n",
         "x-forwarded-port",
         "true-client-ip",
     ] {
-        assert!(seen.header(forged).is_none(), "{forged} reached the upstream");
+        assert!(
+            seen.header(forged).is_none(),
+            "{forged} reached the upstream"
+        );
     }
     assert_eq!(seen.header("x-keep"), Some("yes"));
     assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
@@ -298,7 +301,10 @@ async fn upgrade_tunnels_where_the_route_allows_it() {
         }
     })
     .await;
-    assert!(waited.is_err(), "a connection was served beyond the limit during a tunnel");
+    assert!(
+        waited.is_err(),
+        "a connection was served beyond the limit during a tunnel"
+    );
     // ...until the tunnel ends.
     drop(c);
     let r = tokio::time::timeout(std::time::Duration::from_secs(5), second)

@@ -235,7 +235,11 @@ async fn http2_upstreams_get_the_authority_as_a_pseudo_header_only() {
     assert_eq!(r.status, 200);
     let seen = up.last();
     assert_eq!(seen.version, http::Version::HTTP_2);
-    assert_eq!(seen.uri, format!("{}/x", up.url()), ":authority is the endpoint's");
+    assert_eq!(
+        seen.uri,
+        format!("{}/x", up.url()),
+        ":authority is the endpoint's"
+    );
     assert!(seen.header("host").is_none(), "no Host beside :authority");
 }
 
@@ -275,16 +279,22 @@ async fn a_half_open_probe_that_times_out_does_not_wedge_the_breaker() {
     assert_error(&raw_get(gw.addr(), "/hang").await, 504, "upstream_timeout");
     assert_error(&raw_get(gw.addr(), "/ok").await, 503, "circuit_open");
     // Once the breaker is half-open, a request that hangs is its probe, and times out.
-    eventually("a probe that times out", Duration::from_secs(10), || async {
-        let r = raw_get(gw.addr(), "/hang").await;
-        r.status == 504
-    })
+    eventually(
+        "a probe that times out",
+        Duration::from_secs(10),
+        || async {
+            let r = raw_get(gw.addr(), "/hang").await;
+            r.status == 504
+        },
+    )
     .await;
     // The probe's slot was given back: after the breaker's next open period a request
     // is let through again (it was refused as circuit_open forever before).
-    eventually("the breaker lets a request through", Duration::from_secs(10), || async {
-        raw_get(gw.addr(), "/ok").await.status == 200
-    })
+    eventually(
+        "the breaker lets a request through",
+        Duration::from_secs(10),
+        || async { raw_get(gw.addr(), "/ok").await.status == 200 },
+    )
     .await;
 }
 
