@@ -2063,27 +2063,31 @@ mod tests {
 
     #[tokio::test]
     async fn a_lane_smaller_than_a_take_wakes_the_writer_when_full() {
+        async fn lane_empties(w: &AuditWriter, what: &str) {
+            let start = Instant::now();
+            while w.stats().queue_depth > 0 {
+                assert!(start.elapsed() < Duration::from_secs(10), "{what}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         let dir = TempDir::new();
         let mut c = cfg(&dir.db());
         c.queue_capacity = 8;
         c.batch_linger_fail_open = Duration::from_secs(30);
         let w = AuditWriter::start(c).unwrap();
-        for i in 0..8 {
+        // The first record wakes the idle writer, which takes it and starts a batch
+        // that lingers for 30 s.
+        w.submit_nowait(rec(0)).unwrap();
+        lane_empties(&w, "the first record was not taken").await;
+        // A full lane is taken long before the linger is up: it has room again.
+        for i in 1..=8 {
             w.submit_nowait(rec(i)).unwrap();
         }
-        // Taken by the writer long before its 30 s linger is up: the lane has room again.
-        let start = Instant::now();
-        while w.stats().queue_depth > 0 {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "the full lane was not taken"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        for i in 8..16 {
+        lane_empties(&w, "the full lane was not taken").await;
+        for i in 9..=16 {
             w.submit_nowait(rec(i)).unwrap();
         }
-        assert_eq!(w.flush().await.unwrap(), 16);
+        assert_eq!(w.flush().await.unwrap(), 17);
     }
 
     /// Several threads submitting at once, fail-open and fail-closed mixed, with small
