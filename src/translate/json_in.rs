@@ -230,12 +230,15 @@ impl<'a> Parser<'a, '_> {
         if self.i + 4 > self.b.len() {
             return Err(self.err("truncated \\u escape"));
         }
-        let h = &self.s[self.i..self.i + 4];
-        if !h.bytes().all(|c| c.is_ascii_hexdigit()) {
+        // Checked as bytes: the four after `\u` need not be characters of their own
+        // (`\u1éé`), and slicing the text there would split one.
+        let h = &self.b[self.i..self.i + 4];
+        if !h.iter().all(u8::is_ascii_hexdigit) {
             return Err(self.err("invalid \\u escape"));
         }
         self.i += 4;
-        u32::from_str_radix(h, 16).map_err(|_| self.err("invalid \\u escape"))
+        Ok(h.iter()
+            .fold(0, |v, &c| (v << 4) | (c as char).to_digit(16).unwrap_or(0)))
     }
 
     fn string(&mut self) -> Result<Cow<'a, str>, TranslateError> {

@@ -132,9 +132,26 @@ proptest! {
     }
 
     #[test]
-    fn never_panics_on_arbitrary_json(s in "[\\[\\]{}\",:a-z0-9@#\\\\u ]{0,40}") {
+    fn never_panics_on_arbitrary_json(s in "[\\[\\]{}\",:a-z0-9@#\\\\uéỗ ]{0,40}") {
         let mut out = Vec::new();
         let _ = json_to_xml(s.as_bytes(), &JsonToXmlOptions::default(), &mut out);
         let _ = validate_json(s.as_bytes(), &Limits::default());
+    }
+}
+
+/// A `\u` escape whose four following bytes split a character is an error, not a
+/// panic (the check once sliced the text there).
+#[test]
+fn a_unicode_escape_cut_inside_a_character_is_an_error() {
+    for doc in ["\"\\u1éé\"", "{\"a\":\"\\uéé\"}", "[\"\\u12ỗ\"]"] {
+        let mut out = Vec::new();
+        assert!(
+            json_to_xml(doc.as_bytes(), &JsonToXmlOptions::default(), &mut out).is_err(),
+            "{doc}"
+        );
+        assert!(
+            validate_json(doc.as_bytes(), &Limits::default()).is_err(),
+            "{doc}"
+        );
     }
 }
