@@ -907,9 +907,24 @@ impl Validator {
                         while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
                             bytes.pop();
                         }
+                        if bytes.is_empty() {
+                            self.problems
+                                .push(path, format!("file {} is empty", full.display()));
+                        }
                         SecretValue::from_bytes(&format!("file {}", full.display()), bytes)
                     }
-                    Err(_) => empty(),
+                    // A missing file is already reported (`file_path`); one that is
+                    // there but cannot be read (permissions) is a problem too, never
+                    // an empty secret.
+                    Err(e) => {
+                        if full.is_file() {
+                            self.problems.push(
+                                path,
+                                format!("cannot read {}: {}", full.display(), e.kind()),
+                            );
+                        }
+                        empty()
+                    }
                 }
             }
             _ => {
@@ -2612,6 +2627,25 @@ db = "data/x/../gw.db"
             "{:?}",
             err.0
         );
+    }
+
+    #[test]
+    fn a_secret_written_in_place_is_refused_without_being_echoed() {
+        for value in ["\"s3cr3t-in-place\"", "735129"] {
+            let text = format!(
+                "[upstreams.t]\nendpoints = [\"http://127.0.0.1:9\"]\n\
+                 [upstreams.u]\nendpoints = [\"http://127.0.0.1:9\"]\n\
+                 [upstreams.u.credentials]\ntype = \"oauth2\"\ntoken_upstream = \"t\"\n\
+                 token_path = \"/token\"\nclient_id = \"gw\"\nclient_secret = {value}\n"
+            );
+            let err = Config::parse(&text, Path::new("/tmp")).unwrap_err();
+            let all = format!("{:?}", err.0);
+            assert!(
+                all.contains("a secret is not written in the config"),
+                "{all}"
+            );
+            assert!(!all.contains("s3cr3t") && !all.contains("735129"), "{all}");
+        }
     }
 
     #[test]

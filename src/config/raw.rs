@@ -206,11 +206,58 @@ pub struct RawLookupSource {
 
 /// A secret is never written in the config itself: it names an environment variable
 /// or a file. Either form is read at load time.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RawSecret {
     pub env: Option<String>,
     pub file: Option<String>,
+}
+
+/// Decoded by hand so that a secret written in place (`client_secret = "..."`) is
+/// refused without its value: serde's own message quotes what it found ("invalid
+/// type: string \"...\""), and problems are printed by `lienthong check`, returned by
+/// the admin reload and logged.
+impl<'de> Deserialize<'de> for RawSecret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{self, MapAccess, Visitor};
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            env: Option<String>,
+            file: Option<String>,
+        }
+        const IN_PLACE: &str =
+            "a secret is not written in the config: use { env = \"NAME\" } or { file = \"path\" }";
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawSecret;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("{ env = \"NAME\" } or { file = \"path\" }")
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<RawSecret, E> {
+                Err(E::custom(IN_PLACE))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<RawSecret, E> {
+                Err(E::custom(IN_PLACE))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<RawSecret, E> {
+                Err(E::custom(IN_PLACE))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<RawSecret, E> {
+                Err(E::custom(IN_PLACE))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<RawSecret, E> {
+                Err(E::custom(IN_PLACE))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawSecret, A::Error> {
+                let t = Table::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawSecret {
+                    env: t.env,
+                    file: t.file,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// `[auth]`: token issuers, the verified-token cache and lienthong's own signing key.
