@@ -337,6 +337,8 @@ fn json_side_checks() {
         r#"{"a b":"1"}"#,
         r#"{"r":{"1x":"1"}}"#,
         r#"{"r":{"@xmlns:p":"u"}}"#,
+        r#"{"r":{"@{}xmlns":"urn:evil","x":"1"}}"#,
+        r#"{"r":{"@{http://www.w3.org/2000/xmlns/}p":"urn:evil"}}"#,
         r##"{"r":{"#foo":"1"}}"##,
         r#"{"r":[[1]]}"#,
         r#"[1]"#,

@@ -9,7 +9,7 @@
 use super::chars::{escape_xml_text, is_ncname, same, split_qname};
 use super::error::{invalid, too_large, TranslateError};
 use super::json_in::{self, JVal};
-use super::{JsonToXmlOptions, Limits, XML_NS, XSI_NS};
+use super::{JsonToXmlOptions, Limits, XMLNS_NS, XML_NS, XSI_NS};
 use std::collections::{BTreeMap, HashMap};
 
 pub(crate) fn json_to_xml(
@@ -133,6 +133,13 @@ impl<'o, 'w> XmlWriter<'o, 'w> {
             let (uri, local) = (&rest[..close], &rest[close + 1..]);
             if !is_ncname(local) {
                 return Err(self.err(format!("key \"{key}\" is not a valid XML name")));
+            }
+            // `{}xmlns` would be a namespace declaration, and the xmlns namespace is
+            // bound to no prefix: declarations come from the namespace map only.
+            if (uri.is_empty() && local == "xmlns") || uri == XMLNS_NS {
+                return Err(self.err(format!(
+                    "key \"{key}\": namespace declarations come from the namespace map, not from JSON"
+                )));
             }
             if uri.is_empty() {
                 if !attr && self.default_uri.is_some() {
