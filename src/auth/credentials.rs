@@ -15,6 +15,9 @@ use http::header::{self, HeaderName, HeaderValue};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// The longest an upstream token is kept, whatever its endpoint says (seconds).
+const MAX_TOKEN_LIFETIME_S: u64 = 86_400;
+
 /// lienthong's own signing key (`[auth.signing]`).
 pub struct OwnKey {
     pub kid: String,
@@ -353,7 +356,13 @@ impl Credentials {
                     "the upstream's token endpoint sent no token",
                 )
             })?;
-        let expires_in = v["expires_in"].as_u64().unwrap_or(300);
+        // Kept within a day: the endpoint's figure is not trusted to be sane (a huge
+        // one overflowed the refresh time), and a token is refetched once a day at
+        // least anyway.
+        let expires_in = v["expires_in"]
+            .as_u64()
+            .unwrap_or(300)
+            .min(MAX_TOKEN_LIFETIME_S);
         let lifetime = Duration::from_secs(expires_in);
         // Refresh `margin` before expiry, but never sooner than half the lifetime
         // (a short-lived token with a large margin would be refetched on every call).

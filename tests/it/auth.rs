@@ -480,6 +480,52 @@ auth = {{ anonymous = true }}
 }
 
 #[tokio::test]
+async fn an_absurd_token_lifetime_is_clamped_not_a_panic() {
+    let idp = MockUpstream::start(Arc::new(|_s: &Seen| {
+        Action::Respond(json_response(
+            200,
+            serde_json::json!({"access_token": "tok-forever", "expires_in": u64::MAX}),
+        ))
+    }))
+    .await;
+    let api = MockUpstream::start(Arc::new(|s: &Seen| {
+        Action::Respond(json_response(
+            200,
+            serde_json::json!({"auth": s.header("authorization")}),
+        ))
+    }))
+    .await;
+    std::env::set_var("LIENTHONG_TEST_CLIENT_SECRET3", "x");
+    let cfg = base_config(&format!(
+        r#"
+[upstreams.idp]
+endpoints = ["{idp}"]
+[upstreams.api]
+endpoints = ["{api}"]
+[upstreams.api.credentials]
+type = "oauth2"
+token_upstream = "idp"
+client_id = "lienthong"
+client_secret = {{ env = "LIENTHONG_TEST_CLIENT_SECRET3" }}
+[[routes]]
+name = "api"
+path_prefix = "/"
+upstream = "api"
+auth = {{ anonymous = true }}
+"#,
+        idp = idp.url(),
+        api = api.url()
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    for _ in 0..2 {
+        let r = raw_get(gw.addr(), "/x").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["auth"], "Bearer tok-forever");
+    }
+    assert_eq!(idp.count(), 1, "the token is cached, not refetched");
+}
+
+#[tokio::test]
 async fn oauth2_token_is_refreshed_before_expiry() {
     let token_calls = Arc::new(AtomicUsize::new(0));
     let tc = token_calls.clone();
