@@ -1221,6 +1221,14 @@ impl Validator {
         ) {
             self.problems.push(format!("{path}.auth"), e.to_string());
         }
+        // An anonymous route does not verify tokens: forwarding one would hand the
+        // upstream a token it may take for one the gateway checked.
+        if ra.anonymous && ra.forward_token {
+            self.problems.push(
+                format!("{path}.auth.forward_token"),
+                "an anonymous route verifies no token, so it cannot forward one",
+            );
+        }
         ra
     }
 
@@ -2646,6 +2654,21 @@ db = "data/x/../gw.db"
             );
             assert!(!all.contains("s3cr3t") && !all.contains("735129"), "{all}");
         }
+    }
+
+    #[test]
+    fn an_anonymous_route_cannot_forward_tokens() {
+        let text = "[upstreams.u]\nendpoints = [\"http://127.0.0.1:9\"]\n\
+                    [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"u\"\n\
+                    auth = { anonymous = true, forward_token = true }\n";
+        let err = Config::parse(text, Path::new("/tmp")).unwrap_err();
+        assert!(
+            err.0
+                .iter()
+                .any(|p| p.path == "routes[0].auth.forward_token"),
+            "{:?}",
+            err.0
+        );
     }
 
     #[test]
