@@ -865,6 +865,16 @@ fn accept_tx(
                 b.dossier_code, a.dossier_code
             )))
         }
+        // The key is known and the body names a code no dossier has yet: a new dossier
+        // sent under a used key (the content hash leaves the code out, so it could pass
+        // for a replay and be dropped behind a 202).
+        (None, Some(b)) if dossier.code.as_ref().is_some_and(|c| *c != b.dossier_code) => {
+            return Err(IntakeError::Conflict(format!(
+                "Idempotency-Key belongs to dossier {} but the body names {}",
+                b.dossier_code,
+                dossier.code.as_deref().unwrap_or_default()
+            )))
+        }
         (Some(existing), _) | (None, Some(existing)) => return decide_replay(existing, &hash),
         (None, None) => {}
     }
@@ -1522,6 +1532,15 @@ pub(crate) mod tests {
             .unwrap();
         let e = store
             .accept_dossier(other, Some("key-A".into()), dests())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, IntakeError::Conflict(_)), "{e:?}");
+        // Key of one dossier, a code no dossier has, the same content otherwise: a new
+        // dossier under a used key, refused (it was taken for a replay and dropped).
+        let mut unseen = sample_dossier();
+        unseen.code = Some("000.00.01.H22-250715-0888".into());
+        let e = store
+            .accept_dossier(unseen, Some("key-A".into()), dests())
             .await
             .unwrap_err();
         assert!(matches!(e, IntakeError::Conflict(_)), "{e:?}");
