@@ -1018,12 +1018,14 @@ fn check_code(c: &mut Checker, path: &str, code: &str) {
     } else if code.len() > MAX_CODE_LEN {
         c.err(path, format!("must be at most {MAX_CODE_LEN} bytes"));
     } else if code
-        .chars()
-        .any(|ch| ch.is_whitespace() || ch.is_control() || ch == '/' || ch == '?' || ch == '#')
+        .bytes()
+        .any(|b| !b.is_ascii_graphic() || b == b'/' || b == b'?' || b == b'#')
     {
+        // Visible ASCII only: the code travels in URL paths and in the header fields
+        // of deliveries (`Idempotency-Key`), which carry no other text as it is.
         c.err(
             path,
-            "must not contain whitespace, control characters, '/', '?' or '#'",
+            "must be visible ASCII characters other than '/', '?' and '#'",
         );
     }
 }
@@ -1502,6 +1504,16 @@ pub(crate) mod tests {
             validate(&d2, &NoCatalogue).unwrap_err()[0].path,
             "procedure_code"
         );
+        // A code travels in paths and header fields: visible ASCII only.
+        for bad in ["HỒSƠ-1", "A B", "A/B", "A\u{7f}"] {
+            let mut d3 = sample_dossier();
+            d3.code = Some(bad.into());
+            assert_eq!(
+                validate(&d3, &NoCatalogue).unwrap_err()[0].path,
+                "code",
+                "{bad}"
+            );
+        }
         // Unknown field is refused at parse time with its name in the message.
         let e = parse_dossier(br#"{"procedure_codee":"x"}"#).unwrap_err();
         assert!(e[0].message.contains("procedure_codee"), "{e:?}");
