@@ -346,19 +346,57 @@ pub mod translate_stage {
     }
 
     /// The counterpart's SOAP fault becomes lienthong's JSON error: a sender fault is the
-    /// caller's to fix (422), a receiver fault the upstream's (502).
+    /// caller's to fix (422), its reason passed on so the caller can; a receiver fault
+    /// is the upstream's own (502), and its reason (a stack trace, a database error)
+    /// goes to the log only, like every other upstream failure.
     fn fault(f: &soap::SoapFault) -> GatewayError {
-        let kind = if matches!(f.code_local(), "Client" | "Sender") {
-            ErrorKind::Unprocessable
+        if matches!(f.code_local(), "Client" | "Sender") {
+            GatewayError::new(
+                ErrorKind::Unprocessable,
+                "upstream_fault",
+                format!("the upstream refused the request: {}", f.reason),
+            )
+            .with_detail(format!("SOAP fault {}", f.code))
         } else {
-            ErrorKind::BadGateway
+            GatewayError::new(
+                ErrorKind::BadGateway,
+                "upstream_fault",
+                "the upstream failed to process the request",
+            )
+            .with_detail(format!("SOAP fault {}: {}", f.code, f.reason))
+        }
+    }
+
+    #[cfg(test)]
+    #[test]
+    fn a_receiver_fault_keeps_its_reason_out_of_the_client_message() {
+        let envelope = |code: &str| {
+            format!(
+                "<soap:Envelope xmlns:soap=\"http://schemas.xmlsoap.org/soap/envelope/\">\
+                 <soap:Body><soap:Fault><faultcode>soap:{code}</faultcode>\
+                 <faultstring>ORA-00942: table or view does not exist</faultstring>\
+                 </soap:Fault></soap:Body></soap:Envelope>"
+            )
         };
-        GatewayError::new(
-            kind,
-            "upstream_fault",
-            format!("the upstream refused the request: {}", f.reason),
-        )
-        .with_detail(format!("SOAP fault {}", f.code))
+        let fault_of =
+            |code: &str| match soap::unwrap(envelope(code).as_bytes(), &Default::default()) {
+                Err(soap::UnwrapError::Fault(f)) => fault(&f),
+                _ => panic!("not a fault"),
+            };
+        let server = fault_of("Server");
+        assert_eq!(server.kind, ErrorKind::BadGateway);
+        assert!(!server.message.contains("ORA-"), "{}", server.message);
+        assert!(server
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.contains("ORA-00942")));
+        let client = fault_of("Client");
+        assert_eq!(client.kind, ErrorKind::Unprocessable);
+        assert!(
+            client.message.contains("ORA-00942"),
+            "the sender's to fix: {}",
+            client.message
+        );
     }
 
     fn step_error(e: StepError, side: &str) -> GatewayError {
