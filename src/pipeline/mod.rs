@@ -476,6 +476,26 @@ pub mod translate_stage {
         h: &mut http::HeaderMap,
         body: Body,
     ) -> Result<Body, GatewayError> {
+        // The translator reads and writes identity-coded bodies: the upstream is not
+        // offered compression it would use on an answer to translate, and a compressed
+        // request to translate is refused rather than misread.
+        let (translates_request, translates_response) = match &t.adapter {
+            Some(a) => (a.op.request.is_some(), a.op.response.is_some()),
+            None => (t.request.is_some(), t.response.is_some()),
+        };
+        if translates_response {
+            h.remove(header::ACCEPT_ENCODING);
+        }
+        if translates_request
+            && h.get(header::CONTENT_ENCODING)
+                .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+        {
+            return Err(GatewayError::new(
+                ErrorKind::UnsupportedMediaType,
+                "unsupported_encoding",
+                "a request body to translate must not be compressed (Content-Encoding)",
+            ));
+        }
         if let Some(a) = &t.adapter {
             if a.op.request.is_none() {
                 return Ok(body);

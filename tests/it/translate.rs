@@ -118,6 +118,29 @@ async fn json_client_calls_a_soap_service_and_gets_json() {
 }
 
 #[tokio::test]
+async fn translated_exchanges_are_not_compressed() {
+    let (gw, agency) = setup().await;
+    let body = r#"{"m:TraCuuHoTich":{"m:SoDinhDanh":"001089012345"}}"#;
+    let with = |extra: &str| {
+        format!(
+            "POST /hotich/ws HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    };
+    // The client accepts gzip, but the upstream's answer is to be translated: the
+    // upstream is not offered compression.
+    let r = raw(gw.addr(), &with("Accept-Encoding: gzip, br\r\n")).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(agency.last().header("accept-encoding").is_none());
+    // A compressed body to translate is refused, not misread.
+    let before = agency.count();
+    let r = raw(gw.addr(), &with("Content-Encoding: gzip\r\n")).await;
+    assert_error(&r, 415, "unsupported_encoding");
+    assert_eq!(agency.count(), before);
+}
+
+#[tokio::test]
 async fn soap_faults_become_json_errors_and_bad_input_gets_4xx() {
     let (gw, agency) = setup().await;
     let r = raw(
