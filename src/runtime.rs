@@ -245,23 +245,31 @@ impl Gateway {
     /// Swaps in a validated config (used by reload and by tests).
     pub fn apply(&self, cfg: Config, current: &Runtime) -> Result<u64, Problems> {
         let mut problems = Problems::default();
-        // Sockets are bound once; changing them needs a restart, and saying so beats
-        // silently serving on the old address.
-        let old: Vec<_> = current
-            .config
-            .listeners
-            .iter()
-            .map(|l| (&l.name, l.listen, l.tls.is_some()))
-            .collect();
-        let new: Vec<_> = cfg
-            .listeners
-            .iter()
-            .map(|l| (&l.name, l.listen, l.tls.is_some()))
-            .collect();
-        if old != new {
+        // Sockets, their TLS settings (certificate files, client authentication, ALPN)
+        // and their connection limits are set up once, when the socket is bound;
+        // changing them needs a restart, and saying so beats a reload that reports
+        // success and goes on serving the old way (mTLS turned on by a reload would not
+        // be enforced).
+        let bound = |c: &Config| -> Vec<_> {
+            c.listeners
+                .iter()
+                .map(|l| {
+                    (
+                        l.name.clone(),
+                        l.listen,
+                        l.tls.clone(),
+                        l.http2,
+                        l.max_connections,
+                    )
+                })
+                .collect()
+        };
+        if bound(&current.config) != bound(&cfg) {
             problems.0.push(crate::config::Problem {
                 path: "listeners".into(),
-                message: "listener names, addresses and TLS on/off cannot change on reload; restart instead".into(),
+                message: "listener names, addresses, TLS settings, http2 and max_connections \
+                          cannot change on reload; restart instead"
+                    .into(),
             });
         }
         if current.config.exchange != cfg.exchange {

@@ -36,6 +36,21 @@ async fn reload_swaps_config_and_rejects_invalid_ones() {
     assert_eq!(raw_get(gw.addr(), "/two").await.json()["upstream"], "b");
     assert_eq!(raw_get(gw.addr(), "/three").await.status, 404);
 
+    // A listener setting fixed when its socket was bound is refused, not silently
+    // kept: here the connection limit.
+    std::fs::write(
+        &gw.config_path,
+        config(&b.url(), "/three").replace(
+            "header_read_timeout = \"2s\"",
+            "header_read_timeout = \"2s\"\nmax_connections = 7",
+        ),
+    )
+    .unwrap();
+    let (status, body) = admin_post(&gw, "/admin/reload").await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("restart instead"), "{body}");
+    assert_eq!(raw_get(gw.addr(), "/three").await.status, 404);
+
     // The running config is visible on the admin listener.
     let (status, body) = admin_get(&gw, "/admin/config").await;
     assert_eq!(status, 200);
