@@ -43,10 +43,11 @@ impl Runtime {
     ) -> Result<Runtime, Problems> {
         let mut problems = Problems::default();
         let mut pools = BTreeMap::new();
+        let reusable = reusable_pools(&config, previous);
         for (name, ucfg) in &config.upstreams {
             let reuse = previous
                 .and_then(|p| p.pools.get(name))
-                .filter(|p| p.cfg == *ucfg)
+                .filter(|_| reusable.contains(name.as_str()))
                 .cloned();
             match reuse {
                 Some(p) => {
@@ -67,6 +68,28 @@ impl Runtime {
             return Err(problems);
         }
         let auth = crate::auth::AuthRuntime::build(&config, &pools).map_err(Problems)?;
+        // A pool that signs its own JWTs keeps the key it was given: when lienthong's
+        // signing key changed, such pools are built anew so they sign with the new one
+        // (the key set published at /.well-known/jwks.json already has only that).
+        let own_key =
+            |a: &crate::auth::AuthRuntime| a.own_key.as_ref().map(|k| k.public_jwk.clone());
+        if previous.is_some_and(|p| own_key(&p.auth) != own_key(&auth)) {
+            for (name, pool) in pools.iter_mut() {
+                let signs = matches!(
+                    pool.cfg.credentials,
+                    Some(crate::config::CredentialsConfig::Jwt { .. })
+                );
+                if signs && pool.credentials().is_some() {
+                    match Pool::new(pool.cfg.clone()) {
+                        Ok(p) => *pool = p,
+                        Err(e) => problems.0.push(crate::config::Problem {
+                            path: format!("upstreams.{name}"),
+                            message: e,
+                        }),
+                    }
+                }
+            }
+        }
         for (name, pool) in &pools {
             if let Some(c) = &pool.cfg.credentials {
                 if pool.credentials().is_none() {
@@ -88,8 +111,13 @@ impl Runtime {
         if !problems.0.is_empty() {
             return Err(problems);
         }
-        let lookups = crate::cache::serve::build(&config, &pools, previous.map(|p| &p.lookups))
-            .map_err(Problems)?;
+        let lookups = crate::cache::serve::build(
+            &config,
+            &pools,
+            previous.map(|p| &p.lookups),
+            previous.map(|p| &p.pools),
+        )
+        .map_err(Problems)?;
         let route_pools = config
             .routes
             .iter()
@@ -152,6 +180,44 @@ impl Runtime {
             if !reused {
                 p.start_health_checks();
             }
+        }
+    }
+}
+
+/// The upstreams of `config` whose pools `previous` may lend to the new runtime: same
+/// config, and, for OAuth2 credentials, a token upstream that is reused too (a reused
+/// pool keeps its credentials, which hold the token upstream's pool: a changed token
+/// endpoint would otherwise go on being asked with the client secret).
+fn reusable_pools<'a>(
+    config: &'a Config,
+    previous: Option<&Runtime>,
+) -> std::collections::BTreeSet<&'a str> {
+    let Some(prev) = previous else {
+        return Default::default();
+    };
+    let mut keep: std::collections::BTreeSet<&str> = config
+        .upstreams
+        .iter()
+        .filter(|(name, c)| prev.pools.get(name.as_str()).is_some_and(|p| p.cfg == **c))
+        .map(|(name, _)| name.as_str())
+        .collect();
+    // Dependencies may chain: drop until nothing changes.
+    loop {
+        let drop: Vec<&str> = keep
+            .iter()
+            .copied()
+            .filter(|name| match &config.upstreams[*name].credentials {
+                Some(crate::config::CredentialsConfig::Oauth2 { token_upstream, .. }) => {
+                    !keep.contains(token_upstream.as_str())
+                }
+                _ => false,
+            })
+            .collect();
+        if drop.is_empty() {
+            return keep;
+        }
+        for d in drop {
+            keep.remove(d);
         }
     }
 }

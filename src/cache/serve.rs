@@ -100,20 +100,31 @@ fn spec(cfg: &LookupConfig, mode: KeyMode) -> LookupSpec {
 }
 
 /// Builds the lookups of a config, reusing those of `previous` whose config is
-/// unchanged (their cached data survives a reload).
+/// unchanged (their cached data survives a reload) and, for one served from an
+/// upstream, whose pool is the one it was built with (`previous_pools`): a lookup keeps
+/// its source, which holds that pool, and a changed upstream must not go on being asked.
 pub fn build(
     cfg: &Config,
     pools: &BTreeMap<String, Arc<Pool>>,
     previous: Option<&BTreeMap<String, Arc<ServedLookup>>>,
+    previous_pools: Option<&BTreeMap<String, Arc<Pool>>>,
 ) -> Result<BTreeMap<String, Arc<ServedLookup>>, Vec<Problem>> {
     let mut out = BTreeMap::new();
     let mut problems = Vec::new();
     let mut dvhc: BTreeMap<std::path::PathBuf, DvhcSources> = BTreeMap::new();
+    let same_pool = |name: &str| match (pools.get(name), previous_pools.and_then(|p| p.get(name))) {
+        (Some(new), Some(old)) => Arc::ptr_eq(new, old),
+        _ => false,
+    };
     for (i, l) in cfg.lookups.iter().enumerate() {
         let path = format!("lookups[{i}]");
         if let Some(old) = previous
             .and_then(|p| p.get(&l.name))
             .filter(|o| o.cfg == *l)
+            .filter(|_| match &l.source {
+                LookupSourceCfg::Upstream { upstream, .. } => same_pool(upstream),
+                _ => true,
+            })
         {
             out.insert(l.name.clone(), old.clone());
             continue;

@@ -58,6 +58,51 @@ async fn reload_swaps_config_and_rejects_invalid_ones() {
 }
 
 #[tokio::test]
+async fn a_reload_that_moves_a_token_endpoint_rebuilds_the_pools_that_use_it() {
+    let idp = |tok: &'static str| {
+        MockUpstream::start(Arc::new(move |_s: &Seen| {
+            Action::Respond(json_response(
+                200,
+                serde_json::json!({"access_token": tok, "expires_in": 3600}),
+            ))
+        }))
+    };
+    let (idp1, idp2) = (idp("tok-1").await, idp("tok-2").await);
+    let api = MockUpstream::start(Arc::new(|s: &Seen| {
+        Action::Respond(json_response(
+            200,
+            serde_json::json!({"auth": s.header("authorization")}),
+        ))
+    }))
+    .await;
+    std::env::set_var("LIENTHONG_TEST_RELOAD_SECRET", "x");
+    let cfg = |idp: &MockUpstream| {
+        base_config(&format!(
+            "[upstreams.idp]\nendpoints = [\"{}\"]\n[upstreams.api]\nendpoints = [\"{}\"]\n\
+             [upstreams.api.credentials]\ntype = \"oauth2\"\ntoken_upstream = \"idp\"\n\
+             client_id = \"gw\"\nclient_secret = {{ env = \"LIENTHONG_TEST_RELOAD_SECRET\" }}\n\
+             [[routes]]\nauth.anonymous = true\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"api\"\n",
+            idp.url(),
+            api.url()
+        ))
+    };
+    let gw = TestGateway::start(&cfg(&idp1)).await;
+    assert_eq!(
+        raw_get(gw.addr(), "/x").await.json()["auth"],
+        "Bearer tok-1"
+    );
+    // Only the token upstream moves; `api`'s own config is unchanged.
+    std::fs::write(&gw.config_path, cfg(&idp2)).unwrap();
+    let (status, body) = admin_post(&gw, "/admin/reload").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        raw_get(gw.addr(), "/x").await.json()["auth"],
+        "Bearer tok-2"
+    );
+    assert_eq!(idp1.count(), 1);
+}
+
+#[tokio::test]
 async fn in_flight_requests_finish_on_the_config_they_started_with() {
     let slow_a: Handler = Arc::new(|_| {
         Action::Delay(
