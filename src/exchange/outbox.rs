@@ -146,7 +146,14 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            worker_id: format!("worker-{}", std::process::id()),
+            // Unique per process start, not only per pid: leases are fenced by owner,
+            // and in containers every node's gateway may be pid 1.
+            worker_id: {
+                let mut r = [0u8; 8];
+                let _ = aws_lc_rs::rand::fill(&mut r);
+                let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
+                format!("worker-{}-{hex}", std::process::id())
+            },
             lease_ms: 120_000,
             batch: 32,
             delivery_timeout: Duration::from_secs(60),
@@ -356,6 +363,15 @@ mod tests {
     use super::super::dossier::tests::sample_dossier;
     use super::super::dossier::{Event, StatusChange, TrangThaiHoSo};
     use super::*;
+
+    #[test]
+    fn worker_ids_differ_between_engines_of_one_process() {
+        let (a, b) = (EngineConfig::default(), EngineConfig::default());
+        assert_ne!(a.worker_id, b.worker_id);
+        assert!(a
+            .worker_id
+            .starts_with(&format!("worker-{}-", std::process::id())));
+    }
     use crate::clock::ManualClock;
     use crate::store::exchange::tests::{open_with, TempDir, T0};
     use crate::store::exchange::{OutboxState, SqliteStore};
