@@ -441,9 +441,14 @@ fn validate_issuer(cfg: &IssuerConfig) -> Result<(), ConfigError> {
                     "HS256 needs a locally configured secret; a JWKS never supplies HMAC keys",
                 ));
             }
-            let local_http = ["http://127.", "http://localhost", "http://[::1]"]
-                .iter()
-                .any(|p| url.starts_with(p));
+            let local_http = url
+                .strip_prefix("http://")
+                .and_then(|rest| rest.split('/').next())
+                .map(|authority| match authority.rsplit_once(':') {
+                    Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+                    _ => authority,
+                })
+                .is_some_and(is_loopback_host);
             if !(url.starts_with("https://") || local_http) {
                 return Err(issuer_err(
                     cfg,
@@ -1079,12 +1084,49 @@ pub async fn bench_verify(
     })
 }
 
+/// `localhost` or a literal loopback address (`127.0.0.0/8`, `::1`, bracketed or not):
+/// the only hosts keys may be fetched from over plain http. A name that merely starts
+/// like one (`127.example.net`, `localhost.example.net`) is not one.
+pub fn is_loopback_host(host: &str) -> bool {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    host.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::caller::check_cert_binding;
     use super::super::keys::testkit::{self, jwks, TestKey};
     use super::super::keys::CountingFetcher;
     use super::*;
+
+    #[test]
+    fn only_literal_loopback_hosts_may_serve_keys_over_plain_http() {
+        for host in [
+            "localhost",
+            "127.0.0.1",
+            "127.8.9.10",
+            "::1",
+            "[::1]",
+            "LOCALHOST",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "127.example.net",
+            "localhost.example.net",
+            "10.0.0.1",
+            "[::2]",
+            "example.gov.vn",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
     use crate::clock::ManualClock;
     use serde_json::json;
 

@@ -130,6 +130,24 @@ impl AuthRuntime {
                     max_stale,
                 } => {
                     let pool = &pools[upstream];
+                    // Keys are fetched from any of the pool's endpoints: each must be
+                    // https, or plain http to a literal loopback host, or anyone on the
+                    // path could hand the gateway keys.
+                    if let Some(bad) = pool
+                        .cfg
+                        .endpoints
+                        .iter()
+                        .find(|e| !e.https && !jwt::is_loopback_host(&e.host))
+                    {
+                        problems.push(problem(
+                            &path,
+                            format!(
+                                "JWKS upstream {upstream}: endpoint {bad} must be https:// \
+                                 (plain http only on loopback)"
+                            ),
+                        ));
+                        continue;
+                    }
                     let ep = &pool.cfg.endpoints[0];
                     let url = format!("{ep}{jp}");
                     targets.insert(url.clone(), (pool.clone(), jp.clone()));
