@@ -1603,17 +1603,16 @@ pub mod local {
                 };
                 audit_stage::note_request(ctx, &bytes);
                 let ev = dossier::parse_event(&bytes).map_err(invalid)?;
-                // Events go where their dossier went.
-                let to = if x.cfg.routing.is_empty() {
-                    x.cfg.destinations.clone()
-                } else {
-                    x.store
-                        .dossier(code.to_string())
-                        .await
-                        .map_err(|e| GatewayError::internal(e.to_string()))?
-                        .map(|s| s.destinations)
-                        .unwrap_or_default()
-                };
+                // Events go where their dossier went, as stored with it: the configured
+                // destinations may have changed since (a restart with another list), and
+                // a destination that never had the dossier must not get its updates.
+                let to = x
+                    .store
+                    .dossier(code.to_string())
+                    .await
+                    .map_err(|e| GatewayError::internal(e.to_string()))?
+                    .map(|s| s.destinations)
+                    .unwrap_or_default();
                 let a = x
                     .store
                     .append_event(code.to_string(), ev, idem, to)
