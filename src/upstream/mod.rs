@@ -526,7 +526,12 @@ impl Pool {
                     }
                     let failed = matches!(status.as_u16(), 502..=504);
                     self.record(&ep, !failed);
-                    if failed && idempotent && can_retry_more && self.budget.try_retry() {
+                    if failed
+                        && idempotent
+                        && can_retry_more
+                        && self.can_retry_after()
+                        && self.budget.try_retry()
+                    {
                         drop(guard);
                         count_retry(&self.cfg.name);
                         last = Some(ep);
@@ -554,7 +559,11 @@ impl Pool {
                     self.record(&ep, false);
                     // A connect failure means nothing was sent, so any method may be
                     // retried; after a sent attempt only idempotent ones.
-                    if (connect || idempotent) && can_retry_more && self.budget.try_retry() {
+                    if (connect || idempotent)
+                        && can_retry_more
+                        && self.can_retry_after()
+                        && self.budget.try_retry()
+                    {
                         count_retry(&self.cfg.name);
                         last = Some(ep);
                         continue;
@@ -578,6 +587,16 @@ impl Pool {
                 }
             }
         }
+    }
+
+    /// Whether a retry after a failure would find an endpoint: if none is left
+    /// (the failure just ejected the only one), this attempt's own answer or error is
+    /// the one to give, not `no_healthy_endpoint`.
+    fn can_retry_after(&self) -> bool {
+        // `pick` takes any available endpoint, the one that failed included as a last
+        // resort.
+        let now = mono_ms();
+        self.endpoints.iter().any(|e| e.available(now))
     }
 
     /// One exchange with one endpoint, on its HTTP/1 pool or the HTTP/2 client.

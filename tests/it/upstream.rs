@@ -254,6 +254,37 @@ async fn endpoints_named_by_host_name_are_resolved_and_reached() {
     assert_eq!(r.json()["upstream"], "named");
 }
 
+#[tokio::test]
+async fn a_failure_that_ejects_the_last_endpoint_is_answered_as_it_is() {
+    let bad = MockUpstream::start(status(502)).await;
+    let dead = dead_addr().await;
+    let cfg = base_config(
+        &(pool(
+            "u",
+            &[bad.url()],
+            "[upstreams.u.passive]\nconsecutive_failures = 1\nejection_time = \"60s\"\n[upstreams.u.retry]\nattempts = 3\n[upstreams.u.circuit_breaker]\nconsecutive_failures = 0\n",
+        ) + &pool(
+            "d",
+            &[format!("http://{dead}")],
+            "[upstreams.d.passive]\nconsecutive_failures = 1\nejection_time = \"60s\"\n[upstreams.d.retry]\nattempts = 3\n[upstreams.d.circuit_breaker]\nconsecutive_failures = 0\n",
+        ) + &route("u", "")
+            + "[[routes]]\nauth.anonymous = true\nname = \"d\"\npath_prefix = \"/dead\"\nupstream = \"d\"\n"),
+    );
+    let gw = TestGateway::start(&cfg).await;
+    // The upstream's own 502, not a 503 no_healthy_endpoint from the retry that found
+    // nothing left to try.
+    let r = raw_get(gw.addr(), "/x").await;
+    assert_eq!(r.status, 502);
+    assert_ne!(r.json()["code"], "no_healthy_endpoint");
+    assert_eq!(bad.count(), 1);
+    // Likewise an unreachable one: its own error.
+    assert_error(
+        &raw_get(gw.addr(), "/dead").await,
+        502,
+        "upstream_unreachable",
+    );
+}
+
 /// Hangs on `/hang`, answers everything else.
 fn hangs_on_hang() -> Handler {
     Arc::new(|s| {
