@@ -18,6 +18,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// The longest an upstream token is kept, whatever its endpoint says (seconds).
 const MAX_TOKEN_LIFETIME_S: u64 = 86_400;
 
+/// After a failed token fetch, requests fail fast for this long instead of each
+/// fetching again.
+const FETCH_BACKOFF: Duration = Duration::from_secs(1);
+
 /// lienthong's own signing key (`[auth.signing]`).
 pub struct OwnKey {
     pub kid: String,
@@ -106,7 +110,8 @@ pub enum Credentials {
         scope: Option<String>,
         margin: Duration,
         cached: RwLock<Option<CachedToken>>,
-        refresh: tokio::sync::Mutex<()>,
+        /// Single flight for fetches; holds when the last one failed.
+        refresh: tokio::sync::Mutex<Option<Instant>>,
     },
     Jwt {
         key: Arc<OwnKey>,
@@ -169,7 +174,7 @@ impl Credentials {
                 scope: scope.clone(),
                 margin: *refresh_margin,
                 cached: RwLock::new(None),
-                refresh: tokio::sync::Mutex::new(()),
+                refresh: tokio::sync::Mutex::new(None),
             },
             CredentialsConfig::Jwt { audience, ttl } => Credentials::Jwt {
                 key: own.cloned().ok_or("type = \"jwt\" needs [auth.signing]")?,
@@ -229,11 +234,28 @@ impl Credentials {
                     Some(v) => v,
                     None => {
                         // Single flight: the first caller fetches, the others wait and
-                        // then find the fresh token.
-                        let _g = refresh.lock().await;
+                        // then find the fresh token. A fetch that just failed is not
+                        // repeated by every waiter in turn (each bounded only by the
+                        // token endpoint's timeout): for `FETCH_BACKOFF` they fail fast.
+                        let mut failed_at = refresh.lock().await;
                         match Self::fresh(cached) {
                             Some(v) => v,
-                            None => self.fetch_oauth2().await?,
+                            None if failed_at.is_some_and(|t| t.elapsed() < FETCH_BACKOFF) => {
+                                return Err(unavailable(
+                                    "credentials_unavailable",
+                                    "the upstream's token endpoint failed just now",
+                                ));
+                            }
+                            None => match self.fetch_oauth2().await {
+                                Ok(v) => {
+                                    *failed_at = None;
+                                    v
+                                }
+                                Err(e) => {
+                                    *failed_at = Some(Instant::now());
+                                    return Err(e);
+                                }
+                            },
                         }
                     }
                 };

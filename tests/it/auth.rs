@@ -480,6 +480,51 @@ auth = {{ anonymous = true }}
 }
 
 #[tokio::test]
+async fn a_failing_token_endpoint_is_not_asked_again_by_every_waiting_request() {
+    let idp = MockUpstream::start(Arc::new(|_s: &Seen| {
+        Action::Respond(json_response(500, serde_json::json!({"error": "down"})))
+    }))
+    .await;
+    let api = MockUpstream::start(echo("api")).await;
+    std::env::set_var("LIENTHONG_TEST_CLIENT_SECRET4", "x");
+    let cfg = base_config(&format!(
+        r#"
+[upstreams.idp]
+endpoints = ["{idp}"]
+[upstreams.api]
+endpoints = ["{api}"]
+[upstreams.api.credentials]
+type = "oauth2"
+token_upstream = "idp"
+client_id = "lienthong"
+client_secret = {{ env = "LIENTHONG_TEST_CLIENT_SECRET4" }}
+[[routes]]
+name = "api"
+path_prefix = "/"
+upstream = "api"
+auth = {{ anonymous = true }}
+"#,
+        idp = idp.url(),
+        api = api.url()
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    let addr = gw.addr();
+    let waiting: Vec<_> = (0..5)
+        .map(|_| tokio::spawn(async move { raw_get(addr, "/x").await }))
+        .collect();
+    for w in waiting {
+        let r = w.await.unwrap();
+        assert_error(&r, 502, "credentials_unavailable");
+    }
+    assert_eq!(
+        idp.count(),
+        1,
+        "one fetch failed; the waiters behind it failed fast"
+    );
+    assert_eq!(api.count(), 0);
+}
+
+#[tokio::test]
 async fn an_absurd_token_lifetime_is_clamped_not_a_panic() {
     let idp = MockUpstream::start(Arc::new(|_s: &Seen| {
         Action::Respond(json_response(
