@@ -950,6 +950,9 @@ pub mod response {
     /// The request as the cache needs to see it.
     pub struct CacheRequest<'a> {
         pub method: &'a str,
+        /// `scheme://host` as the upstream is told it (`X-Forwarded-Proto`/`-Host`,
+        /// `Forwarded`): an answer built from them (absolute links) belongs to them.
+        pub origin: &'a str,
         /// Already normalised by the router.
         pub path: &'a str,
         /// Raw query without `?`, if any.
@@ -1148,7 +1151,9 @@ pub mod response {
             if cc.no_cache {
                 return Err(NotStored::NoCache);
             }
-            if cc.private && self.policy.public {
+            // Private answers are kept per caller only: not on public routes, and not
+            // in the slot anonymous callers share.
+            if cc.private && (self.policy.public || req.caller.is_none()) {
                 return Err(NotStored::Private);
             }
             let mut vary = Vec::new();
@@ -1183,8 +1188,9 @@ pub mod response {
             if req.method != "GET" {
                 return Err(NotStored::Method);
             }
-            let mut key = Vec::with_capacity(64 + req.path.len());
+            let mut key = Vec::with_capacity(64 + req.origin.len() + req.path.len());
             push_part(&mut key, req.method.as_bytes());
+            push_part(&mut key, req.origin.as_bytes());
             push_part(&mut key, req.path.as_bytes());
             push_part(&mut key, req.query.unwrap_or("").as_bytes());
             if !self.policy.public {
@@ -1315,6 +1321,7 @@ pub mod response {
         fn req<'a>(headers: &'a Vec<(String, Bytes)>, caller: Option<&'a str>) -> CacheRequest<'a> {
             CacheRequest {
                 method: "GET",
+                origin: "https://portal.example",
                 path: "/dvcqg/thutuc/1.000",
                 query: Some("a=1"),
                 headers,
@@ -1482,6 +1489,30 @@ pub mod response {
                 .store(&req(&none, Some("A")), 200, &resp, &body("x"))
                 .await;
             assert!(matches!(out, StoreOutcome::Stored { .. }));
+            // ...but not in the slot all anonymous callers share.
+            let out = per_caller
+                .store(&req(&none, None), 200, &resp, &body("x"))
+                .await;
+            assert_eq!(out, StoreOutcome::NotStored(NotStored::Private));
+        }
+
+        #[tokio::test]
+        async fn an_answer_is_kept_for_the_origin_it_was_given_for() {
+            let (shared, _) = setup(true);
+            let none = h(&[]);
+            let ok = h(&[("cache-control", "max-age=60")]);
+            let out = shared.store(&req(&none, None), 200, &ok, &body("x")).await;
+            assert!(matches!(out, StoreOutcome::Stored { .. }));
+            assert!(shared.lookup(&req(&none, None)).await.is_some());
+            // The same path asked with another Host (or scheme) is another entry: an
+            // upstream may build its answer from the forwarded host.
+            for origin in ["https://evil.example", "http://portal.example"] {
+                let other = CacheRequest {
+                    origin,
+                    ..req(&none, None)
+                };
+                assert!(shared.lookup(&other).await.is_none(), "{origin}");
+            }
         }
 
         #[tokio::test]

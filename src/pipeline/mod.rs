@@ -226,12 +226,21 @@ async fn proxy(
     let cache = match (&rt.route_caches[idx], parts.method == Method::GET) {
         (Some(c), true) => Some((
             c.clone(),
-            cached::request_key(&parts.headers, ctx.caller.as_deref()),
+            cached::request_key(
+                &parts.headers,
+                ctx.caller.as_deref(),
+                if ctx.conn.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                },
+                target.host(),
+            ),
         )),
         _ => None,
     };
-    if let Some((c, (pairs, who))) = &cache {
-        if let Some(hit) = c.lookup(&cached::req(&target, pairs, who.as_deref())).await {
+    if let Some((c, k)) = &cache {
+        if let Some(hit) = c.lookup(&cached::req(&target, k)).await {
             return Ok(cached::respond(rt, ctx, hit));
         }
     }
@@ -288,8 +297,8 @@ async fn proxy(
     if let Some(t) = &route.translate {
         rsp = Box::pin(translate_stage::response(rt, ctx, t, rsp)).await?;
     }
-    if let Some((c, (pairs, who))) = &cache {
-        rsp = cached::maybe_store(c, &cached::req(&target, pairs, who.as_deref()), rsp).await?;
+    if let Some((c, k)) = &cache {
+        rsp = cached::maybe_store(c, &cached::req(&target, k), rsp).await?;
     }
     Ok(respond::upstream(rt, ctx, rsp, upgrade))
 }
@@ -984,29 +993,59 @@ pub mod cached {
             .collect()
     }
 
-    /// The request's headers and the caller identity that keys per-caller entries.
+    /// What keys a request's cache entry besides its method and target.
+    pub struct Keyed {
+        pairs: Pairs,
+        /// Every fact about the caller the upstream is told (identity, agency, roles,
+        /// scopes, certificate), so that no two callers the upstream could tell apart
+        /// share an entry.
+        who: Option<String>,
+        origin: String,
+    }
+
+    /// The request's headers, caller and origin (`scheme://host`) as cache keys take them.
     pub fn request_key(
         h: &http::HeaderMap,
         caller: Option<&crate::auth::caller::Caller>,
-    ) -> (Pairs, Option<String>) {
+        scheme: &str,
+        host: &str,
+    ) -> Keyed {
         let who = caller.map(|c| {
-            format!(
-                "{}|{}|{}",
-                c.issuer,
-                c.subject,
-                c.agency.as_ref().map(|a| a.as_str()).unwrap_or("")
-            )
+            // Length-prefixed parts: no choice of values makes two callers one key.
+            let mut k = String::new();
+            let mut part = |v: &str| {
+                k.push_str(&v.len().to_string());
+                k.push(':');
+                k.push_str(v);
+            };
+            part(&c.issuer);
+            part(&c.subject);
+            part(c.agency.as_ref().map(|a| a.as_str()).unwrap_or(""));
+            let (mut roles, mut scopes) = (c.roles.clone(), c.scopes.clone());
+            roles.sort();
+            scopes.sort();
+            part(&roles.len().to_string());
+            roles.iter().for_each(|r| part(r));
+            part(&scopes.len().to_string());
+            scopes.iter().for_each(|r| part(r));
+            part(c.cnf_x5t_s256.as_deref().unwrap_or(""));
+            k
         });
-        (pairs(h), who)
+        Keyed {
+            pairs: pairs(h),
+            who,
+            origin: format!("{scheme}://{host}"),
+        }
     }
 
-    pub fn req<'a>(t: &'a Target, pairs: &'a Pairs, who: Option<&'a str>) -> CacheRequest<'a> {
+    pub fn req<'a>(t: &'a Target, k: &'a Keyed) -> CacheRequest<'a> {
         CacheRequest {
             method: "GET",
+            origin: &k.origin,
             path: &t.path,
             query: t.query.as_deref(),
-            headers: pairs,
-            caller: who,
+            headers: &k.pairs,
+            caller: k.who.as_deref(),
         }
     }
 
@@ -1809,6 +1848,49 @@ pub mod forward {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_keys_tell_apart_every_caller_fact_the_upstream_sees() {
+        let caller =
+            |roles: &[&str], scopes: &[&str], cnf: Option<&str>| crate::auth::caller::Caller {
+                issuer: "dev".into(),
+                agency: None,
+                subject: "svc".into(),
+                roles: roles.iter().map(|r| r.to_string()).collect(),
+                scopes: scopes.iter().map(|r| r.to_string()).collect(),
+                cnf_x5t_s256: cnf.map(str::to_string),
+                expires_at: 0,
+            };
+        let h = http::HeaderMap::new();
+        let who = |c: &crate::auth::caller::Caller| {
+            let t = Target {
+                host_fields: None,
+                path: "/p".into(),
+                query: None,
+                absolute_form: false,
+            };
+            let k = cached::request_key(&h, Some(c), "https", "portal.example");
+            cached::req(&t, &k).caller.map(str::to_string)
+        };
+        let base = who(&caller(&["a"], &["s"], None));
+        assert_ne!(base, who(&caller(&["a", "b"], &["s"], None)), "roles");
+        assert_ne!(base, who(&caller(&["a"], &["s", "t"], None)), "scopes");
+        assert_ne!(
+            base,
+            who(&caller(&["a"], &["s"], Some("x5t"))),
+            "certificate"
+        );
+        assert_ne!(
+            who(&caller(&["ab"], &[], None)),
+            who(&caller(&["a", "b"], &[], None))
+        );
+        assert_eq!(base, who(&caller(&["a"], &["s"], None)));
+        assert_eq!(
+            who(&caller(&["b", "a"], &[], None)),
+            who(&caller(&["a", "b"], &[], None)),
+            "order does not matter"
+        );
+    }
 
     #[test]
     fn generated_request_ids_are_prefix_dash_counter_in_hex() {
