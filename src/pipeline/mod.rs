@@ -1692,9 +1692,18 @@ pub mod local {
             ));
         }
         authenticate(rt, ctx, l.rule.as_ref(), parts, target).await?;
+        // The path is still percent-encoded (normalised); a key is looked up as text,
+        // and encoded again only where it goes into an upstream's path.
+        let key = key
+            .map(|k| {
+                crate::cache::serve::decode_key(k).ok_or_else(|| {
+                    GatewayError::bad_request("bad_key", "the key is not UTF-8 text")
+                })
+            })
+            .transpose()?;
         let mut rsp = crate::cache::serve::answer(
             l,
-            key,
+            key.as_deref(),
             parts.headers.get(header::IF_NONE_MATCH),
             parts.method == Method::HEAD,
         )

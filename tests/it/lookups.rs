@@ -185,6 +185,30 @@ auth = {{ anonymous = true }}
 }
 
 #[tokio::test]
+async fn a_key_with_escapes_reaches_the_source_encoded_once() {
+    let src = MockUpstream::start(Arc::new(|s: &Seen| {
+        Action::Respond(json_response(200, serde_json::json!({"uri": s.uri})))
+    }))
+    .await;
+    let cfg = base_config(&format!(
+        "[upstreams.src]\nendpoints = [\"{}\"]\n[[lookups]]\nname = \"ten\"\n\
+         source = {{ upstream = \"src\", path = \"/ten/{{key}}\" }}\nttl = \"60s\"\n\
+         auth = {{ anonymous = true }}\n",
+        src.url()
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    let r = raw_get(gw.addr(), "/lookups/ten/h%c3%a0%20n%E1%BB%99i").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(src.last().uri, "/ten/h%C3%A0%20n%E1%BB%99i");
+    // Escapes that are not UTF-8 text are a bad key.
+    assert_error(
+        &raw_get(gw.addr(), "/lookups/ten/%FF").await,
+        400,
+        "bad_key",
+    );
+}
+
+#[tokio::test]
 async fn response_cache_serves_hits_and_isolates_callers() {
     let up = MockUpstream::start(Arc::new(|s: &Seen| {
         let mut r = json_response(
