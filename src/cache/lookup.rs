@@ -869,7 +869,8 @@ pub mod response {
     //! gateway needs and refusing everything else:
     //!
     //! * only `GET`, only heuristically cacheable statuses, only with explicit freshness
-    //!   (`s-maxage` over `max-age`) or the route's `default_ttl`, capped by `max_ttl`;
+    //!   (`s-maxage` over `max-age`) or the route's `default_ttl` (not for an answer
+    //!   with `Expires` or `Pragma: no-cache`), capped by `max_ttl`;
     //! * never stored: `no-store` (request or response), response `no-cache` (we do not
     //!   revalidate), `Vary: *`, any `Set-Cookie`, bodies over the per-entry cap, and
     //!   `private` unless the entry is keyed by caller;
@@ -1167,11 +1168,26 @@ pub mod response {
             }
             vary.sort();
             vary.dedup();
+            // The route's `default_ttl` stands in for a missing freshness lifetime only:
+            // not for an answer that gives one of its own in `Expires` (not interpreted
+            // here, so such an answer is kept only with a max-age: often an `Expires`
+            // in the past means "stale already") or asks not to be reused (HTTP/1.0's
+            // `Pragma: no-cache`).
+            let says_stale = !headers.values("expires").is_empty()
+                || headers.values("pragma").iter().any(|v| {
+                    split_list(v)
+                        .iter()
+                        .any(|d| d.eq_ignore_ascii_case("no-cache"))
+                });
             let ttl = cc
                 .s_maxage
                 .or(cc.max_age)
                 .map(Duration::from_secs)
-                .or(self.policy.default_ttl)
+                .or(if says_stale {
+                    None
+                } else {
+                    self.policy.default_ttl
+                })
                 .map_or(Duration::ZERO, |t| t.min(self.policy.max_ttl));
             if ttl.is_zero() {
                 return Err(NotStored::NoFreshness);
@@ -1494,6 +1510,33 @@ pub mod response {
                 .store(&req(&none, None), 200, &resp, &body("x"))
                 .await;
             assert_eq!(out, StoreOutcome::NotStored(NotStored::Private));
+        }
+
+        #[tokio::test]
+        async fn default_ttl_does_not_override_expires_or_pragma_no_cache() {
+            let mut policy = ResponseCachePolicy::new(true);
+            policy.default_ttl = Some(Duration::from_secs(60));
+            let cache = ResponseCache::with_clock(policy, Arc::new(ManualClock::new()));
+            let none = h(&[]);
+            let plain = cache
+                .store(&req(&none, None), 200, &h(&[]), &body("x"))
+                .await;
+            assert!(matches!(plain, StoreOutcome::Stored { .. }), "{plain:?}");
+            for resp in [
+                h(&[("expires", "Thu, 01 Jan 1970 00:00:00 GMT")]),
+                h(&[("pragma", "no-cache")]),
+            ] {
+                let out = cache.store(&req(&none, None), 200, &resp, &body("x")).await;
+                assert_eq!(
+                    out,
+                    StoreOutcome::NotStored(NotStored::NoFreshness),
+                    "{resp:?}"
+                );
+            }
+            // An explicit max-age still counts.
+            let resp = h(&[("expires", "0"), ("cache-control", "max-age=5")]);
+            let out = cache.store(&req(&none, None), 200, &resp, &body("x")).await;
+            assert!(matches!(out, StoreOutcome::Stored { .. }), "{out:?}");
         }
 
         #[tokio::test]
