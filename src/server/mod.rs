@@ -393,7 +393,10 @@ async fn serve_http<I>(
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(20));
         let c = b.serve_connection(io, svc);
-        drive(c, idle, activity, exchanges, None, &mut stop, |c| {
+        // Idle means no stream for `idle`: bytes alone (PINGs, ours every 30 s and
+        // their acknowledgements, or a client's) would keep it open for ever.
+        drop(activity);
+        drive(c, idle, None, exchanges, None, &mut stop, |c| {
             c.graceful_shutdown()
         })
         .await;
@@ -407,7 +410,7 @@ async fn serve_http<I>(
             .keep_alive(true);
         let c = b.serve_connection(io, svc).with_upgrades();
         let head = Some(l.header_read_timeout);
-        drive(c, idle, activity, exchanges, head, &mut stop, |c| {
+        drive(c, idle, Some(activity), exchanges, head, &mut stop, |c| {
             c.graceful_shutdown()
         })
         .await;
@@ -433,7 +436,9 @@ async fn serve_http<I>(
 async fn drive<C, E>(
     conn: C,
     idle: Duration,
-    activity: Arc<AtomicU64>,
+    // When bytes last moved (HTTP/1); None: idleness counts from the last exchange's
+    // end instead (HTTP/2, whose PINGs move bytes on a connection nobody uses).
+    activity: Option<Arc<AtomicU64>>,
     exchanges: Arc<Exchanges>,
     head: Option<Duration>,
     stop: &mut watch::Receiver<bool>,
@@ -448,9 +453,13 @@ async fn drive<C, E>(
     // idle for `idle` since its last activity, or, with no exchange open, its next
     // head may be overdue. Heads that start later have later deadlines, so requests
     // coming and going never move the timer; it fires at most once per period.
+    let last_activity = |now: u64| match &activity {
+        Some(a) => a.load(Ordering::Relaxed),
+        None => exchanges.idle_since().unwrap_or(now),
+    };
     let next_check = || {
         let now = crate::clock::mono_ms();
-        let mut at = activity.load(Ordering::Relaxed) + idle_ms;
+        let mut at = last_activity(now) + idle_ms;
         if let Some(h) = head_ms {
             at = at.min(match exchanges.idle_since() {
                 Some(since) => since + h,
@@ -502,15 +511,14 @@ async fn drive<C, E>(
                 }
             }
             let busy = since.is_none();
-            if !draining && !busy && now.saturating_sub(activity.load(Ordering::Relaxed)) >= idle_ms
-            {
+            if !draining && !busy && now.saturating_sub(last_activity(now)) >= idle_ms {
                 draining = true;
                 shutdown(conn.as_mut());
                 continue;
             }
-            if busy {
+            if let (true, Some(a)) = (busy, &activity) {
                 // A long request is not idleness; look again a full period later.
-                activity.store(now, Ordering::Relaxed);
+                a.store(now, Ordering::Relaxed);
             }
             timer.as_mut().reset(next_check());
             // Registers the new deadline (a deadline already past makes the

@@ -239,6 +239,42 @@ async fn h2c_with_prior_knowledge() {
 }
 
 #[tokio::test]
+async fn an_http2_connection_without_streams_is_closed_when_idle_despite_pings() {
+    let up = MockUpstream::start(echo("up")).await;
+    let cfg = base_config(&format!(
+        "idle_timeout = \"500ms\"\n[upstreams.u]\nendpoints = [\"{}\"]\n[[routes]]\nauth.anonymous = true\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"u\"\n",
+        up.url()
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    let tcp = TcpStream::connect(gw.addr()).await.unwrap();
+    // The client pings every 100 ms, idle or not: bytes keep moving.
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Duration::from_millis(100))
+        .keep_alive_while_idle(true)
+        .handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let rsp = sender
+        .send_request(
+            http::Request::get("http://test.local/x")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rsp.status(), 200);
+    drop(rsp);
+    // No stream for the idle timeout: the gateway closes the connection.
+    tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("the idle HTTP/2 connection was closed")
+        .unwrap()
+        .ok();
+}
+
+#[tokio::test]
 async fn mtls_requires_a_client_certificate_and_passes_its_identity() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let pki = Pki::new("Agencies CA");
