@@ -1049,8 +1049,15 @@ pub mod response {
                 // Garbage collection only; freshness is checked on our clock.
                 .time_to_live(policy.max_ttl + Duration::from_secs(1))
                 .build();
+            // Weighed by bytes like the entries (a key holds the whole target, up to the
+            // listener's URI cap), within a sixteenth of the route's capacity: counting
+            // entries only, long junk queries could fill memory the capacity never saw.
             let vary = Cache::builder()
-                .max_capacity(100_000)
+                .max_capacity((policy.capacity_bytes / 16).max(1 << 20))
+                .weigher(|k: &Vec<u8>, v: &Arc<Vec<String>>| {
+                    let names: usize = v.iter().map(String::len).sum();
+                    u32::try_from(k.len() + names + 64).unwrap_or(u32::MAX)
+                })
                 .time_to_live(policy.max_ttl + Duration::from_secs(1))
                 .build();
             ResponseCache {
