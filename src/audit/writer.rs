@@ -1138,14 +1138,48 @@ impl Worker {
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
         self.counters.next_index.store(size + 1, Ordering::Relaxed);
 
-        // 2. Delete.
-        let deleted = self.store.delete_before(n, &at_n, size)?;
+        // 2. Delete. If that fails, the log says so after the announcement: it must
+        // not read as if records were deleted that are still there.
+        let deleted = match self.store.delete_before(n, &at_n, size) {
+            Ok(d) => d,
+            Err(e) => {
+                let note = format!(
+                    "retention deletion of records [{base}, {n}) announced by record {size} \
+                     failed ({e}); those records are kept"
+                );
+                if let Err(e2) = self.append_admin_note(&format!("audit-retention-{n}"), note) {
+                    tracing::error!(error = %e2, "audit retention: the failed deletion could not be recorded");
+                }
+                return Err(e);
+            }
+        };
         Ok(PruneOutcome {
             pruned_before: n,
             deleted,
             admin_index: size,
             anchor_checkpoint: anchor.to_text(),
         })
+    }
+
+    /// Appends one `admin` record about the log itself (outside any batch), committed
+    /// at once; the next checkpoint covers it.
+    fn append_admin_note(&mut self, request_id: &str, detail: String) -> Result<u64, AuditError> {
+        let size = self.frontier.size();
+        let mut rec = AuditRecord::new(RecordKind::Admin, request_id);
+        rec.route = Some("audit.retention".into());
+        rec.detail = Some(detail);
+        let json = rec.to_json();
+        let mut segment = NewSegment::new(size);
+        let leaf = encode_frame_into(&mut segment.frames, size, &json)?;
+        segment.cols.push(IndexColumns::of(&rec));
+        self.store.append_batch(&segment, &[])?;
+        self.frontier.append(leaf);
+        self.counters
+            .records_written
+            .fetch_add(1, Ordering::Relaxed);
+        self.counters.batches.fetch_add(1, Ordering::Relaxed);
+        self.counters.next_index.store(size + 1, Ordering::Relaxed);
+        Ok(size)
     }
 
     /// Frontier of the first `n` records, computed from the nearest stored
@@ -2713,6 +2747,38 @@ mod tests {
         w.shutdown().await.unwrap();
         let r = verify_db(&dir.db(), &key(), ORIGIN).unwrap();
         assert!(r.is_ok(), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn a_retention_deletion_that_fails_is_recorded_as_failed() {
+        let dir = TempDir::new();
+        let w = AuditWriter::start(cfg(&dir.db())).unwrap();
+        write_range(&w, 0..20).await;
+        raw_conn(&dir.db())
+            .execute_batch(
+                "CREATE TRIGGER no_prunes BEFORE INSERT ON audit_prunes
+                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+            )
+            .unwrap();
+        assert!(w.prune(PruneTarget::BeforeIndex(10)).await.is_err());
+        w.shutdown().await.unwrap();
+        // The announcement (record 20) and, after it, the failure (record 21); every
+        // record is still there, and the log verifies.
+        let store = Store::open_read_only(&dir.db()).unwrap();
+        assert_eq!(stored_indices(&store), (0..22).collect::<Vec<u64>>());
+        let notes: Vec<String> = store
+            .query(&Filter::default())
+            .unwrap()
+            .into_iter()
+            .filter(|(_, r)| r.kind == RecordKind::Admin)
+            .filter_map(|(_, r)| r.detail)
+            .collect();
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(
+            notes[1].contains("announced by record 20 failed"),
+            "{notes:?}"
+        );
+        assert!(verify_db(&dir.db(), &key(), ORIGIN).unwrap().is_ok());
     }
 
     #[tokio::test]
