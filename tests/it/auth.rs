@@ -479,15 +479,12 @@ auth = {{ anonymous = true }}
     assert!(cfgview.contains("redacted"));
 }
 
-#[tokio::test]
-async fn a_failing_token_endpoint_is_not_asked_again_by_every_waiting_request() {
-    let idp = MockUpstream::start(Arc::new(|_s: &Seen| {
-        Action::Respond(json_response(500, serde_json::json!({"error": "down"})))
-    }))
-    .await;
-    let api = MockUpstream::start(echo("api")).await;
-    std::env::set_var("LIENTHONG_TEST_CLIENT_SECRET4", "x");
-    let cfg = base_config(&format!(
+/// A gateway whose anonymous route `/` goes to `api` with OAuth2 credentials from the
+/// token endpoint `idp` (client `lienthong`, secret `x`); `extra` adds to the
+/// credentials table.
+async fn oauth2_gateway(idp: &MockUpstream, api: &MockUpstream, extra: &str) -> TestGateway {
+    std::env::set_var("LIENTHONG_TEST_OAUTH2_SECRET", "x");
+    TestGateway::start(&base_config(&format!(
         r#"
 [upstreams.idp]
 endpoints = ["{idp}"]
@@ -497,7 +494,8 @@ endpoints = ["{api}"]
 type = "oauth2"
 token_upstream = "idp"
 client_id = "lienthong"
-client_secret = {{ env = "LIENTHONG_TEST_CLIENT_SECRET4" }}
+client_secret = {{ env = "LIENTHONG_TEST_OAUTH2_SECRET" }}
+{extra}
 [[routes]]
 name = "api"
 path_prefix = "/"
@@ -506,8 +504,18 @@ auth = {{ anonymous = true }}
 "#,
         idp = idp.url(),
         api = api.url()
-    ));
-    let gw = TestGateway::start(&cfg).await;
+    )))
+    .await
+}
+
+#[tokio::test]
+async fn a_failing_token_endpoint_is_not_asked_again_by_every_waiting_request() {
+    let idp = MockUpstream::start(Arc::new(|_s: &Seen| {
+        Action::Respond(json_response(500, serde_json::json!({"error": "down"})))
+    }))
+    .await;
+    let api = MockUpstream::start(echo("api")).await;
+    let gw = oauth2_gateway(&idp, &api, "").await;
     let addr = gw.addr();
     let waiting: Vec<_> = (0..5)
         .map(|_| tokio::spawn(async move { raw_get(addr, "/x").await }))
@@ -533,35 +541,8 @@ async fn an_absurd_token_lifetime_is_clamped_not_a_panic() {
         ))
     }))
     .await;
-    let api = MockUpstream::start(Arc::new(|s: &Seen| {
-        Action::Respond(json_response(
-            200,
-            serde_json::json!({"auth": s.header("authorization")}),
-        ))
-    }))
-    .await;
-    std::env::set_var("LIENTHONG_TEST_CLIENT_SECRET3", "x");
-    let cfg = base_config(&format!(
-        r#"
-[upstreams.idp]
-endpoints = ["{idp}"]
-[upstreams.api]
-endpoints = ["{api}"]
-[upstreams.api.credentials]
-type = "oauth2"
-token_upstream = "idp"
-client_id = "lienthong"
-client_secret = {{ env = "LIENTHONG_TEST_CLIENT_SECRET3" }}
-[[routes]]
-name = "api"
-path_prefix = "/"
-upstream = "api"
-auth = {{ anonymous = true }}
-"#,
-        idp = idp.url(),
-        api = api.url()
-    ));
-    let gw = TestGateway::start(&cfg).await;
+    let api = MockUpstream::start(echo_authorization()).await;
+    let gw = oauth2_gateway(&idp, &api, "").await;
     for _ in 0..2 {
         let r = raw_get(gw.addr(), "/x").await;
         assert_eq!(r.status, 200);
@@ -582,37 +563,13 @@ async fn oauth2_token_is_refreshed_before_expiry() {
         ))
     }))
     .await;
-    let api = MockUpstream::start(Arc::new(|s: &Seen| {
-        Action::Respond(json_response(
-            200,
-            serde_json::json!({"auth": s.header("authorization")}),
-        ))
-    }))
+    let api = MockUpstream::start(echo_authorization()).await;
+    let gw = oauth2_gateway(
+        &idp,
+        &api,
+        "client_auth = \"form\"\nrefresh_margin = \"1s\"\n",
+    )
     .await;
-    std::env::set_var("LIENTHONG_TEST_CLIENT_SECRET2", "x");
-    let cfg = base_config(&format!(
-        r#"
-[upstreams.idp]
-endpoints = ["{idp}"]
-[upstreams.api]
-endpoints = ["{api}"]
-[upstreams.api.credentials]
-type = "oauth2"
-token_upstream = "idp"
-client_id = "lienthong"
-client_secret = {{ env = "LIENTHONG_TEST_CLIENT_SECRET2" }}
-client_auth = "form"
-refresh_margin = "1s"
-[[routes]]
-name = "api"
-path_prefix = "/"
-upstream = "api"
-auth = {{ anonymous = true }}
-"#,
-        idp = idp.url(),
-        api = api.url()
-    ));
-    let gw = TestGateway::start(&cfg).await;
     assert_eq!(
         raw_get(gw.addr(), "/x").await.json()["auth"],
         "Bearer tok-1"

@@ -68,13 +68,7 @@ async fn a_reload_that_moves_a_token_endpoint_rebuilds_the_pools_that_use_it() {
         }))
     };
     let (idp1, idp2) = (idp("tok-1").await, idp("tok-2").await);
-    let api = MockUpstream::start(Arc::new(|s: &Seen| {
-        Action::Respond(json_response(
-            200,
-            serde_json::json!({"auth": s.header("authorization")}),
-        ))
-    }))
-    .await;
+    let api = MockUpstream::start(echo_authorization()).await;
     std::env::set_var("LIENTHONG_TEST_RELOAD_SECRET", "x");
     let cfg = |idp: &MockUpstream| {
         base_config(&format!(

@@ -95,6 +95,16 @@ pub fn echo(name: &'static str) -> Handler {
     })
 }
 
+/// An upstream answering with the `Authorization` it was sent.
+pub fn echo_authorization() -> Handler {
+    Arc::new(|s: &Seen| {
+        Action::Respond(json_response(
+            200,
+            serde_json::json!({"auth": s.header("authorization")}),
+        ))
+    })
+}
+
 pub fn status(code: u16) -> Handler {
     Arc::new(move |_| Action::Respond(json_response(code, serde_json::json!({"status": code}))))
 }
