@@ -104,6 +104,16 @@ fn alg(name: &str) -> Option<jsonwebtoken::Algorithm> {
     })
 }
 
+/// Whether a query carries an RFC 6750 `access_token` parameter, its name read as the
+/// upstream's framework will read it (`access%5Ftoken` is `access_token` too).
+fn token_in_query(query: &str) -> bool {
+    query.split('&').any(|kv| {
+        let name = kv.split('=').next().unwrap_or("");
+        name == "access_token"
+            || crate::pipeline::normalize::percent_decode(name).is_some_and(|n| n == "access_token")
+    })
+}
+
 impl AuthRuntime {
     pub fn build(
         cfg: &Config,
@@ -276,8 +286,7 @@ impl AuthRuntime {
                 .iter()
                 .map(|v| v.as_bytes())
                 .collect();
-            let in_query =
-                query.is_some_and(|q| q.split('&').any(|kv| kv.starts_with("access_token=")));
+            let in_query = query.is_some_and(token_in_query);
             let caller = auth.authenticate(&values, in_query).await?;
             caller::check_cert_binding(&caller, client_cert_s256)?;
             rules::authorize(rule, Some(&caller))?;
@@ -320,5 +329,32 @@ fn to_gateway_error(e: &AuthError) -> GatewayError {
             5,
         )
         .with_detail(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_in_the_query_is_seen_however_its_name_is_spelled() {
+        for q in [
+            "access_token=x",
+            "a=1&access_token=x",
+            "access%5Ftoken=x",
+            "access%5ftoken",
+            "%61ccess_token=x",
+        ] {
+            assert!(token_in_query(q), "{q}");
+        }
+        for q in [
+            "",
+            "a=1",
+            "access_tokens=x",
+            "x=access_token",
+            "my_access_token=1",
+        ] {
+            assert!(!token_in_query(q), "{q}");
+        }
     }
 }

@@ -30,35 +30,6 @@ struct UpstreamSource {
     path: String,
 }
 
-/// A key from a normalised request path (well-formed escapes), decoded; None when the
-/// bytes are not UTF-8.
-pub fn decode_key(k: &str) -> Option<String> {
-    if !k.contains('%') {
-        return Some(k.to_string());
-    }
-    let b = k.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match (
-            b[i],
-            b.get(i + 1).copied().and_then(hex),
-            b.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (c, _, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 fn encode_key(k: &str) -> String {
     let mut out = String::with_capacity(k.len());
     for b in k.bytes() {

@@ -1696,7 +1696,7 @@ pub mod local {
         // and encoded again only where it goes into an upstream's path.
         let key = key
             .map(|k| {
-                crate::cache::serve::decode_key(k).ok_or_else(|| {
+                normalize::percent_decode(k).ok_or_else(|| {
                     GatewayError::bad_request("bad_key", "the key is not UTF-8 text")
                 })
             })

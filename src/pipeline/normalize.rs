@@ -162,6 +162,35 @@ pub fn normalize_path(path: &str) -> Result<String, PathError> {
     Ok(result)
 }
 
+/// Percent-decodes URL text whose escapes are well formed (a normalised path, or a
+/// query parameter's name); None when the bytes are not UTF-8. A `%` that does not
+/// start an escape is kept as it is.
+pub fn percent_decode(s: &str) -> Option<String> {
+    if !s.contains('%') {
+        return Some(s.to_string());
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h << 4) | l);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// An encoded `%` followed by two hex digits: an escape meant to be decoded twice.
 fn has_double_encoding(decoded: &[u8]) -> bool {
     decoded
