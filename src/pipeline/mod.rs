@@ -291,7 +291,8 @@ async fn proxy(
     let mut rsp = answer.response;
     if rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client) = client_upgrade {
-            forward::tunnel(&ctx.conn, client, &mut rsp);
+            let idle = listener.idle_timeout;
+            forward::tunnel(&ctx.conn, client, &mut rsp, idle);
         }
     }
     if let Some(t) = &route.translate {
@@ -1833,19 +1834,39 @@ pub mod forward {
 
     /// Joins the client's and the upstream's upgraded connections and copies bytes
     /// both ways until either side closes.
+    /// Joins the client's and the upstream's upgraded connections. A tunnel with no
+    /// bytes either way for `idle` (the listener's idle timeout) is closed.
     pub fn tunnel(
         conn: &crate::server::ConnInfo,
         client: hyper::upgrade::OnUpgrade,
         upstream_rsp: &mut Response<Body>,
+        idle: std::time::Duration,
     ) {
+        use std::sync::atomic::{AtomicU64, Ordering};
         let upstream = hyper::upgrade::on(&mut *upstream_rsp);
         let task = tokio::spawn(async move {
             let (Ok(c), Ok(u)) = (client.await, upstream.await) else {
                 return;
             };
-            let mut c = hyper_util::rt::TokioIo::new(c);
+            let activity = Arc::new(AtomicU64::new(crate::clock::mono_ms()));
+            let mut c =
+                crate::server::ConnIo::new(hyper_util::rt::TokioIo::new(c), None, activity.clone());
             let mut u = hyper_util::rt::TokioIo::new(u);
-            let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+            let idle_ms = idle.as_millis() as u64;
+            let watchdog = async {
+                loop {
+                    let quiet =
+                        crate::clock::mono_ms().saturating_sub(activity.load(Ordering::Relaxed));
+                    if quiet >= idle_ms {
+                        return;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(idle_ms - quiet)).await;
+                }
+            };
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut c, &mut u) => {}
+                () = watchdog => tracing::debug!("idle tunnel closed"),
+            }
         });
         // The connection waits for it (see `ConnInfo::tunnel`).
         if let Ok(mut t) = conn.tunnel.lock() {

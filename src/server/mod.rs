@@ -623,7 +623,7 @@ pin_project_lite::pin_project! {
 }
 
 impl<T> ConnIo<T> {
-    fn new(inner: T, prefix: Option<Bytes>, activity: Arc<AtomicU64>) -> Self {
+    pub(crate) fn new(inner: T, prefix: Option<Bytes>, activity: Arc<AtomicU64>) -> Self {
         ConnIo {
             inner,
             prefix: prefix.filter(|p| !p.is_empty()),

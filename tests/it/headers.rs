@@ -230,10 +230,10 @@ async fn upgrade_refused_unless_allowed() {
     assert_eq!(up.count(), 0);
 }
 
-#[tokio::test]
-async fn upgrade_tunnels_where_the_route_allows_it() {
+/// A raw upstream that switches protocols on its first connection and then echoes
+/// bytes.
+async fn ws_echo_upstream() -> std::net::SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    // A raw upstream that switches protocols and then echoes bytes.
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let up_addr = l.local_addr().unwrap();
     tokio::spawn(async move {
@@ -260,14 +260,12 @@ async fn upgrade_tunnels_where_the_route_allows_it() {
             s.write_all(&buf[..n]).await.unwrap();
         }
     });
-    let plain = MockUpstream::start(echo("plain")).await;
-    // One connection at a time on the listener: the tunnel keeps its place.
-    let cfg = base_config(&format!(
-        "max_connections = 1\n[upstreams.ws]\nendpoints = [\"http://{up_addr}\"]\n[[routes]]\nname = \"ws\"\npath_prefix = \"/ws\"\nupstream = \"ws\"\nallow_upgrade = true\nauth = {{ anonymous = true }}\n\
-[upstreams.plain]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"plain\"\npath_prefix = \"/plain\"\nupstream = \"plain\"\nauth = {{ anonymous = true }}\n",
-        plain.url()
-    ));
-    let gw = TestGateway::start(&cfg).await;
+    up_addr
+}
+
+/// Sends an upgrade request on a fresh connection and reads the head of the answer.
+async fn upgraded(gw: &TestGateway) -> (tokio::net::TcpStream, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut c = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
     c.write_all(
         b"GET /ws/chat HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
@@ -280,11 +278,45 @@ async fn upgrade_tunnels_where_the_route_allows_it() {
         assert_eq!(c.read(&mut b).await.unwrap(), 1);
         head.push(b[0]);
     }
-    assert!(
-        String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
+    (c, String::from_utf8_lossy(&head).into_owned())
+}
+
+#[tokio::test]
+async fn an_idle_tunnel_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up_addr = ws_echo_upstream().await;
+    let cfg = base_config(&format!(
+        "idle_timeout = \"300ms\"\n[upstreams.ws]\nendpoints = [\"http://{up_addr}\"]\n[[routes]]\nname = \"ws\"\npath_prefix = \"/ws\"\nupstream = \"ws\"\nallow_upgrade = true\nauth = {{ anonymous = true }}\n"
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    let (mut c, head) = upgraded(&gw).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    c.write_all(b"ping").await.unwrap();
+    let mut got = [0u8; 4];
+    c.read_exact(&mut got).await.unwrap();
+    // Quiet from here: the gateway closes the tunnel after the idle timeout.
+    let mut rest = [0u8; 16];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), c.read(&mut rest))
+        .await
+        .expect("the idle tunnel was closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+}
+
+#[tokio::test]
+async fn upgrade_tunnels_where_the_route_allows_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up_addr = ws_echo_upstream().await;
+    let plain = MockUpstream::start(echo("plain")).await;
+    // One connection at a time on the listener: the tunnel keeps its place.
+    let cfg = base_config(&format!(
+        "max_connections = 1\n[upstreams.ws]\nendpoints = [\"http://{up_addr}\"]\n[[routes]]\nname = \"ws\"\npath_prefix = \"/ws\"\nupstream = \"ws\"\nallow_upgrade = true\nauth = {{ anonymous = true }}\n\
+[upstreams.plain]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"plain\"\npath_prefix = \"/plain\"\nupstream = \"plain\"\nauth = {{ anonymous = true }}\n",
+        plain.url()
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    let (mut c, head) = upgraded(&gw).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     c.write_all(b"xin chao").await.unwrap();
     let mut got = [0u8; 8];
     tokio::time::timeout(std::time::Duration::from_secs(5), c.read_exact(&mut got))
