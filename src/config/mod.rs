@@ -258,6 +258,11 @@ pub struct RetryConfig {
     pub attempts: u32,
     pub budget_percent: u32,
     pub min_per_second: u32,
+    /// Bound on one attempt (up to its response head); a try that exceeds it counts as
+    /// its endpoint's failure and is retried where retries are allowed. None: only the
+    /// route's timeout bounds the whole exchange.
+    #[serde(with = "opt_dur")]
+    pub per_try_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -1978,16 +1983,25 @@ impl Validator {
                         "must be between 1 (no retry) and 10",
                     );
                 }
+                let per_try_timeout = r.per_try_timeout.as_ref().map(|d| {
+                    self.duration(
+                        &format!("{path}.retry.per_try_timeout"),
+                        Some(d),
+                        Duration::from_secs(30),
+                    )
+                });
                 RetryConfig {
                     attempts: attempts.clamp(1, 10),
                     budget_percent: r.budget_percent.unwrap_or(20),
                     min_per_second: r.min_per_second.unwrap_or(10),
+                    per_try_timeout,
                 }
             }
             None => RetryConfig {
                 attempts: 2,
                 budget_percent: 20,
                 min_per_second: 10,
+                per_try_timeout: None,
             },
         };
         let circuit_breaker = match u.circuit_breaker {

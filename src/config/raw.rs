@@ -493,6 +493,8 @@ pub struct RawRetry {
     pub budget_percent: Option<u32>,
     /// Retries always allowed per second regardless of the ratio (default 10).
     pub min_per_second: Option<u32>,
+    /// Bound on one attempt (default none: the route's timeout bounds them all).
+    pub per_try_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

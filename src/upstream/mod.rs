@@ -507,7 +507,17 @@ impl Pool {
             ep.outstanding.fetch_add(1, Ordering::Relaxed);
             let guard = Outstanding(ep.clone());
             *in_flight = Some(ep.clone());
-            let result = self.dispatch(&ep, up_req).await;
+            let result = match self.cfg.retry.per_try_timeout {
+                None => self.dispatch(&ep, up_req).await,
+                Some(t) => match tokio::time::timeout(t, self.dispatch(&ep, up_req)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(DispatchError {
+                        connect: false,
+                        timed_out: true,
+                        error: "the attempt exceeded retry.per_try_timeout".into(),
+                    }),
+                },
+            };
             *in_flight = None;
             match result {
                 Ok(rsp) => {
@@ -576,6 +586,12 @@ impl Pool {
                             "upstream_unreachable",
                             "the upstream could not be reached",
                         )
+                    } else if e.timed_out {
+                        GatewayError::new(
+                            ErrorKind::GatewayTimeout,
+                            "upstream_timeout",
+                            "the upstream did not answer in time",
+                        )
                     } else {
                         GatewayError::new(
                             ErrorKind::BadGateway,
@@ -616,6 +632,7 @@ impl Pool {
                 }
                 c.send(req).await.map_err(|e| DispatchError {
                     connect: e.is_connect(),
+                    timed_out: false,
                     error: Box::new(e),
                 })
             }
@@ -632,6 +649,7 @@ impl Pool {
                     .await
                     .map_err(|e| DispatchError {
                         connect: e.is_connect(),
+                        timed_out: false,
                         error: Box::new(e),
                     })
             }
@@ -673,6 +691,8 @@ impl Pool {
 /// Why an exchange failed, and whether it failed before anything was sent.
 struct DispatchError {
     connect: bool,
+    /// The attempt ran out of `retry.per_try_timeout`.
+    timed_out: bool,
     error: Box<dyn std::error::Error + Send + Sync>,
 }
 

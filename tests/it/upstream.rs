@@ -285,6 +285,33 @@ async fn a_failure_that_ejects_the_last_endpoint_is_answered_as_it_is() {
     );
 }
 
+#[tokio::test]
+async fn a_try_that_hangs_past_per_try_timeout_is_retried_elsewhere() {
+    let hanging = MockUpstream::start(Arc::new(|_| Action::Hang)).await;
+    let good = MockUpstream::start(echo("good")).await;
+    let tuning = "[upstreams.u.passive]\nconsecutive_failures = 0\n[upstreams.u.circuit_breaker]\nconsecutive_failures = 0\n[upstreams.u.retry]\nper_try_timeout = \"200ms\"\n";
+    let cfg = base_config(
+        &(pool("u", &[hanging.url(), good.url()], tuning) + &route("u", "timeout = \"10s\"")),
+    );
+    let gw = TestGateway::start(&cfg).await;
+    let t = Instant::now();
+    for _ in 0..4 {
+        let r = raw_get(gw.addr(), "/x").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["upstream"], "good");
+    }
+    assert!(hanging.count() >= 1, "the hanging endpoint had its tries");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "no try waited for the route's timeout"
+    );
+    // Without a retry left, the try's timeout is the answer: 504.
+    let one = "[upstreams.u.retry]\nattempts = 1\nper_try_timeout = \"200ms\"\n";
+    let cfg = base_config(&(pool("u", &[hanging.url()], one) + &route("u", "timeout = \"10s\"")));
+    let gw = TestGateway::start(&cfg).await;
+    assert_error(&raw_get(gw.addr(), "/x").await, 504, "upstream_timeout");
+}
+
 /// Hangs on `/hang`, answers everything else.
 fn hangs_on_hang() -> Handler {
     Arc::new(|s| {
