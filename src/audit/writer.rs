@@ -1104,23 +1104,20 @@ impl Worker {
         let at_n = self.frontier_at(n, base)?;
 
         // 1. Record the deletion, signed, before deleting anything.
-        let mut admin = AuditRecord::new(RecordKind::Admin, format!("audit-retention-{n}"));
-        admin.route = Some("audit.retention".into());
         let target_text = match target {
             PruneTarget::BeforeIndex(_) => String::new(),
             PruneTarget::OlderThan(t) => {
                 format!(" (records older than {})", format_epoch_ms(epoch_ms(t)))
             }
         };
-        admin.detail = Some(format!(
-            "retention deletion of records [{base}, {n}){target_text}; root of the first {n} \
-             records is {}; verification of the remainder starts from that frontier",
-            hash_to_base64(&at_n.root())
-        ));
-        let json = admin.to_json();
-        let mut segment = NewSegment::new(size);
-        let leaf = encode_frame_into(&mut segment.frames, size, &json)?;
-        segment.cols.push(IndexColumns::of(&admin));
+        let (segment, leaf) = self.retention_record(
+            n,
+            format!(
+                "retention deletion of records [{base}, {n}){target_text}; root of the first \
+                 {n} records is {}; verification of the remainder starts from that frontier",
+                hash_to_base64(&at_n.root())
+            ),
+        )?;
         let mut after = self.frontier.clone();
         after.append(leaf);
         let anchor = match self.store.checkpoint_at(n)? {
@@ -1132,11 +1129,7 @@ impl Worker {
             .append_batch(&segment, &[(&anchor, &at_n), (&covering, &after)])?;
         self.frontier = after;
         self.note_checkpoint(size + 1);
-        self.counters
-            .records_written
-            .fetch_add(1, Ordering::Relaxed);
-        self.counters.batches.fetch_add(1, Ordering::Relaxed);
-        self.counters.next_index.store(size + 1, Ordering::Relaxed);
+        self.count_one_record();
 
         // 2. Delete. If that fails, the log says so after the announcement: it must
         // not read as if records were deleted that are still there.
@@ -1147,7 +1140,7 @@ impl Worker {
                     "retention deletion of records [{base}, {n}) announced by record {size} \
                      failed ({e}); those records are kept"
                 );
-                if let Err(e2) = self.append_admin_note(&format!("audit-retention-{n}"), note) {
+                if let Err(e2) = self.append_retention_note(n, note) {
                     tracing::error!(error = %e2, "audit retention: the failed deletion could not be recorded");
                 }
                 return Err(e);
@@ -1161,25 +1154,38 @@ impl Worker {
         })
     }
 
-    /// Appends one `admin` record about the log itself (outside any batch), committed
-    /// at once; the next checkpoint covers it.
-    fn append_admin_note(&mut self, request_id: &str, detail: String) -> Result<u64, AuditError> {
+    /// The `admin` record of a retention run before index `n`, framed as the next
+    /// record of the log, and its leaf hash.
+    fn retention_record(&self, n: u64, detail: String) -> Result<(NewSegment, Hash), AuditError> {
         let size = self.frontier.size();
-        let mut rec = AuditRecord::new(RecordKind::Admin, request_id);
+        let mut rec = AuditRecord::new(RecordKind::Admin, format!("audit-retention-{n}"));
         rec.route = Some("audit.retention".into());
         rec.detail = Some(detail);
-        let json = rec.to_json();
         let mut segment = NewSegment::new(size);
-        let leaf = encode_frame_into(&mut segment.frames, size, &json)?;
+        let leaf = encode_frame_into(&mut segment.frames, size, &rec.to_json())?;
         segment.cols.push(IndexColumns::of(&rec));
+        Ok((segment, leaf))
+    }
+
+    /// Appends a retention run's follow-up record, committed at once; the next
+    /// checkpoint covers it.
+    fn append_retention_note(&mut self, n: u64, detail: String) -> Result<(), AuditError> {
+        let (segment, leaf) = self.retention_record(n, detail)?;
         self.store.append_batch(&segment, &[])?;
         self.frontier.append(leaf);
+        self.count_one_record();
+        Ok(())
+    }
+
+    /// Counts a record committed on its own (outside a batch of the lane).
+    fn count_one_record(&self) {
         self.counters
             .records_written
             .fetch_add(1, Ordering::Relaxed);
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
-        self.counters.next_index.store(size + 1, Ordering::Relaxed);
-        Ok(size)
+        self.counters
+            .next_index
+            .store(self.frontier.size(), Ordering::Relaxed);
     }
 
     /// Frontier of the first `n` records, computed from the nearest stored

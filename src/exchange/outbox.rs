@@ -363,6 +363,9 @@ mod tests {
     use super::super::dossier::tests::sample_dossier;
     use super::super::dossier::{Event, StatusChange, TrangThaiHoSo};
     use super::*;
+    use crate::clock::ManualClock;
+    use crate::store::exchange::tests::{open_with, TempDir, T0};
+    use crate::store::exchange::{OutboxState, SqliteStore};
 
     #[test]
     fn worker_ids_differ_between_engines_of_one_process() {
@@ -372,9 +375,6 @@ mod tests {
             .worker_id
             .starts_with(&format!("worker-{}-", std::process::id())));
     }
-    use crate::clock::ManualClock;
-    use crate::store::exchange::tests::{open_with, TempDir, T0};
-    use crate::store::exchange::{OutboxState, SqliteStore};
 
     const HOUR: i64 = 3_600_000;
 
