@@ -1076,13 +1076,8 @@ pub mod response {
         pub async fn lookup(&self, req: &CacheRequest<'_>) -> Option<CachedResponse> {
             let primary = self.primary_key(req).ok()?;
             let cc = Directives::parse(&req.headers.values("cache-control"));
-            let pragma_no_cache = req
-                .headers
-                .values("pragma")
-                .iter()
-                .any(|v| contains_token(v, "no-cache"));
             // The client asked for an answer from the origin.
-            if cc.no_store || cc.no_cache || cc.max_age == Some(0) || pragma_no_cache {
+            if cc.no_store || cc.no_cache || cc.max_age == Some(0) || pragma_no_cache(req.headers) {
                 return None;
             }
             let vary = self.vary.get(&primary).await?;
@@ -1180,12 +1175,7 @@ pub mod response {
             // here, so such an answer is kept only with a max-age: often an `Expires`
             // in the past means "stale already") or asks not to be reused (HTTP/1.0's
             // `Pragma: no-cache`).
-            let says_stale = !headers.values("expires").is_empty()
-                || headers.values("pragma").iter().any(|v| {
-                    split_list(v)
-                        .iter()
-                        .any(|d| d.eq_ignore_ascii_case("no-cache"))
-                });
+            let says_stale = !headers.values("expires").is_empty() || pragma_no_cache(headers);
             let ttl = cc
                 .s_maxage
                 .or(cc.max_age)
@@ -1238,6 +1228,14 @@ pub mod response {
             }
             Ok(key)
         }
+    }
+
+    /// HTTP/1.0's `Pragma: no-cache`, in a request or a response.
+    fn pragma_no_cache(headers: &(dyn HeaderView + Sync)) -> bool {
+        headers
+            .values("pragma")
+            .iter()
+            .any(|v| contains_token(v, "no-cache"))
     }
 
     fn push_part(key: &mut Vec<u8>, part: &[u8]) {
