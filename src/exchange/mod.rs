@@ -7,7 +7,8 @@
 //!   queued at that moment) before its receipt is returned; never a receipt for
 //!   something not on disk. A full spool refuses with a retry time instead.
 //! - Idempotency by dossier code or Idempotency-Key: the same content gets the same
-//!   receipt, different content a conflict.
+//!   receipt, different content a conflict. A key is scoped to the caller that sent it
+//!   (`pipeline::local::idempotency_scope`): one agency's key never reaches another's dossier.
 //! - Delivery is at-least-once per destination with the dossier code as the receiver's
 //!   idempotency key; an update never overtakes its dossier's creation; backoff with
 //!   full jitter and a cap; dead letter after N attempts or a permanent refusal.

@@ -1446,6 +1446,51 @@ pub mod local {
             .collect()
     }
 
+    /// The client certificate's fingerprint, for callers known by their certificate only.
+    fn cert_of(ctx: &RequestCtx) -> Option<&str> {
+        ctx.conn
+            .tls
+            .as_ref()
+            .and_then(|t| t.client_cert_sha256.as_deref())
+    }
+
+    /// The key under which an intake stores a caller's `Idempotency-Key`. A key is unique
+    /// per client (draft-ietf-httpapi-idempotency-key-header), so it is scoped to the
+    /// caller: its token's issuer, agency and subject, or its client certificate when it
+    /// has no token. Two agencies that pick the same key get two dossiers, never the
+    /// other's receipt or a 409 over the other's content. The items of a batch are keyed
+    /// apart from single dossiers (`b{i}` against `s`): item 0 of a batch sent under `k` is
+    /// not the dossier sent alone under `k#0`. The parts are length-prefixed, so no
+    /// spelling of one caller's identity and key reads as another's.
+    pub(crate) fn idempotency_scope(
+        caller: Option<&crate::auth::caller::Caller>,
+        cert: Option<&str>,
+        key: &str,
+        item: Option<usize>,
+    ) -> String {
+        use std::fmt::Write;
+        let parts: [&str; 3] = match caller {
+            Some(c) => [
+                &c.issuer,
+                c.agency.as_ref().map_or("", |a| a.as_str()),
+                &c.subject,
+            ],
+            None => ["", "", cert.unwrap_or("")],
+        };
+        let mut s = String::with_capacity(key.len() + 48);
+        for p in parts {
+            let _ = write!(s, "{}:{p}", p.len());
+        }
+        match item {
+            Some(i) => {
+                let _ = write!(s, "b{i}:");
+            }
+            None => s.push_str("s:"),
+        }
+        s.push_str(key);
+        s
+    }
+
     async fn intake_inner(
         rt: &Runtime,
         ctx: &mut RequestCtx,
@@ -1487,7 +1532,15 @@ pub mod local {
             .headers
             .get("idempotency-key")
             .and_then(|v| v.to_str().ok())
+            .filter(|k| !k.is_empty())
             .map(str::to_string);
+        // An Idempotency-Key is the caller's own: stored under the caller's identity, two
+        // agencies' keys never meet (see `idempotency_scope`).
+        let who = (ctx.caller.clone(), cert_of(ctx).map(str::to_string));
+        let scoped = |item: Option<usize>| {
+            idem.as_deref()
+                .map(|k| idempotency_scope(who.0.as_deref(), who.1.as_deref(), k, item))
+        };
         let invalid = |errs: Vec<dossier::FieldError>| {
             let list: Vec<String> = errs
                 .iter()
@@ -1565,7 +1618,7 @@ pub mod local {
                 let mut receipts = Vec::new();
                 let mut replayed = true;
                 for (i, d) in dossiers.into_iter().enumerate() {
-                    let key = idem.as_ref().map(|k| format!("{k}#{i}"));
+                    let key = scoped(Some(i));
                     let to = x.cfg.destinations_for(&d);
                     let a = x
                         .store
@@ -1589,7 +1642,7 @@ pub mod local {
                 let to = x.cfg.destinations_for(&d);
                 let a = x
                     .store
-                    .accept_dossier(d, idem, to)
+                    .accept_dossier(d, scoped(None), to)
                     .await
                     .map_err(intake_err)?;
                 ctx.dossier = Some(a.receipt.dossier_code.clone());
@@ -1655,7 +1708,7 @@ pub mod local {
                     .unwrap_or_default();
                 let a = x
                     .store
-                    .append_event(code.to_string(), ev, idem, to)
+                    .append_event(code.to_string(), ev, scoped(None), to)
                     .await
                     .map_err(intake_err)?;
                 Ok(accepted(
@@ -1878,6 +1931,54 @@ pub mod forward {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idempotency_keys_are_kept_apart_by_caller_and_by_batch_item() {
+        let caller =
+            |issuer: &str, agency: Option<&str>, subject: &str| crate::auth::caller::Caller {
+                issuer: issuer.into(),
+                agency: agency.map(|a| crate::auth::caller::AgencyCode::parse(a).unwrap()),
+                subject: subject.into(),
+                roles: vec![],
+                scopes: vec![],
+                cnf_x5t_s256: None,
+                expires_at: 0,
+            };
+        let scope = local::idempotency_scope;
+        let a = caller("idp", Some("000.00.01.H22"), "portal");
+        let b = caller("idp", Some("000.00.02.H22"), "portal");
+        let keys = [
+            scope(Some(&a), None, "k", None),
+            scope(Some(&b), None, "k", None),
+            scope(
+                Some(&caller("other", Some("000.00.01.H22"), "portal")),
+                None,
+                "k",
+                None,
+            ),
+            scope(
+                Some(&caller("idp", Some("000.00.01.H22"), "clerk")),
+                None,
+                "k",
+                None,
+            ),
+            // A subject that spells another's identity and key runs into its length prefix.
+            scope(Some(&caller("idp", None, "5:idp")), None, "k", None),
+            scope(None, None, "k", None),
+            scope(None, Some("cert-a"), "k", None),
+            scope(None, Some("cert-b"), "k", None),
+            // Item 0 of a batch under "k" is not the single dossier sent under "k#0".
+            scope(Some(&a), None, "k", Some(0)),
+            scope(Some(&a), None, "k#0", None),
+            scope(Some(&a), None, "k", Some(1)),
+        ];
+        for (i, x) in keys.iter().enumerate() {
+            for y in &keys[i + 1..] {
+                assert_ne!(x, y);
+            }
+        }
+        assert_eq!(keys[0], scope(Some(&a), None, "k", None), "stable");
+    }
 
     #[test]
     fn cache_keys_tell_apart_every_caller_fact_the_upstream_sees() {

@@ -56,25 +56,28 @@ fn get_with(path: &str, bearer: Option<&str>, extra: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: t\r\n{auth}{extra}Connection: close\r\n\r\n").into_bytes()
 }
 
+/// `k`'s public key as a SubjectPublicKeyInfo PEM, the form `public_key` reads.
+fn public_pem(k: &TestKey) -> String {
+    let kp = Ed25519KeyPair::from_pkcs8(
+        &base64::engine::general_purpose::STANDARD
+            .decode(std::str::from_utf8(&k.pem).unwrap().lines().nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    // SubjectPublicKeyInfo for Ed25519: fixed 12-byte prefix + the key.
+    let mut spki = vec![
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
+    spki.extend_from_slice(kp.public_key().as_ref());
+    format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        base64::engine::general_purpose::STANDARD.encode(spki)
+    )
+}
+
 async fn static_issuer_gateway(up: &MockUpstream, k: &TestKey) -> TestGateway {
     let dir = scratch_dir();
-    let pubpem = {
-        let kp = Ed25519KeyPair::from_pkcs8(
-            &base64::engine::general_purpose::STANDARD
-                .decode(std::str::from_utf8(&k.pem).unwrap().lines().nth(1).unwrap())
-                .unwrap(),
-        )
-        .unwrap();
-        // SubjectPublicKeyInfo for Ed25519: fixed 12-byte prefix + the key.
-        let mut spki = vec![
-            0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
-        ];
-        spki.extend_from_slice(kp.public_key().as_ref());
-        format!(
-            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
-            base64::engine::general_purpose::STANDARD.encode(spki)
-        )
-    };
+    let pubpem = public_pem(k);
     std::fs::write(dir.join("issuer.pub.pem"), pubpem).unwrap();
     let cfg = base_config(&format!(
         r#"
@@ -680,4 +683,106 @@ fn up_header(up: &MockUpstream, name: &str) -> String {
         .header(name)
         .unwrap_or_else(|| panic!("upstream got no {name}"))
         .to_string()
+}
+
+fn post_dossier(bearer: &str, key: &str, summary: &str) -> Vec<u8> {
+    let body = serde_json::json!({
+        "procedure_code": "3.000182.000.00.00.H22",
+        "procedure_name": "Tuyển sinh trung học cơ sở",
+        "receiving_unit": "000.00.01.H22",
+        "channel": "2",
+        "summary": summary,
+        "status": "1",
+        "received_at": "20251126083000",
+        "due_at": "20251203170000",
+        "applicant": {"name": "Nguyễn Văn A", "kind": "1", "id_number": "022090000001"}
+    })
+    .to_string();
+    format!(
+        "POST /v1/dossiers HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {bearer}\r\n\
+         Idempotency-Key: {key}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// An Idempotency-Key is its caller's own: two agencies that happen to pick the same key
+/// each get their dossier accepted (not the other's receipt, not a 409 over the other's
+/// content), and each caller's resend is still a replay.
+#[tokio::test]
+async fn idempotency_keys_are_scoped_to_the_caller() {
+    let k = key("intake-key");
+    let dest = MockUpstream::start(echo("dest")).await;
+    let dir = scratch_dir();
+    std::fs::write(dir.join("issuer.pub.pem"), public_pem(&k)).unwrap();
+    let cfg = base_config(&format!(
+        r#"
+[[auth.issuers]]
+name = "idp"
+iss = "https://idp.tinh.gov.vn"
+audiences = ["lienthong"]
+algorithms = ["EdDSA"]
+public_key = "issuer.pub.pem"
+kid = "{kid}"
+[upstreams.dest]
+endpoints = ["{url}"]
+[exchange]
+db = "exchange.db"
+destinations = ["dvcqg"]
+auth = {{ agencies = ["*.H22"] }}
+[exchange.deliveries]
+dvcqg = {{ upstream = "dest", path = "/dvcqg/DongBoHoSoMC" }}
+"#,
+        kid = k.kid,
+        url = dest.url()
+    ));
+    let path = dir.join("lienthong.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let gw = TestGateway::start_file(path).await;
+    let iss = "https://idp.tinh.gov.vn";
+    let a = token(
+        &k,
+        iss,
+        serde_json::json!({"agency": "000.00.01.H22", "sub": "portal"}),
+    );
+    let b = token(
+        &k,
+        iss,
+        serde_json::json!({"agency": "000.00.02.H22", "sub": "portal"}),
+    );
+
+    let first = raw(gw.addr(), &post_dossier(&a, "req-1", "Hồ sơ của A")).await;
+    assert_eq!(
+        first.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&first.body)
+    );
+    let other = raw(gw.addr(), &post_dossier(&b, "req-1", "Hồ sơ của B")).await;
+    assert_eq!(
+        other.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&other.body)
+    );
+    assert_eq!(other.header("x-lienthong-replayed"), None);
+    assert_ne!(
+        first.json()["dossier_code"],
+        other.json()["dossier_code"],
+        "another agency's key must not reach the first dossier"
+    );
+    // Each caller's resend is a replay of its own dossier, and a different body under
+    // its own key is still a conflict.
+    for (t, r, summary) in [(&a, &first, "Hồ sơ của A"), (&b, &other, "Hồ sơ của B")] {
+        let again = raw(gw.addr(), &post_dossier(t, "req-1", summary)).await;
+        assert_eq!(again.status, 202);
+        assert_eq!(again.header("x-lienthong-replayed"), Some("true"));
+        assert_eq!(again.json(), r.json());
+    }
+    assert_error(
+        &raw(gw.addr(), &post_dossier(&a, "req-1", "Nội dung khác")).await,
+        409,
+        "conflict",
+    );
 }
