@@ -486,6 +486,8 @@ pub struct ExchangeCfg {
     pub retry_after: Duration,
     pub destinations: Vec<String>,
     pub auth: Option<RouteAuth>,
+    /// Roles whose holders see every dossier's timeline.
+    pub read_all_roles: Vec<String>,
     /// Destination name → (upstream pool, path).
     pub deliveries: BTreeMap<String, (String, String)>,
     /// Destinations whose payloads an adapter renders.
@@ -1516,6 +1518,7 @@ impl Validator {
                     ),
                     destinations: x.destinations.clone().unwrap_or_default(),
                     auth: x.auth.map(|a| self.route_auth("exchange", a)),
+                    read_all_roles: x.read_all_roles.unwrap_or_default(),
                     catalogue: x.catalogue.clone(),
                     routing: x
                         .deliveries

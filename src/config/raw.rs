@@ -77,6 +77,9 @@ pub struct RawExchange {
     pub destinations: Option<Vec<String>>,
     /// Who may file dossiers and events (same rules as routes; absent = deny).
     pub auth: Option<RawRouteAuth>,
+    /// Callers with any of these roles see every dossier's timeline (others see the
+    /// dossiers they filed and those filed with their agency).
+    pub read_all_roles: Option<Vec<String>>,
     /// A `[[lookups]]` entry (keyed by procedure code) that must know a dossier's procedure.
     pub catalogue: Option<String>,
     /// Formats the intake accepts besides the canonical JSON, by name (`?format=NAME`):

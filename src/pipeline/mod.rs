@@ -1491,6 +1491,48 @@ pub mod local {
         s
     }
 
+    /// Who files a dossier, as stored with it (`StoredDossier::submitted_by`): the
+    /// caller's agency when its token names one (an agency's systems share its dossiers),
+    /// else its token's issuer and subject, else its client certificate. `None` for an
+    /// anonymous caller.
+    pub(crate) fn submitter(
+        caller: Option<&crate::auth::caller::Caller>,
+        cert: Option<&str>,
+    ) -> Option<String> {
+        match (caller, cert) {
+            (Some(c), _) => Some(match &c.agency {
+                Some(a) => format!("agency:{}", a.as_str()),
+                None => format!("subject:{}:{}{}", c.issuer.len(), c.issuer, c.subject),
+            }),
+            (None, Some(fp)) => Some(format!("cert:{fp}")),
+            (None, None) => None,
+        }
+    }
+
+    /// Whether a caller may see a stored dossier's timeline: its submitter, the agency it
+    /// was filed with (`receiving_unit`), or a caller holding one of `[exchange]
+    /// read_all_roles`. An anonymous caller (the exchange's `auth` admits anyone) sees
+    /// every dossier: there is nobody to tell apart. Others are answered as if the dossier
+    /// did not exist, so codes cannot be probed.
+    pub(crate) fn may_read(
+        caller: Option<&crate::auth::caller::Caller>,
+        cert: Option<&str>,
+        stored: &crate::store::exchange::StoredDossier,
+        read_all_roles: &[String],
+    ) -> bool {
+        let Some(me) = submitter(caller, cert) else {
+            return true;
+        };
+        let Some(c) = caller else {
+            return stored.submitted_by.as_deref() == Some(me.as_str());
+        };
+        read_all_roles.iter().any(|r| c.has_role(r))
+            || stored.submitted_by.as_deref() == Some(me.as_str())
+            || c.agency
+                .as_ref()
+                .is_some_and(|a| a.as_str() == stored.dossier.receiving_unit)
+    }
+
     async fn intake_inner(
         rt: &Runtime,
         ctx: &mut RequestCtx,
@@ -1620,9 +1662,10 @@ pub mod local {
                 for (i, d) in dossiers.into_iter().enumerate() {
                     let key = scoped(Some(i));
                     let to = x.cfg.destinations_for(&d);
+                    let by = submitter(who.0.as_deref(), who.1.as_deref());
                     let a = x
                         .store
-                        .accept_dossier(d, key, to)
+                        .accept_dossier_from(d, key, to, by)
                         .await
                         .map_err(intake_err)?;
                     ctx.dossier = Some(a.receipt.dossier_code.clone());
@@ -1640,9 +1683,10 @@ pub mod local {
                 let d = dossier::parse_dossier(&bytes).map_err(invalid)?;
                 check_catalogue(rt, x, &d, "").await?;
                 let to = x.cfg.destinations_for(&d);
+                let by = submitter(who.0.as_deref(), who.1.as_deref());
                 let a = x
                     .store
-                    .accept_dossier(d, scoped(None), to)
+                    .accept_dossier_from(d, scoped(None), to, by)
                     .await
                     .map_err(intake_err)?;
                 ctx.dossier = Some(a.receipt.dossier_code.clone());
@@ -1655,12 +1699,28 @@ pub mod local {
             ([code], &Method::GET) => {
                 ctx.audit_as = Some((RecordKind::Intake, AuditPolicy::FailOpen));
                 ctx.dossier = Some(code.to_string());
-                match x
+                let visible = x
                     .store
-                    .timeline(code.to_string())
+                    .dossier(code.to_string())
                     .await
                     .map_err(GatewayError::internal)?
-                {
+                    .is_some_and(|d| {
+                        may_read(
+                            who.0.as_deref(),
+                            who.1.as_deref(),
+                            &d,
+                            &x.cfg.read_all_roles,
+                        )
+                    });
+                let timeline = if visible {
+                    x.store
+                        .timeline(code.to_string())
+                        .await
+                        .map_err(GatewayError::internal)?
+                } else {
+                    None
+                };
+                match timeline {
                     Some(t) => {
                         let mut r =
                             Response::new(Body::full(serde_json::to_vec(&t).unwrap_or_default()));
@@ -1931,6 +1991,69 @@ pub mod forward {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dossier_is_readable_by_its_submitter_its_receiving_unit_and_monitors() {
+        use crate::store::exchange::StoredDossier;
+        let caller =
+            |agency: Option<&str>, subject: &str, roles: &[&str]| crate::auth::caller::Caller {
+                issuer: "idp".into(),
+                agency: agency.map(|a| crate::auth::caller::AgencyCode::parse(a).unwrap()),
+                subject: subject.into(),
+                roles: roles.iter().map(|r| r.to_string()).collect(),
+                scopes: vec![],
+                cnf_x5t_s256: None,
+                expires_at: 0,
+            };
+        let stored = |by: Option<String>| StoredDossier {
+            dossier: crate::exchange::dossier::tests::sample_dossier(),
+            content_hash: String::new(),
+            idempotency_key: None,
+            status: crate::exchange::dossier::TrangThaiHoSo::from_code(1).unwrap(),
+            received_at_ms: 0,
+            destinations: vec![],
+            submitted_by: by,
+        };
+        let roles = vec!["giam-sat".to_string()];
+        let portal = caller(Some("000.00.05.H22"), "portal", &[]);
+        let same_agency = caller(Some("000.00.05.H22"), "other-system", &[]);
+        let receiving = caller(Some("000.00.01.H22"), "x", &[]);
+        let stranger = caller(Some("000.00.09.H22"), "portal", &[]);
+        let monitor = caller(Some("000.00.09.H22"), "x", &["giam-sat"]);
+        let service = caller(None, "svc-a", &[]);
+        let other_service = caller(None, "svc-b", &[]);
+        let read = |c: Option<&crate::auth::caller::Caller>,
+                    cert: Option<&str>,
+                    d: &StoredDossier| { local::may_read(c, cert, d, &roles) };
+        let by_portal = stored(local::submitter(Some(&portal), None));
+        assert!(read(Some(&portal), None, &by_portal));
+        assert!(
+            read(Some(&same_agency), None, &by_portal),
+            "an agency's systems share"
+        );
+        assert!(read(Some(&receiving), None, &by_portal));
+        assert!(read(Some(&monitor), None, &by_portal));
+        assert!(!read(Some(&stranger), None, &by_portal));
+        assert!(!read(Some(&service), None, &by_portal));
+        let by_service = stored(local::submitter(Some(&service), None));
+        assert!(read(Some(&service), None, &by_service));
+        assert!(!read(Some(&other_service), None, &by_service));
+        assert!(!read(Some(&stranger), None, &by_service));
+        assert!(read(Some(&receiving), None, &by_service));
+        let by_cert = stored(local::submitter(None, Some("fp-a")));
+        assert!(read(None, Some("fp-a"), &by_cert));
+        assert!(!read(None, Some("fp-b"), &by_cert));
+        // Unknown submitter (anonymous intake, or stored before submitters were kept).
+        let unknown = stored(None);
+        assert!(read(Some(&receiving), None, &unknown));
+        assert!(!read(Some(&portal), None, &unknown));
+        assert!(!read(None, Some("fp-a"), &unknown));
+        // Anonymous callers: the exchange admits anyone, nobody to tell apart.
+        assert!(read(None, None, &by_portal));
+        // A subject that spells an agency principal is not that agency.
+        let spoof = caller(None, "agency:000.00.05.H22", &[]);
+        assert!(!read(Some(&spoof), None, &by_portal));
+    }
 
     #[test]
     fn idempotency_keys_are_kept_apart_by_caller_and_by_batch_item() {

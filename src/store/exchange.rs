@@ -283,6 +283,9 @@ pub struct StoredDossier {
     pub status: TrangThaiHoSo,
     pub received_at_ms: i64,
     pub destinations: Vec<String>,
+    /// Who filed it, as the intake named its caller (`None`: not known, e.g. anonymous
+    /// intake or a dossier stored before submitters were recorded).
+    pub submitted_by: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -334,6 +337,18 @@ pub trait ExchangeStore: Send + Sync {
         dossier: Dossier,
         idempotency_key: Option<String>,
         destinations: Vec<String>,
+    ) -> Pending<Result<Accepted, IntakeError>> {
+        self.accept_dossier_from(dossier, idempotency_key, destinations, None)
+    }
+
+    /// [`ExchangeStore::accept_dossier`] recording who submitted the dossier (kept with it
+    /// and read back in [`StoredDossier::submitted_by`]; a replay keeps the first one).
+    fn accept_dossier_from(
+        &self,
+        dossier: Dossier,
+        idempotency_key: Option<String>,
+        destinations: Vec<String>,
+        submitted_by: Option<String>,
     ) -> Pending<Result<Accepted, IntakeError>>;
 
     /// Append a status change / processing step / evaluation, checking the status transition,
@@ -449,10 +464,11 @@ impl Default for SqliteOptions {
     }
 }
 
-/// Version 1: dossiers, events, daily sequences, outbox, attempts.
+/// Version 1: dossiers, events, daily sequences, outbox, attempts. Version 2: who
+/// submitted each dossier (`dossiers.submitted_by`, added to a version 1 file on open).
 const SCHEMA: Schema = Schema {
     component: "exchange",
-    version: 1,
+    version: 2,
     ddl: "
 CREATE TABLE IF NOT EXISTS dossiers (
     code            TEXT PRIMARY KEY,
@@ -462,7 +478,8 @@ CREATE TABLE IF NOT EXISTS dossiers (
     receiving_unit  TEXT NOT NULL,
     status          INTEGER NOT NULL,
     destinations    TEXT NOT NULL,
-    received_at     INTEGER NOT NULL
+    received_at     INTEGER NOT NULL,
+    submitted_by    TEXT
 );
 CREATE TABLE IF NOT EXISTS events (
     dossier_code    TEXT NOT NULL REFERENCES dossiers(code),
@@ -682,7 +699,16 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
         busy_timeout: std::time::Duration::from_secs(5),
         ..Tuning::default()
     };
-    sqlite::open_writer(path, &SCHEMA, &tuning)
+    let conn = sqlite::open_writer(path, &SCHEMA, &tuning)?;
+    // Version 1 → 2: a file created before dossiers recorded their submitter gets the
+    // column (NULL for its dossiers: submitter unknown).
+    let has_submitter = conn
+        .prepare("SELECT 1 FROM pragma_table_info('dossiers') WHERE name = 'submitted_by'")?
+        .exists([])?;
+    if !has_submitter {
+        conn.execute("ALTER TABLE dossiers ADD COLUMN submitted_by TEXT", [])?;
+    }
+    Ok(conn)
 }
 
 fn writer_loop(
@@ -841,15 +867,27 @@ fn dedup(destinations: Vec<String>) -> Vec<String> {
     out
 }
 
+/// What an intake stores with its dossier besides the dossier itself.
+struct NewDossier {
+    hash: String,
+    key: Option<String>,
+    destinations: Vec<String>,
+    submitted_by: Option<String>,
+}
+
 fn accept_tx(
     conn: &Connection,
     spool: &mut Spool,
     now_ms: i64,
     mut dossier: Dossier,
-    hash: String,
-    key: Option<String>,
-    destinations: Vec<String>,
+    new: NewDossier,
 ) -> Result<Accepted, IntakeError> {
+    let NewDossier {
+        hash,
+        key,
+        destinations,
+        submitted_by,
+    } = new;
     let by_code = match &dossier.code {
         Some(c) => existing_by(conn, "code", c)?,
         None => None,
@@ -888,7 +926,7 @@ fn accept_tx(
     let body = serde_json::to_string(&dossier)?;
     conn.execute(
         "INSERT INTO dossiers (code, idempotency_key, content_hash, body, receiving_unit, status, \
-         destinations, received_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+         destinations, received_at, submitted_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![
             code,
             key,
@@ -897,7 +935,8 @@ fn accept_tx(
             dossier.receiving_unit,
             i64::from(dossier.status.code()),
             serde_json::to_string(&destinations)?,
-            now_ms
+            now_ms,
+            submitted_by
         ],
     )?;
     insert_outbox(conn, &destinations, &code, 0, &body, now_ms)?;
@@ -1096,8 +1135,8 @@ fn complete_tx(
 fn load_dossier(conn: &Connection, code: &str) -> Result<Option<StoredDossier>, StoreError> {
     let row = conn
         .query_row(
-            "SELECT body, content_hash, idempotency_key, status, received_at, destinations \
-             FROM dossiers WHERE code = ?1",
+            "SELECT body, content_hash, idempotency_key, status, received_at, destinations, \
+             submitted_by FROM dossiers WHERE code = ?1",
             [code],
             |r| {
                 Ok((
@@ -1107,11 +1146,12 @@ fn load_dossier(conn: &Connection, code: &str) -> Result<Option<StoredDossier>, 
                     r.get::<_, i64>(3)?,
                     r.get::<_, i64>(4)?,
                     r.get::<_, String>(5)?,
+                    r.get::<_, Option<String>>(6)?,
                 ))
             },
         )
         .optional()?;
-    let Some((body, hash, key, status, at, dest)) = row else {
+    let Some((body, hash, key, status, at, dest, submitted_by)) = row else {
         return Ok(None);
     };
     Ok(Some(StoredDossier {
@@ -1123,6 +1163,7 @@ fn load_dossier(conn: &Connection, code: &str) -> Result<Option<StoredDossier>, 
             .ok_or_else(|| StoreError(format!("stored status {status} is invalid")))?,
         received_at_ms: at,
         destinations: serde_json::from_str(&dest).unwrap_or_default(),
+        submitted_by,
     }))
 }
 
@@ -1171,11 +1212,12 @@ fn load_timeline(conn: &Connection, code: &str) -> Result<Option<Timeline>, Stor
 }
 
 impl ExchangeStore for SqliteStore {
-    fn accept_dossier(
+    fn accept_dossier_from(
         &self,
         dossier: Dossier,
         idempotency_key: Option<String>,
         destinations: Vec<String>,
+        submitted_by: Option<String>,
     ) -> Pending<Result<Accepted, IntakeError>> {
         // Validation and hashing run on the caller's thread: the writer thread only does I/O.
         if let Err(errors) = validate(&dossier, self.catalogue.as_ref()) {
@@ -1188,7 +1230,15 @@ impl ExchangeStore for SqliteStore {
         self.submit(intake_fail, move |ctx| {
             shared.intakes.fetch_add(1, Ordering::Relaxed);
             let now = ctx.now_ms;
-            ctx.atomic(|conn, spool| accept_tx(conn, spool, now, dossier, hash, key, destinations))
+            ctx.atomic(|conn, spool| {
+                let new = NewDossier {
+                    hash,
+                    key,
+                    destinations,
+                    submitted_by,
+                };
+                accept_tx(conn, spool, now, dossier, new)
+            })
         })
     }
 
@@ -1455,6 +1505,84 @@ pub(crate) mod tests {
             VnDateTime::from_unix_millis(T0).format_national(),
             "20250715083000"
         );
+    }
+
+    #[tokio::test]
+    async fn the_submitter_is_kept_and_a_version_1_file_gains_the_column() {
+        let dir = TempDir::new("submitter");
+        // A version 1 file: the dossiers table without `submitted_by`, one dossier in it.
+        {
+            let conn = Connection::open(dir.db()).unwrap();
+            let v1 = SCHEMA.ddl.replace(",\n    submitted_by    TEXT\n", "\n");
+            assert_ne!(
+                v1, SCHEMA.ddl,
+                "the version 1 DDL is the current one without the column"
+            );
+            conn.execute_batch(&v1).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE store_schema (component TEXT PRIMARY KEY, version INTEGER NOT NULL);
+                 INSERT INTO store_schema VALUES ('exchange', 1);
+                 INSERT INTO dossiers (code, content_hash, body, receiving_unit, status,
+                     destinations, received_at) VALUES ('OLD-1', 'h', '{}', 'u', 1, '[]', 0);",
+            )
+            .unwrap();
+        }
+        let clock = Arc::new(ManualClock::at_ms(T0));
+        let store = open_with(&dir, clock, 1000);
+        assert_eq!(
+            count(
+                &store,
+                "SELECT version FROM store_schema WHERE component = 'exchange'"
+            ),
+            2
+        );
+        assert_eq!(
+            count(
+                &store,
+                "SELECT count(*) FROM dossiers WHERE code = 'OLD-1' AND submitted_by IS NULL"
+            ),
+            1
+        );
+        let a = store
+            .accept_dossier_from(
+                sample_dossier(),
+                None,
+                dests(),
+                Some("agency:000.00.01.H22".into()),
+            )
+            .await
+            .unwrap();
+        // A replay by someone else keeps the first submitter.
+        let again = store
+            .accept_dossier_from(
+                sample_dossier(),
+                None,
+                dests(),
+                Some("agency:000.00.02.H22".into()),
+            )
+            .await
+            .unwrap();
+        assert!(again.replayed);
+        let stored = store
+            .dossier(a.receipt.dossier_code)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.submitted_by.as_deref(), Some("agency:000.00.01.H22"));
+        // Without a submitter the column stays empty.
+        let mut other = sample_dossier();
+        other.code = None;
+        let b = store.accept_dossier(other, None, dests()).await.unwrap();
+        let stored = store
+            .dossier(b.receipt.dossier_code)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.submitted_by, None);
+        // Reopening a version 2 file adds nothing twice.
+        drop(store);
+        let store = open_with(&dir, Arc::new(ManualClock::at_ms(T0)), 1000);
+        assert_eq!(count(&store, "SELECT count(*) FROM dossiers"), 3);
     }
 
     #[tokio::test]

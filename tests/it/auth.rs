@@ -710,12 +710,11 @@ fn post_dossier(bearer: &str, key: &str, summary: &str) -> Vec<u8> {
 /// An Idempotency-Key is its caller's own: two agencies that happen to pick the same key
 /// each get their dossier accepted (not the other's receipt, not a 409 over the other's
 /// content), and each caller's resend is still a replay.
-#[tokio::test]
-async fn idempotency_keys_are_scoped_to_the_caller() {
-    let k = key("intake-key");
-    let dest = MockUpstream::start(echo("dest")).await;
+/// A gateway whose intake admits tokens of the `idp` issuer for agencies `*.H22`, with
+/// `giam-sat` as the role that reads every dossier; deliveries go to `dest`.
+async fn exchange_gateway(k: &TestKey, dest: &MockUpstream) -> TestGateway {
     let dir = scratch_dir();
-    std::fs::write(dir.join("issuer.pub.pem"), public_pem(&k)).unwrap();
+    std::fs::write(dir.join("issuer.pub.pem"), public_pem(k)).unwrap();
     let cfg = base_config(&format!(
         r#"
 [[auth.issuers]]
@@ -731,6 +730,7 @@ endpoints = ["{url}"]
 db = "exchange.db"
 destinations = ["dvcqg"]
 auth = {{ agencies = ["*.H22"] }}
+read_all_roles = ["giam-sat"]
 [exchange.deliveries]
 dvcqg = {{ upstream = "dest", path = "/dvcqg/DongBoHoSoMC" }}
 "#,
@@ -739,7 +739,14 @@ dvcqg = {{ upstream = "dest", path = "/dvcqg/DongBoHoSoMC" }}
     ));
     let path = dir.join("lienthong.toml");
     std::fs::write(&path, cfg).unwrap();
-    let gw = TestGateway::start_file(path).await;
+    TestGateway::start_file(path).await
+}
+
+#[tokio::test]
+async fn idempotency_keys_are_scoped_to_the_caller() {
+    let k = key("intake-key");
+    let dest = MockUpstream::start(echo("dest")).await;
+    let gw = exchange_gateway(&k, &dest).await;
     let iss = "https://idp.tinh.gov.vn";
     let a = token(
         &k,
@@ -785,4 +792,62 @@ dvcqg = {{ upstream = "dest", path = "/dvcqg/DongBoHoSoMC" }}
         409,
         "conflict",
     );
+}
+
+/// A dossier's timeline is shown to whoever filed it and to the agency it was filed with
+/// (and to the monitoring role); anyone else gets the 404 of a dossier that does not exist.
+#[tokio::test]
+async fn a_dossier_timeline_is_shown_only_to_those_with_a_part_in_it() {
+    let k = key("intake-read");
+    let dest = MockUpstream::start(echo("dest")).await;
+    let gw = exchange_gateway(&k, &dest).await;
+    let iss = "https://idp.tinh.gov.vn";
+    let as_agency = |agency: &str, extra: serde_json::Value| {
+        let mut claims = serde_json::json!({"agency": agency, "sub": "system"});
+        for (n, v) in extra.as_object().unwrap() {
+            claims[n] = v.clone();
+        }
+        token(&k, iss, claims)
+    };
+    let portal = as_agency("000.00.05.H22", serde_json::json!({}));
+    // The sample dossier is filed with 000.00.01.H22.
+    let receiving = as_agency("000.00.01.H22", serde_json::json!({}));
+    let stranger = as_agency("000.00.09.H22", serde_json::json!({}));
+    let monitor = as_agency("000.00.09.H22", serde_json::json!({"roles": ["giam-sat"]}));
+
+    let filed = raw(gw.addr(), &post_dossier(&portal, "read-1", "Hồ sơ")).await;
+    assert_eq!(
+        filed.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&filed.body)
+    );
+    let code = filed.json()["dossier_code"].as_str().unwrap().to_string();
+    let timeline = |t: String| {
+        let path = format!("/v1/dossiers/{code}");
+        let addr = gw.addr();
+        async move { raw(addr, &get_with(&path, Some(&t), "")).await }
+    };
+    for (who, t) in [
+        ("submitter", &portal),
+        ("receiving unit", &receiving),
+        ("monitor", &monitor),
+    ] {
+        let r = timeline(t.clone()).await;
+        assert_eq!(r.status, 200, "{who}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["dossier_code"], code.as_str(), "{who}");
+    }
+    let missing = raw(
+        gw.addr(),
+        &get_with(
+            "/v1/dossiers/000.00.01.H22-251126-9999",
+            Some(&stranger),
+            "",
+        ),
+    )
+    .await;
+    assert_error(&missing, 404, "not_found");
+    let hidden = timeline(stranger.clone()).await;
+    assert_error(&hidden, 404, "not_found");
+    assert_eq!(hidden.json()["message"], missing.json()["message"]);
 }
