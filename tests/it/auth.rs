@@ -75,10 +75,10 @@ fn public_pem(k: &TestKey) -> String {
     )
 }
 
-async fn static_issuer_gateway(up: &MockUpstream, k: &TestKey) -> TestGateway {
+/// A gateway trusting `k` as the static key of issuer `idp`, with `rest` of the config.
+async fn issuer_gateway(k: &TestKey, rest: &str) -> TestGateway {
     let dir = scratch_dir();
-    let pubpem = public_pem(k);
-    std::fs::write(dir.join("issuer.pub.pem"), pubpem).unwrap();
+    std::fs::write(dir.join("issuer.pub.pem"), public_pem(k)).unwrap();
     let cfg = base_config(&format!(
         r#"
 [[auth.issuers]]
@@ -88,6 +88,17 @@ audiences = ["lienthong"]
 algorithms = ["EdDSA"]
 public_key = "issuer.pub.pem"
 kid = "{kid}"
+{rest}"#,
+        kid = k.kid,
+    ));
+    let path = dir.join("lienthong.toml");
+    std::fs::write(&path, cfg).unwrap();
+    TestGateway::start_file(path).await
+}
+
+async fn static_issuer_gateway(up: &MockUpstream, k: &TestKey) -> TestGateway {
+    let rest = format!(
+        r#"
 [upstreams.u]
 endpoints = ["{url}"]
 [[routes]]
@@ -115,12 +126,9 @@ name = "undeclared"
 path_prefix = "/undeclared"
 upstream = "u"
 "#,
-        kid = k.kid,
         url = up.url()
-    ));
-    let path = dir.join("lienthong.toml");
-    std::fs::write(&path, cfg).unwrap();
-    TestGateway::start_file(path).await
+    );
+    issuer_gateway(k, &rest).await
 }
 
 #[tokio::test]
@@ -686,18 +694,7 @@ fn up_header(up: &MockUpstream, name: &str) -> String {
 }
 
 fn post_dossier(bearer: &str, key: &str, summary: &str) -> Vec<u8> {
-    let body = serde_json::json!({
-        "procedure_code": "3.000182.000.00.00.H22",
-        "procedure_name": "Tuyển sinh trung học cơ sở",
-        "receiving_unit": "000.00.01.H22",
-        "channel": "2",
-        "summary": summary,
-        "status": "1",
-        "received_at": "20251126083000",
-        "due_at": "20251203170000",
-        "applicant": {"name": "Nguyễn Văn A", "kind": "1", "id_number": "022090000001"}
-    })
-    .to_string();
+    let body = dossier_json(None, summary);
     format!(
         "POST /v1/dossiers HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {bearer}\r\n\
          Idempotency-Key: {key}\r\nContent-Type: application/json\r\n\
@@ -707,23 +704,11 @@ fn post_dossier(bearer: &str, key: &str, summary: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// An Idempotency-Key is its caller's own: two agencies that happen to pick the same key
-/// each get their dossier accepted (not the other's receipt, not a 409 over the other's
-/// content), and each caller's resend is still a replay.
 /// A gateway whose intake admits tokens of the `idp` issuer for agencies `*.H22`, with
 /// `giam-sat` as the role that reads every dossier; deliveries go to `dest`.
 async fn exchange_gateway(k: &TestKey, dest: &MockUpstream) -> TestGateway {
-    let dir = scratch_dir();
-    std::fs::write(dir.join("issuer.pub.pem"), public_pem(k)).unwrap();
-    let cfg = base_config(&format!(
+    let rest = format!(
         r#"
-[[auth.issuers]]
-name = "idp"
-iss = "https://idp.tinh.gov.vn"
-audiences = ["lienthong"]
-algorithms = ["EdDSA"]
-public_key = "issuer.pub.pem"
-kid = "{kid}"
 [upstreams.dest]
 endpoints = ["{url}"]
 [exchange]
@@ -734,14 +719,14 @@ read_all_roles = ["giam-sat"]
 [exchange.deliveries]
 dvcqg = {{ upstream = "dest", path = "/dvcqg/DongBoHoSoMC" }}
 "#,
-        kid = k.kid,
         url = dest.url()
-    ));
-    let path = dir.join("lienthong.toml");
-    std::fs::write(&path, cfg).unwrap();
-    TestGateway::start_file(path).await
+    );
+    issuer_gateway(k, &rest).await
 }
 
+/// An Idempotency-Key is its caller's own: two agencies that happen to pick the same key
+/// each get their dossier accepted (not the other's receipt, not a 409 over the other's
+/// content), and each caller's resend is still a replay.
 #[tokio::test]
 async fn idempotency_keys_are_scoped_to_the_caller() {
     let k = key("intake-key");

@@ -4,29 +4,6 @@
 
 use crate::support::*;
 
-fn dossier(code: Option<&str>, summary: &str) -> String {
-    let mut v = serde_json::json!({
-        "procedure_code": "3.000182.000.00.00.H22",
-        "procedure_name": "Tuyển sinh trung học cơ sở",
-        "receiving_unit": "000.00.01.H22",
-        "channel": "2",
-        "summary": summary,
-        "status": "1",
-        "received_at": "20251126083000",
-        "due_at": "20251203170000",
-        "applicant": {
-            "name": "Nguyễn Văn A",
-            "kind": "1",
-            "id_number": "022090000001",
-            "identifiers": [{"kind": "1", "number": "022090000001"}]
-        }
-    });
-    if let Some(c) = code {
-        v["code"] = c.into();
-    }
-    v.to_string()
-}
-
 fn post(path: &str, body: &str, extra: &str) -> Vec<u8> {
     format!(
         "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
@@ -101,7 +78,11 @@ async fn intake_gives_durable_idempotent_receipts() {
     let (gw, _dest) = gateway().await;
     let r = raw(
         gw.addr(),
-        &post("/v1/dossiers", &dossier(None, "Hồ sơ tuyển sinh lớp 6"), ""),
+        &post(
+            "/v1/dossiers",
+            &dossier_json(None, "Hồ sơ tuyển sinh lớp 6"),
+            "",
+        ),
     )
     .await;
     assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
@@ -118,7 +99,7 @@ async fn intake_gives_durable_idempotent_receipts() {
         gw.addr(),
         &post(
             "/v1/dossiers",
-            &dossier(Some(&code), "Hồ sơ tuyển sinh lớp 6"),
+            &dossier_json(Some(&code), "Hồ sơ tuyển sinh lớp 6"),
             "",
         ),
     )
@@ -127,7 +108,11 @@ async fn intake_gives_durable_idempotent_receipts() {
     assert_eq!(again.json(), receipt);
     let other = raw(
         gw.addr(),
-        &post("/v1/dossiers", &dossier(Some(&code), "Nội dung khác"), ""),
+        &post(
+            "/v1/dossiers",
+            &dossier_json(Some(&code), "Nội dung khác"),
+            "",
+        ),
     )
     .await;
     assert_error(&other, 409, "conflict");
@@ -135,12 +120,12 @@ async fn intake_gives_durable_idempotent_receipts() {
     let k = "Idempotency-Key: portal-req-7\r\n";
     let a = raw(
         gw.addr(),
-        &post("/v1/dossiers", &dossier(None, "Hồ sơ B"), k),
+        &post("/v1/dossiers", &dossier_json(None, "Hồ sơ B"), k),
     )
     .await;
     let b = raw(
         gw.addr(),
-        &post("/v1/dossiers", &dossier(None, "Hồ sơ B"), k),
+        &post("/v1/dossiers", &dossier_json(None, "Hồ sơ B"), k),
     )
     .await;
     assert_eq!(a.status, 202);
@@ -148,7 +133,7 @@ async fn intake_gives_durable_idempotent_receipts() {
     assert_error(
         &raw(
             gw.addr(),
-            &post("/v1/dossiers", &dossier(None, "Hồ sơ C"), k),
+            &post("/v1/dossiers", &dossier_json(None, "Hồ sơ C"), k),
         )
         .await,
         409,
@@ -188,7 +173,7 @@ async fn intake_gives_durable_idempotent_receipts() {
 #[tokio::test]
 async fn invalid_dossiers_and_events_name_the_field() {
     let (gw, _dest) = gateway().await;
-    let bad = dossier(None, "x").replace("022090000001", "12345");
+    let bad = dossier_json(None, "x").replace("022090000001", "12345");
     let r = raw(gw.addr(), &post("/v1/dossiers", &bad, "")).await;
     assert_error(&r, 422, "invalid_dossier");
     assert!(
@@ -198,7 +183,7 @@ async fn invalid_dossiers_and_events_name_the_field() {
     );
     let r = raw(
         gw.addr(),
-        &post("/v1/dossiers", &dossier(None, "Hồ sơ D"), ""),
+        &post("/v1/dossiers", &dossier_json(None, "Hồ sơ D"), ""),
     )
     .await;
     let code = r.json()["dossier_code"].as_str().unwrap().to_string();
@@ -231,7 +216,7 @@ async fn dossiers_and_events_are_delivered_in_order_with_idempotency_keys() {
     let (gw, dest) = gateway().await;
     let r = raw(
         gw.addr(),
-        &post("/v1/dossiers", &dossier(None, "Hồ sơ giao"), ""),
+        &post("/v1/dossiers", &dossier_json(None, "Hồ sơ giao"), ""),
     )
     .await;
     let code = r.json()["dossier_code"].as_str().unwrap().to_string();
@@ -298,7 +283,11 @@ async fn counterpart_down_then_back_gets_everything() {
     for i in 0..5 {
         let r = raw(
             gw.addr(),
-            &post("/v1/dossiers", &dossier(None, &format!("Hồ sơ {i}")), ""),
+            &post(
+                "/v1/dossiers",
+                &dossier_json(None, &format!("Hồ sơ {i}")),
+                "",
+            ),
         )
         .await;
         assert_eq!(r.status, 202);
@@ -353,7 +342,7 @@ async fn permanent_refusal_dead_letters_and_admin_retry_redelivers() {
     assert_eq!(
         raw(
             gw.addr(),
-            &post("/v1/dossiers", &dossier(None, "Hồ sơ X"), "")
+            &post("/v1/dossiers", &dossier_json(None, "Hồ sơ X"), "")
         )
         .await
         .status,
@@ -430,7 +419,7 @@ dvcqg = {{ upstream = "sandbox", path = "/dvcqg/hoso" }}
     sb.set_mode("dvcqg", Mode::Down);
     let r = raw(
         gw.addr(),
-        &post("/v1/dossiers", &dossier(None, "Hồ sơ sandbox"), ""),
+        &post("/v1/dossiers", &dossier_json(None, "Hồ sơ sandbox"), ""),
     )
     .await;
     assert_eq!(r.status, 202);
@@ -662,7 +651,7 @@ so-yte = {{ upstream = "dest", path = "/so-yte", fields = ["G14-*"] }}
     let gw = TestGateway::start(&cfg).await;
     let r = raw(
         gw.addr(),
-        &post("/v1/dossiers", &dossier(None, "Tuyển sinh"), ""),
+        &post("/v1/dossiers", &dossier_json(None, "Tuyển sinh"), ""),
     )
     .await;
     assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
@@ -686,7 +675,7 @@ so-yte = {{ upstream = "dest", path = "/so-yte", fields = ["G14-*"] }}
         serde_json::json!(["dvcqg", "so-gddt"])
     );
     // A health dossier (field G14-…, another procedure) goes to so-yte, not so-gddt.
-    let mut v: serde_json::Value = serde_json::from_str(&dossier(None, "Y tế")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&dossier_json(None, "Y tế")).unwrap();
     v["procedure_code"] = "1.001234.000.00.00.H22".into();
     v["field_code"] = "G14-YT01".into();
     let r = raw(gw.addr(), &post("/v1/dossiers", &v.to_string(), "")).await;
@@ -768,11 +757,11 @@ dvcqg = {{ upstream = "dest", path = "/dvcqg" }}
     let gw = TestGateway::start(&cfg).await;
     let r = raw(
         gw.addr(),
-        &post("/v1/dossiers", &dossier(None, "Có trong danh mục"), ""),
+        &post("/v1/dossiers", &dossier_json(None, "Có trong danh mục"), ""),
     )
     .await;
     assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
-    let mut v: serde_json::Value = serde_json::from_str(&dossier(None, "Không có")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&dossier_json(None, "Không có")).unwrap();
     v["procedure_code"] = "9.999999.000.00.00.H22".into();
     let r = raw(gw.addr(), &post("/v1/dossiers", &v.to_string(), "")).await;
     assert_error(&r, 422, "invalid_dossier");
@@ -811,7 +800,7 @@ async fn deliveries_read_the_counterparts_answer_through_the_adapter() {
     let gw = TestGateway::start(&cfg).await;
     let r = raw(
         gw.addr(),
-        &post("/v1/dossiers", &dossier(None, "Lần một"), ""),
+        &post("/v1/dossiers", &dossier_json(None, "Lần một"), ""),
     )
     .await;
     assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
@@ -841,7 +830,7 @@ async fn deliveries_read_the_counterparts_answer_through_the_adapter() {
 
     let r = raw(
         gw.addr(),
-        &post("/v1/dossiers", &dossier(None, "Lần hai"), ""),
+        &post("/v1/dossiers", &dossier_json(None, "Lần hai"), ""),
     )
     .await;
     let second = r.json()["dossier_code"].as_str().unwrap().to_string();
@@ -904,7 +893,7 @@ headers = { dstcode = "VN:GOV:000.00.00.G22:vpcpdvcprovider" }"#,
     for summary in ["Một", "Hai", "Ba"] {
         let r = raw(
             gw.addr(),
-            &post("/v1/dossiers", &dossier(None, summary), ""),
+            &post("/v1/dossiers", &dossier_json(None, summary), ""),
         )
         .await;
         assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));

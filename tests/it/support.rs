@@ -556,3 +556,27 @@ pub fn dev_token(agency: &str) -> String {
     });
     lienthong::auth::jwt::mint(&key, jsonwebtoken::Algorithm::EdDSA, claims, None).unwrap()
 }
+
+/// A canonical dossier (hồ sơ) as JSON, filed with `000.00.01.H22`, with `code` when given.
+pub fn dossier_json(code: Option<&str>, summary: &str) -> String {
+    let mut v = serde_json::json!({
+        "procedure_code": "3.000182.000.00.00.H22",
+        "procedure_name": "Tuyển sinh trung học cơ sở",
+        "receiving_unit": "000.00.01.H22",
+        "channel": "2",
+        "summary": summary,
+        "status": "1",
+        "received_at": "20251126083000",
+        "due_at": "20251203170000",
+        "applicant": {
+            "name": "Nguyễn Văn A",
+            "kind": "1",
+            "id_number": "022090000001",
+            "identifiers": [{"kind": "1", "number": "022090000001"}]
+        }
+    });
+    if let Some(c) = code {
+        v["code"] = c.into();
+    }
+    v.to_string()
+}
