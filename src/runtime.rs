@@ -283,7 +283,18 @@ impl Gateway {
 
     /// Reloads from the file the config came from: validate first, swap atomically,
     /// keep the old config when the new one is invalid.
+    /// Reloads the config from its file (SIGHUP and `POST /admin/reload`); an invalid
+    /// one is counted (`lienthong_config_reloads_total{result="invalid"}`) and the
+    /// running config kept.
     pub async fn reload(&self) -> Result<u64, Problems> {
+        let res = self.reload_from_file().await;
+        if res.is_err() {
+            metrics::counter!("lienthong_config_reloads_total", "result" => "invalid").increment(1);
+        }
+        res
+    }
+
+    async fn reload_from_file(&self) -> Result<u64, Problems> {
         let _guard = self.reload_lock.lock().await;
         let current = self.runtime();
         let Some(path) = current.config.source.clone() else {
@@ -348,6 +359,17 @@ impl Gateway {
             problems.0.push(crate::config::Problem {
                 path: "audit".into(),
                 message: "the audit log settings cannot change on reload; restart instead".into(),
+            });
+        }
+        // The log filter and format, and the worker threads, are set up once at start.
+        // (`log.access_log` is read per request and does change on reload.)
+        let started = |c: &Config| (c.log.level.clone(), c.log.format, c.server.worker_threads);
+        if started(&current.config) != started(&cfg) {
+            problems.0.push(crate::config::Problem {
+                path: "log".into(),
+                message: "log.level, log.format and server.worker_threads cannot change on \
+                          reload; restart instead"
+                    .into(),
             });
         }
         if current.config.admin.listen != cfg.admin.listen {

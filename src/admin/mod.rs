@@ -3,6 +3,8 @@
 //! that operations endpoints are never reachable through a route.
 
 use crate::body::Body;
+use crate::error::{ErrorKind, GatewayError};
+use crate::pipeline::respond;
 use crate::runtime::Gateway;
 use crate::server::tls::TlsState;
 use http::{header, Method, Request, Response, StatusCode};
@@ -61,9 +63,119 @@ fn json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
     r
 }
 
+/// Every admin answer carries a request id (the caller's `X-Request-Id` when sane), and
+/// every refusal is the gateway's JSON error body with it (`respond::error_response`).
 async fn handle(gw: &Gateway, tls: &[Arc<TlsState>], req: Request<Incoming>) -> Response<Body> {
-    let path = req.uri().path();
-    match (req.method(), path) {
+    let rid = crate::pipeline::request_id(req.headers());
+    let rid_str = rid.to_str().unwrap_or_default().to_string();
+    let res = match gate(gw, &req) {
+        Err(e) => Err(e),
+        Ok(()) => answer(gw, tls, req, &rid_str).await,
+    };
+    let mut rsp = match res {
+        Ok(r) => r,
+        Err(e) => respond::error_response(&e, &rid_str),
+    };
+    rsp.headers_mut()
+        .insert(crate::pipeline::headers::X_REQUEST_ID.clone(), rid);
+    rsp
+}
+
+/// The admin endpoints change state and show citizens' audit data, and they have no
+/// credentials of their own: what keeps them private is the listener's address
+/// (loopback by default). A web page open in a browser on that host must not reach them
+/// either: a request with an `Origin` (which browsers add to cross-site requests, forms
+/// included) is refused, and so is a `Host` that is not an IP literal, `localhost` or
+/// one of `[admin] hosts`, since a DNS name that an attacker re-points at 127.0.0.1
+/// (DNS rebinding) would otherwise let a page read the answers.
+fn gate(gw: &Gateway, req: &Request<Incoming>) -> Result<(), GatewayError> {
+    if req.headers().contains_key(header::ORIGIN) {
+        return Err(GatewayError::new(
+            ErrorKind::Forbidden,
+            "cross_origin",
+            "the admin API does not answer requests made by web pages",
+        ));
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    if !host_allowed(host, &gw.runtime().config.admin.hosts) {
+        return Err(GatewayError::new(
+            ErrorKind::Forbidden,
+            "host_not_allowed",
+            "the admin API answers requests addressed to an IP address, localhost or a name \
+             in [admin] hosts",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `host` (a `Host` field: name or IP literal, with an optional port) may reach
+/// the admin API. An absent `Host` (HTTP/1.0 tools) passes: browsers always send one.
+fn host_allowed(host: &str, names: &[String]) -> bool {
+    if host.is_empty() {
+        return true;
+    }
+    let name = match host.strip_prefix('[') {
+        // `[v6]:port`
+        Some(rest) => {
+            return rest
+                .split(']')
+                .next()
+                .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok())
+        }
+        None => host.rsplit_once(':').map_or(host, |(n, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                n
+            } else {
+                host
+            }
+        }),
+    };
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || names.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// An admin query parameter, percent-decoded; a malformed one is a 400.
+fn param(q: &str, k: &str) -> Option<String> {
+    q.split('&')
+        .find_map(|kv| kv.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+        .map(|v| crate::pipeline::normalize::percent_decode(v).unwrap_or_else(|| v.to_string()))
+}
+
+fn parsed<T: std::str::FromStr>(q: &str, k: &'static str) -> Result<Option<T>, GatewayError> {
+    param(q, k)
+        .map(|v| {
+            v.parse().map_err(|_| {
+                GatewayError::bad_request("bad_parameter", format!("{k}={v:?} is not valid here"))
+            })
+        })
+        .transpose()
+}
+
+/// Most records one `/admin/audit/records` answer holds (`limit`, default 100); use
+/// `from_index` to page, or `lienthong audit export` for bulk.
+const MAX_RECORDS: usize = 1000;
+
+fn not_found(message: &str) -> GatewayError {
+    GatewayError::new(ErrorKind::NotFound, "not_found", message.to_string())
+}
+
+async fn answer(
+    gw: &Gateway,
+    tls: &[Arc<TlsState>],
+    req: Request<Incoming>,
+    rid: &str,
+) -> Result<Response<Body>, GatewayError> {
+    let path = req.uri().path().to_string();
+    let path = path.as_str();
+    let q = req.uri().query().unwrap_or("").to_string();
+    let q = q.as_str();
+    Ok(match (req.method(), path) {
         (&Method::GET, "/health/live") => {
             json(StatusCode::OK, serde_json::json!({"status": "live"}))
         }
@@ -71,10 +183,20 @@ async fn handle(gw: &Gateway, tls: &[Arc<TlsState>], req: Request<Incoming>) -> 
             if gw.ready() {
                 json(StatusCode::OK, serde_json::json!({"status": "ready"}))
             } else {
-                json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    serde_json::json!({"status": "not_ready"}),
-                )
+                let e = GatewayError::unavailable(
+                    "not_ready",
+                    "the config is loaded but upstream health is not known yet, or the gateway is stopping",
+                    1,
+                );
+                let mut r = respond::error_response(&e, rid);
+                // Probes that read the body see the state too.
+                *r.body_mut() = Body::full(
+                    serde_json::to_vec(&serde_json::json!({
+                        "status": "not_ready", "code": e.code, "message": e.message, "request_id": rid,
+                    }))
+                    .unwrap_or_default(),
+                );
+                r
             }
         }
         (&Method::GET, "/metrics") => {
@@ -180,22 +302,12 @@ async fn handle(gw: &Gateway, tls: &[Arc<TlsState>], req: Request<Incoming>) -> 
         (&Method::POST, p) if p.starts_with("/admin/lookups/") => {
             let rt = gw.runtime();
             let rest = &p["/admin/lookups/".len()..];
-            let key = req
-                .uri()
-                .query()
-                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("key=")))
-                .map(str::to_string);
+            let key = param(q, "key");
             let Some((name, action)) = rest.split_once('/') else {
-                return json(
-                    StatusCode::NOT_FOUND,
-                    serde_json::json!({"code": "not_found", "message": "use /admin/lookups/NAME/purge or /refresh"}),
-                );
+                return Err(not_found("use /admin/lookups/NAME/purge or /refresh"));
             };
             let Some(l) = rt.lookups.get(name) else {
-                return json(
-                    StatusCode::NOT_FOUND,
-                    serde_json::json!({"code": "not_found", "message": "no such lookup"}),
-                );
+                return Err(not_found("no such lookup"));
             };
             let view = if key.is_some() { &l.by_key } else { &l.whole };
             match action {
@@ -204,7 +316,9 @@ async fn handle(gw: &Gateway, tls: &[Arc<TlsState>], req: Request<Incoming>) -> 
                         l.by_key.purge_all();
                         l.whole.purge_all();
                     } else {
-                        let _ = view.purge(key.as_deref()).await;
+                        view.purge(key.as_deref())
+                            .await
+                            .map_err(|e| GatewayError::bad_request("bad_key", e.to_string()))?;
                     }
                     tracing::info!(lookup = name, key = ?key, "admin: lookup purged");
                     json(StatusCode::OK, serde_json::json!({"status": "purged"}))
@@ -214,15 +328,15 @@ async fn handle(gw: &Gateway, tls: &[Arc<TlsState>], req: Request<Incoming>) -> 
                         StatusCode::OK,
                         serde_json::json!({"status": "refreshed", "etag": s.etag}),
                     ),
-                    Err(e) => json(
-                        StatusCode::BAD_GATEWAY,
-                        serde_json::json!({"code": "refresh_failed", "message": e.to_string()}),
-                    ),
+                    Err(e) => {
+                        return Err(GatewayError::new(
+                            ErrorKind::BadGateway,
+                            "refresh_failed",
+                            e.to_string(),
+                        ))
+                    }
                 },
-                _ => json(
-                    StatusCode::NOT_FOUND,
-                    serde_json::json!({"code": "not_found", "message": "use purge or refresh"}),
-                ),
+                _ => return Err(not_found("use purge or refresh")),
             }
         }
         (&Method::GET, "/admin/audit/stats") => match gw.runtime().audit.clone() {
@@ -239,26 +353,31 @@ async fn handle(gw: &Gateway, tls: &[Arc<TlsState>], req: Request<Incoming>) -> 
                     }),
                 )
             }
-            None => json(
-                StatusCode::NOT_FOUND,
-                serde_json::json!({"code": "not_found", "message": "no audit log configured"}),
-            ),
+            None => return Err(not_found("no audit log configured")),
         },
         (&Method::GET, "/admin/audit/records") => match gw.runtime().audit.clone() {
             Some(a) => {
-                let q = req.uri().query().unwrap_or("").to_string();
-                let get = |k: &str| {
-                    q.split('&')
-                        .find_map(|kv| kv.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
-                        .map(str::to_string)
-                };
+                let limit = parsed::<usize>(q, "limit")?.unwrap_or(100);
+                if limit > MAX_RECORDS {
+                    return Err(GatewayError::bad_request(
+                        "bad_parameter",
+                        format!("limit is at most {MAX_RECORDS}; page with from_index"),
+                    ));
+                }
+                let from_index = parsed::<u64>(q, "from_index")?;
+                if from_index.is_some_and(|i| i > i64::MAX as u64) {
+                    return Err(GatewayError::bad_request(
+                        "bad_parameter",
+                        "from_index is beyond any record",
+                    ));
+                }
                 let filter = crate::store::audit::Filter {
-                    dossier: get("dossier"),
-                    agency: get("agency"),
-                    route: get("route"),
-                    status: get("status").and_then(|s| s.parse().ok()),
-                    from_index: get("from_index").and_then(|s| s.parse().ok()),
-                    limit: Some(get("limit").and_then(|s| s.parse().ok()).unwrap_or(100)),
+                    dossier: param(q, "dossier"),
+                    agency: param(q, "agency"),
+                    route: param(q, "route"),
+                    status: parsed(q, "status")?,
+                    from_index,
+                    limit: Some(limit),
                     ..Default::default()
                 };
                 let db = a.cfg.db.clone();
@@ -273,20 +392,23 @@ async fn handle(gw: &Gateway, tls: &[Arc<TlsState>], req: Request<Incoming>) -> 
                                 .collect(),
                         ),
                     ),
-                    Ok(Err(e)) => json(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        serde_json::json!({"code": "audit_query_failed", "message": e.to_string()}),
-                    ),
-                    Err(_) => json(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        serde_json::json!({"code": "audit_query_failed", "message": "query task failed"}),
-                    ),
+                    Ok(Err(e)) => {
+                        return Err(GatewayError::new(
+                            ErrorKind::Internal,
+                            "audit_query_failed",
+                            e.to_string(),
+                        ))
+                    }
+                    Err(_) => {
+                        return Err(GatewayError::new(
+                            ErrorKind::Internal,
+                            "audit_query_failed",
+                            "query task failed",
+                        ))
+                    }
                 }
             }
-            None => json(
-                StatusCode::NOT_FOUND,
-                serde_json::json!({"code": "not_found", "message": "no audit log configured"}),
-            ),
+            None => return Err(not_found("no audit log configured")),
         },
         (&Method::POST, "/admin/audit/checkpoint") => match gw.runtime().audit.clone() {
             Some(a) => match a.writer.checkpoint_now().await {
@@ -294,24 +416,28 @@ async fn handle(gw: &Gateway, tls: &[Arc<TlsState>], req: Request<Incoming>) -> 
                     StatusCode::OK,
                     serde_json::json!({"checkpoint": cp.to_text()}),
                 ),
-                Err(e) => json(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    serde_json::json!({"code": "checkpoint_failed", "message": e.to_string()}),
-                ),
+                Err(e) => {
+                    return Err(GatewayError::new(
+                        ErrorKind::Internal,
+                        "checkpoint_failed",
+                        e.to_string(),
+                    ))
+                }
             },
-            None => json(
-                StatusCode::NOT_FOUND,
-                serde_json::json!({"code": "not_found", "message": "no audit log configured"}),
-            ),
+            None => return Err(not_found("no audit log configured")),
         },
         (&Method::GET, "/admin/exchange/outbox") => match gw.runtime().exchange.clone() {
             Some(x) => {
                 use crate::store::exchange::{ExchangeStore, OutboxState};
-                let q = req.uri().query().unwrap_or("");
-                let state = q
-                    .split('&')
-                    .find_map(|kv| kv.strip_prefix("state="))
-                    .and_then(OutboxState::parse);
+                let state = match param(q, "state") {
+                    None => None,
+                    Some(s) => Some(OutboxState::parse(&s).ok_or_else(|| {
+                        GatewayError::bad_request(
+                            "bad_parameter",
+                            format!("state={s:?} is not an outbox state"),
+                        )
+                    })?),
+                };
                 match x.store.list_outbox(state, 0, 500).await {
                     Ok(items) => json(
                         StatusCode::OK,
@@ -328,13 +454,16 @@ async fn handle(gw: &Gateway, tls: &[Arc<TlsState>], req: Request<Incoming>) -> 
                                 .collect(),
                         ),
                     ),
-                    Err(e) => json(StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({"code": "store_error", "message": e.to_string()})),
+                    Err(e) => {
+                        return Err(GatewayError::new(
+                            ErrorKind::Internal,
+                            "store_error",
+                            e.to_string(),
+                        ))
+                    }
                 }
             }
-            None => json(
-                StatusCode::NOT_FOUND,
-                serde_json::json!({"code": "not_found", "message": "no exchange configured"}),
-            ),
+            None => return Err(not_found("no exchange configured")),
         },
         (&Method::POST, p) if p.starts_with("/admin/exchange/outbox/") => {
             match gw.runtime().exchange.clone() {
@@ -359,20 +488,23 @@ async fn handle(gw: &Gateway, tls: &[Arc<TlsState>], req: Request<Incoming>) -> 
                     tracing::info!(action = rest, "admin: outbox action");
                     match r {
                         Ok(true) => json(StatusCode::OK, serde_json::json!({"status": "done"})),
-                        Ok(false) => json(
-                            StatusCode::CONFLICT,
-                            serde_json::json!({"code": "not_applicable", "message": "no such item in a state that allows this"}),
-                        ),
-                        Err(e) => json(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            serde_json::json!({"code": "store_error", "message": e.to_string()}),
-                        ),
+                        Ok(false) => {
+                            return Err(GatewayError::new(
+                                ErrorKind::Conflict,
+                                "not_applicable",
+                                "no such item in a state that allows this",
+                            ))
+                        }
+                        Err(e) => {
+                            return Err(GatewayError::new(
+                                ErrorKind::Internal,
+                                "store_error",
+                                e.to_string(),
+                            ))
+                        }
                     }
                 }
-                None => json(
-                    StatusCode::NOT_FOUND,
-                    serde_json::json!({"code": "not_found", "message": "no exchange configured"}),
-                ),
+                None => return Err(not_found("no exchange configured")),
             }
         }
         (&Method::POST, "/admin/reload") => {
@@ -385,23 +517,48 @@ async fn handle(gw: &Gateway, tls: &[Arc<TlsState>], req: Request<Incoming>) -> 
                     serde_json::json!({"status": "reloaded", "generation": g}),
                 ),
                 Err(p) => {
-                    metrics::counter!("lienthong_config_reloads_total", "result" => "invalid")
-                        .increment(1);
                     let problems: Vec<String> = p.0.iter().map(|x| x.to_string()).collect();
                     json(
                         StatusCode::UNPROCESSABLE_ENTITY,
                         serde_json::json!({
                             "code": "invalid_config",
                             "message": "the new config is invalid; the running config is unchanged",
+                            "request_id": rid,
                             "problems": problems,
                         }),
                     )
                 }
             }
         }
-        _ => json(
-            StatusCode::NOT_FOUND,
-            serde_json::json!({"code": "not_found", "message": "no such admin endpoint"}),
-        ),
-    }
+        (_, p) => {
+            // A known endpoint asked with another method: 405 with the one it takes.
+            const GET: &[&str] = &[
+                "/health/live",
+                "/health/ready",
+                "/metrics",
+                "/admin/config",
+                "/admin/upstreams",
+                "/admin/lookups",
+                "/admin/audit/stats",
+                "/admin/audit/records",
+                "/admin/exchange/outbox",
+            ];
+            const POST: &[&str] = &["/admin/audit/checkpoint", "/admin/reload"];
+            let allow = if GET.contains(&p) {
+                "GET"
+            } else if POST.contains(&p)
+                || p.starts_with("/admin/lookups/")
+                || p.starts_with("/admin/exchange/outbox/")
+            {
+                "POST"
+            } else {
+                return Err(not_found("no such admin endpoint"));
+            };
+            return Err(GatewayError::method_not_allowed(
+                "method_not_allowed",
+                "method not allowed here",
+                allow,
+            ));
+        }
+    })
 }

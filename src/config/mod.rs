@@ -150,6 +150,8 @@ pub struct LogConfig {
 #[derive(Debug, Clone, Serialize)]
 pub struct AdminConfig {
     pub listen: Option<SocketAddr>,
+    /// Host names the admin API answers to besides IP literals and `localhost`.
+    pub hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -1636,6 +1638,7 @@ impl Validator {
             } else {
                 Some(self.addr("admin.listen", admin.listen.as_ref(), "127.0.0.1:9090"))
             },
+            hosts: admin.hosts.unwrap_or_default(),
         };
 
         let mut listeners = Vec::new();

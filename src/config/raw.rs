@@ -403,6 +403,9 @@ pub struct RawAdmin {
     pub listen: Option<String>,
     /// Set false to run without an admin listener.
     pub enabled: Option<bool>,
+    /// Host names the admin API answers to besides IP literals and `localhost` (a
+    /// request addressed to any other name is refused: DNS rebinding).
+    pub hosts: Option<Vec<String>>,
 }
 
 /// `[[listeners]]`: one entry per bound socket.

@@ -78,7 +78,7 @@ pub struct RequestCtx {
 
 /// A request id: the client's when it is sane, else `<process prefix>-<counter>`,
 /// unique within the process and, with a random prefix, across restarts.
-fn request_id(h: &http::HeaderMap) -> HeaderValue {
+pub(crate) fn request_id(h: &http::HeaderMap) -> HeaderValue {
     if let Some(v) = h.get(&headers::X_REQUEST_ID) {
         let b = v.as_bytes();
         if !b.is_empty()

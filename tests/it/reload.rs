@@ -50,6 +50,18 @@ async fn reload_swaps_config_and_rejects_invalid_ones() {
     assert_eq!(status, 422, "{body}");
     assert!(body.contains("restart instead"), "{body}");
     assert_eq!(raw_get(gw.addr(), "/three").await.status, 404);
+    // So is the log filter, set up once at start.
+    std::fs::write(
+        &gw.config_path,
+        config(&b.url(), "/three").replace(
+            "access_log = false",
+            "access_log = false\nlevel = \"debug\"",
+        ),
+    )
+    .unwrap();
+    let (status, body) = admin_post(&gw, "/admin/reload").await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("log.level"), "{body}");
 
     // The running config is visible on the admin listener.
     let (status, body) = admin_get(&gw, "/admin/config").await;
@@ -149,4 +161,61 @@ async fn graceful_shutdown_finishes_in_flight_and_refuses_new() {
         .await
         .unwrap()
         .unwrap();
+}
+
+/// The admin API has no credentials of its own, so a web page on the admin host must not
+/// reach it (a request with `Origin`, or addressed to a name that is not the host's), and
+/// it answers refusals with the JSON error body and a request id like the gateway does.
+#[tokio::test]
+async fn the_admin_api_refuses_web_pages_and_bad_parameters_with_json_errors() {
+    let a = MockUpstream::start(echo("a")).await;
+    let gw = TestGateway::start(&config(&a.url(), "/one")).await;
+    let ok = admin_raw(&gw, "GET", "/admin/upstreams", "").await;
+    assert_eq!(ok.status, 200);
+    assert!(ok.header("x-request-id").is_some());
+    // A page's cross-site request (forms included) carries an Origin.
+    let r = admin_raw(
+        &gw,
+        "POST",
+        "/admin/reload",
+        "Origin: https://evil.example\r\n",
+    )
+    .await;
+    assert_error(&r, 403, "cross_origin");
+    // DNS rebinding: a name of the attacker's pointed at 127.0.0.1.
+    let addr = gw.admin.unwrap();
+    let rebound = raw(
+        addr,
+        b"GET /admin/audit/records HTTP/1.1\r\nHost: evil.example:9090\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_error(&rebound, 403, "host_not_allowed");
+    let local = raw(
+        addr,
+        format!(
+            "GET /health/live HTTP/1.1\r\nHost: localhost:{}\r\nConnection: close\r\n\r\n",
+            addr.port()
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(local.status, 200);
+    // Parameters that do not parse are refused, not dropped (which would widen the query),
+    // and one answer holds at most 1000 records.
+    for q in ["status=5O3", "limit=100000", "from_index=x", "limit=-1"] {
+        let r = admin_raw(&gw, "GET", &format!("/admin/audit/records?{q}"), "").await;
+        assert_error(&r, 400, "bad_parameter");
+    }
+    let r = admin_raw(&gw, "GET", "/admin/audit/records?limit=2&status=200", "").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.json().as_array().unwrap().len() <= 2);
+    // A known endpoint with another method: 405 and Allow; an unknown one: 404.
+    let r = admin_raw(&gw, "POST", "/metrics", "").await;
+    assert_error(&r, 405, "method_not_allowed");
+    assert_eq!(r.header("allow"), Some("GET"));
+    assert_error(
+        &admin_raw(&gw, "GET", "/admin/nope", "").await,
+        404,
+        "not_found",
+    );
 }

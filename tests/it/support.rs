@@ -493,24 +493,27 @@ where
 }
 
 /// GET on the admin listener; returns status and body text.
-pub async fn admin_get(gw: &TestGateway, path: &str) -> (u16, String) {
-    let r = raw(
-        gw.admin.unwrap(),
-        format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+/// A request to the admin listener, addressed to it by its IP address as a tool on the
+/// host would (`extra`: further header lines, each ending in CRLF).
+pub async fn admin_raw(gw: &TestGateway, method: &str, path: &str, extra: &str) -> RawResponse {
+    let addr = gw.admin.unwrap();
+    raw(
+        addr,
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
     )
-    .await;
+    .await
+}
+
+pub async fn admin_get(gw: &TestGateway, path: &str) -> (u16, String) {
+    let r = admin_raw(gw, "GET", path, "").await;
     (r.status, String::from_utf8_lossy(&r.body).into_owned())
 }
 
 pub async fn admin_post(gw: &TestGateway, path: &str) -> (u16, String) {
-    let r = raw(
-        gw.admin.unwrap(),
-        format!(
-            "POST {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .await;
+    let r = admin_raw(gw, "POST", path, "").await;
     (r.status, String::from_utf8_lossy(&r.body).into_owned())
 }
 
