@@ -373,6 +373,15 @@ pub enum Problem {
     /// A checkpoint covers records the log no longer has: truncation.
     #[error("checkpoint covers {checkpoint_size} records but only {records} are present")]
     MissingRecords { checkpoint_size: u64, records: u64 },
+    /// The records before `size` are gone, but the record the prune point names
+    /// (`admin_idx`) is not the retention record announcing their deletion. A prune
+    /// point is not signed itself: without its announcement it is a deletion (or, with
+    /// the records still there, a way to skip them) that nobody recorded.
+    #[error(
+        "records before {size} are deleted, but record {admin_idx} is not the retention \
+         record announcing it"
+    )]
+    UnannouncedDeletion { size: u64, admin_idx: u64 },
 }
 
 /// Outcome of verifying a log.

@@ -1101,6 +1101,26 @@ impl Worker {
                 "records before {base} are already deleted"
             )));
         }
+        if let PruneTarget::OlderThan(t) = target {
+            // The cut comes from the segments' time columns, which are not signed: the
+            // last record to go is read to confirm it is older than the cutoff, so that
+            // an edited column cannot turn retention into a signed wipe of recent records.
+            let last = self.store.read_range(n - 1, n)?;
+            let older = last.first().is_some_and(|(idx, f)| {
+                crate::store::audit::decode_record(*idx, f)
+                    .ok()
+                    .and_then(|r| r.time_ms())
+                    .is_some_and(|ms| ms < epoch_ms(t))
+            });
+            if !older {
+                return Err(AuditError::Corrupt {
+                    index: n - 1,
+                    reason: "the segments' time columns put this record before the retention \
+                             cutoff, but the record is not older than it; nothing deleted"
+                        .into(),
+                });
+            }
+        }
         let at_n = self.frontier_at(n, base)?;
 
         // 1. Record the deletion, signed, before deleting anything.
@@ -1293,19 +1313,51 @@ pub fn verify_db(path: &Path, key: &VerifierKey, origin: &str) -> Result<VerifyR
             }
         }
     }
-    // A pruned log is verified from its stored prune-point frontier.
-    let (mut v, from) = match store.prune_point()? {
+    // Verification starts at the first stored record. Past 0 it resumes from the
+    // prune point stored at exactly that index (the frontier of the deleted records),
+    // which counts only with the retention record that announced it: a prune row is
+    // not signed, so one added where records are still stored is ignored (they are
+    // verified), and one without its announcement is reported. With no prune point
+    // there, the verifier starts at 0 and names the missing records.
+    let first = store.first_stored_index()?.unwrap_or(0);
+    let prune = if first > 0 {
+        store.prune_point_at(first)?
+    } else {
+        None
+    };
+    let (mut v, from) = match &prune {
         None => (LogVerifier::new(key, origin, &parsed), 0),
         Some(p) => (
-            LogVerifier::resume(key, origin, &parsed, p.frontier),
+            LogVerifier::resume(key, origin, &parsed, p.frontier.clone()),
             p.size,
         ),
     };
-    store.for_each_frame(from, None, |_, f| {
+    let announced_by = prune
+        .as_ref()
+        .map(|p| (p.admin_idx, format!("audit-retention-{}", p.size)));
+    let mut announced = false;
+    store.for_each_frame(from, None, |idx, f| {
+        if let Some((admin_idx, id)) = &announced_by {
+            if idx == *admin_idx {
+                announced = crate::store::audit::decode_record(idx, f)
+                    .is_ok_and(|r| r.kind == RecordKind::Admin && r.request_id == *id);
+            }
+        }
         feed_row(&mut v, f);
         Ok(())
     })?;
     let mut report = v.finish(None);
+    if let Some(p) = prune.as_ref().filter(|_| !announced) {
+        if report.first_bad.as_ref().is_none_or(|(i, _)| *i > p.size) {
+            report.first_bad = Some((
+                p.size,
+                Problem::UnannouncedDeletion {
+                    size: p.size,
+                    admin_idx: p.admin_idx,
+                },
+            ));
+        }
+    }
     if let Some((size, error)) = unreadable {
         // The unreadable checkpoint vouched for records below it; name the
         // start of the window it was meant to cover.
@@ -2915,6 +2967,120 @@ mod tests {
             ))
         );
         w.shutdown().await.unwrap();
+    }
+
+    /// Retention by age reads the segments' time columns, which are not signed: with
+    /// them edited to say everything is old, it refuses rather than signing a wipe.
+    #[tokio::test]
+    async fn retention_by_age_does_not_trust_edited_time_columns() {
+        let dir = TempDir::new();
+        let w = AuditWriter::start(cfg(&dir.db())).unwrap();
+        write_range(&w, 0..20).await;
+        w.flush().await.unwrap();
+        raw_conn(&dir.db())
+            .execute(
+                "UPDATE audit_segments SET max_time_ms = 0, min_time_ms = 0",
+                [],
+            )
+            .unwrap();
+        let cutoff = SystemTime::now() - Duration::from_secs(3600);
+        let err = w.prune(PruneTarget::OlderThan(cutoff)).await.unwrap_err();
+        assert!(
+            matches!(err, AuditError::Corrupt { index: 19, .. }),
+            "{err}"
+        );
+        assert_eq!(
+            Store::open_read_only(&dir.db()).unwrap().count().unwrap(),
+            20
+        );
+        w.shutdown().await.unwrap();
+    }
+
+    /// A segment row's frame length is not trusted: an absurd one reads as missing
+    /// frames, named, instead of aborting the verifier on the allocation.
+    #[tokio::test]
+    async fn an_absurd_segment_length_is_reported_not_an_abort() {
+        let dir = TempDir::new();
+        let w = AuditWriter::start(cfg(&dir.db())).unwrap();
+        write_range(&w, 0..20).await;
+        w.shutdown().await.unwrap();
+        drop(w);
+        raw_conn(&dir.db())
+            .execute("UPDATE audit_segments SET len = 4611686018427387904", [])
+            .unwrap();
+        // (Before the cap this aborted the process: a 4 EiB allocation.) The frame
+        // file holds what it holds: read to its end, the frames are the real ones
+        // (then all verify), or a row whose frames run into the next row's is named.
+        let r = verify_db(&dir.db(), &key(), ORIGIN).unwrap();
+        assert!(
+            (r.is_ok() && r.records == 20) || r.first_bad.is_some(),
+            "{r:?}"
+        );
+    }
+
+    /// A prune point is not signed: one written by hand must neither hide stored
+    /// records from verification nor pass off a deletion nobody announced.
+    #[tokio::test]
+    async fn a_prune_point_written_by_hand_hides_nothing_and_deletes_nothing_unnoticed() {
+        let dir = TempDir::new();
+        let mut c = cfg(&dir.db());
+        c.checkpoint_every_records = 16;
+        let w = AuditWriter::start(c).unwrap();
+        write_range(&w, 0..50).await;
+        w.shutdown().await.unwrap();
+        drop(w);
+        assert!(verify_db(&dir.db(), &key(), ORIGIN).unwrap().is_ok());
+        // 1. A prune row at the checkpoint of size 32 with the true frontier, while
+        // records 0..32 stay stored; then record 10 is edited and re-framed (its frame
+        // hash is right, only the signed root can tell).
+        raw_conn(&dir.db())
+            .execute(
+                "INSERT INTO audit_prunes (size, peaks, admin_idx, pruned_at_ms)
+                 SELECT size, peaks, size, 0 FROM audit_frontiers WHERE size = 32",
+                [],
+            )
+            .unwrap();
+        let original = frame_of(&dir.db(), 10);
+        let (mut payload, _) = crate::store::audit::decode_row(10, &original).unwrap();
+        let at = payload.windows(5).position(|w| w == b"req-1").unwrap();
+        payload[at + 4] = b'9';
+        set_frame(&dir.db(), 10, &encode_frame(10, &payload).unwrap());
+        let r = verify_db(&dir.db(), &key(), ORIGIN).unwrap();
+        assert!(
+            matches!(
+                r.first_bad,
+                Some((
+                    _,
+                    Problem::CheckpointRootMismatch {
+                        checkpoint_size: 16
+                    }
+                ))
+            ),
+            "the edit below the hand-made prune point must be found: {r:?}"
+        );
+        set_frame(&dir.db(), 10, &original);
+        raw_conn(&dir.db())
+            .execute("DELETE FROM audit_prunes", [])
+            .unwrap();
+        assert!(verify_db(&dir.db(), &key(), ORIGIN).unwrap().is_ok());
+        // 2. Records 0..32 deleted the way retention deletes them, but with no
+        // retention record: the prune point names record 40, an ordinary one.
+        let mut store = Store::open(&dir.db(), ORIGIN, &key()).unwrap();
+        let at32 = store.frontier_at_or_before(32).unwrap().unwrap();
+        assert_eq!(at32.size(), 32);
+        store.delete_before(32, &at32, 40).unwrap();
+        drop(store);
+        let r = verify_db(&dir.db(), &key(), ORIGIN).unwrap();
+        assert_eq!(
+            r.first_bad,
+            Some((
+                32,
+                Problem::UnannouncedDeletion {
+                    size: 32,
+                    admin_idx: 40
+                }
+            ))
+        );
     }
 
     #[tokio::test]

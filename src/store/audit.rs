@@ -614,6 +614,24 @@ pub struct PrunePoint {
     pub pruned_at_ms: u64,
 }
 
+/// A stored `audit_prunes` row.
+fn prune_point_of(size: i64, peaks: &str, admin: i64, at: i64) -> Result<PrunePoint, AuditError> {
+    let frontier: CompactRange = serde_json::from_str(peaks)?;
+    let size = to_u64(size)?;
+    if frontier.size() != size {
+        return Err(AuditError::Storage(format!(
+            "prune point {size} stores a frontier of size {}",
+            frontier.size()
+        )));
+    }
+    Ok(PrunePoint {
+        size,
+        frontier,
+        admin_idx: to_u64(admin)?,
+        pruned_at_ms: to_u64(at)?,
+    })
+}
+
 /// Decode a stored frame, insisting on exactly one valid frame whose index
 /// matches the row key.
 pub fn decode_row(idx: u64, frame: &[u8]) -> Result<(Vec<u8>, [u8; 32]), AuditError> {
@@ -917,7 +935,10 @@ impl FrameFiles {
         let Some((_, file)) = reading.as_ref() else {
             return Vec::new();
         };
-        let mut buf = vec![0u8; len as usize];
+        // The row's length is not trusted: no more than the file holds past `off` is
+        // read (an edited `len` must read as missing frames, not abort the reader).
+        let available = file.metadata().map_or(0, |m| m.len().saturating_sub(off));
+        let mut buf = vec![0u8; len.min(available) as usize];
         let mut got = 0;
         while got < buf.len() {
             match file.read_at(&mut buf[got..], off + got as u64) {
@@ -1405,6 +1426,40 @@ impl Store {
     }
 
     /// The most recent retention deletion, if any.
+    /// The index of the first stored record (`None`: no records stored).
+    pub fn first_stored_index(&self) -> Result<Option<u64>, AuditError> {
+        let first: Option<i64> =
+            self.conn
+                .query_row("SELECT MIN(first_idx) FROM audit_segments", [], |r| {
+                    r.get(0)
+                })?;
+        first.map(to_u64).transpose()
+    }
+
+    /// The prune point at exactly `size`, if one was stored.
+    pub fn prune_point_at(&self, size: u64) -> Result<Option<PrunePoint>, AuditError> {
+        Ok(self.prune_points()?.into_iter().find(|p| p.size == size))
+    }
+
+    fn prune_points(&self) -> Result<Vec<PrunePoint>, AuditError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT size, peaks, admin_idx, pruned_at_ms FROM audit_prunes ORDER BY size",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(size, peaks, admin, at)| prune_point_of(size, &peaks, admin, at))
+            .collect()
+    }
+
     pub fn prune_point(&self) -> Result<Option<PrunePoint>, AuditError> {
         let row: Option<(i64, String, i64, i64)> = self
             .conn
@@ -1415,23 +1470,8 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()?;
-        row.map(|(size, peaks, admin, at)| {
-            let frontier: CompactRange = serde_json::from_str(&peaks)?;
-            let size = to_u64(size)?;
-            if frontier.size() != size {
-                return Err(AuditError::Storage(format!(
-                    "prune point {size} stores a frontier of size {}",
-                    frontier.size()
-                )));
-            }
-            Ok(PrunePoint {
-                size,
-                frontier,
-                admin_idx: to_u64(admin)?,
-                pruned_at_ms: to_u64(at)?,
-            })
-        })
-        .transpose()
+        row.map(|(size, peaks, admin, at)| prune_point_of(size, &peaks, admin, at))
+            .transpose()
     }
 
     /// Lowest index whose record time is `>= t` (for time-based retention):
