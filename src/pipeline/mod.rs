@@ -1955,21 +1955,19 @@ pub mod forward {
         upstream_rsp: &mut Response<Body>,
         idle: std::time::Duration,
     ) {
-        use std::sync::atomic::{AtomicU64, Ordering};
         let upstream = hyper::upgrade::on(&mut *upstream_rsp);
         let task = tokio::spawn(async move {
             let (Ok(c), Ok(u)) = (client.await, upstream.await) else {
                 return;
             };
-            let activity = Arc::new(AtomicU64::new(crate::clock::mono_ms()));
+            let activity = Arc::new(crate::server::Activity::new());
             let mut c =
                 crate::server::ConnIo::new(hyper_util::rt::TokioIo::new(c), None, activity.clone());
             let mut u = hyper_util::rt::TokioIo::new(u);
             let idle_ms = idle.as_millis() as u64;
             let watchdog = async {
                 loop {
-                    let quiet =
-                        crate::clock::mono_ms().saturating_sub(activity.load(Ordering::Relaxed));
+                    let quiet = crate::clock::mono_ms().saturating_sub(activity.moved());
                     if quiet >= idle_ms {
                         return;
                     }

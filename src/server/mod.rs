@@ -262,7 +262,7 @@ async fn serve_conn(
     let local = stream.local_addr().unwrap_or(peer);
     let _ = stream.set_nodelay(true);
     let _gauge = ConnGauge::new(&listener);
-    let activity = Arc::new(AtomicU64::new(crate::clock::mono_ms()));
+    let activity = Arc::new(Activity::new());
     match tls {
         Some(t) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(t.current());
@@ -363,7 +363,7 @@ async fn serve_http<I>(
     l: &ListenerConfig,
     io: ConnIo<I>,
     h2: bool,
-    activity: Arc<AtomicU64>,
+    activity: Arc<Activity>,
     mut stop: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -438,7 +438,7 @@ async fn drive<C, E>(
     idle: Duration,
     // When bytes last moved (HTTP/1); None: idleness counts from the last exchange's
     // end instead (HTTP/2, whose PINGs move bytes on a connection nobody uses).
-    activity: Option<Arc<AtomicU64>>,
+    activity: Option<Arc<Activity>>,
     exchanges: Arc<Exchanges>,
     head: Option<Duration>,
     stop: &mut watch::Receiver<bool>,
@@ -454,15 +454,29 @@ async fn drive<C, E>(
     // head may be overdue. Heads that start later have later deadlines, so requests
     // coming and going never move the timer; it fires at most once per period.
     let last_activity = |now: u64| match &activity {
-        Some(a) => a.load(Ordering::Relaxed),
+        Some(a) => a.moved(),
         None => exchanges.idle_since().unwrap_or(now),
     };
-    let next_check = || {
+    // The next head is due `head` after the last exchange ended *and* its response was
+    // written out: hyper ends an exchange when it has taken the whole body, which for a
+    // body in one piece is before a slow reader has got much of it. (Only writes move
+    // this: a client trickling bytes of a head cannot.)
+    let head_since = |since: u64| match &activity {
+        Some(a) => since.max(a.written.load(Ordering::Relaxed)),
+        None => since,
+    };
+    // Draining, the idle deadline has been acted on: only the head's is left (else a
+    // deadline in the past would fire the timer again at once, in a loop).
+    let next_check = |draining: bool| {
         let now = crate::clock::mono_ms();
-        let mut at = last_activity(now) + idle_ms;
+        let mut at = if draining {
+            u64::MAX
+        } else {
+            last_activity(now) + idle_ms
+        };
         if let Some(h) = head_ms {
             at = at.min(match exchanges.idle_since() {
-                Some(since) => since + h,
+                Some(since) => head_since(since) + h,
                 None => now + h,
             });
         }
@@ -471,7 +485,7 @@ async fn drive<C, E>(
     let mut probe = stop.clone();
     let mut conn = std::pin::pin!(conn);
     let mut stopped = std::pin::pin!(stop.wait_for(|s| *s));
-    let mut timer = std::pin::pin!(tokio::time::sleep_until(next_check()));
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(next_check(false)));
     let mut draining = false;
     let mut first = true;
     std::future::poll_fn(|cx| loop {
@@ -503,7 +517,7 @@ async fn drive<C, E>(
             let now = crate::clock::mono_ms();
             let since = exchanges.idle_since();
             if let (Some(h), Some(since)) = (head_ms, since) {
-                if now.saturating_sub(since) >= h {
+                if now.saturating_sub(head_since(since)) >= h {
                     // A head not complete in time (a slow or silent client): the
                     // connection is closed, as hyper closes it on its own timeout.
                     tracing::debug!("request head not received in time; connection closed");
@@ -518,9 +532,9 @@ async fn drive<C, E>(
             }
             if let (true, Some(a)) = (busy, &activity) {
                 // A long request is not idleness; look again a full period later.
-                a.store(now, Ordering::Relaxed);
+                a.read.store(now, Ordering::Relaxed);
             }
-            timer.as_mut().reset(next_check());
+            timer.as_mut().reset(next_check(draining));
             // Registers the new deadline (a deadline already past makes the
             // next turn of the loop see it elapsed).
             if timer.as_mut().poll(cx).is_ready() {
@@ -611,6 +625,31 @@ impl http_body::Body for Tracked {
     }
 }
 
+/// When a connection's bytes last moved (`clock::mono_ms`), reads and writes apart:
+/// idleness counts either, the next request head's deadline only writes (see `drive`).
+/// One store per read or write, as with a single stamp.
+pub(crate) struct Activity {
+    read: AtomicU64,
+    written: AtomicU64,
+}
+
+impl Activity {
+    pub(crate) fn new() -> Activity {
+        let now = crate::clock::mono_ms();
+        Activity {
+            read: AtomicU64::new(now),
+            written: AtomicU64::new(now),
+        }
+    }
+
+    /// When bytes last moved either way.
+    pub(crate) fn moved(&self) -> u64 {
+        self.read
+            .load(Ordering::Relaxed)
+            .max(self.written.load(Ordering::Relaxed))
+    }
+}
+
 pin_project_lite::pin_project! {
     /// The connection's IO: replays sniffed bytes first and stamps activity on every
     /// successful read or write (for the idle watchdog).
@@ -618,12 +657,12 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: T,
         prefix: Option<Bytes>,
-        activity: Arc<AtomicU64>,
+        activity: Arc<Activity>,
     }
 }
 
 impl<T> ConnIo<T> {
-    pub(crate) fn new(inner: T, prefix: Option<Bytes>, activity: Arc<AtomicU64>) -> Self {
+    pub(crate) fn new(inner: T, prefix: Option<Bytes>, activity: Arc<Activity>) -> Self {
         ConnIo {
             inner,
             prefix: prefix.filter(|p| !p.is_empty()),
@@ -651,6 +690,7 @@ impl<T: AsyncRead> AsyncRead for ConnIo<T> {
         let r = this.inner.poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             this.activity
+                .read
                 .store(crate::clock::mono_ms(), Ordering::Relaxed);
         }
         r
@@ -667,6 +707,7 @@ impl<T: AsyncWrite> AsyncWrite for ConnIo<T> {
         let r = this.inner.poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             this.activity
+                .written
                 .store(crate::clock::mono_ms(), Ordering::Relaxed);
         }
         r
@@ -680,6 +721,7 @@ impl<T: AsyncWrite> AsyncWrite for ConnIo<T> {
         let r = this.inner.poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             this.activity
+                .written
                 .store(crate::clock::mono_ms(), Ordering::Relaxed);
         }
         r

@@ -294,3 +294,62 @@ async fn a_keep_alive_connection_is_cut_off_when_its_next_head_is_late() {
     // Others are still served.
     assert_eq!(raw_get(gw.addr(), "/x").await.status, 200);
 }
+
+/// A response handed to hyper in one piece (here a fail-closed route's, read whole for
+/// its audit record) is written to a slow reader for as long as that takes: the next
+/// request head's deadline runs from the last byte written, not from when hyper took
+/// the body (which cut the response off one `header_read_timeout` later).
+#[tokio::test]
+async fn a_slow_reader_gets_the_whole_of_a_large_response() {
+    const LEN: usize = 12 << 20;
+    let up = MockUpstream::start(std::sync::Arc::new(|_: &Seen| {
+        Action::Respond(hyper::Response::new(http_body_util::Full::new(
+            bytes::Bytes::from(vec![b'x'; LEN]),
+        )))
+    }))
+    .await;
+    let cfg = base_config(&format!(
+        "[upstreams.u]\nendpoints = [\"{}\"]\n[[routes]]\nauth.anonymous = true\nname = \"r\"\n\
+         path_prefix = \"/\"\nupstream = \"u\"\naudit = \"fail_closed\"\n",
+        up.url()
+    ))
+    .replace(
+        "header_read_timeout = \"2s\"",
+        "header_read_timeout = \"1s\"",
+    );
+    let gw = TestGateway::start(&cfg).await;
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(16 << 10).unwrap();
+    let mut s = sock.connect(gw.addr()).await.unwrap();
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let mut head_len = None;
+    let mut buf = vec![0u8; 16 << 10];
+    while head_len.is_none_or(|h| got.len() < h + LEN) {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("the response stalled after {} bytes", got.len()),
+        }
+        if head_len.is_none() {
+            head_len = got.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
+        }
+        // About 4 MB/s at most: the response takes several header_read_timeouts.
+        tokio::time::sleep(Duration::from_millis(4)).await;
+    }
+    let head = String::from_utf8_lossy(&got[..head_len.expect("a response head")]).to_string();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        start.elapsed() > Duration::from_secs(2),
+        "the read should outlast the header-read timeout: {:?}",
+        start.elapsed()
+    );
+    assert_eq!(
+        got.len() - head_len.unwrap(),
+        LEN,
+        "the whole body, not cut off by the next head's deadline"
+    );
+}
