@@ -22,7 +22,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -374,10 +374,11 @@ async fn serve_http<I>(
         service_fn(move |req| {
             let gw = gw.clone();
             let conn = conn.clone();
-            let open = Open::new(exchanges.clone());
+            let mut open = Open::new(exchanges.clone());
             async move {
                 let rt = gw.runtime();
                 let rsp = crate::pipeline::handle(rt, conn, req).await;
+                open.responding();
                 // The exchange stays open until its response body has been sent.
                 Ok::<_, std::convert::Infallible>(rsp.map(|body| Tracked { body, open }))
             }
@@ -525,6 +526,18 @@ async fn drive<C, E>(
                 }
             }
             let busy = since.is_none();
+            if let (true, Some(a)) = (busy, &activity) {
+                // A response being sent with nothing written for `idle`: the client has
+                // stopped reading (nginx's `send_timeout`). Its exchange would hold the
+                // connection, and the upstream response behind it, for ever.
+                let stalled = exchanges.responding_since().is_some_and(|t| {
+                    now.saturating_sub(t.max(a.written.load(Ordering::Relaxed))) >= idle_ms
+                });
+                if stalled {
+                    tracing::debug!("client stopped reading a response; connection closed");
+                    return Poll::Ready(());
+                }
+            }
             if !draining && !busy && now.saturating_sub(last_activity(now)) >= idle_ms {
                 draining = true;
                 shutdown(conn.as_mut());
@@ -548,18 +561,34 @@ async fn drive<C, E>(
 
 /// A connection's exchanges, as its watchdog (`drive`) sees them.
 struct Exchanges {
-    /// Exchanges begun (request head complete) whose response has not ended yet.
-    open: AtomicUsize,
+    /// Exchanges begun (request head complete) whose response has not ended yet, and
+    /// in the high half ([`RESPONDING`] each) those of them whose response has been
+    /// handed to hyper to send: one counter, one atomic update at each step.
+    open: AtomicU64,
     /// When the last one ended, or the connection began (`clock::mono_ms`).
     ended: AtomicU64,
+    /// When the latest response was handed over.
+    responding_at: AtomicU64,
 }
+
+/// One responding exchange in [`Exchanges::open`].
+const RESPONDING: u64 = 1 << 32;
 
 impl Exchanges {
     fn new() -> Exchanges {
         Exchanges {
-            open: AtomicUsize::new(0),
+            open: AtomicU64::new(0),
             ended: AtomicU64::new(crate::clock::mono_ms()),
+            responding_at: AtomicU64::new(0),
         }
+    }
+
+    /// Since when a response has been on its way out; None while none is.
+    fn responding_since(&self) -> Option<u64> {
+        if self.open.load(Ordering::Acquire) < RESPONDING {
+            return None;
+        }
+        Some(self.responding_at.load(Ordering::Relaxed))
     }
 
     /// Since when no exchange has been open; None while one is.
@@ -572,13 +601,23 @@ impl Exchanges {
     }
 }
 
-/// One open exchange: from its request head to the end of its response body.
-struct Open(Arc<Exchanges>);
+/// One open exchange: from its request head to the end of its response body; and
+/// whether its response has been handed to hyper to send.
+struct Open(Arc<Exchanges>, bool);
 
 impl Open {
     fn new(e: Arc<Exchanges>) -> Open {
         e.open.fetch_add(1, Ordering::Relaxed);
-        Open(e)
+        Open(e, false)
+    }
+
+    /// The response is ready and goes to hyper now.
+    fn responding(&mut self) {
+        self.0
+            .responding_at
+            .store(crate::clock::mono_ms(), Ordering::Relaxed);
+        self.0.open.fetch_add(RESPONDING, Ordering::Release);
+        self.1 = true;
     }
 }
 
@@ -587,7 +626,8 @@ impl Drop for Open {
         self.0
             .ended
             .store(crate::clock::mono_ms(), Ordering::Relaxed);
-        self.0.open.fetch_sub(1, Ordering::Release);
+        let n = if self.1 { 1 + RESPONDING } else { 1 };
+        self.0.open.fetch_sub(n, Ordering::Release);
     }
 }
 

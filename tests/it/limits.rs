@@ -295,35 +295,78 @@ async fn a_keep_alive_connection_is_cut_off_when_its_next_head_is_late() {
     assert_eq!(raw_get(gw.addr(), "/x").await.status, 200);
 }
 
+/// An upstream answering 12 MB, on a listener with these timeouts, behind two routes:
+/// `/whole` is fail-closed (the response is read whole, for its audit record, and
+/// handed to hyper in one piece), `/stream` streams it.
+async fn big_response_gateway(idle: &str, header_read: &str) -> (TestGateway, MockUpstream) {
+    let up = MockUpstream::start(std::sync::Arc::new(|_: &Seen| {
+        Action::Respond(hyper::Response::new(http_body_util::Full::new(
+            bytes::Bytes::from(vec![b'x'; BIG]),
+        )))
+    }))
+    .await;
+    let cfg = base_config(&format!(
+        "idle_timeout = \"{idle}\"\n[upstreams.u]\nendpoints = [\"{}\"]\n[[routes]]\nauth.anonymous = true\n\
+         name = \"whole\"\npath_prefix = \"/whole\"\nupstream = \"u\"\naudit = \"fail_closed\"\n\
+         [[routes]]\nauth.anonymous = true\nname = \"stream\"\npath_prefix = \"/stream\"\nupstream = \"u\"\n",
+        up.url()
+    ))
+    .replace(
+        "header_read_timeout = \"2s\"",
+        &format!("header_read_timeout = \"{header_read}\""),
+    );
+    (TestGateway::start(&cfg).await, up)
+}
+
+const BIG: usize = 12 << 20;
+
+/// A client with a small receive buffer that has asked for `path`.
+async fn ask_for_big(gw: &TestGateway, path: &str) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(16 << 10).unwrap();
+    let mut s = sock.connect(gw.addr()).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    s
+}
+
+/// A client that stops reading a response is cut off after `idle_timeout` without a
+/// byte written (nginx's `send_timeout`): its exchange would otherwise hold the
+/// connection, its slot and the response behind it for ever.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_after_the_idle_timeout() {
+    // Streamed, so the exchange stays open while the client does not read (hyper takes
+    // the body only as it can write it).
+    let (gw, _up) = big_response_gateway("500ms", "2s").await;
+    let mut s = ask_for_big(&gw, "/stream").await;
+    let mut buf = vec![0u8; 16 << 10];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Stop reading for well over the idle timeout, then take what is left.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut got = n;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(k)) => got += k,
+            Err(_) => panic!("the connection was kept open for a client that stopped reading"),
+        }
+    }
+    assert!(got < BIG, "the response was cut off ({got} bytes of {BIG})");
+}
+
 /// A response handed to hyper in one piece (here a fail-closed route's, read whole for
 /// its audit record) is written to a slow reader for as long as that takes: the next
 /// request head's deadline runs from the last byte written, not from when hyper took
 /// the body (which cut the response off one `header_read_timeout` later).
 #[tokio::test]
 async fn a_slow_reader_gets_the_whole_of_a_large_response() {
-    const LEN: usize = 12 << 20;
-    let up = MockUpstream::start(std::sync::Arc::new(|_: &Seen| {
-        Action::Respond(hyper::Response::new(http_body_util::Full::new(
-            bytes::Bytes::from(vec![b'x'; LEN]),
-        )))
-    }))
-    .await;
-    let cfg = base_config(&format!(
-        "[upstreams.u]\nendpoints = [\"{}\"]\n[[routes]]\nauth.anonymous = true\nname = \"r\"\n\
-         path_prefix = \"/\"\nupstream = \"u\"\naudit = \"fail_closed\"\n",
-        up.url()
-    ))
-    .replace(
-        "header_read_timeout = \"2s\"",
-        "header_read_timeout = \"1s\"",
-    );
-    let gw = TestGateway::start(&cfg).await;
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.set_recv_buffer_size(16 << 10).unwrap();
-    let mut s = sock.connect(gw.addr()).await.unwrap();
-    s.write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
+    const LEN: usize = BIG;
+    // Reading the whole takes several header_read_timeouts, and no idle_timeout
+    // passes without a byte written.
+    let (gw, _up) = big_response_gateway("60s", "1s").await;
+    let mut s = ask_for_big(&gw, "/whole").await;
     let start = Instant::now();
     let mut got = Vec::new();
     let mut head_len = None;
