@@ -18,7 +18,9 @@ pub struct TlsState {
     cfg: TlsConfig,
     http2: bool,
     current: ArcSwap<ServerConfig>,
-    stamps: Mutex<Vec<Option<SystemTime>>>,
+    /// The files' stamps when the serving config was built from them. Held across a
+    /// rebuild, so a watcher's and a SIGHUP's refresh cannot store out of order.
+    stamps: Mutex<Vec<Stamp>>,
 }
 
 fn files(cfg: &TlsConfig) -> Vec<PathBuf> {
@@ -29,10 +31,18 @@ fn files(cfg: &TlsConfig) -> Vec<PathBuf> {
     v
 }
 
-fn stamps(cfg: &TlsConfig) -> Vec<Option<SystemTime>> {
+/// What tells a file changed: its modification time and its length (a rewrite within
+/// the file system's timestamp granularity usually changes the length).
+type Stamp = Option<(SystemTime, u64)>;
+
+fn stamps(cfg: &TlsConfig) -> Vec<Stamp> {
     files(cfg)
         .iter()
-        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .map(|p| {
+            std::fs::metadata(p)
+                .and_then(|m| Ok((m.modified()?, m.len())))
+                .ok()
+        })
         .collect()
 }
 
@@ -87,17 +97,17 @@ impl TlsState {
     }
 
     /// Rebuilds when any file changed since the last look. Returns whether it swapped.
+    /// Files that fail to load (a rotation caught half-written) are looked at again
+    /// on the next tick: their stamps are kept only once they have loaded.
     pub fn refresh(&self, force: bool) -> bool {
+        let mut seen = self.stamps.lock().unwrap_or_else(|e| e.into_inner());
         let now = stamps(&self.cfg);
-        {
-            let mut seen = self.stamps.lock().unwrap_or_else(|e| e.into_inner());
-            if !force && *seen == now {
-                return false;
-            }
-            *seen = now;
+        if !force && *seen == now {
+            return false;
         }
         match build(&self.cfg, self.http2) {
             Ok(sc) => {
+                *seen = now;
                 self.current.store(Arc::new(sc));
                 tracing::info!(cert = %self.cfg.cert.display(), "TLS certificate reloaded");
                 true
@@ -120,5 +130,59 @@ impl TlsState {
                 s.refresh(false);
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// A rotation caught half-written fails to load; the finished files are picked up on
+    /// a later look even when their stamps (time and length) equal the broken ones'.
+    #[test]
+    fn a_rotation_that_failed_to_load_is_retried() {
+        let dir = std::env::temp_dir().join(format!("lienthong-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pair = |name: &str| {
+            let ck = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+            (ck.cert.pem(), ck.signing_key.serialize_pem())
+        };
+        let cfg = TlsConfig {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            client_ca: None,
+            client_auth: ClientAuth::None,
+            reload_interval: std::time::Duration::from_secs(60),
+        };
+        let (cert, key) = pair("first.example");
+        std::fs::write(&cfg.cert, &cert).unwrap();
+        std::fs::write(&cfg.key, &key).unwrap();
+        let st = TlsState::new(&cfg, false).unwrap();
+        let first = st.current();
+        // The new pair, its certificate caught with a byte missing from the middle of
+        // its base64 and padded at the end: the same length, and the same time below.
+        let (cert2, key2) = pair("second.example");
+        let mid = cert2.len() / 2;
+        let broken = format!("{}{}=", &cert2[..mid], &cert2[mid + 1..]);
+        assert_eq!(broken.len(), cert2.len());
+        let at = std::time::SystemTime::now() - std::time::Duration::from_secs(5);
+        let put = |path: &Path, text: &str| {
+            std::fs::write(path, text).unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(at)
+                .unwrap();
+        };
+        put(&cfg.key, &key2);
+        put(&cfg.cert, &broken);
+        assert!(!st.refresh(false), "the broken certificate must not load");
+        assert!(Arc::ptr_eq(&first, &st.current()));
+        put(&cfg.cert, &cert2);
+        assert!(st.refresh(false), "the finished files must be picked up");
+        assert!(!Arc::ptr_eq(&first, &st.current()));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
