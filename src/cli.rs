@@ -238,7 +238,7 @@ fn audit_command(cmd: AuditCommand) -> Result<bool, String> {
                     );
                     match tsa {
                         Some(tsa) => {
-                            let t = writer::verify_timestamps(&path, &tsa)
+                            let t = writer::verify_timestamps(&path, &tsa, &key, &a.origin)
                                 .map_err(|e| e.to_string())?;
                             if let Some((size, why)) = &t.first_bad {
                                 println!(

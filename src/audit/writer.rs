@@ -1769,8 +1769,15 @@ pub struct TimestampReport {
 /// Checks every stored RFC 3161 token against the stored checkpoint note it
 /// claims to timestamp and the TSA's certificate, and that the TSA's time is
 /// not before the checkpoint's own time (more than a minute of clock skew
-/// apart). Run beside `verify_db`, which checks the checkpoints themselves.
-pub fn verify_timestamps(path: &Path, tsa: &TsaCerts) -> Result<TimestampReport, AuditError> {
+/// apart). Each token's checkpoint is checked against `key` and `origin` here too:
+/// `verify_db` leaves out checkpoints below a prune point, and a token is worth no
+/// more than the checkpoint it stamps.
+pub fn verify_timestamps(
+    path: &Path,
+    tsa: &TsaCerts,
+    key: &VerifierKey,
+    origin: &str,
+) -> Result<TimestampReport, AuditError> {
     let store = Store::open_read_only(path)?;
     let (checkpoints, latest) = store.checkpoint_count_and_latest()?;
     let mut report = TimestampReport {
@@ -1785,6 +1792,13 @@ pub fn verify_timestamps(path: &Path, tsa: &TsaCerts) -> Result<TimestampReport,
                 .checkpoint_at(size)
                 .map_err(|e| e.to_string())?
                 .ok_or("no checkpoint of this size")?;
+            let signed = cp.verify(key).map_err(|e| format!("its checkpoint: {e}"))?;
+            if signed.origin != origin {
+                return Err(format!(
+                    "its checkpoint is of log {:?}, not {origin:?}",
+                    signed.origin
+                ));
+            }
             let digest = timestamp::checkpoint_digest(&cp.to_text());
             let t = tsa
                 .verify_token(token, &digest)
