@@ -176,6 +176,26 @@ auth = {{ anonymous = true }}
         200
     );
     assert_eq!(calls.load(Ordering::SeqCst), before + 1);
+    // A key is purged however its escapes are spelled (as the public path reads it),
+    // and a key that cannot be one is a 400, not a purge that did nothing.
+    assert_eq!(
+        admin_post(&gw, "/admin/lookups/thutuc/purge?key=1%2E000123")
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        raw_get(gw.addr(), "/lookups/thutuc/1.000123").await.status,
+        200
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        before + 2,
+        "purged, so fetched again"
+    );
+    let (status, body) = admin_post(&gw, "/admin/lookups/thutuc/purge?key=").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("bad_key"), "{body}");
     assert_eq!(admin_post(&gw, "/admin/lookups/thutuc/purge").await.0, 200);
     let (_, metrics) = admin_get(&gw, "/metrics").await;
     assert!(
