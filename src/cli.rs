@@ -742,6 +742,10 @@ fn serve(path: &std::path::Path) -> ExitCode {
         }
     };
     rt.block_on(async move {
+        // Signals are taken over before anything slow (audit recovery, the startup
+        // retention run): until then SIGHUP's default action would kill the process.
+        let shutdown = shutdown_signal();
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
         let gw = match Gateway::new(cfg) {
             Ok(g) => g,
             Err(p) => {
@@ -765,7 +769,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
         let tls = server.tls_handles();
         let reload_gw = gw.clone();
         tokio::spawn(async move {
-            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            let Ok(mut hup) = hup else {
                 return;
             };
             while hup.recv().await.is_some() {
@@ -778,28 +782,37 @@ fn serve(path: &std::path::Path) -> ExitCode {
                 }
             }
         });
-        server.run(shutdown_signal()).await;
+        server.run(shutdown).await;
+        // Connections are closed; deliveries in progress finish (or are cut off) before
+        // the audit log closes, so that every attempt's record is in it.
         if let Some(x) = gw.runtime().exchange.clone() {
-            x.stop();
+            x.stop().await;
         }
-        // Drain the audit queue and sign a final checkpoint before exiting.
+        // Drain the audit queue and sign a final checkpoint before exiting. Records that
+        // could not be written make the exit a failure, for whoever supervises us.
         if let Some(a) = gw.runtime().audit.clone() {
             if let Err(e) = a.writer.shutdown().await {
                 tracing::error!(error = %e, "audit log shutdown failed");
+                return ExitCode::FAILURE;
             }
         }
         ExitCode::SUCCESS
     })
 }
 
-async fn shutdown_signal() {
+/// Completes on SIGTERM or SIGINT. The handlers are installed when this is called,
+/// not when the future is first polled.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = tokio::signal::ctrl_c() => {},
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        let (Ok(mut term), Ok(mut int)) = (term, int) else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
     }
 }

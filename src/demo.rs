@@ -331,7 +331,7 @@ async fn run_in(
 async fn stop_exchange(gw: &Gateway) {
     let rt = gw.runtime();
     if let Some(x) = &rt.exchange {
-        x.stop();
+        x.stop().await;
     }
     if let Some(a) = &rt.audit {
         let _ = a.writer.shutdown().await;

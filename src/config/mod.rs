@@ -1181,10 +1181,33 @@ impl Validator {
                 ),
             }
         });
+        let origin = a.origin.unwrap_or_else(|| "lienthong/audit".into());
+        // The origin is the signing key's name in every checkpoint (a signed note):
+        // no whitespace, no '+'. The key itself is loaded as `serve` will load it.
+        let origin_ok = !origin.is_empty()
+            && !origin.contains('+')
+            && !origin.chars().any(|c| c.is_whitespace() || c.is_control());
+        if !origin_ok {
+            self.problems.push(
+                "audit.origin",
+                "must be a non-empty name without spaces, control characters or '+' \
+                 (it names the key in every signed checkpoint)",
+            );
+        }
+        if key.is_file() {
+            let name = if origin_ok {
+                origin.as_str()
+            } else {
+                "lienthong/audit"
+            };
+            if let Err(e) = crate::audit::load_signing_key(&key, name) {
+                self.problems.push("audit.key", e);
+            }
+        }
         AuditCfg {
             timestamp,
             db,
-            origin: a.origin.unwrap_or_else(|| "lienthong/audit".into()),
+            origin,
             key,
             batch_max: a.batch_max.unwrap_or(4096).max(1),
             batch_linger: match &a.batch_linger {
@@ -1653,12 +1676,25 @@ impl Validator {
                 .push("listeners", "at least one [[listeners]] entry is needed");
         }
         let mut seen = BTreeMap::new();
+        let mut bound: BTreeMap<SocketAddr, String> = BTreeMap::new();
+        if let Some(a) = admin.listen.filter(|a| a.port() != 0) {
+            bound.insert(a, "admin.listen".into());
+        }
         for (i, l) in listeners.iter().enumerate() {
             if let Some(j) = seen.insert(l.name.clone(), i) {
                 self.problems.push(
                     format!("listeners[{i}].name"),
                     format!("duplicate listener name {:?} (also listeners[{j}])", l.name),
                 );
+            }
+            // Two sockets on one address: the second bind would fail at start.
+            if l.listen.port() != 0 {
+                if let Some(other) = bound.insert(l.listen, format!("listeners[{i}]")) {
+                    self.problems.push(
+                        format!("listeners[{i}].listen"),
+                        format!("{} is also {other}'s address", l.listen),
+                    );
+                }
             }
         }
 
@@ -2674,6 +2710,47 @@ db = "data/x/../gw.db"
             );
             assert!(!all.contains("s3cr3t") && !all.contains("735129"), "{all}");
         }
+    }
+
+    /// What `serve` would refuse at start is a `check` problem: two sockets on one
+    /// address, an origin the signed checkpoints cannot name, a key that is not Ed25519.
+    #[test]
+    fn start_time_refusals_are_config_problems() {
+        let dir = std::env::temp_dir().join(format!("lienthong-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("not-ed25519.pem"),
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let text = "[admin]\nlisten = \"127.0.0.1:9191\"\n\
+                    [[listeners]]\nname = \"a\"\nlisten = \"127.0.0.1:9191\"\n\
+                    [[listeners]]\nname = \"b\"\nlisten = \"127.0.0.1:9192\"\n\
+                    [[listeners]]\nname = \"c\"\nlisten = \"127.0.0.1:9192\"\n\
+                    [audit]\ndb = \"audit.db\"\norigin = \"So TTTT audit\"\nkey = \"not-ed25519.pem\"\n";
+        let err = Config::parse(text, &dir).unwrap_err();
+        let paths: Vec<&str> = err.0.iter().map(|p| p.path.as_str()).collect();
+        for want in [
+            "listeners[0].listen",
+            "listeners[2].listen",
+            "audit.origin",
+            "audit.key",
+        ] {
+            assert!(paths.contains(&want), "{want}: {:?}", err.0);
+        }
+        assert!(!paths.contains(&"listeners[1].listen"), "{:?}", err.0);
+        // The shipped development key and default origin pass.
+        let key = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/dev/audit-signing.key.pem"
+        );
+        let ok = format!(
+            "[[listeners]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\n\
+                          [[listeners]]\nname = \"b\"\nlisten = \"127.0.0.1:0\"\n\
+                          [audit]\ndb = \"audit.db\"\nkey = \"{key}\"\n"
+        );
+        Config::parse(&ok, &dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub struct Exchange {
     pub store: Arc<crate::store::exchange::SqliteStore>,
     pub rule: Option<AccessRule>,
     stop: tokio::sync::watch::Sender<bool>,
+    /// The delivery loop, awaited by [`Exchange::stop`].
+    engine: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// Delivers outbox items to their destination's upstream pool: `POST path` with the
@@ -273,6 +275,7 @@ impl Exchange {
             store,
             rule,
             stop: tokio::sync::watch::channel(false).0,
+            engine: std::sync::Mutex::new(None),
         }))
     }
 
@@ -302,7 +305,7 @@ impl Exchange {
             cfg,
         );
         let stop = self.stop.subscribe();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             engine
                 .run(stop, Duration::from_millis(100), &|r| {
                     if let Err(e) = r {
@@ -311,9 +314,28 @@ impl Exchange {
                 })
                 .await;
         });
+        *self.engine.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
     }
 
-    pub fn stop(&self) {
+    /// Stops the delivery loop and waits for the deliveries in progress to finish (each
+    /// is bounded by `delivery_timeout`), so that their outcomes are stored and their
+    /// audit records submitted before the audit log closes. Returns false when they had
+    /// to be cut off: those items stay leased and are delivered again after a restart
+    /// (the receiver sees the same Idempotency-Key).
+    pub async fn stop(&self) -> bool {
         let _ = self.stop.send(true);
+        let task = self.engine.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(mut task) = task else {
+            return true;
+        };
+        let bound = self.cfg.delivery_timeout + Duration::from_secs(1);
+        match tokio::time::timeout(bound, &mut task).await {
+            Ok(_) => true,
+            Err(_) => {
+                task.abort();
+                tracing::warn!("deliveries in progress did not finish in time; cut off");
+                false
+            }
+        }
     }
 }

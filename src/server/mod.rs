@@ -178,13 +178,23 @@ impl Server {
         tracing::info!("shutting down: no new connections, draining in-flight requests");
         self.gw.shutting_down.store(true, Ordering::Relaxed);
         let _ = stop_tx.send(true);
+        let mut conns = Vec::new();
         for t in accept_tasks {
-            let _ = t.await;
+            if let Ok(set) = t.await {
+                conns.push(set);
+            }
         }
         drop(drain_tx);
         let drain = self.gw.runtime().config.server.drain_timeout;
         if tokio::time::timeout(drain, drain_rx.recv()).await.is_err() {
             tracing::warn!("drain timeout reached; closing remaining connections");
+        }
+        // Connections still open are closed now, not when the runtime goes: their
+        // requests' response bodies are dropped here, so the audit records those
+        // report on drop reach the audit log before the caller closes it.
+        for mut set in conns {
+            set.abort_all();
+            while set.join_next().await.is_some() {}
         }
         if let Some(t) = admin_task {
             t.abort();
@@ -192,20 +202,25 @@ impl Server {
     }
 }
 
+/// Accepts until `stop`; returns the connections' tasks, for `Server::run` to close
+/// those still open at the drain timeout.
 async fn accept_loop(
     gw: Arc<Gateway>,
     l: BoundListener,
     mut stop: watch::Receiver<bool>,
     drain: mpsc::Sender<()>,
-) {
+) -> tokio::task::JoinSet<()> {
+    let mut conns = tokio::task::JoinSet::new();
     loop {
+        // Ended connections are let go as we accept (a set keeps them until joined).
+        while conns.try_join_next().is_some() {}
         let permit = tokio::select! {
-            p = l.limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = stop.wait_for(|s| *s) => return,
+            p = l.limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return conns },
+            _ = stop.wait_for(|s| *s) => return conns,
         };
         let accepted = tokio::select! {
             r = l.socket.accept() => r,
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.wait_for(|s| *s) => return conns,
         };
         let (stream, peer) = match accepted {
             Ok(x) => x,
@@ -221,7 +236,7 @@ async fn accept_loop(
         let tls = l.tls.clone();
         let stop = stop.clone();
         let drain = drain.clone();
-        tokio::spawn(async move {
+        conns.spawn(async move {
             serve_conn(gw, name, tls, stream, peer, stop).await;
             drop(permit);
             drop(drain);

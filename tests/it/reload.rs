@@ -219,3 +219,40 @@ async fn the_admin_api_refuses_web_pages_and_bad_parameters_with_json_errors() {
         "not_found",
     );
 }
+
+/// At the drain timeout the connections still open are closed (not left running until
+/// the process ends, with the audit log already closed under them), and their records
+/// reach the audit log first.
+#[tokio::test]
+async fn connections_still_open_at_the_drain_timeout_are_closed() {
+    let hang: Handler = Arc::new(|_: &Seen| Action::Hang);
+    let up = MockUpstream::start(hang).await;
+    let cfg = format!(
+        "[server]\ndrain_timeout = \"300ms\"\n{}",
+        config(&up.url(), "/")
+    );
+    let mut gw = TestGateway::start(&cfg).await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut s, b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    eventually("request in flight", Duration::from_secs(5), || async {
+        up.count() == 1
+    })
+    .await;
+    let done = gw.shutdown();
+    tokio::time::timeout(Duration::from_secs(5), done)
+        .await
+        .expect("the shutdown ends after the drain timeout")
+        .unwrap();
+    // The client's connection is closed by now, not held until the process exits.
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(
+        Duration::from_secs(1),
+        tokio::io::AsyncReadExt::read(&mut s, &mut buf),
+    )
+    .await
+    .expect("the connection is closed, not left open")
+    .unwrap_or(0);
+    assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&buf[..n]));
+}
