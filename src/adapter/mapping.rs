@@ -1018,6 +1018,29 @@ mod tests {
         assert_eq!(run(m, input), want);
     }
 
+    /// Numbers go through as written (serde_json's `arbitrary_precision`): an amount's
+    /// trailing zeros and a long identifier's digits are what a checksum signs and a
+    /// counterpart compares, so none may be rounded through an f64.
+    #[test]
+    fn numbers_keep_the_digits_they_were_written_with() {
+        let m = r#"field = [
+            { to = "SoTien", from = "amount" },
+            { to = "Ma", from = "id" },
+            { to = "Tien", from = "amount", type = "number" },
+            { to = "Mu", from = "exp" },
+        ]"#;
+        let input: Value = serde_json::from_str(
+            r#"{"amount": 50000.00, "id": 12345678901234567890123, "exp": 1e5}"#,
+        )
+        .unwrap();
+        let out = run(m, input);
+        assert_eq!(
+            out,
+            // (serde_json writes an exponent with its sign: the value, not rounded.)
+            r#"{"SoTien":"50000.00","Ma":"12345678901234567890123","Tien":50000.00,"Mu":"1e+5"}"#
+        );
+    }
+
     #[test]
     fn fixed_indices() {
         let m = r#"field = [
