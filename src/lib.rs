@@ -9,7 +9,7 @@
 //! - [`upstream`]  — pools: balancing, health (active + passive), breaker, retry budget, keep-alive, upstream TLS.
 //! - [`body`]      — the one body type (streamed with a cap, buffered, empty) and the one capped-collect helper.
 //! - [`error`]     — the one error type; kinds say whose fault it is.
-//! - [`admin`]     — the admin listener: health, readiness, metrics, config, upstreams, reload.
+//! - [`admin`]     — the admin listener: health, readiness, metrics, config, upstreams, reload; refuses browsers' requests (`Origin`, foreign `Host`).
 //! - [`auth`]      — JWT verification (RFC 8725), key sets and JWKS rotation, callers, access rules.
 //! - [`translate`] — the streaming XML↔JSON engine and SOAP envelopes; knows nothing about HTTP.
 //! - [`adapter`]   — per-system adapters as data (`adapters/<system>/`): operations = format → mapping → format, fixtures run at load.
@@ -24,8 +24,9 @@
 //! - [`clock`]     — the one injectable clock (monotonic + wall) behind every expiry, freshness and retry policy; `mono_ms`, the request path's coarse millisecond clock.
 //!
 //! ## Invariants that hold across modules
-//! - On the public listeners only `pipeline::respond` maps errors to status codes and
-//!   builds error bodies; every error body is JSON `{"code","message","request_id"}` and never carries internals.
+//! - Only `pipeline::respond` maps errors to status codes and builds error bodies, on the
+//!   public listeners and the admin listener alike; every error body is JSON
+//!   `{"code","message","request_id"}` and never carries internals.
 //! - Routing sees only the normalised path, and the upstream receives exactly that path
 //!   (after the route's strip/rewrite): no other spelling of a path reaches a route.
 //! - Upstream addresses come only from config; redirects are never followed.
@@ -40,6 +41,11 @@
 //! - Secrets come from files or environment variables, live in `config::SecretValue` (which
 //!   never prints its value) and never reach logs, errors or audit records.
 //! - Whole-body buffering happens only in `body::collect_capped`, always under a cap.
+//! - Shutdown order: listeners stop, connections drain (those left at the drain timeout are
+//!   closed), deliveries in progress finish, then the audit log closes, so every
+//!   exchange's record is submitted before it does.
+//! - Intake data is its callers': an `Idempotency-Key` is scoped to its caller, and a
+//!   dossier's timeline is shown to its submitter and receiving unit only.
 
 pub mod adapter;
 pub mod admin;
