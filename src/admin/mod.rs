@@ -161,6 +161,12 @@ fn parsed<T: std::str::FromStr>(q: &str, k: &'static str) -> Result<Option<T>, G
 /// `from_index` to page, or `lienthong audit export` for bulk.
 const MAX_RECORDS: usize = 1000;
 
+/// An admin action the gateway could not carry out (its store, the audit log); the
+/// operator sees why.
+fn failed(code: &'static str, why: impl std::fmt::Display) -> GatewayError {
+    GatewayError::new(ErrorKind::Internal, code, why.to_string())
+}
+
 fn not_found(message: &str) -> GatewayError {
     GatewayError::new(ErrorKind::NotFound, "not_found", message.to_string())
 }
@@ -392,20 +398,8 @@ async fn answer(
                                 .collect(),
                         ),
                     ),
-                    Ok(Err(e)) => {
-                        return Err(GatewayError::new(
-                            ErrorKind::Internal,
-                            "audit_query_failed",
-                            e.to_string(),
-                        ))
-                    }
-                    Err(_) => {
-                        return Err(GatewayError::new(
-                            ErrorKind::Internal,
-                            "audit_query_failed",
-                            "query task failed",
-                        ))
-                    }
+                    Ok(Err(e)) => return Err(failed("audit_query_failed", e)),
+                    Err(_) => return Err(failed("audit_query_failed", "query task failed")),
                 }
             }
             None => return Err(not_found("no audit log configured")),
@@ -416,13 +410,7 @@ async fn answer(
                     StatusCode::OK,
                     serde_json::json!({"checkpoint": cp.to_text()}),
                 ),
-                Err(e) => {
-                    return Err(GatewayError::new(
-                        ErrorKind::Internal,
-                        "checkpoint_failed",
-                        e.to_string(),
-                    ))
-                }
+                Err(e) => return Err(failed("checkpoint_failed", e)),
             },
             None => return Err(not_found("no audit log configured")),
         },
@@ -455,11 +443,7 @@ async fn answer(
                         ),
                     ),
                     Err(e) => {
-                        return Err(GatewayError::new(
-                            ErrorKind::Internal,
-                            "store_error",
-                            e.to_string(),
-                        ))
+                        return Err(failed("store_error", e))
                     }
                 }
             }
@@ -495,13 +479,7 @@ async fn answer(
                                 "no such item in a state that allows this",
                             ))
                         }
-                        Err(e) => {
-                            return Err(GatewayError::new(
-                                ErrorKind::Internal,
-                                "store_error",
-                                e.to_string(),
-                            ))
-                        }
+                        Err(e) => return Err(failed("store_error", e)),
                     }
                 }
                 None => return Err(not_found("no exchange configured")),
