@@ -496,7 +496,8 @@ async fn drive<C, E>(
                 None => now + h,
             });
         }
-        tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(now))
+        // (Capped at a day: `at` may be "never".)
+        tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(now).min(86_400_000))
     };
     let mut probe = stop.clone();
     let mut conn = std::pin::pin!(conn);
