@@ -65,17 +65,48 @@ fn json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
 
 /// Every admin answer carries a request id (the caller's `X-Request-Id` when sane), and
 /// every refusal is the gateway's JSON error body with it (`respond::error_response`).
+///
+/// Every request to an `/admin/…` endpoint (refused ones included) leaves an `admin`
+/// audit record: those endpoints change the gateway's state or read its audit log.
+/// Probes (`/health/…`, `/metrics`) do not: they come every few seconds and change nothing.
 async fn handle(gw: &Gateway, tls: &[Arc<TlsState>], req: Request<Incoming>) -> Response<Body> {
+    let start = std::time::Instant::now();
     let rid = crate::pipeline::request_id(req.headers());
     let rid_str = rid.to_str().unwrap_or_default().to_string();
+    let audited = req.uri().path().starts_with("/admin/").then(|| {
+        let target = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        (req.method().to_string(), target)
+    });
     let res = match gate(gw, &req) {
         Err(e) => Err(e),
         Ok(()) => answer(gw, tls, req, &rid_str).await,
     };
+    let error = res.as_ref().err().map(|e| e.code);
     let mut rsp = match res {
         Ok(r) => r,
         Err(e) => respond::error_response(&e, &rid_str),
     };
+    if let (Some((method, target)), Some(a)) = (audited, gw.runtime().audit.clone()) {
+        use crate::audit::record::{AuditRecord, ErrorInfo, RecordKind};
+        let mut r = AuditRecord::new(RecordKind::Admin, rid_str);
+        r.listener = "admin".into();
+        r.route = Some("admin".into());
+        r.method = Some(method);
+        r.set_path(&target);
+        r.status = Some(rsp.status().as_u16());
+        r.error = error.map(|code| ErrorInfo {
+            kind: code.to_string(),
+            code: None,
+        });
+        r.latency_us = start.elapsed().as_micros() as u64;
+        if a.writer.submit_nowait(r).is_err() {
+            metrics::counter!("lienthong_audit_dropped_total").increment(1);
+        }
+    }
     rsp.headers_mut()
         .insert(crate::pipeline::headers::X_REQUEST_ID.clone(), rid);
     rsp

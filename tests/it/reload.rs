@@ -218,6 +218,46 @@ async fn the_admin_api_refuses_web_pages_and_bad_parameters_with_json_errors() {
         404,
         "not_found",
     );
+
+    // Every /admin/ request leaves an `admin` audit record, refused ones included, under
+    // the request id it was answered with; probes do not.
+    let refused = admin_raw(
+        &gw,
+        "POST",
+        "/admin/reload",
+        "Origin: https://evil.example\r\n",
+    )
+    .await;
+    let rid = refused.header("x-request-id").unwrap().to_string();
+    let db = gw.config_path.parent().unwrap().join("audit.db");
+    eventually("admin records written", Duration::from_secs(5), || {
+        let db = db.clone();
+        let rid = rid.clone();
+        async move {
+            let recs = lienthong::audit::writer::query(
+                &db,
+                &lienthong::store::audit::Filter {
+                    kind: Some(lienthong::audit::record::RecordKind::Admin),
+                    limit: Some(1000),
+                    ..Default::default()
+                },
+            )
+            .unwrap_or_default();
+            let of = |path: &str| {
+                recs.iter()
+                    .filter(|(_, r)| r.path.as_ref().is_some_and(|p| p.as_str() == path))
+                    .count()
+            };
+            recs.iter().any(|(_, r)| {
+                r.request_id == rid
+                    && r.status == Some(403)
+                    && r.error.as_ref().is_some_and(|e| e.kind == "cross_origin")
+            }) && of("/admin/upstreams") == 1
+                && of("/admin/nope") == 1
+                && of("/health/live") == 0
+        }
+    })
+    .await;
 }
 
 /// At the drain timeout the connections still open are closed (not left running until
