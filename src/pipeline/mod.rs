@@ -590,7 +590,11 @@ pub mod translate_stage {
             .with_detail(e)
         })?;
         ctx.response_received = Some(crate::body::sha256(&input));
-        if input.is_empty() {
+        // Nothing to translate. But an adapter's response step whose answer is missing
+        // (an empty 200 where the operation defines what comes back) is the upstream's
+        // failure: the step runs on nothing, and fails, rather than pass an empty 200 on.
+        let bodiless = matches!(parts.status.as_u16(), 204 | 304) || ctx.method == Method::HEAD;
+        if input.is_empty() && (adapter_step.is_none() || bodiless) {
             return Ok(Response::from_parts(parts, Body::empty()));
         }
         if let Some(a) = adapter_step {

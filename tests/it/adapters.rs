@@ -258,6 +258,8 @@ async fn json_client_calls_the_soap_agency_through_the_hotich_adapter() {
     let (h, seen) = recording(|body| {
         if String::from_utf8_lossy(body).contains("000000000000") {
             (500, "text/xml; charset=utf-8", TRACUU_FAULT.into())
+        } else if String::from_utf8_lossy(body).contains("111111111111") {
+            (200, "text/xml; charset=utf-8", Vec::new())
         } else {
             (200, "text/xml; charset=utf-8", TRACUU_OK.into())
         }
@@ -297,13 +299,21 @@ async fn json_client_calls_the_soap_agency_through_the_hotich_adapter() {
     )
     .await;
     assert_error(&r, 422, "upstream_fault");
+    // An empty answer where the operation defines one is the agency's failure, not an
+    // empty 200 passed on.
+    let r = raw(
+        gw.addr(),
+        &post("/hotich/ws", br#"{"so_dinh_danh":"111111111111"}"#),
+    )
+    .await;
+    assert_error(&r, 502, "upstream_untranslatable");
     let r = raw(gw.addr(), &post("/hotich/ws", br#"{"cccd":"1"}"#)).await;
     assert_error(&r, 422, "unmappable");
     assert!(r.json()["message"]
         .as_str()
         .unwrap()
         .contains("so_dinh_danh"));
-    assert_eq!(seen.lock().unwrap().len(), 2);
+    assert_eq!(seen.lock().unwrap().len(), 3);
 }
 
 #[tokio::test]
