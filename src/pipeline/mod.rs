@@ -74,6 +74,9 @@ pub struct RequestCtx {
     pub dossier: Option<String>,
     /// The adapter operation that translated the exchange, if any.
     pub adapter: Option<crate::audit::record::Adapter>,
+    /// Login sessions the adapter's request step put into the call, dropped if the
+    /// upstream refuses it (`translate_stage::response`).
+    pub adapter_sessions: Vec<crate::config::SessionUse>,
 }
 
 /// A request id: the client's when it is sane, else `<process prefix>-<counter>`,
@@ -146,6 +149,7 @@ impl RequestCtx {
             audit_as: None,
             dossier: None,
             adapter: None,
+            adapter_sessions: Vec::new(),
         }
     }
 
@@ -447,7 +451,10 @@ pub mod translate_stage {
             _ => a.op.response.as_ref(),
         }
         .ok_or_else(|| GatewayError::internal("adapter step missing"))?;
-        let (mut c, _) = crate::config::adapter_context(&a.context, &rt.pools).await?;
+        let (mut c, used) = crate::config::adapter_context(&a.context, &rt.pools).await?;
+        if side == "request" {
+            ctx.adapter_sessions = used;
+        }
         if let Ok(id) = ctx.request_id.to_str() {
             c.insert("request_id".into(), id.to_string());
         }
@@ -570,6 +577,12 @@ pub mod translate_stage {
         Ok(Body::full(out))
     }
 
+    fn drop_sessions(ctx: &mut RequestCtx) {
+        for (login, used) in ctx.adapter_sessions.drain(..) {
+            login.invalidate(&used);
+        }
+    }
+
     pub async fn response(
         rt: &Runtime,
         ctx: &mut RequestCtx,
@@ -577,6 +590,11 @@ pub mod translate_stage {
         rsp: Response<Body>,
     ) -> Result<Response<Body>, GatewayError> {
         let adapter_step = t.adapter.as_ref().filter(|a| a.op.response.is_some());
+        // A refused call may be a stale login session: the next call logs in again (as
+        // deliveries do). Refused: 401/403, or an answer the operation maps to `ok: false`.
+        if matches!(rsp.status().as_u16(), 401 | 403) {
+            drop_sessions(ctx);
+        }
         if t.response.is_none() && adapter_step.is_none() {
             return Ok(rsp);
         }
@@ -599,6 +617,12 @@ pub mod translate_stage {
         }
         if let Some(a) = adapter_step {
             let out = run_step(rt, ctx, a, "response", &input).await?;
+            if !ctx.adapter_sessions.is_empty()
+                && serde_json::from_slice::<serde_json::Value>(&out.body)
+                    .is_ok_and(|v| v.get("ok") == Some(&serde_json::Value::Bool(false)))
+            {
+                drop_sessions(ctx);
+            }
             if let Ok(v) = HeaderValue::from_str(&out.content_type) {
                 parts.headers.insert(header::CONTENT_TYPE, v);
             }

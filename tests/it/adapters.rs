@@ -601,3 +601,60 @@ context = {{ session = "s" }}
     assert_ne!(status, 200, "{body}");
     assert!(body.contains("exchange"), "{body}");
 }
+
+/// A route's login session that the counterpart refuses (here DVCQG's "session expired",
+/// which the operation maps to `ok: false`) is dropped: the next call logs in again, as
+/// deliveries do, instead of failing until the session's lifetime runs out.
+#[tokio::test]
+async fn a_refused_route_session_is_renewed_on_the_next_call() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let logins = Arc::new(AtomicUsize::new(0));
+    let l2 = logins.clone();
+    let up = MockUpstream::start(Arc::new(move |s: &Seen| {
+        if s.uri == "/login" {
+            let n = l2.fetch_add(1, Ordering::SeqCst) + 1;
+            return Action::Respond(json_response(
+                200,
+                serde_json::json!({"error_code": 0, "session": format!("S{n}")}),
+            ));
+        }
+        let body: serde_json::Value = serde_json::from_slice(&s.body).unwrap();
+        let answer = if body["session"] == "S1" {
+            serde_json::json!({"error_code": "-1", "message": "Phiên làm việc hết hạn"})
+        } else {
+            serde_json::json!({"error_code": "0", "message": "Thành công"})
+        };
+        Action::Respond(json_response(200, answer))
+    }))
+    .await;
+    std::env::set_var("LIENTHONG_TEST_ROUTE_DVCQG_PASSWORD", "mat-khau-thu");
+    let cfg = base_config(&adapter_route(
+        &up,
+        "dvcqg",
+        "dvcqg",
+        "DongBoHoSoMC",
+        r#"session = { login = { upstream = "dvcqg", path = "/login", username = "000.00.01.H22", password = { env = "LIENTHONG_TEST_ROUTE_DVCQG_PASSWORD" } } }"#,
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    let dossier = std::fs::read(adapters_dir().join("dvcqg/fixtures/dossier.json")).unwrap();
+    let first = raw(gw.addr(), &post("/dvcqg/sync", &dossier)).await;
+    assert_eq!(
+        first.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&first.body)
+    );
+    assert_eq!(first.json()["ok"], false);
+    let second = raw(gw.addr(), &post("/dvcqg/sync", &dossier)).await;
+    assert_eq!(
+        second.json()["ok"],
+        true,
+        "{}",
+        String::from_utf8_lossy(&second.body)
+    );
+    assert_eq!(
+        logins.load(Ordering::SeqCst),
+        2,
+        "one more login after the refusal"
+    );
+}
