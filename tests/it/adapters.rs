@@ -609,24 +609,7 @@ context = {{ session = "s" }}
 async fn a_refused_route_session_is_renewed_on_the_next_call() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let logins = Arc::new(AtomicUsize::new(0));
-    let l2 = logins.clone();
-    let up = MockUpstream::start(Arc::new(move |s: &Seen| {
-        if s.uri == "/login" {
-            let n = l2.fetch_add(1, Ordering::SeqCst) + 1;
-            return Action::Respond(json_response(
-                200,
-                serde_json::json!({"error_code": 0, "session": format!("S{n}")}),
-            ));
-        }
-        let body: serde_json::Value = serde_json::from_slice(&s.body).unwrap();
-        let answer = if body["session"] == "S1" {
-            serde_json::json!({"error_code": "-1", "message": "Phiên làm việc hết hạn"})
-        } else {
-            serde_json::json!({"error_code": "0", "message": "Thành công"})
-        };
-        Action::Respond(json_response(200, answer))
-    }))
-    .await;
+    let up = MockUpstream::start(dvcqg_with_logins(logins.clone())).await;
     std::env::set_var("LIENTHONG_TEST_ROUTE_DVCQG_PASSWORD", "mat-khau-thu");
     let cfg = base_config(&adapter_route(
         &up,

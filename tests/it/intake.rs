@@ -852,31 +852,7 @@ async fn deliveries_read_the_counterparts_answer_through_the_adapter() {
 async fn delivery_sessions_come_from_a_login_and_are_renewed_after_a_refusal() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let logins = std::sync::Arc::new(AtomicUsize::new(0));
-    let l2 = logins.clone();
-    let dvcqg = MockUpstream::start(std::sync::Arc::new(move |s: &Seen| {
-        if s.uri == "/login" {
-            let body: serde_json::Value = serde_json::from_slice(&s.body).unwrap();
-            assert_eq!(body["username"], "000.00.01.H22");
-            assert_eq!(body["password"], "mat-khau-thu");
-            assert_eq!(
-                s.header("dstcode"),
-                Some("VN:GOV:000.00.00.G22:vpcpdvcprovider")
-            );
-            let n = l2.fetch_add(1, Ordering::SeqCst) + 1;
-            return Action::Respond(json_response(
-                200,
-                serde_json::json!({"error_code": 0, "session": format!("S{n}")}),
-            ));
-        }
-        let body: serde_json::Value = serde_json::from_slice(&s.body).unwrap();
-        let answer = if body["session"] == "S1" {
-            serde_json::json!({"error_code": "-1", "message": "Phiên làm việc hết hạn"})
-        } else {
-            serde_json::json!({"error_code": "0", "message": "Thành công"})
-        };
-        Action::Respond(json_response(200, answer))
-    }))
-    .await;
+    let dvcqg = MockUpstream::start(dvcqg_with_logins(logins.clone())).await;
     let cfg = dvcqg_config(
         &dvcqg.url(),
         "",
@@ -910,6 +886,21 @@ headers = { dstcode = "VN:GOV:000.00.00.G22:vpcpdvcprovider" }"#,
     .await;
     // S1 was refused once; one more login (S2) served every later call.
     assert_eq!(logins.load(Ordering::SeqCst), 2);
+    for login in dvcqg
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.uri == "/login")
+    {
+        let body: serde_json::Value = serde_json::from_slice(&login.body).unwrap();
+        assert_eq!(body["username"], "000.00.01.H22");
+        assert_eq!(body["password"], "mat-khau-thu");
+        assert_eq!(
+            login.header("dstcode"),
+            Some("VN:GOV:000.00.00.G22:vpcpdvcprovider")
+        );
+    }
     let delivered: Vec<serde_json::Value> = dvcqg
         .seen
         .lock()

@@ -583,3 +583,25 @@ pub fn dossier_json(code: Option<&str>, summary: &str) -> String {
     }
     v.to_string()
 }
+
+/// A DVCQG-like counterpart with logins: `POST /login` answers the sessions `S1`, `S2`, …
+/// (counting them in `logins`); any other call is refused with DVCQG's "session
+/// expired" (`error_code` -1) when it carries `S1`, and accepted otherwise.
+pub fn dvcqg_with_logins(logins: Arc<std::sync::atomic::AtomicUsize>) -> Handler {
+    Arc::new(move |s: &Seen| {
+        if s.uri == "/login" {
+            let n = logins.fetch_add(1, Ordering::SeqCst) + 1;
+            return Action::Respond(json_response(
+                200,
+                serde_json::json!({"error_code": 0, "session": format!("S{n}")}),
+            ));
+        }
+        let body: serde_json::Value = serde_json::from_slice(&s.body).unwrap();
+        let answer = if body["session"] == "S1" {
+            serde_json::json!({"error_code": "-1", "message": "Phiên làm việc hết hạn"})
+        } else {
+            serde_json::json!({"error_code": "0", "message": "Thành công"})
+        };
+        Action::Respond(json_response(200, answer))
+    })
+}
