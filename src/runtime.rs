@@ -281,11 +281,9 @@ impl Gateway {
         self.runtime.load_full()
     }
 
-    /// Reloads from the file the config came from: validate first, swap atomically,
-    /// keep the old config when the new one is invalid.
-    /// Reloads the config from its file (SIGHUP and `POST /admin/reload`); an invalid
-    /// one is counted (`lienthong_config_reloads_total{result="invalid"}`) and the
-    /// running config kept.
+    /// Reloads from the file the config came from (SIGHUP and `POST /admin/reload`):
+    /// validate first, swap atomically, keep the old config when the new one is invalid,
+    /// and count that (`lienthong_config_reloads_total{result="invalid"}`).
     pub async fn reload(&self) -> Result<u64, Problems> {
         let res = self.reload_from_file().await;
         if res.is_err() {

@@ -171,13 +171,14 @@ fn host_allowed(host: &str, names: &[String]) -> bool {
         || names.iter().any(|n| n.eq_ignore_ascii_case(name))
 }
 
-/// An admin query parameter, percent-decoded; a malformed one is a 400.
+/// An admin query parameter, percent-decoded (kept as written when that fails).
 fn param(q: &str, k: &str) -> Option<String> {
     q.split('&')
         .find_map(|kv| kv.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
         .map(|v| crate::pipeline::normalize::percent_decode(v).unwrap_or_else(|| v.to_string()))
 }
 
+/// An admin query parameter read as a `T`; one that does not parse is a 400.
 fn parsed<T: std::str::FromStr>(q: &str, k: &'static str) -> Result<Option<T>, GatewayError> {
     param(q, k)
         .map(|v| {

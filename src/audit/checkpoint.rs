@@ -161,7 +161,7 @@ impl Checkpoint {
 
 /// Key names follow the signed-note rules: non-empty, no Unicode whitespace,
 /// no '+' (which separates fields in the text key encodings).
-fn check_key_name(name: &str) -> Result<(), CheckpointError> {
+pub(crate) fn check_key_name(name: &str) -> Result<(), CheckpointError> {
     if name.is_empty()
         || name.contains('+')
         || name.chars().any(|c| c.is_whitespace() || c.is_control())

@@ -1184,9 +1184,7 @@ impl Validator {
         let origin = a.origin.unwrap_or_else(|| "lienthong/audit".into());
         // The origin is the signing key's name in every checkpoint (a signed note):
         // no whitespace, no '+'. The key itself is loaded as `serve` will load it.
-        let origin_ok = !origin.is_empty()
-            && !origin.contains('+')
-            && !origin.chars().any(|c| c.is_whitespace() || c.is_control());
+        let origin_ok = crate::audit::checkpoint::check_key_name(&origin).is_ok();
         if !origin_ok {
             self.problems.push(
                 "audit.origin",

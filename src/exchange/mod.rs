@@ -319,23 +319,17 @@ impl Exchange {
 
     /// Stops the delivery loop and waits for the deliveries in progress to finish (each
     /// is bounded by `delivery_timeout`), so that their outcomes are stored and their
-    /// audit records submitted before the audit log closes. Returns false when they had
-    /// to be cut off: those items stay leased and are delivered again after a restart
-    /// (the receiver sees the same Idempotency-Key).
-    pub async fn stop(&self) -> bool {
+    /// audit records submitted before the audit log closes. Those cut off at the bound
+    /// stay leased and are delivered again after a restart (the receiver sees the same
+    /// Idempotency-Key).
+    pub async fn stop(&self) {
         let _ = self.stop.send(true);
         let task = self.engine.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let Some(mut task) = task else {
-            return true;
-        };
+        let Some(mut task) = task else { return };
         let bound = self.cfg.delivery_timeout + Duration::from_secs(1);
-        match tokio::time::timeout(bound, &mut task).await {
-            Ok(_) => true,
-            Err(_) => {
-                task.abort();
-                tracing::warn!("deliveries in progress did not finish in time; cut off");
-                false
-            }
+        if tokio::time::timeout(bound, &mut task).await.is_err() {
+            task.abort();
+            tracing::warn!("deliveries in progress did not finish in time; cut off");
         }
     }
 }

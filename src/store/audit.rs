@@ -1438,26 +1438,16 @@ impl Store {
 
     /// The prune point at exactly `size`, if one was stored.
     pub fn prune_point_at(&self, size: u64) -> Result<Option<PrunePoint>, AuditError> {
-        Ok(self.prune_points()?.into_iter().find(|p| p.size == size))
-    }
-
-    fn prune_points(&self) -> Result<Vec<PrunePoint>, AuditError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT size, peaks, admin_idx, pruned_at_ms FROM audit_prunes ORDER BY size",
-        )?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                ))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        rows.into_iter()
-            .map(|(size, peaks, admin, at)| prune_point_of(size, &peaks, admin, at))
-            .collect()
+        let row: Option<(i64, String, i64, i64)> = self
+            .conn
+            .query_row(
+                "SELECT size, peaks, admin_idx, pruned_at_ms FROM audit_prunes WHERE size = ?1",
+                [to_i64(size)?],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        row.map(|(size, peaks, admin, at)| prune_point_of(size, &peaks, admin, at))
+            .transpose()
     }
 
     pub fn prune_point(&self) -> Result<Option<PrunePoint>, AuditError> {
