@@ -2018,19 +2018,28 @@ pub mod forward {
 mod tests {
     use super::*;
 
+    /// A token's caller: issuer, agency (if any), subject and roles.
+    fn token_caller(
+        issuer: &str,
+        agency: Option<&str>,
+        subject: &str,
+        roles: &[&str],
+    ) -> crate::auth::caller::Caller {
+        crate::auth::caller::Caller {
+            issuer: issuer.into(),
+            agency: agency.map(|a| crate::auth::caller::AgencyCode::parse(a).unwrap()),
+            subject: subject.into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            scopes: vec![],
+            cnf_x5t_s256: None,
+            expires_at: 0,
+        }
+    }
+
     #[test]
     fn a_dossier_is_readable_by_its_submitter_its_receiving_unit_and_monitors() {
         use crate::store::exchange::StoredDossier;
-        let caller =
-            |agency: Option<&str>, subject: &str, roles: &[&str]| crate::auth::caller::Caller {
-                issuer: "idp".into(),
-                agency: agency.map(|a| crate::auth::caller::AgencyCode::parse(a).unwrap()),
-                subject: subject.into(),
-                roles: roles.iter().map(|r| r.to_string()).collect(),
-                scopes: vec![],
-                cnf_x5t_s256: None,
-                expires_at: 0,
-            };
+        let caller = |agency, subject, roles| token_caller("idp", agency, subject, roles);
         let stored = |by: Option<String>| StoredDossier {
             dossier: crate::exchange::dossier::tests::sample_dossier(),
             content_hash: String::new(),
@@ -2083,16 +2092,7 @@ mod tests {
 
     #[test]
     fn idempotency_keys_are_kept_apart_by_caller_and_by_batch_item() {
-        let caller =
-            |issuer: &str, agency: Option<&str>, subject: &str| crate::auth::caller::Caller {
-                issuer: issuer.into(),
-                agency: agency.map(|a| crate::auth::caller::AgencyCode::parse(a).unwrap()),
-                subject: subject.into(),
-                roles: vec![],
-                scopes: vec![],
-                cnf_x5t_s256: None,
-                expires_at: 0,
-            };
+        let caller = |issuer, agency, subject| token_caller(issuer, agency, subject, &[]);
         let scope = local::idempotency_scope;
         let a = caller("idp", Some("000.00.01.H22"), "portal");
         let b = caller("idp", Some("000.00.02.H22"), "portal");
