@@ -35,7 +35,8 @@
 //! - Hop-by-hop fields never cross the gateway; forwarding fields are the gateway's own.
 //! - `Content-Length` on the wire is derived from the body actually sent.
 //! - `observe::record` runs for every request, refused ones included, and with `[audit]`
-//!   every request leaves exactly one audit record (`pipeline::audit_stage`).
+//!   every request leaves exactly one audit record (`pipeline::audit_stage`), a request
+//!   whose future is dropped before its answer too (`interrupted`, 499: `pipeline::handle`).
 //! - The gateway owns every `X-Lienthong-*` request header: client-sent copies are dropped.
 //! - Routes deny by default: only `auth = { anonymous = true }` lets a request through unverified.
 //! - Secrets come from files or environment variables, live in `config::SecretValue` (which
@@ -45,7 +46,8 @@
 //!   closed), deliveries in progress finish, then the audit log closes, so every
 //!   exchange's record is submitted before it does.
 //! - Intake data is its callers': an `Idempotency-Key` is scoped to its caller, and a
-//!   dossier's timeline is shown to its submitter and receiving unit only.
+//!   dossier's timeline is shown, and its events accepted, only from those with a part in
+//!   it (submitter, receiving unit) or a role configured for it.
 
 pub mod adapter;
 pub mod admin;

@@ -112,7 +112,12 @@ impl RouteMetrics {
 }
 
 pub fn record(rt: &Runtime, ctx: &RequestCtx, rsp: &Response<Body>) {
-    let status = rsp.status().as_u16();
+    record_status(rt, ctx, rsp.status().as_u16());
+}
+
+/// [`record`] for a request that has a status but no response: one interrupted before
+/// its answer (`pipeline::Interrupted`, 499).
+pub fn record_status(rt: &Runtime, ctx: &RequestCtx, status: u16) {
     let elapsed = ctx.start.elapsed();
     let m = match ctx.route_index {
         Some(i) => &rt.route_metrics[i],

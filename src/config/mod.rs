@@ -490,6 +490,8 @@ pub struct ExchangeCfg {
     pub auth: Option<RouteAuth>,
     /// Roles whose holders see every dossier's timeline.
     pub read_all_roles: Vec<String>,
+    /// Roles whose holders may post events (processing steps) to every dossier.
+    pub event_roles: Vec<String>,
     /// Destination name → (upstream pool, path).
     pub deliveries: BTreeMap<String, (String, String)>,
     /// Destinations whose payloads an adapter renders.
@@ -1542,6 +1544,7 @@ impl Validator {
                     destinations: x.destinations.clone().unwrap_or_default(),
                     auth: x.auth.map(|a| self.route_auth("exchange", a)),
                     read_all_roles: x.read_all_roles.unwrap_or_default(),
+                    event_roles: x.event_roles.unwrap_or_default(),
                     catalogue: x.catalogue.clone(),
                     routing: x
                         .deliveries

@@ -80,6 +80,9 @@ pub struct RawExchange {
     /// Callers with any of these roles see every dossier's timeline (others see the
     /// dossiers they filed and those filed with their agency).
     pub read_all_roles: Option<Vec<String>>,
+    /// Callers with any of these roles may post events to every dossier (others only
+    /// to the dossiers they filed and those filed with their agency).
+    pub event_roles: Option<Vec<String>>,
     /// A `[[lookups]]` entry (keyed by procedure code) that must know a dossier's procedure.
     pub catalogue: Option<String>,
     /// Formats the intake accepts besides the canonical JSON, by name (`?format=NAME`):

@@ -165,20 +165,58 @@ pub async fn handle(
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    let mut ctx = RequestCtx::new(conn, &req);
-    let result = proxy(&rt, &mut ctx, req).await;
-    let rsp = respond::finish(&rt, &mut ctx, result);
-    crate::observe::record(&rt, &ctx, &rsp);
+    let mut guard = Interrupted {
+        rt: &rt,
+        ctx: RequestCtx::new(conn, &req),
+        armed: true,
+    };
+    let result = proxy(&rt, &mut guard.ctx, req).await;
+    // From here on nothing awaits before the record is in the audit stage's hands.
+    guard.armed = false;
+    let ctx = &mut guard.ctx;
+    let rsp = respond::finish(&rt, ctx, result);
+    crate::observe::record(&rt, ctx, &rsp);
     match &rt.audit {
-        Some(a) => match audit_stage::record_streamed(a, &rt, &mut ctx, rsp) {
+        Some(a) => match audit_stage::record_streamed(a, &rt, ctx, rsp) {
             audit_stage::Streamed::Sent(rsp) => rsp,
             // Fail-closed routes and routes that keep bodies wait for the record: a
             // rarer path, boxed so that its state does not enlarge every request's.
             audit_stage::Streamed::Waits(pending, rsp) => {
-                Box::pin(audit_stage::record(a, &ctx, *pending, rsp)).await
+                Box::pin(audit_stage::record(a, ctx, *pending, rsp)).await
             }
         },
         None => rsp,
+    }
+}
+
+/// The status given to a request that ended before its answer: its client went
+/// away (hyper drops the request's future when the connection closes), or its
+/// connection was closed at the drain timeout. 499 as in nginx's logs; no client
+/// ever sees it.
+pub const INTERRUPTED_STATUS: u16 = 499;
+
+/// Holds a request's context while its stages run. Dropped armed — the request's
+/// future dropped before the stages returned — it still counts the request in the
+/// metrics and access log and leaves its audit record, as `interrupted`: the
+/// upstream may have acted on a request whose client hung up, and the audit log
+/// must show that it was sent.
+struct Interrupted<'a> {
+    rt: &'a Runtime,
+    ctx: RequestCtx,
+    armed: bool,
+}
+
+impl Drop for Interrupted<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let ctx = &mut self.ctx;
+        ctx.error = Some(("interrupted", None));
+        crate::observe::record_status(self.rt, ctx, INTERRUPTED_STATUS);
+        if let Some(a) = &self.rt.audit {
+            audit_stage::record_interrupted(a, ctx);
+        }
     }
 }
 
@@ -699,7 +737,7 @@ pub mod audit_stage {
     }
 
     fn kind(ctx: &RequestCtx, status: u16) -> RecordKind {
-        if ctx.error.is_some() && (400..500).contains(&status) {
+        if ctx.error.is_some() && (400..500).contains(&status) && status != INTERRUPTED_STATUS {
             return RecordKind::Rejected;
         }
         // Stages that are not plain proxying (lookups, intake) say what they are.
@@ -930,6 +968,46 @@ pub mod audit_stage {
         Streamed::Sent(Response::from_parts(parts, body))
     }
 
+    /// The record of a request whose stages never returned (see `Interrupted`):
+    /// what is known of it so far, with no response.
+    pub fn record_interrupted(a: &Arc<Auditor>, ctx: &mut RequestCtx) {
+        let draft = Draft::new(ctx, INTERRUPTED_STATUS);
+        submit_unanswered(a, &draft);
+    }
+
+    /// Submits a draft whose response never went out (nothing sent, no digest).
+    fn submit_unanswered(a: &Arc<Auditor>, draft: &Draft) {
+        let out = Outcome {
+            sent: None,
+            bytes_out: 0,
+            body: None,
+        };
+        if a.writer
+            .submit_nowait_with(|buf| draft.finish(&out, buf))
+            .is_err()
+        {
+            metrics::counter!("lienthong_audit_dropped_total").increment(1);
+        }
+    }
+
+    /// A fail-closed or body-keeping request's draft while [`record()`] reads the
+    /// response and waits on the log: if the request's future is dropped there (its
+    /// client went away), the draft is submitted as interrupted instead of lost.
+    struct Held<'a> {
+        a: &'a Arc<Auditor>,
+        draft: Option<Draft>,
+    }
+
+    impl Drop for Held<'_> {
+        fn drop(&mut self) {
+            if let Some(mut d) = self.draft.take() {
+                d.status = INTERRUPTED_STATUS;
+                d.error = Some("interrupted");
+                submit_unanswered(self.a, &d);
+            }
+        }
+    }
+
     /// Fail-closed routes (and routes that keep bodies): the response is read so
     /// the record can carry it, and a fail-closed one is sent only once its record
     /// is durable.
@@ -940,12 +1018,18 @@ pub mod audit_stage {
         rsp: Response<Body>,
     ) -> Response<Body> {
         let Pending {
-            mut draft,
+            draft,
             policy,
             keep_bodies,
         } = pending;
         let (parts, body) = rsp.into_parts();
-        let bytes = match crate::body::collect_capped(body, 16 << 20).await {
+        let mut held = Held {
+            a,
+            draft: Some(draft),
+        };
+        let read = crate::body::collect_capped(body, 16 << 20).await;
+        let mut draft = held.draft.take().expect("held until the body is read");
+        let bytes = match read {
             Ok(b) => b,
             Err(e) => {
                 let ge = GatewayError::new(
@@ -1537,15 +1621,18 @@ pub mod local {
         }
     }
 
-    /// Whether a caller may see a stored dossier's timeline: its submitter, the agency it
-    /// was filed with (`receiving_unit`), or a caller holding one of `[exchange]
-    /// read_all_roles`. An anonymous caller (the exchange's `auth` admits anyone) sees
-    /// every dossier: there is nobody to tell apart. Others are answered as if the dossier
-    /// did not exist, so codes cannot be probed.
-    pub(crate) fn may_read(
+    /// Whether a caller has a part in a stored dossier, and so may see its timeline and
+    /// post its events: its submitter, the agency it was filed with (`receiving_unit`),
+    /// or a caller holding one of the given roles (`[exchange] read_all_roles` for the
+    /// timeline, `event_roles` for events). An anonymous caller (the exchange's `auth`
+    /// admits anyone) has a part in every dossier: there is nobody to tell apart. Others
+    /// are answered as if the dossier did not exist, so codes cannot be probed.
+    pub(crate) fn has_part(
         caller: Option<&crate::auth::caller::Caller>,
         cert: Option<&str>,
         stored: &crate::store::exchange::StoredDossier,
+        // Roles that reach every dossier: `read_all_roles` for the timeline,
+        // `event_roles` for posting events.
         read_all_roles: &[String],
     ) -> bool {
         let Some(me) = submitter(caller, cert) else {
@@ -1733,7 +1820,7 @@ pub mod local {
                     .await
                     .map_err(GatewayError::internal)?
                     .is_some_and(|d| {
-                        may_read(
+                        has_part(
                             who.0.as_deref(),
                             who.1.as_deref(),
                             &d,
@@ -1784,16 +1871,22 @@ pub mod local {
                 };
                 audit_stage::note_request(ctx, &bytes);
                 let ev = dossier::parse_event(&bytes).map_err(invalid)?;
-                // Events go where their dossier went, as stored with it: the configured
-                // destinations may have changed since (a restart with another list), and
-                // a destination that never had the dossier must not get its updates.
-                let to = x
+                // Only a party to the dossier (or a holder of `event_roles`) may add to
+                // its timeline; anyone else is answered as for a code that does not
+                // exist, as the timeline's readers are.
+                let stored = x
                     .store
                     .dossier(code.to_string())
                     .await
                     .map_err(|e| GatewayError::internal(e.to_string()))?
-                    .map(|s| s.destinations)
-                    .unwrap_or_default();
+                    .filter(|d| has_part(who.0.as_deref(), who.1.as_deref(), d, &x.cfg.event_roles))
+                    .ok_or_else(|| {
+                        GatewayError::new(ErrorKind::NotFound, "not_found", "no such dossier")
+                    })?;
+                // Events go where their dossier went, as stored with it: the configured
+                // destinations may have changed since (a restart with another list), and
+                // a destination that never had the dossier must not get its updates.
+                let to = stored.destinations;
                 let a = x
                     .store
                     .append_event(code.to_string(), ev, scoped(None), to)
@@ -2059,7 +2152,7 @@ mod tests {
         let other_service = caller(None, "svc-b", &[]);
         let read = |c: Option<&crate::auth::caller::Caller>,
                     cert: Option<&str>,
-                    d: &StoredDossier| { local::may_read(c, cert, d, &roles) };
+                    d: &StoredDossier| { local::has_part(c, cert, d, &roles) };
         let by_portal = stored(local::submitter(Some(&portal), None));
         assert!(read(Some(&portal), None, &by_portal));
         assert!(

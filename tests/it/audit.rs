@@ -658,3 +658,178 @@ async fn refused_or_foreign_tokens_are_counted_and_never_stored() {
     .unwrap();
     assert_eq!(tokens, 0, "{tokens} tokens stored");
 }
+
+/// A route to an upstream that never answers, for the interrupted-request tests.
+fn hanging_route_config(url: &str, server: &str) -> String {
+    base_config(&format!(
+        r#"{server}
+[upstreams.up]
+endpoints = ["{url}"]
+[[routes]]
+name = "slow"
+path_prefix = "/slow"
+upstream = "up"
+auth = {{ anonymous = true }}
+"#
+    ))
+}
+
+/// Sends a request head (and a short body) on a raw connection and waits until the
+/// upstream has it.
+async fn send_and_wait(gw: &TestGateway, up: &MockUpstream, id: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let req = format!(
+        "POST /slow/x HTTP/1.1\r\nHost: t\r\nX-Request-Id: {id}\r\nContent-Length: 2\r\n\r\nok"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    eventually("request in flight", Duration::from_secs(5), || async {
+        up.count() == 1
+    })
+    .await;
+    s
+}
+
+fn assert_interrupted(recs: &[(u64, AuditRecord)], id: &str) {
+    let r = &recs
+        .iter()
+        .find(|(_, r)| r.request_id == id)
+        .unwrap_or_else(|| panic!("no record of {id}: {recs:?}"))
+        .1;
+    assert_eq!(r.status, Some(499), "{r:?}");
+    assert_eq!(r.error.as_ref().unwrap().kind, "interrupted");
+    assert_eq!(
+        r.kind,
+        RecordKind::Proxy,
+        "an interrupted request is not a refusal"
+    );
+    assert_eq!(r.route.as_deref(), Some("slow"));
+    assert_eq!(r.upstream.as_deref(), Some("up"));
+    assert_eq!(r.method.as_deref(), Some("POST"));
+    assert_eq!(r.bytes_out, 0);
+    assert!(r.response_sha256.is_none());
+}
+
+/// A client that hangs up while the upstream still works on its request: the upstream
+/// may act on it, so the request still leaves its record (as `interrupted`, 499) and
+/// is counted in the metrics. hyper drops the request's future when its connection
+/// closes; before, that dropped the record with it.
+#[tokio::test]
+async fn a_request_whose_client_hangs_up_still_leaves_a_record() {
+    let hang: Handler = Arc::new(|_: &Seen| Action::Hang);
+    let up = MockUpstream::start(hang).await;
+    let gw = TestGateway::start(&hanging_route_config(&up.url(), "")).await;
+    let s = send_and_wait(&gw, &up, "hung-up-1").await;
+    drop(s);
+    eventually(
+        "the interrupted request's record",
+        Duration::from_secs(5),
+        || async {
+            records(&gw)
+                .await
+                .iter()
+                .any(|(_, r)| r.request_id == "hung-up-1")
+        },
+    )
+    .await;
+    assert_interrupted(&records(&gw).await, "hung-up-1");
+    let (_, metrics) = admin_get(&gw, "/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("lienthong_requests_total")
+                && l.contains("route=\"slow\"")
+                && l.contains("status=\"499\"")),
+        "{metrics}"
+    );
+}
+
+/// A request still waiting on its upstream when the drain timeout closes its
+/// connection leaves its record before the audit log closes.
+#[tokio::test]
+async fn a_request_cut_off_at_the_drain_timeout_leaves_a_record() {
+    let hang: Handler = Arc::new(|_: &Seen| Action::Hang);
+    let up = MockUpstream::start(hang).await;
+    let cfg = hanging_route_config(&up.url(), "[server]\ndrain_timeout = \"200ms\"");
+    let mut gw = TestGateway::start(&cfg).await;
+    let _s = send_and_wait(&gw, &up, "cut-off-1").await;
+    tokio::time::timeout(Duration::from_secs(10), gw.shutdown())
+        .await
+        .expect("the shutdown ends after the drain timeout")
+        .unwrap();
+    // As `serve` does after the server has stopped: the log closes last.
+    let audit = gw.gw.runtime().audit.clone().unwrap();
+    audit.writer.shutdown().await.unwrap();
+    let db = db_of(&gw);
+    let recs = tokio::task::spawn_blocking(move || {
+        let all = Filter {
+            limit: Some(1000),
+            ..Filter::default()
+        };
+        lienthong::audit::writer::query(&db, &all).unwrap()
+    })
+    .await
+    .unwrap();
+    assert_interrupted(&recs, "cut-off-1");
+}
+
+/// On a fail-closed route the gateway reads the upstream's whole answer before it
+/// records and answers; a client that hangs up while the answer is still arriving
+/// leaves an `interrupted` record too.
+#[tokio::test]
+async fn a_fail_closed_request_whose_client_hangs_up_mid_answer_leaves_a_record() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that sends a head and part of its body, then stalls.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_addr = listener.local_addr().unwrap();
+    let (answered_tx, answered_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut got = Vec::new();
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+            .await
+            .unwrap();
+        let _ = answered_tx.send(());
+        // Held open, never finished.
+        let _ = s.read(&mut buf).await;
+    });
+    let cfg = base_config(&format!(
+        r#"
+[upstreams.up]
+endpoints = ["http://{up_addr}"]
+[[routes]]
+name = "slow"
+path_prefix = "/slow"
+upstream = "up"
+audit = "fail_closed"
+auth = {{ anonymous = true }}
+"#
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(b"POST /slow/x HTTP/1.1\r\nHost: t\r\nX-Request-Id: hung-up-2\r\nContent-Length: 2\r\n\r\nok")
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), answered_rx)
+        .await
+        .expect("the upstream got the request")
+        .unwrap();
+    drop(s);
+    eventually(
+        "the interrupted request's record",
+        Duration::from_secs(5),
+        || async {
+            records(&gw)
+                .await
+                .iter()
+                .any(|(_, r)| r.request_id == "hung-up-2")
+        },
+    )
+    .await;
+    assert_interrupted(&records(&gw).await, "hung-up-2");
+}

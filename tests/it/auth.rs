@@ -705,7 +705,8 @@ fn post_dossier(bearer: &str, key: &str, summary: &str) -> Vec<u8> {
 }
 
 /// A gateway whose intake admits tokens of the `idp` issuer for agencies `*.H22`, with
-/// `giam-sat` as the role that reads every dossier; deliveries go to `dest`.
+/// `giam-sat` as the role that reads every dossier and `xu-ly` as the one that posts
+/// events to every dossier; deliveries go to `dest`.
 async fn exchange_gateway(k: &TestKey, dest: &MockUpstream) -> TestGateway {
     let rest = format!(
         r#"
@@ -716,6 +717,7 @@ db = "exchange.db"
 destinations = ["dvcqg"]
 auth = {{ agencies = ["*.H22"] }}
 read_all_roles = ["giam-sat"]
+event_roles = ["xu-ly"]
 [exchange.deliveries]
 dvcqg = {{ upstream = "dest", path = "/dvcqg/DongBoHoSoMC" }}
 "#,
@@ -835,4 +837,73 @@ async fn a_dossier_timeline_is_shown_only_to_those_with_a_part_in_it() {
     let hidden = timeline(stranger.clone()).await;
     assert_error(&hidden, 404, "not_found");
     assert_eq!(hidden.json()["message"], missing.json()["message"]);
+}
+
+/// Events (processing steps, status changes) are added to a dossier only by those with
+/// a part in it (whoever filed it, the agency it was filed with) or a holder of
+/// `[exchange] event_roles`; anyone else, a reader of every dossier included, gets the
+/// 404 of a dossier that does not exist, and the timeline is unchanged.
+#[tokio::test]
+async fn events_are_accepted_only_from_those_with_a_part_in_the_dossier() {
+    let k = key("intake-events");
+    let dest = MockUpstream::start(echo("dest")).await;
+    let gw = exchange_gateway(&k, &dest).await;
+    let iss = "https://idp.tinh.gov.vn";
+    let as_agency = |agency: &str, roles: &[&str]| {
+        token(
+            &k,
+            iss,
+            serde_json::json!({"agency": agency, "sub": "system", "roles": roles}),
+        )
+    };
+    let portal = as_agency("000.00.05.H22", &[]);
+    // The sample dossier is filed with 000.00.01.H22.
+    let receiving = as_agency("000.00.01.H22", &[]);
+    let stranger = as_agency("000.00.09.H22", &[]);
+    let monitor = as_agency("000.00.09.H22", &["giam-sat"]);
+    let processor = as_agency("000.00.07.H22", &["xu-ly"]);
+
+    let filed = raw(gw.addr(), &post_dossier(&portal, "events-1", "Hồ sơ")).await;
+    assert_eq!(
+        filed.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&filed.body)
+    );
+    let code = filed.json()["dossier_code"].as_str().unwrap().to_string();
+    let post_step = |t: String, content: &'static str| {
+        let body = serde_json::json!({"kind": "step", "handler": "Cán bộ", "at": "20251126090000", "content": content, "status": 2}).to_string();
+        let req = format!(
+            "POST /v1/dossiers/{code}/events HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {t}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let addr = gw.addr();
+        async move { raw(addr, req.as_bytes()).await }
+    };
+    for (who, t, content) in [
+        ("submitter", &portal, "accepted step 1"),
+        ("receiving unit", &receiving, "accepted step 2"),
+        ("event role", &processor, "accepted step 3"),
+    ] {
+        let r = post_step(t.clone(), content).await;
+        assert_eq!(r.status, 202, "{who}: {}", String::from_utf8_lossy(&r.body));
+    }
+    for (who, t) in [
+        ("stranger", &stranger),
+        ("reader of every dossier", &monitor),
+    ] {
+        let r = post_step(t.clone(), "refused step").await;
+        assert_error(&r, 404, "not_found");
+        assert_eq!(r.json()["message"], "no such dossier", "{who}");
+    }
+    let r = raw(
+        gw.addr(),
+        &get_with(&format!("/v1/dossiers/{code}"), Some(&monitor), ""),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let timeline = String::from_utf8_lossy(&r.body).to_string();
+    assert_eq!(timeline.matches("accepted step").count(), 3, "{timeline}");
+    assert!(!timeline.contains("refused step"), "{timeline}");
 }
