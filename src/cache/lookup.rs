@@ -14,6 +14,8 @@
 //!   flagged `stale`, while its age is at most `ttl + max_stale`, and an error is returned
 //!   after that. A brief `failure_backoff` keeps a dead source from being called on every
 //!   request while stale data is being served; cold misses are never backed off.
+//! * **A purge sticks.** A fetch that was in flight when a key (or the table) was purged
+//!   answers those waiting on it but is not cached: the next request asks the source.
 //! * **Freshness is decided on an injectable [`Clock`]**, so tests move time by hand. moka's
 //!   own per-entry expiry (real time, `ttl + max_stale` plus a margin) only collects garbage.
 //!
@@ -380,6 +382,12 @@ struct Inner {
     /// Refreshes of cached entries in progress, one per key.
     flights: Mutex<HashMap<String, Arc<Flight>>>,
     next_seq: AtomicU64,
+    /// Fetches numbered below this started before the last purge: their answers are
+    /// served to whoever waits on them but never cached, so a purge is not undone by a
+    /// fetch that was already in flight (it may carry the data the purge was meant to
+    /// drop). One mark for every key: a fetch of another key that overlapped a purge is
+    /// only not cached, which costs a source call, never a stale answer.
+    purged_below: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
     stale_served: AtomicU64,
@@ -439,6 +447,7 @@ impl Lookup {
                 cache,
                 flights: Mutex::new(HashMap::new()),
                 next_seq: AtomicU64::new(0),
+                purged_below: AtomicU64::new(0),
                 hits: AtomicU64::new(0),
                 misses: AtomicU64::new(0),
                 stale_served: AtomicU64::new(0),
@@ -523,13 +532,28 @@ impl Lookup {
     /// Forgets the value for `key`; the next `get` asks the source.
     pub async fn purge(&self, key: Option<&str>) -> Result<(), LookupError> {
         let key = self.cache_key(key)?;
+        self.mark_purge();
         self.inner.cache.invalidate(&key).await;
         Ok(())
     }
 
     /// Forgets every value.
     pub fn purge_all(&self) {
+        self.mark_purge();
         self.inner.cache.invalidate_all();
+    }
+
+    /// Fetches started before now must not be cached (see `purged_below`).
+    fn mark_purge(&self) {
+        let inner = &self.inner;
+        inner
+            .purged_below
+            .fetch_max(inner.next_seq.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+
+    /// Whether `e` was fetched by a call that started before the last purge.
+    fn predates_purge(&self, e: &Entry) -> bool {
+        e.seq < self.inner.purged_below.load(Ordering::SeqCst)
     }
 
     /// Asks the source now, whatever the cache holds, and caches the answer. Not coalesced
@@ -653,7 +677,24 @@ impl Lookup {
         match result {
             // `from_cache` is true only if another request inserted the entry between our
             // `get` and `try_get_with` and nobody waited on the source for us.
-            Ok(entry) => self.serve(&entry, false, !ran_init.load(Ordering::Relaxed)),
+            Ok(entry) => {
+                // moka cached the init's answer itself; one from a fetch a purge overtook
+                // is taken out again (this entry only: a newer one stays).
+                if self.predates_purge(&entry) {
+                    let stale = entry.clone();
+                    inner
+                        .cache
+                        .entry(key)
+                        .and_compute_with(|existing| {
+                            std::future::ready(match existing {
+                                Some(e) if Arc::ptr_eq(e.value(), &stale) => Op::Remove,
+                                _ => Op::Nop,
+                            })
+                        })
+                        .await;
+                }
+                self.serve(&entry, false, !ran_init.load(Ordering::Relaxed))
+            }
             Err(miss) => match &*miss {
                 ColdMiss::NotFound => Err(self.not_found()),
                 ColdMiss::Source(e) => Err(self.unavailable(e.clone())),
@@ -718,7 +759,9 @@ impl Lookup {
             .entry(key.to_owned())
             .and_compute_with(|existing| {
                 let newer_cached = existing.is_some_and(|e| e.value().seq > fresh.seq);
-                let op = match (newer_cached, keep) {
+                // Looked at under the entry's lock: a purge marks before it invalidates,
+                // so either it sees the mark here or its invalidation follows the put.
+                let op = match (newer_cached || self.predates_purge(&fresh), keep) {
                     (true, _) => Op::Nop,
                     (false, true) => Op::Put(fresh),
                     (false, false) => Op::Remove,
@@ -2011,6 +2054,44 @@ mod tests {
         source.set_failing(false);
         assert!(!lookup.get(Some("b")).await.unwrap().from_cache);
         assert_eq!(lookup.stats().await.entries, 1);
+    }
+
+    /// A purge is not undone by a fetch that was in flight when it came: that fetch's
+    /// answer goes to whoever waited on it, and the next request asks the source again.
+    #[tokio::test]
+    async fn a_fetch_in_flight_does_not_undo_a_purge() {
+        let (lookup, source, clock) = setup(spec(KeyMode::ByKey));
+        source.set(Some("a"), b("old"));
+        source.set_delay(Duration::from_millis(100));
+        // A cold miss in flight.
+        let cold = tokio::spawn({
+            let lookup = lookup.clone();
+            async move { lookup.get(Some("a")).await }
+        });
+        until(|| source.calls() == 1).await;
+        lookup.purge(Some("a")).await.unwrap();
+        assert_eq!(cold.await.unwrap().unwrap().value, b("old"));
+        // What the purge was for: the source has changed.
+        source.set(Some("a"), b("new"));
+        let after = lookup.get(Some("a")).await.unwrap();
+        assert_eq!((after.value, after.from_cache), (b("new"), false));
+        assert_eq!(source.calls(), 2);
+        assert!(lookup.get(Some("a")).await.unwrap().from_cache);
+
+        // A refresh of an expired entry in flight, then everything purged.
+        clock.advance(spec(KeyMode::ByKey).ttl + SEC);
+        source.set(Some("a"), b("newer"));
+        let refresh = tokio::spawn({
+            let lookup = lookup.clone();
+            async move { lookup.get(Some("a")).await }
+        });
+        until(|| source.calls() == 3).await;
+        lookup.purge_all();
+        assert_eq!(refresh.await.unwrap().unwrap().value, b("newer"));
+        source.set(Some("a"), b("newest"));
+        let after = lookup.get(Some("a")).await.unwrap();
+        assert_eq!((after.value, after.from_cache), (b("newest"), false));
+        assert_eq!(source.calls(), 4);
     }
 
     #[tokio::test]
