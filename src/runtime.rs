@@ -229,6 +229,9 @@ pub struct Gateway {
     reload_lock: tokio::sync::Mutex<()>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     pub shutting_down: AtomicBool,
+    /// HTTP/2 streams in progress: hyper runs each in a task of its own, outside the
+    /// connection's, and shutdown waits for them (`server::StreamExecutor`).
+    pub(crate) h2_streams: Arc<crate::server::StreamTasks>,
 }
 
 impl Gateway {
@@ -267,6 +270,7 @@ impl Gateway {
             reload_lock: tokio::sync::Mutex::new(()),
             metrics,
             shutting_down: AtomicBool::new(false),
+            h2_streams: Default::default(),
         });
         if let Some(x) = exchange {
             x.start_delivery(Arc::downgrade(&gw));

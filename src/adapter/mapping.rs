@@ -19,6 +19,8 @@
 //!
 //! Per value: get → if absent/null: `default`, else `required` error, else skip → `values`
 //! map → `date` → `type`. A `default` goes through the rest of the pipeline like input does.
+//! A hook's value is absent when every one of its arguments is (a literal never is): then
+//! `default` applies, and a hook rule without one runs on empty strings.
 //! Hook arguments (and `from`) may also be `$out.PATH`, a value an earlier rule wrote; an
 //! argument that is an array or object counts as its compact JSON text.
 //! Error messages name paths and what was expected, never input or context values.
@@ -925,10 +927,12 @@ impl<'a> Run<'a> {
             Source::Const(v) => Some(Cow::Borrowed(v)),
             Source::Hook(hook, args) => {
                 let mut texts = Vec::with_capacity(args.len());
+                let mut any = false;
                 for arg in args {
                     // Arrays and objects count as their compact JSON text.
                     texts.push(match self.get(arg, idx)? {
                         Some(v) if !v.is_null() => {
+                            any = true;
                             scalar_text(&v).map_or_else(|| v.to_string(), Cow::into_owned)
                         }
                         _ if rule.required => {
@@ -937,7 +941,14 @@ impl<'a> Run<'a> {
                         _ => String::new(),
                     });
                 }
-                Some(Cow::Owned(Value::String(hook.run(&texts))))
+                // With nothing to work on, a rule's `default` stands in for the hook's
+                // output (which would be made of empty strings); without one the hook
+                // runs on them, as before.
+                if !any && !args.is_empty() && rule.default.is_some() {
+                    None
+                } else {
+                    Some(Cow::Owned(Value::String(hook.run(&texts))))
+                }
             }
         };
         let mut v = match got {
@@ -1275,6 +1286,23 @@ mod tests {
         assert_eq!(
             run_ctx(m, json!({}), &ctx),
             "error $ctx.secret: expected an integer"
+        );
+    }
+
+    /// A hook rule's `default` stands in when every argument is absent or null (a
+    /// literal argument is never absent); without one the hook runs on empty strings.
+    #[test]
+    fn a_hook_with_nothing_to_work_on_takes_its_default() {
+        let m = r#"field = [
+            { to = "A", hook = "upper", args = ["missing"], default = "none" },
+            { to = "B", hook = "format", args = ["n", "missing"], template = "{0}{1}", default = "none" },
+            { to = "C", hook = "format", args = ["n", "x"], template = "{0}{1}", default = "none" },
+            { to = "D", hook = "upper", args = ["missing"] },
+            { to = "E", hook = "format", args = ["missing", "'#'"], template = "{1}{0}", default = "none" },
+        ]"#;
+        assert_eq!(
+            run(m, json!({"n": null, "x": "đ"})),
+            r##"{"A":"none","B":"none","C":"đ","D":"","E":"#"}"##
         );
     }
 

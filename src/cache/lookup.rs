@@ -370,6 +370,8 @@ impl moka::Expiry<String, Arc<Entry>> for GcExpiry {
 enum ColdMiss {
     NotFound,
     Source(SourceError),
+    /// Fetched, but by a call a purge overtook: served to the waiters, never cached.
+    Overtaken(Arc<Entry>),
 }
 
 type Flight = OnceCell<Result<Arc<Entry>, SourceError>>;
@@ -533,6 +535,9 @@ impl Lookup {
     pub async fn purge(&self, key: Option<&str>) -> Result<(), LookupError> {
         let key = self.cache_key(key)?;
         self.mark_purge();
+        // Later callers start a fetch of their own rather than join one the purge
+        // overtook.
+        lock(&self.inner.flights).remove(&key);
         self.inner.cache.invalidate(&key).await;
         Ok(())
     }
@@ -540,6 +545,7 @@ impl Lookup {
     /// Forgets every value.
     pub fn purge_all(&self) {
         self.mark_purge();
+        lock(&self.inner.flights).clear();
         self.inner.cache.invalidate_all();
     }
 
@@ -671,6 +677,10 @@ impl Lookup {
                 if entry.value.is_none() && inner.spec.negative_ttl.is_none() {
                     return Err(ColdMiss::NotFound);
                 }
+                // An error is how an init keeps its answer out of moka.
+                if self.predates_purge(&entry) {
+                    return Err(ColdMiss::Overtaken(entry));
+                }
                 Ok(entry)
             })
             .await;
@@ -678,28 +688,35 @@ impl Lookup {
             // `from_cache` is true only if another request inserted the entry between our
             // `get` and `try_get_with` and nobody waited on the source for us.
             Ok(entry) => {
-                // moka cached the init's answer itself; one from a fetch a purge overtook
-                // is taken out again (this entry only: a newer one stays).
-                if self.predates_purge(&entry) {
-                    let stale = entry.clone();
-                    inner
-                        .cache
-                        .entry(key)
-                        .and_compute_with(|existing| {
-                            std::future::ready(match existing {
-                                Some(e) if Arc::ptr_eq(e.value(), &stale) => Op::Remove,
-                                _ => Op::Nop,
-                            })
-                        })
-                        .await;
-                }
+                // A purge between the init's check and moka's insert: take it out again.
+                self.unstore_if_overtaken(&key, &entry).await;
                 self.serve(&entry, false, !ran_init.load(Ordering::Relaxed))
             }
             Err(miss) => match &*miss {
                 ColdMiss::NotFound => Err(self.not_found()),
                 ColdMiss::Source(e) => Err(self.unavailable(e.clone())),
+                ColdMiss::Overtaken(entry) => self.serve(entry, false, false),
             },
         }
+    }
+
+    /// Removes `entry` from the cache if a purge overtook the fetch that made it and it
+    /// is still the one cached under `key` (a newer one stays). A purge marks before it
+    /// invalidates, so whichever of a put and a purge comes second, the entry goes.
+    async fn unstore_if_overtaken(&self, key: &str, entry: &Arc<Entry>) {
+        if !self.predates_purge(entry) {
+            return;
+        }
+        self.inner
+            .cache
+            .entry(key.to_owned())
+            .and_compute_with(|existing| {
+                std::future::ready(match existing {
+                    Some(e) if Arc::ptr_eq(e.value(), entry) => Op::Remove,
+                    _ => Op::Nop,
+                })
+            })
+            .await;
     }
 
     /// One source call, with the bookkeeping (counters, last refresh record).
@@ -759,16 +776,16 @@ impl Lookup {
             .entry(key.to_owned())
             .and_compute_with(|existing| {
                 let newer_cached = existing.is_some_and(|e| e.value().seq > fresh.seq);
-                // Looked at under the entry's lock: a purge marks before it invalidates,
-                // so either it sees the mark here or its invalidation follows the put.
                 let op = match (newer_cached || self.predates_purge(&fresh), keep) {
                     (true, _) => Op::Nop,
-                    (false, true) => Op::Put(fresh),
+                    (false, true) => Op::Put(fresh.clone()),
                     (false, false) => Op::Remove,
                 };
                 std::future::ready(op)
             })
             .await;
+        // A purge that came between the check above and the put.
+        self.unstore_if_overtaken(key, &fresh).await;
     }
 
     /// Joins the refresh in flight for `key`, or starts one. Every concurrent caller gets

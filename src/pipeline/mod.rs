@@ -212,10 +212,18 @@ impl Drop for Interrupted<'_> {
             return;
         }
         let ctx = &mut self.ctx;
-        ctx.error = Some(("interrupted", None));
-        crate::observe::record_status(self.rt, ctx, INTERRUPTED_STATUS);
+        // A stage that panicked unwinds through here too: that is the gateway's
+        // failure (500), not a client that went away.
+        let status = if std::thread::panicking() {
+            ctx.error = Some(("internal", None));
+            500
+        } else {
+            ctx.error = Some(("interrupted", None));
+            INTERRUPTED_STATUS
+        };
+        crate::observe::record_status(self.rt, ctx, status);
         if let Some(a) = &self.rt.audit {
-            audit_stage::record_interrupted(a, ctx);
+            audit_stage::record_interrupted(a, ctx, status);
         }
     }
 }
@@ -970,8 +978,8 @@ pub mod audit_stage {
 
     /// The record of a request whose stages never returned (see `Interrupted`):
     /// what is known of it so far, with no response.
-    pub fn record_interrupted(a: &Arc<Auditor>, ctx: &mut RequestCtx) {
-        let draft = Draft::new(ctx, INTERRUPTED_STATUS);
+    pub fn record_interrupted(a: &Arc<Auditor>, ctx: &mut RequestCtx, status: u16) {
+        let draft = Draft::new(ctx, status);
         submit_unanswered(a, &draft);
     }
 
@@ -992,7 +1000,10 @@ pub mod audit_stage {
 
     /// A fail-closed or body-keeping request's draft while [`record()`] reads the
     /// response and waits on the log: if the request's future is dropped there (its
-    /// client went away), the draft is submitted as interrupted instead of lost.
+    /// client went away), the draft is submitted as interrupted instead of lost. The
+    /// metrics and access log have already counted the upstream's status by then (they
+    /// run before the audit stage, which takes the context's names): they say what
+    /// the upstream answered, the audit record that the client never got it.
     struct Held<'a> {
         a: &'a Arc<Auditor>,
         draft: Option<Draft>,
@@ -1633,7 +1644,7 @@ pub mod local {
         stored: &crate::store::exchange::StoredDossier,
         // Roles that reach every dossier: `read_all_roles` for the timeline,
         // `event_roles` for posting events.
-        read_all_roles: &[String],
+        all_dossier_roles: &[String],
     ) -> bool {
         let Some(me) = submitter(caller, cert) else {
             return true;
@@ -1641,7 +1652,7 @@ pub mod local {
         let Some(c) = caller else {
             return stored.submitted_by.as_deref() == Some(me.as_str());
         };
-        read_all_roles.iter().any(|r| c.has_role(r))
+        all_dossier_roles.iter().any(|r| c.has_role(r))
             || stored.submitted_by.as_deref() == Some(me.as_str())
             || c.agency
                 .as_ref()

@@ -17,7 +17,7 @@ use crate::pipeline::headers::Forwarding;
 use crate::runtime::Gateway;
 use bytes::Bytes;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -195,6 +195,15 @@ impl Server {
         for mut set in conns {
             set.abort_all();
             while set.join_next().await.is_some() {}
+        }
+        // HTTP/2 streams run in tasks of their own; with their connections gone they
+        // are reset and end (their requests' records submitted), which is waited for
+        // here, briefly: a stage that ignores cancellation must not hold the exit.
+        if tokio::time::timeout(Duration::from_secs(2), self.gw.h2_streams.idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!("HTTP/2 streams still running after their connections closed");
         }
         if let Some(t) = admin_task {
             t.abort();
@@ -384,6 +393,7 @@ async fn serve_http<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let exchanges = Arc::new(Exchanges::new());
+    let streams = gw.h2_streams.clone();
     let svc = {
         let exchanges = exchanges.clone();
         service_fn(move |req| {
@@ -402,7 +412,7 @@ async fn serve_http<I>(
     let idle = l.idle_timeout;
     let io = TokioIo::new(io);
     if h2 {
-        let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        let mut b = hyper::server::conn::http2::Builder::new(StreamExecutor(streams));
         b.timer(TokioTimer::new())
             .max_concurrent_streams(l.h2_max_concurrent_streams)
             .max_header_list_size(l.h2_max_header_list_bytes.saturating_mul(2))
@@ -790,5 +800,56 @@ impl<T: AsyncWrite> AsyncWrite for ConnIo<T> {
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.project().inner.poll_shutdown(cx)
+    }
+}
+
+/// HTTP/2 streams in progress, so that shutdown can wait for them: hyper spawns each
+/// stream as a task of its own, which aborting the connection's task does not reach.
+#[derive(Default)]
+pub struct StreamTasks {
+    running: std::sync::atomic::AtomicUsize,
+    ended: tokio::sync::Notify,
+}
+
+impl StreamTasks {
+    /// Completes once no stream is running.
+    async fn idle(&self) {
+        loop {
+            let ended = self.ended.notified();
+            if self.running.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            ended.await;
+        }
+    }
+}
+
+/// Counts a stream's task as running until the task ends or is dropped.
+struct StreamTask(Arc<StreamTasks>);
+
+impl Drop for StreamTask {
+    fn drop(&mut self) {
+        if self.0.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.ended.notify_waiters();
+        }
+    }
+}
+
+/// hyper's executor for HTTP/2 server streams: `tokio::spawn`, counted in [`StreamTasks`].
+#[derive(Clone)]
+struct StreamExecutor(Arc<StreamTasks>);
+
+impl<F> hyper::rt::Executor<F> for StreamExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        self.0.running.fetch_add(1, Ordering::AcqRel);
+        let task = StreamTask(self.0.clone());
+        tokio::spawn(async move {
+            let _task = task;
+            fut.await;
+        });
     }
 }

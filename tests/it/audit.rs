@@ -691,11 +691,13 @@ async fn send_and_wait(gw: &TestGateway, up: &MockUpstream, id: &str) -> tokio::
 }
 
 fn assert_interrupted(recs: &[(u64, AuditRecord)], id: &str) {
-    let r = &recs
+    let mine: Vec<&AuditRecord> = recs
         .iter()
-        .find(|(_, r)| r.request_id == id)
-        .unwrap_or_else(|| panic!("no record of {id}: {recs:?}"))
-        .1;
+        .filter(|(_, r)| r.request_id == id)
+        .map(|(_, r)| r)
+        .collect();
+    assert_eq!(mine.len(), 1, "exactly one record of {id}: {recs:?}");
+    let r = mine[0];
     assert_eq!(r.status, Some(499), "{r:?}");
     assert_eq!(r.error.as_ref().unwrap().kind, "interrupted");
     assert_eq!(
@@ -832,4 +834,49 @@ auth = {{ anonymous = true }}
     )
     .await;
     assert_interrupted(&records(&gw).await, "hung-up-2");
+}
+
+/// The same over HTTP/2, whose streams hyper runs in tasks of their own, outside the
+/// connection's: shutdown waits for them once their connections are closed.
+#[tokio::test]
+async fn an_http2_request_cut_off_at_the_drain_timeout_leaves_a_record() {
+    let hang: Handler = Arc::new(|_: &Seen| Action::Hang);
+    let up = MockUpstream::start(hang).await;
+    let cfg = hanging_route_config(&up.url(), "[server]\ndrain_timeout = \"200ms\"");
+    let mut gw = TestGateway::start(&cfg).await;
+    let tcp = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post("http://t/slow/x")
+        .header("x-request-id", "cut-off-2")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"ok")))
+        .unwrap();
+    let pending = tokio::spawn(async move { sender.send_request(req).await });
+    eventually("request in flight", Duration::from_secs(5), || async {
+        up.count() == 1
+    })
+    .await;
+    tokio::time::timeout(Duration::from_secs(10), gw.shutdown())
+        .await
+        .expect("the shutdown ends after the drain timeout")
+        .unwrap();
+    let audit = gw.gw.runtime().audit.clone().unwrap();
+    audit.writer.shutdown().await.unwrap();
+    assert!(pending.await.unwrap().is_err(), "the stream was cut off");
+    let db = db_of(&gw);
+    let recs = tokio::task::spawn_blocking(move || {
+        let all = Filter {
+            limit: Some(1000),
+            ..Filter::default()
+        };
+        lienthong::audit::writer::query(&db, &all).unwrap()
+    })
+    .await
+    .unwrap();
+    assert_interrupted(&recs, "cut-off-2");
 }

@@ -897,6 +897,17 @@ async fn events_are_accepted_only_from_those_with_a_part_in_the_dossier() {
         assert_error(&r, 404, "not_found");
         assert_eq!(r.json()["message"], "no such dossier", "{who}");
     }
+    // An evaluation is an event too.
+    let eval = serde_json::json!({"at": "20251126100000", "rating": 5}).to_string();
+    for (t, want) in [(&stranger, 404), (&portal, 202)] {
+        let req = format!(
+            "POST /v1/dossiers/{code}/evaluation HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {t}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{eval}",
+            eval.len()
+        );
+        let r = raw(gw.addr(), req.as_bytes()).await;
+        assert_eq!(r.status, want, "{}", String::from_utf8_lossy(&r.body));
+    }
     let r = raw(
         gw.addr(),
         &get_with(&format!("/v1/dossiers/{code}"), Some(&monitor), ""),
@@ -905,5 +916,6 @@ async fn events_are_accepted_only_from_those_with_a_part_in_the_dossier() {
     assert_eq!(r.status, 200);
     let timeline = String::from_utf8_lossy(&r.body).to_string();
     assert_eq!(timeline.matches("accepted step").count(), 3, "{timeline}");
+    assert_eq!(timeline.matches("\"rating\"").count(), 1, "{timeline}");
     assert!(!timeline.contains("refused step"), "{timeline}");
 }
