@@ -408,6 +408,73 @@ expected = "out.json"
     assert!(all.contains("fixtures[0]") && all.contains(".x"), "{all}");
 }
 
+/// XML's element order is part of the document: a fixture whose expected XML has the
+/// same elements in another order fails the load, naming where; JSON's member order is
+/// not checked.
+#[test]
+fn xml_fixtures_check_element_order() {
+    let dir = scratch_dir();
+    let sys = dir.join("hotich");
+    for sub in ["", "mappings", "fixtures"] {
+        std::fs::create_dir_all(sys.join(sub)).unwrap();
+    }
+    let src = adapters_dir().join("hotich");
+    for f in [
+        "adapter.toml",
+        "mappings/tracuu.request.toml",
+        "mappings/tracuu.response.toml",
+        "fixtures/tracuu.json",
+        "fixtures/tracuu-bad.json",
+        "fixtures/tracuu-request.xml",
+        "fixtures/tracuu-response.xml",
+        "fixtures/tracuu-fault.xml",
+    ] {
+        std::fs::copy(src.join(f), sys.join(f)).unwrap();
+    }
+    // The JSON fixture's members reversed: still passes.
+    let out: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("fixtures/tracuu.out.json")).unwrap())
+            .unwrap();
+    let members: Vec<String> = out
+        .as_object()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|(k, v)| format!("{}:{v}", serde_json::Value::String(k.clone())))
+        .collect();
+    std::fs::write(
+        sys.join("fixtures/tracuu.out.json"),
+        format!("{{{}}}", members.join(",")),
+    )
+    .unwrap();
+    let (a, problems) = adapter::load_dir(&dir);
+    assert!(problems.is_empty(), "{problems:#?}");
+    assert_eq!(a.systems.len(), 1);
+
+    // The expected request with its two elements swapped: refused.
+    let xml = std::fs::read_to_string(src.join("fixtures/tracuu-request.xml")).unwrap();
+    let swapped = xml
+        .replace("<m:SoDinhDanh>022090000001</m:SoDinhDanh>", "@@")
+        .replace(
+            "<m:MaYeuCau></m:MaYeuCau>",
+            "<m:SoDinhDanh>022090000001</m:SoDinhDanh>",
+        )
+        .replace("@@", "<m:MaYeuCau></m:MaYeuCau>");
+    assert_ne!(swapped, xml);
+    std::fs::write(sys.join("fixtures/tracuu-request.xml"), swapped).unwrap();
+    let (a, problems) = adapter::load_dir(&dir);
+    assert!(a.systems.is_empty());
+    let all = format!("{problems:#?}");
+    assert!(
+        all.contains("fixtures[0]") && all.contains("members in the order"),
+        "{all}"
+    );
+    assert!(
+        all.contains("MaYeuCau") && all.contains("SoDinhDanh"),
+        "{all}"
+    );
+}
+
 #[test]
 fn routes_naming_missing_operations_or_context_are_config_errors() {
     let dir = scratch_dir();
