@@ -122,6 +122,11 @@ impl Deliverer for HttpDeliverer {
             let mut adapter = None;
             let mut answer_op = None;
             let mut sessions = Vec::new();
+            // What the record proves was sent: the payload as stored, and what went on
+            // the wire when an adapter rendered it.
+            let payload_digest = crate::audit::record::Sha256Hex::of(payload.as_bytes());
+            let payload_len = payload.len() as u64;
+            let mut translated_digest = None;
             let body = match op {
                 None => {
                     headers.insert(
@@ -171,6 +176,7 @@ impl Deliverer for HttpDeliverer {
                         version: a.version.clone(),
                     });
                     answer_op = Some(op);
+                    translated_digest = Some(crate::audit::record::Sha256Hex::of(&out.body));
                     Body::full(out.body)
                 }
             };
@@ -194,11 +200,17 @@ impl Deliverer for HttpDeliverer {
                 host_from_endpoint: true,
             };
             let started = std::time::Instant::now();
+            let mut endpoint = None;
+            let mut answer_digest = None;
             let outcome = match pool.send(req).await {
                 Ok(a) => {
+                    endpoint = Some(a.endpoint.label.to_string());
                     let status = a.response.status().as_u16();
                     let answer =
                         crate::body::collect_capped(a.response.into_body(), 64 * 1024).await;
+                    if let Ok(b) = &answer {
+                        answer_digest = Some((crate::audit::record::Sha256Hex::of(b), b.len()));
+                    }
                     let mut o = outbox::classify_http_status(status, &dest);
                     let judge = answer_op.as_ref().and_then(|op| op.response.as_ref());
                     if let (DeliveryOutcome::Delivered, Some(step)) = (&o, judge) {
@@ -234,6 +246,14 @@ impl Deliverer for HttpDeliverer {
                 r.status = outcome.0;
                 r.dossier = Some(code.clone());
                 r.adapter = adapter;
+                r.endpoint = endpoint;
+                r.bytes_in = payload_len;
+                r.request_sha256 = Some(payload_digest);
+                r.request_translated_sha256 = translated_digest;
+                if let Some((d, n)) = answer_digest {
+                    r.response_sha256 = Some(d);
+                    r.bytes_out = n as u64;
+                }
                 r.latency_us = started.elapsed().as_micros() as u64;
                 if let DeliveryOutcome::Retry(m) | DeliveryOutcome::Permanent(m) = &outcome.1 {
                     r.error = Some(crate::audit::record::ErrorInfo {

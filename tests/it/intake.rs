@@ -264,6 +264,34 @@ async fn dossiers_and_events_are_delivered_in_order_with_idempotency_keys() {
             .len(),
         4
     );
+    // Each delivery's audit record proves what was sent: the payload's digest (here sent
+    // as is: no adapter renders it, so no translated digest) and the answer's.
+    assert_eq!(admin_post(&gw, "/admin/audit/checkpoint").await.0, 200);
+    let (_, recs) = admin_get(&gw, "/admin/audit/records?route=exchange:dvcqg").await;
+    let recs: serde_json::Value = serde_json::from_str(&recs).unwrap();
+    let creation = recs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["record"])
+        .find(|r| r["kind"] == "delivery" && r["request_id"] == format!("{code}:0"))
+        .unwrap_or_else(|| panic!("no delivery record: {recs}"));
+    let hex = |b: &[u8]| -> String {
+        lienthong::body::sha256(b)
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect()
+    };
+    assert_eq!(creation["status"], 200);
+    assert_eq!(
+        creation["request_sha256"].as_str(),
+        Some(hex(&first.body).as_str()),
+        "{creation}"
+    );
+    assert_eq!(creation["bytes_in"], first.body.len());
+    assert!(creation.get("request_translated_sha256").is_none());
+    assert_eq!(creation["response_sha256"].as_str().map(str::len), Some(64));
+    assert_eq!(creation["endpoint"].as_str(), Some(dest.url().as_str()));
 }
 
 #[tokio::test]
@@ -573,6 +601,35 @@ path = "/so-gddt/hoso"
     let first = seen.iter().find(|s| s.uri == "/so-gddt/hoso").unwrap();
     let v: serde_json::Value = serde_json::from_slice(&first.body).unwrap();
     assert_eq!(v["procedure_code"], "3.000182.000.00.00.H22");
+    // The audit record of the rendered delivery carries the digest of what went on the
+    // wire, beside the stored payload's, and names the adapter.
+    assert_eq!(admin_post(&gw, "/admin/audit/checkpoint").await.0, 200);
+    let (_, recs) = admin_get(&gw, "/admin/audit/records?route=exchange:dvcqg").await;
+    let recs: serde_json::Value = serde_json::from_str(&recs).unwrap();
+    let creation = recs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["record"])
+        .find(|r| r["kind"] == "delivery" && r["request_id"] == format!("{code}:0"))
+        .unwrap_or_else(|| panic!("no delivery record: {recs}"));
+    let hex = |b: &[u8]| -> String {
+        lienthong::body::sha256(b)
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect()
+    };
+    let sent = seen.iter().find(|s| s.uri == "/dvcqg/hoso").unwrap();
+    assert_eq!(
+        creation["request_translated_sha256"].as_str(),
+        Some(hex(&sent.body).as_str()),
+        "{creation}"
+    );
+    assert_ne!(
+        creation["request_sha256"],
+        creation["request_translated_sha256"]
+    );
+    assert_eq!(creation["adapter"]["id"], "dvcqg");
 }
 
 /// The intake reads the national DongBoHoSoMC shape through the dvcqg adapter
