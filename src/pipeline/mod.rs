@@ -1783,17 +1783,26 @@ pub mod local {
                     })?;
                     check_catalogue(rt, x, d, &format!("dossiers[{i}].")).await?;
                 }
+                // All or none: a failure on any item (a key reused for other content,
+                // storage) stores no item, so a resend finds nothing half done.
+                let items = dossiers
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, d)| crate::store::exchange::BatchItem {
+                        idempotency_key: scoped(Some(i)),
+                        destinations: x.cfg.destinations_for(&d),
+                        dossier: d,
+                    })
+                    .collect();
+                let by = submitter(who.0.as_deref(), who.1.as_deref());
+                let accepted_all = x
+                    .store
+                    .accept_batch_from(items, by)
+                    .await
+                    .map_err(intake_err)?;
                 let mut receipts = Vec::new();
                 let mut replayed = true;
-                for (i, d) in dossiers.into_iter().enumerate() {
-                    let key = scoped(Some(i));
-                    let to = x.cfg.destinations_for(&d);
-                    let by = submitter(who.0.as_deref(), who.1.as_deref());
-                    let a = x
-                        .store
-                        .accept_dossier_from(d, key, to, by)
-                        .await
-                        .map_err(intake_err)?;
+                for a in accepted_all {
                     ctx.dossier = Some(a.receipt.dossier_code.clone());
                     replayed &= a.replayed;
                     receipts.push(serde_json::to_value(&a.receipt).unwrap_or_default());

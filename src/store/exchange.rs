@@ -329,6 +329,13 @@ pub struct StoreStats {
 }
 
 /// The backend seam. See the module documentation for the atomicity each call guarantees.
+/// One dossier of a batch ([`ExchangeStore::accept_batch_from`]).
+pub struct BatchItem {
+    pub dossier: Dossier,
+    pub idempotency_key: Option<String>,
+    pub destinations: Vec<String>,
+}
+
 pub trait ExchangeStore: Send + Sync {
     /// Validate, de-duplicate (by dossier code or idempotency key), assign a code when absent,
     /// store the dossier and one outbox row per destination; answers after the commit.
@@ -350,6 +357,14 @@ pub trait ExchangeStore: Send + Sync {
         destinations: Vec<String>,
         submitted_by: Option<String>,
     ) -> Pending<Result<Accepted, IntakeError>>;
+
+    /// A batch of dossiers from one submitter, all or none: the items are accepted (or
+    /// replayed) in one transaction, and an error on any item stores none of them.
+    fn accept_batch_from(
+        &self,
+        items: Vec<BatchItem>,
+        submitted_by: Option<String>,
+    ) -> Pending<Result<Vec<Accepted>, IntakeError>>;
 
     /// Append a status change / processing step / evaluation, checking the status transition,
     /// and queue it for `destinations`. Without an idempotency key the content hash is the key,
@@ -1242,6 +1257,39 @@ impl ExchangeStore for SqliteStore {
         })
     }
 
+    fn accept_batch_from(
+        &self,
+        items: Vec<BatchItem>,
+        submitted_by: Option<String>,
+    ) -> Pending<Result<Vec<Accepted>, IntakeError>> {
+        let mut prepared = Vec::with_capacity(items.len());
+        for item in items {
+            if let Err(errors) = validate(&item.dossier, self.catalogue.as_ref()) {
+                return Pending::ready(Err(IntakeError::Invalid(errors)));
+            }
+            let new = NewDossier {
+                hash: item.dossier.content_hash(),
+                key: item.idempotency_key.filter(|k| !k.is_empty()),
+                destinations: dedup(item.destinations),
+                submitted_by: submitted_by.clone(),
+            };
+            prepared.push((item.dossier, new));
+        }
+        let shared = self.shared.clone();
+        self.submit(intake_fail, move |ctx| {
+            shared
+                .intakes
+                .fetch_add(prepared.len() as u64, Ordering::Relaxed);
+            let now = ctx.now_ms;
+            ctx.atomic(|conn, spool| {
+                prepared
+                    .into_iter()
+                    .map(|(dossier, new)| accept_tx(conn, spool, now, dossier, new))
+                    .collect()
+            })
+        })
+    }
+
     fn append_event(
         &self,
         dossier_code: String,
@@ -1583,6 +1631,65 @@ pub(crate) mod tests {
         drop(store);
         let store = open_with(&dir, Arc::new(ManualClock::at_ms(T0)), 1000);
         assert_eq!(count(&store, "SELECT count(*) FROM dossiers"), 3);
+    }
+
+    /// A batch is all or none: an item that fails (here a key already used for other
+    /// content) stores none of the others; a batch that succeeds stores all, in order.
+    #[tokio::test]
+    async fn a_batch_is_accepted_whole_or_not_at_all() {
+        let dir = TempDir::new("batch");
+        let store = open_with(&dir, Arc::new(ManualClock::at_ms(T0)), 1000);
+        let item = |summary: &str, key: &str| {
+            let mut d = sample_dossier();
+            d.code = None;
+            d.summary = Some(summary.into());
+            BatchItem {
+                dossier: d,
+                idempotency_key: Some(key.into()),
+                destinations: dests(),
+            }
+        };
+        store
+            .accept_dossier(
+                item("taken", "k-taken").dossier,
+                Some("k-taken".into()),
+                dests(),
+            )
+            .await
+            .unwrap();
+        let before = count(&store, "SELECT count(*) FROM dossiers");
+        let outbox_before = count(&store, "SELECT count(*) FROM outbox");
+        let refused = store
+            .accept_batch_from(
+                vec![item("first", "k-1"), item("other content", "k-taken")],
+                None,
+            )
+            .await;
+        assert!(
+            matches!(refused, Err(IntakeError::Conflict(_))),
+            "{refused:?}"
+        );
+        assert_eq!(count(&store, "SELECT count(*) FROM dossiers"), before);
+        assert_eq!(count(&store, "SELECT count(*) FROM outbox"), outbox_before);
+
+        let ok = store
+            .accept_batch_from(
+                vec![item("first", "k-1"), item("second", "k-2")],
+                Some("agency:000.00.05.H22".into()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(ok.len(), 2);
+        assert!(ok.iter().all(|a| !a.replayed));
+        assert_ne!(ok[0].receipt.dossier_code, ok[1].receipt.dossier_code);
+        assert_eq!(count(&store, "SELECT count(*) FROM dossiers"), before + 2);
+        // The same batch again is a replay of both.
+        let again = store
+            .accept_batch_from(vec![item("first", "k-1"), item("second", "k-2")], None)
+            .await
+            .unwrap();
+        assert!(again.iter().all(|a| a.replayed));
+        assert_eq!(again[1].receipt.dossier_code, ok[1].receipt.dossier_code);
     }
 
     #[tokio::test]
