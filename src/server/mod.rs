@@ -392,7 +392,7 @@ async fn serve_http<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let exchanges = Arc::new(Exchanges::new());
+    let exchanges = Arc::new(Exchanges::new(h2));
     let streams = gw.h2_streams.clone();
     let svc = {
         let exchanges = exchanges.clone();
@@ -564,6 +564,18 @@ async fn drive<C, E>(
                     return Poll::Ready(());
                 }
             }
+            if let (true, Some(progress)) = (busy, &exchanges.body_progress) {
+                // HTTP/2: the same for a client that grants no flow-control window. Its
+                // streams would hold their upstream responses for ever; the connection
+                // goes, as HTTP/1's does (one stream cannot be cut off alone here).
+                let stalled = exchanges.responding_since().is_some_and(|t| {
+                    now.saturating_sub(t.max(progress.load(Ordering::Relaxed))) >= idle_ms
+                });
+                if stalled {
+                    tracing::debug!("client granted no window for a response; connection closed");
+                    return Poll::Ready(());
+                }
+            }
             if !draining && !busy && now.saturating_sub(last_activity(now)) >= idle_ms {
                 draining = true;
                 shutdown(conn.as_mut());
@@ -595,17 +607,22 @@ struct Exchanges {
     ended: AtomicU64,
     /// When the latest response was handed over.
     responding_at: AtomicU64,
+    /// HTTP/2 only (`None` for HTTP/1, whose writes stamp [`Activity`]): when a response
+    /// body last gave hyper a frame. hyper asks for one only when the stream has flow
+    /// control window to send it in, so a client that grants none stops this clock.
+    body_progress: Option<AtomicU64>,
 }
 
 /// One responding exchange in [`Exchanges::open`].
 const RESPONDING: u64 = 1 << 32;
 
 impl Exchanges {
-    fn new() -> Exchanges {
+    fn new(h2: bool) -> Exchanges {
         Exchanges {
             open: AtomicU64::new(0),
             ended: AtomicU64::new(crate::clock::mono_ms()),
             responding_at: AtomicU64::new(0),
+            body_progress: h2.then(|| AtomicU64::new(0)),
         }
     }
 
@@ -677,7 +694,11 @@ impl http_body::Body for Tracked {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        self.project().body.poll_frame(cx)
+        let me = self.project();
+        if let Some(p) = &me.open.0.body_progress {
+            p.store(crate::clock::mono_ms(), Ordering::Relaxed);
+        }
+        me.body.poll_frame(cx)
     }
 
     #[inline]

@@ -274,6 +274,44 @@ async fn an_http2_connection_without_streams_is_closed_when_idle_despite_pings()
         .ok();
 }
 
+/// A client that opens a stream and grants no flow-control window for its response (a
+/// slow-reading attack over HTTP/2) is cut off after the idle timeout, as an HTTP/1
+/// client that stops reading is; before, the stream held its slot and the upstream's
+/// response for ever.
+#[tokio::test]
+async fn an_http2_client_that_grants_no_window_is_cut_off() {
+    let up = MockUpstream::start(echo("up")).await;
+    let cfg = base_config(&format!(
+        "idle_timeout = \"300ms\"\n[upstreams.u]\nendpoints = [\"{}\"]\n[[routes]]\nauth.anonymous = true\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"u\"\n",
+        up.url()
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    let tcp = TcpStream::connect(gw.addr()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(0)
+        .handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let rsp = sender
+        .send_request(
+            http::Request::get("http://test.local/x")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rsp.status(), 200);
+    // The response's body cannot be sent: the gateway closes the connection.
+    tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("the stalled HTTP/2 connection was closed")
+        .unwrap()
+        .ok();
+    let err = rsp.into_body().collect().await.unwrap_err();
+    assert!(!err.to_string().is_empty());
+}
+
 #[tokio::test]
 async fn mtls_requires_a_client_certificate_and_passes_its_identity() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
