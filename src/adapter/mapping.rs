@@ -928,6 +928,7 @@ impl<'a> Run<'a> {
             Source::Hook(hook, args) => {
                 let mut texts = Vec::with_capacity(args.len());
                 let mut any = false;
+                let mut missing = None;
                 for arg in args {
                     // Arrays and objects count as their compact JSON text.
                     texts.push(match self.get(arg, idx)? {
@@ -935,17 +936,19 @@ impl<'a> Run<'a> {
                             any = true;
                             scalar_text(&v).map_or_else(|| v.to_string(), Cow::into_owned)
                         }
-                        _ if rule.required => {
-                            return Err(fail(self.name(arg, idx), "required value is missing"));
+                        _ => {
+                            missing.get_or_insert(arg);
+                            String::new()
                         }
-                        _ => String::new(),
                     });
                 }
-                // With nothing to work on, a rule's `default` stands in for the hook's
-                // output (which would be made of empty strings); without one the hook
-                // runs on them, as before.
+                // As for `from`: with nothing to work on, a rule's `default` stands in for
+                // the hook's output (which would be made of empty strings); then
+                // `required` wants every argument; else the hook runs on what there is.
                 if !any && !args.is_empty() && rule.default.is_some() {
                     None
+                } else if let (true, Some(arg)) = (rule.required, missing) {
+                    return Err(fail(self.name(arg, idx), "required value is missing"));
                 } else {
                     Some(Cow::Owned(Value::String(hook.run(&texts))))
                 }
@@ -1299,10 +1302,11 @@ mod tests {
             { to = "C", hook = "format", args = ["n", "x"], template = "{0}{1}", default = "none" },
             { to = "D", hook = "upper", args = ["missing"] },
             { to = "E", hook = "format", args = ["missing", "'#'"], template = "{1}{0}", default = "none" },
+            { to = "F", hook = "upper", args = ["missing"], default = "none", required = true },
         ]"#;
         assert_eq!(
             run(m, json!({"n": null, "x": "đ"})),
-            r##"{"A":"none","B":"none","C":"đ","D":"","E":"#"}"##
+            r##"{"A":"none","B":"none","C":"đ","D":"","E":"#","F":"none"}"##
         );
     }
 

@@ -651,8 +651,13 @@ impl<'de> serde::Deserialize<'de> for Shape {
 fn order_difference(want: &Shape, got: &Shape, at: &str) -> Option<String> {
     match (want, got) {
         (Shape::Object(w), Shape::Object(g)) => {
-            let names =
-                |m: &[(String, Shape)]| m.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+            // Elements only: attributes (`@name` members) have no order in XML.
+            let names = |m: &[(String, Shape)]| {
+                m.iter()
+                    .map(|(k, _)| k.clone())
+                    .filter(|k| !k.starts_with('@'))
+                    .collect::<Vec<_>>()
+            };
             if names(w) != names(g) {
                 return Some(format!(
                     "{} has its members in the order {:?}, expected {:?}",
@@ -661,9 +666,10 @@ fn order_difference(want: &Shape, got: &Shape, at: &str) -> Option<String> {
                     names(w)
                 ));
             }
-            w.iter()
-                .zip(g)
-                .find_map(|((k, wv), (_, gv))| order_difference(wv, gv, &format!("{at}.{k}")))
+            w.iter().find_map(|(k, wv)| {
+                let gv = &g.iter().find(|(gk, _)| gk == k)?.1;
+                order_difference(wv, gv, &format!("{at}.{k}"))
+            })
         }
         (Shape::Array(w), Shape::Array(g)) => w
             .iter()

@@ -22,7 +22,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -514,6 +514,10 @@ async fn drive<C, E>(
     let mut stopped = std::pin::pin!(stop.wait_for(|s| *s));
     let mut timer = std::pin::pin!(tokio::time::sleep_until(next_check(false)));
     let mut draining = false;
+    // Set when the connection's idleness began a graceful shutdown: one that has not
+    // ended `idle` later is closed (an HTTP/2 client holding a stream open with no
+    // window, say, would hold it for ever).
+    let mut idle_close_at: Option<u64> = None;
     let mut first = true;
     std::future::poll_fn(|cx| loop {
         if let Poll::Ready(r) = conn.as_mut().poll(cx) {
@@ -522,9 +526,9 @@ async fn drive<C, E>(
             }
             return Poll::Ready(());
         }
-        // Draining, only the header-read timeout is still watched: a head that never
-        // completes is not an exchange to wait for.
-        if draining && head_ms.is_none() {
+        // Draining, only the header-read timeout and an idle close's deadline are still
+        // watched: a head that never completes is not an exchange to wait for.
+        if draining && head_ms.is_none() && idle_close_at.is_none() {
             return Poll::Pending;
         }
         // Both side futures are polled on the first turn, to register.
@@ -542,6 +546,10 @@ async fn drive<C, E>(
         }
         if (all || timer.is_elapsed()) && timer.as_mut().poll(cx).is_ready() {
             let now = crate::clock::mono_ms();
+            if idle_close_at.is_some_and(|at| now >= at) {
+                tracing::debug!("idle connection did not close gracefully in time; closed");
+                return Poll::Ready(());
+            }
             let since = exchanges.idle_since();
             if let (Some(h), Some(since)) = (head_ms, since) {
                 if now.saturating_sub(head_since(since)) >= h {
@@ -556,9 +564,10 @@ async fn drive<C, E>(
                 // A response being sent with nothing written for `idle`: the client has
                 // stopped reading (nginx's `send_timeout`). Its exchange would hold the
                 // connection, and the upstream response behind it, for ever.
-                let stalled = exchanges.responding_since().is_some_and(|t| {
-                    now.saturating_sub(t.max(a.written.load(Ordering::Relaxed))) >= idle_ms
-                });
+                let stalled = !exchanges.body_waiting.load(Ordering::Relaxed)
+                    && exchanges.responding_since().is_some_and(|t| {
+                        now.saturating_sub(t.max(a.written.load(Ordering::Relaxed))) >= idle_ms
+                    });
                 if stalled {
                     tracing::debug!("client stopped reading a response; connection closed");
                     return Poll::Ready(());
@@ -568,9 +577,10 @@ async fn drive<C, E>(
                 // HTTP/2: the same for a client that grants no flow-control window. Its
                 // streams would hold their upstream responses for ever; the connection
                 // goes, as HTTP/1's does (one stream cannot be cut off alone here).
-                let stalled = exchanges.responding_since().is_some_and(|t| {
-                    now.saturating_sub(t.max(progress.load(Ordering::Relaxed))) >= idle_ms
-                });
+                let stalled = !exchanges.body_waiting.load(Ordering::Relaxed)
+                    && exchanges.responding_since().is_some_and(|t| {
+                        now.saturating_sub(t.max(progress.load(Ordering::Relaxed))) >= idle_ms
+                    });
                 if stalled {
                     tracing::debug!("client granted no window for a response; connection closed");
                     return Poll::Ready(());
@@ -578,14 +588,28 @@ async fn drive<C, E>(
             }
             if !draining && !busy && now.saturating_sub(last_activity(now)) >= idle_ms {
                 draining = true;
+                idle_close_at = Some(now + idle_ms);
                 shutdown(conn.as_mut());
+                // The timer now runs to the close's deadline (polled to register it;
+                // if it is already due, the next turn sees it elapsed).
+                timer.as_mut().reset(
+                    next_check(true)
+                        .min(tokio::time::Instant::now() + Duration::from_millis(idle_ms)),
+                );
+                let _ = timer.as_mut().poll(cx);
                 continue;
             }
             if let (true, Some(a)) = (busy, &activity) {
                 // A long request is not idleness; look again a full period later.
                 a.read.store(now, Ordering::Relaxed);
             }
-            timer.as_mut().reset(next_check(draining));
+            let mut next = next_check(draining);
+            if let Some(at) = idle_close_at {
+                next = next.min(
+                    tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(now)),
+                );
+            }
+            timer.as_mut().reset(next);
             // Registers the new deadline (a deadline already past makes the
             // next turn of the loop see it elapsed).
             if timer.as_mut().poll(cx).is_ready() {
@@ -607,10 +631,16 @@ struct Exchanges {
     ended: AtomicU64,
     /// When the latest response was handed over.
     responding_at: AtomicU64,
-    /// HTTP/2 only (`None` for HTTP/1, whose writes stamp [`Activity`]): when a response
-    /// body last gave hyper a frame. hyper asks for one only when the stream has flow
-    /// control window to send it in, so a client that grants none stops this clock.
+    /// HTTP/2 only (`None` for HTTP/1, whose writes stamp [`Activity`]): when hyper last
+    /// asked a response body for a frame. With no flow-control window it waits for some
+    /// first, so a client that grants none stops this clock. (One that grants a little
+    /// lets hyper hand h2 the whole body, which h2 holds: the exchange ends, and the
+    /// connection's idle close, which then has a deadline of its own, takes it.)
     body_progress: Option<AtomicU64>,
+    /// Whether the latest poll of a response body found it waiting on its source (the
+    /// upstream): a response that is not moving because the upstream is slow is not a
+    /// client that stopped reading.
+    body_waiting: AtomicBool,
 }
 
 /// One responding exchange in [`Exchanges::open`].
@@ -623,6 +653,7 @@ impl Exchanges {
             ended: AtomicU64::new(crate::clock::mono_ms()),
             responding_at: AtomicU64::new(0),
             body_progress: h2.then(|| AtomicU64::new(0)),
+            body_waiting: AtomicBool::new(false),
         }
     }
 
@@ -695,10 +726,13 @@ impl http_body::Body for Tracked {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         let me = self.project();
-        if let Some(p) = &me.open.0.body_progress {
+        let x = &me.open.0;
+        if let Some(p) = &x.body_progress {
             p.store(crate::clock::mono_ms(), Ordering::Relaxed);
         }
-        me.body.poll_frame(cx)
+        let r = me.body.poll_frame(cx);
+        x.body_waiting.store(r.is_pending(), Ordering::Relaxed);
+        r
     }
 
     #[inline]

@@ -328,7 +328,6 @@ pub struct StoreStats {
     pub spool_used: u64,
 }
 
-/// The backend seam. See the module documentation for the atomicity each call guarantees.
 /// One dossier of a batch ([`ExchangeStore::accept_batch_from`]).
 pub struct BatchItem {
     pub dossier: Dossier,
@@ -336,6 +335,7 @@ pub struct BatchItem {
     pub destinations: Vec<String>,
 }
 
+/// The backend seam. See the module documentation for the atomicity each call guarantees.
 pub trait ExchangeStore: Send + Sync {
     /// Validate, de-duplicate (by dossier code or idempotency key), assign a code when absent,
     /// store the dossier and one outbox row per destination; answers after the commit.

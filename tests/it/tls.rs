@@ -310,6 +310,32 @@ async fn an_http2_client_that_grants_no_window_is_cut_off() {
         .ok();
     let err = rsp.into_body().collect().await.unwrap_err();
     assert!(!err.to_string().is_empty());
+
+    // One byte of window lets hyper hand h2 the whole (small) body, which h2 holds: the
+    // exchange ends, and the connection, idle now but held open by the stream, is closed
+    // by the idle close's own deadline.
+    let tcp = TcpStream::connect(gw.addr()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(1)
+        .handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let rsp = sender
+        .send_request(
+            http::Request::get("http://test.local/y")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rsp.status(), 200);
+    tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("the connection held by a starved stream was closed")
+        .unwrap()
+        .ok();
+    drop(rsp);
 }
 
 #[tokio::test]
