@@ -20,6 +20,11 @@ async fn records(gw: &TestGateway) -> Vec<(u64, AuditRecord)> {
     // A checkpoint goes through the writer's queue after every record already
     // submitted, so once it returns they are committed.
     assert_eq!(admin_post(gw, "/admin/audit/checkpoint").await.0, 200);
+    stored_records(gw).await
+}
+
+/// Every record committed to the gateway's audit database (the log open or closed).
+async fn stored_records(gw: &TestGateway) -> Vec<(u64, AuditRecord)> {
     let db = db_of(gw);
     tokio::task::spawn_blocking(move || {
         lienthong::audit::writer::query(
@@ -33,13 +38,6 @@ async fn records(gw: &TestGateway) -> Vec<(u64, AuditRecord)> {
     })
     .await
     .unwrap()
-}
-
-fn sha(b: &[u8]) -> String {
-    lienthong::body::sha256(b)
-        .iter()
-        .map(|x| format!("{x:02x}"))
-        .collect()
 }
 
 #[tokio::test]
@@ -119,9 +117,15 @@ auth = {{ anonymous = true }}
         .unwrap()
         .1
         .clone();
-    assert_eq!(post.request_sha256.unwrap().as_str(), sha(body.as_bytes()));
+    assert_eq!(
+        post.request_sha256.unwrap().as_str(),
+        sha256_hex(body.as_bytes())
+    );
     assert_eq!(post.bytes_in, body.len() as u64);
-    assert_eq!(post.response_sha256.unwrap().as_str(), sha(&post_response));
+    assert_eq!(
+        post.response_sha256.unwrap().as_str(),
+        sha256_hex(&post_response)
+    );
     assert_eq!(post.bytes_out, post_response.len() as u64);
     assert_eq!(post.route.as_deref(), Some("open"));
     // Citizen identifiers in paths are masked.
@@ -690,6 +694,17 @@ async fn send_and_wait(gw: &TestGateway, up: &MockUpstream, id: &str) -> tokio::
     s
 }
 
+/// Waits for the record of the request `id`, which must be an interrupted one.
+async fn interrupted_record_arrives(gw: &TestGateway, id: &str) {
+    eventually(
+        "the interrupted request's record",
+        Duration::from_secs(5),
+        || async { records(gw).await.iter().any(|(_, r)| r.request_id == id) },
+    )
+    .await;
+    assert_interrupted(&records(gw).await, id);
+}
+
 fn assert_interrupted(recs: &[(u64, AuditRecord)], id: &str) {
     let mine: Vec<&AuditRecord> = recs
         .iter()
@@ -723,18 +738,7 @@ async fn a_request_whose_client_hangs_up_still_leaves_a_record() {
     let gw = TestGateway::start(&hanging_route_config(&up.url(), "")).await;
     let s = send_and_wait(&gw, &up, "hung-up-1").await;
     drop(s);
-    eventually(
-        "the interrupted request's record",
-        Duration::from_secs(5),
-        || async {
-            records(&gw)
-                .await
-                .iter()
-                .any(|(_, r)| r.request_id == "hung-up-1")
-        },
-    )
-    .await;
-    assert_interrupted(&records(&gw).await, "hung-up-1");
+    interrupted_record_arrives(&gw, "hung-up-1").await;
     let (_, metrics) = admin_get(&gw, "/metrics").await;
     assert!(
         metrics
@@ -762,16 +766,7 @@ async fn a_request_cut_off_at_the_drain_timeout_leaves_a_record() {
     // As `serve` does after the server has stopped: the log closes last.
     let audit = gw.gw.runtime().audit.clone().unwrap();
     audit.writer.shutdown().await.unwrap();
-    let db = db_of(&gw);
-    let recs = tokio::task::spawn_blocking(move || {
-        let all = Filter {
-            limit: Some(1000),
-            ..Filter::default()
-        };
-        lienthong::audit::writer::query(&db, &all).unwrap()
-    })
-    .await
-    .unwrap();
+    let recs = stored_records(&gw).await;
     assert_interrupted(&recs, "cut-off-1");
 }
 
@@ -782,24 +777,16 @@ async fn a_request_cut_off_at_the_drain_timeout_leaves_a_record() {
 async fn a_fail_closed_request_whose_client_hangs_up_mid_answer_leaves_a_record() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // An upstream that sends a head and part of its body, then stalls.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up_addr = listener.local_addr().unwrap();
     let (answered_tx, answered_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
-        let mut buf = vec![0u8; 4096];
-        let mut got = Vec::new();
-        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = s.read(&mut buf).await.unwrap();
-            got.extend_from_slice(&buf[..n]);
-        }
+    let up_addr = scripted_upstream(|mut s| async move {
         s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
             .await
             .unwrap();
         let _ = answered_tx.send(());
         // Held open, never finished.
-        let _ = s.read(&mut buf).await;
-    });
+        let _ = s.read(&mut [0u8; 16]).await;
+    })
+    .await;
     let cfg = base_config(&format!(
         r#"
 [upstreams.up]
@@ -822,18 +809,7 @@ auth = {{ anonymous = true }}
         .expect("the upstream got the request")
         .unwrap();
     drop(s);
-    eventually(
-        "the interrupted request's record",
-        Duration::from_secs(5),
-        || async {
-            records(&gw)
-                .await
-                .iter()
-                .any(|(_, r)| r.request_id == "hung-up-2")
-        },
-    )
-    .await;
-    assert_interrupted(&records(&gw).await, "hung-up-2");
+    interrupted_record_arrives(&gw, "hung-up-2").await;
 }
 
 /// The same over HTTP/2, whose streams hyper runs in tasks of their own, outside the
@@ -868,15 +844,6 @@ async fn an_http2_request_cut_off_at_the_drain_timeout_leaves_a_record() {
     let audit = gw.gw.runtime().audit.clone().unwrap();
     audit.writer.shutdown().await.unwrap();
     assert!(pending.await.unwrap().is_err(), "the stream was cut off");
-    let db = db_of(&gw);
-    let recs = tokio::task::spawn_blocking(move || {
-        let all = Filter {
-            limit: Some(1000),
-            ..Filter::default()
-        };
-        lienthong::audit::writer::query(&db, &all).unwrap()
-    })
-    .await
-    .unwrap();
+    let recs = stored_records(&gw).await;
     assert_interrupted(&recs, "cut-off-2");
 }

@@ -781,28 +781,36 @@ async fn idempotency_keys_are_scoped_to_the_caller() {
     );
 }
 
-/// A dossier's timeline is shown to whoever filed it and to the agency it was filed with
-/// (and to the monitoring role); anyone else gets the 404 of a dossier that does not exist.
-#[tokio::test]
-async fn a_dossier_timeline_is_shown_only_to_those_with_a_part_in_it() {
-    let k = key("intake-read");
-    let dest = MockUpstream::start(echo("dest")).await;
-    let gw = exchange_gateway(&k, &dest).await;
-    let iss = "https://idp.tinh.gov.vn";
-    let as_agency = |agency: &str, extra: serde_json::Value| {
-        let mut claims = serde_json::json!({"agency": agency, "sub": "system"});
-        for (n, v) in extra.as_object().unwrap() {
-            claims[n] = v.clone();
-        }
-        token(&k, iss, claims)
-    };
-    let portal = as_agency("000.00.05.H22", serde_json::json!({}));
-    // The sample dossier is filed with 000.00.01.H22.
-    let receiving = as_agency("000.00.01.H22", serde_json::json!({}));
-    let stranger = as_agency("000.00.09.H22", serde_json::json!({}));
-    let monitor = as_agency("000.00.09.H22", serde_json::json!({"roles": ["giam-sat"]}));
+/// Tokens of the callers the intake's access rules tell apart (issuer `idp`).
+struct Parties {
+    /// Files the sample dossier.
+    portal: String,
+    /// 000.00.01.H22, the agency the sample dossier is filed with.
+    receiving: String,
+    stranger: String,
+    /// Holds `giam-sat`, the role that reads every dossier.
+    monitor: String,
+    /// Holds `xu-ly`, the role that posts events to every dossier.
+    processor: String,
+}
 
-    let filed = raw(gw.addr(), &post_dossier(&portal, "read-1", "Hồ sơ")).await;
+/// The parties' tokens, and the code of the sample dossier `portal` files under `key`.
+async fn file_with_parties(k: &TestKey, gw: &TestGateway, key: &str) -> (Parties, String) {
+    let as_agency = |agency: &str, roles: &[&str]| {
+        token(
+            k,
+            "https://idp.tinh.gov.vn",
+            serde_json::json!({"agency": agency, "sub": "system", "roles": roles}),
+        )
+    };
+    let p = Parties {
+        portal: as_agency("000.00.05.H22", &[]),
+        receiving: as_agency("000.00.01.H22", &[]),
+        stranger: as_agency("000.00.09.H22", &[]),
+        monitor: as_agency("000.00.09.H22", &["giam-sat"]),
+        processor: as_agency("000.00.07.H22", &["xu-ly"]),
+    };
+    let filed = raw(gw.addr(), &post_dossier(&p.portal, key, "Hồ sơ")).await;
     assert_eq!(
         filed.status,
         202,
@@ -810,6 +818,18 @@ async fn a_dossier_timeline_is_shown_only_to_those_with_a_part_in_it() {
         String::from_utf8_lossy(&filed.body)
     );
     let code = filed.json()["dossier_code"].as_str().unwrap().to_string();
+    (p, code)
+}
+
+/// A dossier's timeline is shown to whoever filed it and to the agency it was filed with
+/// (and to the monitoring role); anyone else gets the 404 of a dossier that does not exist.
+#[tokio::test]
+async fn a_dossier_timeline_is_shown_only_to_those_with_a_part_in_it() {
+    let k = key("intake-read");
+    let dest = MockUpstream::start(echo("dest")).await;
+    let gw = exchange_gateway(&k, &dest).await;
+    let (p, code) = file_with_parties(&k, &gw, "read-1").await;
+    let (portal, receiving, stranger, monitor) = (p.portal, p.receiving, p.stranger, p.monitor);
     let timeline = |t: String| {
         let path = format!("/v1/dossiers/{code}");
         let addr = gw.addr();
@@ -848,29 +868,9 @@ async fn events_are_accepted_only_from_those_with_a_part_in_the_dossier() {
     let k = key("intake-events");
     let dest = MockUpstream::start(echo("dest")).await;
     let gw = exchange_gateway(&k, &dest).await;
-    let iss = "https://idp.tinh.gov.vn";
-    let as_agency = |agency: &str, roles: &[&str]| {
-        token(
-            &k,
-            iss,
-            serde_json::json!({"agency": agency, "sub": "system", "roles": roles}),
-        )
-    };
-    let portal = as_agency("000.00.05.H22", &[]);
-    // The sample dossier is filed with 000.00.01.H22.
-    let receiving = as_agency("000.00.01.H22", &[]);
-    let stranger = as_agency("000.00.09.H22", &[]);
-    let monitor = as_agency("000.00.09.H22", &["giam-sat"]);
-    let processor = as_agency("000.00.07.H22", &["xu-ly"]);
-
-    let filed = raw(gw.addr(), &post_dossier(&portal, "events-1", "Hồ sơ")).await;
-    assert_eq!(
-        filed.status,
-        202,
-        "{}",
-        String::from_utf8_lossy(&filed.body)
-    );
-    let code = filed.json()["dossier_code"].as_str().unwrap().to_string();
+    let (p, code) = file_with_parties(&k, &gw, "events-1").await;
+    let (portal, receiving, stranger, monitor, processor) =
+        (p.portal, p.receiving, p.stranger, p.monitor, p.processor);
     let post_step = |t: String, content: &'static str| {
         let body = serde_json::json!({"kind": "step", "handler": "Cán bộ", "at": "20251126090000", "content": content, "status": 2}).to_string();
         let req = format!(

@@ -266,26 +266,11 @@ async fn dossiers_and_events_are_delivered_in_order_with_idempotency_keys() {
     );
     // Each delivery's audit record proves what was sent: the payload's digest (here sent
     // as is: no adapter renders it, so no translated digest) and the answer's.
-    assert_eq!(admin_post(&gw, "/admin/audit/checkpoint").await.0, 200);
-    let (_, recs) = admin_get(&gw, "/admin/audit/records?route=exchange:dvcqg").await;
-    let recs: serde_json::Value = serde_json::from_str(&recs).unwrap();
-    let creation = recs
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| &r["record"])
-        .find(|r| r["kind"] == "delivery" && r["request_id"] == format!("{code}:0"))
-        .unwrap_or_else(|| panic!("no delivery record: {recs}"));
-    let hex = |b: &[u8]| -> String {
-        lienthong::body::sha256(b)
-            .iter()
-            .map(|x| format!("{x:02x}"))
-            .collect()
-    };
+    let creation = delivery_record(&gw, "dvcqg", &format!("{code}:0")).await;
     assert_eq!(creation["status"], 200);
     assert_eq!(
         creation["request_sha256"].as_str(),
-        Some(hex(&first.body).as_str()),
+        Some(sha256_hex(&first.body).as_str()),
         "{creation}"
     );
     assert_eq!(creation["bytes_in"], first.body.len());
@@ -603,26 +588,11 @@ path = "/so-gddt/hoso"
     assert_eq!(v["procedure_code"], "3.000182.000.00.00.H22");
     // The audit record of the rendered delivery carries the digest of what went on the
     // wire, beside the stored payload's, and names the adapter.
-    assert_eq!(admin_post(&gw, "/admin/audit/checkpoint").await.0, 200);
-    let (_, recs) = admin_get(&gw, "/admin/audit/records?route=exchange:dvcqg").await;
-    let recs: serde_json::Value = serde_json::from_str(&recs).unwrap();
-    let creation = recs
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| &r["record"])
-        .find(|r| r["kind"] == "delivery" && r["request_id"] == format!("{code}:0"))
-        .unwrap_or_else(|| panic!("no delivery record: {recs}"));
-    let hex = |b: &[u8]| -> String {
-        lienthong::body::sha256(b)
-            .iter()
-            .map(|x| format!("{x:02x}"))
-            .collect()
-    };
+    let creation = delivery_record(&gw, "dvcqg", &format!("{code}:0")).await;
     let sent = seen.iter().find(|s| s.uri == "/dvcqg/hoso").unwrap();
     assert_eq!(
         creation["request_translated_sha256"].as_str(),
-        Some(hex(&sent.body).as_str()),
+        Some(sha256_hex(&sent.body).as_str()),
         "{creation}"
     );
     assert_ne!(
@@ -970,4 +940,18 @@ headers = { dstcode = "VN:GOV:000.00.00.G22:vpcpdvcprovider" }"#,
     // The password never shows in the running config.
     let (_, config) = admin_get(&gw, "/admin/config").await;
     assert!(!config.contains("mat-khau-thu"), "{config}");
+}
+
+/// The audit record of the delivery `id` (`{code}:{event_seq}`) to `destination`.
+async fn delivery_record(gw: &TestGateway, destination: &str, id: &str) -> serde_json::Value {
+    assert_eq!(admin_post(gw, "/admin/audit/checkpoint").await.0, 200);
+    let path = format!("/admin/audit/records?route=exchange:{destination}");
+    let (_, recs) = admin_get(gw, &path).await;
+    let recs: serde_json::Value = serde_json::from_str(&recs).unwrap();
+    recs.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["record"].clone())
+        .find(|r| r["kind"] == "delivery" && r["request_id"] == id)
+        .unwrap_or_else(|| panic!("no delivery record {id}: {recs}"))
 }

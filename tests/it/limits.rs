@@ -401,24 +401,16 @@ async fn a_slow_reader_gets_the_whole_of_a_large_response() {
 /// not a client that stopped reading: the connection stays, and the client gets it all.
 #[tokio::test]
 async fn a_pause_of_the_upstream_mid_body_is_not_a_stalled_client() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up_addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
-        let mut buf = vec![0u8; 4096];
-        let mut got = Vec::new();
-        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = s.read(&mut buf).await.unwrap();
-            got.extend_from_slice(&buf[..n]);
-        }
+    let up_addr = scripted_upstream(|mut s| async move {
         s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nfirst")
             .await
             .unwrap();
         // Three idle timeouts of silence from the upstream.
         tokio::time::sleep(Duration::from_millis(900)).await;
         s.write_all(b"-last").await.unwrap();
-        let _ = s.read(&mut buf).await;
-    });
+        let _ = s.read(&mut [0u8; 16]).await;
+    })
+    .await;
     let gw = gateway(
         "idle_timeout = \"300ms\"\nheader_read_timeout = \"10s\"",
         &format!("http://{up_addr}"),

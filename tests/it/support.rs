@@ -605,3 +605,36 @@ pub fn dvcqg_with_logins(logins: Arc<std::sync::atomic::AtomicUsize>) -> Handler
         Action::Respond(json_response(200, answer))
     })
 }
+
+/// An upstream for one exchange written by hand: accepts one connection, reads a request
+/// head, and hands the connection to `script`, which answers as it likes (part of a body,
+/// pauses, nothing). Returns its address.
+pub async fn scripted_upstream<F, Fut>(script: F) -> SocketAddr
+where
+    F: FnOnce(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 4096];
+        let mut got = Vec::new();
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        script(s).await;
+    });
+    addr
+}
+
+/// Lowercase hex SHA-256, as audit records give digests.
+pub fn sha256_hex(b: &[u8]) -> String {
+    lienthong::body::sha256(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}

@@ -246,15 +246,28 @@ async fn an_http2_connection_without_streams_is_closed_when_idle_despite_pings()
         up.url()
     ));
     let gw = TestGateway::start(&cfg).await;
-    let tcp = TcpStream::connect(gw.addr()).await.unwrap();
     // The client pings every 100 ms, idle or not: bytes keep moving.
-    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(hyper_util::rt::TokioTimer::new())
+    let mut b = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    b.timer(hyper_util::rt::TokioTimer::new())
         .keep_alive_interval(Duration::from_millis(100))
-        .keep_alive_while_idle(true)
-        .handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
+        .keep_alive_while_idle(true);
+    let (conn, rsp) = h2c_get(gw.addr(), &b).await;
+    drop(rsp);
+    // No stream for the idle timeout: the gateway closes the connection.
+    closed_by_gateway(conn, "the idle HTTP/2 connection was closed").await;
+}
+
+/// One GET on a fresh h2c connection made by `builder`: the connection's task and the
+/// response (200, its body not read).
+async fn h2c_get(
+    addr: std::net::SocketAddr,
+    builder: &hyper::client::conn::http2::Builder<TokioExecutor>,
+) -> (
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+    http::Response<hyper::body::Incoming>,
+) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = builder.handshake(TokioIo::new(tcp)).await.unwrap();
     let conn = tokio::spawn(conn);
     let rsp = sender
         .send_request(
@@ -265,11 +278,14 @@ async fn an_http2_connection_without_streams_is_closed_when_idle_despite_pings()
         .await
         .unwrap();
     assert_eq!(rsp.status(), 200);
-    drop(rsp);
-    // No stream for the idle timeout: the gateway closes the connection.
+    (conn, rsp)
+}
+
+/// Waits (10 s at most) for the gateway to close an HTTP/2 connection.
+async fn closed_by_gateway(conn: tokio::task::JoinHandle<Result<(), hyper::Error>>, what: &str) {
     tokio::time::timeout(Duration::from_secs(10), conn)
         .await
-        .expect("the idle HTTP/2 connection was closed")
+        .expect(what)
         .unwrap()
         .ok();
 }
@@ -286,56 +302,26 @@ async fn an_http2_client_that_grants_no_window_is_cut_off() {
         up.url()
     ));
     let gw = TestGateway::start(&cfg).await;
-    let tcp = TcpStream::connect(gw.addr()).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .initial_stream_window_size(0)
-        .handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    let conn = tokio::spawn(conn);
-    let rsp = sender
-        .send_request(
-            http::Request::get("http://test.local/x")
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(rsp.status(), 200);
-    // The response's body cannot be sent: the gateway closes the connection.
-    tokio::time::timeout(Duration::from_secs(10), conn)
-        .await
-        .expect("the stalled HTTP/2 connection was closed")
-        .unwrap()
-        .ok();
+    // A request on a connection whose streams get `window` bytes of flow-control window
+    // (and no more: the body is never read).
+    let starved = |window: u32| {
+        let mut b = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+        b.initial_stream_window_size(window);
+        let addr = gw.addr();
+        async move { h2c_get(addr, &b).await }
+    };
+
+    // No window: the response's body cannot be sent; the gateway closes the connection.
+    let (conn, rsp) = starved(0).await;
+    closed_by_gateway(conn, "the stalled HTTP/2 connection was closed").await;
     let err = rsp.into_body().collect().await.unwrap_err();
     assert!(!err.to_string().is_empty());
 
     // One byte of window lets hyper hand h2 the whole (small) body, which h2 holds: the
     // exchange ends, and the connection, idle now but held open by the stream, is closed
     // by the idle close's own deadline.
-    let tcp = TcpStream::connect(gw.addr()).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .initial_stream_window_size(1)
-        .handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    let conn = tokio::spawn(conn);
-    let rsp = sender
-        .send_request(
-            http::Request::get("http://test.local/y")
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(rsp.status(), 200);
-    tokio::time::timeout(Duration::from_secs(10), conn)
-        .await
-        .expect("the connection held by a starved stream was closed")
-        .unwrap()
-        .ok();
-    drop(rsp);
+    let (conn, _rsp) = starved(1).await;
+    closed_by_gateway(conn, "the connection held by a starved stream was closed").await;
 }
 
 #[tokio::test]
