@@ -663,8 +663,9 @@ async fn refused_or_foreign_tokens_are_counted_and_never_stored() {
     assert_eq!(tokens, 0, "{tokens} tokens stored");
 }
 
-/// A route to an upstream that never answers, for the interrupted-request tests.
-fn hanging_route_config(url: &str, server: &str) -> String {
+/// The route `slow` (`/slow`) to the upstream at `url`, for the interrupted-request
+/// tests; `server` goes before it, `route` into it.
+fn slow_route_config(url: &str, server: &str, route: &str) -> String {
     base_config(&format!(
         r#"{server}
 [upstreams.up]
@@ -674,6 +675,7 @@ name = "slow"
 path_prefix = "/slow"
 upstream = "up"
 auth = {{ anonymous = true }}
+{route}
 "#
     ))
 }
@@ -735,7 +737,7 @@ fn assert_interrupted(recs: &[(u64, AuditRecord)], id: &str) {
 async fn a_request_whose_client_hangs_up_still_leaves_a_record() {
     let hang: Handler = Arc::new(|_: &Seen| Action::Hang);
     let up = MockUpstream::start(hang).await;
-    let gw = TestGateway::start(&hanging_route_config(&up.url(), "")).await;
+    let gw = TestGateway::start(&slow_route_config(&up.url(), "", "")).await;
     let s = send_and_wait(&gw, &up, "hung-up-1").await;
     drop(s);
     interrupted_record_arrives(&gw, "hung-up-1").await;
@@ -756,7 +758,7 @@ async fn a_request_whose_client_hangs_up_still_leaves_a_record() {
 async fn a_request_cut_off_at_the_drain_timeout_leaves_a_record() {
     let hang: Handler = Arc::new(|_: &Seen| Action::Hang);
     let up = MockUpstream::start(hang).await;
-    let cfg = hanging_route_config(&up.url(), "[server]\ndrain_timeout = \"200ms\"");
+    let cfg = slow_route_config(&up.url(), "[server]\ndrain_timeout = \"200ms\"", "");
     let mut gw = TestGateway::start(&cfg).await;
     let _s = send_and_wait(&gw, &up, "cut-off-1").await;
     tokio::time::timeout(Duration::from_secs(10), gw.shutdown())
@@ -787,18 +789,7 @@ async fn a_fail_closed_request_whose_client_hangs_up_mid_answer_leaves_a_record(
         let _ = s.read(&mut [0u8; 16]).await;
     })
     .await;
-    let cfg = base_config(&format!(
-        r#"
-[upstreams.up]
-endpoints = ["http://{up_addr}"]
-[[routes]]
-name = "slow"
-path_prefix = "/slow"
-upstream = "up"
-audit = "fail_closed"
-auth = {{ anonymous = true }}
-"#
-    ));
+    let cfg = slow_route_config(&format!("http://{up_addr}"), "", "audit = \"fail_closed\"");
     let gw = TestGateway::start(&cfg).await;
     let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
     s.write_all(b"POST /slow/x HTTP/1.1\r\nHost: t\r\nX-Request-Id: hung-up-2\r\nContent-Length: 2\r\n\r\nok")
@@ -818,7 +809,7 @@ auth = {{ anonymous = true }}
 async fn an_http2_request_cut_off_at_the_drain_timeout_leaves_a_record() {
     let hang: Handler = Arc::new(|_: &Seen| Action::Hang);
     let up = MockUpstream::start(hang).await;
-    let cfg = hanging_route_config(&up.url(), "[server]\ndrain_timeout = \"200ms\"");
+    let cfg = slow_route_config(&up.url(), "[server]\ndrain_timeout = \"200ms\"", "");
     let mut gw = TestGateway::start(&cfg).await;
     let tcp = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http2::handshake(
