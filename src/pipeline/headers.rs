@@ -179,11 +179,11 @@ impl Forwarding {
     }
 }
 
-/// Client-sent fields that say where a request came from or what it asked for, which
-/// upstreams behind a proxy may trust: the gateway sets its own forwarding fields and
+/// Client-sent fields that say where a request came from or what it asked for (its
+/// method, its original URL), which upstreams behind a proxy may trust: the gateway sets its own forwarding fields and
 /// removes every one of these (a forged `X-Original-URL` or `X-Forwarded-Prefix` would
 /// make an IIS, Symfony or Spring upstream act on a path the route's rules never saw).
-static FORWARDING: [HeaderName; 16] = [
+static FORWARDING: [HeaderName; 22] = [
     HeaderName::from_static("x-forwarded-for"),
     HeaderName::from_static("x-forwarded-proto"),
     HeaderName::from_static("x-forwarded-host"),
@@ -200,6 +200,14 @@ static FORWARDING: [HeaderName; 16] = [
     HeaderName::from_static("x-client-ip"),
     HeaderName::from_static("x-cluster-client-ip"),
     HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("x-original-uri"),
+    HeaderName::from_static("x-forwarded-uri"),
+    HeaderName::from_static("x-original-host"),
+    HeaderName::from_static("x-host"),
+    // What the client asked for: a method override would make Express, Symfony and
+    // others run another method than the one the route's rules admitted.
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-method-override"),
 ];
 
 /// One of [`FORWARDING`]; most names are ruled out by their first bytes.

@@ -78,12 +78,21 @@ pub fn select<'a>(
     Ok(picked)
 }
 
-/// The path with each segment's parameters (from its first `;`) removed.
+/// The path with each segment's parameters (from its first `;`) removed, and the empty
+/// segments that leaves merged as such servers merge them (`/;x/admin` is `/admin`).
 fn without_parameters(path: &str) -> String {
-    path.split('/')
+    let bare = path
+        .split('/')
         .map(|seg| seg.split_once(';').map_or(seg, |(name, _)| name))
         .collect::<Vec<_>>()
-        .join("/")
+        .join("/");
+    let mut merged = String::with_capacity(bare.len());
+    for c in bare.chars() {
+        if !(c == '/' && merged.ends_with('/')) {
+            merged.push(c);
+        }
+    }
+    merged
 }
 
 fn select_exact<'a>(

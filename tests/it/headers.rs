@@ -74,6 +74,7 @@ async fn forwarding_fields_are_the_gateways_own() {
 X-Forwarded-Host: evil\r\nForwarded: for=6.6.6.6;host=evil\r\nX-Real-IP: 6.6.6.6\r\n\
 X-Lienthong-Client-Cert-S256: forged\r\nX-Original-URL: /admin\r\nX-Rewrite-URL: /admin\r\n\
 X-Forwarded-Prefix: /admin\r\nX-Forwarded-Port: 443\r\nTrue-Client-IP: 6.6.6.6\r\n\
+X-HTTP-Method-Override: DELETE\r\nX-Original-URI: /admin\r\n\
 X-Keep: yes\r\nConnection: close\r\n\r\n",
     )
     .await;
@@ -85,6 +86,8 @@ X-Keep: yes\r\nConnection: close\r\n\r\n",
         "x-forwarded-prefix",
         "x-forwarded-port",
         "true-client-ip",
+        "x-http-method-override",
+        "x-original-uri",
     ] {
         assert!(
             seen.header(forged).is_none(),

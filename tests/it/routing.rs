@@ -163,6 +163,79 @@ async fn wrong_method_on_a_dotted_path_gets_the_target_routes_rules() {
     assert_eq!(secret.count(), 0);
 }
 
+/// Servers that drop a segment's `;…` parameters also merge the empty segment that
+/// leaves: `/;x/admin` is `/admin` to them. Behind a catch-all route, that spelling must
+/// not reach the admin upstream under the catch-all's rules (here: any method).
+#[tokio::test]
+async fn an_empty_segment_with_parameters_does_not_escape_its_route() {
+    let open = MockUpstream::start(echo("open")).await;
+    let secret = MockUpstream::start(echo("secret")).await;
+    let cfg = base_config(&format!(
+        r#"
+[upstreams.open]
+endpoints = ["{}"]
+[upstreams.secret]
+endpoints = ["{}"]
+[[routes]]
+auth.anonymous = true
+name = "admin"
+path_prefix = "/admin"
+methods = ["GET"]
+upstream = "secret"
+[[routes]]
+auth.anonymous = true
+name = "all"
+path_prefix = "/"
+upstream = "open"
+"#,
+        open.url(),
+        secret.url()
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    for target in [
+        "/;x/admin/users",
+        "/;/admin",
+        "/a/..;x/;y/admin",
+        "/;x/;y/admin",
+    ] {
+        let r = raw_get(gw.addr(), target).await;
+        assert_eq!(
+            r.status,
+            400,
+            "{target}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    // Parameters that do not change the route are fine.
+    let r = raw_get(gw.addr(), "/docs;v=1/x").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(secret.count(), 0);
+}
+
+/// Methods are case-sensitive: `post` is another method than `POST` to the admin route's
+/// method list, and an upstream comparing without case would run it as a POST. Refused.
+#[tokio::test]
+async fn a_lower_case_method_is_refused() {
+    let (gw, open, secret) = setup().await;
+    for head in [
+        "post /admin/x HTTP/1.1",
+        "Get /public/x HTTP/1.1",
+        "delete /public/x HTTP/1.1",
+    ] {
+        let req = format!("{head}\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        let r = raw(gw.addr(), req.as_bytes()).await;
+        assert_error(&r, 400, "bad_method");
+    }
+    assert_eq!(secret.count() + open.count(), 0);
+    // Upper-case extension methods still go through.
+    let r = raw(
+        gw.addr(),
+        b"PROPFIND /public/x HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
 #[tokio::test]
 async fn unknown_path_is_404_json() {
     let (gw, _o, _s) = setup().await;
