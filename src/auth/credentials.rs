@@ -184,8 +184,14 @@ impl Credentials {
             },
             CredentialsConfig::Header { name, value } => Credentials::Header {
                 name: HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?,
-                value: HeaderValue::from_bytes(value.expose())
-                    .map_err(|_| "the credential value is not a valid header value".to_string())?,
+                value: {
+                    let mut v = HeaderValue::from_bytes(value.expose()).map_err(|_| {
+                        "the credential value is not a valid header value".to_string()
+                    })?;
+                    // Never indexed by HTTP/2 header compression, nor shown by Debug.
+                    v.set_sensitive(true);
+                    v
+                },
             },
         })
     }
@@ -215,8 +221,9 @@ impl Credentials {
                         let (t, until) = key.mint(audience, *ttl).map_err(|e| {
                             GatewayError::internal(format!("minting upstream JWT: {e}"))
                         })?;
-                        let v = HeaderValue::from_str(&format!("Bearer {t}"))
+                        let mut v = HeaderValue::from_str(&format!("Bearer {t}"))
                             .map_err(GatewayError::internal)?;
+                        v.set_sensitive(true);
                         let refresh_at = until.checked_sub(*ttl / 5).unwrap_or(until);
                         *cached.write().unwrap_or_else(|e| e.into_inner()) = Some(CachedToken {
                             value: v.clone(),
@@ -553,5 +560,27 @@ impl SessionLogin {
         if g.as_ref().is_some_and(|(s, _)| s == used) {
             *g = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A static credential goes upstream marked sensitive: HTTP/2's header compression
+    /// never indexes it, and `Debug` never shows it.
+    #[tokio::test]
+    async fn a_static_header_credential_is_sent_as_sensitive() {
+        let cfg = CredentialsConfig::Header {
+            name: "x-api-key".into(),
+            value: crate::config::SecretValue::from_bytes("test", b"s3cret".to_vec()),
+        };
+        let c = Credentials::build("u", &cfg, &Default::default(), None).unwrap();
+        let mut h = http::HeaderMap::new();
+        c.apply(&mut h).await.unwrap();
+        let v = h.get("x-api-key").unwrap();
+        assert_eq!(v.as_bytes(), b"s3cret");
+        assert!(v.is_sensitive());
+        assert!(!format!("{v:?}").contains("s3cret"));
     }
 }

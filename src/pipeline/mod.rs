@@ -158,6 +158,15 @@ impl RequestCtx {
     }
 }
 
+/// The client certificate's fingerprint (base64url SHA-256), when the connection
+/// presented a verified one.
+fn cert_of(ctx: &RequestCtx) -> Option<&str> {
+    ctx.conn
+        .tls
+        .as_ref()
+        .and_then(|t| t.client_cert_sha256.as_deref())
+}
+
 /// The request path. Always returns a response; errors become JSON bodies in
 /// `respond::finish`, and every request is recorded by `observe::record`.
 pub async fn handle(
@@ -273,18 +282,24 @@ async fn proxy(
     authenticate(rt, ctx, rt.auth.rules[idx].as_ref(), &parts, &target).await?;
     // Response cache (GET routes that enable it): answer from it, or remember what is
     // needed to store the upstream's answer.
-    let cache = match (&rt.route_caches[idx], parts.method == Method::GET) {
+    // A GET with a body is neither served from nor stored in the cache: the key does not
+    // cover the body, which the upstream may act on.
+    let cacheable = parts.method == Method::GET && http_body::Body::is_end_stream(&body);
+    let cache = match (&rt.route_caches[idx], cacheable) {
         (Some(c), true) => Some((
             c.clone(),
             cached::request_key(
                 &parts.headers,
                 ctx.caller.as_deref(),
+                cert_of(ctx),
                 if ctx.conn.tls.is_some() {
                     "https"
                 } else {
                     "http"
                 },
-                target.host(),
+                // As the upstream is told it (port included): it may build links or
+                // redirects from it.
+                target.host_fields.as_deref().map_or("", |f| f.raw.as_str()),
             ),
         )),
         _ => None,
@@ -1127,20 +1142,27 @@ pub mod cached {
         origin: String,
     }
 
-    /// The request's headers, caller and origin (`scheme://host`) as cache keys take them.
+    /// The request's headers, caller (its token's claims and its client certificate,
+    /// both of which the upstream is told) and origin (`scheme://host`, the host as the
+    /// client wrote it, lower case) as cache keys take them.
     pub fn request_key(
         h: &http::HeaderMap,
         caller: Option<&crate::auth::caller::Caller>,
+        cert: Option<&str>,
         scheme: &str,
         host: &str,
     ) -> Keyed {
-        let who = caller.map(|c| {
+        let who = (caller.is_some() || cert.is_some()).then(|| {
             // Length-prefixed parts: no choice of values makes two callers one key.
             let mut k = String::new();
             let mut part = |v: &str| {
                 k.push_str(&v.len().to_string());
                 k.push(':');
                 k.push_str(v);
+            };
+            part(cert.unwrap_or(""));
+            let Some(c) = caller else {
+                return k;
             };
             part(&c.issuer);
             part(&c.subject);
@@ -1158,7 +1180,7 @@ pub mod cached {
         Keyed {
             pairs: pairs(h),
             who,
-            origin: format!("{scheme}://{host}"),
+            origin: format!("{scheme}://{}", host.to_ascii_lowercase()),
         }
     }
 
@@ -1171,6 +1193,22 @@ pub mod cached {
             headers: &k.pairs,
             caller: k.who.as_deref(),
         }
+    }
+
+    /// Whether an answer's `Vary` names a field the gateway sets or replaces on the way
+    /// up (forwarding fields, its own `x-lienthong-*`, the request id): entries are
+    /// matched on the client's fields, which are not what the upstream varied on.
+    fn varies_on_gateway_fields(h: &http::HeaderMap) -> bool {
+        h.get_all(header::VARY).iter().any(|v| {
+            v.to_str().map_or(true, |v| {
+                v.split(',').map(str::trim).any(|f| {
+                    let f = f.to_ascii_lowercase();
+                    f.starts_with("x-lienthong-")
+                        || f.starts_with("x-forwarded-")
+                        || matches!(f.as_str(), "forwarded" | "x-request-id" | "via")
+                })
+            })
+        })
     }
 
     pub fn respond(rt: &Runtime, ctx: &mut RequestCtx, hit: CachedResponse) -> Response<Body> {
@@ -1207,7 +1245,10 @@ pub mod cached {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         let fits = len.is_some_and(|n| n <= c.policy().max_entry_bytes as u64);
-        if !fits || c.storable(req, status, &rpairs, &Bytes::new()).is_err() {
+        if !fits
+            || varies_on_gateway_fields(rsp.headers())
+            || c.storable(req, status, &rpairs, &Bytes::new()).is_err()
+        {
             return Ok(rsp);
         }
         let (parts, body) = rsp.into_parts();
@@ -1273,6 +1314,19 @@ pub mod intake {
                 "connect_not_allowed",
                 "CONNECT tunnels are not offered by this gateway",
                 "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS",
+            ));
+        }
+        // Methods are case-sensitive: `delete` is not `DELETE` to a route's method list,
+        // but upstreams that compare without case would run it as one.
+        let m = &parts.method;
+        let standard = matches!(
+            *m,
+            Method::GET | Method::POST | Method::PUT | Method::DELETE | Method::HEAD
+        ) || matches!(*m, Method::OPTIONS | Method::PATCH | Method::TRACE);
+        if !standard && m.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+            return Err(GatewayError::bad_request(
+                "bad_method",
+                "method names are case-sensitive; this gateway takes upper-case ones only",
             ));
         }
         // hyper's parser enforces twice these limits as a backstop (its refusals have
@@ -1567,14 +1621,6 @@ pub mod local {
                 })
             })
             .collect()
-    }
-
-    /// The client certificate's fingerprint, for callers known by their certificate only.
-    fn cert_of(ctx: &RequestCtx) -> Option<&str> {
-        ctx.conn
-            .tls
-            .as_ref()
-            .and_then(|t| t.client_cert_sha256.as_deref())
     }
 
     /// The key under which an intake stores a caller's `Idempotency-Key`. A key is unique
@@ -2131,6 +2177,36 @@ pub mod forward {
 mod tests {
     use super::*;
 
+    /// A response-cache key tells apart callers known only by their client certificate
+    /// (the upstream is told the certificate), and callers with the same token claims
+    /// on different certificates; only a caller with neither shares the anonymous slot.
+    #[test]
+    fn cache_keys_tell_client_certificates_apart() {
+        let h = http::HeaderMap::new();
+        let target = Target {
+            path: "/x".into(),
+            query: None,
+            host_fields: None,
+            absolute_form: false,
+        };
+        let who = |caller: Option<&crate::auth::caller::Caller>, cert: Option<&str>| {
+            let k = cached::request_key(&h, caller, cert, "https", "T:1");
+            let r = cached::req(&target, &k);
+            (r.caller.map(str::to_string), r.origin.to_string())
+        };
+        let (a, origin) = who(None, Some("cert-a"));
+        assert_eq!(origin, "https://t:1");
+        assert!(a.is_some());
+        assert_ne!(a, who(None, Some("cert-b")).0);
+        assert_eq!(who(None, None).0, None);
+        let c = token_caller("iss", Some("000.00.01.H22"), "s", &[]);
+        assert_ne!(
+            who(Some(&c), Some("cert-a")).0,
+            who(Some(&c), Some("cert-b")).0
+        );
+        assert_ne!(who(Some(&c), None).0, who(None, None).0);
+    }
+
     /// A token's caller: issuer, agency (if any), subject and roles.
     fn token_caller(
         issuer: &str,
@@ -2262,7 +2338,7 @@ mod tests {
                 query: None,
                 absolute_form: false,
             };
-            let k = cached::request_key(&h, Some(c), "https", "portal.example");
+            let k = cached::request_key(&h, Some(c), None, "https", "portal.example");
             cached::req(&t, &k).caller.map(str::to_string)
         };
         let base = who(&caller(&["a"], &["s"], None));

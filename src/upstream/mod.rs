@@ -185,13 +185,13 @@ impl RetryBudget {
     fn try_retry(&self) -> bool {
         let allowed = self.requests.load(Ordering::Relaxed) * self.percent / 100
             + self.floor * BUDGET_WINDOW_MS / 1000;
-        let used = self.retries.fetch_add(1, Ordering::Relaxed);
-        if used < allowed {
-            true
-        } else {
-            self.retries.fetch_sub(1, Ordering::Relaxed);
-            false
-        }
+        // One compare-and-swap: a window reset (`roll` storing 0) between an add and a
+        // give-back would wrap the count and refuse every retry until the next window.
+        self.retries
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                (used < allowed).then_some(used + 1)
+            })
+            .is_ok()
     }
 }
 
@@ -675,10 +675,14 @@ impl Pool {
         match tokio::time::timeout(timeout, self.dispatch(ep, req)).await {
             Ok(Ok(rsp)) => {
                 let ok = rsp.status().is_success();
-                // Drain so the connection can be reused.
+                // Drain so the connection can be reused; a health answer bigger than
+                // 64 KiB is not kept in memory (and its connection not reused).
                 let _ = tokio::time::timeout(
                     timeout,
-                    http_body_util::BodyExt::collect(rsp.into_body()),
+                    http_body_util::BodyExt::collect(http_body_util::Limited::new(
+                        rsp.into_body(),
+                        64 * 1024,
+                    )),
                 )
                 .await;
                 ok

@@ -241,6 +241,11 @@ async fn response_cache_serves_hits_and_isolates_callers() {
             "max-age=60"
         };
         r.headers_mut().insert("cache-control", cc.parse().unwrap());
+        if s.uri.contains("vary") {
+            // What the gateway sets on the way up, not what the client sent.
+            r.headers_mut()
+                .insert("vary", "X-Forwarded-For".parse().unwrap());
+        }
         Action::Respond(r)
     }))
     .await;
@@ -276,6 +281,40 @@ cache = {{}}
     raw_get(gw.addr(), "/shared/nostore").await;
     raw_get(gw.addr(), "/shared/nostore").await;
     assert_eq!(up.count(), 3, "no-store answers are not cached");
+    // The host as the upstream is told it, port included, keys the entry: an answer
+    // for `t:1` (its links, its redirects) is not one for `t`.
+    let other_port = |_| {
+        raw(
+            gw.addr(),
+            b"GET /shared/catalogue HTTP/1.1\r\nHost: t:1\r\nConnection: close\r\n\r\n",
+        )
+    };
+    assert_eq!(
+        other_port(()).await.header("x-lienthong-cache"),
+        Some("miss")
+    );
+    assert_eq!(
+        other_port(()).await.header("x-lienthong-cache"),
+        Some("hit")
+    );
+    assert_eq!(up.count(), 4);
+    // A GET with a body is neither answered from the cache nor stored.
+    let with_body = raw(
+        gw.addr(),
+        b"GET /shared/catalogue HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+    )
+    .await;
+    assert_eq!(with_body.status, 200);
+    assert_eq!(with_body.header("x-lienthong-cache"), None);
+    assert_eq!(up.count(), 5);
+    // An answer that varies on a field the gateway sets is not stored.
+    raw_get(gw.addr(), "/shared/vary").await;
+    raw_get(gw.addr(), "/shared/vary").await;
+    assert_eq!(
+        up.count(),
+        7,
+        "answers varying on X-Forwarded-For are not cached"
+    );
 
     // Per-caller entries: agency A's answer is never served to agency B.
     let key = std::fs::read(repo("config/dev/dev-issuer.key.pem")).unwrap();
