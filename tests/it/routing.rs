@@ -4,6 +4,11 @@
 use crate::support::*;
 
 async fn setup() -> (TestGateway, MockUpstream, MockUpstream) {
+    setup_with("").await
+}
+
+/// [`setup`]'s gateway with `extra` routes after its own.
+async fn setup_with(extra: &str) -> (TestGateway, MockUpstream, MockUpstream) {
     let open = MockUpstream::start(echo("open")).await;
     let secret = MockUpstream::start(echo("secret")).await;
     let cfg = base_config(&format!(
@@ -53,6 +58,7 @@ name = "absolute"
 path_prefix = "/abs"
 allow_absolute_form = true
 upstream = "open"
+{extra}
 "#,
         open.url(),
         secret.url()
@@ -168,30 +174,10 @@ async fn wrong_method_on_a_dotted_path_gets_the_target_routes_rules() {
 /// not reach the admin upstream under the catch-all's rules (here: any method).
 #[tokio::test]
 async fn an_empty_segment_with_parameters_does_not_escape_its_route() {
-    let open = MockUpstream::start(echo("open")).await;
-    let secret = MockUpstream::start(echo("secret")).await;
-    let cfg = base_config(&format!(
-        r#"
-[upstreams.open]
-endpoints = ["{}"]
-[upstreams.secret]
-endpoints = ["{}"]
-[[routes]]
-auth.anonymous = true
-name = "admin"
-path_prefix = "/admin"
-methods = ["GET"]
-upstream = "secret"
-[[routes]]
-auth.anonymous = true
-name = "all"
-path_prefix = "/"
-upstream = "open"
-"#,
-        open.url(),
-        secret.url()
-    ));
-    let gw = TestGateway::start(&cfg).await;
+    let (gw, _open, secret) = setup_with(
+        "[[routes]]\nauth.anonymous = true\nname = \"all\"\npath_prefix = \"/\"\nupstream = \"open\"",
+    )
+    .await;
     for target in [
         "/;x/admin/users",
         "/;/admin",
