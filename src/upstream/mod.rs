@@ -370,6 +370,20 @@ impl Pool {
             // only if it is still available; otherwise there is nothing to try.
             exclude.filter(|e| e.available(now)).cloned()
         })
+        .or_else(|| {
+            // Every healthy endpoint ejected (a one-endpoint pool after a run of
+            // failures, say): a first attempt goes to them anyway, round robin, rather
+            // than refusing all traffic for the ejection time. Ejection steers load
+            // between endpoints; refusing a failing upstream as a whole is the circuit
+            // breaker's job, which probes it and closes again when it answers.
+            if exclude.is_some() {
+                return None;
+            }
+            (0..n)
+                .map(|i| &self.endpoints[(start + i) % n])
+                .find(|e| e.healthy.load(Ordering::Relaxed))
+                .cloned()
+        })
     }
 
     fn record(&self, ep: &Endpoint, ok: bool) {

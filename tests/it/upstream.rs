@@ -254,6 +254,39 @@ async fn endpoints_named_by_host_name_are_resolved_and_reached() {
     assert_eq!(r.json()["upstream"], "named");
 }
 
+/// Ejecting the only endpoint does not refuse all traffic for the ejection time: once
+/// the upstream answers again, so does the gateway (refusing a failing upstream as a
+/// whole is the circuit breaker's job, disabled here).
+#[tokio::test]
+async fn an_ejected_last_endpoint_still_gets_first_attempts() {
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let f = failing.clone();
+    let up = MockUpstream::start(Arc::new(move |_: &Seen| {
+        let code = if f.load(std::sync::atomic::Ordering::SeqCst) {
+            502
+        } else {
+            200
+        };
+        Action::Respond(json_response(code, serde_json::json!({})))
+    }))
+    .await;
+    let cfg = base_config(
+        &(pool(
+            "u",
+            &[up.url()],
+            "[upstreams.u.passive]\nconsecutive_failures = 2\nejection_time = \"60s\"\n[upstreams.u.retry]\nattempts = 1\n[upstreams.u.circuit_breaker]\nconsecutive_failures = 0\n",
+        ) + &route("u", "")),
+    );
+    let gw = TestGateway::start(&cfg).await;
+    for _ in 0..3 {
+        assert_eq!(raw_get(gw.addr(), "/x").await.status, 502);
+    }
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let r = raw_get(gw.addr(), "/x").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(up.count(), 4);
+}
+
 #[tokio::test]
 async fn a_failure_that_ejects_the_last_endpoint_is_answered_as_it_is() {
     let bad = MockUpstream::start(status(502)).await;
