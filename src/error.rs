@@ -34,6 +34,8 @@ pub enum ErrorKind {
     Forbidden,
     /// The request conflicts with stored state. Client's fault.
     Conflict,
+    /// The request body did not arrive in time. Client's fault.
+    RequestTimeout,
     /// The upstream could not be reached or broke the exchange. Upstream's fault.
     BadGateway,
     /// The upstream did not answer in time. Upstream's fault.

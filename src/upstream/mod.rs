@@ -195,6 +195,12 @@ impl RetryBudget {
     }
 }
 
+/// Held by a streamed request body until it has been read to its end (`Pool::send`).
+struct UploadPending {
+    _marker: Arc<()>,
+}
+impl BodyGuard for UploadPending {}
+
 pub struct Pool {
     pub cfg: UpstreamConfig,
     pub endpoints: Vec<Arc<Endpoint>>,
@@ -408,13 +414,33 @@ impl Pool {
     /// Sends a request, retrying on another endpoint where that is safe and the
     /// budget allows. The whole exchange (all attempts, up to the response head) is
     /// bounded by `req.timeout`.
-    pub async fn send(&self, req: OutboundRequest) -> Result<Answer, GatewayError> {
+    pub async fn send(&self, mut req: OutboundRequest) -> Result<Answer, GatewayError> {
         let deadline = tokio::time::Instant::now() + req.timeout;
         // The endpoint of the attempt in flight, if any, when the deadline passes: a
         // timeout is that endpoint's failure too (passive ejection counts it).
         let mut in_flight = None;
+        // A streamed request body carries a marker it drops once it has all been read:
+        // a deadline passing before that is the client's slowness, not the upstream's.
+        let upload = matches!(req.body, Body::Stream { .. }).then(|| {
+            let marker = Arc::new(());
+            let body = std::mem::replace(&mut req.body, Body::Empty);
+            req.body = body.with_guard(Box::new(UploadPending {
+                _marker: marker.clone(),
+            }));
+            marker
+        });
         match tokio::time::timeout_at(deadline, self.send_inner(req, &mut in_flight)).await {
             Ok(r) => r,
+            Err(_) if upload.as_ref().is_some_and(|m| Arc::strong_count(m) > 1) => {
+                // Nothing counts against the endpoint or the breaker: it was still
+                // waiting for the body (a half-open probe's ticket has given its slot
+                // back with the attempt).
+                Err(GatewayError::new(
+                    ErrorKind::RequestTimeout,
+                    "request_body_timeout",
+                    "the request body did not arrive in time",
+                ))
+            }
             Err(_) => {
                 if let Some(ep) = in_flight {
                     self.record(&ep, false);

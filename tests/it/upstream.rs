@@ -287,6 +287,30 @@ async fn an_ejected_last_endpoint_still_gets_first_attempts() {
     assert_eq!(up.count(), 4);
 }
 
+/// A client that uploads its body slower than the route's timeout gets 408, and the
+/// upstream, still waiting for that body, is not blamed: its breaker stays closed.
+#[tokio::test]
+async fn a_slow_upload_is_the_clients_timeout_not_the_upstreams() {
+    let up = MockUpstream::start(echo("up")).await;
+    let cfg = base_config(
+        &(pool(
+            "u",
+            &[up.url()],
+            "[upstreams.u.passive]\nconsecutive_failures = 0\n[upstreams.u.retry]\nattempts = 1\n[upstreams.u.circuit_breaker]\nconsecutive_failures = 1\n",
+        ) + &route("u", "timeout = \"300ms\"")),
+    );
+    let gw = TestGateway::start(&cfg).await;
+    // A chunked body (streamed, not buffered), its first chunk only.
+    let r = raw(
+        gw.addr(),
+        b"POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    )
+    .await;
+    assert_error(&r, 408, "request_body_timeout");
+    let r = raw_get(gw.addr(), "/x").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
 #[tokio::test]
 async fn a_failure_that_ejects_the_last_endpoint_is_answered_as_it_is() {
     let bad = MockUpstream::start(status(502)).await;
