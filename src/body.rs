@@ -21,8 +21,12 @@ pub struct BodyTooLarge {
     pub limit: u64,
 }
 
-/// A guard kept alive for as long as a response body is being streamed.
-pub trait BodyGuard: Send + Sync {}
+/// A guard kept alive for as long as a body is being streamed, dropped at its end.
+pub trait BodyGuard: Send + Sync {
+    /// Told after each poll of the stream whether it is waiting on its source (`true`:
+    /// the stream said `Pending`) or has just given a frame (`false`).
+    fn polled(&self, _waiting: bool) {}
+}
 
 /// Watches a streamed body go by: counts its bytes and hashes them (SHA-256), and
 /// reports both when the body ends — or, with no digest, when it is dropped before
@@ -225,6 +229,9 @@ impl http_body::Body for Body {
                 tap,
             } => match Pin::new(&mut *inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(g) = guard {
+                        g.polled(false);
+                    }
                     if let Some(d) = frame.data_ref() {
                         let n = d.len() as u64;
                         if n > *remaining {
@@ -255,7 +262,12 @@ impl http_body::Body for Body {
                     }
                     Poll::Ready(None)
                 }
-                Poll::Pending => Poll::Pending,
+                Poll::Pending => {
+                    if let Some(g) = guard {
+                        g.polled(true);
+                    }
+                    Poll::Pending
+                }
             },
         }
     }

@@ -1152,6 +1152,12 @@ pub mod cached {
         scheme: &str,
         host: &str,
     ) -> Keyed {
+        // A certificate alone names the connection, not whoever is behind it: with
+        // credentials the gateway did not verify (cookies, an unchecked token) the
+        // request stays an unknown caller's, which per-caller routes do not cache.
+        let unverified_creds =
+            h.contains_key(header::AUTHORIZATION) || h.contains_key(header::COOKIE);
+        let cert = cert.filter(|_| caller.is_some() || !unverified_creds);
         let who = (caller.is_some() || cert.is_some()).then(|| {
             // Length-prefixed parts: no choice of values makes two callers one key.
             let mut k = String::new();
@@ -2205,6 +2211,11 @@ mod tests {
             who(Some(&c), Some("cert-b")).0
         );
         assert_ne!(who(Some(&c), None).0, who(None, None).0);
+        // A certificate with credentials the gateway did not verify is no identity.
+        let mut with_cookie = http::HeaderMap::new();
+        with_cookie.insert(header::COOKIE, HeaderValue::from_static("session=1"));
+        let k = cached::request_key(&with_cookie, None, Some("cert-a"), "https", "t");
+        assert_eq!(cached::req(&target, &k).caller, None);
     }
 
     /// A token's caller: issuer, agency (if any), subject and roles.

@@ -196,10 +196,35 @@ impl RetryBudget {
 }
 
 /// Held by a streamed request body until it has been read to its end (`Pool::send`).
-struct UploadPending {
-    _marker: Arc<()>,
+struct UploadPending(Arc<Upload>);
+
+/// A streamed request body as the upload's guard sees it.
+#[derive(Default)]
+struct Upload {
+    /// The body's last poll found it waiting on the client (not on the upstream, which
+    /// stops reading it when it does not take more).
+    waiting_on_client: std::sync::atomic::AtomicBool,
 }
-impl BodyGuard for UploadPending {}
+
+impl BodyGuard for UploadPending {
+    fn polled(&self, waiting: bool) {
+        self.0.waiting_on_client.store(waiting, Ordering::Relaxed);
+    }
+}
+
+/// Whether a deadline passing now is the client's: its body, not all read yet, is
+/// waiting on it.
+fn client_is_late(upload: Option<&Arc<Upload>>) -> bool {
+    upload.is_some_and(|u| Arc::strong_count(u) > 1 && u.waiting_on_client.load(Ordering::Relaxed))
+}
+
+fn request_body_timeout() -> GatewayError {
+    GatewayError::new(
+        ErrorKind::RequestTimeout,
+        "request_body_timeout",
+        "the request body did not arrive in time",
+    )
+}
 
 pub struct Pool {
     pub cfg: UpstreamConfig,
@@ -422,25 +447,17 @@ impl Pool {
         // A streamed request body carries a marker it drops once it has all been read:
         // a deadline passing before that is the client's slowness, not the upstream's.
         let upload = matches!(req.body, Body::Stream { .. }).then(|| {
-            let marker = Arc::new(());
+            let u = Arc::new(Upload::default());
             let body = std::mem::replace(&mut req.body, Body::Empty);
-            req.body = body.with_guard(Box::new(UploadPending {
-                _marker: marker.clone(),
-            }));
-            marker
+            req.body = body.with_guard(Box::new(UploadPending(u.clone())));
+            u
         });
-        match tokio::time::timeout_at(deadline, self.send_inner(req, &mut in_flight)).await {
+        let attempt = self.send_inner(req, &mut in_flight, upload.as_ref());
+        match tokio::time::timeout_at(deadline, attempt).await {
             Ok(r) => r,
-            Err(_) if upload.as_ref().is_some_and(|m| Arc::strong_count(m) > 1) => {
-                // Nothing counts against the endpoint or the breaker: it was still
-                // waiting for the body (a half-open probe's ticket has given its slot
-                // back with the attempt).
-                Err(GatewayError::new(
-                    ErrorKind::RequestTimeout,
-                    "request_body_timeout",
-                    "the request body did not arrive in time",
-                ))
-            }
+            // Nothing counts against the endpoint or the breaker: it was still waiting
+            // for the body (a half-open probe's ticket has given its slot back).
+            Err(_) if client_is_late(upload.as_ref()) => Err(request_body_timeout()),
             Err(_) => {
                 if let Some(ep) = in_flight {
                     self.record(&ep, false);
@@ -462,6 +479,7 @@ impl Pool {
         &self,
         req: OutboundRequest,
         in_flight: &mut Option<Arc<Endpoint>>,
+        upload: Option<&Arc<Upload>>,
     ) -> Result<Answer, GatewayError> {
         let now = mono_ms();
         self.budget.on_request(now);
@@ -598,6 +616,11 @@ impl Pool {
                 }
                 Err(e) => {
                     drop(guard);
+                    // A try that ran out of time waiting for the client's body: the
+                    // client's delay (`Pool::send`), not the endpoint's failure.
+                    if e.timed_out && client_is_late(upload) {
+                        return Err(request_body_timeout());
+                    }
                     if is_too_large(e.error.as_ref()) {
                         return Err(GatewayError::new(
                             ErrorKind::PayloadTooLarge,

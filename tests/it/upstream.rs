@@ -311,6 +311,53 @@ async fn a_slow_upload_is_the_clients_timeout_not_the_upstreams() {
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
 }
 
+/// An upstream that stops reading a body the client sends in full is the upstream's
+/// failure, not the client's: 504, charged to it (its breaker opens).
+#[tokio::test]
+async fn an_upstream_that_stops_reading_an_upload_is_charged_with_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = scripted_upstream(|s| async move {
+        // Reads the head only, then holds the connection without reading.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(s);
+    })
+    .await;
+    let cfg = base_config(
+        &(pool(
+            "u",
+            &[format!("http://{up}")],
+            "[upstreams.u.passive]\nconsecutive_failures = 0\n[upstreams.u.retry]\nattempts = 1\n[upstreams.u.circuit_breaker]\nconsecutive_failures = 1\n",
+        ) + &route("u", "timeout = \"500ms\"\nmax_body_bytes = 67108864")),
+    );
+    let gw = TestGateway::start(&cfg).await;
+    let len = 48 << 20;
+    let (mut rd, mut wr) = tokio::net::TcpStream::connect(gw.addr())
+        .await
+        .unwrap()
+        .into_split();
+    tokio::spawn(async move {
+        let head = format!("POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: {len}\r\n\r\n");
+        let _ = wr.write_all(head.as_bytes()).await;
+        let _ = wr.write_all(&vec![b'x'; len]).await;
+    });
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = rd.read(&mut chunk).await.unwrap_or(0);
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(r) = parse_complete(&buf) {
+                return r;
+            }
+            assert!(n > 0, "closed without an answer");
+        }
+    })
+    .await
+    .expect("an answer");
+    assert_error(&r, 504, "upstream_timeout");
+    assert_error(&raw_get(gw.addr(), "/x").await, 503, "circuit_open");
+}
+
 #[tokio::test]
 async fn a_failure_that_ejects_the_last_endpoint_is_answered_as_it_is() {
     let bad = MockUpstream::start(status(502)).await;
