@@ -422,6 +422,12 @@ impl Pool {
             if ep.consecutive_failures.load(Ordering::Relaxed) != 0 {
                 ep.consecutive_failures.store(0, Ordering::Relaxed);
             }
+            // An ejected endpoint gets requests only when every one was ejected (`pick`'s
+            // fallback), or answers one sent before: either way it answers, which ends
+            // the ejection, and it is counted healthy again.
+            if ep.ejected_until_ms.load(Ordering::Relaxed) != 0 {
+                ep.ejected_until_ms.store(0, Ordering::Relaxed);
+            }
             return;
         }
         let n = ep.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;

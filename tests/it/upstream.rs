@@ -281,10 +281,19 @@ async fn an_ejected_last_endpoint_still_gets_first_attempts() {
     for _ in 0..3 {
         assert_eq!(raw_get(gw.addr(), "/x").await.status, 502);
     }
+    let healthy = || async {
+        let (_, v) = admin_get(&gw, "/admin/upstreams").await;
+        serde_json::from_str::<serde_json::Value>(&v).unwrap()["u"]["endpoints"][0]["healthy"]
+            .as_bool()
+            .unwrap()
+    };
+    assert!(!healthy().await, "ejected");
     failing.store(false, std::sync::atomic::Ordering::SeqCst);
     let r = raw_get(gw.addr(), "/x").await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(up.count(), 4);
+    // Its answer ended the ejection.
+    assert!(healthy().await);
 }
 
 /// A client that uploads its body slower than the route's timeout gets 408, and the
