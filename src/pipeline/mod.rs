@@ -284,9 +284,8 @@ async fn proxy(
     // needed to store the upstream's answer.
     // A GET with a body is neither served from nor stored in the cache: the key does not
     // cover the body, which the upstream may act on.
-    let cacheable = parts.method == Method::GET && http_body::Body::is_end_stream(&body);
-    let cache = match (&rt.route_caches[idx], cacheable) {
-        (Some(c), true) => Some((
+    let cache = match &rt.route_caches[idx] {
+        Some(c) if parts.method == Method::GET && http_body::Body::is_end_stream(&body) => Some((
             c.clone(),
             cached::request_key(
                 &parts.headers,

@@ -1226,6 +1226,25 @@ fn load_timeline(conn: &Connection, code: &str) -> Result<Option<Timeline>, Stor
     }))
 }
 
+impl SqliteStore {
+    /// An intake's checks and hashing, on the caller's thread (the writer thread only
+    /// does I/O): the dossier and what its transaction stores with it.
+    fn prepare(
+        &self,
+        item: BatchItem,
+        submitted_by: Option<String>,
+    ) -> Result<(Dossier, NewDossier), IntakeError> {
+        validate(&item.dossier, self.catalogue.as_ref()).map_err(IntakeError::Invalid)?;
+        let new = NewDossier {
+            hash: item.dossier.content_hash(),
+            key: item.idempotency_key.filter(|k| !k.is_empty()),
+            destinations: dedup(item.destinations),
+            submitted_by,
+        };
+        Ok((item.dossier, new))
+    }
+}
+
 impl ExchangeStore for SqliteStore {
     fn accept_dossier_from(
         &self,
@@ -1234,26 +1253,20 @@ impl ExchangeStore for SqliteStore {
         destinations: Vec<String>,
         submitted_by: Option<String>,
     ) -> Pending<Result<Accepted, IntakeError>> {
-        // Validation and hashing run on the caller's thread: the writer thread only does I/O.
-        if let Err(errors) = validate(&dossier, self.catalogue.as_ref()) {
-            return Pending::ready(Err(IntakeError::Invalid(errors)));
-        }
-        let key = idempotency_key.filter(|k| !k.is_empty());
-        let hash = dossier.content_hash();
-        let destinations = dedup(destinations);
+        let item = BatchItem {
+            dossier,
+            idempotency_key,
+            destinations,
+        };
+        let (dossier, new) = match self.prepare(item, submitted_by) {
+            Ok(p) => p,
+            Err(e) => return Pending::ready(Err(e)),
+        };
         let shared = self.shared.clone();
         self.submit(intake_fail, move |ctx| {
             shared.intakes.fetch_add(1, Ordering::Relaxed);
             let now = ctx.now_ms;
-            ctx.atomic(|conn, spool| {
-                let new = NewDossier {
-                    hash,
-                    key,
-                    destinations,
-                    submitted_by,
-                };
-                accept_tx(conn, spool, now, dossier, new)
-            })
+            ctx.atomic(|conn, spool| accept_tx(conn, spool, now, dossier, new))
         })
     }
 
@@ -1264,16 +1277,10 @@ impl ExchangeStore for SqliteStore {
     ) -> Pending<Result<Vec<Accepted>, IntakeError>> {
         let mut prepared = Vec::with_capacity(items.len());
         for item in items {
-            if let Err(errors) = validate(&item.dossier, self.catalogue.as_ref()) {
-                return Pending::ready(Err(IntakeError::Invalid(errors)));
+            match self.prepare(item, submitted_by.clone()) {
+                Ok(p) => prepared.push(p),
+                Err(e) => return Pending::ready(Err(e)),
             }
-            let new = NewDossier {
-                hash: item.dossier.content_hash(),
-                key: item.idempotency_key.filter(|k| !k.is_empty()),
-                destinations: dedup(item.destinations),
-                submitted_by: submitted_by.clone(),
-            };
-            prepared.push((item.dossier, new));
         }
         let shared = self.shared.clone();
         self.submit(intake_fail, move |ctx| {
