@@ -26,6 +26,8 @@ pub trait BodyGuard: Send + Sync {
     /// Told after each poll of the stream whether it is waiting on its source (`true`:
     /// the stream said `Pending`) or has just given a frame (`false`).
     fn polled(&self, _waiting: bool) {}
+    /// Told when the stream's source fails (a client that went away mid-upload).
+    fn failed(&self) {}
 }
 
 /// Watches a streamed body go by: counts its bytes and hashes them (SHA-256), and
@@ -254,7 +256,12 @@ impl http_body::Body for Body {
                     }
                     Poll::Ready(Some(Ok(frame)))
                 }
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+                Poll::Ready(Some(Err(e))) => {
+                    if let Some(g) = guard {
+                        g.failed();
+                    }
+                    Poll::Ready(Some(Err(Box::new(e))))
+                }
                 Poll::Ready(None) => {
                     guard.take();
                     if let Some(t) = tap {

@@ -937,7 +937,13 @@ pub mod response {
     //! * the key is method + normalised path + query + caller identity (unless the route
     //!   declares its data public) + the request's values of the response's `Vary` headers,
     //!   so caller A's answer is never served to caller B;
-    //! * hop-by-hop headers (and those named in `Connection`) and `Age` are not stored.
+    //! * hop-by-hop headers (and those named in `Connection`) and `Age` are not stored;
+    //!   the upstream's `Age` counts against the freshness lifetime and is added to the
+    //!   `Age` the gateway sends;
+    //! * a request's `max-age` and `min-fresh` are honoured (a stored answer that does
+    //!   not satisfy them is passed over, not dropped);
+    //! * a caching field (`Cache-Control`, `Pragma`, `Vary`, `Age`, `Connection`) that is
+    //!   not readable text fails closed: nothing is stored or served for it.
     //!
     //! Headers are read through [`HeaderView`] so this file needs no HTTP crate: the gateway
     //! implements it for its header map. Names are compared in lowercase.
@@ -1055,9 +1061,11 @@ pub mod response {
         Private,
         VaryStar,
         SetCookie,
-        /// No (or zero) freshness lifetime.
+        /// No (or zero) freshness lifetime, or an `Age` that has used it up.
         NoFreshness,
         TooLarge,
+        /// A caching field that cannot be read (not UTF-8, or a malformed `Age`).
+        Unreadable,
     }
 
     struct Stored {
@@ -1065,7 +1073,10 @@ pub mod response {
         headers: Vec<(String, Bytes)>,
         body: Bytes,
         stored_at: Instant,
+        /// Freshness left when stored (the lifetime less the upstream's `Age`).
         ttl: Duration,
+        /// The upstream's `Age` when stored.
+        initial_age: Duration,
     }
 
     /// The response cache of one route.
@@ -1137,15 +1148,30 @@ pub mod response {
             let primary = self.primary_key(req).ok()?;
             let cc = Directives::parse(&req.headers.values("cache-control"));
             // The client asked for an answer from the origin.
-            if cc.no_store || cc.no_cache || cc.max_age == Some(0) || pragma_no_cache(req.headers) {
+            if cc.unreadable
+                || cc.no_store
+                || cc.no_cache
+                || cc.max_age == Some(0)
+                || pragma_no_cache(req.headers)
+            {
                 return None;
             }
             let vary = self.vary.get(&primary).await?;
             let key = full_key(primary, &vary, req.headers);
             let stored = self.entries.get(&key).await?;
-            let age = self.clock.now().saturating_duration_since(stored.stored_at);
-            if age >= stored.ttl {
+            let resident = self.clock.now().saturating_duration_since(stored.stored_at);
+            if resident >= stored.ttl {
                 self.entries.invalidate(&key).await;
+                return None;
+            }
+            let age = stored.initial_age + resident;
+            // The client's own limits: an answer older than its `max-age`, or fresh for
+            // less than its `min-fresh`, is not for this client (but may be for others).
+            let too_old = cc.max_age.is_some_and(|m| age > Duration::from_secs(m));
+            let too_close = cc
+                .min_fresh
+                .is_some_and(|m| stored.ttl - resident < Duration::from_secs(m));
+            if too_old || too_close {
                 return None;
             }
             Some(CachedResponse {
@@ -1174,6 +1200,7 @@ pub mod response {
                         body: body.clone(),
                         stored_at: self.clock.now(),
                         ttl,
+                        initial_age: upstream_age(headers).ok().unwrap_or_default(),
                     };
                     self.vary.insert(primary, Arc::new(vary)).await;
                     self.entries.insert(key, Arc::new(stored)).await;
@@ -1198,7 +1225,8 @@ pub mod response {
             body: &Bytes,
         ) -> Result<(Vec<u8>, Vec<String>, Duration), NotStored> {
             let primary = self.primary_key(req)?;
-            if Directives::parse(&req.headers.values("cache-control")).no_store {
+            let asked = Directives::parse(&req.headers.values("cache-control"));
+            if asked.no_store || asked.unreadable {
                 return Err(NotStored::RequestNoStore);
             }
             if !CACHEABLE_STATUS.contains(&status) {
@@ -1207,6 +1235,19 @@ pub mod response {
             if !headers.values("set-cookie").is_empty() {
                 return Err(NotStored::SetCookie);
             }
+            let readable = |name: &str| {
+                headers
+                    .values(name)
+                    .iter()
+                    .all(|v| std::str::from_utf8(v).is_ok())
+            };
+            if !["cache-control", "pragma", "vary", "connection"]
+                .iter()
+                .all(|n| readable(n))
+            {
+                return Err(NotStored::Unreadable);
+            }
+            let initial_age = upstream_age(headers)?;
             let cc = Directives::parse(&headers.values("cache-control"));
             if cc.no_store {
                 return Err(NotStored::NoStore);
@@ -1245,7 +1286,9 @@ pub mod response {
                 } else {
                     self.policy.default_ttl
                 })
-                .map_or(Duration::ZERO, |t| t.min(self.policy.max_ttl));
+                .map_or(Duration::ZERO, |t| {
+                    t.saturating_sub(initial_age).min(self.policy.max_ttl)
+                });
             if ttl.is_zero() {
                 return Err(NotStored::NoFreshness);
             }
@@ -1290,12 +1333,31 @@ pub mod response {
         }
     }
 
-    /// HTTP/1.0's `Pragma: no-cache`, in a request or a response.
+    /// HTTP/1.0's `Pragma: no-cache`, in a request or a response. An unreadable
+    /// value counts as one.
     fn pragma_no_cache(headers: &(dyn HeaderView + Sync)) -> bool {
         headers
             .values("pragma")
             .iter()
-            .any(|v| contains_token(v, "no-cache"))
+            .any(|v| std::str::from_utf8(v).is_err() || contains_token(v, "no-cache"))
+    }
+
+    /// The upstream's `Age` (RFC 9111 §5.1): the time its answer has already spent in
+    /// caches upstream. Absent is zero; a value that is not a number of seconds makes
+    /// the answer unreadable; of several values the largest counts.
+    fn upstream_age(headers: &(dyn HeaderView + Sync)) -> Result<Duration, NotStored> {
+        let mut age = 0u64;
+        for v in headers.values("age") {
+            let text = std::str::from_utf8(v).map_err(|_| NotStored::Unreadable)?;
+            for item in text.split(',').map(str::trim) {
+                if item.is_empty() || !item.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(NotStored::Unreadable);
+                }
+                // Too large for u64: older than anything could be fresh.
+                age = age.max(item.parse::<u64>().unwrap_or(u64::MAX));
+            }
+        }
+        Ok(Duration::from_secs(age))
     }
 
     fn push_part(key: &mut Vec<u8>, part: &[u8]) {
@@ -1352,17 +1414,24 @@ pub mod response {
     /// The Cache-Control directives we act on.
     #[derive(Debug, Default)]
     struct Directives {
+        /// A value that is not UTF-8: its directives cannot be known.
+        unreadable: bool,
         no_store: bool,
         no_cache: bool,
         private: bool,
         max_age: Option<u64>,
         s_maxage: Option<u64>,
+        /// Request only.
+        min_fresh: Option<u64>,
     }
 
     impl Directives {
         fn parse(values: &[&[u8]]) -> Self {
             let mut d = Directives::default();
             for v in values {
+                if std::str::from_utf8(v).is_err() {
+                    d.unreadable = true;
+                }
                 for item in split_list(v) {
                     let (name, arg) = match item.split_once('=') {
                         Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
@@ -1379,6 +1448,9 @@ pub mod response {
                         "private" => d.private = true,
                         "max-age" => d.max_age = smallest(d.max_age),
                         "s-maxage" => d.s_maxage = smallest(d.s_maxage),
+                        "min-fresh" => {
+                            d.min_fresh = Some(d.min_fresh.map_or(secs, |c| c.max(secs)))
+                        }
                         _ => {}
                     }
                 }
@@ -1435,16 +1507,21 @@ pub mod response {
             let out = cache
                 .store(&req(&none, None), 200, &resp, &body("{}"))
                 .await;
+            // The 3 s the answer spent upstream count against its 60.
             assert_eq!(
                 out,
                 StoreOutcome::Stored {
-                    ttl: Duration::from_secs(60)
+                    ttl: Duration::from_secs(57)
                 }
             );
-            clock.advance(Duration::from_secs(59));
+            clock.advance(Duration::from_secs(56));
             let hit = cache.lookup(&req(&none, None)).await.expect("fresh hit");
             assert_eq!(hit.body, body("{}"));
-            assert_eq!(hit.age, Duration::from_secs(59));
+            assert_eq!(
+                hit.age,
+                Duration::from_secs(59),
+                "the upstream's age included"
+            );
             // Hop-by-hop, Connection-named and Age headers are not stored.
             assert_eq!(
                 hit.headers,
@@ -1455,6 +1532,79 @@ pub mod response {
             );
             clock.advance(Duration::from_secs(1));
             assert!(cache.lookup(&req(&none, None)).await.is_none());
+        }
+
+        #[tokio::test]
+        async fn a_used_up_or_malformed_age_is_not_stored() {
+            let (cache, _) = setup(true);
+            let none = h(&[]);
+            for (age, why) in [
+                ("60", NotStored::NoFreshness),
+                ("99999999999999999999999", NotStored::NoFreshness),
+                ("-1", NotStored::Unreadable),
+                ("1.5", NotStored::Unreadable),
+                ("", NotStored::Unreadable),
+            ] {
+                let resp = h(&[("cache-control", "max-age=60"), ("age", age)]);
+                let out = cache.store(&req(&none, None), 200, &resp, &body("x")).await;
+                assert_eq!(out, StoreOutcome::NotStored(why), "Age: {age:?}");
+            }
+        }
+
+        #[tokio::test]
+        async fn unreadable_caching_fields_fail_closed() {
+            let (cache, _) = setup(true);
+            let none = h(&[]);
+            let raw = |n: &str, v: &[u8]| (n.to_string(), Bytes::copy_from_slice(v));
+            for field in ["cache-control", "vary", "pragma", "connection"] {
+                let mut resp = h(&[("cache-control", "max-age=60")]);
+                resp.push(raw(field, b"no-store\xff"));
+                let out = cache.store(&req(&none, None), 200, &resp, &body("x")).await;
+                assert_eq!(
+                    out,
+                    StoreOutcome::NotStored(NotStored::Unreadable),
+                    "{field}"
+                );
+            }
+            // A request whose Cache-Control cannot be read neither stores nor is served.
+            let resp = h(&[("cache-control", "max-age=60")]);
+            let odd = vec![raw("cache-control", b"no-store\xff")];
+            let out = cache.store(&req(&odd, None), 200, &resp, &body("x")).await;
+            assert_eq!(out, StoreOutcome::NotStored(NotStored::RequestNoStore));
+            cache.store(&req(&none, None), 200, &resp, &body("x")).await;
+            assert!(cache.lookup(&req(&none, None)).await.is_some());
+            assert!(cache.lookup(&req(&odd, None)).await.is_none());
+            let pragma = vec![raw("pragma", b"\xfe")];
+            assert!(cache.lookup(&req(&pragma, None)).await.is_none());
+        }
+
+        #[tokio::test]
+        async fn the_requests_max_age_and_min_fresh_are_honoured() {
+            let (cache, clock) = setup(true);
+            let none = h(&[]);
+            let resp = h(&[("cache-control", "max-age=100"), ("age", "10")]);
+            cache.store(&req(&none, None), 200, &resp, &body("x")).await;
+            clock.advance(Duration::from_secs(20));
+            // Age 30, fresh for 70 more.
+            let ask = |cc: &str| h(&[("cache-control", cc)]);
+            for (cc, served) in [
+                ("max-age=30", true),
+                ("max-age=29", false),
+                ("min-fresh=70", true),
+                ("min-fresh=71", false),
+                ("max-age=60, min-fresh=10", true),
+                ("min-fresh=x", true),
+            ] {
+                let hdrs = ask(cc);
+                assert_eq!(
+                    cache.lookup(&req(&hdrs, None)).await.is_some(),
+                    served,
+                    "{cc}"
+                );
+            }
+            // Passed over, not dropped: a plain request is still served.
+            let hit = cache.lookup(&req(&none, None)).await.expect("still stored");
+            assert_eq!(hit.age, Duration::from_secs(30));
         }
 
         #[tokio::test]

@@ -315,6 +315,9 @@ pub struct RouteConfig {
     pub max_body_bytes: Option<u64>,
     pub retry_non_idempotent: bool,
     pub allow_upgrade: bool,
+    /// Lower-cased protocol names an `Upgrade` may offer (every one it offers must be
+    /// here); `h2c` never is.
+    pub upgrade_protocols: Vec<String>,
     pub allow_absolute_form: bool,
     /// None: the route denies every request (deny by default).
     pub auth: Option<RouteAuth>,
@@ -1235,6 +1238,46 @@ impl Validator {
                 self.duration("audit.retention", Some(r), Duration::from_secs(365 * 86400))
             }),
         }
+    }
+
+    /// The protocols a route's `Upgrade` may name. `h2c` is refused outright: once
+    /// upgraded, the client's later requests travel inside the tunnel as HTTP/2, past
+    /// the gateway's routing, rules and audit.
+    fn upgrade_protocols(&mut self, path: &str, r: &RawRoute) -> Vec<String> {
+        let Some(list) = &r.upgrade_protocols else {
+            return vec!["websocket".to_string()];
+        };
+        if r.allow_upgrade != Some(true) {
+            self.problems.push(
+                format!("{path}.upgrade_protocols"),
+                "has no effect unless allow_upgrade = true",
+            );
+        }
+        if list.is_empty() {
+            self.problems.push(
+                format!("{path}.upgrade_protocols"),
+                "must name at least one protocol",
+            );
+        }
+        let mut out = Vec::with_capacity(list.len());
+        for (i, p) in list.iter().enumerate() {
+            let key = format!("{path}.upgrade_protocols[{i}]");
+            if p.is_empty() || !p.bytes().all(crate::pipeline::headers::is_tchar) {
+                self.problems.push(
+                    key,
+                    "a protocol name is an HTTP token (no '/', spaces or commas)",
+                );
+            } else if p.eq_ignore_ascii_case("h2c") {
+                self.problems.push(
+                    key,
+                    "h2c cannot be tunnelled: the client's later requests would pass inside it, \
+                     past routing, access rules and the audit log",
+                );
+            } else {
+                out.push(p.to_ascii_lowercase());
+            }
+        }
+        out
     }
 
     fn route_auth(&mut self, path: &str, a: RawRouteAuth) -> RouteAuth {
@@ -2348,6 +2391,7 @@ impl Validator {
         listeners: &[ListenerConfig],
     ) -> RouteConfig {
         let name = r.name.clone().unwrap_or_else(|| format!("route{index}"));
+        let upgrade_protocols = self.upgrade_protocols(path, &r);
         if !is_name(&name) {
             self.problems.push(
                 format!("{path}.name"),
@@ -2589,6 +2633,7 @@ impl Validator {
             max_body_bytes: r.max_body_bytes,
             retry_non_idempotent: r.retry_non_idempotent.unwrap_or(false),
             allow_upgrade: r.allow_upgrade.unwrap_or(false),
+            upgrade_protocols,
             allow_absolute_form: r.allow_absolute_form.unwrap_or(false),
         }
     }
@@ -2767,6 +2812,45 @@ db = "data/x/../gw.db"
             "{:?}",
             err.0
         );
+    }
+
+    #[test]
+    fn upgrade_protocols_are_tokens_and_never_h2c() {
+        let route = |extra: &str| {
+            format!(
+                "[upstreams.u]\nendpoints = [\"http://127.0.0.1:9\"]\n\
+                 [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"u\"\n\
+                 auth = {{ anonymous = true }}\n{extra}\n"
+            )
+        };
+        let ok = Config::parse(
+            &route("allow_upgrade = true\nupgrade_protocols = [\"WebSocket\", \"x-feed\"]"),
+            Path::new("/tmp"),
+        )
+        .unwrap();
+        assert_eq!(ok.routes[0].upgrade_protocols, ["websocket", "x-feed"]);
+        let default = Config::parse(&route("allow_upgrade = true"), Path::new("/tmp")).unwrap();
+        assert_eq!(default.routes[0].upgrade_protocols, ["websocket"]);
+        let err = Config::parse(
+            &route("allow_upgrade = true\nupgrade_protocols = [\"h2c\", \"a b\", \"ws/13\"]"),
+            Path::new("/tmp"),
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = err.0.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "routes[0].upgrade_protocols[0]",
+                "routes[0].upgrade_protocols[1]",
+                "routes[0].upgrade_protocols[2]"
+            ]
+        );
+        let err = Config::parse(
+            &route("upgrade_protocols = [\"websocket\"]"),
+            Path::new("/tmp"),
+        )
+        .unwrap_err();
+        assert_eq!(err.0[0].path, "routes[0].upgrade_protocols");
     }
 
     #[test]

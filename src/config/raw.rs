@@ -551,6 +551,8 @@ pub struct RawRoute {
     pub retry_non_idempotent: Option<bool>,
     /// Allow `Upgrade` (e.g. WebSocket) tunnels through this route.
     pub allow_upgrade: Option<bool>,
+    /// The protocols an `Upgrade` may name (default `["websocket"]`).
+    pub upgrade_protocols: Option<Vec<String>>,
     /// Accept absolute-form request targets (`GET http://host/path`).
     pub allow_absolute_form: Option<bool>,
     pub auth: Option<RawRouteAuth>,

@@ -60,6 +60,35 @@ pub fn strip_gateway_owned(h: &mut HeaderMap) {
     }
 }
 
+/// RFC 9110 `tchar`: the bytes of a token.
+pub fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// The protocol names (lower-cased, without `/version`) that the `Upgrade` fields
+/// offer, in order; `None` when a field is not a list of `protocol[/version]` tokens.
+pub fn upgrade_offers(h: &HeaderMap) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    for v in h.get_all(header::UPGRADE) {
+        for item in v.as_bytes().split(|&b| b == b',') {
+            let item = item.trim_ascii();
+            if item.is_empty() {
+                continue;
+            }
+            let (name, version) = match item.iter().position(|&b| b == b'/') {
+                Some(i) => (&item[..i], Some(&item[i + 1..])),
+                None => (item, None),
+            };
+            let token = |t: &[u8]| !t.is_empty() && t.iter().all(|&b| is_tchar(b));
+            if !token(name) || version.is_some_and(|v| !token(v)) {
+                return None;
+            }
+            out.push(String::from_utf8_lossy(name).to_ascii_lowercase());
+        }
+    }
+    Some(out)
+}
+
 /// Removes hop-by-hop fields and those named in `Connection`. `Upgrade` is removed
 /// too unless `keep_upgrade` (a tunnel the route allows), in which case
 /// `Connection: upgrade` is put back.

@@ -273,12 +273,11 @@ async fn proxy(
         ));
     }
     let upgrade = intake::upgrade_requested(&parts);
-    if upgrade && !route.allow_upgrade {
-        return Err(GatewayError::bad_request(
-            "upgrade_not_allowed",
-            "protocol upgrades are not accepted on this route",
-        ));
-    }
+    let offered = if upgrade {
+        Some(intake::allowed_upgrade(route, &parts.headers)?)
+    } else {
+        None
+    };
     authenticate(rt, ctx, rt.auth.rules[idx].as_ref(), &parts, &target).await?;
     // Response cache (GET routes that enable it): answer from it, or remember what is
     // needed to store the upstream's answer.
@@ -354,6 +353,20 @@ async fn proxy(
     ctx.attempts = answer.attempts;
     let mut rsp = answer.response;
     if rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        // The upstream may switch only to a protocol the client offered (and the route
+        // allows); anything else would tunnel what the route's rules never saw.
+        let chosen = headers::upgrade_offers(rsp.headers());
+        let fits = match (&offered, &chosen) {
+            (Some(o), Some(c)) => c.len() == 1 && o.contains(&c[0]),
+            _ => false,
+        };
+        if !fits {
+            return Err(GatewayError::new(
+                ErrorKind::BadGateway,
+                "bad_upstream_upgrade",
+                "the upstream switched to a protocol the request did not offer",
+            ));
+        }
         if let Some(client) = client_upgrade {
             let idle = listener.idle_timeout;
             forward::tunnel(&ctx.conn, client, &mut rsp, idle);
@@ -1450,6 +1463,40 @@ pub mod intake {
 
     pub fn upgrade_requested(parts: &http::request::Parts) -> bool {
         parts.version == http::Version::HTTP_11 && parts.headers.contains_key(header::UPGRADE)
+    }
+
+    /// Checks an `Upgrade` against the route: upgrades allowed at all, and every
+    /// protocol offered in the route's `upgrade_protocols` (the upstream may pick any
+    /// of them). Returns the protocols offered.
+    pub fn allowed_upgrade(
+        route: &RouteConfig,
+        h: &http::HeaderMap,
+    ) -> Result<Vec<String>, GatewayError> {
+        if !route.allow_upgrade {
+            return Err(GatewayError::bad_request(
+                "upgrade_not_allowed",
+                "protocol upgrades are not accepted on this route",
+            ));
+        }
+        let offers = super::headers::upgrade_offers(h).ok_or_else(|| {
+            GatewayError::bad_request(
+                "bad_upgrade",
+                "the Upgrade field is not a list of protocol names",
+            )
+        })?;
+        if offers.is_empty() {
+            return Err(GatewayError::bad_request(
+                "bad_upgrade",
+                "the Upgrade field names no protocol",
+            ));
+        }
+        match offers.iter().find(|p| !route.upgrade_protocols.contains(p)) {
+            Some(p) => Err(GatewayError::bad_request(
+                "upgrade_not_allowed",
+                format!("an upgrade to {p:?} is not accepted on this route"),
+            )),
+            None => Ok(offers),
+        }
     }
 
     /// Applies the body cap: a declared length over it is refused before anything is

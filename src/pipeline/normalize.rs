@@ -9,7 +9,10 @@
 //!    upper-cased (`%2f` → refused, see 3; `%c3%a1` → `%C3%A1`).
 //! 3. Ambiguous forms are refused: an encoded `/` (`%2F`) or `\` (`%5C`), a literal
 //!    `\`, an encoded NUL or control character, and double encoding (`%25` followed by
-//!    two hex digits), because upstreams disagree on what those mean.
+//!    two hex digits), because upstreams disagree on what those mean. Escaped bytes
+//!    above 0x7F must spell valid UTF-8: an overlong form such as `%C0%AE` is a `.` to
+//!    lax decoders, and any other invalid sequence means different things to
+//!    different upstreams.
 //! 4. Duplicate slashes are collapsed.
 //! 5. `.` and `..` segments are resolved (after decoding, so `%2e%2e` is `..`);
 //!    climbing above the root is refused. Dot segments carrying a path parameter
@@ -28,6 +31,7 @@ pub enum PathError {
     AboveRoot,
     DotWithParameter,
     InvalidChar,
+    InvalidUtf8,
 }
 
 impl fmt::Display for PathError {
@@ -42,6 +46,7 @@ impl fmt::Display for PathError {
             PathError::AboveRoot => "the path climbs above the root",
             PathError::DotWithParameter => "a dot segment with a parameter is not accepted",
             PathError::InvalidChar => "the path contains a character that must be percent-encoded",
+            PathError::InvalidUtf8 => "percent-encoded bytes in the path are not valid UTF-8",
         })
     }
 }
@@ -123,6 +128,9 @@ pub fn normalize_path(path: &str) -> Result<String, PathError> {
     if has_double_encoding(decoded.as_bytes()) {
         return Err(PathError::DoubleEncoding);
     }
+    if !escapes_are_utf8(decoded.as_bytes()) {
+        return Err(PathError::InvalidUtf8);
+    }
     // Pass 2: collapse slashes and resolve dot segments.
     let trailing_slash = decoded.len() > 1 && decoded.ends_with('/');
     let mut out: Vec<&str> = Vec::new();
@@ -196,6 +204,32 @@ fn has_double_encoding(decoded: &[u8]) -> bool {
     decoded
         .windows(5)
         .any(|w| w[..3] == *b"%25" && hex(w[3]).is_some() && hex(w[4]).is_some())
+}
+
+/// True when every run of escaped bytes above 0x7F in `decoded` (where every escape
+/// left is `%XX` with upper-case digits) is valid UTF-8. Rust's decoder refuses
+/// overlong forms, surrogates and truncated sequences.
+fn escapes_are_utf8(decoded: &[u8]) -> bool {
+    let mut run: Vec<u8> = Vec::new();
+    let mut i = 0;
+    while i < decoded.len() {
+        if decoded[i] == b'%' && i + 2 < decoded.len() {
+            let v = (hex(decoded[i + 1]).unwrap_or(0) << 4) | hex(decoded[i + 2]).unwrap_or(0);
+            if v >= 0x80 {
+                run.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        if !run.is_empty() {
+            if std::str::from_utf8(&run).is_err() {
+                return false;
+            }
+            run.clear();
+        }
+        i += 1;
+    }
+    run.is_empty() || std::str::from_utf8(&run).is_ok()
 }
 
 /// True when the path has nothing to normalise: only plain path bytes, no `%`,
@@ -292,5 +326,21 @@ mod tests {
             let once = n(p).unwrap();
             assert_eq!(n(&once).unwrap(), once, "{p}");
         }
+    }
+
+    #[test]
+    fn escaped_bytes_must_spell_utf8() {
+        // Vietnamese in UTF-8 passes, split over segments or not.
+        assert_eq!(n("/h%c3%b4%20s%C6%A1").unwrap(), "/h%C3%B4%20s%C6%A1");
+        assert_eq!(n("/%E1%BB%87/x").unwrap(), "/%E1%BB%87/x");
+        // Overlong `.` and `/`, as lax decoders read them.
+        assert_eq!(n("/a/%C0%AE%C0%AE/b").unwrap_err(), PathError::InvalidUtf8);
+        assert_eq!(n("/a%C0%AFb").unwrap_err(), PathError::InvalidUtf8);
+        assert_eq!(n("/a/%E0%80%AE").unwrap_err(), PathError::InvalidUtf8);
+        // Latin-1, a lone continuation byte, a truncated sequence, a surrogate.
+        assert_eq!(n("/caf%E9").unwrap_err(), PathError::InvalidUtf8);
+        assert_eq!(n("/%80").unwrap_err(), PathError::InvalidUtf8);
+        assert_eq!(n("/%C3/%A1").unwrap_err(), PathError::InvalidUtf8);
+        assert_eq!(n("/%ED%A0%80").unwrap_err(), PathError::InvalidUtf8);
     }
 }

@@ -204,6 +204,7 @@ mod tests {
             max_body_bytes: None,
             retry_non_idempotent: false,
             allow_upgrade: false,
+            upgrade_protocols: Vec::new(),
             allow_absolute_form: false,
             auth: None,
             cache: None,

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+type Connector = tls_util::Timed<hyper_rustls::HttpsConnector<HttpConnector>>;
 
 pub struct Endpoint {
     pub addr: EndpointAddr,
@@ -204,12 +204,27 @@ struct Upload {
     /// The body's last poll found it waiting on the client (not on the upstream, which
     /// stops reading it when it does not take more).
     waiting_on_client: std::sync::atomic::AtomicBool,
+    /// The client's side of the body failed (it went away mid-upload).
+    client_failed: AtomicBool,
 }
 
 impl BodyGuard for UploadPending {
     fn polled(&self, waiting: bool) {
         self.0.waiting_on_client.store(waiting, Ordering::Relaxed);
     }
+    fn failed(&self) {
+        self.0.client_failed.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Whether the client's body broke off: whatever the attempt's error, it is the
+/// client's doing, not the endpoint's.
+fn client_broke_off(upload: Option<&Arc<Upload>>) -> bool {
+    upload.is_some_and(|u| u.client_failed.load(Ordering::Relaxed))
+}
+
+fn client_body_error() -> GatewayError {
+    GatewayError::bad_request("bad_body", "the request body could not be read")
 }
 
 /// Whether a deadline passing now is the client's: its body, not all read yet, is
@@ -265,7 +280,9 @@ impl Pool {
         http.set_connect_timeout(Some(cfg.connect_timeout));
         http.set_nodelay(true);
         http.set_keepalive(Some(Duration::from_secs(60)));
-        let connector = tls_util::connector(&cfg, http)?;
+        // hyper-util times only the TCP connect: the whole of it (name lookup, TCP and
+        // the TLS handshake) is bounded here, as the HTTP/1 pool bounds it.
+        let connector = tls_util::Timed::new(tls_util::connector(&cfg, http)?, cfg.connect_timeout);
         let mut b = Client::builder(TokioExecutor::new());
         b.pool_idle_timeout(cfg.idle_timeout)
             .pool_max_idle_per_host(cfg.max_idle_per_endpoint)
@@ -463,6 +480,7 @@ impl Pool {
             Ok(r) => r,
             // Nothing counts against the endpoint or the breaker: it was still waiting
             // for the body (a half-open probe's ticket has given its slot back).
+            Err(_) if client_broke_off(upload.as_ref()) => Err(client_body_error()),
             Err(_) if client_is_late(upload.as_ref()) => Err(request_body_timeout()),
             Err(_) => {
                 if let Some(ep) = in_flight {
@@ -626,6 +644,11 @@ impl Pool {
                     // client's delay (`Pool::send`), not the endpoint's failure.
                     if e.timed_out && client_is_late(upload) {
                         return Err(request_body_timeout());
+                    }
+                    // The client's body broke off: not the endpoint's failure, and
+                    // nothing to retry with.
+                    if client_broke_off(upload) {
+                        return Err(client_body_error());
                     }
                     if is_too_large(e.error.as_ref()) {
                         return Err(GatewayError::new(

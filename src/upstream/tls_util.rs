@@ -6,8 +6,12 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
@@ -110,4 +114,52 @@ pub fn connector(
     } else {
         b.enable_http1().wrap_connector(http)
     })
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A connector whose every connect (name lookup, TCP, TLS handshake) must finish
+/// within a time limit. hyper-util's `HttpConnector` times only the TCP connect, so a
+/// server that accepts and then never completes the handshake would otherwise hold the
+/// request until its own timeout, and be reported as slow rather than unreachable.
+#[derive(Clone)]
+pub struct Timed<C> {
+    inner: C,
+    limit: Duration,
+}
+
+impl<C> Timed<C> {
+    pub fn new(inner: C, limit: Duration) -> Self {
+        Timed { inner, limit }
+    }
+}
+
+impl<C> tower_service::Service<http::Uri> for Timed<C>
+where
+    C: tower_service::Service<http::Uri>,
+    C::Future: Send + 'static,
+    C::Error: Into<BoxError>,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let limit = self.limit;
+        let connecting = self.inner.call(uri);
+        Box::pin(async move {
+            match tokio::time::timeout(limit, connecting).await {
+                Ok(r) => r.map_err(Into::into),
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("connecting (name lookup, TCP, TLS) took longer than {limit:?}"),
+                )
+                .into()),
+            }
+        })
+    }
 }

@@ -236,6 +236,11 @@ async fn upgrade_refused_unless_allowed() {
 /// A raw upstream that switches protocols on its first connection and then echoes
 /// bytes.
 async fn ws_echo_upstream() -> std::net::SocketAddr {
+    switching_upstream("websocket").await
+}
+
+/// As [`ws_echo_upstream`], answering `Upgrade: {to}` whatever was asked.
+async fn switching_upstream(to: &'static str) -> std::net::SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let up_addr = l.local_addr().unwrap();
@@ -251,9 +256,10 @@ async fn ws_echo_upstream() -> std::net::SocketAddr {
         }
         let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
         assert!(text.contains("upgrade: websocket"), "{text}");
-        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-            .await
-            .unwrap();
+        let head = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: {to}\r\nConnection: Upgrade\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
         let mut buf = [0u8; 64];
         loop {
             let n = s.read(&mut buf).await.unwrap_or(0);
@@ -282,6 +288,60 @@ async fn upgraded(gw: &TestGateway) -> (tokio::net::TcpStream, String) {
         head.push(b[0]);
     }
     (c, String::from_utf8_lossy(&head).into_owned())
+}
+
+#[tokio::test]
+async fn only_the_routes_upgrade_protocols_pass_and_never_h2c() {
+    let up = MockUpstream::start(echo("up")).await;
+    let cfg = base_config(&format!(
+        "[upstreams.up]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"ws\"\npath_prefix = \"/ws\"\nupstream = \"up\"\nallow_upgrade = true\nauth = {{ anonymous = true }}\n\
+[[routes]]\nname = \"feed\"\npath_prefix = \"/feed\"\nupstream = \"up\"\nallow_upgrade = true\nupgrade_protocols = [\"sse-v2\"]\nauth = {{ anonymous = true }}\n",
+        up.url()
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    let ask = |path: &str, upgrade: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: {upgrade}\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
+        )
+    };
+    // h2c smuggling: once upgraded, the client's later requests would pass inside the
+    // tunnel, past routing and rules. Refused alone, in a list, and in any case.
+    for (path, upgrade, refused) in [
+        ("/ws/x", "h2c", "h2c"),
+        ("/ws/x", "websocket, h2c", "h2c"),
+        ("/ws/x", "H2C", "h2c"),
+        // Not on the route's list (the default list is websocket alone).
+        ("/ws/x", "sse-v2", "sse-v2"),
+        ("/feed/x", "websocket", "websocket"),
+        ("/feed/x", "sse-v2, h2c/1", "h2c"),
+    ] {
+        let r = raw(gw.addr(), ask(path, upgrade).as_bytes()).await;
+        assert_error(&r, 400, "upgrade_not_allowed");
+        let body = String::from_utf8_lossy(&r.body);
+        assert!(
+            body.contains(&format!("\\\"{refused}\\\"")),
+            "{upgrade}: {body}"
+        );
+    }
+    // Not a list of protocol names at all.
+    let r = raw(gw.addr(), ask("/ws/x", "web socket").as_bytes()).await;
+    assert_error(&r, 400, "bad_upgrade");
+    assert_eq!(up.count(), 0);
+}
+
+#[tokio::test]
+async fn an_upstream_switching_to_a_protocol_not_offered_is_refused() {
+    let up_addr = switching_upstream("h2c").await;
+    let cfg = base_config(&format!(
+        "[upstreams.ws]\nendpoints = [\"http://{up_addr}\"]\n[[routes]]\nname = \"ws\"\npath_prefix = \"/ws\"\nupstream = \"ws\"\nallow_upgrade = true\nauth = {{ anonymous = true }}\n"
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    let (_c, head) = upgraded(&gw).await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("upgrade: h2c"),
+        "{head}"
+    );
 }
 
 #[tokio::test]

@@ -564,3 +564,118 @@ async fn metrics_describe_requests_by_route_upstream_and_status() {
     assert!(text.contains("lienthong_upstream_endpoint_healthy{upstream=\"metricpool\""));
     assert!(text.contains("lienthong_connections"));
 }
+
+/// A TCP listener that accepts connections and never says a word on them (a TLS
+/// server stuck before its handshake).
+async fn mute_addr() -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_stalled_tls_handshake_is_a_connect_failure_on_http2_pools_too() {
+    let mute = mute_addr().await;
+    let good = MockUpstream::start(echo("good")).await;
+    for http2 in ["false", "true"] {
+        // The request timeout is far away: a handshake that never ends must be cut at
+        // connect_timeout, count as a connect failure and move on to the next endpoint.
+        let cfg = base_config(
+            &(pool(
+                "u",
+                &[format!("https://{mute}"), good.url()],
+                &format!("http2 = {http2}\nconnect_timeout = \"200ms\"\nrequest_timeout = \"60s\"\n[upstreams.u.passive]\nconsecutive_failures = 0\n"),
+            ) + &route("u", "")),
+        );
+        let gw = TestGateway::start(&cfg).await;
+        for i in 0..3 {
+            let r = tokio::time::timeout(Duration::from_secs(20), raw_get(gw.addr(), "/x"))
+                .await
+                .unwrap_or_else(|_| panic!("http2 = {http2}: request {i} waited on the handshake"));
+            assert_eq!(r.status, 200, "http2 = {http2}: request {i}");
+        }
+    }
+    assert_eq!(good.count(), 6);
+}
+
+/// A raw upstream that reads what it is sent and never answers; it counts the
+/// connections that have brought it request bytes and those that have ended.
+async fn reading_upstream() -> (
+    std::net::SocketAddr,
+    Arc<std::sync::atomic::AtomicUsize>,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncReadExt;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (started, ended) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (s2, e2) = (started.clone(), ended.clone());
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = l.accept().await {
+            let (s2, e2) = (s2.clone(), e2.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16384];
+                let mut got = 0;
+                let mut counted = false;
+                while let Ok(n) = c.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    got += n;
+                    // The head and some of the body.
+                    if got > 1000 && !counted {
+                        counted = true;
+                        s2.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                e2.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, started, ended)
+}
+
+#[tokio::test]
+async fn a_client_that_breaks_off_its_upload_is_not_charged_to_the_upstream() {
+    use std::sync::atomic::Ordering;
+    use tokio::io::AsyncWriteExt;
+    let (up, started, ended) = reading_upstream().await;
+    // One failure opens the breaker: a broken-off upload charged to the upstream would
+    // refuse the next upload with 503 circuit_open before it reached the upstream.
+    let cfg = base_config(
+        &(pool(
+            "u",
+            &[format!("http://{up}")],
+            "[upstreams.u.passive]\nconsecutive_failures = 0\n[upstreams.u.retry]\nattempts = 1\n[upstreams.u.circuit_breaker]\nconsecutive_failures = 1\nopen_for = \"60s\"\n",
+        ) + &route("u", "")),
+    );
+    let gw = TestGateway::start(&cfg).await;
+    for i in 1..=3 {
+        let mut c = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+        c.write_all(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n")
+            .await
+            .unwrap();
+        c.write_all(&[b'x'; 5000]).await.unwrap();
+        eventually(
+            "the upload reaches the upstream",
+            Duration::from_secs(5),
+            || async { started.load(Ordering::SeqCst) == i },
+        )
+        .await;
+        // The client goes away mid-body; the gateway gives up the upstream exchange.
+        drop(c);
+        eventually(
+            "the upstream exchange ends",
+            Duration::from_secs(5),
+            || async { ended.load(Ordering::SeqCst) == i },
+        )
+        .await;
+    }
+}
