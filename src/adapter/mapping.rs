@@ -323,6 +323,24 @@ impl Mapping {
     /// Applies the mapping. Errors name the input path (or the output path for constants,
     /// hooks and output conflicts), e.g. `documents[2].name`.
     pub fn apply(&self, input: &Value, ctx: &Context) -> Result<Ordered, MapError> {
+        self.apply_within(input, ctx, DEFAULT_MAX_OUTPUT)
+    }
+
+    /// As [`Mapping::apply`], refusing to write more than about `max_bytes` of output
+    /// (counted as compact JSON) or to read more than that in hook arguments: a rule
+    /// that copies one input value into every element of a long array (hook arguments
+    /// with fewer `[]` than `to`, constants, `$ctx`) multiplies its input, and a small
+    /// request must not be able to make the gateway build gigabytes.
+    pub fn apply_within(
+        &self,
+        input: &Value,
+        ctx: &Context,
+        max_bytes: usize,
+    ) -> Result<Ordered, MapError> {
+        let budget = Budget {
+            left: std::cell::Cell::new(max_bytes),
+            max: max_bytes,
+        };
         let mut out = Ordered::Object(Vec::new());
         for rule in &self.rules {
             // `$out.PATH` reads a snapshot of what earlier rules wrote.
@@ -337,6 +355,7 @@ impl Mapping {
                 input,
                 ctx,
                 out: &snapshot,
+                budget: &budget,
             };
             run.walk(0, &mut out, &mut Vec::new())?;
         }
@@ -731,7 +750,34 @@ impl Rule {
 }
 
 /// One rule applied to one input.
+/// What a mapping may still write (and read in hook arguments), in bytes.
+struct Budget {
+    left: std::cell::Cell<usize>,
+    max: usize,
+}
+
+/// The output bound of [`Mapping::apply`]: the translator's default `max_output_bytes`.
+pub const DEFAULT_MAX_OUTPUT: usize = 64 << 20;
+
+/// About the size of a value as compact JSON, plus a few bytes of punctuation.
+fn json_size(v: &Ordered) -> usize {
+    match v {
+        Ordered::Null | Ordered::Bool(_) => 5,
+        Ordered::Number(n) => n.as_str().len() + 1,
+        Ordered::String(s) => s.len() + 3,
+        Ordered::Array(items) => items.iter().map(json_size).sum::<usize>() + 2,
+        Ordered::Object(members) => {
+            members
+                .iter()
+                .map(|(k, v)| k.len() + 3 + json_size(v))
+                .sum::<usize>()
+                + 2
+        }
+    }
+}
+
 struct Run<'a> {
+    budget: &'a Budget,
     mapping: &'a Mapping,
     rule: &'a Rule,
     input: &'a Value,
@@ -741,6 +787,23 @@ struct Run<'a> {
 }
 
 impl<'a> Run<'a> {
+    /// Takes `n` bytes from the budget, or fails naming the output path.
+    fn charge(&self, n: usize, idx: &[usize]) -> Result<(), MapError> {
+        match self.budget.left.get().checked_sub(n) {
+            Some(left) => {
+                self.budget.left.set(left);
+                Ok(())
+            }
+            None => Err(fail(
+                render(&self.rule.to, idx),
+                format!(
+                    "the mapping's output would exceed {} bytes",
+                    self.budget.max
+                ),
+            )),
+        }
+    }
+
     /// Writes the rule below `node`, the container addressed by `to[..pos]`; `idx` holds the
     /// iteration indices bound so far. Returns whether anything was written. New slots start
     /// as a `Null` placeholder and are removed again when nothing was written into them.
@@ -931,7 +994,7 @@ impl<'a> Run<'a> {
                 let mut missing = None;
                 for arg in args {
                     // Arrays and objects count as their compact JSON text.
-                    texts.push(match self.get(arg, idx)? {
+                    let text = match self.get(arg, idx)? {
                         Some(v) if !v.is_null() => {
                             any = true;
                             scalar_text(&v).map_or_else(|| v.to_string(), Cow::into_owned)
@@ -940,7 +1003,10 @@ impl<'a> Run<'a> {
                             missing.get_or_insert(arg);
                             String::new()
                         }
-                    });
+                    };
+                    // Arguments are read anew for every element: their text is work.
+                    self.charge(text.len(), idx)?;
+                    texts.push(text);
                 }
                 // As for `from`: with nothing to work on, a rule's `default` stands in for
                 // the hook's output (which would be made of empty strings); then
@@ -977,7 +1043,9 @@ impl<'a> Run<'a> {
         if let Some(date) = &rule.date {
             v = Cow::Owned(Value::String(date.convert(&v).map_err(|m| fail(at(), m))?));
         }
-        convert(rule.ty, &v).map(Some).map_err(|m| fail(at(), m))
+        let out = convert(rule.ty, &v).map_err(|m| fail(at(), m))?;
+        self.charge(json_size(&out), idx)?;
+        Ok(Some(out))
     }
 }
 
@@ -1257,6 +1325,53 @@ mod tests {
         assert_eq!(out, "error d: expected a date in format `yyyyMMddHHmmss`");
         let out = conv("rfc3339", "yyyyMMdd", "", "20250715");
         assert_eq!(out, "error d: expected an RFC 3339 date-time");
+    }
+
+    #[test]
+    fn output_is_bounded_however_a_rule_multiplies_its_input() {
+        // The shipped DVCQG batch rule: one envelope value copied into every item.
+        let m = Mapping::parse(
+            r#"
+[[field]]
+to = "items[].unit"
+hook = "format"
+template = "{0}"
+args = ["unit", "data[]"]
+"#,
+        )
+        .unwrap();
+        let input = json!({"unit": "x".repeat(1000), "data": vec![json!({}); 1000]});
+        // About 1 MB of output (and as much read): within 2 MB, not within 200 kB.
+        let out = m.apply_within(&input, &Context::new(), 2 << 20).unwrap();
+        assert!(out.to_json_vec().len() > 1_000_000);
+        let e = m
+            .apply_within(&input, &Context::new(), 200_000)
+            .unwrap_err();
+        assert!(e.message.contains("exceed 200000 bytes"), "{e}");
+        assert!(e.path.starts_with("items["), "{e}");
+        // An array argument is read as its JSON text for every element: that counts too,
+        // even when the output stays small.
+        let m = Mapping::parse(
+            r#"
+[[field]]
+to = "items[].n"
+hook = "format"
+template = "{1}"
+args = ["big", "data[]"]
+"#,
+        )
+        .unwrap();
+        let input = json!({"big": vec!["y".repeat(100); 100], "data": vec![json!({}); 1000]});
+        let e = m
+            .apply_within(&input, &Context::new(), 1 << 20)
+            .unwrap_err();
+        assert!(e.message.contains("exceed"), "{e}");
+        // Constants copied per element are counted as well.
+        let m = Mapping::parse("[[field]]\nto = \"items[].i\"\nfrom = \"data[]\"\n[[field]]\nto = \"items[].c\"\nconst = \"ccccccccccccccccccccc\"\n")
+            .unwrap();
+        let input = json!({"data": vec![json!(1); 10000]});
+        assert!(m.apply_within(&input, &Context::new(), 50_000).is_err());
+        assert!(m.apply_within(&input, &Context::new(), 1 << 20).is_ok());
     }
 
     #[test]

@@ -140,7 +140,8 @@ impl Step {
                 let value: serde_json::Value = serde_json::from_slice(&json).map_err(|e| {
                     TranslateError::new(tr::TranslateErrorKind::Malformed, e.to_string())
                 })?;
-                m.apply(&value, ctx)?.to_json_vec()
+                m.apply_within(&value, ctx, self.xml_opts.limits.max_output_bytes)?
+                    .to_json_vec()
             }
         };
         let mut soap_action = None;

@@ -318,6 +318,54 @@ fn limits() {
 }
 
 #[test]
+fn attribute_keys_from_long_namespace_uris_are_capped() {
+    use TranslateErrorKind::TooLarge;
+    // An unmapped namespace becomes `@{uri}local` in every attribute's key: a long URI
+    // (an attribute value, up to max_text_len) must not be copied out unchecked.
+    let uri = "u".repeat(5000);
+    for uri in [uri.clone(), uri.replace('u', "\\\\")] {
+        let attrs: String = (0..50).map(|i| format!(" a:b{i}=''")).collect();
+        let doc = format!("<r xmlns:a='{uri}'><e{attrs}/></r>");
+        let e = x2j_with(&doc, &XmlToJsonOptions::default()).unwrap_err();
+        assert_eq!(e.kind(), TooLarge, "{e}");
+    }
+    // Short URIs are fine, and the output bound is checked attribute by attribute.
+    let attrs: String = (0..50).map(|i| format!(" a:b{i}=''")).collect();
+    let doc = format!("<r xmlns:a='urn:x'><e{attrs}/></r>");
+    assert!(x2j_with(&doc, &XmlToJsonOptions::default()).is_ok());
+    let mut o = XmlToJsonOptions::default();
+    o.limits.max_output_bytes = 300;
+    assert_eq!(x2j_with(&doc, &o).unwrap_err().kind(), TooLarge);
+}
+
+#[test]
+fn json_to_xml_bounds_attributes_and_namespaces() {
+    use TranslateErrorKind::TooLarge;
+    let o = JsonToXmlOptions::default();
+    let n = o.limits.max_attributes;
+    let attrs = |count: usize| -> String {
+        (0..count)
+            .map(|i| format!("\"@a{i}\":0"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    // Each attribute is checked against the others: their number is bounded.
+    assert!(j2x_with(&format!("{{\"r\":{{{}}}}}", attrs(n)), &o).is_ok());
+    let e = j2x_with(&format!("{{\"r\":{{{}}}}}", attrs(n + 1)), &o).unwrap_err();
+    assert_eq!(e.kind(), TooLarge, "{e}");
+    // Every new namespace URI is a declaration on the root, searched for every name.
+    let elems = |count: usize| -> String {
+        (0..count)
+            .map(|i| format!("\"{{urn:n{i}}}x\":0"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    assert!(j2x_with(&format!("{{\"r\":{{{}}}}}", elems(n)), &o).is_ok());
+    let e = j2x_with(&format!("{{\"r\":{{{}}}}}", elems(n + 1)), &o).unwrap_err();
+    assert_eq!(e.kind(), TooLarge, "{e}");
+}
+
+#[test]
 fn json_side_checks() {
     let l = Limits::default();
     assert_eq!(

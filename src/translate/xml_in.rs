@@ -930,14 +930,24 @@ impl<'a, 'o> Conv<'a, 'o> {
                 self.out.push(b',');
             }
             n += 1;
+            // Keys are capped as element keys are: an unmapped namespace's URI (an
+            // attribute value, up to max_text_len) is repeated in every `@{uri}local`.
+            let key_cap = self.opts.limits.max_name_len + 2048;
             if a.ns.is_none_or(|i| self.bindings[i].plain) {
                 // No escaping needed: the key goes straight into the output.
                 self.out.push(b'"');
+                let key_start = self.out.len();
                 push_key(self.out, &self.bindings, true, a.ns, a.local);
+                if self.out.len() - key_start > key_cap {
+                    return Err(self.err_path(too_large("JSON key too long")));
+                }
                 self.out.extend_from_slice(b"\":\"");
             } else {
                 self.key.clear();
                 let plain = push_key(&mut self.key, &self.bindings, true, a.ns, a.local);
+                if self.key.len() > key_cap {
+                    return Err(self.err_path(too_large("JSON key too long")));
+                }
                 put_key(self.out, &self.key, plain);
                 self.out.push(b'"');
             }
@@ -947,6 +957,7 @@ impl<'a, 'o> Conv<'a, 'o> {
                 escape_json(self.out, a.value.as_bytes());
             }
             self.out.push(b'"');
+            self.check_out()?;
         }
         if mixed {
             if n > 0 {

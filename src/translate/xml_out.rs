@@ -150,6 +150,19 @@ impl<'o, 'w> XmlWriter<'o, 'w> {
                 return Ok(local.to_string());
             }
             let p = self.prefix_for(uri, attr);
+            // The declarations go on the root element: they count as its attributes,
+            // and bound the namespace lists searched for every name.
+            if self.used.len() > self.limits.max_attributes {
+                return Err(too_large(format!(
+                    "more than {} namespaces in the document",
+                    self.limits.max_attributes
+                ))
+                .with_path(if self.path.is_empty() {
+                    "/"
+                } else {
+                    &self.path
+                }));
+            }
             return Ok(if p.is_empty() {
                 local.to_string()
             } else {
@@ -317,6 +330,18 @@ impl<'o, 'w> XmlWriter<'o, 'w> {
             let Some(an) = k.strip_prefix('@') else {
                 continue;
             };
+            // As on the XML side: each new attribute is checked against the others.
+            if names.len() >= self.limits.max_attributes {
+                return Err(too_large(format!(
+                    "more than {} attributes on one element",
+                    self.limits.max_attributes
+                ))
+                .with_path(if self.path.is_empty() {
+                    "/"
+                } else {
+                    &self.path
+                }));
+            }
             let aq = self.qname(an, true)?;
             // Expanded-name duplicates (`@p:a` and `@{uri}a`) would be ill-formed XML.
             let uri = match aq.split_once(':') {
