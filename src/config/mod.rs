@@ -1626,7 +1626,10 @@ impl Validator {
                             (k, (up, d.path.unwrap_or_else(|| "/".into())))
                         })
                         .collect(),
-                    max_attempts: x.max_attempts.unwrap_or(12).max(1),
+                    // About a day of retries before the dead letter (as `BackoffPolicy::default`):
+                    // an hour's maintenance of a national system must not dead-letter
+                    // what was queued meanwhile.
+                    max_attempts: x.max_attempts.unwrap_or(48).max(1),
                     delivery_timeout: self.duration(
                         "exchange.delivery_timeout",
                         x.delivery_timeout.as_ref(),
@@ -1635,12 +1638,12 @@ impl Validator {
                     backoff_base: self.duration(
                         "exchange.backoff_base",
                         x.backoff_base.as_ref(),
-                        Duration::from_secs(1),
+                        Duration::from_secs(2),
                     ),
                     backoff_cap: self.duration(
                         "exchange.backoff_cap",
                         x.backoff_cap.as_ref(),
-                        Duration::from_secs(600),
+                        Duration::from_secs(3600),
                     ),
                 }),
         };

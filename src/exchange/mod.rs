@@ -227,7 +227,16 @@ impl Deliverer for HttpDeliverer {
                     }
                     (Some(status), o)
                 }
-                Err(e) => (None, DeliveryOutcome::Retry(e.to_string())),
+                Err(e) => {
+                    // The stored reason is shown to agencies (the dossier's timeline):
+                    // code and message only. Pools, endpoints and error chains go to the
+                    // log.
+                    tracing::warn!(destination = %dest, error = %e, "delivery attempt failed");
+                    (
+                        None,
+                        DeliveryOutcome::Retry(format!("{dest}: {} ({})", e.message, e.code)),
+                    )
+                }
             };
             if let Some(a) = &rt.audit {
                 let mut r = crate::audit::record::AuditRecord::new(

@@ -45,12 +45,17 @@ pub trait Deliverer: Send + Sync {
 }
 
 /// Map an HTTP status of a counterpart to an outcome: 2xx delivered; 408, 425, 429 and 5xx
-/// transient; any other 4xx permanent (the request itself is wrong). Counterparts that answer
-/// 200 with an `error_code` body (DVCQG) must be classified by the adapter before calling this.
+/// transient; so are 401 and 403 (an expired or early-revoked credential: the next attempt
+/// logs in again), 404 (a route missing while the receiver redeploys) and 409 (a receiver
+/// still processing the same idempotency key); any other 4xx permanent (the request itself
+/// is wrong). Counterparts that answer 200 with an `error_code` body (DVCQG) must be
+/// classified by the adapter before calling this.
 pub fn classify_http_status(status: u16, detail: &str) -> DeliveryOutcome {
     match status {
         200..=299 => DeliveryOutcome::Delivered,
-        408 | 425 | 429 | 500..=599 => DeliveryOutcome::Retry(format!("HTTP {status}: {detail}")),
+        401 | 403 | 404 | 408 | 409 | 425 | 429 | 500..=599 => {
+            DeliveryOutcome::Retry(format!("HTTP {status}: {detail}"))
+        }
         400..=499 => DeliveryOutcome::Permanent(format!("HTTP {status}: {detail}")),
         _ => DeliveryOutcome::Retry(format!("unexpected HTTP {status}: {detail}")),
     }
@@ -819,13 +824,16 @@ mod tests {
         );
         // Classification of counterpart statuses.
         assert_eq!(classify_http_status(201, ""), DeliveryOutcome::Delivered);
-        for s in [408, 429, 500, 503] {
+        // Passing conditions: a credential expired early, a receiver redeploying or
+        // still busy with the same key.
+        for s in [401, 403, 404, 408, 409, 425, 429, 500, 503] {
             assert!(matches!(
                 classify_http_status(s, ""),
                 DeliveryOutcome::Retry(_)
             ));
         }
-        for s in [400, 401, 404, 409, 422] {
+        // The request itself is wrong.
+        for s in [400, 405, 410, 413, 415, 422] {
             assert!(matches!(
                 classify_http_status(s, ""),
                 DeliveryOutcome::Permanent(_)

@@ -597,6 +597,17 @@ impl Ctx<'_> {
         &mut self,
         f: impl FnOnce(&Connection, &mut Spool) -> Result<T, E>,
     ) -> Result<T, E> {
+        // SQLite rolls the whole transaction back by itself on some errors (disk full,
+        // I/O, out of memory). A savepoint opened then would start a transaction of its
+        // own and its release commit it, alone, while the batch's commit fails and every
+        // caller is told its request failed: refuse the rest of the batch instead.
+        if self.tx.is_autocommit() {
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                Some("the batch's transaction was rolled back by an earlier error".into()),
+            )
+            .into());
+        }
         let mut spool = self.spool;
         let sp = self.tx.savepoint()?;
         match f(&sp, &mut spool) {
@@ -1491,6 +1502,40 @@ impl ExchangeStore for SqliteStore {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_rolled_back_by_sqlite_refuses_its_remaining_requests() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (x INTEGER)").unwrap();
+        let tx = conn.transaction().unwrap();
+        let mut ctx = Ctx {
+            tx,
+            spool: Spool {
+                used: 0,
+                capacity: 10,
+                retry_after_secs: 1,
+            },
+            now_ms: 0,
+        };
+        ctx.atomic(|c, _| c.execute("INSERT INTO t VALUES (1)", []))
+            .unwrap();
+        // As SQLite does after a disk-full or I/O error: the whole transaction is gone.
+        let e = ctx.atomic(|c, _| -> Result<(), rusqlite::Error> {
+            c.execute_batch("ROLLBACK")?;
+            Err(rusqlite::Error::InvalidQuery)
+        });
+        assert!(e.is_err());
+        let later = ctx.atomic(|c, _| c.execute("INSERT INTO t VALUES (2)", []));
+        assert!(
+            later.is_err(),
+            "a request after the rollback must not run alone"
+        );
+        drop(ctx);
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 0, "nothing committed on its own");
+    }
     use crate::clock::ManualClock;
     use crate::exchange::dossier::tests::sample_dossier;
     use crate::exchange::dossier::{Evaluation, ProcessingStep, StatusChange};

@@ -955,3 +955,60 @@ async fn delivery_record(gw: &TestGateway, destination: &str, id: &str) -> serde
         .find(|r| r["kind"] == "delivery" && r["request_id"] == id)
         .unwrap_or_else(|| panic!("no delivery record {id}: {recs}"))
 }
+
+#[tokio::test]
+async fn a_failed_deliverys_reason_names_no_endpoint() {
+    let dead = dead_addr().await;
+    let cfg = base_config(&format!(
+        r#"
+[upstreams.dest]
+endpoints = ["http://{dead}"]
+[upstreams.dest.retry]
+attempts = 1
+[upstreams.dest.passive]
+consecutive_failures = 0
+[upstreams.dest.circuit_breaker]
+consecutive_failures = 0
+[exchange]
+db = "exchange.db"
+destinations = ["dvcqg"]
+auth = {{ anonymous = true }}
+backoff_base = "20ms"
+backoff_cap = "50ms"
+[exchange.deliveries]
+dvcqg = {{ upstream = "dest", path = "/dvcqg/hoso" }}
+"#
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    let r = raw(
+        gw.addr(),
+        &post("/v1/dossiers", &dossier_json(None, "Hồ sơ"), ""),
+    )
+    .await;
+    assert_eq!(r.status, 202);
+    let code = r.json()["dossier_code"].as_str().unwrap().to_string();
+    eventually(
+        "a failed attempt",
+        std::time::Duration::from_secs(10),
+        || async {
+            let (_, o) = admin_get(&gw, "/admin/exchange/outbox").await;
+            serde_json::from_str::<serde_json::Value>(&o).unwrap()[0]["attempts"]
+                .as_u64()
+                .unwrap_or(0)
+                >= 1
+        },
+    )
+    .await;
+    // The timeline is shown to agencies: the reason says what failed, not where.
+    let r = raw(
+        gw.addr(),
+        format!("GET /v1/dossiers/{code} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let text = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(text.contains("upstream_unreachable"), "{text}");
+    assert!(!text.contains(&dead.port().to_string()), "{text}");
+    assert!(!text.contains("127.0.0.1"), "{text}");
+}
