@@ -199,13 +199,24 @@ fn lookup<'a>(claims: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     Some(cur)
 }
 
-/// Reads a list claim: a JSON array of strings, or one string split on spaces.
-fn string_list(v: &Value, out: &mut Vec<String>, what: &str) -> Result<(), AuthError> {
+/// Reads a list claim: a JSON array of strings, or one string split on spaces. An item
+/// holding `separator` (how the list is joined in the header the upstream is told it in)
+/// or a control character is refused: the upstream would read other items than the
+/// gateway authorised.
+fn string_list(
+    v: &Value,
+    out: &mut Vec<String>,
+    what: &str,
+    separator: fn(char) -> bool,
+) -> Result<(), AuthError> {
     let mut push = |s: &str| -> Result<(), AuthError> {
         if s.is_empty() {
             return Ok(());
         }
-        if s.len() > MAX_ITEM_LEN || out.len() >= MAX_LIST_ITEMS {
+        if s.len() > MAX_ITEM_LEN
+            || out.len() >= MAX_LIST_ITEMS
+            || s.chars().any(|c| separator(c) || c.is_control())
+        {
             return Err(invalid_claims(what));
         }
         if !out.iter().any(|x| x == s) {
@@ -235,7 +246,12 @@ impl ClaimMapping {
         expires_at: u64,
     ) -> Result<Caller, AuthError> {
         let subject = match claims.get("sub") {
-            Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_ITEM_LEN => s.clone(),
+            // Told to the upstream in a header: no control characters.
+            Some(Value::String(s))
+                if !s.is_empty() && s.len() <= MAX_ITEM_LEN && !s.chars().any(char::is_control) =>
+            {
+                s.clone()
+            }
             Some(_) => return Err(invalid_claims("sub is not a non-empty string")),
             None => return Err(AuthError::unauthorized(reason::MISSING_SUB, "no sub claim")),
         };
@@ -260,20 +276,20 @@ impl ClaimMapping {
 
         let mut roles = Vec::new();
         if let Some(v) = lookup(claims, &self.roles) {
-            string_list(v, &mut roles, "roles claim malformed")?;
+            string_list(v, &mut roles, "roles claim malformed", |c| c == ',')?;
         }
         let mut scopes = Vec::new();
         if let Some(v) = lookup(claims, &self.scope) {
             // RFC 9068 §2.2.3: `scope` is a space-separated string.
             match v {
                 Value::String(_) | Value::Null => {
-                    string_list(v, &mut scopes, "scope claim malformed")?
+                    string_list(v, &mut scopes, "scope claim malformed", char::is_whitespace)?
                 }
                 _ => return Err(invalid_claims("scope claim is not a string")),
             }
         }
         if let Some(v) = lookup(claims, &self.scp) {
-            string_list(v, &mut scopes, "scp claim malformed")?;
+            string_list(v, &mut scopes, "scp claim malformed", char::is_whitespace)?;
         }
 
         let cnf_x5t_s256 = match claims.get("cnf") {
@@ -397,6 +413,26 @@ mod tests {
                 "{bad:?} should be rejected"
             );
         }
+    }
+
+    #[test]
+    fn identities_the_upstream_would_read_differently_are_refused() {
+        let m = ClaimMapping::default();
+        let with = |extra: Value| {
+            let mut c = claims(json!({"sub": "u", "madonvi": "000.00.01.H22"}));
+            c.extend(claims(extra));
+            m.map_claims("local", &c, 9)
+        };
+        // Joined with `,` (roles) and ` ` (scopes) in the caller headers.
+        assert!(with(json!({"roles": ["viewer,admin"]})).is_err());
+        assert!(with(json!({"scp": ["read write"]})).is_err());
+        assert!(with(json!({"scp": ["read\twrite"]})).is_err());
+        assert!(with(json!({"roles": ["a\nb"]})).is_err());
+        assert!(with(json!({"sub": "u\r\nx-lienthong-caller-agency: 1"})).is_err());
+        // Vietnamese names with spaces are roles like any other.
+        let c = with(json!({"roles": ["nhân viên", "lãnh đạo"], "sub": "Nguyễn Văn A"})).unwrap();
+        assert_eq!(c.roles, ["nhân viên", "lãnh đạo"]);
+        assert_eq!(c.subject, "Nguyễn Văn A");
     }
 
     #[test]

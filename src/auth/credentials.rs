@@ -22,6 +22,9 @@ const MAX_TOKEN_LIFETIME_S: u64 = 86_400;
 /// fetching again.
 const FETCH_BACKOFF: Duration = Duration::from_secs(1);
 
+/// The shortest lifetime an upstream token is taken to have.
+const MIN_TOKEN_LIFETIME_S: u64 = 2;
+
 /// lienthong's own signing key (`[auth.signing]`).
 pub struct OwnKey {
     pub kid: String,
@@ -388,10 +391,12 @@ impl Credentials {
         // Kept within a day: the endpoint's figure is not trusted to be sane (a huge
         // one overflowed the refresh time), and a token is refetched once a day at
         // least anyway.
+        // And at least two seconds: a token said to expire at once (`0`) would
+        // otherwise be fetched again, one caller at a time, for every request.
         let expires_in = v["expires_in"]
             .as_u64()
             .unwrap_or(300)
-            .min(MAX_TOKEN_LIFETIME_S);
+            .clamp(MIN_TOKEN_LIFETIME_S, MAX_TOKEN_LIFETIME_S);
         let lifetime = Duration::from_secs(expires_in);
         // Refresh `margin` before expiry, but never sooner than half the lifetime
         // (a short-lived token with a large margin would be refetched on every call).
@@ -429,8 +434,14 @@ pub struct SessionLogin {
     /// Extra request headers (DVCQG wants `dstcode`).
     pub headers: Vec<(HeaderName, HeaderValue)>,
     cached: RwLock<Option<(String, Instant)>>,
-    refresh: tokio::sync::Mutex<()>,
+    /// Held while logging in; the time of the last failed login.
+    refresh: tokio::sync::Mutex<Option<Instant>>,
 }
+
+/// After a failed login, callers fail fast for this long: a wrong or rotated password
+/// must not be tried again by every queued request (counterparts lock accounts after a
+/// few failures), nor each of them wait out the login's timeout in turn.
+const LOGIN_BACKOFF: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for SessionLogin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -477,7 +488,7 @@ impl SessionLogin {
             ttl,
             headers,
             cached: RwLock::new(None),
-            refresh: tokio::sync::Mutex::new(()),
+            refresh: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -497,10 +508,25 @@ impl SessionLogin {
         if let Some(s) = self.fresh() {
             return Ok(s);
         }
-        let _g = self.refresh.lock().await;
+        let mut failed_at = self.refresh.lock().await;
         if let Some(s) = self.fresh() {
             return Ok(s);
         }
+        if failed_at.is_some_and(|t| t.elapsed() < LOGIN_BACKOFF) {
+            return Err(unavailable(
+                "credentials_unavailable",
+                "logging in to the upstream failed just now",
+            ));
+        }
+        let r = self.login(pools).await;
+        *failed_at = r.is_err().then(Instant::now);
+        r
+    }
+
+    async fn login(
+        &self,
+        pools: &std::collections::BTreeMap<String, Arc<Pool>>,
+    ) -> Result<String, GatewayError> {
         let pool = pools.get(&self.upstream).ok_or_else(|| {
             GatewayError::internal(format!(
                 "login upstream {} is not configured",

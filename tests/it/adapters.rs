@@ -705,3 +705,41 @@ async fn a_refused_route_session_is_renewed_on_the_next_call() {
         "one more login after the refusal"
     );
 }
+
+/// A refused login (a wrong or rotated password) is not tried again by every caller:
+/// counterparts lock accounts after a few failures.
+#[tokio::test]
+async fn a_refused_login_is_not_retried_by_every_caller() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let logins = Arc::new(AtomicUsize::new(0));
+    let seen = logins.clone();
+    let up = MockUpstream::start(Arc::new(move |s: &Seen| {
+        if s.uri == "/login" {
+            seen.fetch_add(1, Ordering::SeqCst);
+        }
+        Action::Respond(json_response(
+            401,
+            serde_json::json!({"error_code": 1, "message": "Sai mật khẩu"}),
+        ))
+    }))
+    .await;
+    std::env::set_var("LIENTHONG_TEST_ROUTE_DVCQG_WRONG", "sai");
+    let cfg = base_config(&adapter_route(
+        &up,
+        "dvcqg",
+        "dvcqg",
+        "DongBoHoSoMC",
+        r#"session = { login = { upstream = "dvcqg", path = "/login", username = "000.00.01.H22", password = { env = "LIENTHONG_TEST_ROUTE_DVCQG_WRONG" } } }"#,
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    let dossier = std::fs::read(adapters_dir().join("dvcqg/fixtures/dossier.json")).unwrap();
+    for _ in 0..5 {
+        let r = raw(gw.addr(), &post("/dvcqg/sync", &dossier)).await;
+        assert_error(&r, 502, "credentials_unavailable");
+    }
+    assert_eq!(
+        logins.load(Ordering::SeqCst),
+        1,
+        "one login, then fail fast"
+    );
+}

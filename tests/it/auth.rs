@@ -563,6 +563,25 @@ async fn an_absurd_token_lifetime_is_clamped_not_a_panic() {
 }
 
 #[tokio::test]
+async fn a_token_said_to_expire_at_once_is_not_fetched_for_every_request() {
+    let idp = MockUpstream::start(Arc::new(|_s: &Seen| {
+        Action::Respond(json_response(
+            200,
+            serde_json::json!({"access_token": "tok-now", "expires_in": 0}),
+        ))
+    }))
+    .await;
+    let api = MockUpstream::start(echo_authorization()).await;
+    let gw = oauth2_gateway(&idp, &api, "").await;
+    for _ in 0..5 {
+        let r = raw_get(gw.addr(), "/x").await;
+        assert_eq!(r.json()["auth"], "Bearer tok-now");
+    }
+    // Kept for its minimum lifetime (refreshed within a second or two at most).
+    assert!(idp.count() <= 2, "{} token fetches", idp.count());
+}
+
+#[tokio::test]
 async fn oauth2_token_is_refreshed_before_expiry() {
     let token_calls = Arc::new(AtomicUsize::new(0));
     let tc = token_calls.clone();
