@@ -238,6 +238,9 @@ pub struct IssuerConfig {
     pub max_token_bytes: usize,
     pub keys: KeySource,
     pub claims: ClaimMapping,
+    /// Agencies this issuer may vouch for; empty: any. A token naming another agency is
+    /// refused: with several issuers trusted, one must not speak for another's agencies.
+    pub agencies: Vec<crate::auth::rules::AgencyPattern>,
 }
 
 impl IssuerConfig {
@@ -261,6 +264,7 @@ impl IssuerConfig {
             max_token_bytes: 8 * 1024,
             keys,
             claims: ClaimMapping::default(),
+            agencies: Vec::new(),
         }
     }
 }
@@ -652,7 +656,16 @@ impl Authenticator {
             Some(cfg.max_lifetime.as_secs()),
         )?;
         validate_audience(&claims, &cfg.audiences)?;
-        cfg.claims.map_claims(&cfg.name, &claims, times.exp)
+        let caller = cfg.claims.map_claims(&cfg.name, &claims, times.exp)?;
+        if let Some(a) = &caller.agency {
+            if !cfg.agencies.is_empty() && !cfg.agencies.iter().any(|p| p.matches(a)) {
+                return Err(unauth(
+                    reason::INVALID_CLAIMS,
+                    "the issuer may not vouch for this agency",
+                ));
+            }
+        }
+        Ok(caller)
     }
 }
 

@@ -188,6 +188,12 @@ impl AuthRuntime {
             if let Some(a) = &ic.agency_claims {
                 c.claims.agency = a.clone();
             }
+            // Each pattern was checked when the config was validated.
+            c.agencies = ic
+                .agencies
+                .iter()
+                .filter_map(|a| rules::AgencyPattern::parse(a).ok())
+                .collect();
             if let Some(r) = &ic.roles_claim {
                 c.claims.roles = r.clone();
             }

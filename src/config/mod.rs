@@ -642,6 +642,8 @@ pub struct IssuerCfg {
     pub typ: Option<String>,
     pub max_token_bytes: usize,
     pub agency_claims: Option<Vec<String>>,
+    /// Agency patterns the issuer may vouch for; empty: any.
+    pub agencies: Vec<String>,
     pub roles_claim: Option<String>,
     pub scope_claim: Option<String>,
     pub dev_signing_key: Option<PathBuf>,
@@ -1082,6 +1084,22 @@ impl Validator {
                 typ: r.typ.clone(),
                 max_token_bytes: r.max_token_bytes.unwrap_or(8192),
                 agency_claims: r.agency_claims.clone(),
+                agencies: {
+                    let list = r.agencies.clone().unwrap_or_default();
+                    for (j, a) in list.iter().enumerate() {
+                        if let Err(e) = crate::auth::rules::AgencyPattern::parse(a) {
+                            self.problems
+                                .push(format!("{path}.agencies[{j}]"), e.to_string());
+                        }
+                    }
+                    if r.agencies.as_ref().is_some_and(Vec::is_empty) {
+                        self.problems.push(
+                            format!("{path}.agencies"),
+                            "an empty list would refuse every token naming an agency; leave it out to allow any",
+                        );
+                    }
+                    list
+                },
                 roles_claim: r.roles_claim.clone(),
                 scope_claim: r.scope_claim.clone(),
                 dev_signing_key: r

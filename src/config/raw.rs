@@ -306,6 +306,8 @@ pub struct RawIssuer {
     pub max_token_bytes: Option<usize>,
     /// Claims that carry the agency code (first present wins; default agency, madonvi).
     pub agency_claims: Option<Vec<String>>,
+    /// Agency patterns this issuer may vouch for (`*.H22`, exact codes); absent: any.
+    pub agencies: Option<Vec<String>>,
     pub roles_claim: Option<String>,
     pub scope_claim: Option<String>,
     /// Private key used only by `lienthong token` to mint development tokens.

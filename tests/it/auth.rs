@@ -938,3 +938,60 @@ async fn events_are_accepted_only_from_those_with_a_part_in_the_dossier() {
     assert_eq!(timeline.matches("\"rating\"").count(), 1, "{timeline}");
     assert!(!timeline.contains("refused step"), "{timeline}");
 }
+
+/// With several issuers trusted, one (a partner province's IdP, a vendor's) must not
+/// speak for another's agencies: an issuer's `agencies` bounds what its tokens may claim.
+#[tokio::test]
+async fn an_issuer_vouches_only_for_its_own_agencies() {
+    let up = MockUpstream::start(echo("up")).await;
+    let (home, partner) = (key("home-1"), key("partner-1"));
+    let dir = scratch_dir();
+    std::fs::write(dir.join("partner.pub.pem"), public_pem(&partner)).unwrap();
+    let gw = issuer_gateway(
+        &home,
+        &format!(
+            r#"agencies = ["*.H22"]
+[[auth.issuers]]
+name = "partner"
+iss = "https://idp.partner.gov.vn"
+audiences = ["lienthong"]
+algorithms = ["EdDSA"]
+public_key = "{pem}"
+kid = "partner-1"
+agencies = ["*.H29"]
+[upstreams.u]
+endpoints = ["{url}"]
+[[routes]]
+name = "h22"
+path_prefix = "/h22"
+upstream = "u"
+auth = {{ agencies = ["*.H22", "*.H29"] }}
+"#,
+            pem = dir.join("partner.pub.pem").display(),
+            url = up.url()
+        ),
+    )
+    .await;
+    let addr = gw.addr();
+    let ask = |t: &str| {
+        let req = get_with("/h22/x", Some(t), "");
+        async move { raw(addr, &req).await }
+    };
+    let home_h22 = token(&home, "https://idp.tinh.gov.vn", serde_json::json!({}));
+    assert_eq!(ask(&home_h22).await.status, 200);
+    let partner_h29 = token(
+        &partner,
+        "https://idp.partner.gov.vn",
+        serde_json::json!({"agency": "000.00.01.H29"}),
+    );
+    assert_eq!(ask(&partner_h29).await.status, 200);
+    // The partner's IdP claiming an H22 agency is refused, however the route reads.
+    let forged = token(
+        &partner,
+        "https://idp.partner.gov.vn",
+        serde_json::json!({"agency": "000.00.01.H22"}),
+    );
+    let r = ask(&forged).await;
+    assert_error(&r, 401, "invalid_token");
+    assert_eq!(up.count(), 2);
+}
