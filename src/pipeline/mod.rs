@@ -1917,9 +1917,21 @@ pub mod local {
                 check_catalogue(rt, x, &d, "").await?;
                 let to = x.cfg.destinations_for(&d);
                 let by = submitter(who.0.as_deref(), who.1.as_deref());
+                // A dossier with neither a code nor an Idempotency-Key is keyed by its
+                // bytes: a client told to try again (a 503 after the dossier was stored,
+                // a receipt lost on the way) gets its first receipt back, not a second
+                // dossier under a second number. (NUL cannot be in a header value, so no
+                // caller key reads as a content key.)
+                let key = scoped(None).or_else(|| {
+                    d.code.is_none().then(|| {
+                        let digest = crate::audit::record::Sha256Hex::of(&bytes);
+                        let key = format!("\0content:{}", digest.as_str());
+                        idempotency_scope(who.0.as_deref(), who.1.as_deref(), &key, None)
+                    })
+                });
                 let a = x
                     .store
-                    .accept_dossier_from(d, scoped(None), to, by)
+                    .accept_dossier_from(d, key, to, by)
                     .await
                     .map_err(intake_err)?;
                 ctx.dossier = Some(a.receipt.dossier_code.clone());

@@ -1012,3 +1012,34 @@ dvcqg = {{ upstream = "dest", path = "/dvcqg/hoso" }}
     assert!(!text.contains(&dead.port().to_string()), "{text}");
     assert!(!text.contains("127.0.0.1"), "{text}");
 }
+
+/// A dossier sent with neither a code nor an Idempotency-Key and sent again (the client
+/// was told to retry, or its receipt was lost) is one dossier, not two under two numbers.
+#[tokio::test]
+async fn a_keyless_dossier_sent_twice_is_filed_once() {
+    let (gw, _dest) = gateway().await;
+    let body = dossier_json(None, "Hồ sơ gửi lại");
+    let first = raw(gw.addr(), &post("/v1/dossiers", &body, "")).await;
+    assert_eq!(
+        first.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&first.body)
+    );
+    let again = raw(gw.addr(), &post("/v1/dossiers", &body, "")).await;
+    assert_eq!(again.status, 202);
+    assert_eq!(
+        again.json(),
+        first.json(),
+        "the first receipt, not a second dossier"
+    );
+    assert_eq!(again.header("x-lienthong-replayed"), Some("true"));
+    // Other content is another dossier.
+    let other = raw(
+        gw.addr(),
+        &post("/v1/dossiers", &dossier_json(None, "Hồ sơ khác"), ""),
+    )
+    .await;
+    assert_eq!(other.status, 202);
+    assert_ne!(other.json()["dossier_code"], first.json()["dossier_code"]);
+}
