@@ -592,6 +592,9 @@ pub mod translate_stage {
             }
             let input = read(body, t.max_bytes).await?;
             let out = run_step(rt, ctx, a, "request", &input).await?;
+            // The client's SOAPAction described the client's body, not this one: a SOAP
+            // 1.2 or non-SOAP output must not carry it on (some stacks dispatch on it).
+            h.remove("soapaction");
             if let Some(v) = out
                 .soap_action
                 .as_deref()
@@ -607,6 +610,9 @@ pub mod translate_stage {
         }
         let Some(op) = t.request else { return Ok(body) };
         let input = read(body, t.max_bytes).await?;
+        if op != TranslateOp::SoapUnwrap {
+            h.remove("soapaction");
+        }
         let (out, ctype) = match op {
             TranslateOp::JsonToXml => {
                 let mut out = Vec::with_capacity(input.len() * 2);

@@ -182,9 +182,15 @@ pub struct SoapFault {
 }
 
 impl SoapFault {
-    /// Local part of the code (`Server`, `Client`, `Sender`, `Receiver`, ...).
+    /// Local part of the code (`Server`, `Client`, `Sender`, `Receiver`, ...). SOAP 1.1
+    /// refines codes with dots (`Client.Authentication` is a `Client` fault): the part
+    /// before the first dot is the class.
     pub fn code_local(&self) -> &str {
-        self.code.rsplit(':').next().unwrap_or(&self.code)
+        let local = self.code.rsplit(':').next().unwrap_or(&self.code);
+        match self.version {
+            SoapVersion::V11 => local.split('.').next().unwrap_or(local),
+            _ => local,
+        }
     }
 
     /// HTTP status for returning this fault to a SOAP client: SOAP 1.2 maps Sender faults to

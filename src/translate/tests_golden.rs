@@ -411,6 +411,23 @@ fn json_side_checks() {
 }
 
 #[test]
+fn soap_payloads_with_mixed_content_read_as_documents_do() {
+    let xo = XmlToJsonOptions::default();
+    for payload in [
+        "<r>ok<x>1</x></r>",
+        "<r><x/>tail</r>",
+        "<r>a<x>1</x>b<y/>c</r>",
+    ] {
+        let env = format!(
+            "<s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\"><s:Body>{payload}</s:Body></s:Envelope>"
+        );
+        let msg = soap::unwrap(env.as_bytes(), &xo).unwrap();
+        let json = String::from_utf8(msg.json).unwrap();
+        assert_eq!(json, x2j(payload), "{payload}");
+    }
+}
+
+#[test]
 fn soap_roundtrip_and_fault() {
     let mut opts = soap::SoapWrapOptions::default();
     opts.json.namespaces.insert("urn:svc".into(), "m".into());
@@ -486,4 +503,23 @@ fn array_paths_match_keys_of_unmapped_namespaces_holding_slashes() {
         x2j_with(xml, &o).unwrap(),
         r#"{"r":{"{http://x/y}Item":["a"],"b":["1"],"c":{"{http://x/y}Item":["z"]}}}"#
     );
+}
+
+#[test]
+fn soap_11_fault_codes_refined_with_dots_keep_their_class() {
+    let f = |version, code: &str| soap::SoapFault {
+        version,
+        code: code.into(),
+        subcodes: Vec::new(),
+        reason: String::new(),
+        lang: None,
+        actor: None,
+        node: None,
+        detail: None,
+    };
+    use soap::SoapVersion::{V11, V12};
+    assert_eq!(f(V11, "soap:Client.Authentication").code_local(), "Client");
+    assert_eq!(f(V11, "Server.Database").code_local(), "Server");
+    assert_eq!(f(V11, "soap:Client").code_local(), "Client");
+    assert_eq!(f(V12, "env:Sender").code_local(), "Sender");
 }

@@ -799,7 +799,12 @@ impl<'a, 'o> Conv<'a, 'o> {
                 }
             }
             (Capture::SoapBody, Some(Mode::Transparent)) => {
-                if self.root_started {
+                // The payload root re-read in `#mixed` mode (`restart`) is the root again,
+                // not extra Body content.
+                let rereading = matches!(self.restart_at, Some((at, _, true)) if at == ev_start);
+                if rereading {
+                    // `render` picks the restart up below.
+                } else if self.root_started {
                     render = false;
                     mode = Mode::Skip;
                 } else {

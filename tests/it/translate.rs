@@ -170,3 +170,41 @@ async fn soap_faults_become_json_errors_and_bad_input_gets_4xx() {
         "nothing untranslatable reached the upstream"
     );
 }
+
+/// The client's SOAPAction describes the client's body, not the translated one: a SOAP
+/// 1.2 envelope carries its action in the content type and nothing else.
+#[tokio::test]
+async fn a_clients_soapaction_does_not_ride_along_on_a_translated_request() {
+    let agency = MockUpstream::start(echo("agency")).await;
+    let cfg = base_config(&format!(
+        r#"
+[upstreams.a]
+endpoints = ["{}"]
+[[routes]]
+name = "a"
+path_prefix = "/a"
+upstream = "a"
+auth = {{ anonymous = true }}
+[routes.translate]
+request = "soap_wrap"
+soap_version = "1.2"
+soap_action = "urn:hotich#TraCuuHoTich"
+"#,
+        agency.url()
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    let body = r#"{"TraCuu":{"So":"1"}}"#;
+    let req = format!(
+        "POST /a/x HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nSOAPAction: \"urn:admin#XoaHet\"\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let r = raw(gw.addr(), req.as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let seen = agency.last();
+    assert_eq!(seen.header("soapaction"), None);
+    let ct = seen.header("content-type").unwrap();
+    assert!(
+        ct.starts_with("application/soap+xml") && ct.contains("urn:hotich#TraCuuHoTich"),
+        "{ct}"
+    );
+}
