@@ -8,9 +8,9 @@
 //! * **Anonymous routes are declared** with `anonymous = true`; such a rule
 //!   admits everyone, with or without a token, and must not also list agencies,
 //!   roles or scopes (that would be contradictory; rejected at config load).
-//!   If a token *is* presented on an anonymous route the gateway should still
-//!   verify it (a bad token is a 401, not silently ignored), but the rule itself
-//!   does not look at it.
+//!   A token presented on an anonymous route is not looked at: the caller stays
+//!   anonymous, and its `Authorization` field is not passed upstream (the upstream
+//!   must not take an unverified token for one the gateway checked).
 //! * Otherwise a valid caller is required (no token → 401) and is admitted iff
 //!   **all three** hold:
 //!     - `agencies` is empty, or the caller's agency matches at least one pattern

@@ -2839,7 +2839,8 @@ db = "data/x/../gw.db"
     fn upgrade_protocols_are_tokens_and_never_h2c() {
         let route = |extra: &str| {
             format!(
-                "[upstreams.u]\nendpoints = [\"http://127.0.0.1:9\"]\n\
+                "[[listeners]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\n\
+                 [upstreams.u]\nendpoints = [\"http://127.0.0.1:9\"]\n\
                  [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"u\"\n\
                  auth = {{ anonymous = true }}\n{extra}\n"
             )
