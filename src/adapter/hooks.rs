@@ -53,11 +53,20 @@ pub enum Hook {
     Truncate { max_chars: usize, suffix: String },
     /// Unicode uppercase.
     Upper,
+    /// `true` when the argument contains the text `template` (both compared in Unicode
+    /// lowercase), else `false`: for answers whose meaning is in their message.
+    Contains { needle: String },
 }
 
 impl Hook {
-    pub const NAMES: [&'static str; 5] =
-        ["sha256_hex", "format", "base64_encode", "truncate", "upper"];
+    pub const NAMES: [&'static str; 6] = [
+        "sha256_hex",
+        "format",
+        "base64_encode",
+        "truncate",
+        "upper",
+        "contains",
+    ];
 
     /// Validates a hook name, its options and its argument count. The error starts with the
     /// offending key of the rule (`hook`, `args`, `template`, ...), so the caller only has to
@@ -111,6 +120,18 @@ impl Hook {
                 one_arg()?;
                 (Hook::Upper, &[])
             }
+            "contains" => {
+                one_arg()?;
+                let needle = match opts.template.as_deref() {
+                    Some(t) if !t.is_empty() => t.to_lowercase(),
+                    _ => {
+                        return Err(
+                            "template: required by hook `contains` (the text looked for)".into(),
+                        )
+                    }
+                };
+                (Hook::Contains { needle }, &["template"])
+            }
             _ => {
                 return Err(format!(
                     "hook: unknown hook `{name}` (known: {})",
@@ -156,6 +177,7 @@ impl Hook {
                 }
             }
             Hook::Upper => first.to_uppercase(),
+            Hook::Contains { needle } => first.to_lowercase().contains(needle.as_str()).to_string(),
         }
     }
 }

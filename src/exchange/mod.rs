@@ -51,15 +51,18 @@ struct HttpDeliverer {
 
 /// A destination whose adapter reads its answers (e.g. DVCQG answers HTTP 200 with an
 /// `error_code`): the operation's response step must yield `{"ok": bool, "exists"?: bool,
-/// "code"?, "message"?}`. `ok` or `exists` (the receiver already has it: the dossier code is
-/// its idempotency key) is delivered; anything else is retried, and after the attempts run
-/// out, dead-lettered with the counterpart's code and message.
+/// "exists_said"?: bool, "code"?, "message"?}`. `ok` or `exists` (the receiver already has
+/// it: the dossier code is its idempotency key) is delivered, `exists` only when
+/// `exists_said` (the answer's own words, where its code alone is ambiguous) is absent or
+/// true; anything else is retried, and after the attempts run out, dead-lettered with the
+/// counterpart's code and message.
 fn judge_answer(step: &crate::adapter::Step, body: &[u8], dest: &str) -> DeliveryOutcome {
     let v = match step.run(body, &crate::adapter::Context::new()) {
         Ok(out) => serde_json::from_slice::<serde_json::Value>(&out.body).unwrap_or_default(),
         Err(e) => return DeliveryOutcome::Retry(format!("{dest}: answer not understood: {e}")),
     };
-    if v["ok"] == true || v["exists"] == true {
+    let exists = v["exists"] == true && v.get("exists_said").is_none_or(|s| s == true);
+    if v["ok"] == true || exists {
         return DeliveryOutcome::Delivered;
     }
     let text = |k: &str| match &v[k] {

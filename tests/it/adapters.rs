@@ -213,7 +213,7 @@ async fn dossier_through_the_proxy_reaches_dvcqg_in_the_national_shape() {
     // The answer went through the response mapping, with a Content-Length that fits it.
     assert_eq!(
         r.json(),
-        serde_json::json!({"ok": true, "code": "0", "exists": false, "message": "Đồng bộ thành công"})
+        serde_json::json!({"ok": true, "code": "0", "exists": false, "exists_said": false, "message": "Đồng bộ thành công"})
     );
     assert_eq!(
         r.header("content-length")

@@ -810,9 +810,20 @@ async fn deliveries_read_the_counterparts_answer_through_the_adapter() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let calls = std::sync::Arc::new(AtomicUsize::new(0));
     let c2 = calls.clone();
+    let thirds = std::sync::Arc::new(AtomicUsize::new(0));
+    let t2 = thirds.clone();
     let dvcqg = MockUpstream::start(std::sync::Arc::new(move |s: &Seen| {
-        let n = c2.fetch_add(1, Ordering::SeqCst);
         let body = String::from_utf8_lossy(&s.body).to_string();
+        if body.contains("Lần ba") {
+            // An "exists" code without the words that say so: a refusal, once.
+            let answer = if t2.fetch_add(1, Ordering::SeqCst) == 0 {
+                serde_json::json!({"error_code": "-3", "message": "Mã thủ tục không hợp lệ"})
+            } else {
+                serde_json::json!({"error_code": 0, "message": "Thành công"})
+            };
+            return Action::Respond(json_response(200, answer));
+        }
+        let n = c2.fetch_add(1, Ordering::SeqCst);
         let answer = if body.contains("Lần hai") {
             serde_json::json!({"error_code": "3", "message": "Hồ sơ đã tồn tại"})
         } else if n == 0 {
@@ -870,6 +881,27 @@ async fn deliveries_read_the_counterparts_answer_through_the_adapter() {
         },
     )
     .await;
+
+    let r = raw(
+        gw.addr(),
+        &post("/v1/dossiers", &dossier_json(None, "Lần ba"), ""),
+    )
+    .await;
+    let third = r.json()["dossier_code"].as_str().unwrap().to_string();
+    eventually(
+        "the ambiguous refusal is retried, then delivered",
+        std::time::Duration::from_secs(10),
+        || async {
+            let (_, o) = admin_get(&gw, "/admin/exchange/outbox?state=delivered").await;
+            o.contains(&third)
+        },
+    )
+    .await;
+    assert_eq!(
+        thirds.load(Ordering::SeqCst),
+        2,
+        "-3 without 'đã tồn tại' was not a delivery"
+    );
 }
 
 /// DVCQG's session comes from a login the gateway makes itself (`{ login = {…} }` context

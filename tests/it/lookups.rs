@@ -220,11 +220,11 @@ async fn a_key_with_escapes_reaches_the_source_encoded_once() {
     let r = raw_get(gw.addr(), "/lookups/ten/h%c3%a0%20n%E1%BB%99i").await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(src.last().uri, "/ten/h%C3%A0%20n%E1%BB%99i");
-    // Escapes that are not UTF-8 text are a bad key.
+    // Escapes that are not UTF-8 text are refused before routing (any path, any route).
     assert_error(
         &raw_get(gw.addr(), "/lookups/ten/%FF").await,
         400,
-        "bad_key",
+        "bad_path",
     );
 }
 
