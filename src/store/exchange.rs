@@ -637,12 +637,41 @@ pub struct SqliteStore {
     shared: Arc<Shared>,
     catalogue: Arc<dyn ProcedureCatalogue>,
     path: PathBuf,
+    /// Held for the store's life (released after the writer thread has ended, `Drop`
+    /// running before the fields are dropped): see [`lock_writer`].
+    _lock: std::fs::File,
+}
+
+/// The exclusive lock of a database's one writer, on `<db>.lock`. Two gateway processes
+/// pointed at one exchange file would each keep their own spool count and hand out
+/// leases unaware of the other; the second is refused at start instead.
+fn lock_writer(db: &Path) -> Result<std::fs::File, StoreError> {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| StoreError(format!("{}: {e}", lock_path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError(format!(
+            "{} is in use by another writer (another lienthong?)",
+            db.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(StoreError(format!("{}: {e}", lock_path.display())))
+        }
+    }
 }
 
 impl SqliteStore {
     /// Open (or create) the database and start the writer thread.
     pub fn open(path: impl AsRef<Path>, opts: SqliteOptions) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
+        let lock = lock_writer(&path)?;
         let conn = open_connection(&path)?;
         let used: i64 = conn.query_row(
             "SELECT COUNT(*) FROM outbox WHERE state IN ('pending', 'sending', 'retrying')",
@@ -670,6 +699,7 @@ impl SqliteStore {
             shared,
             catalogue: opts.catalogue,
             path,
+            _lock: lock,
         })
     }
 
@@ -1502,6 +1532,24 @@ impl ExchangeStore for SqliteStore {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn a_second_writer_of_one_file_is_refused_until_the_first_is_gone() {
+        let dir = TempDir::new("lock");
+        let first = open_with(&dir, Arc::new(ManualClock::at_ms(T0)), 10);
+        let second = SqliteStore::open(
+            first.path(),
+            SqliteOptions {
+                clock: Arc::new(ManualClock::at_ms(T0)),
+                ..SqliteOptions::default()
+            },
+        );
+        let e = second.err().expect("a second writer is refused");
+        assert!(e.0.contains("in use by another writer"), "{e:?}");
+        let path = first.path().to_path_buf();
+        drop(first);
+        assert!(SqliteStore::open(&path, SqliteOptions::default()).is_ok());
+    }
 
     #[test]
     fn a_batch_rolled_back_by_sqlite_refuses_its_remaining_requests() {
