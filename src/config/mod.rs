@@ -218,6 +218,8 @@ pub struct UpstreamConfig {
     pub circuit_breaker: BreakerConfig,
     pub tls: Option<UpstreamTlsConfig>,
     pub credentials: Option<CredentialsConfig>,
+    /// Secrets may go to non-loopback endpoints over plain http.
+    pub plaintext_credentials: bool,
 }
 
 /// One endpoint as `scheme://host:port`, from config only (never from a request).
@@ -1801,9 +1803,52 @@ impl Validator {
                 }
             }
         }
+        // A pool that is sent secrets must not carry them in the clear past this host:
+        // https, or plain http to a loopback address, unless the pool says its network
+        // is trusted (`plaintext_credentials`).
+        let cleartext = |u: &UpstreamConfig| -> Option<String> {
+            if u.plaintext_credentials {
+                return None;
+            }
+            u.endpoints
+                .iter()
+                .find(|e| !e.https && !crate::auth::jwt::is_loopback_host(&e.host))
+                .map(|e| {
+                    format!(
+                        "endpoint {e} of upstream {:?} would carry it in the clear: use https:// \
+                         (plain http only to loopback), or set plaintext_credentials = true on \
+                         that upstream for a trusted private network",
+                        u.name
+                    )
+                })
+        };
         for (key, up) in std::mem::take(&mut self.logins) {
-            if !upstreams.contains_key(&up) {
-                self.problems.push(key, format!("unknown upstream {up:?}"));
+            match upstreams.get(&up) {
+                None => self.problems.push(key, format!("unknown upstream {up:?}")),
+                Some(u) => {
+                    if let Some(m) = cleartext(u) {
+                        self.problems
+                            .push(key, format!("the login sends a password: {m}"));
+                    }
+                }
+            }
+        }
+        for (name, u) in &upstreams {
+            if u.credentials.is_some() {
+                if let Some(m) = cleartext(u) {
+                    self.problems.push(
+                        format!("upstreams.{name}.credentials"),
+                        format!("credentials are secrets: {m}"),
+                    );
+                }
+            }
+            if let Some(CredentialsConfig::Oauth2 { token_upstream, .. }) = &u.credentials {
+                if let Some(m) = upstreams.get(token_upstream).and_then(cleartext) {
+                    self.problems.push(
+                        format!("upstreams.{name}.credentials.token_upstream"),
+                        format!("the token request sends the client secret: {m}"),
+                    );
+                }
             }
         }
         // Credentials may name token upstreams; check them now that all pools are known.
@@ -2179,6 +2224,7 @@ impl Validator {
             retry,
             circuit_breaker,
             tls,
+            plaintext_credentials: u.plaintext_credentials.unwrap_or(false),
         }
     }
 
@@ -2757,6 +2803,47 @@ db = "data/x/../gw.db"
                 .is_some_and(|m| m.contains("same file as audit.db")),
             "{:?}",
             err.0
+        );
+    }
+
+    #[test]
+    fn secrets_do_not_travel_in_the_clear_past_this_host() {
+        std::env::set_var("LIENTHONG_TEST_CFG_CLEAR_SECRET", "x");
+        let cfg = |token_ep: &str, api_ep: &str, extra: &str| {
+            format!(
+                "[[listeners]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\n\
+                 [upstreams.t]\nendpoints = [\"{token_ep}\"]\n{extra}\n\
+                 [upstreams.u]\nendpoints = [\"{api_ep}\"]\n\
+                 [upstreams.u.credentials]\ntype = \"oauth2\"\ntoken_upstream = \"t\"\n\
+                 token_path = \"/token\"\nclient_id = \"gw\"\n\
+                 client_secret = {{ env = \"LIENTHONG_TEST_CFG_CLEAR_SECRET\" }}\n"
+            )
+        };
+        let problems = |text: String| -> Vec<String> {
+            match Config::parse(&text, Path::new("/tmp")) {
+                Ok(_) => Vec::new(),
+                Err(e) => e.0.iter().map(|p| p.path.clone()).collect(),
+            }
+        };
+        // Loopback and https are fine.
+        assert!(problems(cfg("http://127.0.0.1:9", "http://[::1]:9", "")).is_empty());
+        assert!(problems(cfg("https://idp.tinh.gov.vn", "https://api.gov.vn", "")).is_empty());
+        // Plain http elsewhere: the API's credentials and the token request are named.
+        assert_eq!(
+            problems(cfg("http://10.0.0.5:80", "http://10.0.0.6:80", "")),
+            [
+                "upstreams.u.credentials",
+                "upstreams.u.credentials.token_upstream"
+            ]
+        );
+        // Unless the receiving pool says its network is trusted.
+        assert_eq!(
+            problems(cfg(
+                "http://10.0.0.5:80",
+                "https://api.gov.vn",
+                "plaintext_credentials = true"
+            )),
+            Vec::<String>::new()
         );
     }
 

@@ -476,6 +476,9 @@ pub struct RawUpstream {
     pub circuit_breaker: Option<RawBreaker>,
     pub tls: Option<RawUpstreamTls>,
     pub credentials: Option<RawCredentials>,
+    /// Allow secrets (credentials, a token request, a login) to this pool's non-loopback
+    /// endpoints over plain http (a trusted private network); default false.
+    pub plaintext_credentials: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
