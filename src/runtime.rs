@@ -68,6 +68,9 @@ impl Runtime {
             return Err(problems);
         }
         let auth = crate::auth::AuthRuntime::build(&config, &pools).map_err(Problems)?;
+        if let Some(p) = previous {
+            auth.adopt_key_sets(&p.auth);
+        }
         // A pool that signs its own JWTs keeps the key it was given: when lienthong's
         // signing key changed, such pools are built anew so they sign with the new one
         // (the key set published at /.well-known/jwks.json already has only that).

@@ -632,6 +632,21 @@ pub struct JwksState {
 /// Alias: the same type under the name used in design notes.
 pub type KeySetCache = JwksState;
 
+impl JwksState {
+    /// Takes over what `old` (the same issuer's key set from the config before a
+    /// reload, fetched from the same URL) knows: its last good keys and when they were
+    /// fetched, so that a reload while the key source is down keeps serving them for the
+    /// rest of `max_stale` instead of refusing every token. Returns whether it did.
+    pub fn adopt(&self, old: &JwksState) -> bool {
+        if old.issuer != self.issuer || old.url != self.url {
+            return false;
+        }
+        let snap = old.snap.read().unwrap_or_else(|p| p.into_inner()).clone();
+        *self.snap.write().unwrap_or_else(|p| p.into_inner()) = snap;
+        true
+    }
+}
+
 impl fmt::Debug for JwksState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JwksState")

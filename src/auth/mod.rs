@@ -309,6 +309,23 @@ impl AuthRuntime {
         }
     }
 
+    /// After a reload: key sets fetched by the previous generation from the same place
+    /// are taken over (see [`keys::JwksState::adopt`]); the verified-token cache is not
+    /// (the issuers' rules may have changed).
+    pub fn adopt_key_sets(&self, previous: &AuthRuntime) {
+        let (Some(new), Some(old)) = (&self.authenticator, &previous.authenticator) else {
+            return;
+        };
+        let old_states = old.jwks_states();
+        for state in new.jwks_states() {
+            for o in &old_states {
+                if state.adopt(o) {
+                    break;
+                }
+            }
+        }
+    }
+
     /// Verified-token cache hit ratio inputs, for `/metrics`.
     pub fn cache_stats(&self) -> Option<jwt::CacheStats> {
         self.authenticator.as_ref().map(|a| a.cache_stats())

@@ -995,3 +995,47 @@ auth = {{ agencies = ["*.H22", "*.H29"] }}
     assert_error(&r, 401, "invalid_token");
     assert_eq!(up.count(), 2);
 }
+
+/// A reload while the key set's source is down keeps the last good keys (for the rest of
+/// `max_stale`) instead of refusing every token until the source is back.
+#[tokio::test]
+async fn a_reload_keeps_the_key_set_it_had() {
+    let k1 = key("k1");
+    let jwks = jwks_upstream(&[&k1]).await;
+    let api = MockUpstream::start(echo("api")).await;
+    let cfg = base_config(&format!(
+        r#"
+[[auth.issuers]]
+name = "idp"
+iss = "https://idp"
+audiences = ["lienthong"]
+algorithms = ["EdDSA"]
+jwks = {{ upstream = "idp", path = "/.well-known/jwks.json", refresh_interval = "1h", min_refetch_interval = "1h", max_stale = "1h" }}
+[upstreams.idp]
+endpoints = ["{idp}"]
+[upstreams.api]
+endpoints = ["{api}"]
+[[routes]]
+name = "api"
+path_prefix = "/"
+upstream = "api"
+auth = {{}}
+"#,
+        idp = jwks.up.url(),
+        api = api.url()
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    let fresh = |n: u32| token(&k1, "https://idp", serde_json::json!({"jti": n}));
+    assert_eq!(
+        raw(gw.addr(), &get_with("/x", Some(&fresh(1)), ""))
+            .await
+            .status,
+        200
+    );
+    *jwks.down.lock().unwrap() = true;
+    let (status, body) = admin_post(&gw, "/admin/reload").await;
+    assert_eq!(status, 200, "{body}");
+    // A token the new generation has not seen (so not from a cache) still verifies.
+    let r = raw(gw.addr(), &get_with("/x", Some(&fresh(2)), "")).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
