@@ -458,7 +458,23 @@ async fn answer(
                         )
                     })?),
                 };
-                match x.store.list_outbox(state, 0, 500).await {
+                // Paged by id: `after` (the last id of the previous page) and `limit`.
+                let number = |k: &str, default: i64, max: i64| match param(q, k) {
+                    None => Ok(default),
+                    Some(v) => v
+                        .parse::<i64>()
+                        .ok()
+                        .filter(|n| (0..=max).contains(n))
+                        .ok_or_else(|| {
+                            GatewayError::bad_request(
+                                "bad_parameter",
+                                format!("{k}={v:?} is not a number from 0 to {max}"),
+                            )
+                        }),
+                };
+                let after = number("after", 0, i64::MAX)?;
+                let limit = number("limit", 500, 5000)? as usize;
+                match x.store.list_outbox(state, after, limit).await {
                     Ok(items) => json(
                         StatusCode::OK,
                         serde_json::Value::Array(

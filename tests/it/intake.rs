@@ -1075,3 +1075,40 @@ async fn a_keyless_dossier_sent_twice_is_filed_once() {
     assert_eq!(other.status, 202);
     assert_ne!(other.json()["dossier_code"], first.json()["dossier_code"]);
 }
+
+#[tokio::test]
+async fn the_admin_outbox_list_pages_by_id() {
+    let dest = MockUpstream::start(status(503)).await;
+    let gw = gateway_to(&dest, "").await;
+    for title in ["Một", "Hai"] {
+        let r = raw(
+            gw.addr(),
+            &post("/v1/dossiers", &dossier_json(None, title), ""),
+        )
+        .await;
+        assert_eq!(r.status, 202);
+    }
+    // Two dossiers, two destinations each.
+    let list = |q: &'static str| {
+        let gw = &gw;
+        async move {
+            let (status, body) = admin_get(gw, &format!("/admin/exchange/outbox{q}")).await;
+            (
+                status,
+                serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+            )
+        }
+    };
+    let (_, all) = list("").await;
+    assert_eq!(all.as_array().unwrap().len(), 4, "{all}");
+    let (_, first) = list("?limit=3").await;
+    assert_eq!(first.as_array().unwrap().len(), 3);
+    let last = first[2]["id"].as_i64().unwrap();
+    let (_, rest) = admin_get(&gw, &format!("/admin/exchange/outbox?limit=3&after={last}")).await;
+    let rest: serde_json::Value = serde_json::from_str(&rest).unwrap();
+    assert_eq!(rest.as_array().unwrap().len(), 1);
+    assert_eq!(rest[0]["id"], all[3]["id"]);
+    let (status, body) = list("?limit=lots").await;
+    assert_eq!(status, 400);
+    assert_eq!(body["code"], "bad_parameter");
+}
