@@ -1007,6 +1007,15 @@ fn accept_tx(
 }
 
 #[allow(clippy::too_many_arguments)]
+/// When a status-bearing event says it happened.
+fn event_at(e: &Event) -> Option<&str> {
+    match e {
+        Event::Status(s) => Some(&s.at),
+        Event::Step(s) => Some(&s.at),
+        Event::Evaluation(_) => None,
+    }
+}
+
 fn event_tx(
     conn: &Connection,
     spool: &mut Spool,
@@ -1066,6 +1075,31 @@ fn event_tx(
                 "status",
                 format!("transition from {current} to {next} is not allowed"),
             )]));
+        }
+        // A status change dated before the one in force arrived late (a retry of a step
+        // refused while a later one got through): applying it would move the dossier back
+        // to an older status. `at` is yyyyMMddHHmmss, Vietnam time: it sorts as text.
+        let latest: Option<String> = conn
+            .query_row(
+                "SELECT body FROM events WHERE dossier_code = ?1 AND kind IN ('status', 'step') \
+                 ORDER BY seq DESC LIMIT 1",
+                [&code],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let latest_at = latest
+            .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["at"].as_str().map(str::to_string));
+        if let (Some(prev), Some(at)) = (latest_at, event_at(&event)) {
+            if at < prev.as_str() {
+                return Err(IntakeError::Invalid(vec![FieldError::new(
+                    "at",
+                    format!(
+                        "{at} is before the status change of {prev} already applied: a late \
+                         event cannot move the dossier back"
+                    ),
+                )]));
+            }
         }
     }
     spool.reserve(destinations.len() as u64)?;

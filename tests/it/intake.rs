@@ -1112,3 +1112,36 @@ async fn the_admin_outbox_list_pages_by_id() {
     assert_eq!(status, 400);
     assert_eq!(body["code"], "bad_parameter");
 }
+
+/// A status change dated before the one already applied (a retried step that a later one
+/// overtook) must not move the dossier back.
+#[tokio::test]
+async fn a_late_status_event_does_not_move_a_dossier_back() {
+    let (gw, _dest) = gateway().await;
+    let r = raw(
+        gw.addr(),
+        &post("/v1/dossiers", &dossier_json(None, "Hồ sơ E"), ""),
+    )
+    .await;
+    let code = r.json()["dossier_code"].as_str().unwrap().to_string();
+    let send = |status: &str, at: &str| {
+        let body = serde_json::json!({"kind": "status", "status": status, "at": at}).to_string();
+        let req = post(&format!("/v1/dossiers/{code}/events"), &body, "");
+        let addr = gw.addr();
+        async move { raw(addr, &req).await }
+    };
+    assert_eq!(send("2", "20251126100500").await.status, 202);
+    let late = send("2", "20251126100000").await;
+    assert_error(&late, 422, "invalid_dossier");
+    assert!(
+        late.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("at: 20251126100000 is before"),
+        "{}",
+        late.json()
+    );
+    // The same moment, or later, is fine.
+    assert_eq!(send("2", "20251126100500").await.status, 202);
+    assert_eq!(send("2", "20251126101000").await.status, 202);
+}
