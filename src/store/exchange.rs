@@ -1006,7 +1006,6 @@ fn accept_tx(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
 /// When a status-bearing event says it happened.
 fn event_at(e: &Event) -> Option<&str> {
     match e {
@@ -1016,6 +1015,7 @@ fn event_at(e: &Event) -> Option<&str> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn event_tx(
     conn: &Connection,
     spool: &mut Spool,
