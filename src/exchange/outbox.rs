@@ -242,21 +242,29 @@ impl OutboxEngine {
 
     /// Claim what is due, deliver it concurrently, record every outcome.
     pub async fn run_once(&self) -> Result<TickReport, StoreError> {
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut report = self.claim_into(self.cfg.batch, &mut tasks).await?;
+        while let Some(joined) = tasks.join_next().await {
+            self.record(joined, &mut report).await?;
+        }
+        Ok(report)
+    }
+
+    /// Claims up to `limit` due items and starts delivering them in `tasks`.
+    async fn claim_into(
+        &self,
+        limit: usize,
+        tasks: &mut Deliveries,
+    ) -> Result<TickReport, StoreError> {
         let now = self.clock.now_ms();
         let items = self
             .store
-            .claim_due(
-                self.cfg.worker_id.clone(),
-                now,
-                self.cfg.lease_ms,
-                self.cfg.batch,
-            )
+            .claim_due(self.cfg.worker_id.clone(), now, self.cfg.lease_ms, limit)
             .await?;
         let mut report = TickReport {
             claimed: items.len(),
             ..TickReport::default()
         };
-        let mut tasks = tokio::task::JoinSet::new();
         for item in items {
             if item.attempts > self.cfg.backoff.max_attempts {
                 // Only reachable when earlier attempts never finished (worker crash or hang
@@ -285,15 +293,21 @@ impl OutboxEngine {
                 (item, outcome)
             });
         }
-        while let Some(joined) = tasks.join_next().await {
-            let Ok((item, outcome)) = joined else {
-                report.abandoned += 1;
-                continue;
-            };
-            let c = self.decide(&item, outcome, self.clock.now_ms());
-            self.finish(&item, c, &mut report).await?;
-        }
         Ok(report)
+    }
+
+    /// Stores the outcome of one finished delivery.
+    async fn record(
+        &self,
+        joined: Result<(OutboxItem, DeliveryOutcome), tokio::task::JoinError>,
+        report: &mut TickReport,
+    ) -> Result<(), StoreError> {
+        let Ok((item, outcome)) = joined else {
+            report.abandoned += 1;
+            return Ok(());
+        };
+        let c = self.decide(&item, outcome, self.clock.now_ms());
+        self.finish(&item, c, report).await
     }
 
     async fn finish(
@@ -326,35 +340,59 @@ impl OutboxEngine {
         Ok(())
     }
 
-    /// Worker loop for the gateway: tick while there is work, otherwise sleep `idle_poll`
-    /// (real time) or until `shutdown` turns true. `on_tick` sees every tick's result (logging,
-    /// metrics); a store error only delays the next tick.
+    /// Worker loop for the gateway. Up to `batch` deliveries are in flight at once, and a
+    /// slot is refilled as soon as its delivery ends: one slow destination (a counterpart
+    /// that times out instead of refusing) holds only the slots of its own items, not
+    /// every other destination's deliveries behind a batch that waits for its slowest.
+    /// With nothing due it sleeps `idle_poll` (real time). On `shutdown` it claims nothing
+    /// more and waits for the deliveries in progress (each bounded by `delivery_timeout`)
+    /// to be recorded. `on_tick` sees every claim's and every completion's result
+    /// (logging, metrics); a store error only delays the next claim.
     pub async fn run(
         &self,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
         idle_poll: Duration,
         on_tick: &(dyn Fn(&Result<TickReport, StoreError>) + Send + Sync),
     ) {
+        let mut tasks = Deliveries::new();
+        let slots = self.cfg.batch.max(1);
         loop {
             if *shutdown.borrow() {
-                return;
+                break;
             }
-            let r = self.run_once().await;
-            on_tick(&r);
-            if matches!(&r, Ok(t) if t.claimed > 0) {
-                continue;
+            let mut claimed = 0;
+            if tasks.len() < slots {
+                let r = self.claim_into(slots - tasks.len(), &mut tasks).await;
+                claimed = r.as_ref().map_or(0, |t| t.claimed);
+                on_tick(&r);
+            }
+            if claimed > 0 && tasks.len() < slots {
+                continue; // more may be due
             }
             tokio::select! {
-                _ = tokio::time::sleep(idle_poll) => {}
+                Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                    let mut report = TickReport::default();
+                    let r = self.record(joined, &mut report).await.map(|()| report);
+                    on_tick(&r);
+                }
+                _ = tokio::time::sleep(idle_poll), if tasks.len() < slots => {}
                 changed = shutdown.changed() => {
                     if changed.is_err() {
-                        return;
+                        break;
                     }
                 }
             }
         }
+        while let Some(joined) = tasks.join_next().await {
+            let mut report = TickReport::default();
+            let r = self.record(joined, &mut report).await.map(|()| report);
+            on_tick(&r);
+        }
     }
 }
+
+/// Deliveries in flight: each task yields its item and outcome.
+type Deliveries = tokio::task::JoinSet<(OutboxItem, DeliveryOutcome)>;
 
 // ---------------------------------------------------------------------------------------------
 // Tests
@@ -991,6 +1029,58 @@ mod tests {
             store.list_outbox(None, 0, 10).await.unwrap()[0].state,
             OutboxState::Delivered
         );
+    }
+
+    /// A counterpart that never answers (until its deliveries time out) holds only the
+    /// slots of its own items: the loop refills the others as they finish.
+    #[tokio::test]
+    async fn a_hanging_destination_does_not_hold_back_the_others() {
+        struct HalfStuck(std::sync::atomic::AtomicUsize);
+        impl Deliverer for HalfStuck {
+            fn deliver(
+                &self,
+                dest: &str,
+                _item: &OutboxItem,
+            ) -> Pin<Box<dyn Future<Output = DeliveryOutcome> + Send + '_>> {
+                if dest == "dvcqg" {
+                    return Box::pin(std::future::pending());
+                }
+                self.0.fetch_add(1, Ordering::SeqCst);
+                Box::pin(async { DeliveryOutcome::Delivered })
+            }
+        }
+        let dir = TempDir::new("hol");
+        let clock = Arc::new(ManualClock::at_ms(T0));
+        let store = open_with(&dir, clock.clone(), 1_000);
+        accept_n(&store, 3, false).await;
+        let sink = Arc::new(HalfStuck(std::sync::atomic::AtomicUsize::new(0)));
+        let eng = OutboxEngine::new(
+            store.clone(),
+            sink.clone(),
+            clock.clone(),
+            EngineConfig {
+                worker_id: "w".into(),
+                lease_ms: 600_000,
+                // Four slots for six items: the third dossier's items wait for a slot.
+                batch: 4,
+                delivery_timeout: Duration::from_secs(300),
+                backoff: BackoffPolicy::default(),
+            },
+        );
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let worker = tokio::spawn(async move {
+            eng.run(rx, Duration::from_millis(1), &|_| {}).await;
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while sink.0.load(Ordering::SeqCst) < 3 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the emc items waited behind the hanging dvcqg ones"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let _ = tx.send(true);
+        worker.abort();
     }
 
     #[tokio::test]
