@@ -245,6 +245,22 @@ impl http_body::Body for Body {
                         if let Some(t) = tap {
                             t.update(d);
                         }
+                    } else if frame.is_trailers() {
+                        // Trailers are cleaned as heads are (`sanitize_trailers`).
+                        let frame = match frame.into_trailers() {
+                            Ok(mut t) => {
+                                crate::pipeline::headers::sanitize_trailers(&mut t);
+                                Frame::trailers(t)
+                            }
+                            Err(f) => f,
+                        };
+                        if inner.is_end_stream() {
+                            guard.take();
+                            if let Some(t) = tap {
+                                t.finish();
+                            }
+                        }
+                        return Poll::Ready(Some(Ok(frame)));
                     }
                     // Readers stop polling once `is_end_stream` says so (bodies with a
                     // length), so the end is noticed here rather than on a final None.

@@ -239,6 +239,35 @@ static FORWARDING: [HeaderName; 22] = [
     HeaderName::from_static("x-method-override"),
 ];
 
+/// Cleans a trailer section as the head is cleaned: the gateway-owned `x-lienthong-*`
+/// fields, credentials (`Authorization`, `Proxy-Authorization`, `Cookie`), forwarding
+/// fields, `Host` and framing or hop-by-hop fields are dropped. Upstreams that merge
+/// trailers into the head (HTTP/2 ones may) would otherwise read a client's own copy of
+/// what the gateway vouches for. Other trailers (`grpc-status`, checksums) pass.
+pub fn sanitize_trailers(h: &mut HeaderMap) {
+    strip_gateway_owned(h);
+    let dropped: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| {
+            is_forwarding(k)
+                || HOP_BY_HOP.contains(k)
+                || [
+                    header::AUTHORIZATION,
+                    header::PROXY_AUTHORIZATION,
+                    header::COOKIE,
+                    header::HOST,
+                    header::CONTENT_LENGTH,
+                    header::UPGRADE,
+                ]
+                .contains(k)
+        })
+        .cloned()
+        .collect();
+    for k in dropped {
+        h.remove(k);
+    }
+}
+
 /// One of [`FORWARDING`]; most names are ruled out by their first bytes.
 fn is_forwarding(k: &HeaderName) -> bool {
     if k == header::FORWARDED {
@@ -356,6 +385,28 @@ pub fn append_via(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trailers_lose_what_the_head_would() {
+        let mut t = HeaderMap::new();
+        for (k, v) in [
+            ("x-lienthong-caller-agency", "000.00.00.G22"),
+            ("authorization", "Bearer forged"),
+            ("cookie", "s=1"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("forwarded", "for=10.0.0.1"),
+            ("host", "admin.internal"),
+            ("transfer-encoding", "chunked"),
+            ("grpc-status", "0"),
+            ("x-checksum", "abc"),
+        ] {
+            t.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        sanitize_trailers(&mut t);
+        let mut left: Vec<&str> = t.keys().map(HeaderName::as_str).collect();
+        left.sort();
+        assert_eq!(left, ["grpc-status", "x-checksum"]);
+    }
 
     #[test]
     fn via_is_added_or_appended_for_every_version() {
