@@ -692,6 +692,24 @@ pub mod translate_stage {
         // failure: the step runs on nothing, and fails, rather than pass an empty 200 on.
         let bodiless = matches!(parts.status.as_u16(), 204 | 304) || ctx.method == Method::HEAD;
         if input.is_empty() && (adapter_step.is_none() || bodiless) {
+            // A HEAD answer describes what GET would return: the translated body, whose
+            // type is known and whose length is not.
+            if ctx.method == Method::HEAD && parts.status.is_success() {
+                let translated = match (adapter_step, t.response) {
+                    (Some(a), _) => a.op.response.as_ref().map(|s| s.output.content_type()),
+                    (None, Some(TranslateOp::XmlToJson | TranslateOp::SoapUnwrap)) => {
+                        Some("application/json")
+                    }
+                    (None, Some(TranslateOp::JsonToXml)) => Some("application/xml; charset=utf-8"),
+                    (None, _) => None,
+                };
+                if let Some(ctype) = translated {
+                    parts
+                        .headers
+                        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+                    parts.headers.remove(header::CONTENT_LENGTH);
+                }
+            }
             return Ok(Response::from_parts(parts, Body::empty()));
         }
         if let Some(a) = adapter_step {

@@ -208,3 +208,59 @@ soap_action = "urn:hotich#TraCuuHoTich"
         "{ct}"
     );
 }
+
+/// HEAD describes what GET would return: the translated type, not the upstream's XML
+/// (and not the upstream's length).
+#[tokio::test]
+async fn head_on_a_translated_route_names_the_translated_type() {
+    let agency = MockUpstream::start(Arc::new(|_s: &Seen| {
+        let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(
+            "<a><b>1</b></a>",
+        )));
+        r.headers_mut()
+            .insert("content-type", "application/xml".parse().unwrap());
+        Action::Respond(r)
+    }))
+    .await;
+    let cfg = base_config(&format!(
+        r#"
+[upstreams.a]
+endpoints = ["{}"]
+[[routes]]
+name = "a"
+path_prefix = "/a"
+upstream = "a"
+auth = {{ anonymous = true }}
+[routes.translate]
+response = "xml_to_json"
+"#,
+        agency.url()
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    let get = raw(
+        gw.addr(),
+        b"GET /a/x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(get.status, 200);
+    assert_eq!(get.header("content-type"), Some("application/json"));
+    // A HEAD answer has no body to frame: read its head alone.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    c.write_all(b"HEAD /a/x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(10), c.read_to_end(&mut head))
+        .await
+        .expect("the gateway closes after the HEAD answer")
+        .unwrap();
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains("content-type: application/json\r\n"),
+        "{head}"
+    );
+    // Not the XML's 15 bytes.
+    assert!(!head.contains("content-length: 15\r\n"), "{head}");
+}
