@@ -764,7 +764,18 @@ fn json_size(v: &Ordered) -> usize {
     match v {
         Ordered::Null | Ordered::Bool(_) => 5,
         Ordered::Number(n) => n.as_str().len() + 1,
-        Ordered::String(s) => s.len() + 3,
+        // As serde_json writes it: `"` and `\` take two bytes, control characters six.
+        Ordered::String(s) => {
+            s.len()
+                + 3
+                + s.bytes()
+                    .map(|b| match b {
+                        b'"' | b'\\' => 1,
+                        0..=0x1f => 5,
+                        _ => 0,
+                    })
+                    .sum::<usize>()
+        }
         Ordered::Array(items) => items.iter().map(json_size).sum::<usize>() + 2,
         Ordered::Object(members) => {
             members
@@ -1349,6 +1360,12 @@ args = ["unit", "data[]"]
             .unwrap_err();
         assert!(e.message.contains("exceed 200000 bytes"), "{e}");
         assert!(e.path.starts_with("items["), "{e}");
+        // Escapes count as serde_json writes them: a control character is six bytes.
+        let input = json!({"unit": "\u{1}".repeat(1000), "data": vec![json!({}); 1000]});
+        let e = m
+            .apply_within(&input, &Context::new(), 2 << 20)
+            .unwrap_err();
+        assert!(e.message.contains("exceed"), "{e}");
         // An array argument is read as its JSON text for every element: that counts too,
         // even when the output stays small.
         let m = Mapping::parse(

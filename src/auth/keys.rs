@@ -627,6 +627,9 @@ pub struct JwksState {
     fetch_lock: tokio::sync::Mutex<()>,
     fetches: AtomicU64,
     failures: AtomicU64,
+    /// Set by [`JwksState::adopt`]: the first lookup refetches (waiting for it) before
+    /// using the adopted keys.
+    refresh_first: std::sync::atomic::AtomicBool,
 }
 
 /// Alias: the same type under the name used in design notes.
@@ -642,7 +645,19 @@ impl JwksState {
             return false;
         }
         let snap = old.snap.read().unwrap_or_else(|p| p.into_inner()).clone();
-        *self.snap.write().unwrap_or_else(|p| p.into_inner()) = snap;
+        // The keys and the time they were fetched (which `max_stale` runs from) carry
+        // over; the last attempt does not, so the refetch below is not rate-limited.
+        let adopted = Snapshot {
+            keys: snap.keys.clone(),
+            fetched_at: snap.fetched_at,
+            attempted_at: None,
+            last_error: snap.last_error.clone(),
+        };
+        *self.snap.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(adopted);
+        // A reload is also how an operator forces a fresh key set (a key withdrawn at
+        // the IdP): the first lookup fetches anew, and the adopted keys serve only if
+        // that fails.
+        self.refresh_first.store(true, Ordering::Relaxed);
         true
     }
 }
@@ -675,6 +690,7 @@ impl JwksState {
             fetch_lock: tokio::sync::Mutex::new(()),
             fetches: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            refresh_first: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -790,6 +806,9 @@ impl JwksState {
         kid: Option<&str>,
         alg: Algorithm,
     ) -> Result<Arc<VerifyingKey>, AuthError> {
+        if self.refresh_first.swap(false, Ordering::Relaxed) {
+            self.maybe_fetch(true).await;
+        }
         let now = self.clock.since_epoch();
         let mut snap = self.current();
         let age = snap.fetched_at.map(|t| now.saturating_sub(t));

@@ -61,8 +61,10 @@ fn judge_answer(step: &crate::adapter::Step, body: &[u8], dest: &str) -> Deliver
         Ok(out) => serde_json::from_slice::<serde_json::Value>(&out.body).unwrap_or_default(),
         Err(e) => return DeliveryOutcome::Retry(format!("{dest}: answer not understood: {e}")),
     };
-    let exists = v["exists"] == true && v.get("exists_said").is_none_or(|s| s == true);
-    if v["ok"] == true || exists {
+    // `true`, or the text `"true"` a mapping without `type = "boolean"` writes.
+    let yes = |x: &serde_json::Value| *x == true || *x == "true";
+    let exists = yes(&v["exists"]) && v.get("exists_said").is_none_or(yes);
+    if yes(&v["ok"]) || exists {
         return DeliveryOutcome::Delivered;
     }
     let text = |k: &str| match &v[k] {

@@ -46,14 +46,14 @@ pub trait Deliverer: Send + Sync {
 
 /// Map an HTTP status of a counterpart to an outcome: 2xx delivered; 408, 425, 429 and 5xx
 /// transient; so are 401 and 403 (an expired or early-revoked credential: the next attempt
-/// logs in again), 404 (a route missing while the receiver redeploys) and 409 (a receiver
-/// still processing the same idempotency key); any other 4xx permanent (the request itself
-/// is wrong). Counterparts that answer 200 with an `error_code` body (DVCQG) must be
+/// logs in again) and 404 (a route missing while the receiver redeploys); any other 4xx
+/// permanent (the request itself is wrong; 409 included, which lienthong's own intake
+/// answers for a code already filed with other content). Counterparts that answer 200 with an `error_code` body (DVCQG) must be
 /// classified by the adapter before calling this.
 pub fn classify_http_status(status: u16, detail: &str) -> DeliveryOutcome {
     match status {
         200..=299 => DeliveryOutcome::Delivered,
-        401 | 403 | 404 | 408 | 409 | 425 | 429 | 500..=599 => {
+        401 | 403 | 404 | 408 | 425 | 429 | 500..=599 => {
             DeliveryOutcome::Retry(format!("HTTP {status}: {detail}"))
         }
         400..=499 => DeliveryOutcome::Permanent(format!("HTTP {status}: {detail}")),
@@ -862,16 +862,15 @@ mod tests {
         );
         // Classification of counterpart statuses.
         assert_eq!(classify_http_status(201, ""), DeliveryOutcome::Delivered);
-        // Passing conditions: a credential expired early, a receiver redeploying or
-        // still busy with the same key.
-        for s in [401, 403, 404, 408, 409, 425, 429, 500, 503] {
+        // Passing conditions: a credential expired early, a receiver redeploying.
+        for s in [401, 403, 404, 408, 425, 429, 500, 503] {
             assert!(matches!(
                 classify_http_status(s, ""),
                 DeliveryOutcome::Retry(_)
             ));
         }
         // The request itself is wrong.
-        for s in [400, 405, 410, 413, 415, 422] {
+        for s in [400, 405, 409, 410, 413, 415, 422] {
             assert!(matches!(
                 classify_http_status(s, ""),
                 DeliveryOutcome::Permanent(_)

@@ -1942,14 +1942,19 @@ pub mod local {
                 let to = x.cfg.destinations_for(&d);
                 let by = submitter(who.0.as_deref(), who.1.as_deref());
                 // A dossier with neither a code nor an Idempotency-Key is keyed by its
-                // bytes: a client told to try again (a 503 after the dossier was stored,
-                // a receipt lost on the way) gets its first receipt back, not a second
-                // dossier under a second number. (NUL cannot be in a header value, so no
-                // caller key reads as a content key.)
+                // bytes and the day (Vietnam time) it arrives: a client told to try again
+                // (a 503 after the dossier was stored, a receipt lost on the way) gets
+                // its first receipt back, not a second dossier under a second number,
+                // while the same application filed again another day is a new dossier.
+                // (NUL cannot be in a header value, so no caller key reads as a content
+                // key.)
                 let key = scoped(None).or_else(|| {
                     d.code.is_none().then(|| {
+                        use crate::clock::Clock;
                         let digest = crate::audit::record::Sha256Hex::of(&bytes);
-                        let key = format!("\0content:{}", digest.as_str());
+                        let now = crate::clock::SystemClock.since_epoch().as_millis() as i64;
+                        let day = dossier::VnDateTime::from_unix_millis(now).format_national();
+                        let key = format!("\0content:{}:{}", &day[..8], digest.as_str());
                         idempotency_scope(who.0.as_deref(), who.1.as_deref(), &key, None)
                     })
                 });

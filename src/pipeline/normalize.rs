@@ -32,6 +32,7 @@ pub enum PathError {
     DotWithParameter,
     InvalidChar,
     InvalidUtf8,
+    Confusable,
 }
 
 impl fmt::Display for PathError {
@@ -47,6 +48,9 @@ impl fmt::Display for PathError {
             PathError::DotWithParameter => "a dot segment with a parameter is not accepted",
             PathError::InvalidChar => "the path contains a character that must be percent-encoded",
             PathError::InvalidUtf8 => "percent-encoded bytes in the path are not valid UTF-8",
+            PathError::Confusable => {
+                "an encoded character in the path reads as '.', '/' or '\\' to some servers, or is a control character"
+            }
         })
     }
 }
@@ -128,9 +132,7 @@ pub fn normalize_path(path: &str) -> Result<String, PathError> {
     if has_double_encoding(decoded.as_bytes()) {
         return Err(PathError::DoubleEncoding);
     }
-    if !escapes_are_utf8(decoded.as_bytes()) {
-        return Err(PathError::InvalidUtf8);
-    }
+    escapes_are_utf8(decoded.as_bytes())?;
     // Pass 2: collapse slashes and resolve dot segments.
     let trailing_slash = decoded.len() > 1 && decoded.ends_with('/');
     let mut out: Vec<&str> = Vec::new();
@@ -209,7 +211,23 @@ fn has_double_encoding(decoded: &[u8]) -> bool {
 /// True when every run of escaped bytes above 0x7F in `decoded` (where every escape
 /// left is `%XX` with upper-case digits) is valid UTF-8. Rust's decoder refuses
 /// overlong forms, surrogates and truncated sequences.
-fn escapes_are_utf8(decoded: &[u8]) -> bool {
+fn escapes_are_utf8(decoded: &[u8]) -> Result<(), PathError> {
+    // Compatibility forms that NFKC-normalising servers (some .NET and Python stacks)
+    // fold into `.`, `/` or `\` after the gateway has routed, and C1 controls.
+    fn check(run: &[u8]) -> Result<(), PathError> {
+        let text = std::str::from_utf8(run).map_err(|_| PathError::InvalidUtf8)?;
+        let confusable = |c: char| {
+            matches!(
+                c,
+                '\u{2024}'
+                    ..='\u{2026}' | '\u{FE52}' | '\u{FE68}' | '\u{FF0E}' | '\u{FF0F}' | '\u{FF3C}'
+            ) || ('\u{80}'..='\u{9F}').contains(&c)
+        };
+        if text.chars().any(confusable) {
+            return Err(PathError::Confusable);
+        }
+        Ok(())
+    }
     let mut run: Vec<u8> = Vec::new();
     let mut i = 0;
     while i < decoded.len() {
@@ -222,14 +240,12 @@ fn escapes_are_utf8(decoded: &[u8]) -> bool {
             }
         }
         if !run.is_empty() {
-            if std::str::from_utf8(&run).is_err() {
-                return false;
-            }
+            check(&run)?;
             run.clear();
         }
         i += 1;
     }
-    run.is_empty() || std::str::from_utf8(&run).is_ok()
+    check(&run)
 }
 
 /// True when the path has nothing to normalise: only plain path bytes, no `%`,
@@ -342,5 +358,15 @@ mod tests {
         assert_eq!(n("/%80").unwrap_err(), PathError::InvalidUtf8);
         assert_eq!(n("/%C3/%A1").unwrap_err(), PathError::InvalidUtf8);
         assert_eq!(n("/%ED%A0%80").unwrap_err(), PathError::InvalidUtf8);
+        // Valid UTF-8 that NFKC folds into dots and slashes, and C1 controls.
+        for p in [
+            "/pub/%EF%BC%8E%EF%BC%8E/admin",
+            "/pub%EF%BC%8Fadmin",
+            "/pub%EF%BC%BCadmin",
+            "/a/%E2%80%A5/b",
+            "/a%C2%85b",
+        ] {
+            assert_eq!(n(p).unwrap_err(), PathError::Confusable, "{p}");
+        }
     }
 }

@@ -1090,7 +1090,21 @@ fn event_tx(
         let latest_at = latest
             .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
             .and_then(|v| v["at"].as_str().map(str::to_string));
-        if let (Some(prev), Some(at)) = (latest_at, event_at(&event)) {
+        // Nor may it be dated in the future (beyond five minutes of clock skew): one such
+        // event would make every genuine one after it "late".
+        if let Some(at) = event_at(&event) {
+            let horizon = VnDateTime::from_unix_millis(now_ms + 5 * 60_000).format_national();
+            if at > horizon.as_str() {
+                return Err(IntakeError::Invalid(vec![FieldError::new(
+                    "at",
+                    format!("{at} is in the future (Vietnam time, yyyyMMddHHmmss)"),
+                )]));
+            }
+        }
+        // Only a change of status can move the dossier back; a late event that asserts
+        // the status in force changes nothing and is kept.
+        let changes = next != current;
+        if let (true, Some(prev), Some(at)) = (changes, latest_at, event_at(&event)) {
             if at < prev.as_str() {
                 return Err(IntakeError::Invalid(vec![FieldError::new(
                     "at",

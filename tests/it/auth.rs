@@ -1038,4 +1038,22 @@ auth = {{}}
     // A token the new generation has not seen (so not from a cache) still verifies.
     let r = raw(gw.addr(), &get_with("/x", Some(&fresh(2)), "")).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // A reload is also how a withdrawn key is dropped at once: with the source back,
+    // the first use after it fetches anew.
+    let k2 = key("k2");
+    *jwks.doc.lock().unwrap() = serde_json::json!({"keys": [k2.jwk.clone()]});
+    *jwks.down.lock().unwrap() = false;
+    let (status, body) = admin_post(&gw, "/admin/reload").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        raw(gw.addr(), &get_with("/x", Some(&fresh(3)), ""))
+            .await
+            .status,
+        401
+    );
+    let t2 = token(&k2, "https://idp", serde_json::json!({"jti": 4}));
+    assert_eq!(
+        raw(gw.addr(), &get_with("/x", Some(&t2), "")).await.status,
+        200
+    );
 }

@@ -1130,18 +1130,29 @@ async fn a_late_status_event_does_not_move_a_dossier_back() {
         let addr = gw.addr();
         async move { raw(addr, &req).await }
     };
-    assert_eq!(send("2", "20251126100500").await.status, 202);
-    let late = send("2", "20251126100000").await;
+    assert_eq!(send("2", "20251126100000").await.status, 202);
+    // Waiting for supplements (5) at 10:05; then "being processed" (4) dated 10:02
+    // arrives late: 5 → 4 is a transition, but not one this late event may make.
+    assert_eq!(send("5", "20251126100500").await.status, 202);
+    let late = send("4", "20251126100200").await;
     assert_error(&late, 422, "invalid_dossier");
     assert!(
         late.json()["message"]
             .as_str()
             .unwrap()
-            .contains("at: 20251126100000 is before"),
+            .contains("at: 20251126100200 is before"),
         "{}",
         late.json()
     );
-    // The same moment, or later, is fine.
-    assert_eq!(send("2", "20251126100500").await.status, 202);
-    assert_eq!(send("2", "20251126101000").await.status, 202);
+    // A late event asserting the status in force changes nothing and is kept.
+    assert_eq!(send("5", "20251126100100").await.status, 202);
+    // An event from the future would make every genuine one "late": refused.
+    let future = send("4", "20991231000000").await;
+    assert_error(&future, 422, "invalid_dossier");
+    assert!(future.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("in the future"));
+    // A later change is fine.
+    assert_eq!(send("4", "20251126101000").await.status, 202);
 }
