@@ -2030,6 +2030,20 @@ pub mod local {
                 };
                 audit_stage::note_request(ctx, &bytes);
                 let ev = dossier::parse_event(&bytes).map_err(invalid)?;
+                // An event may not be dated in the future (beyond five minutes of clock
+                // skew): one such event would make every genuine one after it "late".
+                if let Some(at) = crate::store::exchange::event_at(&ev) {
+                    use crate::clock::Clock;
+                    let now = crate::clock::SystemClock.since_epoch().as_millis() as i64;
+                    let horizon =
+                        dossier::VnDateTime::from_unix_millis(now + 5 * 60_000).format_national();
+                    if at > horizon.as_str() {
+                        return Err(invalid(vec![dossier::FieldError::new(
+                            "at",
+                            format!("{at} is in the future (Vietnam time, yyyyMMddHHmmss)"),
+                        )]));
+                    }
+                }
                 // Only a party to the dossier (or a holder of `event_roles`) may add to
                 // its timeline; anyone else is answered as for a code that does not
                 // exist, as the timeline's readers are.

@@ -1007,7 +1007,7 @@ fn accept_tx(
 }
 
 /// When a status-bearing event says it happened.
-fn event_at(e: &Event) -> Option<&str> {
+pub(crate) fn event_at(e: &Event) -> Option<&str> {
     match e {
         Event::Status(s) => Some(&s.at),
         Event::Step(s) => Some(&s.at),
@@ -1090,17 +1090,6 @@ fn event_tx(
         let latest_at = latest
             .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
             .and_then(|v| v["at"].as_str().map(str::to_string));
-        // Nor may it be dated in the future (beyond five minutes of clock skew): one such
-        // event would make every genuine one after it "late".
-        if let Some(at) = event_at(&event) {
-            let horizon = VnDateTime::from_unix_millis(now_ms + 5 * 60_000).format_national();
-            if at > horizon.as_str() {
-                return Err(IntakeError::Invalid(vec![FieldError::new(
-                    "at",
-                    format!("{at} is in the future (Vietnam time, yyyyMMddHHmmss)"),
-                )]));
-            }
-        }
         // Only a change of status can move the dossier back; a late event that asserts
         // the status in force changes nothing and is kept.
         let changes = next != current;
