@@ -123,7 +123,7 @@ impl Hook {
             "contains" => {
                 one_arg()?;
                 let needle = match opts.template.as_deref() {
-                    Some(t) if !t.is_empty() => t.to_lowercase(),
+                    Some(t) if !t.is_empty() => comparable(t),
                     _ => {
                         return Err(
                             "template: required by hook `contains` (the text looked for)".into(),
@@ -177,9 +177,18 @@ impl Hook {
                 }
             }
             Hook::Upper => first.to_uppercase(),
-            Hook::Contains { needle } => first.to_lowercase().contains(needle.as_str()).to_string(),
+            Hook::Contains { needle } => comparable(first).contains(needle.as_str()).to_string(),
         }
     }
+}
+
+/// Text as `contains` compares it: Unicode NFC (Vietnamese arrives with precomposed or
+/// with combining accents, `tồn` either way), lower case, runs of white space as one
+/// space.
+fn comparable(s: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    let lower: String = s.nfc().collect::<String>().to_lowercase();
+    lower.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Parses a `format` template; every placeholder must refer to an existing argument.
@@ -247,6 +256,21 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(hook("format", opts, &["x", "y"]), "{y}-x/y}");
+        // `contains`: NFC, case and white space do not matter.
+        let needle = HookOptions {
+            template: Some("đã tồn tại".into()),
+            ..HookOptions::default()
+        };
+        let decomposed = "Hồ sơ \u{0111}a\u{0303} to\u{0302}\u{0300}n  ta\u{0323}i";
+        assert_eq!(hook("contains", needle.clone(), &[decomposed]), "true");
+        assert_eq!(
+            hook("contains", needle.clone(), &["HỒ SƠ ĐÃ TỒN TẠI"]),
+            "true"
+        );
+        assert_eq!(
+            hook("contains", needle, &["Mã thủ tục không hợp lệ"]),
+            "false"
+        );
         let bad = |t: &str| {
             let opts = HookOptions {
                 template: Some(t.into()),
