@@ -1927,6 +1927,45 @@ impl Validator {
                 );
             }
         }
+        // Secrets also travel in requests: a forwarded caller token, and the adapter
+        // context values (secrets, login sessions) a mapping writes into the payload.
+        let carries_secrets = |c: &BTreeMap<String, ContextValue>| {
+            c.values()
+                .any(|v| matches!(v, ContextValue::Secret(_) | ContextValue::Login(_)))
+        };
+        for (i, r) in routes.iter().enumerate() {
+            let forwards = r.auth.as_ref().is_some_and(|a| a.forward_token);
+            let context = r
+                .translate
+                .as_ref()
+                .and_then(|t| t.adapter.as_ref())
+                .is_some_and(|a| carries_secrets(&a.context));
+            if !(forwards || context) {
+                continue;
+            }
+            if let Some(m) = upstreams.get(&r.upstream).and_then(cleartext) {
+                let what = if forwards {
+                    "the route forwards the caller's token"
+                } else {
+                    "the route's adapter context holds secrets or a login session"
+                };
+                self.problems
+                    .push(format!("routes[{i}].upstream"), format!("{what}: {m}"));
+            }
+        }
+        if let Some(x) = &exchange {
+            for (dest, a) in &x.delivery_adapters {
+                let pool = x.deliveries.get(dest).and_then(|(u, _)| upstreams.get(u));
+                if let (true, Some(m)) = (carries_secrets(&a.context), pool.and_then(cleartext)) {
+                    self.problems.push(
+                        format!("exchange.deliveries.{dest}.upstream"),
+                        format!(
+                            "the delivery's adapter context holds secrets or a login session: {m}"
+                        ),
+                    );
+                }
+            }
+        }
 
         Config {
             server,
@@ -2845,6 +2884,26 @@ db = "data/x/../gw.db"
             )),
             Vec::<String>::new()
         );
+        // A route that forwards the caller's token sends a secret too.
+        let route = |ep: &str| {
+            format!(
+                "[[listeners]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\n\
+                 [[auth.issuers]]\nname = \"i\"\niss = \"https://idp\"\naudiences = [\"a\"]\n\
+                 algorithms = [\"HS256\"]\nsecret = {{ env = \"LIENTHONG_TEST_CFG_HS_SECRET\" }}\n\
+                 [upstreams.u]\nendpoints = [\"{ep}\"]\n\
+                 [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"u\"\n\
+                 auth = {{ forward_token = true }}\n"
+            )
+        };
+        std::env::set_var(
+            "LIENTHONG_TEST_CFG_HS_SECRET",
+            "0123456789abcdef0123456789abcdef",
+        );
+        assert_eq!(
+            problems(route("http://10.0.0.6:80")),
+            ["routes[0].upstream"]
+        );
+        assert!(problems(route("https://api.gov.vn")).is_empty());
     }
 
     #[test]
