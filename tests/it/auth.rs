@@ -295,11 +295,9 @@ async fn jwks_upstream(keys: &[&TestKey]) -> Jwks {
     }
 }
 
-#[tokio::test]
-async fn jwks_rotation_refetch_bound_and_fail_closed() {
-    let k1 = key("k1");
-    let k2 = key("k2");
-    let jwks = jwks_upstream(&[&k1]).await;
+/// A gateway whose issuer `idp` takes its keys from `jwks` (with the key-set `timing`
+/// options), guarding one route to an echo upstream.
+async fn jwks_gateway(jwks: &Jwks, timing: &str) -> (TestGateway, MockUpstream) {
     let api = MockUpstream::start(echo("api")).await;
     let cfg = base_config(&format!(
         r#"
@@ -308,7 +306,7 @@ name = "idp"
 iss = "https://idp"
 audiences = ["lienthong"]
 algorithms = ["EdDSA"]
-jwks = {{ upstream = "idp", path = "/.well-known/jwks.json", refresh_interval = "300ms", min_refetch_interval = "200ms", max_stale = "1500ms" }}
+jwks = {{ upstream = "idp", path = "/.well-known/jwks.json", {timing} }}
 [upstreams.idp]
 endpoints = ["{idp}"]
 [upstreams.api]
@@ -322,7 +320,19 @@ auth = {{}}
         idp = jwks.up.url(),
         api = api.url()
     ));
-    let gw = TestGateway::start(&cfg).await;
+    (TestGateway::start(&cfg).await, api)
+}
+
+#[tokio::test]
+async fn jwks_rotation_refetch_bound_and_fail_closed() {
+    let k1 = key("k1");
+    let k2 = key("k2");
+    let jwks = jwks_upstream(&[&k1]).await;
+    let (gw, _api) = jwks_gateway(
+        &jwks,
+        r#"refresh_interval = "300ms", min_refetch_interval = "200ms", max_stale = "1500ms""#,
+    )
+    .await;
     let t1 = token(&k1, "https://idp", serde_json::json!({}));
     assert_eq!(
         raw(gw.addr(), &get_with("/x", Some(&t1), "")).await.status,
@@ -1002,29 +1012,11 @@ auth = {{ agencies = ["*.H22", "*.H29"] }}
 async fn a_reload_keeps_the_key_set_it_had() {
     let k1 = key("k1");
     let jwks = jwks_upstream(&[&k1]).await;
-    let api = MockUpstream::start(echo("api")).await;
-    let cfg = base_config(&format!(
-        r#"
-[[auth.issuers]]
-name = "idp"
-iss = "https://idp"
-audiences = ["lienthong"]
-algorithms = ["EdDSA"]
-jwks = {{ upstream = "idp", path = "/.well-known/jwks.json", refresh_interval = "1h", min_refetch_interval = "1h", max_stale = "1h" }}
-[upstreams.idp]
-endpoints = ["{idp}"]
-[upstreams.api]
-endpoints = ["{api}"]
-[[routes]]
-name = "api"
-path_prefix = "/"
-upstream = "api"
-auth = {{}}
-"#,
-        idp = jwks.up.url(),
-        api = api.url()
-    ));
-    let gw = TestGateway::start(&cfg).await;
+    let (gw, _api) = jwks_gateway(
+        &jwks,
+        r#"refresh_interval = "1h", min_refetch_interval = "1h", max_stale = "1h""#,
+    )
+    .await;
     let fresh = |n: u32| token(&k1, "https://idp", serde_json::json!({"jti": n}));
     assert_eq!(
         raw(gw.addr(), &get_with("/x", Some(&fresh(1)), ""))

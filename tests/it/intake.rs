@@ -39,6 +39,25 @@ so-gddt = {{ upstream = "dest", path = "/so-gddt/hoso" }}
     TestGateway::start(&cfg).await
 }
 
+/// Files a dossier with neither code nor key and returns its code.
+async fn file(gw: &TestGateway, title: &str) -> String {
+    let r = raw(
+        gw.addr(),
+        &post("/v1/dossiers", &dossier_json(None, title), ""),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["dossier_code"].as_str().unwrap().to_string()
+}
+
+/// The attempts made so far on the outbox's first item.
+async fn first_attempts(gw: &TestGateway) -> u64 {
+    let (_, o) = admin_get(gw, "/admin/exchange/outbox").await;
+    serde_json::from_str::<serde_json::Value>(&o).unwrap()[0]["attempts"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
 async fn gateway() -> (TestGateway, MockUpstream) {
     let dest = MockUpstream::start(echo("dest")).await;
     (gateway_to(&dest, "").await, dest)
@@ -430,23 +449,11 @@ dvcqg = {{ upstream = "sandbox", path = "/dvcqg/hoso" }}
     ));
     let gw = TestGateway::start(&cfg).await;
     sb.set_mode("dvcqg", Mode::Down);
-    let r = raw(
-        gw.addr(),
-        &post("/v1/dossiers", &dossier_json(None, "Hồ sơ sandbox"), ""),
-    )
-    .await;
-    assert_eq!(r.status, 202);
-    let code = r.json()["dossier_code"].as_str().unwrap().to_string();
+    let code = file(&gw, "Hồ sơ sandbox").await;
     eventually(
         "attempts while down",
         std::time::Duration::from_secs(10),
-        || async {
-            let (_, o) = admin_get(&gw, "/admin/exchange/outbox").await;
-            serde_json::from_str::<serde_json::Value>(&o).unwrap()[0]["attempts"]
-                .as_u64()
-                .unwrap_or(0)
-                >= 2
-        },
+        || async { first_attempts(&gw).await >= 2 },
     )
     .await;
     sb.set_mode("dvcqg", Mode::Failing);
@@ -1012,23 +1019,11 @@ dvcqg = {{ upstream = "dest", path = "/dvcqg/hoso" }}
 "#
     ));
     let gw = TestGateway::start(&cfg).await;
-    let r = raw(
-        gw.addr(),
-        &post("/v1/dossiers", &dossier_json(None, "Hồ sơ"), ""),
-    )
-    .await;
-    assert_eq!(r.status, 202);
-    let code = r.json()["dossier_code"].as_str().unwrap().to_string();
+    let code = file(&gw, "Hồ sơ").await;
     eventually(
         "a failed attempt",
         std::time::Duration::from_secs(10),
-        || async {
-            let (_, o) = admin_get(&gw, "/admin/exchange/outbox").await;
-            serde_json::from_str::<serde_json::Value>(&o).unwrap()[0]["attempts"]
-                .as_u64()
-                .unwrap_or(0)
-                >= 1
-        },
+        || async { first_attempts(&gw).await >= 1 },
     )
     .await;
     // The timeline is shown to agencies: the reason says what failed, not where.
@@ -1081,12 +1076,7 @@ async fn the_admin_outbox_list_pages_by_id() {
     let dest = MockUpstream::start(status(503)).await;
     let gw = gateway_to(&dest, "").await;
     for title in ["Một", "Hai"] {
-        let r = raw(
-            gw.addr(),
-            &post("/v1/dossiers", &dossier_json(None, title), ""),
-        )
-        .await;
-        assert_eq!(r.status, 202);
+        file(&gw, title).await;
     }
     // Two dossiers, two destinations each.
     let list = |q: &'static str| {
@@ -1118,12 +1108,7 @@ async fn the_admin_outbox_list_pages_by_id() {
 #[tokio::test]
 async fn a_late_status_event_does_not_move_a_dossier_back() {
     let (gw, _dest) = gateway().await;
-    let r = raw(
-        gw.addr(),
-        &post("/v1/dossiers", &dossier_json(None, "Hồ sơ E"), ""),
-    )
-    .await;
-    let code = r.json()["dossier_code"].as_str().unwrap().to_string();
+    let code = file(&gw, "Hồ sơ E").await;
     let send = |status: &str, at: &str| {
         let body = serde_json::json!({"kind": "status", "status": status, "at": at}).to_string();
         let req = post(&format!("/v1/dossiers/{code}/events"), &body, "");
