@@ -58,6 +58,15 @@ async fn first_attempts(gw: &TestGateway) -> u64 {
         .unwrap_or(0)
 }
 
+/// Waits until the outbox lists `code` as delivered.
+async fn delivered(gw: &TestGateway, code: &str, what: &str) {
+    eventually(what, std::time::Duration::from_secs(10), || async {
+        let (_, o) = admin_get(gw, "/admin/exchange/outbox?state=delivered").await;
+        o.contains(code)
+    })
+    .await;
+}
+
 async fn gateway() -> (TestGateway, MockUpstream) {
     let dest = MockUpstream::start(echo("dest")).await;
     (gateway_to(&dest, "").await, dest)
@@ -873,35 +882,14 @@ async fn deliveries_read_the_counterparts_answer_through_the_adapter() {
         .unwrap();
     assert_eq!(item["attempts"], 2, "{item}");
 
-    let r = raw(
-        gw.addr(),
-        &post("/v1/dossiers", &dossier_json(None, "Lần hai"), ""),
-    )
-    .await;
-    let second = r.json()["dossier_code"].as_str().unwrap().to_string();
-    eventually(
-        "'already exists' counts as delivered",
-        std::time::Duration::from_secs(10),
-        || async {
-            let (_, o) = admin_get(&gw, "/admin/exchange/outbox?state=delivered").await;
-            o.contains(&second)
-        },
-    )
-    .await;
+    let second = file(&gw, "Lần hai").await;
+    delivered(&gw, &second, "'already exists' counts as delivered").await;
 
-    let r = raw(
-        gw.addr(),
-        &post("/v1/dossiers", &dossier_json(None, "Lần ba"), ""),
-    )
-    .await;
-    let third = r.json()["dossier_code"].as_str().unwrap().to_string();
-    eventually(
+    let third = file(&gw, "Lần ba").await;
+    delivered(
+        &gw,
+        &third,
         "the ambiguous refusal is retried, then delivered",
-        std::time::Duration::from_secs(10),
-        || async {
-            let (_, o) = admin_get(&gw, "/admin/exchange/outbox?state=delivered").await;
-            o.contains(&third)
-        },
     )
     .await;
     assert_eq!(

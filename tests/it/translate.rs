@@ -60,6 +60,15 @@ namespaces = {{ "urn:hotich" = "m" }}
     (TestGateway::start(&cfg).await, agency)
 }
 
+/// A gateway with one anonymous route `/a` to `up`, translated as `translate` says.
+async fn translating(up: &MockUpstream, translate: &str) -> TestGateway {
+    let cfg = base_config(&format!(
+        "[upstreams.a]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"a\"\npath_prefix = \"/a\"\nupstream = \"a\"\nauth = {{ anonymous = true }}\n[routes.translate]\n{translate}\n",
+        up.url()
+    ));
+    TestGateway::start(&cfg).await
+}
+
 fn post(body: &str) -> Vec<u8> {
     format!(
         "POST /hotich/ws HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -176,23 +185,11 @@ async fn soap_faults_become_json_errors_and_bad_input_gets_4xx() {
 #[tokio::test]
 async fn a_clients_soapaction_does_not_ride_along_on_a_translated_request() {
     let agency = MockUpstream::start(echo("agency")).await;
-    let cfg = base_config(&format!(
-        r#"
-[upstreams.a]
-endpoints = ["{}"]
-[[routes]]
-name = "a"
-path_prefix = "/a"
-upstream = "a"
-auth = {{ anonymous = true }}
-[routes.translate]
-request = "soap_wrap"
-soap_version = "1.2"
-soap_action = "urn:hotich#TraCuuHoTich"
-"#,
-        agency.url()
-    ));
-    let gw = TestGateway::start(&cfg).await;
+    let gw = translating(
+        &agency,
+        "request = \"soap_wrap\"\nsoap_version = \"1.2\"\nsoap_action = \"urn:hotich#TraCuuHoTich\"",
+    )
+    .await;
     let body = r#"{"TraCuu":{"So":"1"}}"#;
     let req = format!(
         "POST /a/x HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nSOAPAction: \"urn:admin#XoaHet\"\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -222,21 +219,7 @@ async fn head_on_a_translated_route_names_the_translated_type() {
         Action::Respond(r)
     }))
     .await;
-    let cfg = base_config(&format!(
-        r#"
-[upstreams.a]
-endpoints = ["{}"]
-[[routes]]
-name = "a"
-path_prefix = "/a"
-upstream = "a"
-auth = {{ anonymous = true }}
-[routes.translate]
-response = "xml_to_json"
-"#,
-        agency.url()
-    ));
-    let gw = TestGateway::start(&cfg).await;
+    let gw = translating(&agency, "response = \"xml_to_json\"").await;
     let get = raw(
         gw.addr(),
         b"GET /a/x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
