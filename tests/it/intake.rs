@@ -13,6 +13,11 @@ fn post(path: &str, body: &str, extra: &str) -> Vec<u8> {
 }
 
 async fn gateway_to(dest: &MockUpstream, extra: &str) -> TestGateway {
+    gateway_at(&dest.url(), extra).await
+}
+
+/// As [`gateway_to`], delivering to the endpoint `url`.
+async fn gateway_at(url: &str, extra: &str) -> TestGateway {
     let cfg = base_config(&format!(
         r#"
 [upstreams.dest]
@@ -34,7 +39,7 @@ backoff_cap = "200ms"
 dvcqg = {{ upstream = "dest", path = "/dvcqg/DongBoHoSoMC" }}
 so-gddt = {{ upstream = "dest", path = "/so-gddt/hoso" }}
 "#,
-        url = dest.url()
+        url = url
     ));
     TestGateway::start(&cfg).await
 }
@@ -986,27 +991,7 @@ async fn delivery_record(gw: &TestGateway, destination: &str, id: &str) -> serde
 #[tokio::test]
 async fn a_failed_deliverys_reason_names_no_endpoint() {
     let dead = dead_addr().await;
-    let cfg = base_config(&format!(
-        r#"
-[upstreams.dest]
-endpoints = ["http://{dead}"]
-[upstreams.dest.retry]
-attempts = 1
-[upstreams.dest.passive]
-consecutive_failures = 0
-[upstreams.dest.circuit_breaker]
-consecutive_failures = 0
-[exchange]
-db = "exchange.db"
-destinations = ["dvcqg"]
-auth = {{ anonymous = true }}
-backoff_base = "20ms"
-backoff_cap = "50ms"
-[exchange.deliveries]
-dvcqg = {{ upstream = "dest", path = "/dvcqg/hoso" }}
-"#
-    ));
-    let gw = TestGateway::start(&cfg).await;
+    let gw = gateway_at(&format!("http://{dead}"), "").await;
     let code = file(&gw, "Hồ sơ").await;
     eventually(
         "a failed attempt",
