@@ -230,7 +230,7 @@ impl http_body::Body for Body {
                 guard,
                 tap,
             } => match Pin::new(&mut *inner).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
+                Poll::Ready(Some(Ok(mut frame))) => {
                     if let Some(g) = guard {
                         g.polled(false);
                     }
@@ -247,20 +247,13 @@ impl http_body::Body for Body {
                         }
                     } else if frame.is_trailers() {
                         // Trailers are cleaned as heads are (`sanitize_trailers`).
-                        let frame = match frame.into_trailers() {
+                        frame = match frame.into_trailers() {
                             Ok(mut t) => {
                                 crate::pipeline::headers::sanitize_trailers(&mut t);
                                 Frame::trailers(t)
                             }
                             Err(f) => f,
                         };
-                        if inner.is_end_stream() {
-                            guard.take();
-                            if let Some(t) = tap {
-                                t.finish();
-                            }
-                        }
-                        return Poll::Ready(Some(Ok(frame)));
                     }
                     // Readers stop polling once `is_end_stream` says so (bodies with a
                     // length), so the end is noticed here rather than on a final None.
