@@ -2013,7 +2013,7 @@ impl Validator {
             self.problems
                 .push(format!("{path}.max_uri_bytes"), "must be at least 64");
         }
-        let max_headers = l.max_headers.unwrap_or(100);
+        let max_headers = l.max_headers.unwrap_or(64);
         if max_headers == 0 {
             self.problems
                 .push(format!("{path}.max_headers"), "must be at least 1");
