@@ -60,6 +60,9 @@ pub struct GatewayError {
     pub allow: Option<String>,
     /// For 503: seconds after which a retry may succeed.
     pub retry_after: Option<u64>,
+    /// For 401: the request presented no token at all, so the challenge carries no
+    /// error code (RFC 6750 §3.1).
+    pub token_missing: bool,
 }
 
 impl GatewayError {
@@ -71,6 +74,7 @@ impl GatewayError {
             detail: None,
             allow: None,
             retry_after: None,
+            token_missing: false,
         }
     }
 

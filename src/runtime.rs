@@ -174,8 +174,10 @@ impl Runtime {
         self.config.listeners.iter().find(|l| l.name == name)
     }
 
-    /// Starts health checks of pools that are new in this generation.
-    pub fn start_new_pools(&self, previous: Option<&Runtime>) {
+    /// Starts health checks of pools that are new in this generation, and the
+    /// generation's key-set warm-up.
+    pub fn start_background_tasks(&self, previous: Option<&Runtime>) {
+        self.auth.start_warm_up();
         for (name, p) in &self.pools {
             let reused = previous
                 .and_then(|prev| prev.pools.get(name))
@@ -266,7 +268,7 @@ impl Gateway {
         let mut rt = Runtime::build(config, None, 1)?;
         rt.audit = audit;
         rt.exchange = exchange.clone();
-        rt.start_new_pools(None);
+        rt.start_background_tasks(None);
         let gw = Arc::new(Gateway {
             runtime: ArcSwap::from_pointee(rt),
             generation: AtomicU64::new(1),
@@ -388,16 +390,19 @@ impl Gateway {
         }
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let rt = Runtime::build(cfg, Some(current), generation)?;
-        rt.start_new_pools(Some(current));
+        rt.start_background_tasks(Some(current));
         self.runtime.store(Arc::new(rt));
         metrics::counter!("lienthong_config_reloads_total", "result" => "ok").increment(1);
         tracing::info!(generation, "config reloaded");
         Ok(generation)
     }
 
-    /// Ready once the config is loaded and every pool's health is known.
+    /// Ready once the config is loaded, every pool's health is known and every remote
+    /// key set has been fetched or tried.
     pub fn ready(&self) -> bool {
-        !self.shutting_down.load(Ordering::Relaxed)
-            && self.runtime().pools.values().all(|p| p.health_known())
+        !self.shutting_down.load(Ordering::Relaxed) && {
+            let rt = self.runtime();
+            rt.pools.values().all(|p| p.health_known()) && rt.auth.key_sets_known()
+        }
     }
 }

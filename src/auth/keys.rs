@@ -720,6 +720,13 @@ impl JwksState {
         }
     }
 
+    /// Whether this key set's state is known: fetched once, tried once, or taken over
+    /// from the previous config (readiness waits for it, as for upstream health).
+    pub fn known(&self) -> bool {
+        let s = self.current();
+        s.fetched_at.is_some() || s.attempted_at.is_some()
+    }
+
     /// The last successfully fetched key set (may be empty before the first).
     pub fn keys(&self) -> Arc<KeySet> {
         self.current().keys.clone()

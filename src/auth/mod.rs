@@ -326,6 +326,31 @@ impl AuthRuntime {
         }
     }
 
+    /// Fetches every remote key set of this generation once, in the background, so
+    /// that the first token of each issuer does not wait for it and readiness can
+    /// report it. A key set taken over from the previous generation is fetched anew
+    /// too (a reload is how an operator drops a withdrawn key); if that fails, the
+    /// keys it had go on serving (see [`keys::JwksState::adopt`]).
+    pub fn start_warm_up(&self) {
+        let Some(a) = &self.authenticator else {
+            return;
+        };
+        for state in a.jwks_states() {
+            tokio::spawn(async move {
+                if let Err(e) = state.refresh().await {
+                    tracing::warn!(issuer = state.issuer(), error = %e, "key set warm-up failed");
+                }
+            });
+        }
+    }
+
+    /// Whether every remote key set has been fetched or tried (see [`keys::JwksState::known`]).
+    pub fn key_sets_known(&self) -> bool {
+        self.authenticator
+            .as_ref()
+            .is_none_or(|a| a.jwks_states().iter().all(|s| s.known()))
+    }
+
     /// Verified-token cache hit ratio inputs, for `/metrics`.
     pub fn cache_stats(&self) -> Option<jwt::CacheStats> {
         self.authenticator.as_ref().map(|a| a.cache_stats())
@@ -334,12 +359,15 @@ impl AuthRuntime {
 
 fn to_gateway_error(e: &AuthError) -> GatewayError {
     match e.kind() {
-        AuthErrorKind::Unauthorized(_) => GatewayError::new(
-            ErrorKind::Unauthorized,
-            "invalid_token",
-            "a valid bearer token is required",
-        )
-        .with_detail(e),
+        AuthErrorKind::Unauthorized(reason) => GatewayError {
+            token_missing: reason == jwt::reason::MISSING_TOKEN,
+            ..GatewayError::new(
+                ErrorKind::Unauthorized,
+                "invalid_token",
+                "a valid bearer token is required",
+            )
+            .with_detail(e)
+        },
         AuthErrorKind::Forbidden(_) => GatewayError::new(
             ErrorKind::Forbidden,
             "forbidden",

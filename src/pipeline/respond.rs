@@ -56,9 +56,14 @@ pub fn error_response(e: &GatewayError, request_id: &str) -> Response<Body> {
         }
     }
     if e.kind == ErrorKind::Unauthorized {
+        // RFC 6750 §3.1: a request with no token at all is told only the scheme.
         h.insert(
             header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            HeaderValue::from_static(if e.token_missing {
+                "Bearer"
+            } else {
+                "Bearer error=\"invalid_token\""
+            }),
         );
     }
     if let Some(s) = e.retry_after {

@@ -136,14 +136,16 @@ async fn missing_or_bad_tokens_are_401_with_the_json_contract() {
     let up = MockUpstream::start(echo("up")).await;
     let k = key("k1");
     let gw = static_issuer_gateway(&up, &k).await;
+    // No token at all: the challenge names the scheme only (RFC 6750 §3.1).
     let r = raw(gw.addr(), &get_with("/h22/x", None, "")).await;
+    assert_error(&r, 401, "invalid_token");
+    assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    let r = raw(gw.addr(), &get_with("/h22/x", Some("not.a.token"), "")).await;
     assert_error(&r, 401, "invalid_token");
     assert_eq!(
         r.header("www-authenticate"),
         Some("Bearer error=\"invalid_token\"")
     );
-    let r = raw(gw.addr(), &get_with("/h22/x", Some("not.a.token"), "")).await;
-    assert_error(&r, 401, "invalid_token");
     let other = key("k1");
     let r = raw(
         gw.addr(),
@@ -321,6 +323,46 @@ auth = {{}}
         api = api.url()
     ));
     (TestGateway::start(&cfg).await, api)
+}
+
+/// Key sets are fetched when the config is loaded, not by the first token that needs
+/// them, and the gateway is not ready until each has been fetched or tried.
+#[tokio::test]
+async fn key_sets_are_fetched_at_startup_and_readiness_waits_for_them() {
+    let k1 = key("k1");
+    let doc = serde_json::json!({"keys": [k1.jwk.clone()]});
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let f = fetches.clone();
+    // The key source takes its time answering, as a slow IdP does.
+    let up = MockUpstream::start(Arc::new(move |_s: &Seen| {
+        f.fetch_add(1, Ordering::SeqCst);
+        Action::Delay(Duration::from_secs(2), json_response(200, doc.clone()))
+    }))
+    .await;
+    let jwks = Jwks {
+        up,
+        doc: Default::default(),
+        down: Default::default(),
+        fetches,
+    };
+    let (gw, _api) = jwks_gateway(&jwks, r#"refresh_interval = "1h""#).await;
+    assert_eq!(admin_get(&gw, "/health/ready").await.0, 503);
+    eventually("ready", Duration::from_secs(10), || async {
+        admin_get(&gw, "/health/ready").await.0 == 200
+    })
+    .await;
+    // No token has been presented yet: the fetch was the warm-up's.
+    assert_eq!(jwks.fetches.load(Ordering::SeqCst), 1);
+    let t = token(&k1, "https://idp", serde_json::json!({}));
+    assert_eq!(
+        raw(gw.addr(), &get_with("/x", Some(&t), "")).await.status,
+        200
+    );
+    assert_eq!(
+        jwks.fetches.load(Ordering::SeqCst),
+        1,
+        "the warm-up's keys serve"
+    );
 }
 
 #[tokio::test]
