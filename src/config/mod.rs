@@ -508,6 +508,7 @@ pub struct ExchangeCfg {
     /// Destinations that take only some dossiers: name → (procedure patterns, field patterns).
     pub routing: BTreeMap<String, (Vec<String>, Vec<String>)>,
     pub max_attempts: u32,
+    pub max_in_flight_per_destination: usize,
     #[serde(with = "dur")]
     pub delivery_timeout: Duration,
     #[serde(with = "dur")]
@@ -1650,6 +1651,17 @@ impl Validator {
                     // an hour's maintenance of a national system must not dead-letter
                     // what was queued meanwhile.
                     max_attempts: x.max_attempts.unwrap_or(48).max(1),
+                    max_in_flight_per_destination: match x.max_in_flight_per_destination {
+                        Some(0) => {
+                            self.problems.push(
+                                "exchange.max_in_flight_per_destination",
+                                "must be at least 1",
+                            );
+                            1
+                        }
+                        Some(n) => n,
+                        None => 16,
+                    },
                     delivery_timeout: self.duration(
                         "exchange.delivery_timeout",
                         x.delivery_timeout.as_ref(),

@@ -92,12 +92,15 @@ pub struct RawExchange {
     /// Where each destination is delivered: `NAME = { upstream = "pool", path = "/hoso" }`.
     #[serde(default)]
     pub deliveries: std::collections::BTreeMap<String, RawDelivery>,
-    /// Give up after this many attempts (dead letter; default 12).
+    /// Give up after this many attempts (dead letter; default 48).
     pub max_attempts: Option<u32>,
+    /// Deliveries in flight to one destination at most, across every node sharing the
+    /// store (default 16 of a worker's 32 slots).
+    pub max_in_flight_per_destination: Option<usize>,
     /// Longest a delivery may take (default 30s). A worker's claim on an item lasts twice
     /// this, so items held by a crashed process are retried after that long.
     pub delivery_timeout: Option<String>,
-    /// First retry delay ceiling (default 1s), doubled per attempt up to `backoff_cap` (default 10m).
+    /// First retry delay ceiling (default 2s), doubled per attempt up to `backoff_cap` (default 1h).
     pub backoff_base: Option<String>,
     pub backoff_cap: Option<String>,
 }

@@ -325,6 +325,7 @@ impl Exchange {
         let cfg = outbox::EngineConfig {
             lease_ms: 2 * self.cfg.delivery_timeout.as_millis() as i64,
             delivery_timeout: self.cfg.delivery_timeout,
+            per_destination: self.cfg.max_in_flight_per_destination,
             backoff: outbox::BackoffPolicy {
                 base_ms: self.cfg.backoff_base.as_millis() as i64,
                 cap_ms: self.cfg.backoff_cap.as_millis() as i64,

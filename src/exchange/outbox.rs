@@ -144,6 +144,9 @@ pub struct EngineConfig {
     pub lease_ms: i64,
     /// Items claimed (and delivered concurrently) per tick.
     pub batch: usize,
+    /// Deliveries in flight to one destination at most (across every worker sharing
+    /// the store), so that a destination that hangs holds only part of the slots.
+    pub per_destination: usize,
     pub delivery_timeout: Duration,
     pub backoff: BackoffPolicy,
 }
@@ -161,6 +164,7 @@ impl Default for EngineConfig {
             },
             lease_ms: 120_000,
             batch: 32,
+            per_destination: 16,
             delivery_timeout: Duration::from_secs(60),
             backoff: BackoffPolicy::default(),
         }
@@ -259,7 +263,13 @@ impl OutboxEngine {
         let now = self.clock.now_ms();
         let items = self
             .store
-            .claim_due(self.cfg.worker_id.clone(), now, self.cfg.lease_ms, limit)
+            .claim_due(
+                self.cfg.worker_id.clone(),
+                now,
+                self.cfg.lease_ms,
+                limit,
+                self.cfg.per_destination,
+            )
             .await?;
         let mut report = TickReport {
             claimed: items.len(),
@@ -518,6 +528,7 @@ mod tests {
                 worker_id: worker.into(),
                 lease_ms: 60_000,
                 batch: 16,
+                per_destination: 16,
                 delivery_timeout: Duration::from_secs(5),
                 backoff,
             },
@@ -705,7 +716,7 @@ mod tests {
         // Whatever is claimed while the creation is retrying never includes its updates.
         eng.run_once().await.unwrap();
         let leased = store
-            .claim_due("probe".into(), clock.now_ms() + HOUR, 1, 100)
+            .claim_due("probe".into(), clock.now_ms() + HOUR, 1, 100, usize::MAX)
             .await
             .unwrap();
         assert!(leased
@@ -975,14 +986,14 @@ mod tests {
             assert_eq!(receipt.destinations, ["dvcqg"]);
             // A worker leases the item, then the process dies before recording anything.
             let leased = store
-                .claim_due("w-old".into(), T0, 60_000, 10)
+                .claim_due("w-old".into(), T0, 60_000, 10, usize::MAX)
                 .await
                 .unwrap();
             assert_eq!(leased.len(), 1);
             id = leased[0].id;
             // A second worker cannot take the leased item.
             assert!(store
-                .claim_due("w-2".into(), T0, 60_000, 10)
+                .claim_due("w-2".into(), T0, 60_000, 10, usize::MAX)
                 .await
                 .unwrap()
                 .is_empty());
@@ -1030,28 +1041,36 @@ mod tests {
         );
     }
 
-    /// A counterpart that never answers (until its deliveries time out) holds only the
-    /// slots of its own items: the loop refills the others as they finish.
-    #[tokio::test]
-    async fn a_hanging_destination_does_not_hold_back_the_others() {
-        struct HalfStuck(std::sync::atomic::AtomicUsize);
-        impl Deliverer for HalfStuck {
-            fn deliver(
-                &self,
-                dest: &str,
-                _item: &OutboxItem,
-            ) -> Pin<Box<dyn Future<Output = DeliveryOutcome> + Send + '_>> {
-                if dest == "dvcqg" {
-                    return Box::pin(std::future::pending());
-                }
-                self.0.fetch_add(1, Ordering::SeqCst);
-                Box::pin(async { DeliveryOutcome::Delivered })
+    /// A deliverer for which `dvcqg` never answers (until the delivery times out) and
+    /// every other destination takes its items at once, counting them.
+    struct HalfStuck(std::sync::atomic::AtomicUsize);
+
+    impl Deliverer for HalfStuck {
+        fn deliver(
+            &self,
+            dest: &str,
+            _item: &OutboxItem,
+        ) -> Pin<Box<dyn Future<Output = DeliveryOutcome> + Send + '_>> {
+            if dest == "dvcqg" {
+                return Box::pin(std::future::pending());
             }
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { DeliveryOutcome::Delivered })
         }
+    }
+
+    /// Files `dossiers` dossiers (one item each for `dvcqg` and `emc`) and runs the
+    /// worker loop with `batch` slots and `per_destination`; every `emc` item must be
+    /// delivered while the `dvcqg` ones hang.
+    async fn emc_delivered_beside_a_hanging_dvcqg(
+        dossiers: usize,
+        batch: usize,
+        per_destination: usize,
+    ) {
         let dir = TempDir::new("hol");
         let clock = Arc::new(ManualClock::at_ms(T0));
         let store = open_with(&dir, clock.clone(), 1_000);
-        accept_n(&store, 3, false).await;
+        accept_n(&store, dossiers, false).await;
         let sink = Arc::new(HalfStuck(std::sync::atomic::AtomicUsize::new(0)));
         let eng = OutboxEngine::new(
             store.clone(),
@@ -1060,8 +1079,8 @@ mod tests {
             EngineConfig {
                 worker_id: "w".into(),
                 lease_ms: 600_000,
-                // Four slots for six items: the third dossier's items wait for a slot.
-                batch: 4,
+                batch,
+                per_destination,
                 delivery_timeout: Duration::from_secs(300),
                 backoff: BackoffPolicy::default(),
             },
@@ -1071,7 +1090,7 @@ mod tests {
             eng.run(rx, Duration::from_millis(1), &|_| {}).await;
         });
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while sink.0.load(Ordering::SeqCst) < 3 {
+        while sink.0.load(Ordering::SeqCst) < dossiers {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the emc items waited behind the hanging dvcqg ones"
@@ -1080,6 +1099,21 @@ mod tests {
         }
         let _ = tx.send(true);
         worker.abort();
+    }
+
+    /// A counterpart that never answers (until its deliveries time out) holds only the
+    /// slots of its own items: the loop refills the others as they finish.
+    #[tokio::test]
+    async fn a_hanging_destination_does_not_hold_back_the_others() {
+        // Four slots for six items: the third dossier's items wait for a slot.
+        emc_delivered_beside_a_hanging_dvcqg(3, 4, 4).await;
+    }
+
+    /// More hanging items than slots: without a bound per destination, they would take
+    /// every slot and the rest of `emc` would wait for the delivery timeout.
+    #[tokio::test]
+    async fn a_hanging_destination_holds_only_its_share_of_the_slots() {
+        emc_delivered_beside_a_hanging_dvcqg(6, 4, 2).await;
     }
 
     #[tokio::test]

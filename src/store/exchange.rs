@@ -383,12 +383,16 @@ pub trait ExchangeStore: Send + Sync {
 
     /// Lease up to `limit` due items to `owner` until `now_ms + lease_ms`, never an item whose
     /// earlier sibling (same dossier, same destination) is undelivered. Counts the attempt.
+    /// Claims up to `limit` due items, oldest first, taking no destination past
+    /// `per_destination` claims in flight (every worker's unexpired claims count: nodes
+    /// that share the store share the bound). `usize::MAX`: no such bound.
     fn claim_due(
         &self,
         owner: String,
         now_ms: i64,
         lease_ms: i64,
         limit: usize,
+        per_destination: usize,
     ) -> Pending<Result<Vec<OutboxItem>, StoreError>>;
 
     /// Record the outcome of attempt `attempt` of item `id`. Returns false (and changes only the
@@ -1150,32 +1154,67 @@ fn claim_tx(
     now_ms: i64,
     lease_ms: i64,
     limit: usize,
+    per_destination: usize,
 ) -> rusqlite::Result<Vec<OutboxItem>> {
+    // Claims in flight per destination: unexpired leases of every worker. A destination
+    // already at its bound is left out of the scan below.
+    let mut busy: std::collections::HashMap<String, usize> = Default::default();
+    if per_destination != usize::MAX {
+        let mut stmt = conn.prepare_cached(
+            "SELECT destination, COUNT(*) FROM outbox \
+             WHERE state = 'sending' AND lease_until >= ?1 GROUP BY destination",
+        )?;
+        let rows = stmt.query_map(params![now_ms], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        for r in rows {
+            let (d, n) = r?;
+            busy.insert(d, usize::try_from(n).unwrap_or(usize::MAX));
+        }
+    }
+    let full: Vec<&str> = busy
+        .iter()
+        .filter(|(_, n)| **n >= per_destination)
+        .map(|(d, _)| d.as_str())
+        .collect();
+    let full = serde_json::to_string(&full).unwrap_or_else(|_| "[]".into());
     // A `sending` row whose lease expired belongs to a worker that died or hung: it is due again.
-    // (PostgreSQL: same statement with `FOR UPDATE SKIP LOCKED` in the sub-select.)
+    // (PostgreSQL: same statement with `FOR UPDATE SKIP LOCKED`.)
     let sql = format!(
+        "SELECT o.id, o.destination FROM outbox o \
+         WHERE o.state IN ('pending', 'retrying', 'sending') \
+           AND o.next_attempt_at <= ?1 \
+           AND (o.lease_until IS NULL OR o.lease_until < ?1) \
+           AND o.destination NOT IN (SELECT value FROM json_each(?2)) \
+           AND NOT EXISTS ( \
+               SELECT 1 FROM outbox p \
+               WHERE p.destination = o.destination AND p.dossier_code = o.dossier_code \
+                 AND p.id < o.id AND {ORDER_BLOCKING}) \
+         ORDER BY o.id"
+    );
+    let mut ids = Vec::new();
+    {
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut rows = stmt.query(params![now_ms, full])?;
+        while ids.len() < limit {
+            let Some(row) = rows.next()? else { break };
+            let in_flight = busy.entry(row.get::<_, String>(1)?).or_insert(0);
+            if *in_flight >= per_destination {
+                continue;
+            }
+            *in_flight += 1;
+            ids.push(row.get::<_, i64>(0)?);
+        }
+    }
+    let mut claim = conn.prepare_cached(&format!(
         "UPDATE outbox SET state = 'sending', lease_owner = ?1, lease_until = ?2, \
              attempts = attempts + 1, updated_at = ?3 \
-         WHERE id IN ( \
-             SELECT o.id FROM outbox o \
-             WHERE o.state IN ('pending', 'retrying', 'sending') \
-               AND o.next_attempt_at <= ?3 \
-               AND (o.lease_until IS NULL OR o.lease_until < ?3) \
-               AND NOT EXISTS ( \
-                   SELECT 1 FROM outbox p \
-                   WHERE p.destination = o.destination AND p.dossier_code = o.dossier_code \
-                     AND p.id < o.id AND {ORDER_BLOCKING}) \
-             ORDER BY o.id LIMIT ?4) \
-         RETURNING {OUTBOX_COLS}"
-    );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let mut items = stmt
-        .query_map(
-            params![owner, now_ms + lease_ms, now_ms, limit as i64],
-            item_from_row,
-        )?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    items.sort_by_key(|i| i.id);
+         WHERE id = ?4 RETURNING {OUTBOX_COLS}"
+    ))?;
+    let mut items = Vec::with_capacity(ids.len());
+    for id in ids {
+        items.push(claim.query_row(params![owner, now_ms + lease_ms, now_ms, id], item_from_row)?);
+    }
     let mut log = conn.prepare_cached(
         "INSERT INTO attempts (outbox_id, attempt, worker, started_at) VALUES (?1, ?2, ?3, ?4)",
     )?;
@@ -1421,9 +1460,10 @@ impl ExchangeStore for SqliteStore {
         now_ms: i64,
         lease_ms: i64,
         limit: usize,
+        per_destination: usize,
     ) -> Pending<Result<Vec<OutboxItem>, StoreError>> {
         self.submit(store_fail, move |ctx| {
-            ctx.atomic(|conn, _| claim_tx(conn, &owner, now_ms, lease_ms, limit))
+            ctx.atomic(|conn, _| claim_tx(conn, &owner, now_ms, lease_ms, limit, per_destination))
                 .map_err(StoreError::from)
         })
     }
@@ -2169,7 +2209,10 @@ pub(crate) mod tests {
         assert_eq!(again.receipt, first.receipt);
         assert_eq!(store.stats().spool_used, 2);
         // Delivering frees space; the refused dossier is then accepted.
-        let items = store.claim_due("w".into(), T0, 1000, 10).await.unwrap();
+        let items = store
+            .claim_due("w".into(), T0, 1000, 10, usize::MAX)
+            .await
+            .unwrap();
         for i in &items {
             assert!(store
                 .complete(i.id, i.attempts, "w".into(), Completion::Delivered, T0)
@@ -2182,6 +2225,74 @@ pub(crate) mod tests {
         drop(store);
         let store = open_with(&dir, clock, 3);
         assert_eq!(store.stats().spool_used, 2);
+    }
+
+    #[tokio::test]
+    async fn a_destination_takes_at_most_its_share_of_the_claims() {
+        let dir = TempDir::new("per-dest");
+        let store = open_with(&dir, Arc::new(ManualClock::at_ms(T0)), 1_000_000);
+        // Three dossiers for `slow`, then one for `fast`: by age alone, `slow` would take
+        // every claim.
+        for n in 1..=4 {
+            let mut d = sample_dossier();
+            d.code = Some(format!("000.00.01.H22-250715-000{n}"));
+            let to = if n < 4 { "slow" } else { "fast" };
+            store
+                .accept_dossier(d, None, vec![to.to_string()])
+                .await
+                .unwrap();
+        }
+        let to = |items: &[OutboxItem]| {
+            items
+                .iter()
+                .map(|i| i.destination.clone())
+                .collect::<Vec<_>>()
+        };
+        let first = store
+            .claim_due("w1".into(), T0, 60_000, 10, 2)
+            .await
+            .unwrap();
+        assert_eq!(to(&first), ["slow", "slow", "fast"]);
+        // While those claims stand, no worker gets more of `slow`.
+        let second = store
+            .claim_due("w2".into(), T0, 60_000, 10, 2)
+            .await
+            .unwrap();
+        assert!(second.is_empty(), "{:?}", to(&second));
+        // A finished delivery frees its destination's slot for the next item.
+        assert!(store
+            .complete(
+                first[0].id,
+                first[0].attempts,
+                "w1".into(),
+                Completion::Delivered,
+                T0
+            )
+            .await
+            .unwrap());
+        let third = store
+            .claim_due("w2".into(), T0, 60_000, 10, 2)
+            .await
+            .unwrap();
+        assert_eq!(to(&third), ["slow"]);
+        assert_eq!(third[0].dossier_code, "000.00.01.H22-250715-0003");
+        // Without the bound, the oldest due item goes first, whatever its destination.
+        let dir = TempDir::new("per-dest-unbounded");
+        let store = open_with(&dir, Arc::new(ManualClock::at_ms(T0)), 1_000_000);
+        for n in 1..=4 {
+            let mut d = sample_dossier();
+            d.code = Some(format!("000.00.01.H22-250715-000{n}"));
+            let to = if n < 4 { "slow" } else { "fast" };
+            store
+                .accept_dossier(d, None, vec![to.to_string()])
+                .await
+                .unwrap();
+        }
+        let all = store
+            .claim_due("w1".into(), T0, 60_000, 3, usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!(to(&all), ["slow", "slow", "slow"]);
     }
 
     #[tokio::test]
