@@ -60,8 +60,8 @@ pub struct GatewayError {
     pub allow: Option<String>,
     /// For 503: seconds after which a retry may succeed.
     pub retry_after: Option<u64>,
-    /// For 401: the request presented no token at all, so the challenge carries no
-    /// error code (RFC 6750 §3.1).
+    /// For 401: the request presented no bearer token (none, or another scheme), so the
+    /// challenge carries no error code (RFC 6750 §3.1).
     pub token_missing: bool,
 }
 

@@ -223,7 +223,7 @@ async fn answer(
             } else {
                 let e = GatewayError::unavailable(
                     "not_ready",
-                    "the config is loaded but upstream health is not known yet, or the gateway is stopping",
+                    "the config is loaded but upstream health or a token issuer's key set is not known yet, or the gateway is stopping",
                     1,
                 );
                 let mut r = respond::error_response(&e, rid);

@@ -603,6 +603,8 @@ struct Snapshot {
     /// Time of the last fetch attempt (successful or not).
     attempted_at: Option<Duration>,
     last_error: Option<String>,
+    /// Whether a fetch has been tried, here or (adopted) in the previous generation.
+    tried: bool,
 }
 
 /// Counters of one JWKS state, for metrics.
@@ -652,6 +654,7 @@ impl JwksState {
             fetched_at: snap.fetched_at,
             attempted_at: None,
             last_error: snap.last_error.clone(),
+            tried: snap.tried,
         };
         *self.snap.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(adopted);
         // A reload is also how an operator forces a fresh key set (a key withdrawn at
@@ -724,7 +727,7 @@ impl JwksState {
     /// from the previous config (readiness waits for it, as for upstream health).
     pub fn known(&self) -> bool {
         let s = self.current();
-        s.fetched_at.is_some() || s.attempted_at.is_some()
+        s.tried || s.fetched_at.is_some()
     }
 
     /// The last successfully fetched key set (may be empty before the first).
@@ -737,7 +740,12 @@ impl JwksState {
     /// happened meanwhile.
     pub async fn refresh(&self) -> Result<(), String> {
         let _g = self.fetch_lock.lock().await;
-        self.fetch_locked(true).await
+        let r = self.fetch_locked(true).await;
+        if r.is_ok() {
+            // Fresh keys: an adopted set's first lookup need not fetch again.
+            self.refresh_first.store(false, Ordering::Relaxed);
+        }
+        r
     }
 
     /// Fetches with the lock held. Unless `force`, skips when an attempt was
@@ -764,6 +772,7 @@ impl JwksState {
                 fetched_at: Some(now),
                 attempted_at: Some(now),
                 last_error: None,
+                tried: true,
             },
             Err(e) => {
                 self.failures.fetch_add(1, Ordering::Relaxed);
@@ -772,6 +781,7 @@ impl JwksState {
                     fetched_at: cur.fetched_at,
                     attempted_at: Some(now),
                     last_error: Some(e.clone()),
+                    tried: true,
                 }
             }
         };

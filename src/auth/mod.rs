@@ -360,7 +360,9 @@ impl AuthRuntime {
 fn to_gateway_error(e: &AuthError) -> GatewayError {
     match e.kind() {
         AuthErrorKind::Unauthorized(reason) => GatewayError {
-            token_missing: reason == jwt::reason::MISSING_TOKEN,
+            // No bearer token at all: none sent, or another scheme (RFC 6750 §3.1).
+            token_missing: reason == jwt::reason::MISSING_TOKEN
+                || reason == jwt::reason::BAD_SCHEME,
             ..GatewayError::new(
                 ErrorKind::Unauthorized,
                 "invalid_token",

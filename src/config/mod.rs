@@ -1591,6 +1591,20 @@ impl Validator {
             Some(v) => self
                 .element::<RawExchange>("exchange", Some(v))
                 .map(|x| ExchangeCfg {
+                    max_in_flight_per_destination: match x.max_in_flight_per_destination {
+                        Some(0) => {
+                            self.problems.push(
+                                "exchange.max_in_flight_per_destination",
+                                "must be at least 1",
+                            );
+                            1
+                        }
+                        Some(n) => n,
+                        // Half the worker's 32 slots, where another destination could
+                        // use the rest.
+                        None if x.deliveries.len() > 1 => 16,
+                        None => 32,
+                    },
                     db: match &x.db {
                         Some(d) => self.base.join(d),
                         None => {
@@ -1651,17 +1665,6 @@ impl Validator {
                     // an hour's maintenance of a national system must not dead-letter
                     // what was queued meanwhile.
                     max_attempts: x.max_attempts.unwrap_or(48).max(1),
-                    max_in_flight_per_destination: match x.max_in_flight_per_destination {
-                        Some(0) => {
-                            self.problems.push(
-                                "exchange.max_in_flight_per_destination",
-                                "must be at least 1",
-                            );
-                            1
-                        }
-                        Some(n) => n,
-                        None => 16,
-                    },
                     delivery_timeout: self.duration(
                         "exchange.delivery_timeout",
                         x.delivery_timeout.as_ref(),
@@ -2025,7 +2028,7 @@ impl Validator {
             self.problems
                 .push(format!("{path}.max_uri_bytes"), "must be at least 64");
         }
-        let max_headers = l.max_headers.unwrap_or(64);
+        let max_headers = l.max_headers.unwrap_or(99);
         if max_headers == 0 {
             self.problems
                 .push(format!("{path}.max_headers"), "must be at least 1");

@@ -94,8 +94,8 @@ pub struct RawExchange {
     pub deliveries: std::collections::BTreeMap<String, RawDelivery>,
     /// Give up after this many attempts (dead letter; default 48).
     pub max_attempts: Option<u32>,
-    /// Deliveries in flight to one destination at most, across every node sharing the
-    /// store (default 16 of a worker's 32 slots).
+    /// Deliveries one worker has in flight to one destination at most (default 16 of its
+    /// 32 slots when several destinations are configured, else 32).
     pub max_in_flight_per_destination: Option<usize>,
     /// Longest a delivery may take (default 30s). A worker's claim on an item lasts twice
     /// this, so items held by a crashed process are retried after that long.

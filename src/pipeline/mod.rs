@@ -1371,8 +1371,9 @@ pub mod intake {
                 "method names are case-sensitive; this gateway takes upper-case ones only",
             ));
         }
-        // hyper's parser enforces twice these limits as a backstop (its refusals have
-        // no body); within that margin the refusal is ours and carries the JSON contract.
+        // hyper's parser enforces a higher limit as a backstop (100 fields, or twice
+        // `max_headers` from 100 up: `server::parser_max_headers`; its refusals have no
+        // body); within that margin the refusal is ours and carries the JSON contract.
         if parts.headers.len() > l.max_headers {
             return Err(GatewayError::new(
                 ErrorKind::HeadersTooLarge,

@@ -381,11 +381,10 @@ pub trait ExchangeStore: Send + Sync {
 
     fn timeline(&self, code: String) -> Pending<Result<Option<Timeline>, StoreError>>;
 
-    /// Lease up to `limit` due items to `owner` until `now_ms + lease_ms`, never an item whose
-    /// earlier sibling (same dossier, same destination) is undelivered. Counts the attempt.
-    /// Claims up to `limit` due items, oldest first, taking no destination past
-    /// `per_destination` claims in flight (every worker's unexpired claims count: nodes
-    /// that share the store share the bound). `usize::MAX`: no such bound.
+    /// Lease up to `limit` due items to `owner` until `now_ms + lease_ms`, oldest first,
+    /// never an item whose earlier sibling (same dossier, same destination) is
+    /// undelivered, and no destination past `per_destination` unexpired claims of `owner`
+    /// (`usize::MAX`: no such bound). Counts the attempt.
     fn claim_due(
         &self,
         owner: String,
@@ -536,6 +535,8 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS outbox_order ON outbox (destination, dossier_code, id);
+CREATE INDEX IF NOT EXISTS outbox_open ON outbox (destination, id)
+    WHERE state IN ('pending', 'retrying', 'sending');
 CREATE TABLE IF NOT EXISTS attempts (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     outbox_id   INTEGER NOT NULL REFERENCES outbox(id),
@@ -1148,6 +1149,10 @@ fn event_tx(
     })
 }
 
+/// The open rows (not yet delivered or cancelled), as the partial index `outbox_open`
+/// covers them: a query must spell its `WHERE` this way for SQLite to use that index.
+const OPEN_ROWS: &str = "state IN ('pending', 'retrying', 'sending')";
+
 fn claim_tx(
     conn: &Connection,
     owner: &str,
@@ -1156,15 +1161,15 @@ fn claim_tx(
     limit: usize,
     per_destination: usize,
 ) -> rusqlite::Result<Vec<OutboxItem>> {
-    // Claims in flight per destination: unexpired leases of every worker. A destination
-    // already at its bound is left out of the scan below.
+    // This worker's claims in flight per destination.
     let mut busy: std::collections::HashMap<String, usize> = Default::default();
     if per_destination != usize::MAX {
         let mut stmt = conn.prepare_cached(
             "SELECT destination, COUNT(*) FROM outbox \
-             WHERE state = 'sending' AND lease_until >= ?1 GROUP BY destination",
+             WHERE state = 'sending' AND lease_owner = ?1 AND lease_until >= ?2 \
+             GROUP BY destination",
         )?;
-        let rows = stmt.query_map(params![now_ms], |r| {
+        let rows = stmt.query_map(params![owner, now_ms], |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
         })?;
         for r in rows {
@@ -1172,40 +1177,51 @@ fn claim_tx(
             busy.insert(d, usize::try_from(n).unwrap_or(usize::MAX));
         }
     }
-    let full: Vec<&str> = busy
-        .iter()
-        .filter(|(_, n)| **n >= per_destination)
-        .map(|(d, _)| d.as_str())
-        .collect();
-    let full = serde_json::to_string(&full).unwrap_or_else(|_| "[]".into());
-    // A `sending` row whose lease expired belongs to a worker that died or hung: it is due again.
-    // (PostgreSQL: same statement with `FOR UPDATE SKIP LOCKED`.)
-    let sql = format!(
-        "SELECT o.id, o.destination FROM outbox o \
-         WHERE o.state IN ('pending', 'retrying', 'sending') \
-           AND o.next_attempt_at <= ?1 \
-           AND (o.lease_until IS NULL OR o.lease_until < ?1) \
-           AND o.destination NOT IN (SELECT value FROM json_each(?2)) \
+    // The destinations with open rows, one index seek each (a loose index scan of
+    // `outbox_open`): delivered history is never read.
+    let destinations: Vec<String> = {
+        let mut stmt = conn.prepare_cached(&format!(
+            "WITH RECURSIVE d(x) AS ( \
+                 SELECT (SELECT destination FROM outbox INDEXED BY outbox_open \
+                         WHERE {OPEN_ROWS} ORDER BY destination LIMIT 1) \
+                 UNION ALL \
+                 SELECT (SELECT destination FROM outbox INDEXED BY outbox_open \
+                         WHERE {OPEN_ROWS} AND destination > d.x ORDER BY destination LIMIT 1) \
+                 FROM d WHERE d.x IS NOT NULL) \
+             SELECT x FROM d WHERE x IS NOT NULL"
+        ))?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    // Each destination's oldest due rows, as many as it has room for; then the oldest
+    // `limit` of them all. A `sending` row whose lease expired belongs to a worker that
+    // died or hung: it is due again.
+    let mut due = conn.prepare_cached(&format!(
+        "SELECT o.id FROM outbox o INDEXED BY outbox_open \
+         WHERE o.destination = ?1 AND o.{OPEN_ROWS} \
+           AND o.next_attempt_at <= ?2 \
+           AND (o.lease_until IS NULL OR o.lease_until < ?2) \
            AND NOT EXISTS ( \
                SELECT 1 FROM outbox p \
                WHERE p.destination = o.destination AND p.dossier_code = o.dossier_code \
                  AND p.id < o.id AND {ORDER_BLOCKING}) \
-         ORDER BY o.id"
-    );
+         ORDER BY o.id LIMIT ?3"
+    ))?;
     let mut ids = Vec::new();
-    {
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let mut rows = stmt.query(params![now_ms, full])?;
-        while ids.len() < limit {
-            let Some(row) = rows.next()? else { break };
-            let in_flight = busy.entry(row.get::<_, String>(1)?).or_insert(0);
-            if *in_flight >= per_destination {
-                continue;
-            }
-            *in_flight += 1;
-            ids.push(row.get::<_, i64>(0)?);
+    for d in &destinations {
+        let room = per_destination
+            .saturating_sub(busy.get(d).copied().unwrap_or(0))
+            .min(limit);
+        if room == 0 {
+            continue;
+        }
+        let rows = due.query_map(params![d, now_ms, room as i64], |r| r.get::<_, i64>(0))?;
+        for id in rows {
+            ids.push(id?);
         }
     }
+    ids.sort_unstable();
+    ids.truncate(limit);
     let mut claim = conn.prepare_cached(&format!(
         "UPDATE outbox SET state = 'sending', lease_owner = ?1, lease_until = ?2, \
              attempts = attempts + 1, updated_at = ?3 \
@@ -2253,9 +2269,9 @@ pub(crate) mod tests {
             .await
             .unwrap();
         assert_eq!(to(&first), ["slow", "slow", "fast"]);
-        // While those claims stand, no worker gets more of `slow`.
+        // While those claims stand, the worker gets no more of `slow`.
         let second = store
-            .claim_due("w2".into(), T0, 60_000, 10, 2)
+            .claim_due("w1".into(), T0, 60_000, 10, 2)
             .await
             .unwrap();
         assert!(second.is_empty(), "{:?}", to(&second));
@@ -2271,11 +2287,24 @@ pub(crate) mod tests {
             .await
             .unwrap());
         let third = store
-            .claim_due("w2".into(), T0, 60_000, 10, 2)
+            .claim_due("w1".into(), T0, 60_000, 10, 2)
             .await
             .unwrap();
         assert_eq!(to(&third), ["slow"]);
         assert_eq!(third[0].dossier_code, "000.00.01.H22-250715-0003");
+        // The bound is each worker's own: a process restarted under a new worker id is not
+        // held back by the claims its predecessor left behind.
+        let mut d = sample_dossier();
+        d.code = Some("000.00.01.H22-250715-0005".into());
+        store
+            .accept_dossier(d, None, vec!["slow".to_string()])
+            .await
+            .unwrap();
+        let other = store
+            .claim_due("w2".into(), T0, 60_000, 10, 2)
+            .await
+            .unwrap();
+        assert_eq!(to(&other), ["slow"]);
         // Without the bound, the oldest due item goes first, whatever its destination.
         let dir = TempDir::new("per-dest-unbounded");
         let store = open_with(&dir, Arc::new(ManualClock::at_ms(T0)), 1_000_000);

@@ -136,10 +136,13 @@ async fn missing_or_bad_tokens_are_401_with_the_json_contract() {
     let up = MockUpstream::start(echo("up")).await;
     let k = key("k1");
     let gw = static_issuer_gateway(&up, &k).await;
-    // No token at all: the challenge names the scheme only (RFC 6750 §3.1).
-    let r = raw(gw.addr(), &get_with("/h22/x", None, "")).await;
-    assert_error(&r, 401, "invalid_token");
-    assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    // No bearer token, none at all or another scheme: the challenge names the scheme
+    // only (RFC 6750 §3.1).
+    for extra in ["", "Authorization: Basic dTpw\r\n"] {
+        let r = raw(gw.addr(), &get_with("/h22/x", None, extra)).await;
+        assert_error(&r, 401, "invalid_token");
+        assert_eq!(r.header("www-authenticate"), Some("Bearer"), "{extra}");
+    }
     let r = raw(gw.addr(), &get_with("/h22/x", Some("not.a.token"), "")).await;
     assert_error(&r, 401, "invalid_token");
     assert_eq!(
