@@ -2243,12 +2243,11 @@ pub(crate) mod tests {
         assert_eq!(store.stats().spool_used, 2);
     }
 
-    #[tokio::test]
-    async fn a_destination_takes_at_most_its_share_of_the_claims() {
-        let dir = TempDir::new("per-dest");
+    /// A store holding three dossiers for `slow`, then one for `fast`: by age alone,
+    /// `slow` would take every claim.
+    async fn slow_then_fast(name: &str) -> (TempDir, Arc<SqliteStore>) {
+        let dir = TempDir::new(name);
         let store = open_with(&dir, Arc::new(ManualClock::at_ms(T0)), 1_000_000);
-        // Three dossiers for `slow`, then one for `fast`: by age alone, `slow` would take
-        // every claim.
         for n in 1..=4 {
             let mut d = sample_dossier();
             d.code = Some(format!("000.00.01.H22-250715-000{n}"));
@@ -2258,6 +2257,12 @@ pub(crate) mod tests {
                 .await
                 .unwrap();
         }
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn a_destination_takes_at_most_its_share_of_the_claims() {
+        let (_dir, store) = slow_then_fast("per-dest").await;
         let to = |items: &[OutboxItem]| {
             items
                 .iter()
@@ -2306,17 +2311,7 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(to(&other), ["slow"]);
         // Without the bound, the oldest due item goes first, whatever its destination.
-        let dir = TempDir::new("per-dest-unbounded");
-        let store = open_with(&dir, Arc::new(ManualClock::at_ms(T0)), 1_000_000);
-        for n in 1..=4 {
-            let mut d = sample_dossier();
-            d.code = Some(format!("000.00.01.H22-250715-000{n}"));
-            let to = if n < 4 { "slow" } else { "fast" };
-            store
-                .accept_dossier(d, None, vec![to.to_string()])
-                .await
-                .unwrap();
-        }
+        let (_dir, store) = slow_then_fast("per-dest-unbounded").await;
         let all = store
             .claim_due("w1".into(), T0, 60_000, 3, usize::MAX)
             .await
