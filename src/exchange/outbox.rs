@@ -144,8 +144,8 @@ pub struct EngineConfig {
     pub lease_ms: i64,
     /// Items claimed (and delivered concurrently) per tick.
     pub batch: usize,
-    /// Deliveries in flight to one destination at most (across every worker sharing
-    /// the store), so that a destination that hangs holds only part of the slots.
+    /// Deliveries this worker has in flight to one destination at most, so that a
+    /// destination that hangs holds only part of the slots.
     pub per_destination: usize,
     pub delivery_timeout: Duration,
     pub backoff: BackoffPolicy,

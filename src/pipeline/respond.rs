@@ -56,7 +56,7 @@ pub fn error_response(e: &GatewayError, request_id: &str) -> Response<Body> {
         }
     }
     if e.kind == ErrorKind::Unauthorized {
-        // RFC 6750 §3.1: a request with no token at all is told only the scheme.
+        // RFC 6750 §3.1: a request without a bearer token is told only the scheme.
         h.insert(
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static(if e.token_missing {
