@@ -237,6 +237,9 @@ pub struct Gateway {
     /// HTTP/2 streams in progress: hyper runs each in a task of its own, outside the
     /// connection's, and shutdown waits for them (`server::StreamExecutor`).
     pub(crate) h2_streams: Arc<crate::server::StreamTasks>,
+    /// Requests served by the HTTP/1 fast path (`pipeline::fast`), in `/metrics` as
+    /// `lienthong_fast_path_requests_total`.
+    pub fast_path_requests: AtomicU64,
 }
 
 impl Gateway {
@@ -276,6 +279,7 @@ impl Gateway {
             metrics,
             shutting_down: AtomicBool::new(false),
             h2_streams: Default::default(),
+            fast_path_requests: AtomicU64::new(0),
         });
         if let Some(x) = exchange {
             x.start_delivery(Arc::downgrade(&gw));

@@ -280,7 +280,15 @@ async fn answer(
                 };
                 metrics::gauge!("lienthong_auth_token_cache_hit_ratio").set(ratio);
             }
-            let mut r = Response::new(Body::full(gw.metrics.render()));
+            let mut text = gw.metrics.render();
+            // A plain counter of the gateway's own (one relaxed add per request).
+            text.push_str(&format!(
+                "# HELP lienthong_fast_path_requests_total Requests served by the HTTP/1 fast path.\n\
+                 # TYPE lienthong_fast_path_requests_total counter\n\
+                 lienthong_fast_path_requests_total {}\n",
+                gw.fast_path_requests.load(std::sync::atomic::Ordering::Relaxed)
+            ));
+            let mut r = Response::new(Body::full(text));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static("text/plain; version=0.0.4"),

@@ -268,6 +268,13 @@ pub fn sanitize_trailers(h: &mut HeaderMap) {
     }
 }
 
+/// One of [`FORWARDING`], for a name as the client wrote it (any case).
+pub fn is_forwarding_name(name: &[u8]) -> bool {
+    FORWARDING
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n.as_str().as_bytes()))
+}
+
 /// One of [`FORWARDING`]; most names are ruled out by their first bytes.
 fn is_forwarding(k: &HeaderName) -> bool {
     if k == header::FORWARDED {

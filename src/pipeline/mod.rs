@@ -24,6 +24,7 @@
 //! Each stage is a plain function that can be tested alone. The whole request runs
 //! on the config snapshot it started with, so a reload never changes a request midway.
 
+pub mod fast;
 pub mod headers;
 pub mod normalize;
 pub mod respond;
@@ -82,16 +83,22 @@ pub struct RequestCtx {
 /// A request id: the client's when it is sane, else `<process prefix>-<counter>`,
 /// unique within the process and, with a random prefix, across restarts.
 pub(crate) fn request_id(h: &http::HeaderMap) -> HeaderValue {
-    if let Some(v) = h.get(&headers::X_REQUEST_ID) {
-        let b = v.as_bytes();
-        if !b.is_empty()
-            && b.len() <= 128
-            && b.iter()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
-        {
-            return v.clone();
-        }
+    match h.get(&headers::X_REQUEST_ID) {
+        Some(v) if sane_request_id(v.as_bytes()) => v.clone(),
+        _ => new_request_id(),
     }
+}
+
+/// Whether a client's `X-Request-Id` is kept: 1 to 128 bytes of `[A-Za-z0-9._:-]`.
+pub(crate) fn sane_request_id(b: &[u8]) -> bool {
+    !b.is_empty()
+        && b.len() <= 128
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
+}
+
+/// A new request id, `<process prefix>-<counter>`.
+pub(crate) fn new_request_id() -> HeaderValue {
     static PREFIX: OnceLock<String> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let prefix = PREFIX.get_or_init(|| {
@@ -127,13 +134,25 @@ impl Target {
 
 impl RequestCtx {
     pub fn new(conn: Arc<ConnInfo>, req: &Request<Incoming>) -> Self {
+        let path = req.uri().path().to_string();
+        let id = request_id(req.headers());
+        Self::with(conn, id, req.method().clone(), req.version(), path)
+    }
+
+    pub fn with(
+        conn: Arc<ConnInfo>,
+        request_id: HeaderValue,
+        method: Method,
+        version: http::Version,
+        path: String,
+    ) -> Self {
         RequestCtx {
-            request_id: request_id(req.headers()),
+            request_id,
             start: Instant::now(),
             conn,
-            method: req.method().clone(),
-            version: req.version(),
-            path: req.uri().path().to_string(),
+            method,
+            version,
+            path,
             route: None,
             route_index: None,
             upstream: None,

@@ -394,6 +394,7 @@ async fn serve_http<I>(
 {
     let exchanges = Arc::new(Exchanges::new(h2));
     let streams = gw.h2_streams.clone();
+    let (gw2, conn2) = (gw.clone(), conn.clone());
     let svc = {
         let exchanges = exchanges.clone();
         service_fn(move |req| {
@@ -412,6 +413,7 @@ async fn serve_http<I>(
     let idle = l.idle_timeout;
     let io = TokioIo::new(io);
     if h2 {
+        drop((gw2, conn2));
         let mut b = hyper::server::conn::http2::Builder::new(StreamExecutor(streams));
         b.timer(TokioTimer::new())
             .max_concurrent_streams(l.h2_max_concurrent_streams)
@@ -427,6 +429,32 @@ async fn serve_http<I>(
         })
         .await;
     } else {
+        // The fast path first (`pipeline::fast`), under the same watchdog; hyper takes
+        // the connection over, with the bytes read so far, at the first request that
+        // needs the full path.
+        let mut io = io.into_inner();
+        let mut buf = crate::pipeline::fast::ReadBuf::new();
+        let closing = AtomicBool::new(false);
+        let fallback = AtomicBool::new(false);
+        let head = Some(l.header_read_timeout);
+        let fast = crate::pipeline::fast::serve(
+            &gw2, &conn2, &mut io, &mut buf, &exchanges, &closing, &fallback,
+        );
+        drive(
+            fast,
+            idle,
+            Some(activity.clone()),
+            exchanges.clone(),
+            head,
+            &mut stop,
+            |_| closing.store(true, Ordering::Relaxed),
+        )
+        .await;
+        if !fallback.load(Ordering::Relaxed) {
+            return;
+        }
+        io.unread(Bytes::copy_from_slice(buf.unread()));
+        let io = TokioIo::new(io);
         // No timer for hyper: the header-read timeout is the watchdog's (`drive`), which
         // spares every request a tokio timer of its own.
         let mut b = hyper::server::conn::http1::Builder::new();
@@ -435,7 +463,6 @@ async fn serve_http<I>(
             .max_header_size(l.max_header_bytes.saturating_mul(2))
             .keep_alive(true);
         let c = b.serve_connection(io, svc).with_upgrades();
-        let head = Some(l.header_read_timeout);
         drive(c, idle, Some(activity), exchanges, head, &mut stop, |c| {
             c.graceful_shutdown()
         })
@@ -638,7 +665,7 @@ async fn drive<C, E>(
 }
 
 /// A connection's exchanges, as its watchdog (`drive`) sees them.
-struct Exchanges {
+pub(crate) struct Exchanges {
     /// Exchanges begun (request head complete) whose response has not ended yet, and
     /// in the high half ([`RESPONDING`] each) those of them whose response has been
     /// handed to hyper to send: one counter, one atomic update at each step.
@@ -656,7 +683,7 @@ struct Exchanges {
     /// Whether the latest poll of a response body found it waiting on its source (the
     /// upstream): a response that is not moving because the upstream is slow is not a
     /// client that stopped reading.
-    body_waiting: AtomicBool,
+    pub(crate) body_waiting: AtomicBool,
 }
 
 /// One responding exchange in [`Exchanges::open`].
@@ -693,16 +720,16 @@ impl Exchanges {
 
 /// One open exchange: from its request head to the end of its response body; and
 /// whether its response has been handed to hyper to send.
-struct Open(Arc<Exchanges>, bool);
+pub(crate) struct Open(Arc<Exchanges>, bool);
 
 impl Open {
-    fn new(e: Arc<Exchanges>) -> Open {
+    pub(crate) fn new(e: Arc<Exchanges>) -> Open {
         e.open.fetch_add(1, Ordering::Relaxed);
         Open(e, false)
     }
 
     /// The response is ready and goes to hyper now.
-    fn responding(&mut self) {
+    pub(crate) fn responding(&mut self) {
         self.0
             .responding_at
             .store(crate::clock::mono_ms(), Ordering::Relaxed);
@@ -805,6 +832,14 @@ impl<T> ConnIo<T> {
             prefix: prefix.filter(|p| !p.is_empty()),
             activity,
         }
+    }
+
+    /// Puts bytes back in front of what is still to be read.
+    pub(crate) fn unread(&mut self, b: Bytes) {
+        self.prefix = match self.prefix.take() {
+            Some(p) if !p.is_empty() => Some([b, p].concat().into()),
+            _ => Some(b).filter(|b| !b.is_empty()),
+        };
     }
 }
 

@@ -148,6 +148,9 @@ struct Inner {
     /// of warm connections small and lets surplus ones age out), and because entries
     /// are pushed in time order the expired ones always form a prefix.
     idle: Mutex<Vec<Idle>>,
+    /// Connections of the HTTP/1 fast path (`pipeline::fast`), which speaks HTTP/1.1 on
+    /// them itself: oldest first, as `idle`.
+    raw_idle: Mutex<Vec<RawIdle>>,
     /// Whether the background sweep task has been started (lazily, from the first
     /// connect, so that `new` does not need a runtime).
     sweeper_started: AtomicBool,
@@ -159,6 +162,11 @@ struct Idle {
     conn: Pooled,
     /// When it went idle, on [`crate::clock::mono_ms`] (idle timeouts are seconds;
     /// that clock's millisecond ticks are plenty, and it is cheaper to read).
+    since_ms: u64,
+}
+
+struct RawIdle {
+    stream: Stream,
     since_ms: u64,
 }
 
@@ -214,6 +222,7 @@ impl ConnPool {
                 tls,
                 builder: http1::Builder::new(),
                 idle: Mutex::new(Vec::new()),
+                raw_idle: Mutex::new(Vec::new()),
                 sweeper_started: AtomicBool::new(false),
                 #[cfg(test)]
                 unsent_retries: std::sync::atomic::AtomicUsize::new(0),
@@ -295,9 +304,56 @@ impl ConnPool {
     }
 
     /// Closes every idle connection (e.g. when the endpoint is removed).
+    /// A connection for the HTTP/1 fast path, which speaks HTTP/1.1 on it directly:
+    /// the newest idle one that has not expired and shows no sign of having been
+    /// closed by its peer, else a new one (bounded by the connect timeout). The flag
+    /// says whether it was used before: a request that finds a reused connection
+    /// closed under it may be sent again on a new one.
+    pub async fn checkout_raw(&self) -> Result<(Stream, bool), SendError> {
+        let now = crate::clock::mono_ms();
+        loop {
+            let Some(i) = lock(&self.inner.raw_idle).pop() else {
+                break;
+            };
+            let expired =
+                u128::from(now.saturating_sub(i.since_ms)) >= self.inner.idle_timeout.as_millis();
+            if !expired && !i.stream.peer_closed() {
+                return Ok((i.stream, true));
+            }
+        }
+        Ok((self.open_raw().await?, false))
+    }
+
+    /// A new connection for the fast path.
+    pub async fn open_raw(&self) -> Result<Stream, SendError> {
+        self.inner.start_sweeper();
+        let deadline = tokio::time::Instant::now() + self.inner.connect_timeout;
+        match tokio::time::timeout_at(deadline, self.inner.open(deadline)).await {
+            Ok(r) => r.map_err(SendError::Connect),
+            Err(_) => Err(SendError::Connect(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connecting to {} timed out", self.inner.target),
+            ))),
+        }
+    }
+
+    /// Gives a fast-path connection back after a complete exchange (its response
+    /// read to the end, and the upstream not closing it); beyond `max_idle` it closes.
+    pub fn checkin_raw(&self, stream: Stream) {
+        let mut idle = lock(&self.inner.raw_idle);
+        if idle.len() < self.inner.max_idle {
+            idle.push(RawIdle {
+                stream,
+                since_ms: crate::clock::mono_ms(),
+            });
+        }
+    }
+
     pub fn clear_idle(&self) {
         let drained = std::mem::take(&mut *lock(&self.inner.idle));
         drop(drained);
+        let raw = std::mem::take(&mut *lock(&self.inner.raw_idle));
+        drop(raw);
     }
 }
 
@@ -374,6 +430,11 @@ impl Inner {
         let n = idle.partition_point(|i| self.expired(i, now));
         idle.drain(..n);
         idle.retain(|i| !i.conn.sender.is_closed());
+        drop(idle);
+        let mut raw = lock(&self.raw_idle);
+        let timeout = self.idle_timeout.as_millis();
+        let n = raw.partition_point(|i| u128::from(now.saturating_sub(i.since_ms)) >= timeout);
+        raw.drain(..n);
     }
 
     async fn connect(self: &Arc<Self>) -> Result<Pooled, SendError> {
@@ -536,12 +597,31 @@ fn to_origin_form(uri: &mut Uri) {
 
 /// The transport under a connection: one concrete type keeps the connection task
 /// monomorphic (the match per read/write is negligible).
-enum Stream {
+pub enum Stream {
     Plain(TcpStream),
     // Boxed: a TLS session is ~1 KiB and plain connections should not pay for it.
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     #[cfg(test)]
     Mem(tokio::io::DuplexStream),
+}
+
+impl Stream {
+    /// Whether an idle connection's peer has closed it (or sent bytes nobody asked
+    /// for, which makes it as unusable). A plain connection is asked without a system
+    /// call unless the reactor has seen it become readable; a TLS one is not asked
+    /// (its close arrives as a record to decrypt), and a request that finds it closed
+    /// is sent again (`upstream::raw`).
+    fn peer_closed(&self) -> bool {
+        match self {
+            Stream::Plain(s) => {
+                let mut b = [0u8; 1];
+                !matches!(s.try_read(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+            Stream::Tls(_) => false,
+            #[cfg(test)]
+            Stream::Mem(_) => false,
+        }
+    }
 }
 
 impl AsyncRead for Stream {

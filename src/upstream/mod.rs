@@ -6,6 +6,7 @@
 //! when the last reference to the old pool goes away (it only holds a `Weak`).
 
 pub mod conn_pool;
+pub mod raw;
 pub mod tls_util;
 
 use crate::body::{is_too_large, Body, BodyGuard};
@@ -434,6 +435,19 @@ impl Pool {
         })
     }
 
+    fn pick_or_refuse(
+        &self,
+        exclude: Option<&Arc<Endpoint>>,
+    ) -> Result<Arc<Endpoint>, GatewayError> {
+        self.pick(exclude).ok_or_else(|| {
+            GatewayError::unavailable(
+                "no_healthy_endpoint",
+                "no healthy upstream endpoint is available",
+                1,
+            )
+        })
+    }
+
     fn record(&self, ep: &Endpoint, ok: bool) {
         if ok {
             if ep.consecutive_failures.load(Ordering::Relaxed) != 0 {
@@ -482,20 +496,37 @@ impl Pool {
             // for the body (a half-open probe's ticket has given its slot back).
             Err(_) if client_broke_off(upload.as_ref()) => Err(client_body_error()),
             Err(_) if client_is_late(upload.as_ref()) => Err(request_body_timeout()),
-            Err(_) => {
-                if let Some(ep) = in_flight {
-                    self.record(&ep, false);
-                }
-                // A probe that timed out has given its slot back (`ProbeTicket`);
-                // the failure reopens the breaker, whose failure count is still at
-                // its threshold.
-                self.breaker.record(false, false, mono_ms());
-                Err(GatewayError::new(
-                    ErrorKind::GatewayTimeout,
-                    "upstream_timeout",
-                    "the upstream did not answer in time",
-                ))
-            }
+            Err(_) => Err(self.deadline_passed(in_flight)),
+        }
+    }
+
+    /// The whole exchange's deadline passed with `in_flight` the endpoint of the
+    /// attempt then running, if any: its failure, and the breaker's.
+    fn deadline_passed(&self, in_flight: Option<Arc<Endpoint>>) -> GatewayError {
+        if let Some(ep) = in_flight {
+            self.record(&ep, false);
+        }
+        // A probe that timed out has given its slot back (`ProbeTicket`); the failure
+        // reopens the breaker, whose failure count is still at its threshold.
+        self.breaker.record(false, false, mono_ms());
+        GatewayError::new(
+            ErrorKind::GatewayTimeout,
+            "upstream_timeout",
+            "the upstream did not answer in time",
+        )
+    }
+
+    /// The circuit breaker's admission of a new request: a probe ticket when it is
+    /// half-open, the refusal when it is open.
+    fn admit(&self, now: u64) -> Result<ProbeTicket<'_>, GatewayError> {
+        self.budget.on_request(now);
+        match self.breaker.admit(now) {
+            Ok(p) => Ok(ProbeTicket(p.then_some(&self.breaker))),
+            Err(secs) => Err(GatewayError::unavailable(
+                "circuit_open",
+                "the upstream is failing; try again later",
+                secs,
+            )),
         }
     }
 
@@ -505,18 +536,7 @@ impl Pool {
         in_flight: &mut Option<Arc<Endpoint>>,
         upload: Option<&Arc<Upload>>,
     ) -> Result<Answer, GatewayError> {
-        let now = mono_ms();
-        self.budget.on_request(now);
-        let mut probe = match self.breaker.admit(now) {
-            Ok(p) => ProbeTicket(p.then_some(&self.breaker)),
-            Err(secs) => {
-                return Err(GatewayError::unavailable(
-                    "circuit_open",
-                    "the upstream is failing; try again later",
-                    secs,
-                ));
-            }
-        };
+        let mut probe = self.admit(mono_ms())?;
         let OutboundRequest {
             method,
             path_and_query,
@@ -541,13 +561,7 @@ impl Pool {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let Some(ep) = self.pick(last.as_ref()) else {
-                return Err(GatewayError::unavailable(
-                    "no_healthy_endpoint",
-                    "no healthy upstream endpoint is available",
-                    1,
-                ));
-            };
+            let ep = self.pick_or_refuse(last.as_ref())?;
             let can_retry_more = attempt < max_attempts && replay.is_some();
             let keep_copy = can_retry_more || reauth_left;
             let this_body = if keep_copy {
@@ -671,30 +685,35 @@ impl Pool {
                         continue;
                     }
                     probe.record(false, &self.breaker);
-                    let detail = error_chain(e.error.as_ref());
-                    return Err(if connect {
-                        GatewayError::new(
-                            ErrorKind::BadGateway,
-                            "upstream_unreachable",
-                            "the upstream could not be reached",
-                        )
-                    } else if e.timed_out {
-                        GatewayError::new(
-                            ErrorKind::GatewayTimeout,
-                            "upstream_timeout",
-                            "the upstream did not answer in time",
-                        )
-                    } else {
-                        GatewayError::new(
-                            ErrorKind::BadGateway,
-                            "upstream_error",
-                            "the upstream failed to answer",
-                        )
-                    }
-                    .with_detail(format!("{} {}: {detail}", self.cfg.name, ep.addr)));
+                    return Err(self.attempt_error(&ep, &e));
                 }
             }
         }
+    }
+
+    /// What a client is told about an attempt's failure (the last one's).
+    fn attempt_error(&self, ep: &Endpoint, e: &DispatchError) -> GatewayError {
+        let detail = error_chain(e.error.as_ref());
+        if e.connect {
+            GatewayError::new(
+                ErrorKind::BadGateway,
+                "upstream_unreachable",
+                "the upstream could not be reached",
+            )
+        } else if e.timed_out {
+            GatewayError::new(
+                ErrorKind::GatewayTimeout,
+                "upstream_timeout",
+                "the upstream did not answer in time",
+            )
+        } else {
+            GatewayError::new(
+                ErrorKind::BadGateway,
+                "upstream_error",
+                "the upstream failed to answer",
+            )
+        }
+        .with_detail(format!("{} {}: {detail}", self.cfg.name, ep.addr))
     }
 
     /// Whether a retry after a failure would find an endpoint: if none is left

@@ -6,6 +6,7 @@ mod adapters;
 mod audit;
 mod auth;
 mod demo;
+mod fast;
 mod headers;
 mod intake;
 mod limits;

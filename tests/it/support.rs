@@ -337,6 +337,24 @@ header_read_timeout = "2s"
     )
 }
 
+/// [`base_config`] without the audit log: plain routes then take the HTTP/1 fast
+/// path (`pipeline::fast`), which the audit stage would send to the full one.
+pub fn plain_config(extra: &str) -> String {
+    let full = base_config(extra);
+    let start = full
+        .find("[audit]")
+        .expect("base_config has an audit section");
+    let end = full.find("[log]").expect("base_config has a log section");
+    format!("{}{}", &full[..start], &full[end..])
+}
+
+/// How many requests a gateway has served on its HTTP/1 fast path.
+pub fn fast_path_requests(gw: &TestGateway) -> u64 {
+    gw.gw
+        .fast_path_requests
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A parsed HTTP/1 response from a raw exchange.
 #[derive(Debug)]
 pub struct RawResponse {
@@ -389,6 +407,12 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> RawResponse {
 
 /// Parses a response once the head and a Content-Length body (or chunked body) are complete.
 pub fn parse_complete(buf: &[u8]) -> Option<RawResponse> {
+    parse_with_len(buf).map(|(r, _)| r)
+}
+
+/// [`parse_complete`], and how many bytes of `buf` the response took (a chunked body's
+/// last chunk without trailers).
+pub fn parse_with_len(buf: &[u8]) -> Option<(RawResponse, usize)> {
     let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = std::str::from_utf8(&buf[..end]).ok()?;
     let mut lines = head.split("\r\n");
@@ -405,11 +429,13 @@ pub fn parse_complete(buf: &[u8]) -> Option<RawResponse> {
             .find(|(k, _)| k.eq_ignore_ascii_case(n))
             .map(|(_, v)| v.clone())
     };
-    let body = if let Some(len) = find("content-length") {
+    let mut used = end + 4;
+    let body = if let Some(len) = find("content-length").filter(|_| status != 304) {
         let len: usize = len.parse().ok()?;
         if rest.len() < len {
             return None;
         }
+        used += len;
         rest[..len].to_vec()
     } else if find("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
         let mut out = Vec::new();
@@ -420,6 +446,10 @@ pub fn parse_complete(buf: &[u8]) -> Option<RawResponse> {
                 usize::from_str_radix(std::str::from_utf8(&r[..le]).ok()?.trim(), 16).ok()?;
             r = &r[le + 2..];
             if size == 0 {
+                if r.len() < 2 {
+                    return None;
+                }
+                used = buf.len() - r.len() + 2;
                 break;
             }
             if r.len() < size + 2 {
@@ -434,11 +464,14 @@ pub fn parse_complete(buf: &[u8]) -> Option<RawResponse> {
     } else {
         return None;
     };
-    Some(RawResponse {
-        status,
-        headers,
-        body,
-    })
+    Some((
+        RawResponse {
+            status,
+            headers,
+            body,
+        },
+        used,
+    ))
 }
 
 /// A GET with `Connection: close` for the given raw target.

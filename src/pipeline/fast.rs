@@ -1,0 +1,835 @@
+//! The plain-proxy fast path for HTTP/1.1: the request path of [`super::handle`] for
+//! the one case that needs none of its stages but routing and the proxy header
+//! rules, done on bytes instead of through hyper.
+//!
+//! Every HTTP/1 connection starts here (`server::serve_http`). A request head is
+//! parsed with `httparse` and taken only when each stage of `handle` would be the
+//! identity or the simple rewrite this module repeats:
+//! - HTTP/1.1; GET, HEAD, POST, PUT, DELETE, PATCH or OPTIONS; an origin-form target
+//!   that normalisation leaves as it is, in a conservative character set; exactly one
+//!   valid `Host`; within the listener's head, field-count and URI limits;
+//! - no field the gateway must interpret or replace beyond these: no
+//!   `Transfer-Encoding`, `Expect`, `Upgrade`, `TE`, `Trailer`, `Keep-Alive`,
+//!   `Proxy-*`, no `Connection` but `keep-alive` or `close`, no forwarding field, no
+//!   `Via`, no `X-Lienthong-*`;
+//! - a body with `Content-Length` under the route's cap, already read in full;
+//! - a route that is anonymous, untranslated and uncached, to an HTTP/1.1 pool without
+//!   upstream credentials, with no audit log configured, and not one of the gateway's
+//!   own answers (lookups, JWKS, intake).
+//!
+//! Anything else — including every request the full path would refuse — hands the
+//! connection, with the bytes read so far, to hyper and [`super::handle`] for the rest
+//! of its life, before anything of that request has been acted on. So the fast path
+//! decides nothing the full path would decide differently: it only does less work.
+//!
+//! What it sends upstream is what `forward::prepare` would: the client's fields
+//! (names in lower case, as hyper writes them) without `Host`, `Connection`,
+//! `Content-Length`, `X-Request-Id` and (unless the route forwards it)
+//! `Authorization`; then `X-Forwarded-For/-Proto/-Host`, `Forwarded`, the request id,
+//! the client certificate's thumbprint, `Via`, `Content-Length` and `Host` (per the
+//! route's `host_header`). What it sends back is what `respond::upstream` and hyper's
+//! server would: hop-by-hop fields (and those `Connection` names) removed, `Via`
+//! appended, the request id, `Date` when the upstream gave none, the body framed by
+//! its length or re-chunked. Errors go through [`respond::finish`], the one place that
+//! maps them, and every request through `observe`.
+
+use super::*;
+use crate::server::{ConnIo, Exchanges, Open};
+use crate::upstream::raw::{Framing, RawAnswer, RawRequest, READ_CHUNK};
+use crate::upstream::Pool;
+use std::sync::atomic::AtomicBool;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Most fields a request taken here may have (an array on the stack); a request with
+/// more goes to hyper.
+const MAX_FIELDS: usize = 64;
+
+/// A connection's read buffer: `data[start..end]` is read and not yet used.
+pub(crate) struct ReadBuf {
+    data: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl ReadBuf {
+    pub(crate) fn new() -> ReadBuf {
+        ReadBuf {
+            data: vec![0; 8 * 1024],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// The bytes read and not yet used (handed to hyper on a fallback).
+    pub(crate) fn unread(&self) -> &[u8] {
+        &self.data[self.start..self.end]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+}
+
+/// Serves requests on an HTTP/1 connection until it ends, or sets `fallback` and
+/// returns when a request is one for hyper (its bytes left in `buf`). `closing` is
+/// the watchdog's graceful shutdown: no new request is read, and the response in
+/// progress says `Connection: close`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn serve<I>(
+    gw: &crate::runtime::Gateway,
+    conn: &Arc<ConnInfo>,
+    io: &mut ConnIo<I>,
+    buf: &mut ReadBuf,
+    exchanges: &Arc<Exchanges>,
+    closing: &AtomicBool,
+    fallback: &AtomicBool,
+) -> Result<(), std::convert::Infallible>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    loop {
+        let plan = loop {
+            if buf.start < buf.end {
+                let rt = gw.runtime();
+                match decide(rt, conn, buf.unread()) {
+                    Decision::Take(p) => break p,
+                    Decision::Partial if buf.start > 0 || buf.end < buf.data.len() => {}
+                    Decision::Partial | Decision::Fallback => {
+                        fallback.store(true, Ordering::Relaxed);
+                        return Ok(());
+                    }
+                }
+            }
+            if buf.start > 0 {
+                buf.data.copy_within(buf.start..buf.end, 0);
+                buf.end -= buf.start;
+                buf.start = 0;
+            }
+            let n = std::future::poll_fn(|cx| {
+                if closing.load(Ordering::Relaxed) {
+                    return std::task::Poll::Ready(Ok(0));
+                }
+                let mut rb = tokio::io::ReadBuf::new(&mut buf.data[buf.end..]);
+                match std::pin::Pin::new(&mut *io).poll_read(cx, &mut rb) {
+                    std::task::Poll::Ready(Ok(())) => std::task::Poll::Ready(Ok(rb.filled().len())),
+                    std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
+                    std::task::Poll::Pending => std::task::Poll::Pending,
+                }
+            })
+            .await;
+            match n {
+                Ok(0) | Err(_) => return Ok(()),
+                Ok(n) => buf.end += n,
+            }
+        };
+        buf.consume(plan.consumed);
+        gw.fast_path_requests.fetch_add(1, Ordering::Relaxed);
+        let close = plan.close;
+        if !exchange(plan, io, exchanges, closing).await || close {
+            return Ok(());
+        }
+    }
+}
+
+// Unboxed: a decision is made once per request and moved once; a box would be an
+// allocation per request for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Decision {
+    Take(Plan),
+    /// The head is not complete yet.
+    Partial,
+    Fallback,
+}
+
+struct Plan {
+    rt: Arc<Runtime>,
+    ctx: RequestCtx,
+    pool: Arc<Pool>,
+    req: RawRequest,
+    /// The client asked to close after this exchange.
+    close: bool,
+    /// Bytes of the head and body.
+    consumed: usize,
+}
+
+/// Bytes a path may have here: unreserved, sub-delims, `:`, `@` and `/`; no `%`.
+fn path_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&b)
+}
+
+/// A query may have those and `?` and `%` (it is passed on as it is, both paths).
+fn query_byte(b: u8) -> bool {
+    path_byte(b) || b == b'?' || b == b'%'
+}
+
+/// Fields whose presence sends the request to the full path.
+fn needs_full_path(name: &[u8]) -> bool {
+    const NAMES: [&[u8]; 10] = [
+        b"transfer-encoding",
+        b"expect",
+        b"upgrade",
+        b"te",
+        b"trailer",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+        b"via",
+    ];
+    let lower = |p: &[u8]| name.len() >= p.len() && name[..p.len()].eq_ignore_ascii_case(p);
+    NAMES.iter().any(|n| name.eq_ignore_ascii_case(n))
+        || lower(b"x-lienthong-")
+        || ((lower(b"x-") || lower(b"true-") || lower(b"forwarded"))
+            && headers::is_forwarding_name(name))
+}
+
+fn decide(rt: Arc<Runtime>, conn: &Arc<ConnInfo>, bytes: &[u8]) -> Decision {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut req = httparse::Request::new(&mut fields);
+    let head_len = match req.parse(bytes) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Decision::Partial,
+        Err(_) => return Decision::Fallback,
+    };
+    match plan(rt, conn, &req, head_len, &bytes[head_len..]) {
+        Some(p) => Decision::Take(p),
+        None => Decision::Fallback,
+    }
+}
+
+fn plan(
+    rt: Arc<Runtime>,
+    conn: &Arc<ConnInfo>,
+    req: &httparse::Request<'_, '_>,
+    head_len: usize,
+    after_head: &[u8],
+) -> Option<Plan> {
+    if req.version != Some(1) || rt.audit.is_some() {
+        return None;
+    }
+    let method = match req.method? {
+        "GET" => Method::GET,
+        "HEAD" => Method::HEAD,
+        "POST" => Method::POST,
+        "PUT" => Method::PUT,
+        "DELETE" => Method::DELETE,
+        "PATCH" => Method::PATCH,
+        "OPTIONS" => Method::OPTIONS,
+        _ => return None,
+    };
+    let l = rt.listener(&conn.listener)?;
+    let target = req.path?;
+    let (raw_path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    if !raw_path.starts_with('/')
+        || !raw_path.bytes().all(path_byte)
+        || !query.is_none_or(|q| q.bytes().all(query_byte))
+        || target.len() > l.max_uri_bytes
+        || req.headers.len() > l.max_headers
+    {
+        return None;
+    }
+    let head_bytes: usize = req
+        .headers
+        .iter()
+        .map(|f| f.name.len() + f.value.len() + 4)
+        .sum::<usize>()
+        + target.len();
+    if head_bytes > l.max_header_bytes {
+        return None;
+    }
+    let path = normalize::normalize_path(raw_path).ok()?;
+    if path != raw_path {
+        return None;
+    }
+    let mut host = None;
+    let mut length: Option<u64> = None;
+    let mut close = false;
+    let mut client_id = None;
+    for f in req.headers.iter() {
+        let name = f.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"host") {
+            if host.is_some() {
+                return None;
+            }
+            host = Some(std::str::from_utf8(f.value).ok()?);
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            let v = std::str::from_utf8(f.value).ok()?;
+            if length.is_some() || v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            length = Some(v.parse().ok()?);
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            if f.value.eq_ignore_ascii_case(b"close") {
+                close = true;
+            } else if !f.value.eq_ignore_ascii_case(b"keep-alive") {
+                return None;
+            }
+        } else if name.eq_ignore_ascii_case(b"x-request-id") {
+            client_id.get_or_insert(f.value);
+        } else if needs_full_path(name) {
+            return None;
+        }
+    }
+    let host = conn.forwarding.host(host?)?;
+    if crate::cache::serve::parse_path(&path).is_some()
+        || path == "/.well-known/jwks.json"
+        || (rt.exchange.is_some() && (path == "/v1/dossiers" || path.starts_with("/v1/dossiers/")))
+    {
+        return None;
+    }
+    let (idx, route) = route::select(
+        &rt.config.routes,
+        &rt.route_order,
+        &conn.listener,
+        &host.host,
+        &path,
+        method.as_str(),
+    )
+    .ok()?;
+    let pool = rt.route_pools[idx].clone();
+    if !rt.auth.rules[idx].as_ref().is_some_and(|r| r.anonymous)
+        || route.translate.is_some()
+        || rt.route_caches[idx].is_some()
+        || !pool.takes_raw()
+    {
+        return None;
+    }
+    let length = length.unwrap_or(0);
+    let cap = route.max_body_bytes.unwrap_or(l.max_body_bytes);
+    if length > cap || (after_head.len() as u64) < length {
+        return None;
+    }
+    let body = bytes::Bytes::copy_from_slice(&after_head[..length as usize]);
+    let request_id = match client_id {
+        Some(v) if sane_request_id(v) => HeaderValue::from_bytes(v).ok()?,
+        _ => new_request_id(),
+    };
+    let forward_token = rt.auth.forward_token[idx];
+
+    // The upstream request head, as `forward::prepare` and hyper's client make it.
+    let mut head = Vec::with_capacity(head_len + 256);
+    head.extend_from_slice(method.as_str().as_bytes());
+    head.push(b' ');
+    if route::keeps_path(route) {
+        head.extend_from_slice(target.as_bytes());
+    } else {
+        head.extend_from_slice(route::upstream_path(route, &path).as_bytes());
+        if let Some(q) = query {
+            head.push(b'?');
+            head.extend_from_slice(q.as_bytes());
+        }
+    }
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    for f in req.headers.iter() {
+        let name = f.name.as_bytes();
+        let skip = [
+            &b"host"[..],
+            b"content-length",
+            b"connection",
+            b"x-request-id",
+        ]
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n))
+            || (!forward_token && name.eq_ignore_ascii_case(b"authorization"));
+        if !skip {
+            put_lower(&mut head, name, f.value);
+        }
+    }
+    let fwd = &conn.forwarding;
+    put(&mut head, b"x-forwarded-for", fwd.for_value.as_bytes());
+    put(&mut head, b"x-forwarded-proto", fwd.proto.as_bytes());
+    put(&mut head, b"x-forwarded-host", host.value.as_bytes());
+    if let Some(v) = &host.forwarded {
+        put(&mut head, b"forwarded", v.as_bytes());
+    }
+    put(&mut head, b"x-request-id", request_id.as_bytes());
+    if let Some(fp) = conn
+        .tls
+        .as_ref()
+        .and_then(|t| t.client_cert_sha256.as_deref())
+    {
+        put(&mut head, b"x-lienthong-client-cert-s256", fp.as_bytes());
+    }
+    if let Some(v) = rt.config.server.via_name.value(http::Version::HTTP_11) {
+        put(&mut head, b"via", v.as_bytes());
+    }
+    if length > 0 || (method != Method::GET && method != Method::HEAD && method != Method::DELETE) {
+        let mut n = itoa::Buffer::new();
+        put(&mut head, b"content-length", n.format(length).as_bytes());
+    }
+    let host_value = match &route.host_header {
+        HostHeader::Preserve => Some(bytes::Bytes::copy_from_slice(host.value.as_bytes())),
+        HostHeader::Literal(v) => Some(bytes::Bytes::copy_from_slice(
+            HeaderValue::from_str(v).ok()?.as_bytes(),
+        )),
+        HostHeader::Upstream => None,
+    };
+    let idempotent = route.retry_non_idempotent || method.is_idempotent();
+    let timeout = route.timeout.unwrap_or(pool.cfg.request_timeout);
+    let head_only = method == Method::HEAD;
+    let mut ctx = RequestCtx::with(
+        conn.clone(),
+        request_id,
+        method,
+        http::Version::HTTP_11,
+        path,
+    );
+    ctx.route = Some(rt.route_names[idx].clone());
+    ctx.route_index = Some(idx);
+    ctx.upstream = Some(rt.pool_names[idx].clone());
+    Some(Plan {
+        rt,
+        ctx,
+        pool,
+        req: RawRequest {
+            head,
+            host: host_value,
+            body,
+            idempotent,
+            head_only,
+            timeout,
+        },
+        close,
+        consumed: head_len + length as usize,
+    })
+}
+
+fn put(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn put_lower(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend(name.iter().map(u8::to_ascii_lowercase));
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Runs one exchange; false when the client connection must end (it went away, or
+/// the response could not be completed).
+async fn exchange<I>(
+    plan: Plan,
+    io: &mut ConnIo<I>,
+    exchanges: &Arc<Exchanges>,
+    closing: &AtomicBool,
+) -> bool
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let Plan {
+        rt,
+        ctx,
+        pool,
+        req,
+        close,
+        ..
+    } = plan;
+    let mut open = Open::new(exchanges.clone());
+    let mut guard = Interrupted {
+        rt: &rt,
+        ctx,
+        armed: true,
+    };
+    let sent = Instant::now();
+    let answer = pool.send_raw(&req).await;
+    guard.ctx.upstream_us = Some(sent.elapsed().as_micros() as u64);
+    guard.armed = false;
+    let ctx = &mut guard.ctx;
+    let answer = match answer {
+        Ok(a) if a.status == 101 || http::StatusCode::from_u16(a.status).is_err() => {
+            ctx.endpoint = Some(a.endpoint.label.clone());
+            ctx.attempts = a.attempts;
+            Err(GatewayError::new(
+                ErrorKind::BadGateway,
+                "bad_upstream_upgrade",
+                "the upstream switched to a protocol the request did not offer",
+            ))
+        }
+        other => other,
+    };
+    let a = match answer {
+        Ok(a) => a,
+        Err(e) => {
+            let rsp = respond::finish(&rt, ctx, Err(e));
+            crate::observe::record(&rt, ctx, &rsp);
+            open.responding();
+            let closing = close || closing.load(Ordering::Relaxed);
+            return write_error(io, rsp, req.head_only, closing).await && !closing;
+        }
+    };
+    ctx.endpoint = Some(a.endpoint.label.clone());
+    ctx.attempts = a.attempts;
+    crate::observe::record_status(&rt, ctx, a.status);
+    let closing = close || closing.load(Ordering::Relaxed);
+    let head = response_head(&rt, ctx, &a, closing);
+    open.responding();
+    relay(io, a, head, exchanges).await && !closing
+}
+
+/// Writes an error response (from `respond::finish`) with hyper's framing.
+async fn write_error<I>(
+    io: &mut ConnIo<I>,
+    rsp: Response<Body>,
+    head_only: bool,
+    close: bool,
+) -> bool
+where
+    I: AsyncWrite + Unpin,
+{
+    let body = rsp.body().replayable().unwrap_or_default();
+    let mut out = Vec::with_capacity(256 + body.len());
+    status_line(&mut out, rsp.status().as_u16());
+    for (k, v) in rsp.headers() {
+        if k != header::CONTENT_LENGTH {
+            put(&mut out, k.as_str().as_bytes(), v.as_bytes());
+        }
+    }
+    if !rsp.headers().contains_key(header::DATE) {
+        put_date(&mut out);
+    }
+    let mut n = itoa::Buffer::new();
+    put(&mut out, b"content-length", n.format(body.len()).as_bytes());
+    if close {
+        put(&mut out, b"connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head_only {
+        out.extend_from_slice(&body);
+    }
+    io.write_all(&out).await.is_ok()
+}
+
+fn status_line(out: &mut Vec<u8>, status: u16) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    let mut n = itoa::Buffer::new();
+    out.extend_from_slice(n.format(status).as_bytes());
+    out.push(b' ');
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `Date`, as hyper's server adds it: formatted once a second per thread.
+fn put_date(out: &mut Vec<u8>) {
+    thread_local! {
+        static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
+    }
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, text)| {
+        if *at != secs || text.is_empty() {
+            *at = secs;
+            *text = httpdate::fmt_http_date(now);
+        }
+        put(out, b"date", text.as_bytes());
+    });
+}
+
+/// The response head for the client, as `respond::upstream` and hyper's server make it.
+fn response_head(rt: &Runtime, ctx: &RequestCtx, a: &RawAnswer, close: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(a.head_len + 128);
+    status_line(&mut out, a.status);
+    // Fields named in `Connection` are hop-by-hop too.
+    let mut named: Vec<&[u8]> = Vec::new();
+    let mut via: Vec<u8> = Vec::new();
+    let mut has_date = false;
+    for i in 0..a.fields.len() {
+        let (name, value) = a.field(i);
+        if name.eq_ignore_ascii_case(b"connection") {
+            named.extend(
+                value
+                    .split(|&b| b == b',')
+                    .map(<[u8]>::trim_ascii)
+                    .filter(|t| !t.is_empty()),
+            );
+        }
+    }
+    for i in 0..a.fields.len() {
+        let (name, value) = a.field(i);
+        let hop = [
+            &b"connection"[..],
+            b"keep-alive",
+            b"proxy-connection",
+            b"te",
+            b"trailer",
+            b"transfer-encoding",
+            b"proxy-authorization",
+            b"proxy-authenticate",
+            b"upgrade",
+            b"x-request-id",
+            b"content-length",
+        ]
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n))
+            || named.iter().any(|n| name.eq_ignore_ascii_case(n));
+        if hop {
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"via") {
+            let v = value.trim_ascii();
+            if !v.is_empty() {
+                via.extend_from_slice(v);
+                via.extend_from_slice(b", ");
+            }
+            continue;
+        }
+        has_date |= name.eq_ignore_ascii_case(b"date");
+        put_lower(&mut out, name, value);
+    }
+    via.extend_from_slice(if a.minor == 0 { b"1.0 " } else { b"1.1 " });
+    via.extend_from_slice(rt.config.server.via_name.as_str().as_bytes());
+    put(&mut out, b"via", &via);
+    put(&mut out, b"x-request-id", ctx.request_id.as_bytes());
+    if !has_date {
+        put_date(&mut out);
+    }
+    match a.framing {
+        Framing::Length(n) => {
+            let mut b = itoa::Buffer::new();
+            put(&mut out, b"content-length", b.format(n).as_bytes());
+        }
+        Framing::Chunked | Framing::Close => put(&mut out, b"transfer-encoding", b"chunked"),
+        // HEAD and 304 keep the upstream's length (there is no body to derive it
+        // from); 204 has none.
+        Framing::None if a.status != 204 => {
+            for i in 0..a.fields.len() {
+                let (name, value) = a.field(i);
+                if name.eq_ignore_ascii_case(b"content-length") {
+                    put(&mut out, b"content-length", value);
+                    break;
+                }
+            }
+        }
+        Framing::None => {}
+    }
+    if close {
+        put(&mut out, b"connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Sends the head and relays the body; gives the upstream connection back when its
+/// response was read to the end and it stays open. False when the client connection
+/// must end.
+async fn relay<I>(io: &mut ConnIo<I>, a: RawAnswer, mut out: Vec<u8>, exchanges: &Exchanges) -> bool
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let RawAnswer {
+        mut conn,
+        pool,
+        framing,
+        keep_alive,
+        mut buf,
+        head_len,
+        status,
+        guard,
+        ..
+    } = a;
+    // The body bytes read with the head are moved to the front.
+    buf.drain(..head_len);
+    let mut filled = buf.len();
+    if buf.capacity() < READ_CHUNK {
+        buf.reserve(READ_CHUNK - buf.len());
+    }
+    // Reads more of the upstream's body into `buf[at..]` (into spare capacity: no
+    // zeroing); 0 at its end.
+    macro_rules! read_more {
+        ($at:expr) => {{
+            buf.truncate($at);
+            exchanges.body_waiting.store(true, Ordering::Relaxed);
+            let r = conn.read_buf(&mut buf).await;
+            exchanges.body_waiting.store(false, Ordering::Relaxed);
+            r
+        }};
+    }
+    let clean = match framing {
+        Framing::None => filled == 0 && status != 101,
+        Framing::Length(n) => {
+            let first = (filled as u64).min(n) as usize;
+            out.extend_from_slice(&buf[..first]);
+            let extra = filled > first;
+            if io.write_all(&out).await.is_err() {
+                return false;
+            }
+            let mut left = n - first as u64;
+            while left > 0 {
+                let got = match read_more!(0) {
+                    Ok(0) | Err(_) => return false,
+                    Ok(got) => got,
+                };
+                let take = (got as u64).min(left) as usize;
+                if io.write_all(&buf[..take]).await.is_err() {
+                    return false;
+                }
+                left -= take as u64;
+                if take < got {
+                    // Bytes after the body: the connection is not reusable.
+                    drop(conn);
+                    drop(guard);
+                    return true;
+                }
+            }
+            !extra
+        }
+        Framing::Close => {
+            let mut end = false;
+            let mut data = filled;
+            loop {
+                if data > 0 {
+                    chunk(&mut out, &buf[..data]);
+                }
+                if end {
+                    out.extend_from_slice(b"0\r\n\r\n");
+                }
+                if !out.is_empty() && io.write_all(&out).await.is_err() {
+                    return false;
+                }
+                out.clear();
+                if end {
+                    break;
+                }
+                match read_more!(0) {
+                    Ok(0) => end = true,
+                    Ok(n) => data = n,
+                    Err(_) => return false,
+                }
+                if end {
+                    data = 0;
+                }
+            }
+            false
+        }
+        Framing::Chunked => {
+            // Decodes the upstream's chunks and writes them framed anew (extensions
+            // and trailers are not passed on, as hyper's server would not).
+            let mut pos = 0usize;
+            // Bytes of the current chunk's data still to come.
+            let mut in_chunk: u64 = 0;
+            let mut after_data = false;
+            let mut trailers = false;
+            loop {
+                // Take what the buffer holds.
+                loop {
+                    if in_chunk > 0 {
+                        let take = ((filled - pos) as u64).min(in_chunk) as usize;
+                        if take == 0 {
+                            break;
+                        }
+                        out.extend_from_slice(&buf[pos..pos + take]);
+                        pos += take;
+                        in_chunk -= take as u64;
+                        if in_chunk == 0 {
+                            out.extend_from_slice(b"\r\n");
+                            after_data = true;
+                        }
+                        continue;
+                    }
+                    if after_data {
+                        if filled - pos < 2 {
+                            break;
+                        }
+                        if &buf[pos..pos + 2] != b"\r\n" {
+                            return false;
+                        }
+                        pos += 2;
+                        after_data = false;
+                        continue;
+                    }
+                    if trailers {
+                        let Some(eol) = buf[pos..filled].windows(2).position(|w| w == b"\r\n")
+                        else {
+                            break;
+                        };
+                        pos += eol + 2;
+                        if eol == 0 {
+                            // The end of the body.
+                            out.extend_from_slice(b"0\r\n\r\n");
+                            if io.write_all(&out).await.is_err() {
+                                return false;
+                            }
+                            drop(guard);
+                            if pos == filled && keep_alive {
+                                pool.checkin_raw(conn);
+                            }
+                            return true;
+                        }
+                        continue;
+                    }
+                    match httparse::parse_chunk_size(&buf[pos..filled]) {
+                        Ok(httparse::Status::Complete((used, 0))) => {
+                            pos += used;
+                            trailers = true;
+                        }
+                        Ok(httparse::Status::Complete((used, size))) => {
+                            pos += used;
+                            in_chunk = size;
+                            let _ = write_hex(&mut out, size);
+                        }
+                        Ok(httparse::Status::Partial) => break,
+                        Err(_) => return false,
+                    }
+                }
+                if !out.is_empty() {
+                    if io.write_all(&out).await.is_err() {
+                        return false;
+                    }
+                    out.clear();
+                }
+                // Keep the unread tail, and read more after it.
+                buf.copy_within(pos..filled, 0);
+                filled -= pos;
+                pos = 0;
+                if filled >= buf.capacity() {
+                    // A chunk-size line longer than the buffer.
+                    return false;
+                }
+                match read_more!(filled) {
+                    Ok(0) | Err(_) => return false,
+                    Ok(n) => filled += n,
+                }
+            }
+        }
+    };
+    if let Framing::None = framing {
+        if io.write_all(&out).await.is_err() {
+            return false;
+        }
+    }
+    drop(guard);
+    if clean && keep_alive {
+        pool.checkin_raw(conn);
+    }
+    true
+}
+
+fn write_hex(out: &mut Vec<u8>, n: u64) -> std::fmt::Result {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(18);
+    write!(s, "{n:x}\r\n")?;
+    out.extend_from_slice(s.as_bytes());
+    Ok(())
+}
+
+/// One chunk of a re-chunked body.
+fn chunk(out: &mut Vec<u8>, data: &[u8]) {
+    let _ = write_hex(out, data.len() as u64);
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}

@@ -1,0 +1,306 @@
+//! The HTTP/1 fast path (`pipeline::fast`): what it takes, what it leaves to hyper on
+//! the same connection, the upstream framings it relays, and upstream connections that
+//! close while idle. (`headers` and `upstream` run on it too: their gateways keep no
+//! audit log.)
+
+use crate::support::*;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+async fn gateway(upstream: &str) -> TestGateway {
+    TestGateway::start(&plain_config(&format!(
+        r#"
+[upstreams.up]
+endpoints = ["{upstream}"]
+[[routes]]
+name = "plain"
+path_prefix = "/"
+upstream = "up"
+auth.anonymous = true
+"#
+    )))
+    .await
+}
+
+/// Reads the next response off a keep-alive connection.
+async fn next_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> RawResponse {
+    loop {
+        if let Some((r, used)) = parse_with_len(buf) {
+            buf.drain(..used);
+            return r;
+        }
+        let mut chunk = [0u8; 8192];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+            .await
+            .expect("a response in time")
+            .unwrap();
+        assert!(n > 0, "closed; got {:?}", String::from_utf8_lossy(buf));
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test]
+async fn plain_requests_take_the_fast_path_and_the_rest_fall_back_on_the_same_connection() {
+    let up = MockUpstream::start(echo("up")).await;
+    let gw = gateway(&up.url()).await;
+    let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+    let mut buf = Vec::new();
+    s.write_all(
+        b"GET /a?x=1 HTTP/1.1\r\nHost: Test.Local\r\nX-Request-Id: fast-1\r\nX-Custom: one\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let r = next_response(&mut s, &mut buf).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-request-id"), Some("fast-1"));
+    assert_eq!(r.header("via"), Some("1.1 lienthong"));
+    assert!(r.header("date").is_some());
+    let seen = r.json();
+    assert_eq!(seen["uri"], "/a?x=1");
+    let h = &seen["headers"];
+    assert_eq!(h["host"], "Test.Local");
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "Test.Local");
+    assert_eq!(h["forwarded"], "for=127.0.0.1;proto=http;host=Test.Local");
+    assert_eq!(h["via"], "1.1 lienthong");
+    assert_eq!(h["x-custom"], "one");
+    assert_eq!(h["x-request-id"], "fast-1");
+    assert_eq!(fast_path_requests(&gw), 1);
+
+    // A chunked upload is the full path's: hyper takes the connection over, with the
+    // bytes already read, and keeps it.
+    s.write_all(
+        b"POST /b HTTP/1.1\r\nHost: test.local\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let r = next_response(&mut s, &mut buf).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["body_len"], 5);
+    s.write_all(b"GET /c HTTP/1.1\r\nHost: test.local\r\n\r\n")
+        .await
+        .unwrap();
+    let r = next_response(&mut s, &mut buf).await;
+    assert_eq!(r.json()["uri"], "/c");
+    assert_eq!(fast_path_requests(&gw), 1);
+    assert_eq!(up.count(), 3);
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let up = MockUpstream::start(echo("up")).await;
+    let gw = gateway(&up.url()).await;
+    let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(
+        b"GET /1 HTTP/1.1\r\nHost: t\r\n\r\n\
+          POST /2 HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc\
+          DELETE /3 HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    for (uri, method, len) in [("/1", "GET", 0), ("/2", "POST", 3), ("/3", "DELETE", 0)] {
+        let r = next_response(&mut s, &mut buf).await;
+        let seen = r.json();
+        assert_eq!(seen["uri"], uri);
+        assert_eq!(seen["method"], method);
+        assert_eq!(seen["body_len"], len);
+    }
+    assert_eq!(fast_path_requests(&gw), 3);
+    assert_eq!(up.last().header("content-length"), None);
+}
+
+/// An upstream written by hand: on every connection, answers each request head with
+/// `script(path)`, and closes the connection after an answer that says
+/// `Connection: close` (or after `linger`, when given, once idle).
+async fn raw_upstream(
+    script: fn(&str) -> Vec<u8>,
+    linger: Option<Duration>,
+) -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicBool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let closed = Arc::new(AtomicBool::new(false));
+    let (c, d) = (conns.clone(), closed.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            c.fetch_add(1, Ordering::SeqCst);
+            let d = d.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                loop {
+                    let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        let mut b = [0u8; 4096];
+                        let read = match linger {
+                            Some(t) if got.is_empty() => {
+                                match tokio::time::timeout(t, s.read(&mut b)).await {
+                                    Ok(r) => r,
+                                    // Idle for `linger`: closed, as an upstream's own
+                                    // keep-alive timeout would.
+                                    Err(_) => {
+                                        drop(s);
+                                        d.store(true, Ordering::SeqCst);
+                                        return;
+                                    }
+                                }
+                            }
+                            _ => s.read(&mut b).await,
+                        };
+                        match read {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&b[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&got[..end]).to_string();
+                    got.drain(..end + 4);
+                    let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                    let answer = script(&path);
+                    if s.write_all(&answer).await.is_err() {
+                        return;
+                    }
+                    if String::from_utf8_lossy(&answer).contains("Connection: close") {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, conns, closed)
+}
+
+fn framings(path: &str) -> Vec<u8> {
+    match path {
+        "/chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Up: 1\r\n\r\n\
+            5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
+            .to_vec(),
+        "/close" => b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end".to_vec(),
+        "/interim" => b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n\
+            HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+            .to_vec(),
+        "/named" => b"HTTP/1.1 200 OK\r\nConnection: X-Secret\r\nX-Secret: 1\r\n\
+            Keep-Alive: timeout=5\r\nX-Request-Id: upstreams-own\r\nVia: 1.0 backend\r\n\
+            Content-Length: 2\r\n\r\nok"
+            .to_vec(),
+        "/head" => b"HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n".to_vec(),
+        "/empty" => b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(),
+        _ => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain".to_vec(),
+    }
+}
+
+#[tokio::test]
+async fn upstream_framings_are_relayed_and_the_connection_goes_on() {
+    let (addr, conns, _) = raw_upstream(framings, None).await;
+    let gw = gateway(&format!("http://{addr}")).await;
+    let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut get = async |path: &str| {
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        next_response(&mut s, &mut buf).await
+    };
+    // Chunks are decoded and framed anew; extensions and trailers stay behind.
+    let r = get("/chunked").await;
+    assert_eq!(r.body, b"hello world");
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(r.header("x-up"), Some("1"));
+    assert!(r.header("x-trailer").is_none());
+    // Interim answers are not passed on.
+    let r = get("/interim").await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]));
+    assert!(r.header("link").is_none());
+    // Hop-by-hop fields and those `Connection` names go; Via is appended to; the
+    // request id is the gateway's.
+    let r = get("/named").await;
+    assert_eq!(r.body, b"ok");
+    assert!(r.header("x-secret").is_none());
+    assert!(r.header("keep-alive").is_none());
+    assert!(r.header("connection").is_none());
+    assert_eq!(r.header("via"), Some("1.0 backend, 1.1 lienthong"));
+    assert_ne!(r.header("x-request-id"), Some("upstreams-own"));
+    let r = get("/empty").await;
+    assert_eq!(r.status, 204);
+    assert!(r.header("content-length").is_none());
+    // A body delimited by the upstream's close arrives whole, chunked, and the
+    // client's connection stays open.
+    let r = get("/close").await;
+    assert_eq!(r.body, b"until the end");
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    let r = get("/plain").await;
+    assert_eq!(r.body, b"plain");
+    // HEAD keeps the upstream's length and has no body.
+    s.write_all(b"HEAD /head HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+        .await
+        .expect("closed after Connection: close")
+        .unwrap();
+    let text = String::from_utf8_lossy(&rest).to_lowercase();
+    assert!(text.starts_with("http/1.1 200 ok\r\n"), "{text}");
+    assert!(text.contains("content-length: 42\r\n"), "{text}");
+    assert!(text.contains("connection: close\r\n"), "{text}");
+    assert!(
+        text.ends_with("\r\n\r\n"),
+        "no body after a HEAD answer: {text}"
+    );
+    assert_eq!(fast_path_requests(&gw), 7);
+    // One upstream connection for all, but the one the close-delimited body ended.
+    assert_eq!(conns.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_upstream_connection_closed_while_idle_is_not_used_again() {
+    fn plain(_: &str) -> Vec<u8> {
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()
+    }
+    let (addr, conns, closed) = raw_upstream(plain, Some(Duration::from_millis(100))).await;
+    let gw = gateway(&format!("http://{addr}")).await;
+    let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+    let mut buf = Vec::new();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(next_response(&mut s, &mut buf).await.body, b"ok");
+    eventually(
+        "the upstream closes its idle connection",
+        Duration::from_secs(5),
+        || {
+            let c = closed.clone();
+            async move { c.load(Ordering::SeqCst) }
+        },
+    )
+    .await;
+    // A POST may not be sent again once sent: it must not go on the closed one.
+    s.write_all(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi")
+        .await
+        .unwrap();
+    let r = next_response(&mut s, &mut buf).await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]));
+    assert_eq!(conns.load(Ordering::SeqCst), 2);
+    assert_eq!(fast_path_requests(&gw), 2);
+}
+
+#[tokio::test]
+async fn fast_path_errors_are_the_json_contract() {
+    let gw = gateway(&format!("http://{}", dead_addr().await)).await;
+    let r = raw(
+        gw.addr(),
+        b"GET /x HTTP/1.1\r\nHost: t\r\nX-Request-Id: err-1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_error(&r, 502, "upstream_unreachable");
+    assert_eq!(r.json()["request_id"], "err-1");
+    assert_eq!(r.header("x-request-id"), Some("err-1"));
+    assert_eq!(r.header("connection"), Some("close"));
+    assert_eq!(fast_path_requests(&gw), 1);
+}
