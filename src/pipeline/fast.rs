@@ -129,7 +129,12 @@ where
         buf.consume(plan.consumed);
         gw.fast_path_requests.fetch_add(1, Ordering::Relaxed);
         let close = plan.close;
-        if !exchange(plan, io, exchanges, closing).await || close {
+        // Shutting down after the answer: no pipelined request is taken either.
+        if !exchange(plan, io, exchanges, closing).await || close || closing.load(Ordering::Relaxed)
+        {
+            // Flushes and closes the write side (TLS: close_notify) before the
+            // connection is dropped.
+            let _ = io.shutdown().await;
             return Ok(());
         }
     }
@@ -337,7 +342,9 @@ fn plan(
         ]
         .iter()
         .any(|n| name.eq_ignore_ascii_case(n))
-            || (!forward_token && name.eq_ignore_ascii_case(b"authorization"));
+            || (!forward_token && name.eq_ignore_ascii_case(b"authorization"))
+            // `Connection: close` names a field `close` too: hop-by-hop.
+            || (close && name.eq_ignore_ascii_case(b"close"));
         if !skip {
             put_lower(&mut head, name, f.value);
         }
@@ -464,7 +471,10 @@ where
             crate::observe::record(&rt, ctx, &rsp);
             open.responding();
             let closing = close || closing.load(Ordering::Relaxed);
-            return write_error(io, rsp, req.head_only, closing).await && !closing;
+            // Flushed: a TLS stream may hold the last records until asked.
+            return write_error(io, rsp, req.head_only, closing).await
+                && io.flush().await.is_ok()
+                && !closing;
         }
     };
     ctx.endpoint = Some(a.endpoint.label.clone());
@@ -473,7 +483,7 @@ where
     let closing = close || closing.load(Ordering::Relaxed);
     let head = response_head(&rt, ctx, &a, closing);
     open.responding();
-    relay(io, a, head, exchanges).await && !closing
+    relay(io, a, head, exchanges).await && io.flush().await.is_ok() && !closing
 }
 
 /// Writes an error response (from `respond::finish`) with hyper's framing.
@@ -488,7 +498,7 @@ where
 {
     let body = rsp.body().replayable().unwrap_or_default();
     let mut out = Vec::with_capacity(256 + body.len());
-    status_line(&mut out, rsp.status().as_u16());
+    status_line(&mut out, rsp.status().as_u16(), b"");
     for (k, v) in rsp.headers() {
         if k != header::CONTENT_LENGTH {
             put(&mut out, k.as_str().as_bytes(), v.as_bytes());
@@ -509,16 +519,22 @@ where
     io.write_all(&out).await.is_ok()
 }
 
-fn status_line(out: &mut Vec<u8>, status: u16) {
+/// The status line; `reason` is the upstream's phrase (kept, as hyper keeps it), or
+/// empty for the standard one.
+fn status_line(out: &mut Vec<u8>, status: u16, reason: &[u8]) {
     out.extend_from_slice(b"HTTP/1.1 ");
     let mut n = itoa::Buffer::new();
     out.extend_from_slice(n.format(status).as_bytes());
     out.push(b' ');
-    let reason = http::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("");
-    out.extend_from_slice(reason.as_bytes());
+    if reason.is_empty() {
+        let standard = http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("");
+        out.extend_from_slice(standard.as_bytes());
+    } else {
+        out.extend_from_slice(reason);
+    }
     out.extend_from_slice(b"\r\n");
 }
 
@@ -543,7 +559,7 @@ fn put_date(out: &mut Vec<u8>) {
 /// The response head for the client, as `respond::upstream` and hyper's server make it.
 fn response_head(rt: &Runtime, ctx: &RequestCtx, a: &RawAnswer, close: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(a.head_len + 128);
-    status_line(&mut out, a.status);
+    status_line(&mut out, a.status, a.reason());
     // Fields named in `Connection` are hop-by-hop too.
     let mut named: Vec<&[u8]> = Vec::new();
     let mut via: Vec<u8> = Vec::new();
@@ -642,6 +658,7 @@ where
         guard,
         ..
     } = a;
+    let head_only = framing == Framing::None && !matches!(status, 204 | 304);
     // The body bytes read with the head are moved to the front.
     buf.drain(..head_len);
     let mut filled = buf.len();
@@ -660,7 +677,9 @@ where
         }};
     }
     let clean = match framing {
-        Framing::None => filled == 0 && status != 101,
+        // After a HEAD the connection is not used again: an upstream that sends a body
+        // anyway would have its body read as the next request's answer.
+        Framing::None => filled == 0 && status != 101 && !head_only,
         Framing::Length(n) => {
             let first = (filled as u64).min(n) as usize;
             out.extend_from_slice(&buf[..first]);
@@ -772,18 +791,18 @@ where
                         }
                         continue;
                     }
-                    match httparse::parse_chunk_size(&buf[pos..filled]) {
-                        Ok(httparse::Status::Complete((used, 0))) => {
+                    match chunk_size(&buf[pos..filled]) {
+                        Ok(Some((used, 0))) => {
                             pos += used;
                             trailers = true;
                         }
-                        Ok(httparse::Status::Complete((used, size))) => {
+                        Ok(Some((used, size))) => {
                             pos += used;
                             in_chunk = size;
                             let _ = write_hex(&mut out, size);
                         }
-                        Ok(httparse::Status::Partial) => break,
-                        Err(_) => return false,
+                        Ok(None) => break,
+                        Err(()) => return false,
                     }
                 }
                 if !out.is_empty() {
@@ -819,6 +838,41 @@ where
     true
 }
 
+/// A chunk-size line (RFC 9112 §7.1): one to sixteen hex digits, then optionally
+/// spaces or tabs and `;` extensions, then CRLF; no CR or LF anywhere else. Returns
+/// the bytes it took and the size; None while the line is incomplete. Stricter than
+/// `httparse::parse_chunk_size`, which takes a line without digits as size 0 (the
+/// end of the body) — a framing an upstream could end a body early with.
+fn chunk_size(b: &[u8]) -> Result<Option<(usize, u64)>, ()> {
+    const MAX_LINE: usize = 4096;
+    let Some(eol) = b.iter().position(|&c| c == b'\n') else {
+        return if b.len() >= MAX_LINE {
+            Err(())
+        } else {
+            Ok(None)
+        };
+    };
+    if eol == 0 || b[eol - 1] != b'\r' {
+        return Err(());
+    }
+    let line = &b[..eol - 1];
+    let digits = line.iter().take_while(|c| c.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 || line.contains(&b'\r') {
+        return Err(());
+    }
+    let rest = &line[digits..];
+    let rest = &rest[rest
+        .iter()
+        .take_while(|&&c| c == b' ' || c == b'\t')
+        .count()..];
+    if !rest.is_empty() && rest[0] != b';' {
+        return Err(());
+    }
+    let hex = std::str::from_utf8(&line[..digits]).map_err(|_| ())?;
+    let size = u64::from_str_radix(hex, 16).map_err(|_| ())?;
+    Ok(Some((eol + 1, size)))
+}
+
 fn write_hex(out: &mut Vec<u8>, n: u64) -> std::fmt::Result {
     use std::fmt::Write as _;
     let mut s = String::with_capacity(18);
@@ -832,4 +886,28 @@ fn chunk(out: &mut Vec<u8>, data: &[u8]) {
     let _ = write_hex(out, data.len() as u64);
     out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunk_size;
+
+    #[test]
+    fn chunk_size_lines_are_read_strictly() {
+        assert_eq!(chunk_size(b"5\r\nhello"), Ok(Some((3, 5))));
+        assert_eq!(chunk_size(b"1aF;name=v\r\n"), Ok(Some((12, 0x1af))));
+        assert_eq!(chunk_size(b"5 \t;x\r\n"), Ok(Some((7, 5))));
+        assert_eq!(chunk_size(b"0\r\n\r\n"), Ok(Some((3, 0))));
+        assert_eq!(chunk_size(b"5"), Ok(None));
+        assert_eq!(chunk_size(b"5;ext"), Ok(None));
+        // No digits is not "size 0" (the end of the body): it is an error.
+        assert_eq!(chunk_size(b"\r\n"), Err(()));
+        assert_eq!(chunk_size(b";x\r\n"), Err(()));
+        // Bare LF, CR inside the line, junk after the digits, too many digits.
+        assert_eq!(chunk_size(b"5\n"), Err(()));
+        assert_eq!(chunk_size(b"5;a\rb\r\n"), Err(()));
+        assert_eq!(chunk_size(b"5x\r\n"), Err(()));
+        assert_eq!(chunk_size(b"11111111111111111\r\n"), Err(()));
+        assert_eq!(chunk_size(&[b'1'; 5000]), Err(()));
+    }
 }

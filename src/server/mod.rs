@@ -2,6 +2,10 @@
 //! with prior knowledge), connection limits, slow-client and idle timeouts, and
 //! graceful drain on shutdown.
 //!
+//! An HTTP/1 connection is served by `pipeline::fast` until a request needs the full
+//! path, then by hyper and `pipeline::handle` (the bytes read so far replayed to it);
+//! one watchdog (`drive`) times both.
+//!
 //! Limits and timeouts are read from the config snapshot current when a connection
 //! is accepted. Slow clients: the TLS handshake and protocol detection are bounded by
 //! `header_read_timeout`, and hyper's own header-read timer bounds each HTTP/1 request

@@ -303,7 +303,6 @@ impl ConnPool {
         }
     }
 
-    /// Closes every idle connection (e.g. when the endpoint is removed).
     /// A connection for the HTTP/1 fast path, which speaks HTTP/1.1 on it directly:
     /// the newest idle one that has not expired and shows no sign of having been
     /// closed by its peer, else a new one (bounded by the connect timeout). The flag
@@ -312,7 +311,7 @@ impl ConnPool {
     pub async fn checkout_raw(&self) -> Result<(Stream, bool), SendError> {
         let now = crate::clock::mono_ms();
         loop {
-            let Some(i) = lock(&self.inner.raw_idle).pop() else {
+            let Some(mut i) = lock(&self.inner.raw_idle).pop() else {
                 break;
             };
             let expired =
@@ -349,6 +348,7 @@ impl ConnPool {
         }
     }
 
+    /// Closes every idle connection (e.g. when the endpoint is removed).
     pub fn clear_idle(&self) {
         let drained = std::mem::take(&mut *lock(&self.inner.idle));
         drop(drained);
@@ -435,6 +435,7 @@ impl Inner {
         let timeout = self.idle_timeout.as_millis();
         let n = raw.partition_point(|i| u128::from(now.saturating_sub(i.since_ms)) >= timeout);
         raw.drain(..n);
+        raw.retain_mut(|i| !i.stream.peer_closed());
     }
 
     async fn connect(self: &Arc<Self>) -> Result<Pooled, SendError> {
@@ -608,16 +609,23 @@ pub enum Stream {
 impl Stream {
     /// Whether an idle connection's peer has closed it (or sent bytes nobody asked
     /// for, which makes it as unusable). A plain connection is asked without a system
-    /// call unless the reactor has seen it become readable; a TLS one is not asked
-    /// (its close arrives as a record to decrypt), and a request that finds it closed
-    /// is sent again (`upstream::raw`).
-    fn peer_closed(&self) -> bool {
+    /// call unless the reactor has seen it become readable; a TLS one by one poll of
+    /// its read side. A connection closed after the check is found so by the request's
+    /// write (sent again on a new one) or read (a failed attempt, `upstream::raw`).
+    fn peer_closed(&mut self) -> bool {
         match self {
             Stream::Plain(s) => {
                 let mut b = [0u8; 1];
                 !matches!(s.try_read(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
             }
-            Stream::Tls(_) => false,
+            // One poll, with a waker that does nothing: anything but "not yet" (a
+            // record, a close_notify, EOF, an error) makes the connection unusable.
+            Stream::Tls(s) => {
+                let mut b = [0u8; 1];
+                let mut rb = ReadBuf::new(&mut b);
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                Pin::new(s.as_mut()).poll_read(&mut cx, &mut rb).is_ready()
+            }
             #[cfg(test)]
             Stream::Mem(_) => false,
         }

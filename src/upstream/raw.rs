@@ -22,8 +22,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Most fields an upstream response head may have (hyper's client limit too).
 const MAX_FIELDS: usize = 100;
-/// Largest upstream response head read.
-const MAX_HEAD: usize = 64 * 1024;
+/// Largest upstream response head read (about hyper's client's limit).
+const MAX_HEAD: usize = 400 * 1024;
 /// The read buffer's size, and the most read at once.
 pub const READ_CHUNK: usize = 16 * 1024;
 
@@ -59,6 +59,8 @@ pub struct RawAnswer {
     /// Where `conn` goes back when its body has been read to the end.
     pub pool: ConnPool,
     pub status: u16,
+    /// The reason phrase, as a range of `buf` (may be empty).
+    pub reason: Range<usize>,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor: u8,
     /// The bytes read: the head, then the start of the body (`head_len..`).
@@ -76,6 +78,10 @@ pub struct RawAnswer {
 }
 
 impl RawAnswer {
+    pub fn reason(&self) -> &[u8] {
+        &self.buf[self.reason.clone()]
+    }
+
     pub fn field(&self, i: usize) -> (&[u8], &[u8]) {
         let (n, v) = &self.fields[i];
         (&self.buf[n.clone()], &self.buf[v.clone()])
@@ -86,6 +92,7 @@ impl RawAnswer {
 struct Exchanged {
     conn: Stream,
     status: u16,
+    reason: Range<usize>,
     minor: u8,
     buf: Vec<u8>,
     head_len: usize,
@@ -176,6 +183,7 @@ impl Pool {
                         conn: x.conn,
                         pool,
                         status: x.status,
+                        reason: x.reason,
                         minor: x.minor,
                         buf: x.buf,
                         head_len: x.head_len,
@@ -254,9 +262,16 @@ async fn exchange(
     req: &RawRequest,
     reused: bool,
 ) -> Result<Exchanged, Failure> {
-    if let Err(e) = conn.write_all(out).await {
+    // Flushed: a TLS stream may hold the last records until asked.
+    if let Err(e) = async {
+        conn.write_all(out).await?;
+        conn.flush().await
+    }
+    .await
+    {
         // A reused connection the upstream had closed: nothing of this request was
-        // acted on.
+        // acted on. (One that takes the request and then closes is a failed attempt,
+        // retried and accounted as any other.)
         return Err(if reused { Failure::Stale } else { failed(e) });
     }
     // Read into spare capacity (`read_buf`): a zeroed buffer would cost a memset of
@@ -271,15 +286,8 @@ async fn exchange(
             }
             buf.reserve(filled);
         }
-        let n = match conn.read_buf(&mut buf).await {
-            Ok(n) => n,
-            Err(_) if reused && filled == 0 && req.idempotent => return Err(Failure::Stale),
-            Err(e) => return Err(failed(e)),
-        };
+        let n = conn.read_buf(&mut buf).await.map_err(failed)?;
         if n == 0 {
-            if reused && filled == 0 && req.idempotent {
-                return Err(Failure::Stale);
-            }
             return Err(failed(
                 "the upstream closed the connection before its answer",
             ));
@@ -295,6 +303,9 @@ async fn exchange(
             };
             let status = rsp.code.unwrap_or(0);
             let minor = rsp.version.unwrap_or(1);
+            if status < 100 {
+                return Err(failed("invalid status code in the response"));
+            }
             if (100..200).contains(&status) && status != 101 {
                 // Interim responses (100, 103) are not passed on: the request had no
                 // `Expect`, and the final answer follows.
@@ -307,21 +318,25 @@ async fn exchange(
                 from..from + s.len()
             };
             let mut ranges = Vec::with_capacity(rsp.headers.len());
-            let mut length: Option<u64> = None;
+            let mut length: Option<Result<u64, ()>> = None;
             let mut chunked = None;
-            let mut close = minor == 0;
+            let (mut asks_close, mut asks_keep_alive) = (false, false);
             for f in rsp.headers.iter() {
                 let name = f.name.as_bytes();
                 if name.eq_ignore_ascii_case(b"content-length") {
-                    let v = std::str::from_utf8(f.value)
-                        .ok()
-                        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                        .and_then(|v| v.parse::<u64>().ok())
-                        .ok_or_else(|| failed("invalid Content-Length in the response"))?;
-                    if length.is_some_and(|l| l != v) {
-                        return Err(failed("conflicting Content-Length in the response"));
+                    // A list of one repeated value counts as that value, as in hyper.
+                    for v in f.value.split(|&b| b == b',') {
+                        let v = std::str::from_utf8(v.trim_ascii())
+                            .ok()
+                            .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                            .and_then(|v| v.parse::<u64>().ok())
+                            .ok_or(());
+                        length = match (length, v) {
+                            (None, v) => Some(v),
+                            (Some(Ok(a)), Ok(b)) if a == b => Some(Ok(a)),
+                            _ => Some(Err(())),
+                        };
                     }
-                    length = Some(v);
                 } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
                     // Chunked only if it is the last coding of the last field.
                     let last = f.value.rsplit(|&b| b == b',').next().unwrap_or(b"");
@@ -329,28 +344,39 @@ async fn exchange(
                 } else if name.eq_ignore_ascii_case(b"connection") {
                     for t in f.value.split(|&b| b == b',') {
                         let t = t.trim_ascii();
-                        if t.eq_ignore_ascii_case(b"close") {
-                            close = true;
-                        } else if minor == 0 && t.eq_ignore_ascii_case(b"keep-alive") {
-                            close = false;
-                        }
+                        asks_close |= t.eq_ignore_ascii_case(b"close");
+                        asks_keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
                     }
                 }
                 ranges.push((at(name), at(f.value)));
             }
+            if minor == 0 && chunked.is_some() {
+                return Err(failed("Transfer-Encoding in an HTTP/1.0 response"));
+            }
+            // Once any field asks to close, the connection closes; HTTP/1.0 keeps it
+            // only when asked to.
+            let mut close = asks_close || (minor == 0 && !asks_keep_alive);
             let framing = if req.head_only || matches!(status, 101 | 204 | 304) {
+                // No body, whatever the framing fields say (not even checked, as hyper).
                 Framing::None
             } else {
                 match (chunked, length) {
                     (Some(true), _) => Framing::Chunked,
                     (Some(false), _) => Framing::Close,
-                    (None, Some(n)) => Framing::Length(n),
+                    (None, Some(Ok(n))) => Framing::Length(n),
+                    (None, Some(Err(()))) => {
+                        return Err(failed("invalid Content-Length in the response"))
+                    }
                     (None, None) => Framing::Close,
                 }
             };
             if framing == Framing::Close {
                 close = true;
             }
+            let reason = match rsp.reason {
+                Some(r) if !r.is_empty() => at(r.as_bytes()),
+                _ => 0..0,
+            };
             // The head is moved to the front so that ranges and the body start are
             // offsets of one buffer.
             if start > 0 {
@@ -361,10 +387,16 @@ async fn exchange(
                     *v = v.start - start..v.end - start;
                 }
             }
+            let reason = if reason.is_empty() {
+                0..0
+            } else {
+                reason.start - start..reason.end - start
+            };
             buf.truncate(filled);
             return Ok(Exchanged {
                 conn,
                 status,
+                reason,
                 minor,
                 buf,
                 head_len: len,

@@ -510,3 +510,88 @@ async fn http2_concurrent_stream_limit_holds() {
         t.abort();
     }
 }
+
+/// The HTTP/1 fast path over TLS on both sides: a body larger than the socket and TLS
+/// buffers arrives whole at a slow reader (every answer is flushed), and the upstream
+/// connection is used again (an idle TLS connection is checked by one poll of its read
+/// side).
+#[tokio::test]
+async fn the_fast_path_relays_large_bodies_over_tls_both_ways() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let pki = Pki::new("Test CA");
+    let server = pki.leaf(
+        &["localhost", "127.0.0.1"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut sc = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![server.der.clone()],
+            PrivateKeyDer::from_pem_slice(server.key_pem.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    sc.alpn_protocols = vec![b"http/1.1".to_vec()];
+    const SIZE: usize = 16 * 1024 * 1024 + 7;
+    let big: Handler = Arc::new(|_| {
+        Action::Respond(http::Response::new(Full::new(Bytes::from(vec![
+            b'x';
+            SIZE
+        ]))))
+    });
+    let up = MockUpstream::start_tls(big, Arc::new(sc)).await;
+    let dir = scratch_dir();
+    write(&dir, "cert.pem", &server.cert_pem);
+    write(&dir, "key.pem", &server.key_pem);
+    write(&dir, "ca.pem", &pki.ca_pem);
+    let cfg = plain_config(&format!(
+        r#"
+[listeners.tls]
+cert = "cert.pem"
+key = "key.pem"
+[upstreams.u]
+endpoints = ["https://localhost:{port}"]
+[upstreams.u.tls]
+ca = "ca.pem"
+[[routes]]
+auth.anonymous = true
+name = "r"
+path_prefix = "/"
+upstream = "u"
+"#,
+        port = up.addr.port()
+    ));
+    let gw = start_in(&dir, &cfg).await;
+    let (s, _) = tls_connect(gw.addr(), client_config(&pki.ca_der, None, &[b"http/1.1"]))
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for path in ["/one", "/two"] {
+        let rsp = sender
+            .send_request(
+                http::Request::get(path)
+                    .header("host", "localhost")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(rsp.status(), 200);
+        // A slow reader: the socket's buffers fill while the gateway writes, so its
+        // TLS layer is left holding records that only a flush sends.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let body = tokio::time::timeout(Duration::from_secs(20), rsp.into_body().collect())
+            .await
+            .expect("the whole body in time")
+            .unwrap()
+            .to_bytes();
+        assert_eq!(body.len(), SIZE);
+    }
+    assert_eq!(fast_path_requests(&gw), 2);
+    assert_eq!(up.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
