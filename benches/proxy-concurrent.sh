@@ -13,13 +13,19 @@
 # Prints every pair, the medians of the pair ratios (lienthong / nginx: req/s and proxy
 # CPU per request) with a distribution-free 95% confidence interval and a verdict against
 # the issue's target (>= 1.0x, <= 1.0x: meets, misses, or inconclusive when the interval
-# straddles it), and the pooled totals. No fixed-rate latency here: proxy.sh measures
-# that. Both proxies together ask more of the load core than one does: the script prints
-# how busy the load core was, and a pair where it was saturated says little about req/s
-# (CPU per request still holds).
+# straddles it), and the pooled totals. Both proxies together ask more of the load core
+# than one does: the script prints how busy the load core was, and a pair where it was
+# saturated says little about req/s (CPU per request still holds).
+#
+# LATENCY=1 measures fixed-rate latency the same way: in every slice oha sends LAT_RATE
+# requests/s (default 2000, as proxy.sh) over LAT_CONNS (16) connections to each proxy at
+# once, and the pair's ratios are lienthong's p99 and p50 over nginx's. proxy.sh measures
+# one proxy after the other, and this VM's stalls of several milliseconds decide whose
+# p99 is worse in a round; here a stall lands on both.
 #
 #   benches/proxy-concurrent.sh            # SLICES=20 SLICE=3 (seconds) CONNS=64
 #   LIENTHONG_BIN=path benches/proxy-concurrent.sh   # skip the build
+#   LATENCY=1 benches/proxy-concurrent.sh  # fixed-rate p99/p50 pairs instead (needs oha)
 #   AA=1 benches/proxy-concurrent.sh       # A/A: a second nginx in lienthong's place; the
 #                                          # spread of its ratios is the method's noise floor
 #   FLOOR=task benches/proxy-concurrent.sh # the bare hyper proxy (benches/hyper-floor) in
@@ -51,7 +57,7 @@ chmod 755 "$WORK"
 export WORK UP_BIN HERE SHARED
 trap 'rm -rf "$WORK"' EXIT
 python3 - <<'PY'
-import os, statistics, subprocess, sys
+import json, os, statistics, subprocess, sys
 
 env = os.environ
 HERE, WORK, UP_BIN, SHARED = env["HERE"], env["WORK"], env["UP_BIN"], env["SHARED"]
@@ -60,6 +66,8 @@ from benchlib import Rig, median_line, need_autogroups, stat_fields, wrk_result
 SLICES, SLICE, CONNS = int(env.get("SLICES", "20")), env.get("SLICE", "3"), env.get("CONNS", "64")
 AA = env.get("AA", "0") == "1"
 FLOOR = env.get("FLOOR", "")
+LATENCY = env.get("LATENCY", "0") == "1"
+LAT_RATE, LAT_CONNS = env.get("LAT_RATE", "2000"), env.get("LAT_CONNS", "16")
 need_autogroups("proxy-concurrent.sh")
 UP, NGINX, GW = 18080, 18081, 18083
 rig = Rig("proxy-concurrent.sh", WORK, env)
@@ -148,9 +156,39 @@ try:
         out["load"] = (l1[0] - l0[0]) / max(1, l1[1] - l0[1])
         return out
 
+    def latency_both(secs):
+        """oha at a fixed rate against both proxies at once: p50, p99 (us), errors."""
+        started = {k: subprocess.Popen(
+            ["taskset", "-c", LOAD_CPUS, "oha", "-z", f"{secs}s", "-c", LAT_CONNS, "-q", LAT_RATE,
+             "--latency-correction", "--no-tui", "--output-format", "json",
+             f"http://127.0.0.1:{port}/json"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            for k, (proc, port) in rows.items()}
+        out = {}
+        for k, w in started.items():
+            d = json.loads(w.communicate()[0])
+            p = d["latencyPercentiles"]
+            codes = d.get("statusCodeDistribution", {})
+            bad = sum(v for c, v in codes.items() if c != "200")
+            # Requests still in flight when the slice ends are "aborted due to
+            # deadline": oha's cut-off, not the proxy's error.
+            errs = {e: v for e, v in d.get("errorDistribution", {}).items()
+                    if e != "aborted due to deadline"}
+            out[k] = dict(p50=p["p50"] * 1e6, p99=p["p99"] * 1e6,
+                          errs=sum(errs.values()) + bad, n=sum(codes.values()))
+        return out
+
     load_both(2)  # warm-up, both at once
     pairs = []
-    for i in range(SLICES):
+    if LATENCY:
+        for i in range(SLICES):
+            r = latency_both(SLICE)
+            g, n = r["lienthong"], r["nginx"]
+            pairs.append(r)
+            print(f"pair {i + 1:2}: nginx p50 {n['p50']:7.1f} p99 {n['p99']:8.1f} us | lienthong "
+                  f"p50 {g['p50']:7.1f} p99 {g['p99']:8.1f} us | p99 {g['p99'] / n['p99']:.3f}x, "
+                  f"p50 {g['p50'] / n['p50']:.3f}x | errors {n['errs']}/{g['errs']}", flush=True)
+    for i in range(0 if LATENCY else SLICES):
         r = load_both(SLICE)
         g, n = r["lienthong"], r["nginx"]
         us = lambda x: x["cpu"] * 1e6 / max(1, x["n"])
@@ -161,6 +199,23 @@ try:
 finally:
     stop()
 
+if LATENCY:
+    p99 = [p["lienthong"]["p99"] / p["nginx"]["p99"] for p in pairs]
+    p50 = [p["lienthong"]["p50"] / p["nginx"]["p50"] for p in pairs]
+    print()
+    if AA:
+        print("A/A: the 'lienthong' row is a second nginx")
+    if FLOOR:
+        print(f"FLOOR={FLOOR}: the 'lienthong' row is the bare hyper proxy (benches/hyper-floor)")
+    print(f"fixed-rate ({LAT_RATE} req/s, {LAT_CONNS} connections each, both at once): median of "
+          f"{len(pairs)} pair ratios (lienthong / nginx): p99 {statistics.median(p99):.3f}x, "
+          f"p50 {statistics.median(p50):.3f}x   (pairs: p99 {min(p99):.2f}-{max(p99):.2f}x)")
+    print(f"    {median_line('p99', p99, 1.0, False)}; {median_line('p50', p50, 1.0, False)}")
+    for k in ("nginx", "lienthong"):
+        print(f"  {k:9}: median p99 {statistics.median(p[k]['p99'] for p in pairs):.1f} us, "
+              f"median p50 {statistics.median(p[k]['p50'] for p in pairs):.1f} us, "
+              f"{sum(p[k]['n'] for p in pairs)} responses, errors {sum(p[k]['errs'] for p in pairs)}")
+    sys.exit(0)
 us = lambda x: x["cpu"] * 1e6 / max(1, x["n"])
 rr = [p["lienthong"]["rps"] / p["nginx"]["rps"] for p in pairs]
 cr = [us(p["lienthong"]) / us(p["nginx"]) for p in pairs]

@@ -32,6 +32,12 @@
 //! appended, the request id, `Date` when the upstream gave none, the body framed by
 //! its length or re-chunked. Errors go through [`respond::finish`], the one place that
 //! maps them, and every request through `observe`.
+//!
+//! One difference is left: while a request waits for its upstream, the fast path does
+//! not watch the client's socket, so a client that hangs up then is noticed when the
+//! answer is written (the request counts with the upstream's status), where hyper would
+//! drop the request at once (499). Routes with an audit log, where that record matters,
+//! never take the fast path.
 
 use super::*;
 use crate::server::{ConnIo, Exchanges, Open};
