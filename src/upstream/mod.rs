@@ -603,17 +603,7 @@ impl Pool {
             ep.outstanding.fetch_add(1, Ordering::Relaxed);
             let guard = Outstanding(ep.clone());
             *in_flight = Some(ep.clone());
-            let result = match self.cfg.retry.per_try_timeout {
-                None => self.dispatch(&ep, up_req).await,
-                Some(t) => match tokio::time::timeout(t, self.dispatch(&ep, up_req)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(DispatchError {
-                        connect: false,
-                        timed_out: true,
-                        error: "the attempt exceeded retry.per_try_timeout".into(),
-                    }),
-                },
-            };
+            let result = self.per_try(self.dispatch(&ep, up_req)).await;
             *in_flight = None;
             match result {
                 Ok(rsp) => {
@@ -632,14 +622,8 @@ impl Pool {
                     }
                     let failed = matches!(status.as_u16(), 502..=504);
                     self.record(&ep, !failed);
-                    if failed
-                        && idempotent
-                        && can_retry_more
-                        && self.can_retry_after()
-                        && self.budget.try_retry()
-                    {
+                    if failed && self.may_retry(idempotent, can_retry_more) {
                         drop(guard);
-                        count_retry(&self.cfg.name);
                         last = Some(ep);
                         continue;
                     }
@@ -675,12 +659,7 @@ impl Pool {
                     self.record(&ep, false);
                     // A connect failure means nothing was sent, so any method may be
                     // retried; after a sent attempt only idempotent ones.
-                    if (connect || idempotent)
-                        && can_retry_more
-                        && self.can_retry_after()
-                        && self.budget.try_retry()
-                    {
-                        count_retry(&self.cfg.name);
+                    if self.may_retry(connect || idempotent, can_retry_more) {
                         last = Some(ep);
                         continue;
                     }
@@ -689,6 +668,35 @@ impl Pool {
                 }
             }
         }
+    }
+
+    /// Bounds one attempt by `retry.per_try_timeout`, when set: past it the attempt is
+    /// its endpoint's failure, retried elsewhere where retries are allowed.
+    async fn per_try<T>(
+        &self,
+        attempt: impl std::future::Future<Output = Result<T, DispatchError>>,
+    ) -> Result<T, DispatchError> {
+        match self.cfg.retry.per_try_timeout {
+            None => attempt.await,
+            Some(t) => tokio::time::timeout(t, attempt).await.unwrap_or_else(|_| {
+                Err(DispatchError {
+                    connect: false,
+                    timed_out: true,
+                    error: "the attempt exceeded retry.per_try_timeout".into(),
+                })
+            }),
+        }
+    }
+
+    /// Whether a failed attempt is tried again: `allowed` (its method or route permits
+    /// it), attempts left, an endpoint to go to and room in the retry budget. Counts
+    /// the retry when it is.
+    fn may_retry(&self, allowed: bool, can_retry_more: bool) -> bool {
+        let retry = allowed && can_retry_more && self.can_retry_after() && self.budget.try_retry();
+        if retry {
+            count_retry(&self.cfg.name);
+        }
+        retry
     }
 
     /// What a client is told about an attempt's failure (the last one's).

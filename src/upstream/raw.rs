@@ -10,7 +10,7 @@
 //! may be sent again.
 
 use super::conn_pool::{ConnPool, Stream};
-use super::{count_retry, DispatchError, Endpoint, Outstanding, Pool};
+use super::{DispatchError, Endpoint, Outstanding, Pool};
 use crate::clock::mono_ms;
 use crate::error::GatewayError;
 use bytes::Bytes;
@@ -150,30 +150,14 @@ impl Pool {
             ep.outstanding.fetch_add(1, Ordering::Relaxed);
             let guard = Outstanding(ep.clone());
             *in_flight = Some(ep.clone());
-            let result = match self.cfg.retry.per_try_timeout {
-                None => exchange_with(&ep, req).await,
-                Some(t) => match tokio::time::timeout(t, exchange_with(&ep, req)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(DispatchError {
-                        connect: false,
-                        timed_out: true,
-                        error: "the attempt exceeded retry.per_try_timeout".into(),
-                    }),
-                },
-            };
+            let result = self.per_try(exchange_with(&ep, req)).await;
             *in_flight = None;
             match result {
                 Ok(x) => {
                     let failed = matches!(x.status, 502..=504);
                     self.record(&ep, !failed);
-                    if failed
-                        && req.idempotent
-                        && can_retry_more
-                        && self.can_retry_after()
-                        && self.budget.try_retry()
-                    {
+                    if failed && self.may_retry(req.idempotent, can_retry_more) {
                         drop(guard);
-                        count_retry(&self.cfg.name);
                         last = Some(ep);
                         continue;
                     }
@@ -198,12 +182,7 @@ impl Pool {
                 Err(e) => {
                     drop(guard);
                     self.record(&ep, false);
-                    if (e.connect || req.idempotent)
-                        && can_retry_more
-                        && self.can_retry_after()
-                        && self.budget.try_retry()
-                    {
-                        count_retry(&self.cfg.name);
+                    if self.may_retry(e.connect || req.idempotent, can_retry_more) {
                         last = Some(ep);
                         continue;
                     }

@@ -158,12 +158,7 @@ async fn start_in(dir: &Path, cfg: &str) -> TestGateway {
 
 #[tokio::test]
 async fn https_serves_http1_and_http2_by_alpn() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let pki = Pki::new("Test CA");
-    let server = pki.leaf(
-        &["localhost", "127.0.0.1"],
-        ExtendedKeyUsagePurpose::ServerAuth,
-    );
+    let (pki, server) = test_ca_and_localhost();
     let up = MockUpstream::start(echo("up")).await;
     let dir = scratch_dir();
     let gw = start_in(
@@ -425,43 +420,20 @@ async fn upstream_tls_with_custom_ca_and_client_certificate() {
     let gw_client = pki.leaf(&["lienthong"], ExtendedKeyUsagePurpose::ClientAuth);
     let mut roots = rustls::RootCertStore::empty();
     roots.add(pki.ca_der.clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
-        provider.clone(),
+        Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
     )
     .build()
     .unwrap();
-    let mut sc = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            vec![up_cert.der.clone()],
-            PrivateKeyDer::from_pem_slice(up_cert.key_pem.as_bytes()).unwrap(),
-        )
-        .unwrap();
-    sc.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let up = MockUpstream::start_tls(echo("tls-up"), Arc::new(sc)).await;
+    let up = MockUpstream::start_tls(echo("tls-up"), upstream_tls(&up_cert, Some(verifier))).await;
     let dir = scratch_dir();
     write(&dir, "ca.pem", &pki.ca_pem);
     write(&dir, "client.pem", &gw_client.cert_pem);
     write(&dir, "client-key.pem", &gw_client.key_pem);
-    let cfg = base_config(&format!(
-        r#"
-[upstreams.u]
-endpoints = ["https://localhost:{port}"]
-[upstreams.u.tls]
-ca = "ca.pem"
-client_cert = "client.pem"
-client_key = "client-key.pem"
-[[routes]]
-auth.anonymous = true
-name = "r"
-path_prefix = "/"
-upstream = "u"
-"#,
-        port = up.addr.port()
+    let cfg = base_config(&tls_upstream_route(
+        up.addr.port(),
+        "client_cert = \"client.pem\"\nclient_key = \"client-key.pem\"",
     ));
     let gw = start_in(&dir, &cfg).await;
     let r = raw_get(gw.addr(), "/secure").await;
@@ -517,23 +489,7 @@ async fn http2_concurrent_stream_limit_holds() {
 /// side).
 #[tokio::test]
 async fn the_fast_path_relays_large_bodies_over_tls_both_ways() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let pki = Pki::new("Test CA");
-    let server = pki.leaf(
-        &["localhost", "127.0.0.1"],
-        ExtendedKeyUsagePurpose::ServerAuth,
-    );
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut sc = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![server.der.clone()],
-            PrivateKeyDer::from_pem_slice(server.key_pem.as_bytes()).unwrap(),
-        )
-        .unwrap();
-    sc.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let (pki, server) = test_ca_and_localhost();
     const SIZE: usize = 16 * 1024 * 1024 + 7;
     let big: Handler = Arc::new(|_| {
         Action::Respond(http::Response::new(Full::new(Bytes::from(vec![
@@ -541,27 +497,14 @@ async fn the_fast_path_relays_large_bodies_over_tls_both_ways() {
             SIZE
         ]))))
     });
-    let up = MockUpstream::start_tls(big, Arc::new(sc)).await;
+    let up = MockUpstream::start_tls(big, upstream_tls(&server, None)).await;
     let dir = scratch_dir();
     write(&dir, "cert.pem", &server.cert_pem);
     write(&dir, "key.pem", &server.key_pem);
     write(&dir, "ca.pem", &pki.ca_pem);
     let cfg = plain_config(&format!(
-        r#"
-[listeners.tls]
-cert = "cert.pem"
-key = "key.pem"
-[upstreams.u]
-endpoints = ["https://localhost:{port}"]
-[upstreams.u.tls]
-ca = "ca.pem"
-[[routes]]
-auth.anonymous = true
-name = "r"
-path_prefix = "/"
-upstream = "u"
-"#,
-        port = up.addr.port()
+        "[listeners.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n{}",
+        tls_upstream_route(up.addr.port(), "")
     ));
     let gw = start_in(&dir, &cfg).await;
     let (s, _) = tls_connect(gw.addr(), client_config(&pki.ca_der, None, &[b"http/1.1"]))
@@ -572,15 +515,7 @@ upstream = "u"
         .unwrap();
     tokio::spawn(conn);
     for path in ["/one", "/two"] {
-        let rsp = sender
-            .send_request(
-                http::Request::get(path)
-                    .header("host", "localhost")
-                    .body(Full::new(Bytes::new()))
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
+        let rsp = sender.send_request(get(path)).await.unwrap();
         assert_eq!(rsp.status(), 200);
         // A slow reader: the socket's buffers fill while the gateway writes, so its
         // TLS layer is left holding records that only a flush sends.
@@ -594,4 +529,60 @@ upstream = "u"
     }
     assert_eq!(fast_path_requests(&gw), 2);
     assert_eq!(up.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+/// A TLS upstream's server config: `leaf`'s certificate, HTTP/1.1, and client
+/// certificates checked by `verifier` when given.
+fn upstream_tls(
+    leaf: &Leaf,
+    verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+) -> Arc<rustls::ServerConfig> {
+    let b = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap();
+    let b = match verifier {
+        Some(v) => b.with_client_cert_verifier(v),
+        None => b.with_no_client_auth(),
+    };
+    let mut sc = b
+        .with_single_cert(
+            vec![leaf.der.clone()],
+            PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    sc.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(sc)
+}
+
+/// A pool `u` of one https endpoint on `port` (trusting `ca.pem`, plus `tls_extra`)
+/// and an anonymous route to it.
+fn tls_upstream_route(port: u16, tls_extra: &str) -> String {
+    format!(
+        r#"
+[upstreams.u]
+endpoints = ["https://localhost:{port}"]
+[upstreams.u.tls]
+ca = "ca.pem"
+{tls_extra}
+[[routes]]
+auth.anonymous = true
+name = "r"
+path_prefix = "/"
+upstream = "u"
+"#
+    )
+}
+
+/// The crypto provider installed, a test CA and a server certificate from it for
+/// `localhost` and 127.0.0.1.
+fn test_ca_and_localhost() -> (Pki, Leaf) {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let pki = Pki::new("Test CA");
+    let server = pki.leaf(
+        &["localhost", "127.0.0.1"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    (pki, server)
 }
