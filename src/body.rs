@@ -84,7 +84,7 @@ impl Tap {
         }))
     }
 
-    fn update(&mut self, data: &Bytes) {
+    pub(crate) fn update(&mut self, data: &Bytes) {
         if data.is_empty() {
             return;
         }
@@ -105,7 +105,7 @@ impl Tap {
         };
     }
 
-    fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         let t = &mut *self.0;
         if !t.report.pending() {
             return;

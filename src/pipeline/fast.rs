@@ -14,8 +14,8 @@
 //!   `Via`, no `X-Lienthong-*`;
 //! - a body with `Content-Length` under the route's cap, already read in full;
 //! - a route that is anonymous, untranslated and uncached, to an HTTP/1.1 pool without
-//!   upstream credentials, with no audit log configured, and not one of the gateway's
-//!   own answers (lookups, JWKS, intake).
+//!   upstream credentials, with (when the audit log is on) the fail-open record that
+//!   keeps no bodies, and not one of the gateway's own answers (lookups, JWKS, intake).
 //!
 //! Anything else — including every request the full path would refuse — hands the
 //! connection, with the bytes read so far, to hyper and [`super::handle`] for the rest
@@ -31,13 +31,11 @@
 //! server would: hop-by-hop fields (and those `Connection` names) removed, `Via`
 //! appended, the request id, `Date` when the upstream gave none, the body framed by
 //! its length or re-chunked. Errors go through [`respond::finish`], the one place that
-//! maps them, and every request through `observe`.
-//!
-//! One difference is left: while a request waits for its upstream, the fast path does
-//! not watch the client's socket, so a client that hangs up then is noticed when the
-//! answer is written (the request counts with the upstream's status), where hyper would
-//! drop the request at once (499). Routes with an audit log, where that record matters,
-//! never take the fast path.
+//! maps them, every request through `observe`, and with the audit log every request
+//! leaves the record the full path's audit stage would: the request body's digest
+//! (it is in memory), the response body's as it goes out (`audit_stage::fast_path_tap`),
+//! and `interrupted` (499) for a client that hangs up while the upstream works — the
+//! client's socket is watched then, as hyper watches it.
 
 use super::*;
 use crate::server::{ConnIo, Exchanges, Open};
@@ -136,7 +134,9 @@ where
         gw.fast_path_requests.fetch_add(1, Ordering::Relaxed);
         let close = plan.close;
         // Shutting down after the answer: no pipelined request is taken either.
-        if !exchange(plan, io, exchanges, closing).await || close || closing.load(Ordering::Relaxed)
+        if !exchange(plan, io, buf, exchanges, closing).await
+            || close
+            || closing.load(Ordering::Relaxed)
         {
             // Flushes and closes the write side (TLS: close_notify) before the
             // connection is dropped.
@@ -219,7 +219,7 @@ fn plan(
     head_len: usize,
     after_head: &[u8],
 ) -> Option<Plan> {
-    if req.version != Some(1) || rt.audit.is_some() {
+    if req.version != Some(1) {
         return None;
     }
     let method = match req.method? {
@@ -309,6 +309,7 @@ fn plan(
         || route.translate.is_some()
         || rt.route_caches[idx].is_some()
         || !pool.takes_raw()
+        || (rt.audit.is_some() && !audit_stage::fast_path_records(route))
     {
         return None;
     }
@@ -397,6 +398,10 @@ fn plan(
     ctx.route = Some(rt.route_names[idx].clone());
     ctx.route_index = Some(idx);
     ctx.upstream = Some(rt.pool_names[idx].clone());
+    if rt.audit.is_some() && length > 0 {
+        // The body is all here: its digest now, as the full path's tap would report it.
+        audit_stage::note_request(&mut ctx, &body);
+    }
     Some(Plan {
         rt,
         ctx,
@@ -433,6 +438,7 @@ fn put_lower(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 async fn exchange<I>(
     plan: Plan,
     io: &mut ConnIo<I>,
+    buf: &mut ReadBuf,
     exchanges: &Arc<Exchanges>,
     closing: &AtomicBool,
 ) -> bool
@@ -454,7 +460,34 @@ where
         armed: true,
     };
     let sent = Instant::now();
-    let answer = pool.send_raw(&req).await;
+    // While the upstream works, the client's side is watched as hyper watches it: bytes
+    // it sends (a pipelined request) are kept for later, and its hanging up drops the
+    // exchange, which the guard records as interrupted (499; in the audit log too).
+    let answer = {
+        let mut send = std::pin::pin!(pool.send_raw(&req));
+        std::future::poll_fn(|cx| {
+            if let std::task::Poll::Ready(a) = std::future::Future::poll(send.as_mut(), cx) {
+                return std::task::Poll::Ready(Some(a));
+            }
+            // Without readiness this is no system call; a full buffer is not watched.
+            while buf.end < buf.data.len() {
+                let mut rb = tokio::io::ReadBuf::new(&mut buf.data[buf.end..]);
+                match std::pin::Pin::new(&mut *io).poll_read(cx, &mut rb) {
+                    std::task::Poll::Ready(Ok(())) if !rb.filled().is_empty() => {
+                        buf.end += rb.filled().len();
+                    }
+                    std::task::Poll::Ready(_) => return std::task::Poll::Ready(None),
+                    std::task::Poll::Pending => break,
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await
+    };
+    let Some(answer) = answer else {
+        // The client went away: `guard` records the request as interrupted.
+        return false;
+    };
     guard.ctx.upstream_us = Some(sent.elapsed().as_micros() as u64);
     guard.armed = false;
     let ctx = &mut guard.ctx;
@@ -473,8 +506,19 @@ where
     let a = match answer {
         Ok(a) => a,
         Err(e) => {
-            let rsp = respond::finish(&rt, ctx, Err(e));
+            let mut rsp = respond::finish(&rt, ctx, Err(e));
             crate::observe::record(&rt, ctx, &rsp);
+            if let Some(a) = &rt.audit {
+                // An error body is whole: its record goes now, as on the full path.
+                rsp = match audit_stage::record_streamed(a, &rt, ctx, rsp) {
+                    audit_stage::Streamed::Sent(r) => r,
+                    // Not for the routes taken here (`fast_path_records`); kept right
+                    // all the same.
+                    audit_stage::Streamed::Waits(pending, r) => {
+                        Box::pin(audit_stage::record(a, ctx, *pending, r)).await
+                    }
+                };
+            }
             open.responding();
             let closing = close || closing.load(Ordering::Relaxed);
             // Flushed: a TLS stream may hold the last records until asked.
@@ -488,8 +532,12 @@ where
     crate::observe::record_status(&rt, ctx, a.status);
     let closing = close || closing.load(Ordering::Relaxed);
     let head = response_head(&rt, ctx, &a, closing);
+    let tap = rt
+        .audit
+        .as_ref()
+        .map(|au| audit_stage::fast_path_tap(au, ctx, a.status));
     open.responding();
-    relay(io, a, head, exchanges).await && io.flush().await.is_ok() && !closing
+    relay(io, a, head, exchanges, tap).await && io.flush().await.is_ok() && !closing
 }
 
 /// Writes an error response (from `respond::finish`) with hyper's framing.
@@ -649,7 +697,15 @@ fn response_head(rt: &Runtime, ctx: &RequestCtx, a: &RawAnswer, close: bool) -> 
 /// Sends the head and relays the body; gives the upstream connection back when its
 /// response was read to the end and it stays open. False when the client connection
 /// must end.
-async fn relay<I>(io: &mut ConnIo<I>, a: RawAnswer, mut out: Vec<u8>, exchanges: &Exchanges) -> bool
+async fn relay<I>(
+    io: &mut ConnIo<I>,
+    a: RawAnswer,
+    mut out: Vec<u8>,
+    exchanges: &Exchanges,
+    // The audit record's tap: fed the body as it goes out, finished at its end, and
+    // dropped (cut short) if the body ends early, as the full path's would be.
+    mut tap: Option<crate::body::Tap>,
+) -> bool
 where
     I: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -673,6 +729,22 @@ where
     }
     // Reads more of the upstream's body into `buf[at..]` (into spare capacity: no
     // zeroing); 0 at its end.
+    macro_rules! feed {
+        ($data:expr) => {
+            if let Some(t) = &mut tap {
+                t.update(&bytes::Bytes::copy_from_slice($data));
+            }
+        };
+    }
+    // The body's end is known (before its last bytes are written, as hyper's server
+    // polls the last frame before it writes it).
+    macro_rules! finish {
+        () => {
+            if let Some(t) = &mut tap {
+                t.finish();
+            }
+        };
+    }
     macro_rules! read_more {
         ($at:expr) => {{
             buf.truncate($at);
@@ -689,6 +761,10 @@ where
         Framing::Length(n) => {
             let first = (filled as u64).min(n) as usize;
             out.extend_from_slice(&buf[..first]);
+            feed!(&buf[..first]);
+            if first as u64 == n && n > 0 {
+                finish!();
+            }
             let extra = filled > first;
             if io.write_all(&out).await.is_err() {
                 return false;
@@ -700,6 +776,10 @@ where
                     Ok(got) => got,
                 };
                 let take = (got as u64).min(left) as usize;
+                feed!(&buf[..take]);
+                if take as u64 == left {
+                    finish!();
+                }
                 if io.write_all(&buf[..take]).await.is_err() {
                     return false;
                 }
@@ -719,8 +799,10 @@ where
             loop {
                 if data > 0 {
                     chunk(&mut out, &buf[..data]);
+                    feed!(&buf[..data]);
                 }
                 if end {
+                    finish!();
                     out.extend_from_slice(b"0\r\n\r\n");
                 }
                 if !out.is_empty() && io.write_all(&out).await.is_err() {
@@ -758,6 +840,7 @@ where
                             break;
                         }
                         out.extend_from_slice(&buf[pos..pos + take]);
+                        feed!(&buf[pos..pos + take]);
                         pos += take;
                         in_chunk -= take as u64;
                         if in_chunk == 0 {
@@ -785,6 +868,7 @@ where
                         pos += eol + 2;
                         if eol == 0 {
                             // The end of the body.
+                            finish!();
                             out.extend_from_slice(b"0\r\n\r\n");
                             if io.write_all(&out).await.is_err() {
                                 return false;

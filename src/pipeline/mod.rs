@@ -1031,10 +1031,17 @@ pub mod audit_stage {
             };
             return Streamed::Waits(Box::new(pending), rsp);
         }
-        let w = a.clone();
         let (parts, body) = rsp.into_parts();
-        // The closure holds the draft: one allocation (the tap's) carries both.
-        let body = body.with_tap(Tap::new(move |d, n| {
+        let body = body.with_tap(submit_when_sent(a, draft));
+        Streamed::Sent(Response::from_parts(parts, body))
+    }
+
+    /// The tap that submits a fail-open record once the response body has gone out
+    /// (its digest and size), or as cut short when it is dropped before its end. The
+    /// closure holds the draft: one allocation (the tap's) carries both.
+    fn submit_when_sent(a: &Arc<Auditor>, draft: Draft) -> Tap {
+        let w = a.clone();
+        Tap::new(move |d, n| {
             let out = Outcome {
                 sent: d,
                 bytes_out: n,
@@ -1046,8 +1053,20 @@ pub mod audit_stage {
             {
                 metrics::counter!("lienthong_audit_dropped_total").increment(1);
             }
-        }));
-        Streamed::Sent(Response::from_parts(parts, body))
+        })
+    }
+
+    /// Whether the fast path (`pipeline::fast`) can record a request to `route`: its
+    /// record is the fail-open one that keeps no bodies.
+    pub fn fast_path_records(route: &crate::config::RouteConfig) -> bool {
+        route.audit == AuditPolicy::FailOpen && !route.audit_bodies
+    }
+
+    /// [`record_streamed`] for the fast path, which relays a response body itself: the
+    /// tap it feeds with the body as it writes it out (and finishes at its end, or drops
+    /// where hyper would not have read it: no body, or a cut-off one).
+    pub fn fast_path_tap(a: &Arc<Auditor>, ctx: &mut RequestCtx, status: u16) -> Tap {
+        submit_when_sent(a, Draft::new(ctx, status))
     }
 
     /// The record of a request whose stages never returned (see `Interrupted`):

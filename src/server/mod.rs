@@ -8,11 +8,11 @@
 //!
 //! Limits and timeouts are read from the config snapshot current when a connection
 //! is accepted. Slow clients: the TLS handshake and protocol detection are bounded by
-//! `header_read_timeout`, and hyper's own header-read timer bounds each HTTP/1 request
-//! head (it also runs while a keep-alive connection waits for its next request, so an
-//! idle HTTP/1 connection lasts at most min(`idle_timeout`, `header_read_timeout`)).
-//! A per-connection watchdog closes connections with no traffic and no request in
-//! flight for `idle_timeout` (this is what bounds idle HTTP/2 connections).
+//! `header_read_timeout`, and so is each HTTP/1 request head, by the connection's
+//! watchdog (`drive`; the bound also runs while a keep-alive connection waits for its
+//! next request, so an idle HTTP/1 connection lasts at most min(`idle_timeout`,
+//! `header_read_timeout`)). The watchdog also closes connections with no traffic and
+//! no request in flight for `idle_timeout` (this is what bounds idle HTTP/2 ones).
 
 pub mod tls;
 

@@ -96,6 +96,9 @@ auth = {{ anonymous = true }}
             post_response = r.body.clone();
         }
     }
+    // The plain ones (both 200s to /open, the 502, the masked path) took the HTTP/1
+    // fast path, whose records are checked here as the full path's are.
+    assert_eq!(fast_path_requests(&gw), 4);
     let recs = records(&gw).await;
     let got: BTreeSet<String> = recs.iter().map(|(_, r)| r.request_id.clone()).collect();
     assert_eq!(recs.len(), requests.len(), "exactly one record per request");
@@ -739,6 +742,8 @@ async fn a_request_whose_client_hangs_up_still_leaves_a_record() {
     let up = MockUpstream::start(hang).await;
     let gw = TestGateway::start(&slow_route_config(&up.url(), "", "")).await;
     let s = send_and_wait(&gw, &up, "hung-up-1").await;
+    // On the HTTP/1 fast path, which watches the client while the upstream works.
+    assert_eq!(fast_path_requests(&gw), 1);
     drop(s);
     interrupted_record_arrives(&gw, "hung-up-1").await;
     let (_, metrics) = admin_get(&gw, "/metrics").await;

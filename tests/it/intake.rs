@@ -288,15 +288,22 @@ async fn dossiers_and_events_are_delivered_in_order_with_idempotency_keys() {
         .find(|s| s.uri == "/dvcqg/DongBoHoSoMC")
         .unwrap();
     assert!(String::from_utf8_lossy(&first.body).contains("3.000182.000.00.00.H22"));
-    let (_, outbox) = admin_get(&gw, "/admin/exchange/outbox?state=delivered").await;
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&outbox)
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .len(),
-        4
-    );
+    // The destination counts a delivery when it has it; the outbox marks it delivered
+    // once its answer is back: a moment later.
+    eventually(
+        "the outbox shows the four deliveries",
+        std::time::Duration::from_secs(10),
+        || async {
+            let (_, outbox) = admin_get(&gw, "/admin/exchange/outbox?state=delivered").await;
+            serde_json::from_str::<serde_json::Value>(&outbox)
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .len()
+                == 4
+        },
+    )
+    .await;
     // Each delivery's audit record proves what was sent: the payload's digest (here sent
     // as is: no adapter renders it, so no translated digest) and the answer's.
     let creation = delivery_record(&gw, "dvcqg", &format!("{code}:0")).await;
