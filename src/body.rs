@@ -254,6 +254,12 @@ impl http_body::Body for Body {
                             }
                             Err(f) => f,
                         };
+                        // Trailers are the last frame: the body is whole (readers stop
+                        // at them, and a tap would otherwise be dropped unfinished).
+                        guard.take();
+                        if let Some(t) = tap {
+                            t.finish();
+                        }
                     }
                     // Readers stop polling once `is_end_stream` says so (bodies with a
                     // length), so the end is noticed here rather than on a final None.

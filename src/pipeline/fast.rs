@@ -35,7 +35,8 @@
 //! leaves the record the full path's audit stage would: the request body's digest
 //! (it is in memory), the response body's as it goes out (`audit_stage::fast_path_tap`),
 //! and `interrupted` (499) for a client that hangs up while the upstream works — the
-//! client's socket is watched then, as hyper watches it.
+//! client's socket is watched then, and while the upstream's body is awaited, as hyper's
+//! server watches it (`watching`).
 
 use super::*;
 use crate::server::{ConnIo, Exchanges, Open};
@@ -315,7 +316,11 @@ fn plan(
     }
     let length = length.unwrap_or(0);
     let cap = route.max_body_bytes.unwrap_or(l.max_body_bytes);
-    if length > cap || (after_head.len() as u64) < length {
+    // With one attempt the full path streams a body upstream, and its audit record has
+    // the body's digest only if the upstream read it: a record this path, which holds
+    // the body, could not match when the attempt fails first.
+    let streamed = pool.cfg.retry.attempts <= 1 && rt.audit.is_some();
+    if length > cap || (after_head.len() as u64) < length || (streamed && length > 0) {
         return None;
     }
     let body = bytes::Bytes::copy_from_slice(&after_head[..length as usize]);
@@ -460,30 +465,10 @@ where
         armed: true,
     };
     let sent = Instant::now();
-    // While the upstream works, the client's side is watched as hyper watches it: bytes
-    // it sends (a pipelined request) are kept for later, and its hanging up drops the
-    // exchange, which the guard records as interrupted (499; in the audit log too).
-    let answer = {
-        let mut send = std::pin::pin!(pool.send_raw(&req));
-        std::future::poll_fn(|cx| {
-            if let std::task::Poll::Ready(a) = std::future::Future::poll(send.as_mut(), cx) {
-                return std::task::Poll::Ready(Some(a));
-            }
-            // Without readiness this is no system call; a full buffer is not watched.
-            while buf.end < buf.data.len() {
-                let mut rb = tokio::io::ReadBuf::new(&mut buf.data[buf.end..]);
-                match std::pin::Pin::new(&mut *io).poll_read(cx, &mut rb) {
-                    std::task::Poll::Ready(Ok(())) if !rb.filled().is_empty() => {
-                        buf.end += rb.filled().len();
-                    }
-                    std::task::Poll::Ready(_) => return std::task::Poll::Ready(None),
-                    std::task::Poll::Pending => break,
-                }
-            }
-            std::task::Poll::Pending
-        })
-        .await
-    };
+    // While the upstream works, the client's side is watched (`watching`): its hanging
+    // up drops the exchange, which the guard records as interrupted (499; in the audit
+    // log too).
+    let answer = watching(io, buf, pool.send_raw(&req)).await;
     let Some(answer) = answer else {
         // The client went away: `guard` records the request as interrupted.
         return false;
@@ -537,7 +522,37 @@ where
         .as_ref()
         .map(|au| audit_stage::fast_path_tap(au, ctx, a.status));
     open.responding();
-    relay(io, a, head, exchanges, tap).await && io.flush().await.is_ok() && !closing
+    relay(io, buf, a, head, exchanges, tap).await && io.flush().await.is_ok() && !closing
+}
+
+/// Awaits `fut` while watching the client's side as hyper's server does mid-message:
+/// while nothing of the client's is buffered, a read that brings bytes keeps them (a
+/// pipelined request, for later) and ends the watch; one that finds the connection
+/// closed or broken means the client went away: None, and `fut` is dropped. Without
+/// readiness the read is no system call.
+async fn watching<I, F>(io: &mut ConnIo<I>, buf: &mut ReadBuf, fut: F) -> Option<F::Output>
+where
+    I: AsyncRead + Unpin,
+    F: std::future::Future,
+{
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(v) = fut.as_mut().poll(cx) {
+            return std::task::Poll::Ready(Some(v));
+        }
+        if buf.start == buf.end {
+            let mut rb = tokio::io::ReadBuf::new(&mut buf.data[buf.end..]);
+            match std::pin::Pin::new(&mut *io).poll_read(cx, &mut rb) {
+                std::task::Poll::Ready(Ok(())) if !rb.filled().is_empty() => {
+                    buf.end += rb.filled().len();
+                }
+                std::task::Poll::Ready(_) => return std::task::Poll::Ready(None),
+                std::task::Poll::Pending => {}
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// Writes an error response (from `respond::finish`) with hyper's framing.
@@ -699,6 +714,9 @@ fn response_head(rt: &Runtime, ctx: &RequestCtx, a: &RawAnswer, close: bool) -> 
 /// must end.
 async fn relay<I>(
     io: &mut ConnIo<I>,
+    // The client's read buffer: the client is watched while the upstream's body is
+    // awaited, as hyper's server watches it while it sends one.
+    cbuf: &mut ReadBuf,
     a: RawAnswer,
     mut out: Vec<u8>,
     exchanges: &Exchanges,
@@ -745,13 +763,17 @@ where
             }
         };
     }
+    // A client that goes away meanwhile ends the relay (its record cut short).
     macro_rules! read_more {
         ($at:expr) => {{
             buf.truncate($at);
             exchanges.body_waiting.store(true, Ordering::Relaxed);
-            let r = conn.read_buf(&mut buf).await;
+            let r = watching(io, cbuf, conn.read_buf(&mut buf)).await;
             exchanges.body_waiting.store(false, Ordering::Relaxed);
-            r
+            match r {
+                Some(r) => r,
+                None => return false,
+            }
         }};
     }
     let clean = match framing {

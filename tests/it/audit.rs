@@ -16,7 +16,7 @@ fn db_of(gw: &TestGateway) -> std::path::PathBuf {
     gw.config_path.parent().unwrap().join("audit.db")
 }
 
-async fn records(gw: &TestGateway) -> Vec<(u64, AuditRecord)> {
+pub(crate) async fn records(gw: &TestGateway) -> Vec<(u64, AuditRecord)> {
     // A checkpoint goes through the writer's queue after every record already
     // submitted, so once it returns they are committed.
     assert_eq!(admin_post(gw, "/admin/audit/checkpoint").await.0, 200);
@@ -686,14 +686,25 @@ auth = {{ anonymous = true }}
 /// Sends a request head (and a short body) on a raw connection and waits until the
 /// upstream has it.
 async fn send_and_wait(gw: &TestGateway, up: &MockUpstream, id: &str) -> tokio::net::TcpStream {
+    send_and_wait_with(gw, up, id, "").await
+}
+
+/// [`send_and_wait`] with further header lines (`extra`, each ending in CRLF).
+async fn send_and_wait_with(
+    gw: &TestGateway,
+    up: &MockUpstream,
+    id: &str,
+    extra: &str,
+) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;
     let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
     let req = format!(
-        "POST /slow/x HTTP/1.1\r\nHost: t\r\nX-Request-Id: {id}\r\nContent-Length: 2\r\n\r\nok"
+        "POST /slow/x HTTP/1.1\r\nHost: t\r\nX-Request-Id: {id}\r\n{extra}Content-Length: 2\r\n\r\nok"
     );
+    let before = up.count();
     s.write_all(req.as_bytes()).await.unwrap();
     eventually("request in flight", Duration::from_secs(5), || async {
-        up.count() == 1
+        up.count() > before
     })
     .await;
     s
@@ -746,6 +757,11 @@ async fn a_request_whose_client_hangs_up_still_leaves_a_record() {
     assert_eq!(fast_path_requests(&gw), 1);
     drop(s);
     interrupted_record_arrives(&gw, "hung-up-1").await;
+    // The same on the full path (hyper's), where a client-sent `Via` sends it.
+    let s = send_and_wait_with(&gw, &up, "hung-up-2", "Via: 1.1 client\r\n").await;
+    assert_eq!(fast_path_requests(&gw), 1);
+    drop(s);
+    interrupted_record_arrives(&gw, "hung-up-2").await;
     let (_, metrics) = admin_get(&gw, "/metrics").await;
     assert!(
         metrics

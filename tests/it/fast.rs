@@ -1,7 +1,7 @@
 //! The HTTP/1 fast path (`pipeline::fast`): what it takes, what it leaves to hyper on
-//! the same connection, the upstream framings it relays, and upstream connections that
-//! close while idle. (`headers` and `upstream` run on it too: their gateways keep no
-//! audit log.)
+//! the same connection, the upstream framings it relays, upstream connections that
+//! close while idle, and its audit records against the full path's. (The plain routes of
+//! the other suites run on it too.)
 
 use crate::support::*;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -303,4 +303,96 @@ async fn fast_path_errors_are_the_json_contract() {
     assert_eq!(r.header("x-request-id"), Some("err-1"));
     assert_eq!(r.header("connection"), Some("close"));
     assert_eq!(fast_path_requests(&gw), 1);
+}
+
+/// With the audit log on, the fast path leaves the records the full path leaves: each
+/// request goes both ways (a client-sent `Via` sends it to the full path), and the two
+/// records agree on all but the request id and timings — status, kind, sizes and both
+/// digests, for every framing an upstream answers with.
+#[tokio::test]
+async fn fast_path_audit_records_are_the_full_paths() {
+    let (addr, _, _) = raw_upstream(framings, None).await;
+    let gw = TestGateway::start(&base_config(&format!(
+        r#"
+[upstreams.up]
+endpoints = ["http://{addr}"]
+[[routes]]
+name = "plain"
+path_prefix = "/"
+upstream = "up"
+auth.anonymous = true
+"#
+    )))
+    .await;
+    let cases = [
+        ("GET", "/chunked", ""),
+        ("GET", "/close", ""),
+        ("GET", "/interim", ""),
+        ("GET", "/named", ""),
+        ("HEAD", "/head", ""),
+        ("GET", "/empty", ""),
+        ("POST", "/plain", "hello"),
+        ("PUT", "/plain", ""),
+    ];
+    for (i, (method, path, body)) in cases.iter().enumerate() {
+        for (way, extra) in [("fast", ""), ("full", "Via: 1.1 client\r\n")] {
+            let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+            s.write_all(
+                format!(
+                    "{method} {path} HTTP/1.1\r\nHost: t\r\nX-Request-Id: {way}-{i}\r\n{extra}\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+            let mut out = Vec::new();
+            tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+                .await
+                .expect("the answer and the close")
+                .unwrap();
+            assert!(out.starts_with(b"HTTP/1.1 2"), "{way} {path}: {out:?}");
+        }
+    }
+    assert_eq!(fast_path_requests(&gw), cases.len() as u64);
+    let recs = crate::audit::records(&gw).await;
+    let of = |id: String| {
+        let r = &recs.iter().find(|(_, r)| r.request_id == id).expect(&id).1;
+        format!(
+            "{:?}",
+            (
+                r.status,
+                r.kind,
+                &r.route,
+                &r.upstream,
+                &r.method,
+                &r.path,
+                &r.error,
+                r.bytes_in,
+                &r.request_sha256,
+                r.bytes_out,
+                &r.response_sha256
+            )
+        )
+    };
+    for (i, case) in cases.iter().enumerate() {
+        assert_eq!(of(format!("fast-{i}")), of(format!("full-{i}")), "{case:?}");
+    }
+}
+
+/// A client that sends a second request behind its first and then closes its side gets
+/// its first answer: the buffered request is not mistaken for a client that went away.
+#[tokio::test]
+async fn a_pipelined_request_then_a_half_close_gets_the_first_answer() {
+    let up = MockUpstream::start(echo("up")).await;
+    let gw = gateway(&up.url()).await;
+    let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(b"GET /1 HTTP/1.1\r\nHost: t\r\n\r\nGET /2 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    s.shutdown().await.unwrap();
+    let mut buf = Vec::new();
+    let r = next_response(&mut s, &mut buf).await;
+    assert_eq!(r.json()["uri"], "/1");
 }

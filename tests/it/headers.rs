@@ -2,8 +2,6 @@
 //! Content-Length, redirects.
 
 use crate::support::*;
-// Without the audit log, so that plain routes take the HTTP/1 fast path.
-use crate::support::plain_config as base_config;
 use bytes::Bytes;
 use http_body_util::Full;
 use std::sync::Arc;

@@ -337,8 +337,7 @@ header_read_timeout = "2s"
     )
 }
 
-/// [`base_config`] without the audit log: plain routes then take the HTTP/1 fast
-/// path (`pipeline::fast`), which the audit stage would send to the full one.
+/// [`base_config`] without the audit log (a gateway that keeps none).
 pub fn plain_config(extra: &str) -> String {
     let full = base_config(extra);
     let start = full

@@ -2,8 +2,6 @@
 //! passive), the circuit breaker, balancing and connection reuse.
 
 use crate::support::*;
-// Without the audit log, so that plain routes take the HTTP/1 fast path.
-use crate::support::plain_config as base_config;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
