@@ -468,7 +468,7 @@ where
     // While the upstream works, the client's side is watched (`watching`): its hanging
     // up drops the exchange, which the guard records as interrupted (499; in the audit
     // log too).
-    let answer = watching(io, buf, pool.send_raw(&req)).await;
+    let answer = watching(io, buf, std::pin::pin!(pool.send_raw(&req))).await;
     let Some(answer) = answer else {
         // The client went away: `guard` records the request as interrupted.
         return false;
@@ -530,12 +530,18 @@ where
 /// pipelined request, for later) and ends the watch; one that finds the connection
 /// closed or broken means the client went away: None, and `fut` is dropped. Without
 /// readiness the read is no system call.
-async fn watching<I, F>(io: &mut ConnIo<I>, buf: &mut ReadBuf, fut: F) -> Option<F::Output>
+///
+/// `fut` is pinned where the caller made it: moving a future as large as an upstream
+/// exchange into this one would copy it on every request.
+async fn watching<I, F>(
+    io: &mut ConnIo<I>,
+    buf: &mut ReadBuf,
+    mut fut: std::pin::Pin<&mut F>,
+) -> Option<F::Output>
 where
     I: AsyncRead + Unpin,
     F: std::future::Future,
 {
-    let mut fut = std::pin::pin!(fut);
     std::future::poll_fn(|cx| {
         if let std::task::Poll::Ready(v) = fut.as_mut().poll(cx) {
             return std::task::Poll::Ready(Some(v));
@@ -768,7 +774,7 @@ where
         ($at:expr) => {{
             buf.truncate($at);
             exchanges.body_waiting.store(true, Ordering::Relaxed);
-            let r = watching(io, cbuf, conn.read_buf(&mut buf)).await;
+            let r = watching(io, cbuf, std::pin::pin!(conn.read_buf(&mut buf))).await;
             exchanges.body_waiting.store(false, Ordering::Relaxed);
             match r {
                 Some(r) => r,
