@@ -10,8 +10,9 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-async fn gateway(upstream: &str) -> TestGateway {
-    TestGateway::start(&plain_config(&format!(
+/// A pool `up` of one endpoint and an anonymous route `plain` to it for every path.
+fn plain_route(upstream: &str) -> String {
+    format!(
         r#"
 [upstreams.up]
 endpoints = ["{upstream}"]
@@ -21,8 +22,12 @@ path_prefix = "/"
 upstream = "up"
 auth.anonymous = true
 "#
-    )))
-    .await
+    )
+}
+
+/// A gateway without the audit log with [`plain_route`].
+async fn gateway(upstream: &str) -> TestGateway {
+    TestGateway::start(&plain_config(&plain_route(upstream))).await
 }
 
 /// Reads the next response off a keep-alive connection.
@@ -312,18 +317,7 @@ async fn fast_path_errors_are_the_json_contract() {
 #[tokio::test]
 async fn fast_path_audit_records_are_the_full_paths() {
     let (addr, _, _) = raw_upstream(framings, None).await;
-    let gw = TestGateway::start(&base_config(&format!(
-        r#"
-[upstreams.up]
-endpoints = ["http://{addr}"]
-[[routes]]
-name = "plain"
-path_prefix = "/"
-upstream = "up"
-auth.anonymous = true
-"#
-    )))
-    .await;
+    let gw = TestGateway::start(&base_config(&plain_route(&format!("http://{addr}")))).await;
     let cases = [
         ("GET", "/chunked", ""),
         ("GET", "/close", ""),
