@@ -179,21 +179,12 @@ fn query_byte(b: u8) -> bool {
 }
 
 /// Fields whose presence sends the request to the full path.
+/// (`Connection` is looked at by the caller: `keep-alive` and `close` are taken.)
 fn needs_full_path(name: &[u8]) -> bool {
-    const NAMES: [&[u8]; 10] = [
-        b"transfer-encoding",
-        b"expect",
-        b"upgrade",
-        b"te",
-        b"trailer",
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authorization",
-        b"proxy-authenticate",
-        b"via",
-    ];
     let lower = |p: &[u8]| name.len() >= p.len() && name[..p.len()].eq_ignore_ascii_case(p);
-    NAMES.iter().any(|n| name.eq_ignore_ascii_case(n))
+    headers::is_hop_by_hop_name(name)
+        || name.eq_ignore_ascii_case(b"expect")
+        || name.eq_ignore_ascii_case(b"via")
         || lower(b"x-lienthong-")
         || ((lower(b"x-") || lower(b"true-") || lower(b"forwarded"))
             && headers::is_forwarding_name(name))
@@ -652,21 +643,10 @@ fn response_head(rt: &Runtime, ctx: &RequestCtx, a: &RawAnswer, close: bool) -> 
     }
     for i in 0..a.fields.len() {
         let (name, value) = a.field(i);
-        let hop = [
-            &b"connection"[..],
-            b"keep-alive",
-            b"proxy-connection",
-            b"te",
-            b"trailer",
-            b"transfer-encoding",
-            b"proxy-authorization",
-            b"proxy-authenticate",
-            b"upgrade",
-            b"x-request-id",
-            b"content-length",
-        ]
-        .iter()
-        .any(|n| name.eq_ignore_ascii_case(n))
+        // Hop-by-hop fields go; the request id and the length are the gateway's own.
+        let hop = headers::is_hop_by_hop_name(name)
+            || name.eq_ignore_ascii_case(b"x-request-id")
+            || name.eq_ignore_ascii_case(b"content-length")
             || named.iter().any(|n| name.eq_ignore_ascii_case(n));
         if hop {
             continue;

@@ -268,6 +268,15 @@ pub fn sanitize_trailers(h: &mut HeaderMap) {
     }
 }
 
+/// Whether a field name, as written (any case), is hop-by-hop: one of [`HOP_BY_HOP`]
+/// or `Upgrade` (fields named in `Connection` aside). The fast path's test on bytes.
+pub fn is_hop_by_hop_name(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"upgrade")
+        || HOP_BY_HOP
+            .iter()
+            .any(|n| name.eq_ignore_ascii_case(n.as_str().as_bytes()))
+}
+
 /// One of [`FORWARDING`], for a name as the client wrote it (any case).
 pub fn is_forwarding_name(name: &[u8]) -> bool {
     FORWARDING

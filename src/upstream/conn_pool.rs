@@ -314,9 +314,7 @@ impl ConnPool {
             let Some(mut i) = lock(&self.inner.raw_idle).pop() else {
                 break;
             };
-            let expired =
-                u128::from(now.saturating_sub(i.since_ms)) >= self.inner.idle_timeout.as_millis();
-            if !expired && !i.stream.peer_closed() {
+            if !self.inner.idle_too_long(i.since_ms, now) && !i.stream.peer_closed() {
                 return Ok((i.stream, true));
             }
         }
@@ -325,15 +323,7 @@ impl ConnPool {
 
     /// A new connection for the fast path.
     pub async fn open_raw(&self) -> Result<Stream, SendError> {
-        self.inner.start_sweeper();
-        let deadline = tokio::time::Instant::now() + self.inner.connect_timeout;
-        match tokio::time::timeout_at(deadline, self.inner.open(deadline)).await {
-            Ok(r) => r.map_err(SendError::Connect),
-            Err(_) => Err(SendError::Connect(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("connecting to {} timed out", self.inner.target),
-            ))),
-        }
+        self.inner.open_timed().await
     }
 
     /// Gives a fast-path connection back after a complete exchange (its response
@@ -359,7 +349,12 @@ impl ConnPool {
 
 impl Inner {
     fn expired(&self, i: &Idle, now_ms: u64) -> bool {
-        u128::from(now_ms.saturating_sub(i.since_ms)) >= self.idle_timeout.as_millis()
+        self.idle_too_long(i.since_ms, now_ms)
+    }
+
+    /// Whether a connection idle since `since_ms` has passed the idle timeout.
+    fn idle_too_long(&self, since_ms: u64, now_ms: u64) -> bool {
+        u128::from(now_ms.saturating_sub(since_ms)) >= self.idle_timeout.as_millis()
     }
 
     /// Takes the most recently used live connection, dropping expired and closed ones.
@@ -432,25 +427,27 @@ impl Inner {
         idle.retain(|i| !i.conn.sender.is_closed());
         drop(idle);
         let mut raw = lock(&self.raw_idle);
-        let timeout = self.idle_timeout.as_millis();
-        let n = raw.partition_point(|i| u128::from(now.saturating_sub(i.since_ms)) >= timeout);
+        let n = raw.partition_point(|i| self.idle_too_long(i.since_ms, now));
         raw.drain(..n);
         raw.retain_mut(|i| !i.stream.peer_closed());
     }
 
     async fn connect(self: &Arc<Self>) -> Result<Pooled, SendError> {
+        let io = self.open_timed().await?;
+        self.attach(io).await
+    }
+
+    /// A new connection within the connect timeout (the sweeper started first).
+    async fn open_timed(self: &Arc<Self>) -> Result<Stream, SendError> {
         self.start_sweeper();
         let deadline = tokio::time::Instant::now() + self.connect_timeout;
-        let io = match tokio::time::timeout_at(deadline, self.open(deadline)).await {
-            Ok(r) => r.map_err(SendError::Connect)?,
-            Err(_) => {
-                return Err(SendError::Connect(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("connecting to {} timed out", self.target),
-                )))
-            }
-        };
-        self.attach(io).await
+        match tokio::time::timeout_at(deadline, self.open(deadline)).await {
+            Ok(r) => r.map_err(SendError::Connect),
+            Err(_) => Err(SendError::Connect(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connecting to {} timed out", self.target),
+            ))),
+        }
     }
 
     /// Runs the HTTP/1 handshake (no I/O for HTTP/1) and spawns the connection task.
