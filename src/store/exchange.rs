@@ -18,6 +18,11 @@
 //! * Spool bound: the number of undelivered outbox rows is tracked; an intake that would exceed
 //!   the capacity is refused with [`IntakeError::SpoolFull`] (→ 503 + Retry-After) instead of
 //!   accepting what the disk or the counterparts cannot absorb.
+//! * An outbox row holds its payload only while it may still be sent: the transition to
+//!   `delivered` or `cancelled` erases it (the same text stays in `dossiers.body` or
+//!   `events.body`, the record kept). Without this every dossier would be stored once more
+//!   per destination, for good; with it, what the outbox holds beyond small rows is
+//!   bounded by the spool. `dead` rows keep theirs, since an admin may re-queue them.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -232,6 +237,7 @@ pub struct OutboxItem {
     pub destination: String,
     pub dossier_code: String,
     pub event_seq: i64,
+    /// Empty once the row is delivered or cancelled (see the module documentation).
     pub payload: String,
     pub state: OutboxState,
     /// Attempts started so far, including the current one when `state == Sending`.
@@ -537,6 +543,8 @@ CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS outbox_order ON outbox (destination, dossier_code, id);
 CREATE INDEX IF NOT EXISTS outbox_open ON outbox (destination, id)
     WHERE state IN ('pending', 'retrying', 'sending');
+CREATE INDEX IF NOT EXISTS outbox_spent ON outbox (id)
+    WHERE state IN ('delivered', 'cancelled') AND payload <> '';
 CREATE TABLE IF NOT EXISTS attempts (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     outbox_id   INTEGER NOT NULL REFERENCES outbox(id),
@@ -769,7 +777,38 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     if !has_submitter {
         conn.execute("ALTER TABLE dossiers ADD COLUMN submitted_by TEXT", [])?;
     }
+    let erased = erase_spent_payloads(&conn)?;
+    if erased > 0 {
+        tracing::info!(
+            rows = erased,
+            "exchange store: payloads of delivered and cancelled outbox rows erased \
+             (kept in dossiers and events)"
+        );
+    }
     Ok(conn)
+}
+
+/// Erases the payloads that a build before payloads were erased at delivery left on
+/// delivered and cancelled outbox rows (the same text is kept in `dossiers.body` or
+/// `events.body`). In batches, each its own transaction, so a large old file writes a
+/// bounded WAL; on any other file the partial index `outbox_spent` is empty and this is
+/// one index lookup. SQLite-specific (`INDEXED BY`: without statistics the planner
+/// prefers `outbox_due` and would read every delivered row at every open); a PostgreSQL
+/// store has no such old files.
+fn erase_spent_payloads(conn: &Connection) -> rusqlite::Result<usize> {
+    let mut total = 0;
+    loop {
+        let n = conn.execute(
+            "UPDATE outbox SET payload = '' WHERE id IN (SELECT id FROM outbox \
+             INDEXED BY outbox_spent \
+             WHERE state IN ('delivered', 'cancelled') AND payload <> '' LIMIT 1000)",
+            [],
+        )?;
+        if n == 0 {
+            return Ok(total);
+        }
+        total += n;
+    }
 }
 
 fn writer_loop(
@@ -1265,7 +1304,7 @@ fn complete_tx(
     let applied = conn.execute(
         "UPDATE outbox SET state = ?1, next_attempt_at = COALESCE(?2, next_attempt_at), \
              last_error = COALESCE(?3, last_error), lease_owner = NULL, lease_until = NULL, \
-             updated_at = ?4 \
+             updated_at = ?4, payload = CASE WHEN ?1 = 'delivered' THEN '' ELSE payload END \
          WHERE id = ?5 AND state = 'sending' AND lease_owner = ?6",
         params![state, next_at, error, now_ms, id, owner],
     )? == 1;
@@ -1573,7 +1612,7 @@ impl ExchangeStore for SqliteStore {
                 }
                 conn.execute(
                     "UPDATE outbox SET state = 'cancelled', last_error = ?1, lease_owner = NULL, \
-                         lease_until = NULL, updated_at = ?2 WHERE id = ?3",
+                         lease_until = NULL, updated_at = ?2, payload = '' WHERE id = ?3",
                     params![format!("cancelled by admin: {reason}"), now_ms, id],
                 )?;
                 if prev.is_queued() {
@@ -2189,6 +2228,83 @@ pub(crate) mod tests {
         // 2 creations + 3 events × 2 destinations + 1 evaluation × 1.
         assert_eq!(t.deliveries.len(), 2 + 6 + 1);
         assert!(t.deliveries.iter().all(|d| d.state == OutboxState::Pending));
+    }
+
+    #[tokio::test]
+    async fn delivered_and_cancelled_rows_give_up_their_payloads() {
+        let dir = TempDir::new("spent-payloads");
+        let clock = Arc::new(ManualClock::at_ms(T0));
+        let store = open_with(&dir, clock.clone(), 100);
+        let mut codes = Vec::new();
+        for n in 1..=2 {
+            let mut d = sample_dossier();
+            d.code = Some(format!("000.00.01.H22-250715-000{n}"));
+            let a = store.accept_dossier(d, None, dests()).await.unwrap();
+            codes.push(a.receipt.dossier_code);
+        }
+        let items = store
+            .claim_due("w".into(), T0, 60_000, 10, usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!(items.len(), 4);
+        assert!(items.iter().all(|i| !i.payload.is_empty()));
+        let done =
+            |c: Completion, i: &OutboxItem| store.complete(i.id, i.attempts, "w".into(), c, T0 + 1);
+        assert!(done(Completion::Delivered, &items[0]).await.unwrap());
+        let dead = Completion::Dead {
+            reason: "refused".into(),
+        };
+        assert!(done(dead, &items[1]).await.unwrap());
+        let retry = Completion::Retry {
+            reason: "503".into(),
+            next_attempt_at: T0 + 60_000,
+        };
+        assert!(done(retry, &items[2]).await.unwrap());
+        assert!(store.cancel(items[3].id, "x".into(), T0 + 1).await.unwrap());
+        let db = dir.db();
+        let payload_of = |id: i64| {
+            let conn = Connection::open(&db).unwrap();
+            conn.query_row("SELECT payload FROM outbox WHERE id = ?1", [id], |r| {
+                r.get::<_, String>(0)
+            })
+            .unwrap()
+        };
+        assert_eq!(payload_of(items[0].id), "");
+        assert_eq!(payload_of(items[3].id), "");
+        // A dead row can be re-queued, a retrying one is still owed: both keep theirs.
+        assert_eq!(payload_of(items[1].id), items[1].payload);
+        assert_eq!(payload_of(items[2].id), items[2].payload);
+        // The record itself is untouched.
+        for code in &codes {
+            let d = store.dossier(code.clone()).await.unwrap().unwrap();
+            assert_eq!(d.dossier.code.as_deref(), Some(code.as_str()));
+        }
+        // A file written by a build that kept them: its spent payloads go at open,
+        // found through the partial index (the query names it; SQLite refuses the query
+        // if the index cannot answer it) rather than a scan of the outbox.
+        drop(store);
+        {
+            let conn = Connection::open(dir.db()).unwrap();
+            conn.execute(
+                "UPDATE outbox SET payload = ?1 WHERE id IN (?2, ?3)",
+                params![items[0].payload, items[0].id, items[3].id],
+            )
+            .unwrap();
+        }
+        let store = open_with(&dir, clock, 100);
+        assert_eq!(payload_of(items[0].id), "");
+        assert_eq!(payload_of(items[3].id), "");
+        assert_eq!(payload_of(items[1].id), items[1].payload);
+        let conn = Connection::open(store.path()).unwrap();
+        let plan: String = conn
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT id FROM outbox INDEXED BY outbox_spent \
+                 WHERE state IN ('delivered', 'cancelled') AND payload <> '' LIMIT 1000",
+                [],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("outbox_spent"), "{plan}");
     }
 
     #[tokio::test]
