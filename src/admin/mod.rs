@@ -249,6 +249,10 @@ async fn answer(
                         .set(if e.is_healthy() { 1.0 } else { 0.0 });
                     metrics::gauge!("lienthong_upstream_outstanding", &labels)
                         .set(e.outstanding() as f64);
+                    if let Some(n) = e.idle_connections() {
+                        metrics::gauge!("lienthong_upstream_idle_connections", &labels)
+                            .set(n as f64);
+                    }
                 }
             }
             for (name, l) in &rt.lookups {

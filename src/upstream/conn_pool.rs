@@ -234,10 +234,10 @@ impl ConnPool {
         &self.inner.target
     }
 
-    /// Number of idle connections currently pooled (closed ones not yet noticed
-    /// included).
+    /// Number of idle connections currently pooled, of both kinds (hyper's and the
+    /// fast path's; closed ones not yet noticed included).
     pub fn idle_count(&self) -> usize {
-        lock(&self.inner.idle).len()
+        lock(&self.inner.idle).len() + lock(&self.inner.raw_idle).len()
     }
 
     /// Sends a request and resolves with the response head; the body streams from the
@@ -327,10 +327,15 @@ impl ConnPool {
     }
 
     /// Gives a fast-path connection back after a complete exchange (its response
-    /// read to the end, and the upstream not closing it); beyond `max_idle` it closes.
+    /// read to the end, and the upstream not closing it); beyond `max_idle` idle
+    /// connections of both kinds it closes.
     pub fn checkin_raw(&self, stream: Stream) {
+        // The other set's length is read first and its lock let go: the two locks are
+        // never held together, so neither order can deadlock. Two check-ins racing may
+        // pass the bound by one each.
+        let others = lock(&self.inner.idle).len();
         let mut idle = lock(&self.inner.raw_idle);
-        if idle.len() < self.inner.max_idle {
+        if idle.len() + others < self.inner.max_idle {
             idle.push(RawIdle {
                 stream,
                 since_ms: crate::clock::mono_ms(),
@@ -401,8 +406,10 @@ impl Inner {
 
     fn put_idle(&self, conn: Pooled) {
         let rejected = {
+            // `max_idle` bounds both sets together (see `checkin_raw`).
+            let others = lock(&self.raw_idle).len();
             let mut idle = lock(&self.idle);
-            if idle.len() < self.max_idle {
+            if idle.len() + others < self.max_idle {
                 // Timestamp taken under the lock so that the list stays sorted.
                 idle.push(Idle {
                     conn,
@@ -1209,6 +1216,40 @@ mod tests {
         assert_eq!(srv.accepted(), 10);
         assert!(settle(|| srv.open() == 3).await, "open {}", srv.open());
         assert_eq!(pool.idle_count(), 3);
+    }
+
+    #[tokio::test]
+    async fn max_idle_bounds_both_kinds_of_idle_connection_together() {
+        let srv = Server::start(Behaviour::default(), None).await;
+        let mut s = settings();
+        s.max_idle = 3;
+        let pool = ConnPool::new(srv.addr, s);
+        for _ in 0..3 {
+            pool.checkin_raw(pool.open_raw().await.unwrap());
+        }
+        assert_eq!(pool.idle_count(), 3);
+        // A full set of the fast path's keeps hyper's connection out: it closes after
+        // its exchange.
+        get_ok(&pool, "/1").await;
+        assert_eq!(srv.accepted(), 4);
+        assert!(settle(|| srv.open() == 3).await, "open {}", srv.open());
+        assert_eq!(pool.idle_count(), 3);
+        // And the other way round: with one of hyper's idle, two of the fast path's fit.
+        let mut raw = Vec::new();
+        for _ in 0..3 {
+            let (c, reused) = pool.checkout_raw().await.unwrap();
+            assert!(reused);
+            raw.push(c);
+        }
+        get_ok(&pool, "/2").await;
+        get_ok(&pool, "/3").await;
+        assert_eq!(srv.accepted(), 5);
+        assert!(settle(|| pool.idle_count() == 1).await);
+        for c in raw {
+            pool.checkin_raw(c);
+        }
+        assert_eq!(pool.idle_count(), 3);
+        assert!(settle(|| srv.open() == 3).await, "open {}", srv.open());
     }
 
     #[tokio::test]

@@ -52,6 +52,12 @@ impl Endpoint {
     pub fn outstanding(&self) -> usize {
         self.outstanding.load(Ordering::Relaxed)
     }
+
+    /// Idle keep-alive connections held for this endpoint (HTTP/1 pools; an HTTP/2
+    /// pool's connections are hyper-util's and not counted here).
+    pub fn idle_connections(&self) -> Option<usize> {
+        self.conn.as_ref().map(|c| c.idle_count())
+    }
 }
 
 /// Counts one outstanding request on an endpoint until dropped (at the end of the

@@ -563,6 +563,17 @@ async fn metrics_describe_requests_by_route_upstream_and_status() {
     assert!(text.contains("lienthong_request_duration_seconds_bucket{route=\"metricroute\""));
     assert!(text.contains("lienthong_upstream_endpoint_healthy{upstream=\"metricpool\""));
     assert!(text.contains("lienthong_connections"));
+    // The one upstream connection is idle once its exchange is over.
+    let idle = format!(
+        "lienthong_upstream_idle_connections{{upstream=\"metricpool\",endpoint=\"{}\"}} 1\n",
+        up.url()
+    );
+    eventually(
+        "one idle upstream connection",
+        Duration::from_secs(5),
+        || async { admin_get(&gw, "/metrics").await.1.contains(&idle) },
+    )
+    .await;
 }
 
 /// A TCP listener that accepts connections and never says a word on them (a TLS
