@@ -577,6 +577,28 @@ impl Authenticator {
         self.verify(token).await
     }
 
+    /// The caller of a token this authenticator has verified and still holds in its
+    /// cache, unexpired: what [`Authenticator::authenticate`] would answer without
+    /// verifying anything. None for anything else (no or several tokens, a miss, an
+    /// expired entry), which `authenticate` then decides. Synchronous, for the HTTP/1
+    /// fast path.
+    pub fn cached(
+        &self,
+        authorization_headers: &[&[u8]],
+        query_has_access_token: bool,
+    ) -> Option<Arc<Caller>> {
+        let token = extract_bearer(authorization_headers, query_has_access_token).ok()?;
+        if token.len() > self.max_token_bytes {
+            return None;
+        }
+        let hit = self.cache.get(&token_hash(token))?;
+        if self.clock.since_epoch().as_secs() >= hit.valid_until {
+            return None;
+        }
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        Some(hit.caller.clone())
+    }
+
     /// Verifies one compact JWT into a [`Caller`], using the cache.
     pub async fn verify(&self, token: &str) -> Result<Arc<Caller>, AuthError> {
         // Cap first: nothing below (hashing included) runs on oversized input.
@@ -1879,6 +1901,10 @@ mod tests {
         let env = env_static(all_algs());
         let c = with(claims_at(NOW), "exp", json!(NOW + 100));
         let t = rs256(&c, "rsa-1");
+        let bearer = format!("Bearer {t}");
+        let header = [bearer.as_bytes()];
+        // The synchronous lookup (the fast path's) knows only verified tokens.
+        assert!(env.auth.cached(&header, false).is_none());
         let a = env.auth.verify(&t).await.unwrap();
         let b = env.auth.verify(&t).await.unwrap();
         assert!(Arc::ptr_eq(&a, &b), "second call served from the cache");
@@ -1887,20 +1913,27 @@ mod tests {
         env.clock.advance(Duration::from_secs(99));
         assert!(env.auth.verify(&t).await.is_ok());
         assert_eq!(env.auth.cache_stats().hits, 2);
+        let c = env.auth.cached(&header, false).expect("a fresh entry");
+        assert!(Arc::ptr_eq(&a, &c));
+        assert_eq!(env.auth.cache_stats().hits, 3);
+        // Two tokens, or one in the query as well: `authenticate` refuses those.
+        assert!(env.auth.cached(&header, true).is_none());
+        assert!(env.auth.cached(&[header[0], header[0]], false).is_none());
         // At exp the entry is dead; full verification then applies the leeway
         // (accepts until exp + 60 s) and after that rejects.
         env.clock.advance(Duration::from_secs(1));
+        assert!(env.auth.cached(&header, false).is_none());
         assert!(env.auth.verify(&t).await.is_ok());
         assert_eq!(env.auth.cache_stats().misses, 2);
         env.clock.advance(Duration::from_secs(60));
         assert_eq!(env.reason(&t).await, reason::EXPIRED);
         let s = env.auth.cache_stats();
-        assert_eq!((s.hits, s.misses), (2, 3));
+        assert_eq!((s.hits, s.misses), (3, 3));
         // Failures are not cached.
         let forged = format!("{}x", &t[..t.len() - 1]);
         let _ = env.auth.verify(&forged).await;
         let _ = env.auth.verify(&forged).await;
-        assert_eq!(env.auth.cache_stats().hits, 2);
+        assert_eq!(env.auth.cache_stats().hits, 3);
         // cache_max_ttl bounds entries even for long-lived tokens.
         let long = rs256(
             &with(claims_at(env.now()), "exp", json!(env.now() + 3000)),

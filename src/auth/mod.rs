@@ -309,6 +309,29 @@ impl AuthRuntime {
         }
     }
 
+    /// [`AuthRuntime::check_rule`] for a caller whose token is already verified and
+    /// cached: Some only when `check_rule` would admit the request without verifying
+    /// anything or fetching keys (a non-anonymous rule, a cache hit, a matching
+    /// certificate binding, the rule satisfied). None leaves the decision, refusals
+    /// and their metrics included, to `check_rule`. Synchronous, for the HTTP/1 fast
+    /// path, which hands every None to the full path.
+    pub fn check_rule_cached(
+        &self,
+        rule: &AccessRule,
+        authorization: &[&[u8]],
+        query: Option<&str>,
+        client_cert_s256: Option<&str>,
+    ) -> Option<Arc<Caller>> {
+        if rule.anonymous {
+            return None;
+        }
+        let auth = self.authenticator.as_ref()?;
+        let caller = auth.cached(authorization, query.is_some_and(token_in_query))?;
+        caller::check_cert_binding(&caller, client_cert_s256).ok()?;
+        rules::authorize(Some(rule), Some(&caller)).ok()?;
+        Some(caller)
+    }
+
     /// After a reload: key sets fetched by the previous generation from the same place
     /// are taken over (see [`keys::JwksState::adopt`]); the verified-token cache is not
     /// (the issuers' rules may have changed).

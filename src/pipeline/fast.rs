@@ -13,9 +13,12 @@
 //!   `Proxy-*`, no `Connection` but `keep-alive` or `close`, no forwarding field, no
 //!   `Via`, no `X-Lienthong-*`;
 //! - a body with `Content-Length` under the route's cap, already read in full;
-//! - a route that is anonymous, untranslated and uncached, to an HTTP/1.1 pool without
-//!   upstream credentials, with (when the audit log is on) the fail-open record that
-//!   keeps no bodies, and not one of the gateway's own answers (lookups, JWKS, intake).
+//! - a route that is untranslated and uncached, to an HTTP/1.1 pool without upstream
+//!   credentials, with (when the audit log is on) the fail-open record that keeps no
+//!   bodies, and not one of the gateway's own answers (lookups, JWKS, intake);
+//! - a route that is anonymous, or whose rule admits the caller of a token the full
+//!   path has verified and holds in its cache (`AuthRuntime::check_rule_cached`): that
+//!   caller's fields go upstream (`headers::caller_fields`) and into the record.
 //!
 //! Anything else — including every request the full path would refuse — hands the
 //! connection, with the bytes read so far, to hyper and [`super::handle`] for the rest
@@ -26,7 +29,7 @@
 //! (names in lower case, as hyper writes them) without `Host`, `Connection`,
 //! `Content-Length`, `X-Request-Id` and (unless the route forwards it)
 //! `Authorization`; then `X-Forwarded-For/-Proto/-Host`, `Forwarded`, the request id,
-//! the client certificate's thumbprint, `Via`, `Content-Length` and `Host` (per the
+//! the verified caller's fields, the client certificate's thumbprint, `Via`, `Content-Length` and `Host` (per the
 //! route's `host_header`). What it sends back is what `respond::upstream` and hyper's
 //! server would: hop-by-hop fields (and those `Connection` names) removed, `Via`
 //! appended, the request id, `Date` when the upstream gave none, the body framed by
@@ -297,8 +300,33 @@ fn plan(
     )
     .ok()?;
     let pool = rt.route_pools[idx].clone();
-    if !rt.auth.rules[idx].as_ref().is_some_and(|r| r.anonymous)
-        || route.translate.is_some()
+    // A route without a rule denies everyone: the full path answers that.
+    let rule = rt.auth.rules[idx].as_ref()?;
+    let caller = if rule.anonymous {
+        None
+    } else {
+        // Only a caller the full path would admit from its verified-token cache:
+        // a token not yet verified, a refusal or a key fetch is the full path's.
+        let mut tokens: [&[u8]; 2] = [&[], &[]];
+        let mut n = 0;
+        for f in req.headers.iter() {
+            if f.name.eq_ignore_ascii_case("authorization") {
+                if n < 2 {
+                    tokens[n] = f.value;
+                }
+                n += 1;
+            }
+        }
+        let cert = conn
+            .tls
+            .as_ref()
+            .and_then(|t| t.client_cert_sha256.as_deref());
+        Some(
+            rt.auth
+                .check_rule_cached(rule, &tokens[..n.min(2)], query, cert)?,
+        )
+    };
+    if route.translate.is_some()
         || rt.route_caches[idx].is_some()
         || !pool.takes_raw()
         || (rt.audit.is_some() && !audit_stage::fast_path_records(route))
@@ -360,6 +388,9 @@ fn plan(
         put(&mut head, b"forwarded", v.as_bytes());
     }
     put(&mut head, b"x-request-id", request_id.as_bytes());
+    if let Some(c) = &caller {
+        headers::caller_fields(c, |name, v| put(&mut head, name.as_bytes(), v.as_bytes()));
+    }
     if let Some(fp) = conn
         .tls
         .as_ref()
@@ -394,6 +425,7 @@ fn plan(
     ctx.route = Some(rt.route_names[idx].clone());
     ctx.route_index = Some(idx);
     ctx.upstream = Some(rt.pool_names[idx].clone());
+    ctx.caller = caller;
     if rt.audit.is_some() && length > 0 {
         // The body is all here: its digest now, as the full path's tap would report it.
         audit_stage::note_request(&mut ctx, &body);

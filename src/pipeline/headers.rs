@@ -26,24 +26,35 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// base64url SHA-256 of the verified client certificate (RFC 8705 `x5t#S256` form).
 pub static X_CLIENT_CERT_S256: HeaderName = HeaderName::from_static("x-lienthong-client-cert-s256");
 
-/// Passes the verified caller upstream in gateway-owned headers. Values that cannot
-/// be header values are left out rather than altered.
+/// Passes the verified caller upstream in gateway-owned headers (`caller_fields`).
 pub fn set_caller(h: &mut HeaderMap, c: &crate::auth::caller::Caller) {
-    let mut put = |name: &'static str, v: &str| {
+    caller_fields(c, |name, v| {
         if let Ok(v) = HeaderValue::from_str(v) {
             h.insert(HeaderName::from_static(name), v);
         }
+    });
+}
+
+/// The gateway-owned fields that tell the upstream who the verified caller is, each
+/// given to `put` with its value; one that cannot be a field value (anything but
+/// visible ASCII, space and tab) is left out rather than altered. Both request paths
+/// write them from here.
+pub fn caller_fields(c: &crate::auth::caller::Caller, mut put: impl FnMut(&'static str, &str)) {
+    let mut field = |name: &'static str, v: &str| {
+        if v.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)) {
+            put(name, v);
+        }
     };
-    put("x-lienthong-caller-issuer", &c.issuer);
-    put("x-lienthong-caller-subject", &c.subject);
+    field("x-lienthong-caller-issuer", &c.issuer);
+    field("x-lienthong-caller-subject", &c.subject);
     if let Some(a) = &c.agency {
-        put("x-lienthong-caller-agency", a.as_str());
+        field("x-lienthong-caller-agency", a.as_str());
     }
     if !c.roles.is_empty() {
-        put("x-lienthong-caller-roles", &c.roles.join(","));
+        field("x-lienthong-caller-roles", &c.roles.join(","));
     }
     if !c.scopes.is_empty() {
-        put("x-lienthong-caller-scopes", &c.scopes.join(" "));
+        field("x-lienthong-caller-scopes", &c.scopes.join(" "));
     }
 }
 

@@ -390,3 +390,78 @@ async fn a_pipelined_request_then_a_half_close_gets_the_first_answer() {
     let r = next_response(&mut s, &mut buf).await;
     assert_eq!(r.json()["uri"], "/1");
 }
+
+/// A JWT route: a token the full path has verified and cached takes the fast path on
+/// later connections, with the caller's fields the full path sends; a token not yet
+/// verified, or one the route's rule refuses, is the full path's (and so are its 401
+/// and 403).
+#[tokio::test]
+async fn verified_tokens_take_the_fast_path_and_everything_else_the_full_one() {
+    let up = MockUpstream::start(echo("up")).await;
+    // With the audit log on: the records of both paths name the caller alike.
+    let cfg = base_config(&format!(
+        r#"
+{issuer}
+[upstreams.up]
+endpoints = ["{url}"]
+[[routes]]
+name = "h22"
+path_prefix = "/h22"
+upstream = "up"
+auth = {{ agencies = ["*.H22"] }}
+"#,
+        issuer = dev_issuer(),
+        url = up.url()
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    let ok = dev_token("000.00.01.H22");
+    let other = dev_token("000.00.01.G01");
+    let get_as = |t: &str, id: &str| {
+        format!(
+            "GET /h22/x HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {t}\r\n\
+             X-Request-Id: {id}\r\nConnection: close\r\n\r\n"
+        )
+        .into_bytes()
+    };
+    let get = |t: &str| get_as(t, "x");
+    let caller_fields = |s: &Seen| {
+        [
+            "x-lienthong-caller-issuer",
+            "x-lienthong-caller-subject",
+            "x-lienthong-caller-agency",
+            "authorization",
+        ]
+        .map(|n| s.header(n).map(str::to_string))
+    };
+    // First sight of the token: verified on the full path.
+    assert_eq!(raw(gw.addr(), &get_as(&ok, "first")).await.status, 200);
+    assert_eq!(fast_path_requests(&gw), 0);
+    let full = caller_fields(&up.last());
+    assert_eq!(full[2].as_deref(), Some("000.00.01.H22"));
+    assert_eq!(full[3], None, "the token is not forwarded");
+    // Verified and cached: the fast path, with the same fields.
+    assert_eq!(raw(gw.addr(), &get_as(&ok, "second")).await.status, 200);
+    assert_eq!(fast_path_requests(&gw), 1);
+    assert_eq!(caller_fields(&up.last()), full);
+    // A caller the rule refuses gets the full path's 403 every time, cached or not.
+    for _ in 0..2 {
+        assert_error(&raw(gw.addr(), &get(&other)).await, 403, "forbidden");
+    }
+    // No token, two tokens: the full path's 401.
+    let none = b"GET /h22/x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    assert_eq!(raw(gw.addr(), none).await.status, 401);
+    let two = format!(
+        "GET /h22/x HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ok}\r\n\
+         Authorization: Bearer {ok}\r\nConnection: close\r\n\r\n"
+    );
+    assert_eq!(raw(gw.addr(), two.as_bytes()).await.status, 401);
+    assert_eq!(fast_path_requests(&gw), 1);
+    assert_eq!(up.count(), 2);
+    let recs = crate::audit::records(&gw).await;
+    let caller_of = |id: &str| {
+        let r = &recs.iter().find(|(_, r)| r.request_id == id).expect(id).1;
+        assert!(r.caller.is_some(), "{id}");
+        format!("{:?}", (&r.caller, &r.route, r.status))
+    };
+    assert_eq!(caller_of("first"), caller_of("second"));
+}
