@@ -105,6 +105,40 @@ impl Tap {
         };
     }
 
+    /// [`Tap::update`] for bytes the caller does not hold as `Bytes` (the HTTP/1 fast
+    /// path's read buffer): hashed as they come, never copied.
+    pub(crate) fn update_slice(&mut self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        let t = &mut *self.0;
+        t.bytes += data.len() as u64;
+        match &mut t.hashed {
+            Hashed::Streaming(ctx) => ctx.update(data),
+            other => {
+                let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+                if let Hashed::One(first) = other {
+                    ctx.update(first);
+                }
+                ctx.update(data);
+                *other = Hashed::Streaming(ctx);
+            }
+        }
+    }
+
+    /// The body's last bytes and its end at once: a body that is all in `data` is
+    /// hashed in one shot.
+    pub(crate) fn finish_with(&mut self, data: &[u8]) {
+        let t = &mut *self.0;
+        if matches!(t.hashed, Hashed::Nothing) && t.report.pending() {
+            t.bytes += data.len() as u64;
+            t.report.report(Some(sha256(data)), t.bytes);
+            return;
+        }
+        self.update_slice(data);
+        self.finish();
+    }
+
     pub(crate) fn finish(&mut self) {
         let t = &mut *self.0;
         if !t.report.pending() {
@@ -373,19 +407,33 @@ mod tests {
             vec![0, 10, 10, 4999],
             vec![2500],
         ] {
-            let (mut t, seen) = tap();
-            let mut at = 0;
-            for c in cuts.iter().copied().chain([body.len()]) {
-                t.update(&Bytes::copy_from_slice(&body[at..c]));
-                at = c;
+            // Fed as `Bytes`, as slices (the fast path), and alternating the two.
+            for way in 0..3 {
+                let (mut t, seen) = tap();
+                let mut at = 0;
+                let mut parts = cuts.iter().copied().chain([body.len()]).enumerate();
+                let mut part = parts.next();
+                while let Some((i, c)) = part {
+                    part = parts.next();
+                    if way == 0 || (way == 2 && i % 2 == 0) {
+                        t.update(&Bytes::copy_from_slice(&body[at..c]));
+                        if part.is_none() {
+                            t.finish();
+                        }
+                    } else if part.is_none() {
+                        t.finish_with(&body[at..c]);
+                    } else {
+                        t.update_slice(&body[at..c]);
+                    }
+                    at = c;
+                }
+                let got = seen.lock().unwrap().take();
+                assert_eq!(
+                    got,
+                    Some((Some(sha256(&body)), body.len() as u64)),
+                    "cuts {cuts:?}, way {way}"
+                );
             }
-            t.finish();
-            let got = seen.lock().unwrap().take();
-            assert_eq!(
-                got,
-                Some((Some(sha256(&body)), body.len() as u64)),
-                "cuts {cuts:?}"
-            );
         }
         let (mut t, seen) = tap();
         t.finish();

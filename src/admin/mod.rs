@@ -239,52 +239,8 @@ async fn answer(
         }
         (&Method::GET, "/metrics") => {
             let rt = gw.runtime();
-            // Gauges that are cheaper to read on scrape than to keep on the hot path.
-            for (name, p) in &rt.pools {
-                metrics::gauge!("lienthong_upstream_circuit_open", "upstream" => name.clone())
-                    .set(if p.breaker_open() { 1.0 } else { 0.0 });
-                for e in &p.endpoints {
-                    let labels = [("upstream", name.clone()), ("endpoint", e.addr.to_string())];
-                    metrics::gauge!("lienthong_upstream_endpoint_healthy", &labels)
-                        .set(if e.is_healthy() { 1.0 } else { 0.0 });
-                    metrics::gauge!("lienthong_upstream_outstanding", &labels)
-                        .set(e.outstanding() as f64);
-                    if let Some(n) = e.idle_connections() {
-                        metrics::gauge!("lienthong_upstream_idle_connections", &labels)
-                            .set(n as f64);
-                    }
-                }
-            }
-            for (name, l) in &rt.lookups {
-                for (view, lk) in [("key", &l.by_key), ("table", &l.whole)] {
-                    let st = lk.stats().await;
-                    let labels = [("lookup", name.clone()), ("view", view.to_string())];
-                    metrics::gauge!("lienthong_lookup_entries", &labels).set(st.entries as f64);
-                    metrics::gauge!("lienthong_lookup_weighted_bytes", &labels)
-                        .set(st.weighted_size as f64);
-                    metrics::gauge!("lienthong_lookup_hits", &labels).set(st.hits as f64);
-                    metrics::gauge!("lienthong_lookup_misses", &labels).set(st.misses as f64);
-                    metrics::gauge!("lienthong_lookup_hit_ratio", &labels).set(st.hit_ratio);
-                    metrics::gauge!("lienthong_lookup_stale_served", &labels)
-                        .set(st.stale_served as f64);
-                    metrics::gauge!("lienthong_lookup_source_calls", &labels)
-                        .set(st.source_calls as f64);
-                    metrics::gauge!("lienthong_lookup_source_errors", &labels)
-                        .set(st.source_errors as f64);
-                }
-            }
-            if let Some(c) = rt.auth.cache_stats() {
-                metrics::gauge!("lienthong_auth_token_cache_hits").set(c.hits as f64);
-                metrics::gauge!("lienthong_auth_token_cache_misses").set(c.misses as f64);
-                let total = c.hits + c.misses;
-                let ratio = if total == 0 {
-                    0.0
-                } else {
-                    c.hits as f64 / total as f64
-                };
-                metrics::gauge!("lienthong_auth_token_cache_hit_ratio").set(ratio);
-            }
             let mut text = gw.metrics.render();
+            scrape_gauges(&mut text, &rt).await;
             // A plain counter of the gateway's own (one relaxed add per request).
             text.push_str(&format!(
                 "# HELP lienthong_fast_path_requests_total Requests served by the HTTP/1 fast path.\n\
@@ -599,4 +555,167 @@ async fn answer(
             ));
         }
     })
+}
+
+/// Gauges that are cheaper to read on scrape than to keep on the hot path, read from
+/// the running generation and written in the exposition format here rather than set in
+/// the recorder: the recorder keeps a series for good, so a pool, endpoint or lookup a
+/// reload removed would go on being reported with its last value.
+async fn scrape_gauges(out: &mut String, rt: &crate::runtime::Runtime) {
+    let mut g = GaugeText::new(out);
+    let mut endpoints = Vec::new();
+    for (name, p) in &rt.pools {
+        g.one(
+            "lienthong_upstream_circuit_open",
+            "1 while the upstream's circuit breaker refuses requests.",
+            &[("upstream", name)],
+            if p.breaker_open() { 1.0 } else { 0.0 },
+        );
+        for e in &p.endpoints {
+            endpoints.push((name, e.addr.to_string(), e));
+        }
+    }
+    type EndpointGauge = fn(&crate::upstream::Endpoint) -> Option<f64>;
+    let per_endpoint: [(&str, &str, EndpointGauge); 3] = [
+        (
+            "lienthong_upstream_endpoint_healthy",
+            "1 while the endpoint is taken as healthy (health checks, passive ejection).",
+            |e| Some(if e.is_healthy() { 1.0 } else { 0.0 }),
+        ),
+        (
+            "lienthong_upstream_outstanding",
+            "Requests in flight to the endpoint.",
+            |e| Some(e.outstanding() as f64),
+        ),
+        (
+            "lienthong_upstream_idle_connections",
+            "Idle keep-alive connections held for the endpoint (HTTP/1 pools).",
+            |e| e.idle_connections().map(|n| n as f64),
+        ),
+    ];
+    for (metric, help, read) in per_endpoint {
+        for (pool, addr, e) in &endpoints {
+            if let Some(v) = read(e) {
+                g.one(metric, help, &[("upstream", pool), ("endpoint", addr)], v);
+            }
+        }
+    }
+    let mut lookups = Vec::new();
+    for (name, l) in &rt.lookups {
+        for (view, lk) in [("key", &l.by_key), ("table", &l.whole)] {
+            lookups.push((name, view, lk.stats().await));
+        }
+    }
+    type LookupGauge = fn(&crate::cache::lookup::LookupStats) -> f64;
+    let per_lookup: [(&str, &str, LookupGauge); 8] = [
+        ("lienthong_lookup_entries", "Entries cached.", |s| {
+            s.entries as f64
+        }),
+        (
+            "lienthong_lookup_weighted_bytes",
+            "Bytes cached (weighted size).",
+            |s| s.weighted_size as f64,
+        ),
+        (
+            "lienthong_lookup_hits",
+            "Lookups answered from the cache.",
+            |s| s.hits as f64,
+        ),
+        (
+            "lienthong_lookup_misses",
+            "Lookups the cache could not answer.",
+            |s| s.misses as f64,
+        ),
+        (
+            "lienthong_lookup_hit_ratio",
+            "hits / (hits + misses).",
+            |s| s.hit_ratio,
+        ),
+        (
+            "lienthong_lookup_stale_served",
+            "Stale entries served while the source failed.",
+            |s| s.stale_served as f64,
+        ),
+        (
+            "lienthong_lookup_source_calls",
+            "Calls made to the lookup's source.",
+            |s| s.source_calls as f64,
+        ),
+        (
+            "lienthong_lookup_source_errors",
+            "Source calls that failed.",
+            |s| s.source_errors as f64,
+        ),
+    ];
+    for (metric, help, read) in per_lookup {
+        for (name, view, st) in &lookups {
+            g.one(metric, help, &[("lookup", name), ("view", view)], read(st));
+        }
+    }
+    if let Some(c) = rt.auth.cache_stats() {
+        let total = c.hits + c.misses;
+        let ratio = if total == 0 {
+            0.0
+        } else {
+            c.hits as f64 / total as f64
+        };
+        for (metric, help, v) in [
+            (
+                "lienthong_auth_token_cache_hits",
+                "Tokens answered from the verified-token cache.",
+                c.hits as f64,
+            ),
+            (
+                "lienthong_auth_token_cache_misses",
+                "Tokens verified in full.",
+                c.misses as f64,
+            ),
+            (
+                "lienthong_auth_token_cache_hit_ratio",
+                "hits / (hits + misses).",
+                ratio,
+            ),
+        ] {
+            g.one(metric, help, &[], v);
+        }
+    }
+}
+
+/// Writes gauge samples in the Prometheus text format, each family's `HELP` and `TYPE`
+/// once, before its first sample (callers give a family's samples one after another).
+struct GaugeText<'a> {
+    out: &'a mut String,
+    last: &'static str,
+}
+
+impl<'a> GaugeText<'a> {
+    fn new(out: &'a mut String) -> Self {
+        GaugeText { out, last: "" }
+    }
+
+    fn one(&mut self, metric: &'static str, help: &str, labels: &[(&str, &str)], value: f64) {
+        use std::fmt::Write;
+        if self.last != metric {
+            self.last = metric;
+            let _ = write!(self.out, "# HELP {metric} {help}\n# TYPE {metric} gauge\n");
+        }
+        self.out.push_str(metric);
+        for (i, (k, v)) in labels.iter().enumerate() {
+            self.out.push(if i == 0 { '{' } else { ',' });
+            let _ = write!(self.out, "{k}=\"");
+            for c in v.chars() {
+                match c {
+                    '\\' => self.out.push_str("\\\\"),
+                    '"' => self.out.push_str("\\\""),
+                    '\n' => self.out.push_str("\\n"),
+                    c => self.out.push(c),
+                }
+            }
+            self.out.push('"');
+        }
+        if !labels.is_empty() {
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
 }

@@ -768,7 +768,15 @@ where
     macro_rules! feed {
         ($data:expr) => {
             if let Some(t) = &mut tap {
-                t.update(&bytes::Bytes::copy_from_slice($data));
+                t.update_slice($data);
+            }
+        };
+    }
+    // The body's last bytes, known to be the last (a body read whole in one shot).
+    macro_rules! feed_last {
+        ($data:expr) => {
+            if let Some(t) = &mut tap {
+                t.finish_with($data);
             }
         };
     }
@@ -801,9 +809,10 @@ where
         Framing::Length(n) => {
             let first = (filled as u64).min(n) as usize;
             out.extend_from_slice(&buf[..first]);
-            feed!(&buf[..first]);
             if first as u64 == n && n > 0 {
-                finish!();
+                feed_last!(&buf[..first]);
+            } else {
+                feed!(&buf[..first]);
             }
             let extra = filled > first;
             if io.write_all(&out).await.is_err() {
@@ -816,9 +825,10 @@ where
                     Ok(got) => got,
                 };
                 let take = (got as u64).min(left) as usize;
-                feed!(&buf[..take]);
                 if take as u64 == left {
-                    finish!();
+                    feed_last!(&buf[..take]);
+                } else {
+                    feed!(&buf[..take]);
                 }
                 if io.write_all(&buf[..take]).await.is_err() {
                     return false;

@@ -408,37 +408,34 @@ impl Pool {
         let now = mono_ms();
         let n = self.endpoints.len();
         let start = self.rr.fetch_add(1, Ordering::Relaxed);
-        let ok = |e: &Arc<Endpoint>| e.available(now) && exclude.is_none_or(|x| !Arc::ptr_eq(x, e));
-        match self.cfg.balance {
-            Balance::RoundRobin => (0..n)
-                .map(|i| &self.endpoints[(start + i) % n])
-                .find(|e| ok(e))
-                .cloned(),
-            Balance::LeastOutstanding => (0..n)
-                .map(|i| &self.endpoints[(start + i) % n])
-                .filter(|e| ok(e))
-                .min_by_key(|e| e.outstanding())
-                .cloned(),
-        }
-        .or_else(|| {
-            // With one endpoint left, a retry may go back to the one that just failed
-            // only if it is still available; otherwise there is nothing to try.
-            exclude.filter(|e| e.available(now)).cloned()
-        })
-        .or_else(|| {
-            // Every healthy endpoint ejected (a one-endpoint pool after a run of
-            // failures, say): a first attempt goes to them anyway, round robin, rather
-            // than refusing all traffic for the ejection time. Ejection steers load
-            // between endpoints; refusing a failing upstream as a whole is the circuit
-            // breaker's job, which probes it and closes again when it answers.
-            if exclude.is_some() {
-                return None;
+        // The pool's balancing among the endpoints that pass `keep`.
+        let choose = |keep: &dyn Fn(&Arc<Endpoint>) -> bool| {
+            let mut order = (0..n).map(|i| &self.endpoints[(start + i) % n]);
+            match self.cfg.balance {
+                Balance::RoundRobin => order.find(|e| keep(e)).cloned(),
+                Balance::LeastOutstanding => order
+                    .filter(|e| keep(e))
+                    .min_by_key(|e| e.outstanding())
+                    .cloned(),
             }
-            (0..n)
-                .map(|i| &self.endpoints[(start + i) % n])
-                .find(|e| e.healthy.load(Ordering::Relaxed))
-                .cloned()
-        })
+        };
+        choose(&|e| e.available(now) && exclude.is_none_or(|x| !Arc::ptr_eq(x, e)))
+            .or_else(|| {
+                // With one endpoint left, a retry may go back to the one that just failed
+                // only if it is still available; otherwise there is nothing to try.
+                exclude.filter(|e| e.available(now)).cloned()
+            })
+            .or_else(|| {
+                // Every healthy endpoint ejected (a one-endpoint pool after a run of
+                // failures, say): a first attempt goes to them anyway, balanced as usual,
+                // rather than refusing all traffic for the ejection time. Ejection steers
+                // load between endpoints; refusing a failing upstream as a whole is the
+                // circuit breaker's job, which probes it and closes again when it answers.
+                if exclude.is_some() {
+                    return None;
+                }
+                choose(&|e| e.healthy.load(Ordering::Relaxed))
+            })
     }
 
     fn pick_or_refuse(
@@ -867,12 +864,56 @@ async fn health_loop(pool: Weak<Pool>) {
                     tracing::info!(upstream = %p.cfg.name, endpoint = %ep.addr, healthy = ok, "health changed");
                 }
             }
-            metrics::gauge!("lienthong_upstream_endpoint_healthy", "upstream" => p.cfg.name.clone(), "endpoint" => ep.addr.to_string())
-                .set(if ep.is_healthy() { 1.0 } else { 0.0 });
         }
         p.health_known.store(true, Ordering::Release);
         let interval = h.interval;
         drop(p);
         tokio::time::sleep(interval).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(balance: &str) -> Arc<Pool> {
+        let text = format!(
+            "[[listeners]]\nlisten = \"127.0.0.1:0\"\n\
+             [upstreams.u]\nendpoints = [\"http://127.0.0.1:1\", \"http://127.0.0.1:2\", \"http://127.0.0.1:3\"]\n\
+             balance = \"{balance}\"\n\
+             [[routes]]\npath_prefix = \"/\"\nupstream = \"u\"\nauth.anonymous = true\n"
+        );
+        let cfg = crate::config::Config::parse(&text, std::path::Path::new(".")).unwrap();
+        Pool::new(cfg.upstreams["u"].clone()).unwrap()
+    }
+
+    /// With every endpoint ejected, first attempts still go out, balanced as the pool
+    /// says: least-outstanding keeps away from the busy ones then too.
+    #[test]
+    fn the_fallback_to_ejected_endpoints_keeps_the_pools_balancing() {
+        let p = pool("least_outstanding");
+        let far = mono_ms() + 60_000;
+        for e in &p.endpoints {
+            e.ejected_until_ms.store(far, Ordering::Relaxed);
+        }
+        // Two requests in flight on the first endpoint, one on the second.
+        for (i, n) in [(0, 2), (1, 1)] {
+            p.endpoints[i].outstanding.store(n, Ordering::Relaxed);
+        }
+        for _ in 0..6 {
+            let e = p.pick(None).expect("a first attempt is not refused");
+            assert!(Arc::ptr_eq(&e, &p.endpoints[2]), "picked {}", e.addr);
+        }
+        // A retry does not go back to ejected endpoints.
+        assert!(p.pick(Some(&p.endpoints[2])).is_none());
+        // Round robin goes round them.
+        let p = pool("round_robin");
+        for e in &p.endpoints {
+            e.ejected_until_ms.store(far, Ordering::Relaxed);
+        }
+        let picked: std::collections::HashSet<_> = (0..3)
+            .map(|_| p.pick(None).unwrap().addr.to_string())
+            .collect();
+        assert_eq!(picked.len(), 3);
     }
 }

@@ -296,3 +296,48 @@ async fn connections_still_open_at_the_drain_timeout_are_closed() {
     .unwrap_or(0);
     assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&buf[..n]));
 }
+
+/// Gauges read on scrape (pools, endpoints, lookups) describe the running config: a
+/// pool a reload removed is gone from the next scrape instead of being reported with
+/// its last value for good.
+#[tokio::test]
+async fn a_reload_drops_the_gauges_of_the_pools_it_removed() {
+    let a = MockUpstream::start(echo("a")).await;
+    let b = MockUpstream::start(echo("b")).await;
+    let cfg = |with_gone: bool| {
+        let mut c = config(&a.url(), "/one");
+        if with_gone {
+            c = c.replace(
+                "[[routes]]",
+                &format!(
+                    "[upstreams.gone]\nendpoints = [\"{}\"]\n[[routes]]\nauth.anonymous = true\n\
+                     name = \"g\"\npath_prefix = \"/gone\"\nupstream = \"gone\"\n[[routes]]",
+                    b.url()
+                ),
+            );
+        }
+        c
+    };
+    let gw = TestGateway::start(&cfg(true)).await;
+    let gone = format!(
+        "lienthong_upstream_outstanding{{upstream=\"gone\",endpoint=\"{}\"}} 0\n",
+        b.url()
+    );
+    let (_, text) = admin_get(&gw, "/metrics").await;
+    assert!(text.contains(&gone), "{text}");
+    assert!(text.contains("lienthong_upstream_circuit_open{upstream=\"gone\"} 0\n"));
+    for family in [
+        "lienthong_upstream_circuit_open",
+        "lienthong_upstream_endpoint_healthy",
+        "lienthong_upstream_outstanding",
+    ] {
+        let head = format!("# TYPE {family} gauge\n");
+        assert_eq!(text.matches(&head).count(), 1, "{family}: {text}");
+    }
+    std::fs::write(&gw.config_path, cfg(false)).unwrap();
+    let (status, body) = admin_post(&gw, "/admin/reload").await;
+    assert_eq!(status, 200, "{body}");
+    let (_, text) = admin_get(&gw, "/metrics").await;
+    assert!(!text.contains("upstream=\"gone\""), "{text}");
+    assert!(text.contains("lienthong_upstream_circuit_open{upstream=\"u\"} 0\n"));
+}
