@@ -572,7 +572,12 @@ async fn scrape_gauges(out: &mut String, rt: &crate::runtime::Runtime) {
             if p.breaker_open() { 1.0 } else { 0.0 },
         );
         for e in &p.endpoints {
-            endpoints.push((name, e.addr.to_string(), e));
+            // One series per endpoint address: a pool may list an address twice, and
+            // two samples of one series are invalid exposition (the first is given).
+            let addr = e.label.to_string();
+            if !endpoints.iter().any(|(n, a, _)| *n == name && *a == addr) {
+                endpoints.push((name, addr, e));
+            }
         }
     }
     type EndpointGauge = fn(&crate::upstream::Endpoint) -> Option<f64>;

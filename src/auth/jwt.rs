@@ -581,7 +581,9 @@ impl Authenticator {
     /// cache, unexpired: what [`Authenticator::authenticate`] would answer without
     /// verifying anything. None for anything else (no or several tokens, a miss, an
     /// expired entry), which `authenticate` then decides. Synchronous, for the HTTP/1
-    /// fast path.
+    /// fast path. Not counted as a cache hit: a caller that then takes the fast path
+    /// counts it ([`Authenticator::count_hit`]); one that falls back is counted by
+    /// `authenticate`.
     pub fn cached(
         &self,
         authorization_headers: &[&[u8]],
@@ -595,8 +597,13 @@ impl Authenticator {
         if self.clock.since_epoch().as_secs() >= hit.valid_until {
             return None;
         }
-        self.hits.fetch_add(1, Ordering::Relaxed);
         Some(hit.caller.clone())
+    }
+
+    /// Counts a verified-token cache hit that [`Authenticator::authenticate`] did not
+    /// see (the fast path's, after [`Authenticator::cached`]).
+    pub fn count_hit(&self) {
+        self.hits.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Verifies one compact JWT into a [`Caller`], using the cache.
@@ -1915,6 +1922,9 @@ mod tests {
         assert_eq!(env.auth.cache_stats().hits, 2);
         let c = env.auth.cached(&header, false).expect("a fresh entry");
         assert!(Arc::ptr_eq(&a, &c));
+        // Counted only when its caller counts it.
+        assert_eq!(env.auth.cache_stats().hits, 2);
+        env.auth.count_hit();
         assert_eq!(env.auth.cache_stats().hits, 3);
         // Two tokens, or one in the query as well: `authenticate` refuses those.
         assert!(env.auth.cached(&header, true).is_none());

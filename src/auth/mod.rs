@@ -312,9 +312,10 @@ impl AuthRuntime {
     /// [`AuthRuntime::check_rule`] for a caller whose token is already verified and
     /// cached: Some only when `check_rule` would admit the request without verifying
     /// anything or fetching keys (a non-anonymous rule, a cache hit, a matching
-    /// certificate binding, the rule satisfied). None leaves the decision, refusals
-    /// and their metrics included, to `check_rule`. Synchronous, for the HTTP/1 fast
-    /// path, which hands every None to the full path.
+    /// certificate binding, the rule satisfied), counted as the cache hit it is. None
+    /// counts nothing and leaves the decision, refusals and their metrics included, to
+    /// `check_rule`. Synchronous, for the HTTP/1 fast path, which asks last, once
+    /// nothing else sends the request to the full path, and hands every None there.
     pub fn check_rule_cached(
         &self,
         rule: &AccessRule,
@@ -329,6 +330,7 @@ impl AuthRuntime {
         let caller = auth.cached(authorization, query.is_some_and(token_in_query))?;
         caller::check_cert_binding(&caller, client_cert_s256).ok()?;
         rules::authorize(Some(rule), Some(&caller)).ok()?;
+        auth.count_hit();
         Some(caller)
     }
 

@@ -300,32 +300,6 @@ fn plan(
     )
     .ok()?;
     let pool = rt.route_pools[idx].clone();
-    // A route without a rule denies everyone: the full path answers that.
-    let rule = rt.auth.rules[idx].as_ref()?;
-    let caller = if rule.anonymous {
-        None
-    } else {
-        // Only a caller the full path would admit from its verified-token cache:
-        // a token not yet verified, a refusal or a key fetch is the full path's.
-        let mut tokens: [&[u8]; 2] = [&[], &[]];
-        let mut n = 0;
-        for f in req.headers.iter() {
-            if f.name.eq_ignore_ascii_case("authorization") {
-                if n < 2 {
-                    tokens[n] = f.value;
-                }
-                n += 1;
-            }
-        }
-        let cert = conn
-            .tls
-            .as_ref()
-            .and_then(|t| t.client_cert_sha256.as_deref());
-        Some(
-            rt.auth
-                .check_rule_cached(rule, &tokens[..n.min(2)], query, cert)?,
-        )
-    };
     if route.translate.is_some()
         || rt.route_caches[idx].is_some()
         || !pool.takes_raw()
@@ -346,6 +320,40 @@ fn plan(
     let request_id = match client_id {
         Some(v) if sane_request_id(v) => HeaderValue::from_bytes(v).ok()?,
         _ => new_request_id(),
+    };
+    let host_value = match &route.host_header {
+        HostHeader::Preserve => Some(bytes::Bytes::copy_from_slice(host.value.as_bytes())),
+        HostHeader::Literal(v) => Some(bytes::Bytes::copy_from_slice(
+            HeaderValue::from_str(v).ok()?.as_bytes(),
+        )),
+        HostHeader::Upstream => None,
+    };
+    // A route without a rule denies everyone: the full path answers that.
+    let rule = rt.auth.rules[idx].as_ref()?;
+    let caller = if rule.anonymous {
+        None
+    } else {
+        // Only a caller the full path would admit from its verified-token cache:
+        // a token not yet verified, a refusal or a key fetch is the full path's.
+        // Asked last, when nothing else sends the request there: a hit counts.
+        let mut tokens: [&[u8]; 2] = [&[], &[]];
+        let mut n = 0;
+        for f in req.headers.iter() {
+            if f.name.eq_ignore_ascii_case("authorization") {
+                if n < 2 {
+                    tokens[n] = f.value;
+                }
+                n += 1;
+            }
+        }
+        let cert = conn
+            .tls
+            .as_ref()
+            .and_then(|t| t.client_cert_sha256.as_deref());
+        Some(
+            rt.auth
+                .check_rule_cached(rule, &tokens[..n.min(2)], query, cert)?,
+        )
     };
     let forward_token = rt.auth.forward_token[idx];
 
@@ -405,13 +413,6 @@ fn plan(
         let mut n = itoa::Buffer::new();
         put(&mut head, b"content-length", n.format(length).as_bytes());
     }
-    let host_value = match &route.host_header {
-        HostHeader::Preserve => Some(bytes::Bytes::copy_from_slice(host.value.as_bytes())),
-        HostHeader::Literal(v) => Some(bytes::Bytes::copy_from_slice(
-            HeaderValue::from_str(v).ok()?.as_bytes(),
-        )),
-        HostHeader::Upstream => None,
-    };
     let idempotent = route.retry_non_idempotent || method.is_idempotent();
     let timeout = route.timeout.unwrap_or(pool.cfg.request_timeout);
     let head_only = method == Method::HEAD;

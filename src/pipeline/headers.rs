@@ -36,12 +36,13 @@ pub fn set_caller(h: &mut HeaderMap, c: &crate::auth::caller::Caller) {
 }
 
 /// The gateway-owned fields that tell the upstream who the verified caller is, each
-/// given to `put` with its value; one that cannot be a field value (anything but
-/// visible ASCII, space and tab) is left out rather than altered. Both request paths
-/// write them from here.
+/// given to `put` with its value; one that cannot be a field value (a control
+/// character other than tab) is left out rather than altered — the rule of
+/// `HeaderValue::from_str`, so UTF-8 text such as a Vietnamese name goes as its bytes.
+/// Both request paths write them from here.
 pub fn caller_fields(c: &crate::auth::caller::Caller, mut put: impl FnMut(&'static str, &str)) {
     let mut field = |name: &'static str, v: &str| {
-        if v.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)) {
+        if v.bytes().all(|b| b == b'\t' || (b >= b' ' && b != 0x7f)) {
             put(name, v);
         }
     };

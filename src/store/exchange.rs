@@ -21,8 +21,9 @@
 //! * An outbox row holds its payload only while it may still be sent: the transition to
 //!   `delivered` or `cancelled` erases it (the same text stays in `dossiers.body` or
 //!   `events.body`, the record kept). Without this every dossier would be stored once more
-//!   per destination, for good; with it, what the outbox holds beyond small rows is
-//!   bounded by the spool. `dead` rows keep theirs, since an admin may re-queue them.
+//!   per destination, for good; with it, the payloads the outbox holds are those of
+//!   the spool and of dead letters (`dead` rows keep theirs, since an admin may
+//!   re-queue them, though they no longer count against the spool).
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

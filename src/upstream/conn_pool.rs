@@ -237,7 +237,9 @@ impl ConnPool {
     /// Number of idle connections currently pooled, of both kinds (hyper's and the
     /// fast path's; closed ones not yet noticed included).
     pub fn idle_count(&self) -> usize {
-        lock(&self.inner.idle).len() + lock(&self.inner.raw_idle).len()
+        // One lock at a time (see `checkin_raw`).
+        let idle = lock(&self.inner.idle).len();
+        idle + lock(&self.inner.raw_idle).len()
     }
 
     /// Sends a request and resolves with the response head; the body streams from the

@@ -414,7 +414,24 @@ auth = {{ agencies = ["*.H22"] }}
         url = up.url()
     ));
     let gw = TestGateway::start(&cfg).await;
-    let ok = dev_token("000.00.01.H22");
+    // A Vietnamese subject and role go upstream as their UTF-8 bytes on both paths.
+    let ok = {
+        let key = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/dev/dev-issuer.key.pem"
+        ))
+        .unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let claims = serde_json::json!({
+            "iss": "lienthong-dev", "aud": "lienthong", "sub": "Nguyễn Văn A",
+            "iat": now, "exp": now + 600, "agency": "000.00.01.H22",
+            "roles": ["nhân viên", "reader"],
+        });
+        lienthong::auth::jwt::mint(&key, jsonwebtoken::Algorithm::EdDSA, claims, None).unwrap()
+    };
     let other = dev_token("000.00.01.G01");
     let get_as = |t: &str, id: &str| {
         format!(
@@ -429,24 +446,38 @@ auth = {{ agencies = ["*.H22"] }}
             "x-lienthong-caller-issuer",
             "x-lienthong-caller-subject",
             "x-lienthong-caller-agency",
+            "x-lienthong-caller-roles",
             "authorization",
         ]
-        .map(|n| s.header(n).map(str::to_string))
+        .map(|n| s.headers.get(n).map(|v| v.as_bytes().to_vec()))
     };
     // First sight of the token: verified on the full path.
     assert_eq!(raw(gw.addr(), &get_as(&ok, "first")).await.status, 200);
     assert_eq!(fast_path_requests(&gw), 0);
     let full = caller_fields(&up.last());
-    assert_eq!(full[2].as_deref(), Some("000.00.01.H22"));
-    assert_eq!(full[3], None, "the token is not forwarded");
+    assert_eq!(full[1].as_deref(), Some("Nguyễn Văn A".as_bytes()));
+    assert_eq!(full[2].as_deref(), Some(&b"000.00.01.H22"[..]));
+    assert_eq!(full[3].as_deref(), Some("nhân viên,reader".as_bytes()));
+    assert_eq!(full[4], None, "the token is not forwarded");
+    let hits = || async {
+        let (_, m) = admin_get(&gw, "/metrics").await;
+        m.lines()
+            .find_map(|l| l.strip_prefix("lienthong_auth_token_cache_hits "))
+            .map(|v| v.parse::<f64>().unwrap())
+            .expect("the hit counter")
+    };
+    assert_eq!(hits().await, 0.0);
     // Verified and cached: the fast path, with the same fields.
     assert_eq!(raw(gw.addr(), &get_as(&ok, "second")).await.status, 200);
     assert_eq!(fast_path_requests(&gw), 1);
     assert_eq!(caller_fields(&up.last()), full);
-    // A caller the rule refuses gets the full path's 403 every time, cached or not.
+    assert_eq!(hits().await, 1.0);
+    // A caller the rule refuses gets the full path's 403 every time, cached or not,
+    // and a cached one counts one hit, not one on each path.
     for _ in 0..2 {
         assert_error(&raw(gw.addr(), &get(&other)).await, 403, "forbidden");
     }
+    assert_eq!(hits().await, 2.0);
     // No token, two tokens: the full path's 401.
     let none = b"GET /h22/x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
     assert_eq!(raw(gw.addr(), none).await.status, 401);
