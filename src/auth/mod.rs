@@ -315,7 +315,8 @@ impl AuthRuntime {
     /// certificate binding, the rule satisfied), counted as the cache hit it is. None
     /// counts nothing and leaves the decision, refusals and their metrics included, to
     /// `check_rule`. Synchronous, for the HTTP/1 fast path, which asks last, once
-    /// nothing else sends the request to the full path, and hands every None there.
+    /// nothing else sends the request to the full path, and asks `check_rule` after
+    /// every None.
     pub fn check_rule_cached(
         &self,
         rule: &AccessRule,

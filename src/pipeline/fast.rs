@@ -16,14 +16,18 @@
 //! - a route that is untranslated and uncached, to an HTTP/1.1 pool without upstream
 //!   credentials, with (when the audit log is on) the fail-open record that keeps no
 //!   bodies, and not one of the gateway's own answers (lookups, JWKS, intake);
-//! - a route that is anonymous, or whose rule admits the caller of a token the full
-//!   path has verified and holds in its cache (`AuthRuntime::check_rule_cached`): that
-//!   caller's fields go upstream (`headers::caller_fields`) and into the record.
+//! - a route that is anonymous or checks tokens. A caller the verified-token cache
+//!   admits is taken as it is (`AuthRuntime::check_rule_cached`); any other token is
+//!   checked in `exchange`, before anything goes upstream, by the full path's own
+//!   `AuthRuntime::check_rule`, whose refusals are answered through
+//!   [`respond::finish`] as the full path answers them. The caller's fields go
+//!   upstream (`headers::caller_fields`) and into the record.
 //!
-//! Anything else — including every request the full path would refuse — hands the
-//! connection, with the bytes read so far, to hyper and [`super::handle`] for the rest
-//! of its life, before anything of that request has been acted on. So the fast path
-//! decides nothing the full path would decide differently: it only does less work.
+//! Anything else — including every request the full path would refuse before its
+//! auth stage — hands the connection, with the bytes read so far, to hyper and
+//! [`super::handle`] for the rest of its life, before anything of that request has
+//! been acted on. So the fast path decides nothing the full path would decide
+//! differently: it only does less work.
 //!
 //! What it sends upstream is what `forward::prepare` would: the client's fields
 //! (names in lower case, as hyper writes them) without `Host`, `Connection`,
@@ -169,6 +173,17 @@ struct Plan {
     close: bool,
     /// Bytes of the head and body.
     consumed: usize,
+    /// A token the verified-token cache could not vouch for: checked before the
+    /// request goes upstream, as the full path's auth stage would check it.
+    auth: Option<PendingAuth>,
+}
+
+/// What the full path's `authenticate` reads of a request, for a check that awaits
+/// (a signature to verify, maybe a key set to fetch).
+struct PendingAuth {
+    route: usize,
+    authorization: http::HeaderMap,
+    query: Option<String>,
 }
 
 /// Bytes a path may have here: unreserved, sub-delims, `:`, `@` and `/`; no `%`.
@@ -330,12 +345,14 @@ fn plan(
     };
     // A route without a rule denies everyone: the full path answers that.
     let rule = rt.auth.rules[idx].as_ref()?;
+    let mut auth = None;
     let caller = if rule.anonymous {
         None
     } else {
-        // Only a caller the full path would admit from its verified-token cache:
-        // a token not yet verified, a refusal or a key fetch is the full path's.
-        // Asked last, when nothing else sends the request there: a hit counts.
+        // A caller the verified-token cache admits goes as it is (asked last, when
+        // nothing else sends the request to the full path: a hit counts). Any other
+        // token is checked in `exchange` by the full path's own check, refusals and
+        // their answers included.
         let mut tokens: [&[u8]; 2] = [&[], &[]];
         let mut n = 0;
         for f in req.headers.iter() {
@@ -350,10 +367,29 @@ fn plan(
             .tls
             .as_ref()
             .and_then(|t| t.client_cert_sha256.as_deref());
-        Some(
-            rt.auth
-                .check_rule_cached(rule, &tokens[..n.min(2)], query, cert)?,
-        )
+        match rt
+            .auth
+            .check_rule_cached(rule, &tokens[..n.min(2)], query, cert)
+        {
+            Some(c) => Some(c),
+            None => {
+                let mut authorization = http::HeaderMap::new();
+                for f in req.headers.iter() {
+                    if f.name.eq_ignore_ascii_case("authorization") {
+                        authorization.append(
+                            http::header::AUTHORIZATION,
+                            HeaderValue::from_bytes(f.value).ok()?,
+                        );
+                    }
+                }
+                auth = Some(PendingAuth {
+                    route: idx,
+                    authorization,
+                    query: query.map(str::to_string),
+                });
+                None
+            }
+        }
     };
     let forward_token = rt.auth.forward_token[idx];
 
@@ -445,6 +481,7 @@ fn plan(
         },
         close,
         consumed: head_len + length as usize,
+        auth,
     })
 }
 
@@ -478,8 +515,9 @@ where
         rt,
         ctx,
         pool,
-        req,
+        mut req,
         close,
+        auth,
         ..
     } = plan;
     let mut open = Open::new(exchanges.clone());
@@ -488,16 +526,46 @@ where
         ctx,
         armed: true,
     };
-    let sent = Instant::now();
-    // While the upstream works, the client's side is watched (`watching`): its hanging
-    // up drops the exchange, which the guard records as interrupted (499; in the audit
-    // log too).
-    let answer = watching(io, buf, std::pin::pin!(pool.send_raw(&req))).await;
-    let Some(answer) = answer else {
-        // The client went away: `guard` records the request as interrupted.
-        return false;
+    // While the token is checked and while the upstream works, the client's side is
+    // watched (`watching`): its hanging up drops the work, which the guard records as
+    // interrupted (499; in the audit log too).
+    let answer = 'answer: {
+        if let Some(p) = auth {
+            let cert = guard
+                .ctx
+                .conn
+                .tls
+                .as_ref()
+                .and_then(|t| t.client_cert_sha256.clone());
+            let check = rt.auth.check_rule(
+                rt.auth.rules[p.route].as_ref(),
+                &p.authorization,
+                p.query.as_deref(),
+                cert.as_deref(),
+            );
+            let Some(checked) = watching(io, buf, std::pin::pin!(check)).await else {
+                return false;
+            };
+            match checked {
+                Ok(caller) => {
+                    if let Some(c) = &caller {
+                        headers::caller_fields(c, |name, v| {
+                            put(&mut req.head, name.as_bytes(), v.as_bytes())
+                        });
+                    }
+                    guard.ctx.caller = caller;
+                }
+                Err(e) => break 'answer Err(e),
+            }
+        }
+        let sent = Instant::now();
+        let Some(answer) = watching(io, buf, std::pin::pin!(pool.send_raw(&req))).await else {
+            // The client went away: `guard` records the request as interrupted.
+            return false;
+        };
+        guard.ctx.upstream_us = Some(sent.elapsed().as_micros() as u64);
+        answer
     };
-    guard.ctx.upstream_us = Some(sent.elapsed().as_micros() as u64);
     guard.armed = false;
     let ctx = &mut guard.ctx;
     let answer = match answer {
