@@ -41,9 +41,9 @@
 //! maps them, every request through `observe`, and with the audit log every request
 //! leaves the record the full path's audit stage would: the request body's digest
 //! (it is in memory), the response body's as it goes out (`audit_stage::fast_path_tap`),
-//! and `interrupted` (499) for a client that hangs up while the upstream works — the
-//! client's socket is watched then, and while the upstream's body is awaited, as hyper's
-//! server watches it (`watching`).
+//! and `interrupted` (499) for a client that hangs up while its token is checked or the
+//! upstream works — the client's socket is watched then, and while the upstream's body
+//! is awaited, as hyper's server watches it (`watching`).
 
 use super::*;
 use crate::server::{ConnIo, Exchanges, Open};
@@ -184,6 +184,9 @@ struct PendingAuth {
     route: usize,
     authorization: http::HeaderMap,
     query: Option<String>,
+    /// Where in the upstream head the caller's fields go (after the request id, as
+    /// for a cached caller and on the full path).
+    caller_at: usize,
 }
 
 /// Bytes a path may have here: unreserved, sub-delims, `:`, `@` and `/`; no `%`.
@@ -386,6 +389,7 @@ fn plan(
                     route: idx,
                     authorization,
                     query: query.map(str::to_string),
+                    caller_at: 0,
                 });
                 None
             }
@@ -435,6 +439,9 @@ fn plan(
     if let Some(c) = &caller {
         headers::caller_fields(c, |name, v| put(&mut head, name.as_bytes(), v.as_bytes()));
     }
+    if let Some(p) = &mut auth {
+        p.caller_at = head.len();
+    }
     if let Some(fp) = conn
         .tls
         .as_ref()
@@ -461,11 +468,11 @@ fn plan(
     );
     ctx.route = Some(rt.route_names[idx].clone());
     ctx.route_index = Some(idx);
-    ctx.upstream = Some(rt.pool_names[idx].clone());
     ctx.caller = caller;
-    if rt.audit.is_some() && length > 0 {
-        // The body is all here: its digest now, as the full path's tap would report it.
-        audit_stage::note_request(&mut ctx, &body);
+    if auth.is_none() {
+        // What the full path knows once its auth stage has passed (a token still to
+        // be checked has them set in `exchange`, after the check, as there).
+        past_auth(&rt, &mut ctx, idx, &body);
     }
     Some(Plan {
         rt,
@@ -483,6 +490,16 @@ fn plan(
         consumed: head_len + length as usize,
         auth,
     })
+}
+
+/// The request's context as the full path has it past its auth stage: the pool that
+/// will be asked and (with the audit log) the request body's digest — the body is all
+/// here, so its digest now, as the full path's tap would report it.
+fn past_auth(rt: &Runtime, ctx: &mut RequestCtx, route: usize, body: &bytes::Bytes) {
+    ctx.upstream = Some(rt.pool_names[route].clone());
+    if rt.audit.is_some() && !body.is_empty() {
+        audit_stage::note_request(ctx, body);
+    }
 }
 
 fn put(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -549,11 +566,14 @@ where
             match checked {
                 Ok(caller) => {
                     if let Some(c) = &caller {
+                        let mut fields = Vec::new();
                         headers::caller_fields(c, |name, v| {
-                            put(&mut req.head, name.as_bytes(), v.as_bytes())
+                            put(&mut fields, name.as_bytes(), v.as_bytes())
                         });
+                        req.head.splice(p.caller_at..p.caller_at, fields);
                     }
                     guard.ctx.caller = caller;
+                    past_auth(&rt, &mut guard.ctx, p.route, &req.body);
                 }
                 Err(e) => break 'answer Err(e),
             }

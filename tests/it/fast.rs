@@ -436,16 +436,21 @@ auth = {{ agencies = ["*.H22"] }}
     let (first, second) = (mint("Nguyễn Văn A"), mint("Trần Thị B"));
     let other = dev_token("000.00.01.G01");
     let bearer = |t: &str| format!("Authorization: Bearer {t}\r\n");
-    let cases: Vec<(&str, String, &str, u16)> = vec![
-        // (name, fields, query, status)
-        ("fresh", bearer(&first), "", 200),
-        ("cached", bearer(&first), "", 200),
-        ("fresh-too", bearer(&second), "", 200),
-        ("refused", bearer(&other), "", 403),
-        ("refused-cached", bearer(&other), "", 403),
-        ("none", String::new(), "", 401),
-        ("two", bearer(&first) + &bearer(&first), "", 401),
-        ("in-query", bearer(&first), "?access_token=x", 401),
+    let (third, fourth) = (mint("c"), mint("d"));
+    let cases: Vec<(&str, String, &str, &str, u16)> = vec![
+        // (name, fields, query, body, status)
+        ("fresh", bearer(&first), "", "", 200),
+        ("cached", bearer(&first), "", "", 200),
+        ("fresh-too", bearer(&second), "", "", 200),
+        ("refused", bearer(&other), "", "", 403),
+        ("refused-cached", bearer(&other), "", "", 403),
+        ("none", String::new(), "", "", 401),
+        ("two", bearer(&first) + &bearer(&first), "", "", 401),
+        ("in-query", bearer(&first), "?access_token=x", "", 401),
+        ("post", bearer(&third), "", "{\"a\":1}", 200),
+        ("post-refused", bearer(&other), "", "{\"a\":1}", 403),
+        ("post-none", String::new(), "", "{\"a\":1}", 401),
+        ("post-fresh", bearer(&fourth), "", "{\"b\":2}", 200),
     ];
     let caller_fields = |s: &Seen| {
         [
@@ -458,14 +463,28 @@ auth = {{ agencies = ["*.H22"] }}
         .map(|n| s.headers.get(n).map(|v| v.as_bytes().to_vec()))
     };
     let mut answers = std::collections::HashMap::new();
-    for (name, fields, query, status) in &cases {
-        for (way, extra) in [("fast", ""), ("full", "Via: 1.1 client\r\n")] {
+    for (name, fields, query, body, status) in &cases {
+        // A token's first sight on either path: "fresh-too" and "post-fresh" go to the
+        // full path first.
+        let mut ways = [("fast", ""), ("full", "Via: 1.1 client\r\n")];
+        if name.ends_with("fresh-too") || *name == "post-fresh" {
+            ways.reverse();
+        }
+        for (way, extra) in ways {
             let before = up.count();
+            let head = if body.is_empty() {
+                format!("GET /h22/x{query} HTTP/1.1\r\n")
+            } else {
+                format!(
+                    "POST /h22/x{query} HTTP/1.1\r\nContent-Length: {}\r\n",
+                    body.len()
+                )
+            };
             let r = raw(
                 gw.addr(),
                 format!(
-                    "GET /h22/x{query} HTTP/1.1\r\nHost: t\r\n{fields}{extra}\
-                     X-Request-Id: {way}-{name}\r\nConnection: close\r\n\r\n"
+                    "{head}Host: t\r\n{fields}{extra}\
+                     X-Request-Id: {way}-{name}\r\nConnection: close\r\n\r\n{body}"
                 )
                 .as_bytes(),
             )
@@ -493,11 +512,18 @@ auth = {{ agencies = ["*.H22"] }}
         answers[&("fast", "fresh")]
     );
     assert_eq!(fast_path_requests(&gw), cases.len() as u64);
-    assert_eq!(up.count(), 6);
+    assert_eq!(up.count(), 10);
     let recs = crate::audit::records(&gw).await;
     let record = |id: String| {
         let r = &recs.iter().find(|(_, r)| r.request_id == id).expect(&id).1;
-        format!("{:?}", (&r.caller, &r.route, r.status, &r.error))
+        format!(
+            "{:?}",
+            (
+                (&r.caller, &r.route, &r.upstream, r.status, r.kind, &r.error),
+                // (The echoed answers differ: they show each request's own id and Via.)
+                (r.bytes_in, &r.request_sha256)
+            )
+        )
     };
     for (name, ..) in &cases {
         assert_eq!(
