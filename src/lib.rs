@@ -6,7 +6,7 @@
 //! - [`runtime`]   — a config compiled for serving ([`runtime::Runtime`]) and the [`runtime::Gateway`] that swaps it on reload.
 //! - [`server`]    — listeners, TLS (rotation, mTLS), HTTP/1.1 + HTTP/2, limits, idle/slow-client timeouts, graceful drain.
 //! - [`pipeline`]  — the request path as stages in one function ([`pipeline::handle`]); normalisation, routing, headers, `respond`;
-//!   [`pipeline::fast`], the HTTP/1 plain-proxy path on bytes (httparse), which takes only requests whose every stage is the identity and hands the rest to `handle`.
+//!   [`pipeline::fast`], the HTTP/1 proxy path on bytes (httparse), which takes only requests whose every stage is the identity, the proxy rewrite or the token check, and hands the rest to `handle`.
 //! - [`upstream`]  — pools: balancing, health (active + passive), breaker, retry budget, keep-alive, upstream TLS.
 //! - [`body`]      — the one body type (streamed with a cap, buffered, empty) and the one capped-collect helper.
 //! - [`error`]     — the one error type; kinds say whose fault it is.
@@ -34,9 +34,11 @@
 //! path parses the head once, decides, and writes the upstream head once (14.9k). It
 //! stays honest by construction: it accepts a request only when each stage of `handle`
 //! would be the identity or the rewrite it repeats, and anything else — every refusal
-//! included — goes to `handle` with the connection before any of it has been acted on.
-//! Errors still go through `respond::finish`, upstream accounting through the pool's
-//! shared helpers (`upstream::raw`).
+//! before the auth stage included — goes to `handle` with the connection before any of it
+//! has been acted on. The auth stage itself is shared, not repeated: a route that checks
+//! tokens calls the same `AuthRuntime::check_rule` (or its verified-token cache) on both
+//! paths. Errors still go through `respond::finish`, upstream accounting through the
+//! pool's shared helpers (`upstream::raw`).
 //!
 //! ## Invariants that hold across modules
 //! - Only `pipeline::respond` maps errors to status codes and builds error bodies, on the
