@@ -415,23 +415,11 @@ auth = {{ agencies = ["*.H22"] }}
         url = up.url()
     ));
     let gw = TestGateway::start(&cfg).await;
-    let key = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/config/dev/dev-issuer.key.pem"
-    ))
-    .unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
     // A Vietnamese subject and role go upstream as their UTF-8 bytes.
     let mint = |sub: &str| {
-        let claims = serde_json::json!({
-            "iss": "lienthong-dev", "aud": "lienthong", "sub": sub,
-            "iat": now, "exp": now + 600, "agency": "000.00.01.H22",
-            "roles": ["nhân viên", "reader"],
-        });
-        lienthong::auth::jwt::mint(&key, jsonwebtoken::Algorithm::EdDSA, claims, None).unwrap()
+        dev_token_with(serde_json::json!({
+            "sub": sub, "agency": "000.00.01.H22", "roles": ["nhân viên", "reader"],
+        }))
     };
     let (first, second) = (mint("Nguyễn Văn A"), mint("Trần Thị B"));
     let other = dev_token("000.00.01.G01");

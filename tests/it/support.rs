@@ -576,6 +576,12 @@ pub fn dev_issuer() -> String {
 
 /// A token from the development issuer for `agency`, valid for ten minutes.
 pub fn dev_token(agency: &str) -> String {
+    dev_token_with(serde_json::json!({ "agency": agency }))
+}
+
+/// A token from the development issuer, valid for ten minutes, with `claims` set over
+/// its defaults (subject `s`).
+pub fn dev_token_with(claims: serde_json::Value) -> String {
     let key = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/config/dev/dev-issuer.key.pem"
@@ -585,11 +591,14 @@ pub fn dev_token(agency: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let claims = serde_json::json!({
+    let mut all = serde_json::json!({
         "iss": "lienthong-dev", "aud": "lienthong", "sub": "s",
-        "iat": now, "exp": now + 600, "agency": agency,
+        "iat": now, "exp": now + 600,
     });
-    lienthong::auth::jwt::mint(&key, jsonwebtoken::Algorithm::EdDSA, claims, None).unwrap()
+    for (k, v) in claims.as_object().expect("claims as an object") {
+        all[k] = v.clone();
+    }
+    lienthong::auth::jwt::mint(&key, jsonwebtoken::Algorithm::EdDSA, all, None).unwrap()
 }
 
 /// A canonical dossier (hồ sơ) as JSON, filed with `000.00.01.H22`, with `code` when given.
