@@ -33,11 +33,11 @@
 //! (names in lower case, as hyper writes them) without `Host`, `Connection`,
 //! `Content-Length`, `X-Request-Id` and (unless the route forwards it)
 //! `Authorization`; then `X-Forwarded-For/-Proto/-Host`, `Forwarded`, the request id,
-//! the verified caller's fields, the client certificate's thumbprint, `Via`, `Content-Length` and `Host` (per the
-//! route's `host_header`). What it sends back is what `respond::upstream` and hyper's
-//! server would: hop-by-hop fields (and those `Connection` names) removed, `Via`
-//! appended, the request id, `Date` when the upstream gave none, the body framed by
-//! its length or re-chunked. Errors go through [`respond::finish`], the one place that
+//! the verified caller's fields, the client certificate's thumbprint, `Via`,
+//! `Content-Length` and `Host` (per the route's `host_header`). What it sends back is
+//! what `respond::upstream` and hyper's server would: hop-by-hop fields (and those
+//! `Connection` names) removed, `Via` appended, the request id, `Date` when the
+//! upstream gave none, the body framed by its length or re-chunked. Errors go through [`respond::finish`], the one place that
 //! maps them, every request through `observe`, and with the audit log every request
 //! leaves the record the full path's audit stage would: the request body's digest
 //! (it is in memory), the response body's as it goes out (`audit_stage::fast_path_tap`),
