@@ -6,7 +6,7 @@
 //! - [`runtime`]   — a config compiled for serving ([`runtime::Runtime`]) and the [`runtime::Gateway`] that swaps it on reload.
 //! - [`server`]    — listeners, TLS (rotation, mTLS), HTTP/1.1 + HTTP/2, limits, idle/slow-client timeouts, graceful drain.
 //! - [`pipeline`]  — the request path as stages in one function ([`pipeline::handle`]); normalisation, routing, headers, `respond`;
-//!   [`pipeline::fast`], the HTTP/1 proxy path on bytes (httparse), which takes only requests whose every stage is the identity, the proxy rewrite or the token check, and hands the rest to `handle`.
+//!   [`pipeline::fast`], the HTTP/1 proxy and lookup path on bytes (httparse), which takes only requests whose every stage is the identity, the proxy rewrite, the token check or a lookup's answer, and hands the rest to `handle`.
 //! - [`upstream`]  — pools: balancing, health (active + passive), breaker, retry budget, keep-alive, upstream TLS.
 //! - [`body`]      — the one body type (streamed with a cap, buffered, empty) and the one capped-collect helper.
 //! - [`error`]     — the one error type; kinds say whose fault it is.

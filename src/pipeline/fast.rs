@@ -1,6 +1,6 @@
-//! The plain-proxy fast path for HTTP/1.1: the request path of [`super::handle`] for
-//! the one case that needs none of its stages but routing and the proxy header
-//! rules, done on bytes instead of through hyper.
+//! The fast path for HTTP/1.1: the request path of [`super::handle`] for the common
+//! cases that need none of its stages but routing, the token check, the proxy header
+//! rules or a lookup's answer, done on bytes instead of through hyper.
 //!
 //! Every HTTP/1 connection starts here (`server::serve_http`). A request head is
 //! parsed with `httparse` and taken only when each stage of `handle` would be the
@@ -15,8 +15,10 @@
 //! - a body with `Content-Length` under the route's cap, already read in full;
 //! - a route that is untranslated and uncached, to an HTTP/1.1 pool without upstream
 //!   credentials, with (when the audit log is on) the fail-open record that keeps no
-//!   bodies, and not one of the gateway's own answers (lookups, JWKS, intake);
-//! - a route that is anonymous or checks tokens. A caller the verified-token cache
+//!   bodies; or a lookup read with a plain `GET` (no body, no `If-None-Match`), answered
+//!   as `local::lookup` answers it (`cache::serve::answer`); not the gateway's other
+//!   own answers (JWKS, intake);
+//! - a route or lookup that is anonymous or checks tokens. A caller the verified-token cache
 //!   admits is taken as it is (`AuthRuntime::check_rule_cached`); any other token is
 //!   checked in `exchange`, before anything goes upstream, by the full path's own
 //!   `AuthRuntime::check_rule`, whose refusals are answered through
@@ -167,8 +169,7 @@ enum Decision {
 struct Plan {
     rt: Arc<Runtime>,
     ctx: RequestCtx,
-    pool: Arc<Pool>,
-    req: RawRequest,
+    work: Work,
     /// The client asked to close after this exchange.
     close: bool,
     /// Bytes of the head and body.
@@ -178,10 +179,34 @@ struct Plan {
     auth: Option<PendingAuth>,
 }
 
+/// What a taken request asks for.
+enum Work {
+    /// Proxied to a pool.
+    Proxy { pool: Arc<Pool>, req: RawRequest },
+    /// Answered from a lookup (`GET /lookups/{name}[/{key}]`, the key decoded), as the
+    /// full path's `local::lookup` answers it.
+    Lookup { name: String, key: Option<String> },
+}
+
+/// Whose access rule a token is checked against.
+enum RuleOf {
+    Route(usize),
+    Lookup(String),
+}
+
+impl RuleOf {
+    fn rule<'a>(&self, rt: &'a Runtime) -> Option<&'a crate::auth::rules::AccessRule> {
+        match self {
+            RuleOf::Route(i) => rt.auth.rules[*i].as_ref(),
+            RuleOf::Lookup(n) => rt.lookups.get(n.as_str()).and_then(|l| l.rule.as_ref()),
+        }
+    }
+}
+
 /// What the full path's `authenticate` reads of a request, for a check that awaits
 /// (a signature to verify, maybe a key set to fetch).
 struct PendingAuth {
-    route: usize,
+    rule: RuleOf,
     authorization: http::HeaderMap,
     query: Option<String>,
     /// Where in the upstream head the caller's fields go (after the request id, as
@@ -302,8 +327,61 @@ fn plan(
         }
     }
     let host = conn.forwarding.host(host?)?;
-    if crate::cache::serve::parse_path(&path).is_some()
-        || path == "/.well-known/jwks.json"
+    if let Some((name, key)) = crate::cache::serve::parse_path(&path) {
+        // A lookup the full path would answer itself (`local::lookup`): a plain GET
+        // without a body or a condition; HEAD, `If-None-Match`, a key that does not
+        // decode and an unknown lookup stay the full path's.
+        let l = rt.lookups.get(name)?;
+        if method != Method::GET
+            || length.is_some_and(|n| n > 0)
+            || req
+                .headers
+                .iter()
+                .any(|f| f.name.eq_ignore_ascii_case("if-none-match"))
+        {
+            return None;
+        }
+        let key = match key {
+            Some(k) => Some(normalize::percent_decode(k)?),
+            None => None,
+        };
+        let request_id = match client_id {
+            Some(v) if sane_request_id(v) => HeaderValue::from_bytes(v).ok()?,
+            _ => new_request_id(),
+        };
+        let (caller, auth) = auth_stage(
+            &rt,
+            conn,
+            req,
+            query,
+            l.rule.as_ref()?,
+            RuleOf::Lookup(name.to_string()),
+        )?;
+        let route = Arc::from(format!("lookup:{}", l.cfg.name));
+        let name = name.to_string();
+        let mut ctx = RequestCtx::with(
+            conn.clone(),
+            request_id,
+            method,
+            http::Version::HTTP_11,
+            path,
+        );
+        ctx.route = Some(route);
+        ctx.audit_as = Some((
+            crate::audit::record::RecordKind::Lookup,
+            crate::config::AuditPolicy::FailOpen,
+        ));
+        ctx.caller = caller;
+        return Some(Plan {
+            rt,
+            ctx,
+            work: Work::Lookup { name, key },
+            close,
+            consumed: head_len + length.unwrap_or(0) as usize,
+            auth,
+        });
+    }
+    if path == "/.well-known/jwks.json"
         || (rt.exchange.is_some() && (path == "/v1/dossiers" || path.starts_with("/v1/dossiers/")))
     {
         return None;
@@ -347,54 +425,14 @@ fn plan(
         HostHeader::Upstream => None,
     };
     // A route without a rule denies everyone: the full path answers that.
-    let rule = rt.auth.rules[idx].as_ref()?;
-    let mut auth = None;
-    let caller = if rule.anonymous {
-        None
-    } else {
-        // A caller the verified-token cache admits goes as it is (asked last, when
-        // nothing else sends the request to the full path: a hit counts). Any other
-        // token is checked in `exchange` by the full path's own check, refusals and
-        // their answers included.
-        let mut tokens: [&[u8]; 2] = [&[], &[]];
-        let mut n = 0;
-        for f in req.headers.iter() {
-            if f.name.eq_ignore_ascii_case("authorization") {
-                if n < 2 {
-                    tokens[n] = f.value;
-                }
-                n += 1;
-            }
-        }
-        let cert = conn
-            .tls
-            .as_ref()
-            .and_then(|t| t.client_cert_sha256.as_deref());
-        match rt
-            .auth
-            .check_rule_cached(rule, &tokens[..n.min(2)], query, cert)
-        {
-            Some(c) => Some(c),
-            None => {
-                let mut authorization = http::HeaderMap::new();
-                for f in req.headers.iter() {
-                    if f.name.eq_ignore_ascii_case("authorization") {
-                        authorization.append(
-                            http::header::AUTHORIZATION,
-                            HeaderValue::from_bytes(f.value).ok()?,
-                        );
-                    }
-                }
-                auth = Some(PendingAuth {
-                    route: idx,
-                    authorization,
-                    query: query.map(str::to_string),
-                    caller_at: 0,
-                });
-                None
-            }
-        }
-    };
+    let (caller, mut auth) = auth_stage(
+        &rt,
+        conn,
+        req,
+        query,
+        rt.auth.rules[idx].as_ref()?,
+        RuleOf::Route(idx),
+    )?;
     let forward_token = rt.auth.forward_token[idx];
 
     // The upstream request head, as `forward::prepare` and hyper's client make it.
@@ -477,19 +515,80 @@ fn plan(
     Some(Plan {
         rt,
         ctx,
-        pool,
-        req: RawRequest {
-            head,
-            host: host_value,
-            body,
-            idempotent,
-            head_only,
-            timeout,
+        work: Work::Proxy {
+            pool,
+            req: RawRequest {
+                head,
+                host: host_value,
+                body,
+                idempotent,
+                head_only,
+                timeout,
+            },
         },
         close,
         consumed: head_len + length as usize,
         auth,
     })
+}
+
+/// The auth stage of a request this path takes, against `rule`: an anonymous rule
+/// admits it as it is, and a caller the verified-token cache admits goes as it is
+/// (asked last, when nothing else sends the request to the full path: a hit counts).
+/// Any other token is checked in `exchange` by the full path's own check, refusals and
+/// their answers included: the `PendingAuth`. None: for the full path.
+fn auth_stage(
+    rt: &Runtime,
+    conn: &ConnInfo,
+    req: &httparse::Request<'_, '_>,
+    query: Option<&str>,
+    rule: &crate::auth::rules::AccessRule,
+    of: RuleOf,
+) -> Option<(
+    Option<Arc<crate::auth::caller::Caller>>,
+    Option<PendingAuth>,
+)> {
+    if rule.anonymous {
+        return Some((None, None));
+    }
+    let mut tokens: [&[u8]; 2] = [&[], &[]];
+    let mut n = 0;
+    for f in req.headers.iter() {
+        if f.name.eq_ignore_ascii_case("authorization") {
+            if n < 2 {
+                tokens[n] = f.value;
+            }
+            n += 1;
+        }
+    }
+    let cert = conn
+        .tls
+        .as_ref()
+        .and_then(|t| t.client_cert_sha256.as_deref());
+    if let Some(c) = rt
+        .auth
+        .check_rule_cached(rule, &tokens[..n.min(2)], query, cert)
+    {
+        return Some((Some(c), None));
+    }
+    let mut authorization = http::HeaderMap::new();
+    for f in req.headers.iter() {
+        if f.name.eq_ignore_ascii_case("authorization") {
+            authorization.append(
+                http::header::AUTHORIZATION,
+                HeaderValue::from_bytes(f.value).ok()?,
+            );
+        }
+    }
+    Some((
+        None,
+        Some(PendingAuth {
+            rule: of,
+            authorization,
+            query: query.map(str::to_string),
+            caller_at: 0,
+        }),
+    ))
 }
 
 /// The request's context as the full path has it past its auth stage: the pool that
@@ -531,8 +630,7 @@ where
     let Plan {
         rt,
         ctx,
-        pool,
-        mut req,
+        mut work,
         close,
         auth,
         ..
@@ -555,7 +653,7 @@ where
                 .as_ref()
                 .and_then(|t| t.client_cert_sha256.clone());
             let check = rt.auth.check_rule(
-                rt.auth.rules[p.route].as_ref(),
+                p.rule.rule(&rt),
                 &p.authorization,
                 p.query.as_deref(),
                 cert.as_deref(),
@@ -565,7 +663,7 @@ where
             };
             match checked {
                 Ok(caller) => {
-                    if let Some(c) = &caller {
+                    if let (Some(c), Work::Proxy { req, .. }) = (&caller, &mut work) {
                         let mut fields = Vec::new();
                         headers::caller_fields(c, |name, v| {
                             put(&mut fields, name.as_bytes(), v.as_bytes())
@@ -573,18 +671,65 @@ where
                         req.head.splice(p.caller_at..p.caller_at, fields);
                     }
                     guard.ctx.caller = caller;
-                    past_auth(&rt, &mut guard.ctx, p.route, &req.body);
+                    if let (RuleOf::Route(route), Work::Proxy { req, .. }) = (&p.rule, &work) {
+                        past_auth(&rt, &mut guard.ctx, *route, &req.body);
+                    }
+                }
+                Err(e) if matches!(work, Work::Lookup { .. }) => {
+                    guard.armed = false;
+                    return whole(
+                        &rt,
+                        &mut guard.ctx,
+                        Err(e),
+                        io,
+                        false,
+                        close,
+                        closing,
+                        &mut open,
+                    )
+                    .await;
                 }
                 Err(e) => break 'answer Err(e),
             }
         }
+        let (pool, req) = match &work {
+            Work::Proxy { pool, req } => (pool, req),
+            Work::Lookup { name, key } => {
+                // As `local::lookup` answers once its auth stage has passed.
+                // (`plan` found it in this same generation.)
+                let l = rt.lookups.get(name.as_str());
+                let answer = async {
+                    match l {
+                        Some(l) => {
+                            crate::cache::serve::answer(l, key.as_deref(), None, false).await
+                        }
+                        None => Err(GatewayError::internal(
+                            "lookup missing from the running config",
+                        )),
+                    }
+                };
+                let Some(r) = watching(io, buf, std::pin::pin!(answer)).await else {
+                    return false;
+                };
+                guard.armed = false;
+                let r = r.map(|mut rsp| {
+                    rsp.headers_mut()
+                        .insert(headers::X_REQUEST_ID.clone(), guard.ctx.request_id.clone());
+                    rsp
+                });
+                return whole(&rt, &mut guard.ctx, r, io, false, close, closing, &mut open).await;
+            }
+        };
         let sent = Instant::now();
-        let Some(answer) = watching(io, buf, std::pin::pin!(pool.send_raw(&req))).await else {
+        let Some(answer) = watching(io, buf, std::pin::pin!(pool.send_raw(req))).await else {
             // The client went away: `guard` records the request as interrupted.
             return false;
         };
         guard.ctx.upstream_us = Some(sent.elapsed().as_micros() as u64);
         answer
+    };
+    let Work::Proxy { req, .. } = work else {
+        unreachable!("a lookup is answered above, refused or not")
     };
     guard.armed = false;
     let ctx = &mut guard.ctx;
@@ -603,25 +748,17 @@ where
     let a = match answer {
         Ok(a) => a,
         Err(e) => {
-            let mut rsp = respond::finish(&rt, ctx, Err(e));
-            crate::observe::record(&rt, ctx, &rsp);
-            if let Some(a) = &rt.audit {
-                // An error body is whole: its record goes now, as on the full path.
-                rsp = match audit_stage::record_streamed(a, &rt, ctx, rsp) {
-                    audit_stage::Streamed::Sent(r) => r,
-                    // Not for the routes taken here (`fast_path_records`); kept right
-                    // all the same.
-                    audit_stage::Streamed::Waits(pending, r) => {
-                        Box::pin(audit_stage::record(a, ctx, *pending, r)).await
-                    }
-                };
-            }
-            open.responding();
-            let closing = close || closing.load(Ordering::Relaxed);
-            // Flushed: a TLS stream may hold the last records until asked.
-            return write_error(io, rsp, req.head_only, closing).await
-                && io.flush().await.is_ok()
-                && !closing;
+            return whole(
+                &rt,
+                ctx,
+                Err(e),
+                io,
+                req.head_only,
+                close,
+                closing,
+                &mut open,
+            )
+            .await;
         }
     };
     ctx.endpoint = Some(a.endpoint.label.clone());
@@ -635,6 +772,42 @@ where
         .map(|au| audit_stage::fast_path_tap(au, ctx, a.status));
     open.responding();
     relay(io, buf, a, head, exchanges, tap).await && io.flush().await.is_ok() && !closing
+}
+
+/// Answers with a whole response — an error, or a lookup's answer — as the full path's
+/// `handle` does: through `respond::finish`, `observe` and the audit stage (the body is
+/// whole: its record goes now), then written with hyper's framing. Whether the
+/// connection goes on.
+#[allow(clippy::too_many_arguments)]
+async fn whole<I>(
+    rt: &Runtime,
+    ctx: &mut RequestCtx,
+    result: Result<Response<Body>, GatewayError>,
+    io: &mut ConnIo<I>,
+    head_only: bool,
+    close: bool,
+    closing: &AtomicBool,
+    open: &mut Open,
+) -> bool
+where
+    I: AsyncWrite + Unpin,
+{
+    let mut rsp = respond::finish(rt, ctx, result);
+    crate::observe::record(rt, ctx, &rsp);
+    if let Some(a) = &rt.audit {
+        rsp = match audit_stage::record_streamed(a, rt, ctx, rsp) {
+            audit_stage::Streamed::Sent(r) => r,
+            // Not for the routes taken here (`fast_path_records`); kept right all the
+            // same.
+            audit_stage::Streamed::Waits(pending, r) => {
+                Box::pin(audit_stage::record(a, ctx, *pending, r)).await
+            }
+        };
+    }
+    open.responding();
+    let closing = close || closing.load(Ordering::Relaxed);
+    // Flushed: a TLS stream may hold the last records until asked.
+    write_whole(io, rsp, head_only, closing).await && io.flush().await.is_ok() && !closing
 }
 
 /// Awaits `fut` while watching the client's side as hyper's server does mid-message:
@@ -673,8 +846,8 @@ where
     .await
 }
 
-/// Writes an error response (from `respond::finish`) with hyper's framing.
-async fn write_error<I>(
+/// Writes a whole response (from `respond::finish`) with hyper's framing.
+async fn write_whole<I>(
     io: &mut ConnIo<I>,
     rsp: Response<Body>,
     head_only: bool,

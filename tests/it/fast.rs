@@ -521,3 +521,117 @@ auth = {{ agencies = ["*.H22"] }}
         );
     }
 }
+
+/// Lookups (`GET /lookups/...`) are answered on the fast path as the full path answers
+/// them (forced there by a `Via` field): hits, a missing key, the whole table, access
+/// rules with and without a token, and the records; an encoded key, HEAD and
+/// `If-None-Match` stay the full path's.
+#[tokio::test]
+async fn lookups_are_answered_on_the_fast_path_as_on_the_full_one() {
+    let data = format!("{}/config/data/dvhc-2025.csv", env!("CARGO_MANIFEST_DIR"));
+    let cfg = base_config(&format!(
+        r#"
+{issuer}
+[[lookups]]
+name = "provinces"
+source = {{ file = "{data}", table = "provinces" }}
+auth = {{ anonymous = true }}
+[[lookups]]
+name = "private"
+source = {{ file = "{data}", table = "provinces" }}
+auth = {{ agencies = ["*.H22"] }}
+"#,
+        issuer = dev_issuer(),
+    ));
+    let gw = TestGateway::start(&cfg).await;
+    let ok = bearer_field(&dev_token("000.00.01.H22"));
+    let other = bearer_field(&dev_token("000.00.01.G01"));
+    let cases: Vec<(&str, &str, String, u16)> = vec![
+        // (name, path, fields, status)
+        ("hit", "/lookups/provinces/01", String::new(), 200),
+        ("table", "/lookups/provinces", String::new(), 200),
+        ("encoded", "/lookups/provinces/%30%31", String::new(), 200),
+        ("missing", "/lookups/provinces/99", String::new(), 404),
+        ("private", "/lookups/private/01", ok.clone(), 200),
+        ("private-again", "/lookups/private/01", ok, 200),
+        ("refused", "/lookups/private/01", other, 403),
+        ("no-token", "/lookups/private/01", String::new(), 401),
+    ];
+    for (name, path, fields, status) in &cases {
+        let mut answers = Vec::new();
+        for (way, extra) in [("fast", ""), ("full", "Via: 1.1 client\r\n")] {
+            let r = raw(
+                gw.addr(),
+                format!(
+                    "GET {path} HTTP/1.1\r\nHost: t\r\n{fields}{extra}X-Request-Id: {way}-{name}\r\n\
+                     Connection: close\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await;
+            assert_eq!(r.status, *status, "{way} {name}");
+            let mut fields: Vec<(String, String)> = r
+                .headers
+                .iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "date" | "x-request-id"))
+                .cloned()
+                .collect();
+            fields.sort();
+            let body = if r.status == 200 {
+                String::from_utf8(r.body.clone()).unwrap()
+            } else {
+                r.json()["code"].to_string()
+            };
+            answers.push(format!("{fields:?} {body}"));
+        }
+        assert_eq!(answers[0], answers[1], "{name}");
+    }
+    // All but the encoded key, which normalisation rewrites (the full path's).
+    assert_eq!(fast_path_requests(&gw), cases.len() as u64 - 1);
+    // HEAD and a conditional GET are the full path's.
+    let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(b"HEAD /lookups/provinces/01 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut head))
+        .await
+        .expect("the answer and the close")
+        .unwrap();
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+    let cond = raw(
+        gw.addr(),
+        b"GET /lookups/provinces/01 HTTP/1.1\r\nHost: t\r\nIf-None-Match: \"x\"\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(cond.status, 200);
+    assert_eq!(fast_path_requests(&gw), cases.len() as u64 - 1);
+    let recs = crate::audit::records(&gw).await;
+    let record = |id: String| {
+        let r = &recs.iter().find(|(_, r)| r.request_id == id).expect(&id).1;
+        format!(
+            "{:?}",
+            (
+                (&r.caller, &r.route, &r.upstream, r.status, r.kind, &r.error),
+                // (An error body holds its request's own id.)
+                (
+                    r.bytes_out,
+                    r.status
+                        .filter(|s| *s == 200)
+                        .and(r.response_sha256.as_ref())
+                )
+            )
+        )
+    };
+    for (name, ..) in &cases {
+        assert_eq!(
+            record(format!("fast-{name}")),
+            record(format!("full-{name}")),
+            "{name}"
+        );
+    }
+}
+
+fn bearer_field(token: &str) -> String {
+    format!("Authorization: Bearer {token}\r\n")
+}
