@@ -805,7 +805,15 @@ where
         };
     }
     open.responding();
-    let closing = close || closing.load(Ordering::Relaxed);
+    // A response that says it closes the connection (`respond::finish` says so for a
+    // 400 or 413) closes it, as hyper's server does.
+    let closing = close
+        || closing.load(Ordering::Relaxed)
+        || rsp
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
     // Flushed: a TLS stream may hold the last records until asked.
     write_whole(io, rsp, head_only, closing).await && io.flush().await.is_ok() && !closing
 }
@@ -856,21 +864,25 @@ async fn write_whole<I>(
 where
     I: AsyncWrite + Unpin,
 {
+    // Whole by construction (errors and lookup answers are `Body::full`).
+    debug_assert!(rsp.body().replayable().is_some());
     let body = rsp.body().replayable().unwrap_or_default();
     let mut out = Vec::with_capacity(256 + body.len());
     status_line(&mut out, rsp.status().as_u16(), b"");
+    // In hyper's order: the response's fields, its `connection: close`, the length,
+    // the date.
     for (k, v) in rsp.headers() {
-        if k != header::CONTENT_LENGTH {
+        if k != header::CONTENT_LENGTH && k != header::CONNECTION {
             put(&mut out, k.as_str().as_bytes(), v.as_bytes());
         }
     }
-    if !rsp.headers().contains_key(header::DATE) {
-        put_date(&mut out);
+    if close {
+        put(&mut out, b"connection", b"close");
     }
     let mut n = itoa::Buffer::new();
     put(&mut out, b"content-length", n.format(body.len()).as_bytes());
-    if close {
-        put(&mut out, b"connection", b"close");
+    if !rsp.headers().contains_key(header::DATE) {
+        put_date(&mut out);
     }
     out.extend_from_slice(b"\r\n");
     if !head_only {

@@ -22,8 +22,8 @@
 //! ```
 //!
 //! [`fast`] runs the same decisions on bytes for HTTP/1.1 requests that need no stage
-//! beyond routing and the proxy header rules, and hands every other request (and the
-//! connection) to [`handle`].
+//! beyond routing, the token check, the proxy header rules or a lookup's answer, and
+//! hands every other request (and the connection) to [`handle`].
 //!
 //! Each stage is a plain function that can be tested alone. The whole request runs
 //! on the config snapshot it started with, so a reload never changes a request midway.
