@@ -330,8 +330,8 @@ async fn fast_path_audit_records_are_the_full_paths() {
     ];
     for (i, (method, path, body)) in cases.iter().enumerate() {
         for (way, extra) in [("fast", ""), ("full", "Via: 1.1 client\r\n")] {
-            let mut s = TcpStream::connect(gw.addr()).await.unwrap();
-            s.write_all(
+            let out = until_closed(
+                gw.addr(),
                 format!(
                     "{method} {path} HTTP/1.1\r\nHost: t\r\nX-Request-Id: {way}-{i}\r\n{extra}\
                      Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -339,13 +339,7 @@ async fn fast_path_audit_records_are_the_full_paths() {
                 )
                 .as_bytes(),
             )
-            .await
-            .unwrap();
-            let mut out = Vec::new();
-            tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-                .await
-                .expect("the answer and the close")
-                .unwrap();
+            .await;
             assert!(out.starts_with(b"HTTP/1.1 2"), "{way} {path}: {out:?}");
         }
     }
@@ -597,26 +591,18 @@ auth = {{ agencies = ["*.H22"] }}
     assert_eq!(fast_path_requests(&gw), cases.len() as u64 - 1);
     let taken = fast_path_requests(&gw);
     // The 400's connection is closed even when the client meant to keep it.
-    let mut s = TcpStream::connect(gw.addr()).await.unwrap();
-    s.write_all(format!("GET {long_key} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-        .await
-        .expect("the answer and the close")
-        .unwrap();
+    let out = until_closed(
+        gw.addr(),
+        format!("GET {long_key} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
+    )
+    .await;
     assert!(out.starts_with(b"HTTP/1.1 400"), "{out:?}");
     // HEAD and a conditional GET are the full path's.
-    let mut s = TcpStream::connect(gw.addr()).await.unwrap();
-    s.write_all(b"HEAD /lookups/provinces/01 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut head = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut head))
-        .await
-        .expect("the answer and the close")
-        .unwrap();
+    let head = until_closed(
+        gw.addr(),
+        b"HEAD /lookups/provinces/01 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
     let cond = raw(
         gw.addr(),
@@ -653,4 +639,16 @@ auth = {{ agencies = ["*.H22"] }}
 
 fn bearer_field(token: &str) -> String {
     format!("Authorization: Bearer {token}\r\n")
+}
+
+/// Sends `request` on a new connection and reads until the gateway closes it.
+async fn until_closed(addr: std::net::SocketAddr, request: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("the answer and the close")
+        .unwrap();
+    out
 }
