@@ -22,6 +22,9 @@ pub struct ServedLookup {
     pub by_key: Lookup,
     pub whole: Lookup,
     pub rule: Option<AccessRule>,
+    /// `lookup:{name}`, the route name its requests are logged, counted and audited
+    /// under (made once, not per request).
+    pub route: Arc<str>,
 }
 
 /// Fetches lookup data from an upstream pool: `path` with `{key}` filled in.
@@ -177,6 +180,7 @@ pub fn build(
                 out.insert(
                     l.name.clone(),
                     Arc::new(ServedLookup {
+                        route: Arc::from(format!("lookup:{}", l.name)),
                         cfg: l.clone(),
                         by_key,
                         whole,
@@ -245,14 +249,15 @@ pub async fn answer(
     } else {
         "private"
     };
-    let cc = format!(
-        "{visibility}, max-age={}",
-        if served.stale {
-            0
-        } else {
-            fresh_left.as_secs()
-        }
-    );
+    // Written out rather than `format!`ed: this runs for every lookup hit.
+    let mut cc = String::with_capacity(32);
+    cc.push_str(visibility);
+    cc.push_str(", max-age=");
+    cc.push_str(itoa::Buffer::new().format(if served.stale {
+        0
+    } else {
+        fresh_left.as_secs()
+    }));
     let not_modified = if_none_match
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| {

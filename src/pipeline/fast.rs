@@ -357,7 +357,7 @@ fn plan(
             l.rule.as_ref()?,
             RuleOf::Lookup(name.to_string()),
         )?;
-        let route = Arc::from(format!("lookup:{}", l.cfg.name));
+        let route = l.route.clone();
         let name = name.to_string();
         let mut ctx = RequestCtx::with(
             conn.clone(),

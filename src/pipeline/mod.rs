@@ -2130,7 +2130,7 @@ pub mod local {
         l: &crate::cache::serve::ServedLookup,
         key: Option<&str>,
     ) -> Result<Response<Body>, GatewayError> {
-        ctx.route = Some(Arc::from(format!("lookup:{}", l.cfg.name)));
+        ctx.route = Some(l.route.clone());
         ctx.audit_as = Some((
             crate::audit::record::RecordKind::Lookup,
             crate::config::AuditPolicy::FailOpen,
