@@ -89,20 +89,12 @@ impl Tap {
             return;
         }
         let t = &mut *self.0;
-        t.bytes += data.len() as u64;
-        t.hashed = match std::mem::replace(&mut t.hashed, Hashed::Nothing) {
-            Hashed::Nothing => Hashed::One(data.clone()),
-            Hashed::One(first) => {
-                let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-                ctx.update(&first);
-                ctx.update(data);
-                Hashed::Streaming(ctx)
-            }
-            Hashed::Streaming(mut ctx) => {
-                ctx.update(data);
-                Hashed::Streaming(ctx)
-            }
-        };
+        if matches!(t.hashed, Hashed::Nothing) {
+            t.bytes += data.len() as u64;
+            t.hashed = Hashed::One(data.clone());
+            return;
+        }
+        self.update_slice(data);
     }
 
     /// [`Tap::update`] for bytes the caller does not hold as `Bytes` (the HTTP/1 fast

@@ -185,20 +185,23 @@ enum Work {
     Proxy { pool: Arc<Pool>, req: RawRequest },
     /// Answered from a lookup (`GET /lookups/{name}[/{key}]`, the key decoded), as the
     /// full path's `local::lookup` answers it.
-    Lookup { name: String, key: Option<String> },
+    Lookup {
+        lookup: Arc<crate::cache::serve::ServedLookup>,
+        key: Option<String>,
+    },
 }
 
 /// Whose access rule a token is checked against.
 enum RuleOf {
     Route(usize),
-    Lookup(String),
+    Lookup(Arc<crate::cache::serve::ServedLookup>),
 }
 
 impl RuleOf {
-    fn rule<'a>(&self, rt: &'a Runtime) -> Option<&'a crate::auth::rules::AccessRule> {
+    fn rule<'a>(&'a self, rt: &'a Runtime) -> Option<&'a crate::auth::rules::AccessRule> {
         match self {
             RuleOf::Route(i) => rt.auth.rules[*i].as_ref(),
-            RuleOf::Lookup(n) => rt.lookups.get(n.as_str()).and_then(|l| l.rule.as_ref()),
+            RuleOf::Lookup(l) => l.rule.as_ref(),
         }
     }
 }
@@ -331,7 +334,7 @@ fn plan(
         // A lookup the full path would answer itself (`local::lookup`): a plain GET
         // without a body or a condition; HEAD, `If-None-Match`, a key that does not
         // decode and an unknown lookup stay the full path's.
-        let l = rt.lookups.get(name)?;
+        let l = rt.lookups.get(name)?.clone();
         if method != Method::GET
             || length.is_some_and(|n| n > 0)
             || req
@@ -345,20 +348,15 @@ fn plan(
             Some(k) => Some(normalize::percent_decode(k)?),
             None => None,
         };
-        let request_id = match client_id {
-            Some(v) if sane_request_id(v) => HeaderValue::from_bytes(v).ok()?,
-            _ => new_request_id(),
-        };
+        let request_id = request_id(client_id)?;
         let (caller, auth) = auth_stage(
             &rt,
             conn,
             req,
             query,
             l.rule.as_ref()?,
-            RuleOf::Lookup(name.to_string()),
+            RuleOf::Lookup(l.clone()),
         )?;
-        let route = l.route.clone();
-        let name = name.to_string();
         let mut ctx = RequestCtx::with(
             conn.clone(),
             request_id,
@@ -366,16 +364,12 @@ fn plan(
             http::Version::HTTP_11,
             path,
         );
-        ctx.route = Some(route);
-        ctx.audit_as = Some((
-            crate::audit::record::RecordKind::Lookup,
-            crate::config::AuditPolicy::FailOpen,
-        ));
+        local::mark_lookup(&mut ctx, &l);
         ctx.caller = caller;
         return Some(Plan {
             rt,
             ctx,
-            work: Work::Lookup { name, key },
+            work: Work::Lookup { lookup: l, key },
             close,
             consumed: head_len + length.unwrap_or(0) as usize,
             auth,
@@ -413,10 +407,7 @@ fn plan(
         return None;
     }
     let body = bytes::Bytes::copy_from_slice(&after_head[..length as usize]);
-    let request_id = match client_id {
-        Some(v) if sane_request_id(v) => HeaderValue::from_bytes(v).ok()?,
-        _ => new_request_id(),
-    };
+    let request_id = request_id(client_id)?;
     let host_value = match &route.host_header {
         HostHeader::Preserve => Some(bytes::Bytes::copy_from_slice(host.value.as_bytes())),
         HostHeader::Literal(v) => Some(bytes::Bytes::copy_from_slice(
@@ -530,6 +521,15 @@ fn plan(
         consumed: head_len + length as usize,
         auth,
     })
+}
+
+/// The request id: the client's when it is sane, else a new one (`intake`'s rule);
+/// None (for the full path) for a sane one that is not a field value.
+fn request_id(client: Option<&[u8]>) -> Option<HeaderValue> {
+    match client {
+        Some(v) if sane_request_id(v) => HeaderValue::from_bytes(v).ok(),
+        _ => Some(new_request_id()),
+    }
 }
 
 /// The auth stage of a request this path takes, against `rule`: an anonymous rule
@@ -694,20 +694,9 @@ where
         }
         let (pool, req) = match &work {
             Work::Proxy { pool, req } => (pool, req),
-            Work::Lookup { name, key } => {
+            Work::Lookup { lookup, key } => {
                 // As `local::lookup` answers once its auth stage has passed.
-                // (`plan` found it in this same generation.)
-                let l = rt.lookups.get(name.as_str());
-                let answer = async {
-                    match l {
-                        Some(l) => {
-                            crate::cache::serve::answer(l, key.as_deref(), None, false).await
-                        }
-                        None => Err(GatewayError::internal(
-                            "lookup missing from the running config",
-                        )),
-                    }
-                };
+                let answer = crate::cache::serve::answer(lookup, key.as_deref(), None, false);
                 let Some(r) = watching(io, buf, std::pin::pin!(answer)).await else {
                     return false;
                 };

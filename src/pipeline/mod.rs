@@ -2122,6 +2122,15 @@ pub mod local {
         }
     }
 
+    /// What a lookup's request is logged, counted and audited as (both request paths).
+    pub(crate) fn mark_lookup(ctx: &mut RequestCtx, l: &crate::cache::serve::ServedLookup) {
+        ctx.route = Some(l.route.clone());
+        ctx.audit_as = Some((
+            crate::audit::record::RecordKind::Lookup,
+            crate::config::AuditPolicy::FailOpen,
+        ));
+    }
+
     async fn lookup(
         rt: &Runtime,
         ctx: &mut RequestCtx,
@@ -2130,11 +2139,7 @@ pub mod local {
         l: &crate::cache::serve::ServedLookup,
         key: Option<&str>,
     ) -> Result<Response<Body>, GatewayError> {
-        ctx.route = Some(l.route.clone());
-        ctx.audit_as = Some((
-            crate::audit::record::RecordKind::Lookup,
-            crate::config::AuditPolicy::FailOpen,
-        ));
+        mark_lookup(ctx, l);
         if parts.method != Method::GET && parts.method != Method::HEAD {
             return Err(GatewayError::method_not_allowed(
                 "method_not_allowed",
